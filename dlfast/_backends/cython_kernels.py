@@ -1,0 +1,49 @@
+"""The compiled backend: gathers the primitives of the private extension modules built from
+``src/_*.pyx`` under the names of ``dlfast.kernels.KERNELS``.
+
+Module map (one ``.pyx`` each): ``_dense`` (affine + activation, BLAS), ``_activations``
+(elementwise activations, PReLU, Maxout), ``_softmax`` (softmax, softmax cross-entropy),
+``_batchnorm``, ``_random`` (counter-based generator: dropout, uniform, Bernoulli), ``_optim``
+(optimiser updates, norms, penalties, max-norm). ``_info`` reports OpenMP and threads.
+"""
+import importlib
+
+from ..kernels import KERNELS
+
+NAME = "cython"
+MODULES = ("_dense", "_activations", "_softmax", "_batchnorm", "_random", "_optim")
+
+_info = importlib.import_module("dlfast._backends._info")
+_mods = [importlib.import_module(f"dlfast._backends.{m}") for m in MODULES]
+
+_found = {}
+for _m in _mods:
+    for _name in KERNELS:
+        if hasattr(_m, _name):
+            _found[_name] = getattr(_m, _name)
+_missing = [n for n in KERNELS if n not in _found]
+if _missing:
+    raise ImportError(f"compiled backend lacks kernels: {', '.join(_missing)}")
+globals().update(_found)
+
+
+def set_num_threads(n):
+    """Push the thread count (0 = OpenMP's current maximum) to every compiled module."""
+    for m in (_info, *_mods):
+        m._set_num_threads(int(n))
+
+
+def max_threads():
+    return _info.max_threads()
+
+
+def openmp_enabled():
+    return _info.openmp_enabled()
+
+
+def openmp_version():
+    return _info.openmp_version()
+
+
+def threads_for(work):
+    return _info.threads_for(work)

@@ -1,0 +1,341 @@
+"""The NumPy backend: plain, readable NumPy. It is the test oracle for the compiled backend.
+
+Arguments arrive validated by ``dlfast.kernels`` (dtypes agree, shapes fit, outputs are
+C-contiguous, writeable and do not overlap inputs). See ``dlfast.kernels`` for the formulas.
+"""
+import numpy as np
+
+NAME = "numpy"
+
+# ----------------------------------------------------------------------------- random numbers
+_M64 = (1 << 64) - 1
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64_int(z):
+    z &= _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def _mix64(z):
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def uniform01(seed, counter, n):
+    """u_i = (mix64(mix64(seed) + (counter + i + 1) * 0x9E3779B97F4A7C15) >> 11) * 2^-53, float64."""
+    key = np.uint64(_mix64_int(seed))
+    i = np.arange(n, dtype=np.uint64) + np.uint64((counter + 1) & _M64)
+    return (_mix64(key + i * _GOLDEN) >> np.uint64(11)).astype(np.float64) * (2.0 ** -53)
+
+
+def dropout_mask(mask, p, seed, counter):
+    mask.reshape(-1)[...] = uniform01(seed, counter, mask.size) >= p
+
+
+def dropout_apply(x, mask, scale, out):
+    if mask is None:
+        np.multiply(x, out.dtype.type(scale), out=out)
+    else:
+        np.multiply(x, mask, out=out)
+        out *= out.dtype.type(scale)
+
+
+def random_uniform(out, low, high, seed, counter):
+    u = uniform01(seed, counter, out.size)
+    out.reshape(-1)[...] = (low + (high - low) * u).astype(out.dtype)
+
+
+def bernoulli_sample(probs, out, seed, counter):
+    u = uniform01(seed, counter, out.size)
+    out.reshape(-1)[...] = u < probs.reshape(-1).astype(np.float64)
+
+
+# ----------------------------------------------------------------------------- activations
+def _act(z, out, activation, alpha):
+    """out = act(z); out may be z."""
+    if activation == "identity":
+        if out is not z:
+            out[...] = z
+    elif activation == "relu":
+        np.maximum(z, 0, out=out)
+    elif activation == "leaky_relu":
+        np.multiply(z, np.where(z > 0, 1, alpha).astype(z.dtype), out=out)
+    elif activation == "elu":
+        out[...] = np.where(z > 0, z, z.dtype.type(alpha) * np.expm1(np.minimum(z, 0)))
+    elif activation == "sigmoid":
+        e = np.exp(-np.abs(z))
+        out[...] = np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+    elif activation == "tanh":
+        np.tanh(z, out=out)
+    else:  # validated upstream
+        raise ValueError(activation)
+
+
+def _act_grad(dout, out, dz, activation, alpha):
+    """dz = dout * act'(z), written from the activation's output y = act(z)."""
+    if activation == "identity":
+        dz[...] = dout
+    elif activation == "relu":
+        np.multiply(dout, out > 0, out=dz)
+    elif activation == "leaky_relu":
+        np.multiply(dout, np.where(out > 0, 1, alpha).astype(out.dtype), out=dz)
+    elif activation == "elu":
+        np.multiply(dout, np.where(out > 0, 1, out + out.dtype.type(alpha)), out=dz)
+    elif activation == "sigmoid":
+        np.multiply(dout, out * (1 - out), out=dz)
+    elif activation == "tanh":
+        np.multiply(dout, 1 - out * out, out=dz)
+    else:
+        raise ValueError(activation)
+
+
+def activation_forward(x, out, activation, alpha):
+    _act(x, out, activation, alpha)
+
+
+def activation_backward(dout, out, dx, activation, alpha):
+    _act_grad(dout, out, dx, activation, alpha)
+
+
+# ----------------------------------------------------------------------------- dense layer
+def dense_forward(x, W, b, out, activation, alpha):
+    np.matmul(x, W, out=out)
+    if b is not None:
+        out += b
+    _act(out, out, activation, alpha)
+
+
+def dense_backward(dout, x, W, out, dz, dx, dW, db, activation, alpha):
+    _act_grad(dout, out, dz, activation, alpha)
+    if dW is not None:
+        np.matmul(x.T, dz, out=dW)
+    if db is not None:
+        np.sum(dz, axis=0, out=db)
+    if dx is not None:
+        np.matmul(dz, W.T, out=dx)
+
+
+# ----------------------------------------------------------------------------- PReLU, Maxout
+def prelu_forward(x, slope, out):
+    out[...] = np.where(x > 0, x, slope * x)
+
+
+def prelu_backward(dout, x, slope, dx, dslope):
+    if dx is not None:
+        dx[...] = np.where(x > 0, dout, slope * dout)
+    if dslope is not None:
+        contrib = np.where(x > 0, 0, dout * x)
+        if dslope.shape == x.shape:
+            dslope[...] = contrib
+        elif dslope.size == 1:
+            dslope[...] = contrib.sum(dtype=np.float64)
+        else:
+            dslope[...] = contrib.sum(axis=0, dtype=np.float64)
+
+
+def maxout_forward(z, out, argmax):
+    n, o = out.shape
+    zz = z.reshape(n, o, -1)
+    argmax[...] = np.argmax(zz, axis=2)
+    out[...] = np.take_along_axis(zz, argmax[..., None], axis=2)[..., 0]
+
+
+def maxout_backward(dout, argmax, dz):
+    n, o = dout.shape
+    dzz = dz.reshape(n, o, -1)
+    dzz[...] = 0
+    np.put_along_axis(dzz, argmax[..., None], dout[..., None], axis=2)
+
+
+# ----------------------------------------------------------------------------- softmax
+def softmax_forward(x, out):
+    m = x.max(axis=1, keepdims=True)
+    np.subtract(x, m, out=out)
+    np.exp(out, out=out)
+    out /= out.sum(axis=1, keepdims=True)
+
+
+def softmax_backward(dout, y, dx):
+    s = np.sum(dout * y, axis=1, keepdims=True)
+    np.multiply(y, dout - s, out=dx)
+
+
+def softmax_xent_forward(logits, labels, probs):
+    n = logits.shape[0]
+    x = logits.astype(np.float64)
+    m = x.max(axis=1, keepdims=True)
+    e = np.exp(x - m)
+    s = e.sum(axis=1, keepdims=True)
+    probs[...] = e / s
+    rows = np.arange(n)
+    return float(np.mean(np.log(s[:, 0]) + m[:, 0] - x[rows, labels]))
+
+
+def softmax_xent_backward(probs, labels, dlogits, scale):
+    n = probs.shape[0]
+    dlogits[...] = probs
+    dlogits[np.arange(n), labels] -= 1
+    dlogits *= dlogits.dtype.type(scale / n)
+
+
+# ----------------------------------------------------------------------------- batch norm
+def batchnorm_stats(x, mean, var):
+    x64 = x.astype(np.float64)
+    mu = x64.mean(axis=0)
+    mean[...] = mu
+    var[...] = ((x64 - mu) ** 2).mean(axis=0)
+
+
+def batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd, running_mean, running_var,
+                            momentum, eps, unbiased):
+    n = x.shape[0]
+    x64 = x.astype(np.float64)
+    mu = x64.mean(axis=0)
+    var = ((x64 - mu) ** 2).mean(axis=0)
+    inv = 1.0 / np.sqrt(var + eps)
+    mean[...] = mu
+    invstd[...] = inv
+    xhat[...] = (x64 - mu) * inv
+    np.multiply(gamma, xhat, out=out)
+    out += beta
+    if running_mean is not None:
+        running_mean[...] = (1 - momentum) * running_mean + momentum * mu
+    if running_var is not None:
+        v = var * (n / (n - 1)) if unbiased else var
+        running_var[...] = (1 - momentum) * running_var + momentum * v
+
+
+def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, out, xhat, invstd):
+    inv = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
+    invstd[...] = inv
+    xhat[...] = (x.astype(np.float64) - running_mean) * inv
+    np.multiply(gamma, xhat, out=out)
+    out += beta
+
+
+def batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta, batch_stats):
+    d64 = dout.astype(np.float64)
+    sb = d64.sum(axis=0)
+    sg = (d64 * xhat).sum(axis=0)
+    if dbeta is not None:
+        dbeta[...] = sb
+    if dgamma is not None:
+        dgamma[...] = sg
+    if dx is not None:
+        n = dout.shape[0]
+        k = gamma.astype(np.float64) * invstd
+        if batch_stats:
+            dx[...] = k / n * (n * d64 - sb - xhat * sg)
+        else:
+            dx[...] = k * d64
+
+
+# ----------------------------------------------------------------------------- regularisation
+def sumsq(x):
+    x64 = x.astype(np.float64).ravel()
+    return float(np.dot(x64, x64))
+
+
+def all_finite(x):
+    return bool(np.isfinite(x).all())
+
+
+def penalty(w, l1, l2):
+    w64 = w.astype(np.float64).ravel()
+    return float(0.5 * l2 * np.dot(w64, w64) + l1 * np.abs(w64).sum())
+
+
+def penalty_grad(w, g, l1, l2):
+    if l2:
+        g += g.dtype.type(l2) * w
+    if l1:
+        g += g.dtype.type(l1) * np.sign(w)
+
+
+def max_norm(W, c):
+    norms = np.sqrt(np.sum(W.astype(np.float64) ** 2, axis=0))
+    over = norms > c
+    if over.any():
+        W[:, over] *= (c / norms[over]).astype(W.dtype)
+
+
+# ----------------------------------------------------------------------------- optimisers
+def _effective_grad(w, g, wd, grad_scale, clip_value):
+    """g' = clip(grad_scale * g, -clip_value, clip_value) + wd * w (a new array)."""
+    t = w.dtype.type
+    ge = g * t(grad_scale) if grad_scale != 1.0 else g.astype(w.dtype, copy=True)
+    if clip_value != np.inf:
+        np.clip(ge, t(-clip_value), t(clip_value), out=ge)
+    if wd:
+        ge += t(wd) * w
+    return ge
+
+
+def sgd_update(w, g, lr, wd, grad_scale, clip_value):
+    ge = _effective_grad(w, g, wd, grad_scale, clip_value)
+    w -= w.dtype.type(lr) * ge
+
+
+def momentum_update(w, g, v, lr, mu, wd, grad_scale, clip_value):
+    t = w.dtype.type
+    ge = _effective_grad(w, g, wd, grad_scale, clip_value)
+    v *= t(mu)
+    v -= t(lr) * ge
+    w += v
+
+
+def nesterov_update(w, g, v, lr, mu, wd, grad_scale, clip_value):
+    t = w.dtype.type
+    ge = _effective_grad(w, g, wd, grad_scale, clip_value)
+    v *= t(mu)
+    v -= t(lr) * ge
+    w += t(mu) * v - t(lr) * ge
+
+
+def adagrad_update(w, g, h, lr, eps, eps_inside, wd, grad_scale, clip_value):
+    t = w.dtype.type
+    ge = _effective_grad(w, g, wd, grad_scale, clip_value)
+    h += ge * ge
+    denom = np.sqrt(h + t(eps)) if eps_inside else np.sqrt(h) + t(eps)
+    w -= t(lr) * ge / denom
+
+
+def rmsprop_update(w, g, h, lr, rho, eps, eps_inside, wd, grad_scale, clip_value):
+    t = w.dtype.type
+    ge = _effective_grad(w, g, wd, grad_scale, clip_value)
+    h *= t(rho)
+    h += t(1 - rho) * ge * ge
+    denom = np.sqrt(h + t(eps)) if eps_inside else np.sqrt(h) + t(eps)
+    w -= t(lr) * ge / denom
+
+
+def adam_update(w, g, m, v, lr, beta1, beta2, eps, step, eps_hat, wd, decoupled_wd, grad_scale,
+                clip_value):
+    t = w.dtype.type
+    if decoupled_wd:
+        ge = _effective_grad(w, g, 0.0, grad_scale, clip_value)
+        w *= t(1 - lr * wd)
+    else:
+        ge = _effective_grad(w, g, wd, grad_scale, clip_value)
+    m *= t(beta1)
+    m += t(1 - beta1) * ge
+    v *= t(beta2)
+    v += t(1 - beta2) * ge * ge
+    bc1 = 1 - beta1 ** step
+    bc2 = 1 - beta2 ** step
+    if eps_hat:
+        w -= t(lr * np.sqrt(bc2) / bc1) * m / (np.sqrt(v) + t(eps))
+    else:
+        w -= t(lr / bc1) * m / (np.sqrt(v) / t(np.sqrt(bc2)) + t(eps))
+
+
+def set_num_threads(n):
+    """The NumPy backend has no threads of its own (BLAS threads are set by dlfast._config)."""
+
+
+def max_threads():
+    return 1

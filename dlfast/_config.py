@@ -1,0 +1,141 @@
+"""The one place that decides the backend and the thread count.
+
+Backend: ``DLFAST_BACKEND`` (read once, at import) or ``set_backend`` / ``use_backend``; default
+``"cython"`` when the compiled extension imports, else ``"numpy"`` with one warning saying why.
+``DLFAST_REQUIRE_COMPILED=1`` turns that fallback into an ImportError (CI sets it).
+
+Threads: ``set_num_threads(n)``; by default the compiled kernels use ``omp_get_max_threads()``,
+which honours ``OMP_NUM_THREADS`` and threadpoolctl limits. Nothing else in dlfast reads the
+environment.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import os
+import warnings
+
+BACKEND_NAMES = ("numpy", "cython")
+
+_modules: dict = {}
+_import_errors: dict = {}
+_default: list = [None]          # name of the process-wide backend
+_local = contextvars.ContextVar("dlfast_backend", default=None)
+_threads = [0]                   # 0 = not set: follow OpenMP / threadpoolctl
+
+
+def _load(name):
+    if name in _modules:
+        return _modules[name]
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {name!r}")
+    if name in _import_errors:
+        raise ImportError(f"dlfast backend {name!r} is not available: {_import_errors[name]}")
+    try:
+        mod = importlib.import_module(f"dlfast._backends.{name}_kernels")
+    except ImportError as exc:  # the compiled extension was not built or cannot load
+        _import_errors[name] = f"{type(exc).__name__}: {exc}"
+        raise ImportError(f"dlfast backend {name!r} is not available: {exc}") from exc
+    if name == "cython" and _threads[0]:
+        mod.set_num_threads(_threads[0])
+    _modules[name] = mod
+    return mod
+
+
+def _require_compiled():
+    return os.environ.get("DLFAST_REQUIRE_COMPILED", "").strip().lower() in ("1", "true", "yes")
+
+
+def _initial_backend():
+    env = os.environ.get("DLFAST_BACKEND", "").strip().lower()
+    if env:
+        _load(env)
+        return env
+    try:
+        _load("cython")
+        return "cython"
+    except ImportError as exc:
+        if _require_compiled():
+            raise ImportError(f"DLFAST_REQUIRE_COMPILED is set but the compiled backend did not import: {exc}") from exc
+        warnings.warn(f"dlfast: compiled backend unavailable ({exc}); using the NumPy backend.",
+                      RuntimeWarning, stacklevel=3)
+        _load("numpy")
+        return "numpy"
+
+
+def active():
+    """The active backend module (context-local override, else the process default)."""
+    name = _local.get()
+    if name is None:
+        name = _default[0]
+        if name is None:
+            name = _default[0] = _initial_backend()
+    return _modules[name]
+
+
+def get_backend() -> str:
+    """Name of the active backend: ``"numpy"`` or ``"cython"``."""
+    return active().NAME
+
+
+def set_backend(name: str) -> None:
+    """Make `name` the process-wide backend (raises ImportError if it cannot load)."""
+    _load(name)
+    _default[0] = name
+
+
+def available_backends() -> list:
+    """Names of the backends that load on this machine, in preference order."""
+    out = []
+    for name in BACKEND_NAMES:
+        try:
+            _load(name)
+            out.append(name)
+        except ImportError:
+            pass
+    return out
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """``with use_backend("numpy"): ...`` runs the block (in this thread/context) on `name`."""
+    _load(name)
+    token = _local.set(name)
+    try:
+        yield _modules[name]
+    finally:
+        _local.reset(token)
+
+
+def set_num_threads(n: int) -> None:
+    """Threads for compiled kernels and BLAS; ``n=0`` returns to the default (OpenMP's max)."""
+    n = int(n)
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    _threads[0] = n
+    if "cython" in _modules:
+        _modules["cython"].set_num_threads(n)
+    _blas_limit(n)
+
+
+_blas_limiter = [None]
+
+
+def _blas_limit(n):
+    from threadpoolctl import threadpool_limits
+    if _blas_limiter[0] is not None:
+        _blas_limiter[0].restore_original_limits()
+        _blas_limiter[0] = None
+    if n > 0:
+        _blas_limiter[0] = threadpool_limits(limits=n, user_api="blas")
+
+
+def get_num_threads() -> int:
+    """Threads the compiled kernels use for large arrays."""
+    if _threads[0]:
+        return _threads[0]
+    try:
+        return _load("cython").max_threads()
+    except ImportError:
+        return 1

@@ -1,0 +1,605 @@
+"""The kernel interface: every numeric primitive that layers and optimisers call, in one place.
+
+Layers, nets and optimisers do no arithmetic of their own for these primitives; they call the
+functions below, which validate their arguments and dispatch to the active backend
+(``dlfast._backends.numpy_kernels`` — the oracle — or the compiled ``cython_kernels``).
+
+Conventions shared by every primitive
+-------------------------------------
+* Float arrays of one call share one dtype, float32 or float64 (no silent casting).
+* Outputs are passed in preallocated (named ``out``, ``dx``, ``dW`` ...): exact shape and dtype,
+  C-contiguous, writeable, and not overlapping any input. Outputs that may be ``None`` are
+  skipped (no work is done for them). Inputs may be non-contiguous or read-only.
+* In-place arrays (optimiser parameters and state, running statistics) are both read and written.
+* Reductions (sums over the batch, norms, losses) accumulate in float64 and in a fixed order, so
+  results do not depend on the thread count.
+* Random numbers are counter-based: element i of a call with (seed, counter) uses
+  ``u_i = (mix64(mix64(seed) + (counter + i + 1) * 0x9E3779B97F4A7C15) >> 11) * 2**-53``
+  (``mix64`` = SplitMix64's finaliser), identical on both backends and any thread count.
+  A caller advances its counter by the number of elements drawn.
+
+Activation codes (``activation=``; derivatives written from the output y = act(z))
+------------------------------------------------------------------------------------
+=========== ================================= ==================================
+identity    y = z                             1
+relu        y = max(z, 0)                     [y > 0]
+leaky_relu  y = z if z > 0 else alpha*z       1 if y > 0 else alpha   (alpha >= 0)
+elu         y = z if z > 0 else alpha*(e^z-1) 1 if y > 0 else y+alpha (alpha > 0)
+sigmoid     y = 1/(1+e^-z)                    y(1-y)
+tanh        y = tanh z                        1-y^2
+=========== ================================= ==================================
+"""
+from __future__ import annotations
+
+import math
+import operator
+
+import numpy as np
+
+from . import _config
+
+__all__ = [
+    "KERNELS", "ACTIVATIONS",
+    "dense_forward", "dense_backward", "activation_forward", "activation_backward",
+    "prelu_forward", "prelu_backward", "maxout_forward", "maxout_backward",
+    "softmax_forward", "softmax_backward", "softmax_xent_forward", "softmax_xent_backward",
+    "batchnorm_stats", "batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward",
+    "dropout_mask", "dropout_apply", "random_uniform", "bernoulli_sample",
+    "sumsq", "all_finite", "penalty", "penalty_grad", "max_norm",
+    "sgd_update", "momentum_update", "nesterov_update", "adagrad_update", "rmsprop_update",
+    "adam_update",
+]
+
+ACTIVATIONS = ("identity", "relu", "leaky_relu", "elu", "sigmoid", "tanh")
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_U64 = 1 << 64
+
+# Every primitive a backend must provide (checked when a backend loads).
+KERNELS = tuple(n for n in __all__ if n not in ("KERNELS", "ACTIVATIONS"))
+
+
+# ============================================================================ validation helpers
+def _dtype_name(a):
+    return a.dtype.name if isinstance(a, np.ndarray) else type(a).__name__
+
+
+def _float_in(name, a, ndim=None, dtype=None):
+    """A float input: float32/float64 ndarray, given ndim, matching dtype; returned C-contiguous."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype.name}")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"{name} has dtype {a.dtype.name} but the other arrays are {dtype.name} "
+                        f"(mixed dtypes; cast explicitly)")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    return a
+
+
+def _shape_is(name, a, shape):
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
+
+
+def _out(name, a, shape, dtype, optional=False):
+    """An output: exact shape and dtype, C-contiguous, writeable."""
+    if a is None:
+        if optional:
+            return None
+        raise TypeError(f"{name} is required (an output array of shape {tuple(shape)})")
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {a.dtype.name}")
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (it is written in place)")
+    if not a.flags.writeable:
+        raise ValueError(f"{name} must be writeable")
+    return a
+
+
+def _disjoint(outs, ins):
+    """No output overlaps another output or any input."""
+    outs = [(n, a) for n, a in outs if a is not None]
+    ins = [(n, a) for n, a in ins if a is not None]
+    for i, (on, oa) in enumerate(outs):
+        for n, a in ins + outs[i + 1:]:
+            if np.may_share_memory(oa, a):
+                raise ValueError(f"output {on} overlaps {n}; outputs must not alias other arguments")
+
+
+def _activation(activation, alpha):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    alpha = float(alpha)
+    if activation == "leaky_relu" and not alpha >= 0.0:
+        raise ValueError(f"alpha must be >= 0 for leaky_relu, got {alpha}")
+    if activation == "elu" and not alpha > 0.0:
+        raise ValueError(f"alpha must be > 0 for elu, got {alpha}")
+    if not math.isfinite(alpha):
+        raise ValueError(f"alpha must be finite, got {alpha}")
+    return alpha
+
+
+def _labels(labels, n, c):
+    """Class indices: integer array of shape (n,), each in [0, c); returned as C-contiguous int64."""
+    if not isinstance(labels, np.ndarray):
+        raise TypeError(f"labels must be a numpy.ndarray of class indices, got {type(labels).__name__}")
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be an integer array of class indices, got dtype {labels.dtype.name}")
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},) to match the batch, got {labels.shape}")
+    if n and (labels.min() < 0 or labels.max() >= c):
+        raise ValueError(f"labels must lie in [0, {c}), got values in [{labels.min()}, {labels.max()}]")
+    return np.ascontiguousarray(labels, dtype=np.int64)
+
+
+def _real(name, v, lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False):
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}") from None
+    if math.isnan(v) or v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
+        lb = "(" if lo_open else "["
+        rb = ")" if hi_open else "]"
+        raise ValueError(f"{name} must lie in {lb}{lo}, {hi}{rb}, got {v}")
+    return v
+
+
+def _u64(name, v):
+    try:
+        v = operator.index(v)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(v).__name__}") from None
+    if not 0 <= v < _U64:
+        raise ValueError(f"{name} must lie in [0, 2**64), got {v}")
+    return v
+
+
+def _impl():
+    return _config.active()
+
+
+# ============================================================================ dense layer
+def dense_forward(x, W, b, out, activation="identity", alpha=0.0):
+    """``out = act(x @ W + b)``; x (N, I), W (I, O), b (O,) or None, out (N, O)."""
+    x = _float_in("x", x, 2)
+    W = _float_in("W", W, 2, x.dtype)
+    n, i = x.shape
+    if W.shape[0] != i:
+        raise ValueError(f"W must have shape ({i}, out_features) to match x {x.shape}, got {W.shape}")
+    o = W.shape[1]
+    if b is not None:
+        b = _float_in("b", b, 1, x.dtype)
+        _shape_is("b", b, (o,))
+    out = _out("out", out, (n, o), x.dtype)
+    alpha = _activation(activation, alpha)
+    _disjoint([("out", out)], [("x", x), ("W", W), ("b", b)])
+    _impl().dense_forward(x, W, b, out, activation, alpha)
+    return out
+
+
+def dense_backward(dout, x, W, out, dz, dx, dW, db, activation="identity", alpha=0.0):
+    """From y = act(x @ W + b) (``out``) and dL/dy (``dout``):
+
+    ``dz = dout * act'(y)``, ``dW = x.T @ dz``, ``db = sum_n dz``, ``dx = dz @ W.T``.
+    dz (N, O) is a workspace (written); dx, dW, db may be None to skip them.
+    """
+    x = _float_in("x", x, 2)
+    dt = x.dtype
+    W = _float_in("W", W, 2, dt)
+    n, i = x.shape
+    if W.shape[0] != i:
+        raise ValueError(f"W must have shape ({i}, out_features) to match x {x.shape}, got {W.shape}")
+    o = W.shape[1]
+    dout = _float_in("dout", dout, 2, dt)
+    _shape_is("dout", dout, (n, o))
+    out = _float_in("out", out, 2, dt)
+    _shape_is("out", out, (n, o))
+    dz = _out("dz", dz, (n, o), dt)
+    dx = _out("dx", dx, (n, i), dt, optional=True)
+    dW = _out("dW", dW, (i, o), dt, optional=True)
+    db = _out("db", db, (o,), dt, optional=True)
+    alpha = _activation(activation, alpha)
+    _disjoint([("dz", dz), ("dx", dx), ("dW", dW), ("db", db)],
+              [("dout", dout), ("x", x), ("W", W), ("out", out)])
+    _impl().dense_backward(dout, x, W, out, dz, dx, dW, db, activation, alpha)
+
+
+# ============================================================================ activations
+def activation_forward(x, out, activation, alpha=0.0):
+    """``out = act(x)`` elementwise; any shape. ``out`` may be ``x`` itself (in place)."""
+    x = _float_in("x", x)
+    alpha = _activation(activation, alpha)
+    if out is not x:
+        out = _out("out", out, x.shape, x.dtype)
+        _disjoint([("out", out)], [("x", x)])
+    elif not (out.flags.writeable and out.flags.c_contiguous):
+        raise ValueError("out (in place) must be C-contiguous and writeable")
+    _impl().activation_forward(x, out, activation, alpha)
+    return out
+
+
+def activation_backward(dout, out, dx, activation, alpha=0.0):
+    """``dx = dout * act'(y)`` from the forward output ``out`` = y (see the table above)."""
+    out = _float_in("out", out)
+    dout = _float_in("dout", dout, None, out.dtype)
+    _shape_is("dout", dout, out.shape)
+    dx = _out("dx", dx, out.shape, out.dtype)
+    alpha = _activation(activation, alpha)
+    _disjoint([("dx", dx)], [("dout", dout), ("out", out)])
+    _impl().activation_backward(dout, out, dx, activation, alpha)
+    return dx
+
+
+def _slope_shape_ok(slope, x):
+    n, f = x.shape
+    return slope.shape in ((1,), (f,), (n, f))
+
+
+def prelu_forward(x, slope, out):
+    """``out = x if x > 0 else slope * x``; x (N, F); slope (1,), (F,) or (N, F) (broadcast)."""
+    x = _float_in("x", x, 2)
+    slope = _float_in("slope", slope, None, x.dtype)
+    if not _slope_shape_ok(slope, x):
+        raise ValueError(f"slope must have shape (1,), ({x.shape[1]},) or {x.shape}, got {slope.shape}")
+    out = _out("out", out, x.shape, x.dtype)
+    _disjoint([("out", out)], [("x", x), ("slope", slope)])
+    _impl().prelu_forward(x, slope, out)
+    return out
+
+
+def prelu_backward(dout, x, slope, dx, dslope):
+    """``dx = dout if x > 0 else slope * dout``; ``dslope = sum (dout * x)[x <= 0]`` reduced to
+    the shape of ``slope`` (over all elements for (1,), over the batch for (F,), none for (N, F))."""
+    x = _float_in("x", x, 2)
+    dout = _float_in("dout", dout, 2, x.dtype)
+    _shape_is("dout", dout, x.shape)
+    slope = _float_in("slope", slope, None, x.dtype)
+    if not _slope_shape_ok(slope, x):
+        raise ValueError(f"slope must have shape (1,), ({x.shape[1]},) or {x.shape}, got {slope.shape}")
+    dx = _out("dx", dx, x.shape, x.dtype, optional=True)
+    dslope = _out("dslope", dslope, slope.shape, x.dtype, optional=True)
+    _disjoint([("dx", dx), ("dslope", dslope)], [("dout", dout), ("x", x), ("slope", slope)])
+    _impl().prelu_backward(dout, x, slope, dx, dslope)
+
+
+def maxout_forward(z, out, argmax):
+    """z (N, O*k) read as (N, O, k): ``out[n, o] = max_j z[n, o, j]``, ``argmax`` (N, O) int64 =
+    the first j attaining it."""
+    z = _float_in("z", z, 2)
+    if not isinstance(out, np.ndarray) or out.ndim != 2:
+        raise ValueError("out must be a 2-D array (N, O)")
+    n, o = out.shape
+    if o == 0 or z.shape[0] != n or z.shape[1] % o or z.shape[1] == 0:
+        raise ValueError(f"z must have shape ({n}, {o}*pieces) to match out {out.shape}, got {z.shape}")
+    out = _out("out", out, (n, o), z.dtype)
+    argmax = _out("argmax", argmax, (n, o), np.dtype(np.int64))
+    _disjoint([("out", out), ("argmax", argmax)], [("z", z)])
+    _impl().maxout_forward(z, out, argmax)
+    return out
+
+
+def maxout_backward(dout, argmax, dz):
+    """``dz[n, o, j] = dout[n, o] if j == argmax[n, o] else 0``; dz (N, O*k)."""
+    dout = _float_in("dout", dout, 2)
+    n, o = dout.shape
+    if not isinstance(argmax, np.ndarray) or argmax.dtype != np.int64 or argmax.shape != (n, o):
+        raise ValueError(f"argmax must be an int64 array of shape {(n, o)}")
+    argmax = np.ascontiguousarray(argmax)
+    if not isinstance(dz, np.ndarray) or dz.ndim != 2 or o == 0 or dz.shape[0] != n or dz.shape[1] % o \
+            or dz.shape[1] == 0:
+        raise ValueError(f"dz must have shape ({n}, {o}*pieces)")
+    k = dz.shape[1] // o
+    if n * o and (argmax.min() < 0 or argmax.max() >= k):
+        raise ValueError(f"argmax values must lie in [0, {k})")
+    dz = _out("dz", dz, dz.shape, dout.dtype)
+    _disjoint([("dz", dz)], [("dout", dout), ("argmax", argmax)])
+    _impl().maxout_backward(dout, argmax, dz)
+
+
+# ============================================================================ softmax and loss
+def softmax_forward(x, out):
+    """Row-wise ``out = exp(x - max x) / sum exp(x - max x)``; x (N, C)."""
+    x = _float_in("x", x, 2)
+    if x.shape[1] == 0:
+        raise ValueError("x must have at least one column (class)")
+    out = _out("out", out, x.shape, x.dtype)
+    _disjoint([("out", out)], [("x", x)])
+    _impl().softmax_forward(x, out)
+    return out
+
+
+def softmax_backward(dout, y, dx):
+    """``dx = y * (dout - sum_c dout * y)`` row-wise, with y the softmax output."""
+    y = _float_in("y", y, 2)
+    dout = _float_in("dout", dout, 2, y.dtype)
+    _shape_is("dout", dout, y.shape)
+    dx = _out("dx", dx, y.shape, y.dtype)
+    _disjoint([("dx", dx)], [("dout", dout), ("y", y)])
+    _impl().softmax_backward(dout, y, dx)
+    return dx
+
+
+def softmax_xent_forward(logits, labels, probs):
+    """``probs = softmax(logits)``; returns ``L = mean_n (logsumexp(logits_n) - logits[n, labels_n])``
+    as a Python float (float64 accumulation; stable for any finite logits). N >= 1."""
+    logits = _float_in("logits", logits, 2)
+    n, c = logits.shape
+    if n == 0 or c == 0:
+        raise ValueError(f"logits must be non-empty (N >= 1, C >= 1), got shape {logits.shape}")
+    labels = _labels(labels, n, c)
+    probs = _out("probs", probs, (n, c), logits.dtype)
+    _disjoint([("probs", probs)], [("logits", logits), ("labels", labels)])
+    return _impl().softmax_xent_forward(logits, labels, probs)
+
+
+def softmax_xent_backward(probs, labels, dlogits, scale=1.0):
+    """``dlogits = scale * (probs - onehot(labels)) / N``."""
+    probs = _float_in("probs", probs, 2)
+    n, c = probs.shape
+    if n == 0:
+        raise ValueError("probs must have at least one row")
+    labels = _labels(labels, n, c)
+    dlogits = _out("dlogits", dlogits, (n, c), probs.dtype)
+    scale = _real("scale", scale)
+    _disjoint([("dlogits", dlogits)], [("probs", probs), ("labels", labels)])
+    _impl().softmax_xent_backward(probs, labels, dlogits, scale)
+
+
+# ============================================================================ batch normalisation
+def _bn_vec(name, a, f, dt, out=False, optional=False):
+    if out:
+        return _out(name, a, (f,), dt, optional=optional)
+    a = _float_in(name, a, 1, dt)
+    _shape_is(name, a, (f,))
+    return a
+
+
+def batchnorm_stats(x, mean, var):
+    """Per feature of x (N, F), N >= 1: ``mean = sum_n x / N``, ``var = sum_n (x - mean)^2 / N``
+    (biased; two-pass, float64 accumulation: no E[x^2] - E[x]^2 cancellation)."""
+    x = _float_in("x", x, 2)
+    n, f = x.shape
+    if n < 1:
+        raise ValueError("x must have at least one row")
+    mean = _bn_vec("mean", mean, f, x.dtype, out=True)
+    var = _bn_vec("var", var, f, x.dtype, out=True)
+    _disjoint([("mean", mean), ("var", var)], [("x", x)])
+    _impl().batchnorm_stats(x, mean, var)
+
+
+def batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd, running_mean=None,
+                            running_var=None, momentum=0.1, eps=1e-5, unbiased=True):
+    """Training-mode batch norm over the batch axis of x (N, F), N >= 2::
+
+        mean, var = batchnorm_stats(x);  invstd = 1 / sqrt(var + eps)
+        xhat = (x - mean) * invstd;      out = gamma * xhat + beta
+        running_mean = (1 - momentum) * running_mean + momentum * mean
+        running_var  = (1 - momentum) * running_var  + momentum * var * (N / (N - 1) if unbiased else 1)
+
+    ``xhat``, ``mean``, ``invstd`` are kept for the backward pass; running arrays are updated in
+    place (skipped when None).
+    """
+    x = _float_in("x", x, 2)
+    n, f = x.shape
+    if n < 2:
+        raise ValueError(f"batch norm in training mode needs a batch of at least 2 rows, got {n} "
+                         f"(the batch variance is undefined for one row)")
+    dt = x.dtype
+    gamma = _bn_vec("gamma", gamma, f, dt)
+    beta = _bn_vec("beta", beta, f, dt)
+    out = _out("out", out, (n, f), dt)
+    xhat = _out("xhat", xhat, (n, f), dt)
+    mean = _bn_vec("mean", mean, f, dt, out=True)
+    invstd = _bn_vec("invstd", invstd, f, dt, out=True)
+    running_mean = _bn_vec("running_mean", running_mean, f, dt, out=True, optional=True)
+    running_var = _bn_vec("running_var", running_var, f, dt, out=True, optional=True)
+    momentum = _real("momentum", momentum, 0.0, 1.0)
+    eps = _real("eps", eps, 0.0, math.inf, lo_open=True, hi_open=True)
+    _disjoint([("out", out), ("xhat", xhat), ("mean", mean), ("invstd", invstd),
+               ("running_mean", running_mean), ("running_var", running_var)],
+              [("x", x), ("gamma", gamma), ("beta", beta)])
+    _impl().batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd, running_mean,
+                                    running_var, momentum, eps, bool(unbiased))
+    return out
+
+
+def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, out, xhat, invstd):
+    """Eval-mode batch norm: ``invstd = 1/sqrt(running_var + eps)``,
+    ``xhat = (x - running_mean) * invstd``, ``out = gamma * xhat + beta``. Any N >= 0."""
+    x = _float_in("x", x, 2)
+    n, f = x.shape
+    dt = x.dtype
+    gamma = _bn_vec("gamma", gamma, f, dt)
+    beta = _bn_vec("beta", beta, f, dt)
+    running_mean = _bn_vec("running_mean", running_mean, f, dt)
+    running_var = _bn_vec("running_var", running_var, f, dt)
+    if f and running_var.min() < 0:
+        raise ValueError("running_var must be >= 0")
+    eps = _real("eps", eps, 0.0, math.inf, lo_open=True, hi_open=True)
+    out = _out("out", out, (n, f), dt)
+    xhat = _out("xhat", xhat, (n, f), dt)
+    invstd = _bn_vec("invstd", invstd, f, dt, out=True)
+    _disjoint([("out", out), ("xhat", xhat), ("invstd", invstd)],
+              [("x", x), ("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
+               ("running_var", running_var)])
+    _impl().batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, out, xhat, invstd)
+    return out
+
+
+def batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta, batch_stats=True):
+    """``dbeta = sum_n dout``, ``dgamma = sum_n dout * xhat``, and
+    ``dx = gamma * invstd / N * (N * dout - dbeta - xhat * dgamma)`` when the forward used the
+    batch statistics (``batch_stats=True``), else ``dx = gamma * invstd * dout``.
+    dx, dgamma, dbeta may be None."""
+    dout = _float_in("dout", dout, 2)
+    n, f = dout.shape
+    dt = dout.dtype
+    xhat = _float_in("xhat", xhat, 2, dt)
+    _shape_is("xhat", xhat, (n, f))
+    gamma = _bn_vec("gamma", gamma, f, dt)
+    invstd = _bn_vec("invstd", invstd, f, dt)
+    dx = _out("dx", dx, (n, f), dt, optional=True)
+    dgamma = _bn_vec("dgamma", dgamma, f, dt, out=True, optional=True)
+    dbeta = _bn_vec("dbeta", dbeta, f, dt, out=True, optional=True)
+    _disjoint([("dx", dx), ("dgamma", dgamma), ("dbeta", dbeta)],
+              [("dout", dout), ("xhat", xhat), ("gamma", gamma), ("invstd", invstd)])
+    _impl().batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta, bool(batch_stats))
+
+
+# ============================================================================ dropout and random
+def dropout_mask(mask, p, seed, counter):
+    """``mask[i] = 1 if u_i >= p else 0`` (uint8, any shape): keep with probability 1 - p."""
+    mask = _out("mask", mask, getattr(mask, "shape", ()), np.dtype(np.uint8))
+    p = _real("p", p, 0.0, 1.0, hi_open=True)
+    _impl().dropout_mask(mask, p, _u64("seed", seed), _u64("counter", counter))
+    return mask
+
+
+def dropout_apply(x, mask, scale, out):
+    """``out = x * mask * scale`` (``mask`` uint8 of x's shape, or None for ``out = x * scale``).
+    Inverted dropout trains with scale = 1/(1-p); backward calls this with dout."""
+    x = _float_in("x", x)
+    if mask is not None:
+        if not isinstance(mask, np.ndarray) or mask.dtype != np.uint8:
+            raise TypeError(f"mask must be a uint8 array, got {_dtype_name(mask)}")
+        _shape_is("mask", mask, x.shape)
+        mask = np.ascontiguousarray(mask)
+    scale = _real("scale", scale)
+    out = _out("out", out, x.shape, x.dtype)
+    _disjoint([("out", out)], [("x", x), ("mask", mask)])
+    _impl().dropout_apply(x, mask, scale, out)
+    return out
+
+
+def random_uniform(out, low, high, seed, counter):
+    """``out[i] = low + (high - low) * u_i`` (computed in float64, rounded to out's dtype)."""
+    out = _out("out", out, getattr(out, "shape", ()), getattr(out, "dtype", None))
+    if out.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"out must be float32 or float64, got {out.dtype.name}")
+    low = _real("low", low)
+    high = _real("high", high, low)
+    _impl().random_uniform(out, low, high, _u64("seed", seed), _u64("counter", counter))
+    return out
+
+
+def bernoulli_sample(probs, out, seed, counter):
+    """``out[i] = 1 if u_i < probs[i] else 0`` (out float, probs' shape and dtype)."""
+    probs = _float_in("probs", probs)
+    out = _out("out", out, probs.shape, probs.dtype)
+    _disjoint([("out", out)], [("probs", probs)])
+    _impl().bernoulli_sample(probs, out, _u64("seed", seed), _u64("counter", counter))
+    return out
+
+
+# ============================================================================ norms and penalties
+def sumsq(x):
+    """``sum x^2`` as a Python float (float64 accumulation, fixed order)."""
+    return _impl().sumsq(_float_in("x", x))
+
+
+def all_finite(x):
+    """True when no element of x is NaN or infinite."""
+    return _impl().all_finite(_float_in("x", x))
+
+
+def penalty(w, l1=0.0, l2=0.0):
+    """Elastic-net penalty ``(l2/2) * sum w^2 + l1 * sum |w|`` (a Python float)."""
+    return _impl().penalty(_float_in("w", w), _real("l1", l1, 0.0), _real("l2", l2, 0.0))
+
+
+def penalty_grad(w, g, l1=0.0, l2=0.0):
+    """In place: ``g += l2 * w + l1 * sign(w)``."""
+    w = _float_in("w", w)
+    g = _out("g", g, w.shape, w.dtype)
+    _disjoint([("g", g)], [("w", w)])
+    _impl().penalty_grad(w, g, _real("l1", l1, 0.0), _real("l2", l2, 0.0))
+
+
+def max_norm(W, c):
+    """In place, W (in, out): each column j with ``||W[:, j]|| > c`` is scaled to norm c."""
+    if not isinstance(W, np.ndarray) or W.ndim != 2:
+        raise ValueError("W must be a 2-D array (in_features, out_features)")
+    W = _out("W", W, W.shape, W.dtype)
+    if W.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"W must be float32 or float64, got {W.dtype.name}")
+    _impl().max_norm(W, _real("c", c, 0.0, math.inf, lo_open=True))
+
+
+# ============================================================================ optimiser updates
+# Every update is in place and single pass. With ``g' = clip(grad_scale * g, -clip_value,
+# clip_value) + wd * w`` (clip_value = inf: no clipping; coupled L2 weight decay):
+def _opt_args(w, g, states, lr, wd, grad_scale, clip_value):
+    if not isinstance(w, np.ndarray):
+        raise TypeError(f"w must be a numpy.ndarray, got {type(w).__name__}")
+    w = _out("w", w, w.shape, w.dtype)
+    if w.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"w must be float32 or float64, got {w.dtype.name}")
+    g = _float_in("g", g, None, w.dtype)
+    _shape_is("g", g, w.shape)
+    st = [(n, _out(n, a, w.shape, w.dtype)) for n, a in states]
+    _disjoint([("w", w)] + st, [("g", g)])
+    return (w, g, *[a for _, a in st], _real("lr", lr, 0.0), _real("wd", wd, 0.0),
+            _real("grad_scale", grad_scale, 0.0, math.inf, hi_open=True),
+            _real("clip_value", clip_value, 0.0, math.inf, lo_open=True))
+
+
+def sgd_update(w, g, *, lr, wd=0.0, grad_scale=1.0, clip_value=math.inf):
+    """``w -= lr * g'``."""
+    w, g, lr, wd, gs, cv = _opt_args(w, g, (), lr, wd, grad_scale, clip_value)
+    _impl().sgd_update(w, g, lr, wd, gs, cv)
+
+
+def momentum_update(w, g, v, *, lr, mu=0.9, wd=0.0, grad_scale=1.0, clip_value=math.inf):
+    """``v = mu * v - lr * g'``; ``w += v``."""
+    w, g, v, lr, wd, gs, cv = _opt_args(w, g, [("v", v)], lr, wd, grad_scale, clip_value)
+    _impl().momentum_update(w, g, v, lr, _real("mu", mu, 0.0, 1.0), wd, gs, cv)
+
+
+def nesterov_update(w, g, v, *, lr, mu=0.9, wd=0.0, grad_scale=1.0, clip_value=math.inf):
+    """``v = mu * v - lr * g'``; ``w += mu * v - lr * g'``."""
+    w, g, v, lr, wd, gs, cv = _opt_args(w, g, [("v", v)], lr, wd, grad_scale, clip_value)
+    _impl().nesterov_update(w, g, v, lr, _real("mu", mu, 0.0, 1.0), wd, gs, cv)
+
+
+def adagrad_update(w, g, h, *, lr, eps=1e-10, eps_inside=False, wd=0.0, grad_scale=1.0,
+                   clip_value=math.inf):
+    """``h += g'^2``; ``w -= lr * g' / (sqrt(h) + eps)`` (``eps_inside``: ``/ sqrt(h + eps)``)."""
+    w, g, h, lr, wd, gs, cv = _opt_args(w, g, [("h", h)], lr, wd, grad_scale, clip_value)
+    _impl().adagrad_update(w, g, h, lr, _real("eps", eps, 0.0, lo_open=True), bool(eps_inside),
+                           wd, gs, cv)
+
+
+def rmsprop_update(w, g, h, *, lr, rho=0.99, eps=1e-8, eps_inside=False, wd=0.0, grad_scale=1.0,
+                   clip_value=math.inf):
+    """``h = rho * h + (1 - rho) * g'^2``; ``w -= lr * g' / (sqrt(h) + eps)``
+    (``eps_inside``: ``/ sqrt(h + eps)``)."""
+    w, g, h, lr, wd, gs, cv = _opt_args(w, g, [("h", h)], lr, wd, grad_scale, clip_value)
+    _impl().rmsprop_update(w, g, h, lr, _real("rho", rho, 0.0, 1.0, hi_open=True),
+                           _real("eps", eps, 0.0, lo_open=True), bool(eps_inside), wd, gs, cv)
+
+
+def adam_update(w, g, m, v, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step, eps_hat=False, wd=0.0,
+                decoupled_wd=False, grad_scale=1.0, clip_value=math.inf):
+    """Step t = ``step`` (>= 1), bc1 = 1 - beta1^t, bc2 = 1 - beta2^t::
+
+        decoupled_wd (AdamW): w *= 1 - lr * wd, and g' has no wd term
+        m = beta1 * m + (1 - beta1) * g';   v = beta2 * v + (1 - beta2) * g'^2
+        w -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)                 (default)
+        w -= (lr * sqrt(bc2) / bc1) * m / (sqrt(v) + eps)                 (eps_hat=True)
+    """
+    w, g, m, v, lr, wd, gs, cv = _opt_args(w, g, [("m", m), ("v", v)], lr, wd, grad_scale,
+                                           clip_value)
+    step = operator.index(step)
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+    _impl().adam_update(w, g, m, v, lr, _real("beta1", beta1, 0.0, 1.0, hi_open=True),
+                        _real("beta2", beta2, 0.0, 1.0, hi_open=True),
+                        _real("eps", eps, 0.0, lo_open=True), step, bool(eps_hat), wd,
+                        bool(decoupled_wd), gs, cv)

@@ -1,0 +1,31 @@
+# Thread policy shared by every compiled module (textually included: each module keeps its own copy
+# of the setting; dlfast._config.set_num_threads() pushes the one decision to all of them).
+#
+#   threads(work) = 1                                   if work < PARALLEL_MIN_WORK (no parallel region)
+#                 = requested                           if set_num_threads(n) was called (n >= 1)
+#                 = omp_get_max_threads()               otherwise (honours OMP_NUM_THREADS, threadpoolctl)
+
+cdef extern from "dlfast_omp.h":
+    int dlfast_omp_max_threads() noexcept nogil
+    int dlfast_omp_version() noexcept nogil
+    int DLFAST_HAVE_OPENMP
+
+# Elements of work below which a kernel stays on the calling thread.
+cdef enum:
+    PARALLEL_MIN_WORK = 32768
+
+cdef int _requested_threads = 0
+
+
+def _set_num_threads(int n):
+    """Set the thread count used by this module's kernels (0 = OpenMP's current maximum)."""
+    global _requested_threads
+    _requested_threads = n if n > 0 else 0
+
+
+cdef inline int _threads(Py_ssize_t work) noexcept nogil:
+    if work < PARALLEL_MIN_WORK:
+        return 1
+    if _requested_threads > 0:
+        return _requested_threads
+    return dlfast_omp_max_threads()

@@ -1,0 +1,29 @@
+"""Shared fixtures. With DLFAST_REQUIRE_COMPILED=1 (set by .ci/run) a missing compiled backend
+fails the run instead of silently testing only NumPy."""
+import os
+
+import numpy as np
+import pytest
+
+import dlfast
+
+BACKENDS = dlfast.available_backends()
+
+if os.environ.get("DLFAST_REQUIRE_COMPILED", "").lower() in ("1", "true", "yes"):
+    assert "cython" in BACKENDS, (
+        "DLFAST_REQUIRE_COMPILED is set but the compiled backend did not import: "
+        + str(dlfast._config._import_errors.get("cython")))
+
+
+@pytest.fixture(params=["numpy", "cython"])
+def backend(request):
+    """Run the test under each backend (a missing compiled backend is a skip only when not required)."""
+    if request.param not in BACKENDS:
+        pytest.skip(f"backend {request.param} not built")
+    with dlfast.use_backend(request.param):
+        yield request.param
+
+
+@pytest.fixture(params=[np.float32, np.float64], ids=["f32", "f64"])
+def dtype(request):
+    return np.dtype(request.param)

@@ -1,0 +1,168 @@
+"""Shared checks of user input: dtypes, float arrays, labels, scalars, seeds.
+
+Every check raises a ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong shape,
+range or content) whose message names the argument and what was expected. Nothing is cast silently:
+a float64 array given to a float32 model is an error (cast it yourself with ``x.astype(...)``).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_U64 = 1 << 64
+
+__all__ = ["FLOAT_DTYPES", "resolve_dtype", "float_array", "finite_array", "labels_to_indices",
+           "real", "positive_int", "nonneg_int", "seed_value", "make_rng", "derive_seed"]
+
+
+def resolve_dtype(dtype, name="dtype"):
+    """``np.dtype`` of float32 or float64 (names, types and dtypes accepted); anything else errors."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}") from None
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {dt.name}")
+    return dt
+
+
+def float_array(name, x, dtype, ndim=None, features=None, min_rows=0):
+    """Check a float input and return it (as a C-contiguous array; no copy when it already is).
+
+    ``x`` must be a float32/float64 ndarray of exactly ``dtype`` (mixed dtypes are an error), with
+    ``ndim`` dimensions (``ndim`` may be a tuple of allowed values) and, for ``features``, that many
+    columns (last axis). int, bool, object and complex arrays are rejected.
+    """
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of {np.dtype(dtype).name}, "
+                        f"got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have a float dtype ({np.dtype(dtype).name}), got {x.dtype.name}")
+    if x.dtype != dtype:
+        raise TypeError(f"{name} has dtype {x.dtype.name} but the model is {np.dtype(dtype).name} "
+                        f"(mixed dtypes; cast explicitly, e.g. {name}.astype(np.{np.dtype(dtype).name}))")
+    if ndim is not None:
+        allowed = ndim if isinstance(ndim, tuple) else (ndim,)
+        if x.ndim not in allowed:
+            want = " or ".join(f"{d}-D" for d in allowed)
+            raise ValueError(f"{name} must be {want}, got shape {x.shape}")
+    if features is not None and (x.ndim == 0 or x.shape[-1] != features):
+        raise ValueError(f"{name} must have {features} features (columns), got shape {x.shape}")
+    if x.ndim and x.shape[0] < min_rows:
+        raise ValueError(f"{name} must have at least {min_rows} row(s), got shape {x.shape}")
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    return x
+
+
+def finite_array(name, x):
+    """Raise ``ValueError`` if x holds NaN or infinity (checked through ``kernels.all_finite``)."""
+    from . import kernels
+    if x.size and not kernels.all_finite(x):
+        raise ValueError(f"{name} contains NaN or infinity")
+    return x
+
+
+def labels_to_indices(t, n, num_classes, name="t"):
+    """Labels as int64 class indices of shape (n,).
+
+    Accepted: integer class indices of shape (n,) (any int dtype) in [0, num_classes), or one-hot
+    rows of shape (n, num_classes) (int, bool or float) whose rows are exactly one 1 and zeros.
+    """
+    if not isinstance(t, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of class indices or one-hot rows, "
+                        f"got {type(t).__name__}")
+    kind = t.dtype.kind
+    if t.ndim == 1:
+        if kind not in "iu":
+            raise TypeError(f"{name} must be integer class indices (or one-hot rows of shape "
+                            f"({n}, {num_classes})), got a 1-D array of dtype {t.dtype.name}")
+        if t.shape[0] != n:
+            raise ValueError(f"{name} must have {n} labels to match the batch, got shape {t.shape}")
+        if n:
+            lo, hi = int(t.min()), int(t.max())
+            if lo < 0 or hi >= num_classes:
+                raise ValueError(f"{name} labels must lie in [0, {num_classes}), "
+                                 f"got values in [{lo}, {hi}]")
+        return t.astype(np.int64, copy=False)
+    if t.ndim == 2:
+        if kind not in "iufb":
+            raise TypeError(f"{name} one-hot rows must be int, bool or float, got {t.dtype.name}")
+        if t.shape != (n, num_classes):
+            raise ValueError(f"{name} one-hot labels must have shape ({n}, {num_classes}), "
+                             f"got {t.shape}")
+        if n:
+            ones = t == 1
+            if not (np.all(ones | (t == 0)) and np.all(ones.sum(axis=1) == 1)):
+                raise ValueError(f"{name} 2-D labels must be exact one-hot rows (one 1, the rest 0)")
+            return np.argmax(ones, axis=1).astype(np.int64)
+        return np.zeros(0, np.int64)
+    raise ValueError(f"{name} must be 1-D class indices or 2-D one-hot rows, got shape {t.shape}")
+
+
+def real(name, v, lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False):
+    """A real number (not bool) within the given interval, returned as float."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    v = float(v)
+    if math.isnan(v) or v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
+        lb = "(" if lo_open else "["
+        rb = ")" if hi_open else "]"
+        raise ValueError(f"{name} must lie in {lb}{lo}, {hi}{rb}, got {v}")
+    return v
+
+
+def _int(name, v):
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got bool")
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(v).__name__}") from None
+
+
+def positive_int(name, v):
+    """An integer >= 1."""
+    v = _int(name, v)
+    if v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v}")
+    return v
+
+
+def nonneg_int(name, v):
+    """An integer >= 0."""
+    v = _int(name, v)
+    if v < 0:
+        raise ValueError(f"{name} must be >= 0, got {v}")
+    return v
+
+
+def seed_value(seed, name="seed"):
+    """A seed for the counter-based generator: int in [0, 2**64); None draws one from OS entropy."""
+    if seed is None:
+        return int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
+    seed = _int(name, seed)
+    if not 0 <= seed < _U64:
+        raise ValueError(f"{name} must lie in [0, 2**64), got {seed}")
+    return seed
+
+
+def make_rng(rng, name="rng"):
+    """A ``numpy.random.Generator`` from None (fresh entropy), an int seed, or a Generator."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None:
+        return np.random.default_rng()
+    seed = _int(name, rng)
+    if seed < 0:
+        raise ValueError(f"{name} seed must be >= 0, got {seed}")
+    return np.random.default_rng(seed)
+
+
+def derive_seed(seed, *keys):
+    """A deterministic 64-bit seed from ``seed`` and integer ``keys`` (``numpy.random.SeedSequence``)."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1, np.uint64)[0])

@@ -1,0 +1,493 @@
+"""Networks built from ``dlfast.layers``: ``Sequential``, ``MLP`` and ``MultiTaskNet``.
+
+A net runs a batch down its layers once and the gradient up once; it does no arithmetic of its own
+(MultiTaskNet adds its heads' gradients at the trunk output). Common interface:
+
+* ``params`` (name -> the layer's own array; optimisers update it in place), ``grads``
+  (name -> gradient buffer of the trainable params), ``layers``.
+* ``predict(x, train=False)`` (a copy of the output), ``loss(x, t, train=False)`` (data loss +
+  penalty), ``accuracy(x, t)``, ``gradient(x, t)`` (train-mode forward + backward; a new dict of
+  copies, penalty gradient included) and ``loss_and_gradient(x, t) -> (loss, grads)`` (the same
+  without copies: the arrays are the layers' buffers, overwritten by the next call).
+* ``apply_constraints()`` (max-norm, call after each update), ``freeze(upto=k)``/``unfreeze()``,
+  ``state_dict()``/``load_state_dict(d)`` (params, BN running statistics, dropout/RReLU seeds and
+  counters), ``config()`` (constructor kwargs: ``type(net)(**net.config())`` rebuilds it),
+  ``set_seed(seed)`` (re-derives every dropout/RReLU seed).
+
+Labels ``t``: class indices (any int dtype) or exact one-hot rows. Inputs must have the net's dtype
+(float32 by default) and be finite (``check_finite = False`` skips the NaN/inf scan of x).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import init as _init
+from . import layers as L
+from . import regularizers as R
+from ._validation import (derive_seed, finite_array, float_array, labels_to_indices, make_rng,
+                          nonneg_int, positive_int, real, resolve_dtype, seed_value)
+
+__all__ = ["Sequential", "MLP", "MultiTaskNet"]
+
+
+# ============================================================================ helpers
+def _as_layers(layers, what):
+    if isinstance(layers, Sequential):
+        return list(layers.layers)
+    if isinstance(layers, (L.Layer, dict)) or not hasattr(layers, "__iter__"):
+        raise TypeError(f"{what} must be a list of layers, got {type(layers).__name__}")
+    out = [L.from_config(l) if isinstance(l, dict) else l for l in layers]
+    for i, l in enumerate(out):
+        if not isinstance(l, L.Layer) or isinstance(l, L.SoftmaxCrossEntropy):
+            raise TypeError(f"{what}[{i}] must be a dlfast layer (not a loss), got {type(l).__name__}")
+    return out
+
+
+def _unify_dtype(layers, dtype):
+    """The common dtype; parameter-free layers built without dtype= adopt it."""
+    if dtype is not None:
+        dt = resolve_dtype(dtype)
+    else:
+        fixed = {l.dtype for l in layers if l.params or l._dtype_given}
+        if len(fixed) > 1:
+            raise TypeError(f"layers have mixed dtypes {sorted(d.name for d in fixed)}; "
+                            f"build them all with one dtype=")
+        dt = fixed.pop() if fixed else np.dtype(np.float32)
+    for i, l in enumerate(layers):
+        if l.dtype != dt:
+            if l.params or l._dtype_given:
+                raise TypeError(f"layer {i} ({type(l).__name__}) is {l.dtype.name} but the net is "
+                                f"{dt.name} (mixed dtypes)")
+            l._set_dtype(dt)
+    return dt
+
+
+def _forward(layers, x, train):
+    for layer in layers:
+        x = layer.forward(x, train)
+    return x
+
+
+def _backprop(layers, dout, need_dx):
+    """Backward through ``layers``; returns dL/d(input) when ``need_dx``. Layers below the first
+    trainable parametrised layer are skipped when their input gradient is not needed."""
+    first = next((i for i, l in enumerate(layers) if l.trainable and l.params), None)
+    stop = 0 if need_dx else first
+    if stop is None:
+        return None
+    for i in range(len(layers) - 1, stop - 1, -1):
+        dout = layers[i].backward(dout, compute_dx=need_dx or i > stop)
+    return dout if need_dx else None
+
+
+def _regularizer(regularizer, weight_decay):
+    weight_decay = real("weight_decay", weight_decay, 0.0)
+    reg = R.get(regularizer)
+    if weight_decay and reg is not None:
+        raise ValueError("give weight_decay or regularizer, not both")
+    return R.L2(weight_decay) if weight_decay else reg
+
+
+def _max_norm(c):
+    if c is None or isinstance(c, R.MaxNorm):
+        return c
+    return R.MaxNorm(c)
+
+
+class _Net:
+    """Shared machinery: params/grads naming, state, freezing, constraints, seeds."""
+
+    check_finite = True
+
+    def _setup(self, all_layers, entries, regularizer, max_norm, dtype):
+        self.dtype = dtype
+        self._all = all_layers
+        self._entries = entries                 # (name, layer, key) for params and buffers
+        self.regularizer = regularizer
+        self.max_norm = max_norm
+        names = [n for n, _, _ in entries]
+        if len(set(names)) != len(names):
+            raise ValueError("duplicate parameter names in the net")
+        self.params = {n: layer.params[k] for n, layer, k in entries if k in layer.params}
+        self._grad_dicts = {}
+
+    # ---------------------------------------------------------------- inputs
+    def _check_x(self, x):
+        x = float_array("x", x, self.dtype, ndim=2)
+        if self.check_finite:
+            finite_array("x", x)
+        return x
+
+    @property
+    def grads(self):
+        """name -> gradient buffer, for the params of trainable layers."""
+        return {n: layer.grads[k] for n, layer, k in self._entries
+                if k in layer.params and layer.trainable}
+
+    def penalty(self):
+        """Regularisation penalty of the current weights (0.0 without a regulariser)."""
+        return self.regularizer.penalty(self.params) if self.regularizer is not None else 0.0
+
+    def _finish_grads(self):
+        grads = self.grads
+        if self.regularizer is not None:
+            self.regularizer.add_grads(self.params, grads)
+        return grads
+
+    def gradient(self, x, t):
+        """Gradients of ``loss(x, t, train=True)`` (new arrays), keyed like ``params``."""
+        _, grads = self.loss_and_gradient(x, t)
+        return {k: v.copy() for k, v in grads.items()}
+
+    def apply_constraints(self):
+        """Max-norm on the trainable weight matrices (no-op without ``max_norm``)."""
+        if self.max_norm is not None:
+            self.max_norm.apply_all({n: layer.params[k] for n, layer, k in self._entries
+                                     if k in layer.params and layer.trainable})
+
+    # ---------------------------------------------------------------- freezing
+    def _parametrised(self):
+        return [l for l in self._all if l.params]
+
+    def freeze(self, upto=None):
+        """Make the first ``upto`` parametrised layers non-trainable (all when None)."""
+        layers = self._parametrised()
+        k = len(layers) if upto is None else nonneg_int("upto", upto)
+        if k > len(layers):
+            raise ValueError(f"upto={k} exceeds the number of parametrised layers ({len(layers)})")
+        for i, l in enumerate(layers):
+            l.trainable = i >= k
+
+    def unfreeze(self):
+        """Make every layer trainable."""
+        for l in self._all:
+            l.trainable = True
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self):
+        """name -> copy: params, BN running statistics, dropout/RReLU seed and counter."""
+        out = {}
+        for n, layer, k in self._entries:
+            out[n] = layer.state_dict()[k]
+        return out
+
+    def load_state_dict(self, d, strict=True):
+        """Copy a ``state_dict`` into the net in place (shapes checked; unknown keys are an error
+        when ``strict``)."""
+        if not isinstance(d, dict):
+            raise TypeError(f"state must be a dict, got {type(d).__name__}")
+        names = {n for n, _, _ in self._entries}
+        missing = sorted(names - set(d))
+        if missing:
+            raise KeyError(f"state is missing {missing}")
+        extra = sorted(set(d) - names)
+        if strict and extra:
+            raise KeyError(f"state has unknown keys {extra}")
+        per_layer = {}
+        for n, layer, k in self._entries:
+            per_layer.setdefault(id(layer), (layer, {}))[1][k] = d[n]
+        for layer, sub in per_layer.values():
+            try:
+                layer.load_state_dict(sub)
+            except (KeyError, ValueError, TypeError) as exc:
+                raise type(exc)(f"{type(layer).__name__} layer: {exc}") from None
+
+    def set_seed(self, seed):
+        """Give every dropout/RReLU layer a seed derived from ``seed`` (counters restart at 0)."""
+        seed = seed_value(seed)
+        for i, l in enumerate(self._all):
+            if l.stochastic:
+                l.seed = derive_seed(seed, i, 1)
+                l.counter = 0
+        self.seed = seed
+
+    def _stochastic_seeds(self, seed):
+        if seed is not None:
+            self.set_seed(seed)
+
+
+# ============================================================================ Sequential
+class Sequential(_Net):
+    """Layers in a row and a loss (default ``SoftmaxCrossEntropy``). Params "{i}.{name}"."""
+
+    def __init__(self, layers, loss=None, regularizer=None, max_norm=None, dtype=None, seed=None):
+        self.layers = _as_layers(layers, "layers")
+        if loss is None:
+            loss = L.SoftmaxCrossEntropy()
+        elif isinstance(loss, dict):
+            loss = L.from_config(loss)
+        if not isinstance(loss, L.SoftmaxCrossEntropy):
+            raise TypeError(f"loss must be a SoftmaxCrossEntropy, got {type(loss).__name__}")
+        self.loss_layer = loss
+        dt = _unify_dtype(self.layers + [loss], dtype)
+        self.seed = seed
+        self._setup(self.layers, self._make_entries(), R.get(regularizer), _max_norm(max_norm), dt)
+        self._stochastic_seeds(seed)
+
+    def _make_entries(self):
+        return [(f"{i}.{k}", l, k) for i, l in enumerate(self.layers)
+                for k in [*l.params, *l._buffers()]]
+
+    # ---------------------------------------------------------------- passes
+    def forward(self, x, train=True):
+        """Output of the last layer (a layer buffer, not copied)."""
+        return _forward(self.layers, self._check_x(x), train)
+
+    def backward(self, dout, compute_dx=False):
+        """Backpropagate ``dout`` (dL/d output) through the layers; dL/dx when ``compute_dx``."""
+        return _backprop(self.layers, dout, compute_dx)
+
+    def predict(self, x, train=False):
+        """Network output (before the softmax) for x, as a new array."""
+        return self.forward(x, train).copy()
+
+    def _data_loss(self, x, t, train):
+        return self.loss_layer.forward(self.forward(x, train), t)
+
+    def loss(self, x, t, train=False):
+        """Mean cross-entropy of the batch + penalty."""
+        return self._data_loss(x, t, train) + self.penalty()
+
+    def loss_and_gradient(self, x, t):
+        """One train-mode forward and one backward: ``(loss, grads)`` (grads are the layers' buffers)."""
+        loss = self._data_loss(x, t, True) + self.penalty()
+        _backprop(self.layers, self.loss_layer.backward(1.0), False)
+        return loss, self._finish_grads()
+
+    def accuracy(self, x, t):
+        """Fraction of rows whose argmax output equals the label."""
+        y = self.forward(x, False)
+        labels = labels_to_indices(t, y.shape[0], y.shape[1])
+        return float(np.mean(np.argmax(y, axis=1) == labels)) if len(labels) else 0.0
+
+    def config(self):
+        return {"layers": [l.config() for l in self.layers], "loss": self.loss_layer.config(),
+                "regularizer": None if self.regularizer is None else self.regularizer.config(),
+                "max_norm": None if self.max_norm is None else self.max_norm.c,
+                "dtype": self.dtype.name, "seed": self.seed}
+
+
+# ============================================================================ MLP
+_FUSED = ("relu", "sigmoid", "tanh", "leaky_relu", "leakyrelu", "elu", "identity", "linear")
+_LAYER_ACTS = ("prelu", "rrelu", "maxout")
+
+
+class MLP(Sequential):
+    """Fully connected net. Per hidden layer k: ``Dense`` (activation fused when no batch norm)
+    -> [``BatchNorm`` -> activation layer] -> [``Dropout``]; then an affine output layer and
+    softmax cross-entropy. Params ``W1, b1, gamma1, beta1, ..., W{L}, b{L}`` (BN running
+    statistics ``running_mean{k}``, ``running_var{k}``; PReLU ``slope{k}``).
+
+    ``activation``: relu, sigmoid, tanh, leaky_relu, elu (``alpha``), identity, or the layer
+    activations "prelu" (``prelu_per_feature``), "rrelu", "maxout" (Maxout replaces Dense,
+    ``maxout_pieces``). ``weight_init``: a ``dlfast.init`` name, a float std or a callable.
+    ``weight_decay=lam`` is ``regularizer=L2(lam)``; ``max_norm=c`` adds a max-norm constraint.
+    ``seed`` fixes the weights and every dropout/RReLU stream (None: fresh entropy, recorded in
+    ``config()``). BN options: ``bn_momentum``, ``bn_eps``, ``bn_momentum_convention``
+    ("pytorch"/"textbook"), ``bn_unbiased``. ``dropout_inverted=False``: textbook dropout.
+    """
+
+    def __init__(self, input_size, hidden_sizes, output_size, activation="relu",
+                 weight_init="he", batchnorm=False, dropout=0.0, weight_decay=0.0, seed=None,
+                 dtype=np.float32, regularizer=None, max_norm=None, alpha=None,
+                 bn_momentum=None, bn_eps=1e-5, bn_momentum_convention="pytorch",
+                 bn_unbiased=None, dropout_inverted=True, maxout_pieces=2,
+                 prelu_per_feature=False):
+        dt = resolve_dtype(dtype)
+        self.input_size = positive_int("input_size", input_size)
+        self.output_size = positive_int("output_size", output_size)
+        if isinstance(hidden_sizes, (int, np.integer)):
+            hidden_sizes = [hidden_sizes]
+        self.hidden_sizes = [positive_int(f"hidden_sizes[{i}]", h) for i, h in enumerate(hidden_sizes)]
+        act = activation.lower().replace("-", "_") if isinstance(activation, str) else activation
+        if act not in _LAYER_ACTS:
+            L.activation_code(act, alpha)       # validates the name and alpha
+        self.activation = act
+        init_fn = _init.get(weight_init)
+        self.dropout = real("dropout", dropout, 0.0, 1.0, hi_open=True)
+        seed = seed_value(seed)
+        self._kwargs = dict(
+            input_size=self.input_size, hidden_sizes=list(self.hidden_sizes),
+            output_size=self.output_size, activation=act, weight_init=L._init_spec(weight_init),
+            batchnorm=bool(batchnorm), dropout=self.dropout,
+            weight_decay=real("weight_decay", weight_decay, 0.0), seed=seed, dtype=dt.name,
+            regularizer=regularizer.config() if isinstance(regularizer, R.Regularizer)
+            else regularizer,
+            max_norm=max_norm.c if isinstance(max_norm, R.MaxNorm) else max_norm, alpha=alpha, bn_momentum=bn_momentum,
+            bn_eps=bn_eps, bn_momentum_convention=bn_momentum_convention, bn_unbiased=bn_unbiased,
+            dropout_inverted=bool(dropout_inverted), maxout_pieces=maxout_pieces,
+            prelu_per_feature=bool(prelu_per_feature))
+        rng = make_rng(seed)
+        layers, entries, names, streams = [], [], [], {}
+
+        def add(layer, name, pnames=None):
+            layers.append(layer)
+            names.append(name)
+            for k in [*layer.params, *layer._buffers()]:
+                entries.append(((pnames or {}).get(k, f"{name.lower()}.{k}"), layer, k))
+
+        fan = self.input_size
+        for k, h in enumerate(self.hidden_sizes, 1):
+            own = lambda layer: {key: f"{key}{k}" for key in [*layer.params, *layer._buffers()]}
+            if act == "maxout":
+                d = L.Maxout(fan, h, maxout_pieces, weight_init=init_fn, dtype=dt, rng=rng)
+            else:
+                fused = act if act not in _LAYER_ACTS and not batchnorm else None
+                d = L.Dense(fan, h, fused, weight_init=init_fn, dtype=dt, rng=rng,
+                            alpha=alpha if fused else None)
+            add(d, f"Affine{k}", own(d))
+            if batchnorm:
+                bn = L.BatchNorm(h, momentum=bn_momentum, eps=bn_eps,
+                                 momentum_convention=bn_momentum_convention,
+                                 unbiased=bn_unbiased, dtype=dt)
+                add(bn, f"BatchNorm{k}", own(bn))
+            if act == "prelu":
+                pr = L.PReLU(h if prelu_per_feature else 1, dtype=dt)
+                add(pr, f"Activation{k}", own(pr))
+            elif act == "rrelu":
+                rr = L.RReLU(seed=0, dtype=dt)
+                streams[rr] = (k, 2)
+                add(rr, f"RReLU{k}")
+            elif batchnorm and act != "maxout":
+                add(L.Activation(act, alpha, dtype=dt), f"Activation{k}")
+            if self.dropout > 0:
+                dr = L.Dropout(self.dropout, inverted=dropout_inverted, seed=0, dtype=dt)
+                streams[dr] = (k, 1)
+                add(dr, f"Dropout{k}")
+            fan = h
+        n_out = len(self.hidden_sizes) + 1
+        out = L.Dense(fan, self.output_size, None, weight_init=init_fn, dtype=dt, rng=rng)
+        add(out, f"Affine{n_out}", {"W": f"W{n_out}", "b": f"b{n_out}"})
+        self.layers = layers
+        self.layer_names = names
+        self.loss_layer = L.SoftmaxCrossEntropy(dtype=dt)
+        self._stream_ids = streams
+        self._setup(layers, entries, _regularizer(regularizer, weight_decay), _max_norm(max_norm), dt)
+        self.set_seed(seed)
+
+    def set_seed(self, seed):
+        """Derive the dropout/RReLU seeds from ``seed``: layer k's stream is
+        ``derive_seed(seed, k, kind)``, kind 1 = dropout, 2 = RReLU (counters restart at 0)."""
+        seed = seed_value(seed)
+        for l, (k, kind) in self._stream_ids.items():
+            l.seed = derive_seed(seed, k, kind)
+            l.counter = 0
+        self.seed = seed
+
+    def config(self):
+        return dict(self._kwargs)
+
+
+# ============================================================================ multi-task
+class MultiTaskNet(_Net):
+    """A shared trunk and several softmax cross-entropy heads:
+    ``loss = sum_h w_h * L_h(head_h(trunk(x)), t_h) + penalty``; the trunk's gradient is the
+    sum of the heads' gradients at its output. Params "trunk.{i}.{name}" and "{head}.{i}.{name}".
+
+    ``trunk``: list of layers or a Sequential (its loss is unused); ``heads``: dict name -> list
+    of layers or Sequential; ``loss_weights``: dict name -> w_h (default 1). Targets are dicts
+    name -> labels; ``predict`` and ``accuracy`` return dicts keyed by head.
+    """
+
+    def __init__(self, trunk, heads, loss_weights=None, regularizer=None, max_norm=None,
+                 dtype=None, seed=None):
+        self.trunk = _as_layers(trunk, "trunk")
+        if not isinstance(heads, dict) or not heads:
+            raise TypeError("heads must be a non-empty dict name -> list of layers")
+        self.heads = {}
+        for name, hl in heads.items():
+            if not isinstance(name, str) or not name or "." in name or name == "trunk":
+                raise ValueError(f"head names must be non-empty strings without '.', other than "
+                                 f"'trunk'; got {name!r}")
+            self.heads[name] = _as_layers(hl, f"heads[{name!r}]")
+            if not self.heads[name]:
+                raise ValueError(f"head {name!r} has no layers")
+        lw = {} if loss_weights is None else dict(loss_weights)
+        unknown = sorted(set(lw) - set(self.heads))
+        if unknown:
+            raise KeyError(f"loss_weights has unknown heads {unknown}; heads are {sorted(self.heads)}")
+        self.loss_weights = {h: real(f"loss_weights[{h!r}]", lw.get(h, 1.0), 0.0) for h in self.heads}
+        self.loss_layers = {h: L.SoftmaxCrossEntropy() for h in self.heads}
+        all_layers = self.trunk + [l for hl in self.heads.values() for l in hl]
+        dt = _unify_dtype(all_layers + list(self.loss_layers.values()), dtype)
+        entries = [(f"trunk.{i}.{k}", l, k) for i, l in enumerate(self.trunk)
+                   for k in [*l.params, *l._buffers()]]
+        for h, hl in self.heads.items():
+            entries += [(f"{h}.{i}.{k}", l, k) for i, l in enumerate(hl)
+                        for k in [*l.params, *l._buffers()]]
+        self.layers = all_layers
+        self.seed = seed
+        self.losses = {}
+        self._setup(all_layers, entries, R.get(regularizer), _max_norm(max_norm), dt)
+        self._stochastic_seeds(seed)
+
+    def _targets(self, t):
+        if not isinstance(t, dict):
+            raise TypeError(f"targets must be a dict head -> labels, got {type(t).__name__}")
+        missing = sorted(set(self.heads) - set(t))
+        extra = sorted(set(t) - set(self.heads))
+        if missing or extra:
+            raise KeyError(f"targets must have exactly the heads {sorted(self.heads)}; "
+                           f"missing {missing}, unknown {extra}")
+        return t
+
+    def _forward_all(self, x, train):
+        h = _forward(self.trunk, self._check_x(x), train)
+        return {name: _forward(hl, h, train) for name, hl in self.heads.items()}
+
+    def predict(self, x, train=False):
+        """dict head -> output (new arrays)."""
+        return {h: y.copy() for h, y in self._forward_all(x, train).items()}
+
+    def _data_loss(self, x, t, train):
+        t = self._targets(t)
+        outs = self._forward_all(x, train)
+        self.losses = {h: self.loss_layers[h].forward(y, t[h]) for h, y in outs.items()}
+        return sum(self.loss_weights[h] * v for h, v in self.losses.items())
+
+    def loss(self, x, t, train=False):
+        """``sum_h w_h * L_h + penalty``; the per-head losses are left in ``self.losses``."""
+        return self._data_loss(x, t, train) + self.penalty()
+
+    def loss_and_gradient(self, x, t):
+        loss = self._data_loss(x, t, True) + self.penalty()
+        need_trunk = any(l.trainable and l.params for l in self.trunk)
+        acc = None
+        for h, hl in self.heads.items():
+            dh = _backprop(hl, self.loss_layers[h].backward(self.loss_weights[h]), need_trunk)
+            if not need_trunk:
+                continue
+            if acc is None and len(self.heads) == 1:
+                acc = dh
+            elif acc is None:
+                acc = self._trunk_acc(dh)
+                np.copyto(acc, dh)
+            else:
+                np.add(acc, dh, out=acc)
+        if need_trunk:
+            _backprop(self.trunk, acc, False)
+        return loss, self._finish_grads()
+
+    def _trunk_acc(self, like):
+        """Workspace summing the heads' gradients at the trunk output."""
+        acc = getattr(self, "_acc", None)
+        if acc is None or acc.shape != like.shape:
+            self._acc = acc = np.empty_like(like)
+        return acc
+
+    def accuracy(self, x, t):
+        """dict head -> accuracy."""
+        t = self._targets(t)
+        out = {}
+        for h, y in self._forward_all(x, False).items():
+            lab = labels_to_indices(t[h], y.shape[0], y.shape[1], name=f"t[{h!r}]")
+            out[h] = float(np.mean(np.argmax(y, axis=1) == lab)) if len(lab) else 0.0
+        return out
+
+    def config(self):
+        return {"trunk": [l.config() for l in self.trunk],
+                "heads": {h: [l.config() for l in hl] for h, hl in self.heads.items()},
+                "loss_weights": dict(self.loss_weights),
+                "regularizer": None if self.regularizer is None else self.regularizer.config(),
+                "max_norm": None if self.max_norm is None else self.max_norm.c,
+                "dtype": self.dtype.name, "seed": self.seed}

@@ -16,6 +16,8 @@ Common to every layer:
   state of the last ``forward``.
 * ``state_dict()`` / ``load_state_dict(d)``: params, running statistics, random-stream state.
 * ``config()``: the constructor arguments; ``from_config(cfg)`` rebuilds a layer from it.
+* ``check_finite`` (default True): x and dout holding NaN or infinity are a ``ValueError``. Nets
+  check their input once and turn this off for the layers inside them.
 
 Stochastic layers (``Dropout``, ``RReLU``) draw from the counter-based generator with their ``seed``
 and a ``counter`` advanced by the number of values drawn per call; ``hold_rng = True`` keeps the
@@ -29,8 +31,8 @@ import numpy as np
 
 from . import init as _init
 from . import kernels
-from ._validation import (float_array, labels_to_indices, make_rng, positive_int, real,
-                          resolve_dtype, seed_value)
+from ._validation import (finite_array, float_array, labels_to_indices, make_rng, positive_int,
+                          real, resolve_dtype, seed_value)
 
 __all__ = ["Layer", "Dense", "Activation", "ReLU", "Sigmoid", "Tanh", "LeakyReLU", "ELU",
            "Identity", "PReLU", "RReLU", "Maxout", "Softmax", "BatchNorm", "Dropout",
@@ -72,6 +74,7 @@ class Layer:
     """Base class: dtype, params/grads dicts, trainable flag, workspaces, state and config."""
 
     stochastic = False
+    check_finite = True
 
     def __init__(self, dtype=None, trainable=True):
         self._dtype_given = dtype is not None
@@ -106,14 +109,17 @@ class Layer:
         self._fwd = None
 
     # ---------------------------------------------------------------- checks
-    def _check_x(self, x, features=None, ndim=2):
-        return float_array("x", x, self.dtype, ndim=ndim, features=features)
+    def _check_x(self, x, features=None, ndim=2, name="x"):
+        x = float_array(name, x, self.dtype, ndim=ndim, features=features)
+        if self.check_finite:
+            finite_array(name, x)
+        return x
 
     def _check_dout(self, dout):
         if self._fwd is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         shape = self._fwd["out"].shape
-        dout = float_array("dout", dout, self.dtype)
+        dout = self._check_x(dout, ndim=None, name="dout")
         if dout.shape != shape:
             raise ValueError(f"dout must have the shape of the last forward output {shape}, "
                              f"got {dout.shape}")
@@ -287,7 +293,7 @@ class Activation(Layer):
         self.activation, self.alpha = activation_code(activation, alpha)
 
     def forward(self, x, train=True):
-        x = float_array("x", x, self.dtype)
+        x = self._check_x(x, ndim=None)
         out = self._buf("out", x.shape)
         kernels.activation_forward(x, out, self.activation, self.alpha)
         self._fwd = {"out": out}
@@ -578,7 +584,7 @@ class Dropout(Layer):
         self.fixed_mask = None
 
     def forward(self, x, train=True, mask=None):
-        x = float_array("x", x, self.dtype)
+        x = self._check_x(x, ndim=None)
         out = self._buf("out", x.shape)
         if not train:
             scale = 1.0 if self.inverted else 1.0 - self.p
@@ -632,6 +638,8 @@ class SoftmaxCrossEntropy(Layer):
 
     def forward(self, logits, t):
         logits = float_array("logits", logits, self.dtype, ndim=2, min_rows=1)
+        if self.check_finite:
+            finite_array("logits", logits)
         n, c = logits.shape
         labels = labels_to_indices(t, n, c)
         probs = self._buf("probs", logits.shape)

@@ -109,6 +109,8 @@ class _Net:
         if len(set(names)) != len(names):
             raise ValueError("duplicate parameter names in the net")
         self.params = {n: layer.params[k] for n, layer, k in entries if k in layer.params}
+        for layer in all_layers:
+            layer.check_finite = False          # the net checks its input once
         self._grad_dicts = {}
 
     # ---------------------------------------------------------------- inputs
@@ -219,6 +221,7 @@ class Sequential(_Net):
         if not isinstance(loss, L.SoftmaxCrossEntropy):
             raise TypeError(f"loss must be a SoftmaxCrossEntropy, got {type(loss).__name__}")
         self.loss_layer = loss
+        loss.check_finite = False
         dt = _unify_dtype(self.layers + [loss], dtype)
         self.seed = seed
         self._setup(self.layers, self._make_entries(), R.get(regularizer), _max_norm(max_norm), dt)
@@ -361,6 +364,7 @@ class MLP(Sequential):
         self.layers = layers
         self.layer_names = names
         self.loss_layer = L.SoftmaxCrossEntropy(dtype=dt)
+        self.loss_layer.check_finite = False
         self._stream_ids = streams
         self._setup(layers, entries, _regularizer(regularizer, weight_decay), _max_norm(max_norm), dt)
         self.set_seed(seed)
@@ -408,6 +412,8 @@ class MultiTaskNet(_Net):
             raise KeyError(f"loss_weights has unknown heads {unknown}; heads are {sorted(self.heads)}")
         self.loss_weights = {h: real(f"loss_weights[{h!r}]", lw.get(h, 1.0), 0.0) for h in self.heads}
         self.loss_layers = {h: L.SoftmaxCrossEntropy() for h in self.heads}
+        for lossl in self.loss_layers.values():
+            lossl.check_finite = False
         all_layers = self.trunk + [l for hl in self.heads.values() for l in hl]
         dt = _unify_dtype(all_layers + list(self.loss_layers.values()), dtype)
         entries = [(f"trunk.{i}.{k}", l, k) for i, l in enumerate(self.trunk)

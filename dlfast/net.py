@@ -50,8 +50,9 @@ def _unify_dtype(layers, dtype):
     else:
         fixed = {l.dtype for l in layers if l.params or l._dtype_given}
         if len(fixed) > 1:
-            raise TypeError(f"layers have mixed dtypes {sorted(d.name for d in fixed)}; "
-                            f"build them all with one dtype=")
+            which = ", ".join(f"layer {i} ({type(l).__name__}) {l.dtype.name}"
+                              for i, l in enumerate(layers) if l.params or l._dtype_given)
+            raise TypeError(f"layers have mixed dtypes: {which}; build them all with one dtype=")
         dt = fixed.pop() if fixed else np.dtype(np.float32)
     for i, l in enumerate(layers):
         if l.dtype != dt:
@@ -187,7 +188,11 @@ class _Net:
             raise KeyError(f"state has unknown keys {extra}")
         per_layer = {}
         for n, layer, k in self._entries:
-            per_layer.setdefault(id(layer), (layer, {}))[1][k] = d[n]
+            own = layer.params[k] if k in layer.params else layer._buffers()[k]
+            src = np.asarray(d[n])
+            if src.shape != np.shape(own):
+                raise ValueError(f"state {n!r} must have shape {np.shape(own)}, got {src.shape}")
+            per_layer.setdefault(id(layer), (layer, {}))[1][k] = src
         for layer, sub in per_layer.values():
             try:
                 layer.load_state_dict(sub)

@@ -1,0 +1,152 @@
+"""The layer base class and the activation-name table."""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from .. import init as _init
+from .._validation import finite_array, float_array, real, resolve_dtype
+
+__all__ = ["Layer", "activation_code"]
+
+_ACT_ALIASES = {None: "identity", "none": "identity", "linear": "identity",
+                "identity": "identity", "relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh",
+                "leaky_relu": "leaky_relu", "leakyrelu": "leaky_relu", "elu": "elu"}
+_DEFAULT_ALPHA = {"leaky_relu": 0.01, "elu": 1.0}
+
+
+def activation_code(activation, alpha=None):
+    """``(code, alpha)`` for a fused activation name: None/"linear"/"identity", "relu",
+    "sigmoid", "tanh", "leaky_relu"/"leakyrelu" (alpha default 0.01), "elu" (alpha default 1.0)."""
+    key = activation.lower().replace("-", "_") if isinstance(activation, str) else activation
+    if not (key is None or isinstance(key, str)) or key not in _ACT_ALIASES:
+        names = sorted(k for k in _ACT_ALIASES if k)
+        raise ValueError(f"unknown activation {activation!r}; choose one of {names} or None")
+    code = _ACT_ALIASES[key]
+    if code in _DEFAULT_ALPHA:
+        a = _DEFAULT_ALPHA[code] if alpha is None else alpha
+        a = real("alpha", a, 0.0, lo_open=code == "elu")
+        return code, a
+    if alpha is not None:
+        raise ValueError(f"alpha only applies to leaky_relu and elu, not {code}")
+    return code, 0.0
+
+
+def _init_spec(spec):
+    """A serialisable form of a weight_init argument when there is one (name or float std)."""
+    if isinstance(spec, functools.partial) and spec.func is _init.normal:
+        return float(spec.keywords.get("std", 0.01))
+    if callable(spec) and getattr(_init, getattr(spec, "__name__", ""), None) is spec:
+        return spec.__name__
+    return spec
+
+
+class Layer:
+    """Base class: dtype, params/grads dicts, trainable flag, workspaces, state and config."""
+
+    stochastic = False
+    check_finite = True
+
+    def __init__(self, dtype=None, trainable=True):
+        self._dtype_given = dtype is not None
+        self.dtype = resolve_dtype(np.float32 if dtype is None else dtype)
+        self.trainable = bool(trainable)
+        self.params = {}
+        self.grads = {}
+        self._ws = {}
+        self._fwd = None          # state of the last forward
+
+    # ---------------------------------------------------------------- workspaces
+    def _buf(self, key, shape, dtype=None):
+        """A reusable workspace; the two most recent shapes per key are kept."""
+        dt = self.dtype if dtype is None else np.dtype(dtype)
+        slots = self._ws.setdefault(key, [])
+        for a in slots:
+            if a.shape == shape and a.dtype == dt:
+                return a
+        a = np.empty(shape, dt)
+        slots.insert(0, a)
+        del slots[2:]
+        return a
+
+    def _set_dtype(self, dtype):
+        """Switch a parameter-free layer to dtype (used by nets for layers built without dtype=)."""
+        dtype = resolve_dtype(dtype)
+        if self.params and dtype != self.dtype:
+            raise TypeError(f"{type(self).__name__} has {self.dtype.name} parameters; "
+                            f"cannot switch it to {dtype.name}")
+        self.dtype = dtype
+        self._ws = {}
+        self._fwd = None
+
+    # ---------------------------------------------------------------- checks
+    def _check_x(self, x, features=None, ndim=2, name="x"):
+        x = float_array(name, x, self.dtype, ndim=ndim, features=features)
+        if self.check_finite:
+            finite_array(name, x)
+        return x
+
+    def _check_dout(self, dout):
+        if self._fwd is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        shape = self._fwd["out"].shape
+        dout = self._check_x(dout, ndim=None, name="dout")
+        if dout.shape != shape:
+            raise ValueError(f"dout must have the shape of the last forward output {shape}, "
+                             f"got {dout.shape}")
+        return dout
+
+    def _grad(self, key):
+        return self.grads[key] if self.trainable else None
+
+    # ---------------------------------------------------------------- interface
+    def forward(self, x, train=True):
+        raise NotImplementedError
+
+    def backward(self, dout, compute_dx=True):
+        raise NotImplementedError
+
+    def __call__(self, x, train=True):
+        return self.forward(x, train)
+
+    def _buffers(self):
+        """Non-parameter state arrays (name -> array), saved by state_dict."""
+        return {}
+
+    def state_dict(self):
+        """Copies of params and buffers (running statistics, seed and counter)."""
+        d = {k: v.copy() for k, v in self.params.items()}
+        d.update({k: np.array(v, copy=True) for k, v in self._buffers().items()})
+        return d
+
+    def load_state_dict(self, d):
+        """Copy params and buffers from ``d`` into the layer's own arrays (shapes must match)."""
+        own = {**self.params, **self._buffers()}
+        missing = [k for k in own if k not in d]
+        if missing:
+            raise KeyError(f"{type(self).__name__} state is missing {missing}")
+        for k, a in own.items():
+            src = np.asarray(d[k])
+            if src.shape != a.shape:
+                raise ValueError(f"state {k!r} must have shape {a.shape}, got {src.shape}")
+            kinds = "f" if a.dtype.kind == "f" else "iu"
+            if src.dtype.kind not in kinds:
+                raise TypeError(f"state {k!r} must have a {a.dtype.name}-compatible dtype, "
+                                f"got {src.dtype.name}")
+            self._load_buffer(k, a, src)
+
+    def _load_buffer(self, key, own, src):
+        own[...] = src
+
+    def config(self):
+        """Constructor arguments (JSON-friendly) plus ``"type"``: the class name."""
+        return {"type": type(self).__name__, **self._config(),
+                "dtype": self.dtype.name if self._dtype_given else None}
+
+    def _config(self):
+        return {}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self._config().items())
+        return f"{type(self).__name__}({args})"

@@ -1,0 +1,87 @@
+"""Batch normalisation."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels
+from .._validation import positive_int, real
+from ._base import Layer
+
+__all__ = ["BatchNorm"]
+
+
+class BatchNorm(Layer):
+    """Batch normalisation over the batch axis of x (N, F): params "gamma" (1) and "beta" (0),
+    running statistics ``running_mean`` (0) and ``running_var`` (``running_var_init``, 1).
+
+    train: ``y = gamma * (x - mean) / sqrt(var + eps) + beta`` with the biased batch var, and
+    ``running = (1 - m) * running + m * stat`` (running var from the unbiased var when
+    ``unbiased``). eval: the running statistics. A batch of one row in training is an error.
+
+    ``momentum_convention="pytorch"`` (default): m = momentum (0.1). ``"textbook"`` (also
+    ``textbook=True``, which further defaults momentum to 0.9 and ``unbiased`` to False):
+    ``running = momentum * running + (1 - momentum) * stat``, i.e. m = 1 - momentum.
+    """
+
+    def __init__(self, num_features, momentum=None, eps=1e-5, momentum_convention=None,
+                 unbiased=None, running_var_init=1.0, textbook=False, dtype=None, trainable=True):
+        super().__init__(dtype, trainable)
+        self.num_features = positive_int("num_features", num_features)
+        if momentum_convention is None:
+            momentum_convention = "textbook" if textbook else "pytorch"
+        if momentum_convention not in ("pytorch", "textbook"):
+            raise ValueError(f"momentum_convention must be 'pytorch' or 'textbook', "
+                             f"got {momentum_convention!r}")
+        tb = momentum_convention == "textbook"
+        self.momentum_convention = momentum_convention
+        self.momentum = real("momentum", (0.9 if tb else 0.1) if momentum is None else momentum,
+                             0.0, 1.0)
+        self.eps = real("eps", eps, 0.0, lo_open=True, hi_open=True)
+        self.unbiased = (not tb) if unbiased is None else bool(unbiased)
+        self.running_var_init = real("running_var_init", running_var_init, 0.0)
+        f = self.num_features
+        self.params["gamma"] = np.ones(f, self.dtype)
+        self.params["beta"] = np.zeros(f, self.dtype)
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self.running_mean = np.zeros(f, self.dtype)
+        self.running_var = np.full(f, self.running_var_init, self.dtype)
+
+    @property
+    def kernel_momentum(self):
+        """Weight of the new batch statistic in the running average."""
+        return self.momentum if self.momentum_convention == "pytorch" else 1.0 - self.momentum
+
+    def forward(self, x, train=True):
+        x = self._check_x(x, self.num_features)
+        n, f = x.shape
+        if train and n < 2:
+            raise ValueError(f"BatchNorm in training mode needs a batch of at least 2 rows, got "
+                             f"{n} (the batch variance of one row is undefined); use train=False")
+        out, xhat = self._buf("out", x.shape), self._buf("xhat", x.shape)
+        invstd = self._buf("invstd", (f,))
+        g, b = self.params["gamma"], self.params["beta"]
+        if train:
+            kernels.batchnorm_forward_train(x, g, b, out, xhat, self._buf("mean", (f,)), invstd,
+                                            self.running_mean, self.running_var,
+                                            self.kernel_momentum, self.eps, self.unbiased)
+        else:
+            kernels.batchnorm_forward_eval(x, g, b, self.running_mean, self.running_var,
+                                           self.eps, out, xhat, invstd)
+        self._fwd = {"out": out, "xhat": xhat, "invstd": invstd, "train": bool(train)}
+        return out
+
+    def backward(self, dout, compute_dx=True):
+        dout = self._check_dout(dout)
+        f = self._fwd
+        dx = self._buf("dx", dout.shape) if compute_dx else None
+        kernels.batchnorm_backward(dout, f["xhat"], self.params["gamma"], f["invstd"], dx,
+                                   self._grad("gamma"), self._grad("beta"), f["train"])
+        return dx
+
+    def _buffers(self):
+        return {"running_mean": self.running_mean, "running_var": self.running_var}
+
+    def _config(self):
+        return {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps,
+                "momentum_convention": self.momentum_convention, "unbiased": self.unbiased,
+                "running_var_init": self.running_var_init, "trainable": self.trainable}

@@ -292,15 +292,15 @@ class MLP(Sequential):
     ``weight_decay=lam`` is ``regularizer=L2(lam)``; ``max_norm=c`` adds a max-norm constraint.
     ``seed`` fixes the weights and every dropout/RReLU stream (None: fresh entropy, recorded in
     ``config()``). BN options: ``bn_momentum``, ``bn_eps``, ``bn_momentum_convention``
-    ("pytorch"/"textbook"), ``bn_unbiased``. ``dropout_inverted=False``: textbook dropout.
+    ("pytorch"/"textbook"), ``bn_unbiased``, ``bn_running_var_init``. ``dropout_inverted=False``: textbook dropout.
     """
 
     def __init__(self, input_size, hidden_sizes, output_size, activation="relu",
                  weight_init="he", batchnorm=False, dropout=0.0, weight_decay=0.0, seed=None,
                  dtype=np.float32, regularizer=None, max_norm=None, alpha=None,
                  bn_momentum=None, bn_eps=1e-5, bn_momentum_convention="pytorch",
-                 bn_unbiased=None, dropout_inverted=True, maxout_pieces=2,
-                 prelu_per_feature=False):
+                 bn_unbiased=None, bn_running_var_init=1.0, dropout_inverted=True,
+                 maxout_pieces=2, prelu_per_feature=False):
         dt = resolve_dtype(dtype)
         self.input_size = positive_int("input_size", input_size)
         self.output_size = positive_int("output_size", output_size)
@@ -323,6 +323,7 @@ class MLP(Sequential):
             else regularizer,
             max_norm=max_norm.c if isinstance(max_norm, R.MaxNorm) else max_norm, alpha=alpha, bn_momentum=bn_momentum,
             bn_eps=bn_eps, bn_momentum_convention=bn_momentum_convention, bn_unbiased=bn_unbiased,
+            bn_running_var_init=bn_running_var_init,
             dropout_inverted=bool(dropout_inverted), maxout_pieces=maxout_pieces,
             prelu_per_feature=bool(prelu_per_feature))
         rng = make_rng(seed)
@@ -347,7 +348,8 @@ class MLP(Sequential):
             if batchnorm:
                 bn = L.BatchNorm(h, momentum=bn_momentum, eps=bn_eps,
                                  momentum_convention=bn_momentum_convention,
-                                 unbiased=bn_unbiased, dtype=dt)
+                                 unbiased=bn_unbiased, running_var_init=bn_running_var_init,
+                                 dtype=dt)
                 add(bn, f"BatchNorm{k}", own(bn))
             if act == "prelu":
                 pr = L.PReLU(h if prelu_per_feature else 1, dtype=dt)

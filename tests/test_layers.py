@@ -303,6 +303,20 @@ def test_float32_and_float64_layers_agree(backend):
         np.testing.assert_allclose(ya, yb, rtol=2e-5, atol=2e-5, err_msg=name)
 
 
+def test_parameter_free_layers_follow_input_dtype(backend):
+    x64 = _x()
+    for layer in [L.ReLU(), L.Softmax(), L.Dropout(0.5, seed=0), L.RReLU(seed=0), L.ELU()]:
+        assert layer.dtype == np.float32                # the default
+        assert layer.forward(x64).dtype == F64 and layer.dtype == F64
+        assert layer.backward(np.ones_like(x64)).dtype == F64
+        assert layer.forward(x64.astype(np.float32)).dtype == np.float32
+    assert isinstance(L.SoftmaxCrossEntropy().forward(x64, np.arange(7) % 5), float)
+    with pytest.raises(TypeError, match="x has dtype float64 but the model is float32"):
+        L.ReLU(dtype=np.float32).forward(x64)           # explicit dtype: strict
+    with pytest.raises(TypeError, match="x has dtype float64 but the model is float32"):
+        L.PReLU().forward(x64)                          # parameters fix the dtype
+
+
 def test_workspaces_are_reused(backend):
     layer = L.Dense(5, 4, "relu", seed=0)
     x = _x(dtype=np.float32)

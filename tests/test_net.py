@@ -55,6 +55,16 @@ def test_mlp_weight_init_from_seed():
     np.testing.assert_array_equal(a.params["W2"], d.params["W2"].astype(np.float32))
 
 
+def test_mlp_textbook_batchnorm_options():
+    net = MLP(6, [5], 3, batchnorm=True, bn_momentum_convention="textbook", bn_momentum=0.9,
+              bn_eps=1e-6, bn_running_var_init=0.0, dropout=0.5, dropout_inverted=False, seed=0)
+    bn, drop = net.layers[1], net.layers[3]
+    assert (bn.momentum, bn.eps, bn.unbiased, bn.kernel_momentum) == (0.9, 1e-6, False,
+                                                                      pytest.approx(0.1))
+    assert (bn.running_var == 0).all() and not drop.inverted
+    assert MLP(**net.config()).layers[1].running_var_init == 0.0
+
+
 def test_dropout_streams_are_derived_from_seed():
     a = MLP(6, [5, 5], 3, dropout=0.5, seed=3)
     b = MLP(6, [5, 5], 3, dropout=0.5, seed=3)

@@ -8,8 +8,9 @@ layer's next call with the same batch shape** — copy it if you need to keep it
 Common to every layer:
 
 * ``dtype`` (float32 by default, or float64): inputs must have exactly this dtype (a mismatch is a
-  ``TypeError``, never a silent cast). Parameter-free layers built without ``dtype=`` adopt the
-  dtype of the net they are put in.
+  ``TypeError``, never a silent cast). Parameter-free layers built without ``dtype=`` follow the
+  float dtype of their input (float32 in, float32 out; float64 likewise) and adopt the dtype of
+  the net they are put in; with an explicit ``dtype=`` they are strict too.
 * ``params`` / ``grads``: dict name -> the layer's own arrays (in-place updates reach the layer).
 * ``trainable`` (default True): when False, ``backward`` computes no parameter gradients.
 * ``backward(dout, compute_dx=True)`` returns dL/dx (None when ``compute_dx=False``); it uses the

@@ -6,7 +6,7 @@ import functools
 import numpy as np
 
 from .. import init as _init
-from .._validation import finite_array, float_array, real, resolve_dtype
+from .._validation import FLOAT_DTYPES, finite_array, float_array, real, resolve_dtype
 
 __all__ = ["Layer", "activation_code"]
 
@@ -81,7 +81,15 @@ class Layer:
         self._fwd = None
 
     # ---------------------------------------------------------------- checks
+    def _adopt(self, x):
+        """A parameter-free layer built without dtype= follows its input's float dtype."""
+        if (not self._dtype_given and not self.params and isinstance(x, np.ndarray)
+                and x.dtype in FLOAT_DTYPES and x.dtype != self.dtype):
+            self._set_dtype(x.dtype)
+
     def _check_x(self, x, features=None, ndim=2, name="x"):
+        if name != "dout":
+            self._adopt(x)
         x = float_array(name, x, self.dtype, ndim=ndim, features=features)
         if self.check_finite:
             finite_array(name, x)

@@ -17,6 +17,7 @@ class SoftmaxCrossEntropy(Layer):
     """
 
     def forward(self, logits, t):
+        self._adopt(logits)
         logits = float_array("logits", logits, self.dtype, ndim=2, min_rows=1)
         if self.check_finite:
             finite_array("logits", logits)

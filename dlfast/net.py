@@ -112,7 +112,6 @@ class _Net:
         self.params = {n: layer.params[k] for n, layer, k in entries if k in layer.params}
         for layer in all_layers:
             layer.check_finite = False          # the net checks its input once
-        self._grad_dicts = {}
 
     # ---------------------------------------------------------------- inputs
     def _check_x(self, x):
@@ -169,14 +168,15 @@ class _Net:
     # ---------------------------------------------------------------- state
     def state_dict(self):
         """name -> copy: params, BN running statistics, dropout/RReLU seed and counter."""
-        out = {}
-        for n, layer, k in self._entries:
-            out[n] = layer.state_dict()[k]
-        return out
+        per_layer = {}
+        for _, layer, _ in self._entries:
+            if id(layer) not in per_layer:
+                per_layer[id(layer)] = layer.state_dict()
+        return {n: per_layer[id(layer)][k] for n, layer, k in self._entries}
 
     def load_state_dict(self, d, strict=True):
         """Copy a ``state_dict`` into the net in place (shapes checked; unknown keys are an error
-        when ``strict``)."""
+        when ``strict``). Everything is checked before anything is written."""
         if not isinstance(d, dict):
             raise TypeError(f"state must be a dict, got {type(d).__name__}")
         names = {n for n, _, _ in self._entries}
@@ -192,6 +192,10 @@ class _Net:
             src = np.asarray(d[n])
             if src.shape != np.shape(own):
                 raise ValueError(f"state {n!r} must have shape {np.shape(own)}, got {src.shape}")
+            want = "f" if np.asarray(own).dtype.kind == "f" else "iu"
+            if src.dtype.kind not in want:
+                raise TypeError(f"state {n!r} must have a "
+                                f"{'float' if want == 'f' else 'integer'} dtype, got {src.dtype.name}")
             per_layer.setdefault(id(layer), (layer, {}))[1][k] = src
         for layer, sub in per_layer.values():
             try:

@@ -278,6 +278,10 @@ def test_load_state_dict_errors():
     net.load_state_dict({**state, "W9": np.zeros(1)}, strict=False)
     with pytest.raises(ValueError, match="'W1' must have shape \\(6, 8\\), got \\(8, 6\\)"):
         net.load_state_dict({**state, "W1": state["W1"].T})
+    W1 = net.params["W1"].copy()
+    with pytest.raises(TypeError, match="'running_var1' must have a float dtype, got int64"):
+        net.load_state_dict({**state, "W1": W1 + 1, "running_var1": np.ones(8, np.int64)})
+    np.testing.assert_array_equal(net.params["W1"], W1)      # nothing was written
     with pytest.raises(TypeError, match="state must be a dict"):
         net.load_state_dict([1, 2])
 

@@ -1,0 +1,167 @@
+"""Save a model to one ``.npz`` file and load it back.
+
+File layout (``numpy.savez``, no pickles)::
+
+    __format__   "dlfast-model"            format tag
+    __version__  FORMAT_VERSION (int)      bumped on incompatible changes
+    __class__    "MLP" | "Sequential" | "MultiTaskNet"
+    __config__   JSON of model.config()    rebuilds the architecture: cls(**config)
+    __meta__     JSON of user metadata     (optional extras: history, command line ...)
+    __dlfast__   dlfast version that wrote the file
+    state.NAME   each entry of model.state_dict() (params, BN running statistics, RNG state)
+
+Writes are atomic: a temporary file in the target folder, flushed and fsynced, then ``os.replace``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+__all__ = ["save_model", "load_model", "read_metadata", "ModelFileError", "FORMAT", "FORMAT_VERSION",
+           "save", "load"]
+
+FORMAT = "dlfast-model"
+FORMAT_VERSION = 1
+_PREFIX = "state."
+
+
+class ModelFileError(ValueError):
+    """A model file that is missing, truncated, foreign, of another format version, or damaged."""
+
+
+def _classes():
+    from . import net
+    return {"MLP": net.MLP, "Sequential": net.Sequential, "MultiTaskNet": net.MultiTaskNet}
+
+
+def _json(name, obj):
+    try:
+        return json.dumps(obj, sort_keys=True, allow_nan=True)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} is not JSON-serialisable ({exc}); a model with a custom callable "
+                        f"(e.g. weight_init) cannot be saved by configuration") from None
+
+
+def save_model(model, path, metadata=None):
+    """Write ``model`` (architecture, state) to ``path`` atomically; returns the path.
+    ``metadata``: an optional JSON-serialisable dict stored alongside (read back by
+    ``read_metadata``)."""
+    for attr in ("config", "state_dict", "load_state_dict"):
+        if not callable(getattr(model, attr, None)):
+            raise TypeError(f"model must provide {attr}() (a dlfast net), got {type(model).__name__}")
+    path = os.fspath(path)
+    cls = type(model).__name__
+    if cls not in _classes():
+        raise TypeError(f"model class {cls} cannot be saved; supported: {sorted(_classes())}")
+    from . import __version__
+    arrays = {"__format__": np.array(FORMAT), "__version__": np.array(FORMAT_VERSION),
+              "__class__": np.array(cls), "__config__": np.array(_json("model.config()", model.config())),
+              "__meta__": np.array(_json("metadata", {} if metadata is None else dict(metadata))),
+              "__dlfast__": np.array(__version__)}
+    for name, value in model.state_dict().items():
+        arrays[_PREFIX + name] = np.asarray(value)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot save the model to {path!r}: folder {folder!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:                                       # make the rename itself durable (POSIX)
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+    return path
+
+
+def _read(path):
+    """All arrays of the file as a dict, after checking tag and version."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelFileError(f"model file {path!r} does not exist")
+    try:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise ModelFileError(f"{path!r} is not a dlfast model file (a bare .npy array, not .npz)")
+        with z:
+            data = {k: z[k] for k in z.files}
+    except ModelFileError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+        raise ModelFileError(f"model file {path!r} is truncated or damaged "
+                             f"({type(exc).__name__}: {exc})") from None
+    fmt = data.get("__format__")
+    if fmt is None or fmt.shape != () or str(fmt) != FORMAT:
+        raise ModelFileError(f"{path!r} is not a dlfast model file (no {FORMAT!r} format tag)")
+    try:
+        version = int(data["__version__"])
+    except (KeyError, TypeError, ValueError):
+        raise ModelFileError(f"model file {path!r} has no valid format version") from None
+    if version != FORMAT_VERSION:
+        raise ModelFileError(f"model file {path!r} has format version {version}; this dlfast reads "
+                             f"version {FORMAT_VERSION}")
+    for key in ("__class__", "__config__"):
+        if key not in data:
+            raise ModelFileError(f"model file {path!r} lacks {key} (damaged file)")
+    return path, data
+
+
+def _loads(path, data, key):
+    try:
+        return json.loads(str(data[key])) if key in data else {}
+    except ValueError as exc:
+        raise ModelFileError(f"model file {path!r}: {key} is not valid JSON ({exc})") from None
+
+
+def load_model(path):
+    """Rebuild the model saved by ``save_model`` (same class, config, dtype and state)."""
+    path, data = _read(path)
+    cls_name = str(data["__class__"])
+    classes = _classes()
+    if cls_name not in classes:
+        raise ModelFileError(f"model file {path!r} holds an unknown model class {cls_name!r}; "
+                             f"known: {sorted(classes)}")
+    config = _loads(path, data, "__config__")
+    if not isinstance(config, dict):
+        raise ModelFileError(f"model file {path!r}: the config must be a JSON object")
+    try:
+        model = classes[cls_name](**config)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ModelFileError(f"model file {path!r}: cannot rebuild {cls_name} from its config "
+                             f"({type(exc).__name__}: {exc})") from None
+    state = {k[len(_PREFIX):]: v for k, v in data.items() if k.startswith(_PREFIX)}
+    try:
+        model.load_state_dict(state)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ModelFileError(f"model file {path!r}: its state does not fit the {cls_name} "
+                             f"({type(exc).__name__}: {exc})") from None
+    return model
+
+
+def read_metadata(path):
+    """The ``metadata`` dict stored by ``save_model`` (``{}`` when none)."""
+    path, data = _read(path)
+    meta = _loads(path, data, "__meta__")
+    return meta
+
+
+# Short aliases.
+save = save_model
+load = load_model

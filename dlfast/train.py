@@ -1,0 +1,580 @@
+"""Training loop: ``Trainer``, ``History``, callbacks and ``EarlyStopping``.
+
+One epoch = one pass over the training set in shuffled mini-batches (the Trainer's own seeded
+``numpy.random.Generator``); per step::
+
+    loss, grads = model.loss_and_gradient(xb, tb)     # train mode (dropout, BN batch statistics)
+    optimizer.update(model.params, grads); model.apply_constraints()
+
+After each epoch the loss and accuracy of the whole training set and of the validation set are
+measured in eval mode and appended to ``History``. The validation set is ``x_val``/``t_val`` or a
+``val_split`` fraction split off the training data given to ``fit``; nothing else is ever looked at.
+
+Learning-rate schedules: ``schedule(t)`` (``dlfast.schedules`` or any callable t -> lr) sets
+``optimizer.lr`` before each epoch (t = epochs done) or each step (t = steps done,
+``schedule_per="step"``). A schedule with ``step(metric)`` (``ReduceOnPlateau``) is instead fed
+``logs[schedule_monitor]`` after each epoch and its result becomes ``optimizer.lr``.
+
+Callbacks: any objects with some of ``on_train_begin(trainer)``, ``on_epoch_begin(trainer, epoch)``,
+``on_step_end(trainer, step, logs)``, ``on_epoch_end(trainer, epoch, logs)``,
+``on_train_end(trainer, history)``. A hook stops training by returning ``True`` (or ``"stop"``), by
+raising ``StopTraining``, or by setting ``trainer.stop_training = True``; a stop requested mid-epoch
+ends that epoch early (its metrics are still measured). Epochs are numbered from 1.
+
+Ctrl-C (SIGINT, main thread): the step in progress finishes, ``on_train_end`` runs (EarlyStopping
+restores its best weights), ``trainer.interrupted`` is set, and ``KeyboardInterrupt`` is raised so
+the caller can save the model (``dlfast train`` does). A second Ctrl-C interrupts at once.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+
+from ._validation import labels_to_indices, positive_int, real
+
+__all__ = ["Trainer", "History", "Callback", "LambdaCallback", "EarlyStopping", "StopTraining",
+           "NonFiniteError"]
+
+
+class StopTraining(Exception):
+    """Raised by a callback hook to end training (after the current epoch's metrics)."""
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or a gradient became NaN/inf. Attributes ``epoch``, ``step`` (1-based step within
+    the epoch), ``global_step``, ``param`` (parameter name or None) and ``what`` ("loss" or
+    "gradient")."""
+
+    def __init__(self, message, epoch, step, global_step, param=None, what="loss"):
+        super().__init__(message)
+        self.epoch, self.step, self.global_step = epoch, step, global_step
+        self.param, self.what = param, what
+
+
+# ============================================================================ history
+class History:
+    """Per-epoch records, one list per key (index i = epoch ``epoch[i]``):
+
+    ``epoch``, ``loss``/``accuracy`` (training set, eval mode), ``val_loss``/``val_accuracy``
+    (validation set; empty lists without one), ``batch_loss`` (mean train-mode mini-batch loss),
+    ``lr`` (learning rate at the end of the epoch), ``time`` (seconds of the epoch, evaluation
+    included), ``steps`` (optimiser steps in the epoch)."""
+
+    KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "batch_loss", "lr", "time",
+            "steps")
+
+    def __init__(self):
+        for k in self.KEYS:
+            setattr(self, k, [])
+
+    def append(self, logs):
+        """Add one epoch's ``logs`` (keys of ``KEYS``; missing val_* keys are skipped)."""
+        for k in self.KEYS:
+            if k in logs and logs[k] is not None:
+                getattr(self, k).append(logs[k])
+
+    def as_dict(self):
+        """``{key: list}`` (copies) for every key in ``KEYS``."""
+        return {k: list(getattr(self, k)) for k in self.KEYS}
+
+    def __len__(self):
+        return len(self.epoch)
+
+    def __getitem__(self, key):
+        if key not in self.KEYS:
+            raise KeyError(f"History has no {key!r}; keys are {self.KEYS}")
+        return getattr(self, key)
+
+    def best(self, monitor="val_loss", mode="auto"):
+        """``(epoch, value)`` of the best ``monitor`` value (min for losses, max for accuracies)."""
+        vals = self[monitor]
+        if not vals:
+            raise ValueError(f"History has no {monitor!r} values")
+        mode = _mode(monitor, mode)
+        i = int(np.argmin(vals) if mode == "min" else np.argmax(vals))
+        return self.epoch[i], vals[i]
+
+    def __repr__(self):
+        if not self.epoch:
+            return "History(0 epochs)"
+        last = {k: getattr(self, k)[-1] for k in ("loss", "accuracy", "val_loss", "val_accuracy")
+                if getattr(self, k)}
+        return f"History({len(self)} epochs, last: " + ", ".join(f"{k}={v:.4g}" for k, v in
+                                                                 last.items()) + ")"
+
+
+def _mode(monitor, mode):
+    if mode == "auto":
+        return "max" if "acc" in monitor else "min"
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+    return mode
+
+
+# ============================================================================ callbacks
+class Callback:
+    """Base class with no-op hooks (subclassing is optional: any object with some hooks works)."""
+
+    def on_train_begin(self, trainer):
+        pass
+
+    def on_epoch_begin(self, trainer, epoch):
+        pass
+
+    def on_step_end(self, trainer, step, logs):
+        pass
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        pass
+
+    def on_train_end(self, trainer, history):
+        pass
+
+
+class LambdaCallback(Callback):
+    """Hooks from functions: ``LambdaCallback(on_epoch_end=lambda trainer, epoch, logs: ...)``."""
+
+    _HOOKS = ("on_train_begin", "on_epoch_begin", "on_step_end", "on_epoch_end", "on_train_end")
+
+    def __init__(self, **hooks):
+        for name, fn in hooks.items():
+            if name not in self._HOOKS:
+                raise TypeError(f"unknown hook {name!r}; hooks are {self._HOOKS}")
+            if not callable(fn):
+                raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+            setattr(self, name, fn)
+
+
+class EarlyStopping(Callback):
+    """Stop after ``patience`` epochs without an improvement of ``monitor`` by more than
+    ``min_delta`` (improvement: ``value < best - min_delta`` for "min", ``value > best + min_delta``
+    for "max"; mode "auto" = max for accuracies, min otherwise). With ``restore_best`` the model's
+    state (``state_dict``) of the best epoch is restored when training ends.
+    After training: ``best``, ``best_epoch``, ``stopped_epoch`` (0 if it never fired)."""
+
+    def __init__(self, patience, min_delta=0.0, restore_best=True, monitor="val_loss", mode="auto"):
+        if isinstance(patience, bool):
+            raise TypeError("patience must be an integer, got bool")
+        self.patience = positive_int("patience", patience)
+        self.min_delta = real("min_delta", min_delta, 0.0)
+        self.restore_best = bool(restore_best)
+        if not isinstance(monitor, str) or monitor not in History.KEYS:
+            raise ValueError(f"monitor must be one of {History.KEYS}, got {monitor!r}")
+        self.monitor = monitor
+        self.mode = _mode(monitor, mode)
+        self._reset()
+
+    def _reset(self):
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best_epoch = 0
+        self.wait = 0
+        self.stopped_epoch = 0
+        self._best_state = None
+
+    def on_train_begin(self, trainer):
+        if self.monitor.startswith("val_") and not trainer.has_validation:
+            raise ValueError(f"EarlyStopping monitors {self.monitor!r} but there is no validation "
+                             f"set; pass x_val/t_val to fit or val_split= to the Trainer")
+        self._reset()
+
+    def _improved(self, value):
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        value = logs[self.monitor]
+        if self._improved(value):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best:
+                self._best_state = trainer.model.state_dict()
+            return False
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = epoch
+            return True
+        return False
+
+    def on_train_end(self, trainer, history):
+        if self.restore_best and self._best_state is not None and self.best_epoch != trainer.epoch:
+            trainer.model.load_state_dict(self._best_state)
+
+    def __repr__(self):
+        return (f"EarlyStopping(patience={self.patience}, min_delta={self.min_delta}, "
+                f"monitor={self.monitor!r}, restore_best={self.restore_best})")
+
+
+# ============================================================================ helpers
+def _n(name, a):
+    if isinstance(a, dict):
+        sizes = {k: _n(f"{name}[{k!r}]", v) for k, v in a.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"{name} heads have different numbers of samples: {sizes}")
+        if not sizes:
+            raise ValueError(f"{name} must not be an empty dict")
+        return next(iter(sizes.values()))
+    if not isinstance(a, np.ndarray) or a.ndim < 1:
+        raise TypeError(f"{name} must be a numpy.ndarray with a sample axis, got {type(a).__name__}")
+    return a.shape[0]
+
+
+def _take(a, idx):
+    if isinstance(a, dict):
+        return {k: v[idx] for k, v in a.items()}
+    return a[idx]
+
+
+def _is_stop(r):
+    return r is True or (isinstance(r, str) and r == "stop")
+
+
+def _mean_acc(a):
+    return float(np.mean(list(a.values()))) if isinstance(a, dict) else float(a)
+
+
+# ============================================================================ trainer
+class Trainer:
+    """Mini-batch training of a dlfast net with an optimiser (see the module docstring).
+
+    ``epochs``: epochs per ``fit`` call; ``batch_size``: rows per step (a final batch of one row is
+    merged into the previous batch, so batch norm never sees a single row); ``schedule``,
+    ``schedule_per`` ("epoch" | "step"), ``schedule_monitor`` (for ``step(metric)`` schedules;
+    default "val_loss" with a validation set, else "loss"); ``early_stopping``: an ``EarlyStopping``
+    or an int patience; ``val_split``: fraction of the training data held out for validation
+    (``stratify`` per class); ``callbacks``; ``progress``: tqdm bar on stderr; ``seed``: the
+    shuffling/splitting generator (int or None); ``eval_batch_size``: rows per evaluation chunk.
+
+    Counters: ``epoch`` (epochs done) and ``step`` (optimiser steps done) keep growing over
+    successive ``fit`` calls, as does ``history``.
+    """
+
+    def __init__(self, model, optimizer, epochs=10, batch_size=32, *, schedule=None,
+                 schedule_per="epoch", schedule_monitor=None, early_stopping=None, val_split=None,
+                 stratify=False, callbacks=(), progress=True, seed=None, shuffle=True,
+                 eval_batch_size=1024, handle_interrupt=True):
+        for attr in ("params", "loss_and_gradient", "state_dict", "load_state_dict"):
+            if not hasattr(model, attr):
+                raise TypeError(f"model must be a dlfast net (needs {attr}), got {type(model).__name__}")
+        if not callable(getattr(optimizer, "update", None)) or not hasattr(optimizer, "lr"):
+            raise TypeError(f"optimizer must have update(params, grads) and an lr attribute, "
+                            f"got {type(optimizer).__name__}")
+        self.model = model
+        self.optimizer = optimizer
+        self.epochs = positive_int("epochs", epochs)
+        self.batch_size = positive_int("batch_size", batch_size)
+        self.eval_batch_size = positive_int("eval_batch_size", eval_batch_size)
+        if schedule is not None and not callable(schedule) and not callable(getattr(schedule, "step", None)):
+            raise TypeError(f"schedule must be callable (t -> lr) or have step(metric), "
+                            f"got {type(schedule).__name__}")
+        self.schedule = schedule
+        if schedule_per not in ("epoch", "step"):
+            raise ValueError(f"schedule_per must be 'epoch' or 'step', got {schedule_per!r}")
+        self.schedule_per = schedule_per
+        if schedule_monitor is not None and schedule_monitor not in History.KEYS:
+            raise ValueError(f"schedule_monitor must be one of {History.KEYS}, got {schedule_monitor!r}")
+        self.schedule_monitor = schedule_monitor
+        if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
+            early_stopping = EarlyStopping(early_stopping)
+        self.early_stopping = early_stopping
+        if val_split is not None:
+            val_split = real("val_split", val_split, 0.0, 1.0, lo_open=True, hi_open=True)
+        self.val_split = val_split
+        self.stratify = bool(stratify)
+        if callbacks is None:
+            callbacks = ()
+        if not isinstance(callbacks, (list, tuple)):
+            callbacks = [callbacks]
+        self.callbacks = list(callbacks)
+        self.progress = bool(progress)
+        self.shuffle = bool(shuffle)
+        self.handle_interrupt = bool(handle_interrupt)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                                 or seed < 0):
+            raise TypeError(f"seed must be a non-negative int or None, got {seed!r}")
+        ss = np.random.SeedSequence(None if seed is None else int(seed))
+        self.seed = ss.entropy
+        split_ss, shuffle_ss = ss.spawn(2)
+        self._split_rng = np.random.default_rng(split_ss)
+        self._shuffle_rng = np.random.default_rng(shuffle_ss)
+        self.epoch = 0
+        self.step = 0
+        self.history = History()
+        self.stop_training = False
+        self.stop_reason = None
+        self.interrupted = False
+        self.has_validation = False
+        self.x_val = self.t_val = None
+        self.train_indices = self.val_indices = None
+        self._sigint = False
+
+    # ---------------------------------------------------------------- callbacks
+    def _all_callbacks(self):
+        return self.callbacks + ([self.early_stopping] if self.early_stopping is not None else [])
+
+    def _call(self, hook, *args):
+        for cb in self._all_callbacks():
+            fn = getattr(cb, hook, None)
+            if fn is None:
+                continue
+            try:
+                r = fn(self, *args)
+            except StopTraining as exc:
+                r = True
+                if self.stop_reason is None and str(exc):
+                    self.stop_reason = f"{type(cb).__name__}: {exc}"
+            if _is_stop(r):
+                self.stop_training = True
+                if self.stop_reason is None:
+                    self.stop_reason = type(cb).__name__
+        return self.stop_training
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self, x, t):
+        """``(loss, accuracy)`` of the model on (x, t) in eval mode, in chunks of
+        ``eval_batch_size`` rows (loss: mean cross-entropy + penalty)."""
+        model = self.model
+        n = _n("x", x)
+        if _n("t", t) != n:
+            raise ValueError(f"x and t must have the same number of samples, got {n} and {_n('t', t)}")
+        if n == 0:
+            raise ValueError("cannot evaluate on an empty set")
+        fast = hasattr(model, "forward") and hasattr(model, "loss_layer") and not isinstance(t, dict)
+        loss_sum = acc_sum = 0.0
+        for s in range(0, n, self.eval_batch_size):
+            xc, tc = x[s:s + self.eval_batch_size], _take(t, slice(s, s + self.eval_batch_size))
+            m = xc.shape[0]
+            if fast:
+                logits = model.forward(xc, train=False)
+                loss_sum += m * model.loss_layer.forward(logits, tc)
+                labels = labels_to_indices(tc, m, logits.shape[1])
+                acc_sum += float(np.count_nonzero(np.argmax(logits, axis=1) == labels))
+            else:
+                loss_sum += m * (model.loss(xc, tc, train=False) - model.penalty())
+                acc_sum += m * _mean_acc(model.accuracy(xc, tc))
+        return loss_sum / n + model.penalty(), acc_sum / n
+
+    # ---------------------------------------------------------------- lr
+    def _metric_schedule(self):
+        """True for schedules driven by a metric (``step(metric)``, e.g. ReduceOnPlateau)."""
+        return self.schedule is not None and callable(getattr(self.schedule, "step", None))
+
+    def _set_lr(self, t):
+        s = self.schedule
+        if s is None or self._metric_schedule():
+            return
+        if callable(getattr(s, "apply", None)):
+            s.apply(self.optimizer, t)
+        else:
+            lr = float(s(t))
+            if not (math.isfinite(lr) and lr >= 0):
+                raise ValueError(f"schedule returned an invalid learning rate {lr} for t={t}")
+            self.optimizer.lr = lr
+
+    # ---------------------------------------------------------------- data
+    def _prepare(self, x, t, x_val, t_val):
+        n = _n("x", x)
+        if _n("t", t) != n:
+            raise ValueError(f"x and t must have the same number of samples, got {n} and {_n('t', t)}")
+        if (x_val is None) != (t_val is None):
+            raise ValueError("give both x_val and t_val, or neither")
+        dtype = getattr(self.model, "dtype", None)
+        if dtype is not None and isinstance(x, np.ndarray) and x.dtype != dtype:
+            raise TypeError(f"x has dtype {x.dtype.name} but the model is {np.dtype(dtype).name} "
+                            f"(cast explicitly, e.g. x.astype(np.{np.dtype(dtype).name}))")
+        if x_val is not None:
+            if self.val_split is not None:
+                raise ValueError("give x_val/t_val or val_split, not both")
+            nv = _n("x_val", x_val)
+            if _n("t_val", t_val) != nv:
+                raise ValueError(f"x_val and t_val must have the same number of samples, got {nv} "
+                                 f"and {_n('t_val', t_val)}")
+            if nv == 0:
+                raise ValueError("x_val is empty")
+            self.train_indices, self.val_indices = np.arange(n), None
+        elif self.val_split is not None:
+            from .datasets import split_indices
+            labels = None
+            if self.stratify:
+                if isinstance(t, dict):
+                    raise ValueError("stratify needs a single label array, not a dict of heads")
+                labels = t if t.ndim == 1 else np.argmax(t, axis=1)
+            self.train_indices, self.val_indices = split_indices(n, self.val_split, self._split_rng,
+                                                                 labels, "val_split")
+            x_val, t_val = x[self.val_indices], _take(t, self.val_indices)
+            x, t = x[self.train_indices], _take(t, self.train_indices)
+        else:
+            self.train_indices, self.val_indices = np.arange(n), None
+        if _n("x", x) == 0:
+            raise ValueError("the training set is empty")
+        self.x_val, self.t_val = x_val, t_val
+        self.has_validation = x_val is not None
+        return x, t
+
+    def _bounds(self, n):
+        """Batch boundaries; a final batch of one row is merged into the previous one."""
+        bounds = list(range(0, n, self.batch_size)) + [n]
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+            del bounds[-2]
+        return bounds
+
+    def _batches(self, n):
+        order = self._shuffle_rng.permutation(n) if self.shuffle else np.arange(n)
+        bounds = self._bounds(n)
+        return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    # ---------------------------------------------------------------- errors
+    def _nonfinite_param(self):
+        from . import kernels
+        for name, p in self.model.params.items():
+            if p.size and not kernels.all_finite(p):
+                return name
+        return None
+
+    def _raise_nonfinite_loss(self, loss, k):
+        bad = self._nonfinite_param()
+        where = f"epoch {self.epoch + 1}, step {k} (global step {self.step + 1})"
+        msg = (f"non-finite loss {loss} at {where}; "
+               + (f"parameter {bad!r} is already non-finite" if bad else
+                  "every parameter is finite: the loss overflowed (learning rate too high? "
+                  "unnormalised inputs?)"))
+        raise NonFiniteError(msg, self.epoch + 1, k, self.step + 1, bad, "loss")
+
+    def _check_grads(self, grads, k):
+        from . import kernels
+        for name, g in grads.items():
+            if g.size and not kernels.all_finite(g):
+                raise NonFiniteError(f"non-finite gradient for parameter {name!r} at epoch "
+                                     f"{self.epoch + 1}, step {k} (global step {self.step + 1})",
+                                     self.epoch + 1, k, self.step + 1, name, "gradient")
+
+    # ---------------------------------------------------------------- SIGINT
+    def _install_sigint(self):
+        if not self.handle_interrupt or threading.current_thread() is not threading.main_thread():
+            return None
+        try:
+            previous = signal.getsignal(signal.SIGINT)
+        except ValueError:
+            return None
+        if previous is not signal.default_int_handler:
+            return None                        # someone else handles Ctrl-C: leave it alone
+
+        def handler(signum, frame):
+            self._sigint = True                # finish this step, then stop
+            signal.signal(signal.SIGINT, signal.default_int_handler)   # second Ctrl-C: now
+
+        signal.signal(signal.SIGINT, handler)
+        return previous
+
+    # ---------------------------------------------------------------- fit
+    def fit(self, x, t, x_val=None, t_val=None):
+        """Train for ``epochs`` epochs (fewer if stopped); returns ``history``.
+
+        x (N, F) of the model's dtype, t class indices (N,) or one-hot rows (a dict head -> labels
+        for a MultiTaskNet). The validation set is (x_val, t_val) or the ``val_split`` of (x, t)."""
+        x, t = self._prepare(x, t, x_val, t_val)
+        n = _n("x", x)
+        self.stop_training = False
+        self.stop_reason = None
+        self.interrupted = False
+        self._sigint = False
+        self._post = ""
+        batches_per_epoch = len(self._bounds(n)) - 1
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=self.epochs * batches_per_epoch, unit="step", file=sys.stderr,
+                       dynamic_ncols=True, leave=True)
+        previous = self._install_sigint()
+        last_epoch = self.epoch + self.epochs
+        try:
+            self._call("on_train_begin")
+            while self.epoch < last_epoch and not self.stop_training:
+                self._run_epoch(x, t, bar, last_epoch)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self.stop_reason = "interrupted (Ctrl-C)"
+            self._call("on_train_end", self.history)
+            raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+            if bar is not None:
+                if bar.n < bar.total:
+                    bar.total = bar.n
+                bar.refresh()
+                bar.close()
+        self._call("on_train_end", self.history)
+        return self.history
+
+    def _run_epoch(self, x, t, bar, last_epoch):
+        t0 = time.perf_counter()
+        epoch = self.epoch + 1
+        model, opt = self.model, self.optimizer
+        if self.schedule_per == "epoch":
+            self._set_lr(self.epoch)
+        self._call("on_epoch_begin", epoch)
+        if bar is not None:
+            bar.set_description(f"epoch {epoch}/{last_epoch}", refresh=False)
+        loss_sum, rows, k = 0.0, 0, 0
+        for k, idx in enumerate(self._batches(_n("x", x)), 1):
+            if self.schedule_per == "step":
+                self._set_lr(self.step)
+            xb, tb = x[idx], _take(t, idx)
+            loss, grads = model.loss_and_gradient(xb, tb)
+            if not math.isfinite(loss):
+                self._raise_nonfinite_loss(loss, k)
+            if not getattr(opt, "check_finite", False):
+                self._check_grads(grads, k)        # the optimiser does not check: do it here
+            try:
+                opt.update(model.params, grads)
+            except FloatingPointError as exc:       # optim.NonFiniteGradientError names the param
+                name = getattr(exc, "param", None)
+                raise NonFiniteError(f"non-finite gradient for parameter {name!r} at epoch {epoch}, "
+                                     f"step {k} (global step {self.step + 1}): {exc}",
+                                     epoch, k, self.step + 1, name, "gradient") from exc
+            if hasattr(model, "apply_constraints"):
+                model.apply_constraints()
+            self.step += 1
+            m = len(idx)
+            loss_sum += loss * m
+            rows += m
+            if bar is not None:
+                bar.update(1)
+                if k % 10 == 1:
+                    bar.set_postfix_str(f"batch_loss={loss:.4f} {self._post}", refresh=False)
+            self._call("on_step_end", self.step, {"loss": loss, "epoch": epoch, "batch": k,
+                                                  "lr": float(opt.lr)})
+            if self._sigint:
+                raise KeyboardInterrupt
+            if self.stop_training:
+                break
+        skipped = len(self._bounds(_n("x", x))) - 1 - k
+        if bar is not None and skipped > 0:
+            bar.total -= skipped
+        logs = {"epoch": epoch, "batch_loss": loss_sum / max(rows, 1), "steps": k}
+        logs["loss"], logs["accuracy"] = self.evaluate(x, t)
+        if self.has_validation:
+            logs["val_loss"], logs["val_accuracy"] = self.evaluate(self.x_val, self.t_val)
+        self.epoch = epoch
+        if self.schedule is not None and self._metric_schedule():
+            monitor = self.schedule_monitor or ("val_loss" if self.has_validation else "loss")
+            if monitor not in logs:
+                raise ValueError(f"schedule_monitor {monitor!r} is not available (no validation set?)")
+            opt.lr = float(self.schedule.step(logs[monitor]))
+        logs["lr"] = float(opt.lr)
+        logs["time"] = time.perf_counter() - t0
+        self.history.append(logs)
+        if bar is not None:
+            post = f"loss={logs['loss']:.4f} acc={logs['accuracy']:.4f}"
+            if self.has_validation:
+                post += f" val_loss={logs['val_loss']:.4f} val_acc={logs['val_accuracy']:.4f}"
+            self._post = post
+            bar.set_postfix_str(post, refresh=True)
+        self._call("on_epoch_end", epoch, logs)
+        if self._sigint:
+            raise KeyboardInterrupt

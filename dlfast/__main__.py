@@ -1,0 +1,7 @@
+"""``python -m dlfast`` and the ``dlfast`` console script (see ``dlfast.cli``)."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,485 @@
+"""The ``dlfast`` command (also ``python -m dlfast``).
+
+Subcommands live in one registry: a new one is a function ``run(args) -> exit code`` plus one
+``register(name, run, help, configure)`` call, where ``configure(parser)`` adds its arguments.
+
+    dlfast train [options]     train an MLP on the embedded digits (or MNIST with --data-dir)
+    dlfast info [--json]       backend, dtype, threads, OpenMP, BLAS, available backends
+
+Exit codes: 0 success, 1 runtime error (bad data, diverged training ...), 2 bad arguments,
+130 interrupted by Ctrl-C (``train`` saves the model first and says where).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+__all__ = ["main", "build_parser", "register", "COMMANDS", "split_data", "runtime_info"]
+
+COMMANDS = {}          # name -> (run, help, configure)
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def register(name, run, help, configure=None):
+    """Add subcommand ``name``: ``configure(subparser)`` adds its arguments, ``run(args)`` returns
+    the exit code (None means 0)."""
+    if name in COMMANDS:
+        raise ValueError(f"command {name!r} is already registered")
+    COMMANDS[name] = (run, help, configure)
+    return run
+
+
+class _CLIError(Exception):
+    """A user-facing error: printed as ``dlfast <cmd>: error: ...`` with exit code 1."""
+
+
+def _err(msg):
+    print(msg, file=sys.stderr)
+
+
+# ============================================================================ shared helpers
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _nonneg_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _fraction(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {s!r}") from None
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {v}")
+    return v
+
+
+def _nonneg_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
+    if not v >= 0.0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {v}")
+    return v
+
+
+def _positive_float(s):
+    v = _nonneg_float(s)
+    if v == 0.0:
+        raise argparse.ArgumentTypeError("expected a number > 0, got 0")
+    return v
+
+
+def _dropout(s):
+    v = _nonneg_float(s)
+    if v >= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a dropout probability in [0, 1), got {v}")
+    return v
+
+
+def _apply_backend(args):
+    import dlfast
+    if getattr(args, "backend", None):
+        try:
+            dlfast.set_backend(args.backend)
+        except ImportError as exc:
+            raise _CLIError(f"{exc}; available backends: {', '.join(dlfast.available_backends())}") \
+                from None
+    if getattr(args, "threads", None) is not None:
+        dlfast.set_num_threads(args.threads)
+
+
+# ============================================================================ info
+_OPENMP_VERSIONS = {200505: "2.5", 200805: "3.0", 201107: "3.1", 201307: "4.0", 201511: "4.5",
+                    201811: "5.0", 202011: "5.1", 202111: "5.2", 202411: "6.0"}
+
+
+def runtime_info():
+    """A dict of what ``dlfast info`` reports."""
+    import dlfast
+    from dlfast import _config
+    info = {"dlfast": dlfast.__version__, "python": platform.python_version(),
+            "numpy": np.__version__, "platform": platform.platform()}
+    available = dlfast.available_backends()
+    info["available_backends"] = available
+    info["unavailable_backends"] = {n: _config._import_errors.get(n, "not loaded")
+                                    for n in _config.BACKEND_NAMES if n not in available}
+    info["backend"] = dlfast.get_backend()
+    info["default_dtype"] = "float32"
+    info["threads"] = dlfast.get_num_threads()
+    try:
+        from dlfast._backends import _info
+        enabled = bool(_info.openmp_enabled())
+        date = int(_info.openmp_version())
+        info["openmp"] = {"enabled": enabled, "date": date if enabled else None,
+                          "version": _OPENMP_VERSIONS.get(date, str(date)) if enabled else None,
+                          "max_threads": int(_info.max_threads())}
+    except ImportError as exc:
+        info["openmp"] = {"enabled": None, "error": f"compiled extension not built ({exc})"}
+    try:
+        from threadpoolctl import threadpool_info
+        info["blas"] = [{k: p.get(k) for k in ("internal_api", "version", "num_threads",
+                                               "threading_layer", "architecture", "filepath")}
+                        for p in threadpool_info() if p.get("user_api") == "blas"]
+        info["openmp_runtimes"] = [{k: p.get(k) for k in ("internal_api", "version", "num_threads",
+                                                          "filepath")}
+                                   for p in threadpool_info() if p.get("user_api") == "openmp"]
+    except ImportError as exc:                  # pragma: no cover - threadpoolctl is a dependency
+        info["blas"] = [{"error": f"threadpoolctl unavailable ({exc})"}]
+        info["openmp_runtimes"] = []
+    return info
+
+
+def _run_info(args):
+    _apply_backend(args)
+    info = runtime_info()
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    omp = info["openmp"]
+    if omp.get("enabled") is None:
+        omp_s = f"n/a ({omp['error']})"
+    elif omp["enabled"]:
+        omp_s = f"on (OpenMP {omp['version']}, _OPENMP={omp['date']}, max threads {omp['max_threads']})"
+    else:
+        omp_s = "off (compiled without OpenMP: kernels run single-threaded)"
+    rows = [("dlfast", info["dlfast"]),
+            ("python / numpy", f"{info['python']} / {info['numpy']}"),
+            ("backend", info["backend"]),
+            ("available backends", ", ".join(info["available_backends"]) or "none"),
+            ("default dtype", info["default_dtype"]),
+            ("threads", str(info["threads"])),
+            ("OpenMP", omp_s)]
+    for name, why in info["unavailable_backends"].items():
+        rows.append((f"{name} backend", f"unavailable: {why}"))
+    blas = info["blas"] or [{"internal_api": "none found"}]
+    for b in blas:
+        if "error" in b:
+            rows.append(("BLAS", b["error"]))
+            continue
+        rows.append(("BLAS", f"{b.get('internal_api')} {b.get('version') or ''}".strip()
+                     + (f", {b['num_threads']} threads" if b.get("num_threads") else "")
+                     + (f", {b['threading_layer']} threading" if b.get("threading_layer") else "")
+                     + (f", {b['architecture']}" if b.get("architecture") else "")))
+        if b.get("filepath"):
+            rows.append(("BLAS library", b["filepath"]))
+    for r in info["openmp_runtimes"]:
+        rows.append(("OpenMP runtime", " ".join(str(v) for v in (r.get("internal_api"),
+                                                                 r.get("version"), r.get("filepath"))
+                                                if v)))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def _configure_info(p):
+    p.add_argument("--backend", choices=("numpy", "cython"), help="select this backend first")
+    p.add_argument("--threads", type=_nonneg_int, help="set the thread count first (0 = default)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+# ============================================================================ train
+ACTIVATIONS = ("relu", "leaky_relu", "elu", "sigmoid", "tanh", "identity", "prelu", "rrelu",
+               "maxout")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+SCHEDULES = ("none", "step", "exp", "inverse", "plateau")
+# Which optimiser flags apply to which optimiser (dest -> (keyword, optimisers)).
+_OPT_FLAGS = {
+    "momentum": ("momentum", ("momentum", "nesterov")),
+    "beta1": ("beta1", ("adam", "adamw")),
+    "beta2": ("beta2", ("adam", "adamw")),
+    "eps": ("eps", ("adagrad", "rmsprop", "adam", "adamw")),
+    "rho": ("rho", ("rmsprop",)),
+    "eps_inside_sqrt": ("eps_inside_sqrt", ("adagrad", "rmsprop")),
+    "eps_hat": ("eps_hat", ("adam", "adamw")),
+}
+
+
+def split_data(x, t, test_fraction, seed):
+    """Stratified ``(x_train, t_train, x_test, t_test)`` for data without a separate test set."""
+    from .datasets import train_test_split
+    return train_test_split(x, t, test_fraction, seed=np.random.default_rng([seed, 0]),
+                            stratify=True)
+
+
+def _load_data(args, dtype):
+    from . import datasets
+    if args.data_dir:
+        x, t = datasets.load_mnist(args.data_dir, "train", dtype=dtype)
+        x_test, t_test = datasets.load_mnist(args.data_dir, "t10k", dtype=dtype)
+        return f"MNIST ({args.data_dir})", x, t, x_test, t_test
+    x, t = datasets.load_digits(dtype=dtype)
+    x_train, t_train, x_test, t_test = split_data(x, t, args.test_split, args.seed)
+    return "digits", x_train, t_train, x_test, t_test
+
+
+def _make_optimizer(args):
+    from . import optim
+    kwargs = {}
+    if args.lr is not None:
+        kwargs["lr"] = args.lr
+    for dest, (kw, applies) in _OPT_FLAGS.items():
+        v = getattr(args, dest)
+        if v is None or v is False:
+            continue
+        if args.optimizer not in applies:
+            flag = "--" + dest.replace("_", "-")
+            raise _CLIError(f"{flag} does not apply to --optimizer {args.optimizer} "
+                            f"(it is for {', '.join(applies)})")
+        kwargs[kw] = v
+    if args.clip_norm is not None:
+        kwargs["clip_norm"] = args.clip_norm
+    if args.clip_value is not None:
+        kwargs["clip_value"] = args.clip_value
+    if args.optimizer == "adamw" and args.weight_decay:
+        kwargs["weight_decay"] = args.weight_decay       # decoupled: the optimiser's job
+    return optim.get(args.optimizer, **kwargs)
+
+
+def _make_model(args, n_in, n_out, dtype):
+    from . import regularizers as R
+    from .net import MLP
+    wd = 0.0 if args.optimizer == "adamw" else args.weight_decay
+    kwargs = {}
+    if args.l1 and wd:
+        kwargs["regularizer"] = R.ElasticNet(l1=args.l1, l2=wd)
+    elif args.l1:
+        kwargs["regularizer"] = R.L1(args.l1)
+    else:
+        kwargs["weight_decay"] = wd
+    if args.max_norm is not None:
+        kwargs["max_norm"] = args.max_norm
+    if args.alpha is not None:
+        kwargs["alpha"] = args.alpha
+    return MLP(n_in, args.hidden, n_out, activation=args.activation, weight_init=args.init,
+               batchnorm=args.batchnorm, dropout=args.dropout, seed=args.seed, dtype=dtype, **kwargs)
+
+
+def _make_schedule(args, lr0):
+    from . import schedules as S
+    if args.schedule == "none":
+        return None
+    if args.schedule == "step":
+        return S.StepDecay(lr0, args.step_size, args.gamma)
+    if args.schedule == "exp":
+        return S.ExponentialDecay(lr0, args.decay)
+    if args.schedule == "inverse":
+        return S.InverseTimeDecay(lr0, args.decay)
+    return S.ReduceOnPlateau(lr0, factor=args.gamma, patience=args.plateau_patience)
+
+
+def _fmt_table(rows):
+    head = ("", "loss", "accuracy")
+    lines = [f"{head[0]:<12}{head[1]:>10}{head[2]:>11}"]
+    for name, loss, acc in rows:
+        lines.append(f"{name:<12}{loss:>10.4f}{acc * 100:>10.2f}%")
+    return "\n".join(lines)
+
+
+def _write_outputs(out, model, trainer, meta, quiet=False):
+    """Save the model, the curves and history.json in ``out``; returns their paths."""
+    from . import io
+    paths = {"model": io.save_model(model, os.path.join(out, "model.npz"), metadata=meta)}
+    hist = trainer.history
+    with open(os.path.join(out, "history.json"), "w") as f:
+        json.dump({"history": hist.as_dict(), **meta}, f, indent=1)
+    paths["history"] = os.path.join(out, "history.json")
+    if len(hist):
+        from .plotting import plot_history
+        paths["plot"] = plot_history(hist, os.path.join(out, "history.png"), title=meta.get("title"))
+    return paths
+
+
+def _run_train(args):
+    from . import kernels  # noqa: F401  (selects the backend before timing)
+    from .train import EarlyStopping, Trainer
+    _apply_backend(args)
+    import dlfast
+    dtype = np.dtype(args.dtype)
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    source, x, t, x_test, t_test = _load_data(args, dtype)
+    n_out = int(max(t.max(), t_test.max())) + 1
+    model = _make_model(args, x.shape[1], n_out, dtype)
+    opt = _make_optimizer(args)
+    schedule = _make_schedule(args, float(opt.lr))
+    es = None
+    if args.early_stopping is not None:
+        es = EarlyStopping(args.early_stopping, min_delta=args.min_delta)
+    trainer = Trainer(model, opt, epochs=args.epochs, batch_size=args.batch_size, schedule=schedule,
+                      schedule_per=args.schedule_per, early_stopping=es, val_split=args.val_split,
+                      stratify=True, progress=not args.no_progress, seed=args.seed)
+    arch = "-".join(str(v) for v in [x.shape[1], *args.hidden, n_out])
+    title = f"MLP {arch} {args.activation} on {source}, {args.optimizer}"
+    print(f"dlfast train: MLP {arch} ({args.activation}, init {args.init}"
+          + (", batchnorm" if args.batchnorm else "") + (f", dropout {args.dropout}" if args.dropout else "")
+          + f") on {source}: {x.shape[0]} training rows (validation {args.val_split:g} of them), "
+          f"{x_test.shape[0]} test rows")
+    print(f"  optimizer {args.optimizer} lr={opt.lr:g}, schedule {args.schedule}, batch {args.batch_size}, "
+          f"{args.epochs} epochs, backend {dlfast.get_backend()} ({dlfast.get_num_threads()} threads), "
+          f"{dtype.name}, seed {args.seed}", flush=True)
+    meta = {"title": title, "command": sys.argv[1:] if args.argv is None else args.argv,
+            "args": {k: v for k, v in vars(args).items() if k not in ("func", "argv")},
+            "source": source, "backend": dlfast.get_backend()}
+    t0 = time.perf_counter()
+    try:
+        trainer.fit(x, t)
+    except KeyboardInterrupt:
+        meta.update(interrupted=True, epochs_done=trainer.epoch, steps_done=trainer.step)
+        paths = _write_outputs(out, model, trainer, meta)
+        _err(f"\ndlfast train: interrupted (Ctrl-C) after {trainer.epoch} epoch(s), {trainer.step} "
+             f"step(s); model saved to {paths['model']}"
+             + (f", curves to {paths['plot']}" if "plot" in paths else ""))
+        return EXIT_INTERRUPTED
+    total = time.perf_counter() - t0
+    hist = trainer.history
+    test_loss, test_acc = trainer.evaluate(x_test, t_test)
+    final = {"train": (hist.loss[-1], hist.accuracy[-1]), "test": (test_loss, test_acc)}
+    rows = [("train", *final["train"])]
+    if hist.val_loss:
+        final["validation"] = (hist.val_loss[-1], hist.val_accuracy[-1])
+        rows.append(("validation", *final["validation"]))
+    rows.append(("test", test_loss, test_acc))
+    meta.update(interrupted=False, epochs_done=trainer.epoch, steps_done=trainer.step,
+                final={k: {"loss": v[0], "accuracy": v[1]} for k, v in final.items()},
+                seconds=total, seconds_per_epoch=float(np.mean(hist.time)))
+    paths = _write_outputs(out, model, trainer, meta)
+    print()
+    print(_fmt_table(rows))
+    stop = ""
+    if es is not None and es.stopped_epoch:
+        stop = f" (early stopping at epoch {es.stopped_epoch}, best epoch {es.best_epoch}" \
+               + (" restored)" if es.restore_best else ")")
+    print(f"\n{trainer.epoch} epochs{stop}, {np.mean(hist.time):.3f} s per epoch, {total:.2f} s in all")
+    print(f"model:  {paths['model']}\ncurves: {paths['plot']}\nhistory: {paths['history']}")
+    return 0
+
+
+def _configure_train(p):
+    g = p.add_argument_group("model")
+    g.add_argument("--hidden", type=_positive_int, nargs="+", default=[100, 100], metavar="N",
+                   help="hidden layer sizes (default: 100 100)")
+    g.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="(default: relu)")
+    g.add_argument("--alpha", type=_nonneg_float, help="slope of leaky_relu / scale of elu")
+    g.add_argument("--init", default="he",
+                   help="weight initialiser: he, he_uniform, xavier, xavier_uniform, lecun, "
+                        "orthogonal, normal, uniform, zeros ... or a float std (default: he)")
+    g.add_argument("--batchnorm", action="store_true", help="batch normalisation after each hidden Dense")
+    g.add_argument("--dropout", type=_dropout, default=0.0, metavar="P",
+                   help="dropout probability after each hidden layer (default: 0)")
+    g.add_argument("--weight-decay", type=_nonneg_float, default=0.0, metavar="LAMBDA",
+                   help="L2 penalty (lambda/2)*sum W^2 on the weights; with --optimizer adamw the "
+                        "decoupled weight decay instead (default: 0)")
+    g.add_argument("--l1", type=_nonneg_float, default=0.0, metavar="LAMBDA",
+                   help="L1 penalty lambda*sum |W| (with --weight-decay: elastic net)")
+    g.add_argument("--max-norm", type=_positive_float, metavar="C",
+                   help="max-norm constraint on each unit's incoming weights")
+    g.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    g = p.add_argument_group("optimiser")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="(default: adam)")
+    g.add_argument("--lr", type=_nonneg_float, help="learning rate (default: the optimiser's)")
+    g.add_argument("--momentum", type=_nonneg_float, help="momentum / nesterov mu")
+    g.add_argument("--beta1", type=_nonneg_float, help="adam beta1")
+    g.add_argument("--beta2", type=_nonneg_float, help="adam beta2")
+    g.add_argument("--eps", type=_positive_float, help="adagrad / rmsprop / adam epsilon")
+    g.add_argument("--rho", type=_nonneg_float, help="rmsprop decay rate")
+    g.add_argument("--eps-inside-sqrt", action="store_true",
+                   help="adagrad/rmsprop: lr*g/sqrt(h+eps) (Keras form)")
+    g.add_argument("--eps-hat", action="store_true", help="adam: the textbook/Keras folded-eps form")
+    g.add_argument("--clip-norm", type=_positive_float, help="clip the global gradient norm")
+    g.add_argument("--clip-value", type=_positive_float, help="clip each gradient element")
+    g = p.add_argument_group("schedule and stopping")
+    g.add_argument("--schedule", choices=SCHEDULES, default="none",
+                   help="step: lr*gamma^floor(t/step_size); exp: lr*exp(-k t); inverse: lr/(1+k t); "
+                        "plateau: lr*gamma after --plateau-patience epochs without val_loss gain")
+    g.add_argument("--schedule-per", choices=("epoch", "step"), default="epoch",
+                   help="t counts epochs or optimiser steps (default: epoch)")
+    g.add_argument("--step-size", type=_positive_int, default=10, help="step schedule (default: 10)")
+    g.add_argument("--gamma", type=_positive_float, default=0.5,
+                   help="step / plateau factor (default: 0.5)")
+    g.add_argument("--decay", type=_nonneg_float, default=0.05, metavar="K",
+                   help="k of the exp and inverse schedules (default: 0.05)")
+    g.add_argument("--plateau-patience", type=_positive_int, default=5)
+    g.add_argument("--early-stopping", type=_positive_int, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without val_loss improvement; restore the best")
+    g.add_argument("--min-delta", type=_nonneg_float, default=0.0, help="early stopping min_delta")
+    g = p.add_argument_group("run")
+    g.add_argument("--epochs", type=_positive_int, default=30, help="(default: 30)")
+    g.add_argument("--batch-size", type=_positive_int, default=32, help="(default: 32)")
+    g.add_argument("--val-split", type=_fraction, default=0.1,
+                   help="fraction of the training data held out for validation (default: 0.1)")
+    g.add_argument("--test-split", type=_fraction, default=0.2,
+                   help="digits: fraction held out as the test set (default: 0.2)")
+    g.add_argument("--data-dir", metavar="DIR",
+                   help="folder with MNIST IDX files (train-*/t10k-*[.gz]) instead of digits")
+    g.add_argument("--backend", choices=("numpy", "cython"), help="kernel backend (default: best available)")
+    g.add_argument("--threads", type=_nonneg_int, help="threads for kernels and BLAS (0 = default)")
+    g.add_argument("--seed", type=_nonneg_int, default=0, help="weights, splits, shuffling (default: 0)")
+    g.add_argument("--out", default="out", metavar="DIR",
+                   help="folder for model.npz, history.png, history.json (default: ./out)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+register("train", _run_train, "train an MLP on digits or MNIST", _configure_train)
+register("info", _run_info, "backend, dtype, threads, OpenMP and BLAS in use", _configure_info)
+
+
+# ============================================================================ entry point
+def build_parser():
+    """The argparse parser with one subparser per registered command."""
+    from . import __version__
+    parser = argparse.ArgumentParser(prog="dlfast", description="dlfast: classic deep-learning "
+                                     "training on the CPU (NumPy / Cython + OpenMP).")
+    parser.add_argument("--version", action="version", version=f"dlfast {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (run, help_, configure) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if configure is not None:
+            configure(p)
+        p.set_defaults(func=run)
+    return parser
+
+
+def main(argv=None):
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return EXIT_USAGE
+    args.argv = None if argv is None else list(argv)
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        _err(f"\ndlfast {args.command}: interrupted (Ctrl-C)")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:                    # e.g. `dlfast info | head`: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
+    except (_CLIError, ValueError, TypeError, OSError, ImportError, FloatingPointError) as exc:
+        _err(f"dlfast {args.command}: error: {exc}")
+        return EXIT_ERROR
+    return 0 if rc is None else int(rc)

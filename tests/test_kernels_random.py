@@ -1,0 +1,190 @@
+"""Compiled counter-based RNG and dropout kernels against the NumPy backend, through dlfast.kernels:
+bit-identical values for any shape, seed, counter, layout and thread count."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import dlfast
+from dlfast import kernels as K
+from dlfast._backends.numpy_kernels import uniform01
+
+pytestmark = pytest.mark.skipif("cython" not in dlfast.available_backends(),
+                                reason="compiled backend not built")
+SETTINGS = settings(max_examples=30, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+U64 = 2 ** 64
+# sizes around the parallel threshold (32768) and block boundaries (4096)
+SIZES = st.sampled_from([0, 1, 2, 3, 7, 64, 4095, 4097, 33001, 70001])
+SEEDS = st.one_of(st.sampled_from([0, 1, U64 - 1, 2 ** 63]), st.integers(0, U64 - 1))
+COUNTERS = st.one_of(st.sampled_from([0, U64 - 1, U64 - 5, 2 ** 63 - 1]), st.integers(0, U64 - 1))
+LAYOUTS = st.sampled_from(["c", "f", "step", "ro"])
+
+
+@pytest.fixture(autouse=True)
+def _threads_restored():
+    yield
+    dlfast.set_num_threads(0)
+
+
+def shaped(n, ndim):
+    """A shape with n elements: (n,), (1, n) or (n, 1) / (n//k, k) forms."""
+    if ndim == 1 or n == 0:
+        return (n,) if ndim == 1 else (0, 3)
+    for k in (7, 3, 2):
+        if n % k == 0 and n > k:
+            return (n // k, k)
+    return (1, n) if ndim == 2 else (n, 1)
+
+
+def layout(a, kind):
+    """The same values as a, in another memory layout (the kernel wrapper must cope)."""
+    if kind == "f":
+        return np.asfortranarray(a)
+    if kind == "step":
+        big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+        big[..., ::2] = a
+        return big[..., ::2]
+    b = a.copy()
+    if kind == "ro":
+        b.flags.writeable = False
+    return b
+
+
+def on_all(fn):
+    """fn() under numpy, compiled with 1 thread, compiled with 2 threads (fn makes fresh outputs)."""
+    with dlfast.use_backend("numpy"):
+        ref = fn()
+    got = []
+    for nt in (1, 2):
+        dlfast.set_num_threads(nt)
+        try:
+            with dlfast.use_backend("cython"):
+                got.append(fn())
+        finally:
+            dlfast.set_num_threads(0)
+    return ref, got[0], got[1]
+
+
+def assert_identical(a, b):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert a.tobytes() == b.tobytes()
+
+
+@SETTINGS
+@given(n=SIZES, ndim=st.sampled_from([1, 2]), p=st.floats(0.0, 1.0, exclude_max=True),
+       seed=SEEDS, counter=COUNTERS)
+def test_dropout_mask_bit_identical(n, ndim, p, seed, counter):
+    shape = shaped(n, ndim)
+
+    def fn():
+        m = np.full(shape, 7, np.uint8)
+        K.dropout_mask(m, p, seed, counter)
+        return m
+
+    ref, one, two = on_all(fn)
+    assert_identical(one, ref)
+    assert_identical(two, ref)
+    assert set(np.unique(one)) <= {0, 1}
+
+
+@SETTINGS
+@given(n=SIZES, ndim=st.sampled_from([1, 2]), dtype=st.sampled_from([np.float32, np.float64]),
+       low=st.floats(-1e3, 1e3), span=st.floats(0.0, 1e3), seed=SEEDS, counter=COUNTERS)
+def test_random_uniform_bit_identical(n, ndim, dtype, low, span, seed, counter):
+    shape = shaped(n, ndim)
+
+    def fn():
+        out = np.full(shape, np.nan, dtype)
+        K.random_uniform(out, low, low + span, seed, counter)
+        return out
+
+    ref, one, two = on_all(fn)
+    assert_identical(one, ref)
+    assert_identical(two, ref)
+    assert np.all((one >= dtype(low)) & (one <= dtype(low + span)))
+
+
+@SETTINGS
+@given(n=SIZES, ndim=st.sampled_from([1, 2]), dtype=st.sampled_from([np.float32, np.float64]),
+       kind=LAYOUTS, seed=SEEDS, counter=COUNTERS)
+def test_bernoulli_sample_bit_identical(n, ndim, dtype, kind, seed, counter):
+    shape = shaped(n, ndim)
+    rng = np.random.default_rng(seed % 1000)
+    probs = rng.random(shape).astype(dtype)
+    probs.reshape(-1)[::5] = 0.0
+    probs.reshape(-1)[1::5] = 1.0
+    probs = layout(probs, kind)
+
+    def fn():
+        out = np.full(shape, np.nan, dtype)
+        K.bernoulli_sample(probs, out, seed, counter)
+        return out
+
+    ref, one, two = on_all(fn)
+    assert_identical(one, ref)
+    assert_identical(two, ref)
+    flat = np.ascontiguousarray(probs).reshape(-1)
+    assert np.all(one.reshape(-1)[flat == 0] == 0) and np.all(one.reshape(-1)[flat == 1] == 1)
+
+
+@SETTINGS
+@given(n=SIZES, ndim=st.sampled_from([1, 2]), dtype=st.sampled_from([np.float32, np.float64]),
+       xkind=LAYOUTS, mkind=st.sampled_from(["none", "c", "f", "step", "ro"]),
+       scale=st.sampled_from([1.0, 1 / 0.7, 2.0, 0.3, 0.0]))
+def test_dropout_apply_matches_numpy(n, ndim, dtype, xkind, mkind, scale):
+    shape = shaped(n, ndim)
+    rng = np.random.default_rng(n)
+    x = layout((rng.standard_normal(shape) * 10).astype(dtype), xkind)
+    mask = None if mkind == "none" else layout((rng.random(shape) < 0.6).astype(np.uint8), mkind)
+
+    def fn():
+        out = np.full(shape, np.nan, dtype)
+        K.dropout_apply(x, mask, scale, out)
+        return out
+
+    ref, one, two = on_all(fn)
+    assert_identical(one, ref)
+    assert_identical(two, ref)
+
+
+def test_uniform_stream_is_counter_based():
+    """Drawing n1 then n2 elements (counter advanced by n1) equals drawing n1 + n2 at once, and
+    matches the documented formula."""
+    seed, c = 2 ** 64 - 3, 2 ** 64 - 10   # the counter wraps inside the call
+    n1, n2 = 40000, 5
+    with dlfast.use_backend("cython"):
+        whole = np.empty(n1 + n2)
+        K.random_uniform(whole, 0.0, 1.0, seed, c)
+        a, b = np.empty(n1), np.empty(n2)
+        K.random_uniform(a, 0.0, 1.0, seed, c)
+        K.random_uniform(b, 0.0, 1.0, seed, c + n1 - U64)
+    assert_identical(np.concatenate([a, b]), whole)
+    assert_identical(whole, uniform01(seed, c, n1 + n2))
+    assert 0.0 <= whole.min() and whole.max() < 1.0
+
+
+def test_dropout_mask_keep_rate_and_extremes():
+    with dlfast.use_backend("cython"):
+        m = np.empty(200000, np.uint8)
+        K.dropout_mask(m, 0.3, 123, 0)
+        assert abs(m.mean() - 0.7) < 0.005
+        K.dropout_mask(m, 0.0, 5, 9)
+        assert m.all()
+        m2 = np.empty((3, 4, 5), np.uint8)          # any ndim
+        K.dropout_mask(m2, 0.5, 1, 2)
+        with dlfast.use_backend("numpy"):
+            m3 = np.empty((3, 4, 5), np.uint8)
+            K.dropout_mask(m3, 0.5, 1, 2)
+        assert_identical(m2, m3)
+
+
+def test_dropout_apply_propagates_nan_and_inf():
+    x = np.array([np.nan, np.inf, -np.inf, 1.0], np.float32)
+    for mask in (None, np.array([1, 1, 1, 0], np.uint8)):
+        outs = []
+        for name in ("numpy", "cython"):
+            with dlfast.use_backend(name):
+                o = np.empty_like(x)
+                K.dropout_apply(x, mask, 2.0, o)
+                outs.append(o)
+        np.testing.assert_array_equal(outs[0], outs[1])

@@ -293,13 +293,13 @@ class Trainer:
         self.progress = bool(progress)
         self.shuffle = bool(shuffle)
         self.handle_interrupt = bool(handle_interrupt)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
-                                 or seed < 0):
-            raise TypeError(f"seed must be a non-negative int or None, got {seed!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+        if seed is not None and seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
         ss = np.random.SeedSequence(None if seed is None else int(seed))
-        self.seed = ss.entropy
-        split_ss, shuffle_ss = ss.spawn(2)
-        self._split_rng = np.random.default_rng(split_ss)
+        self.seed = ss.entropy                 # the seed actually used (drawn when None)
+        self._split_ss, shuffle_ss = ss.spawn(2)
         self._shuffle_rng = np.random.default_rng(shuffle_ss)
         self.epoch = 0
         self.step = 0
@@ -403,8 +403,10 @@ class Trainer:
                 if isinstance(t, dict):
                     raise ValueError("stratify needs a single label array, not a dict of heads")
                 labels = t if t.ndim == 1 else np.argmax(t, axis=1)
-            self.train_indices, self.val_indices = split_indices(n, self.val_split, self._split_rng,
-                                                                 labels, "val_split")
+            # the same split on every fit call: validation rows are never trained on later
+            rng = np.random.default_rng(self._split_ss)
+            self.train_indices, self.val_indices = split_indices(n, self.val_split, rng, labels,
+                                                                 "val_split")
             x_val, t_val = x[self.val_indices], _take(t, self.val_indices)
             x, t = x[self.train_indices], _take(t, self.train_indices)
         else:

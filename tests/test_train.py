@@ -138,6 +138,10 @@ def test_val_split_comes_only_from_the_training_data():
     assert not trained_rows & val_rows
     assert not (trained_rows | val_rows) & test_rows         # the test set is never seen
     assert len(tr.history.val_loss) == 2
+    first = tr.val_indices.copy()
+    tr.fit(x_tr, t_tr)                                      # a second fit keeps the same split
+    np.testing.assert_array_equal(tr.val_indices, first)
+    assert not trained_rows & val_rows
 
 
 def test_explicit_validation_set():
@@ -165,6 +169,10 @@ def test_bad_arguments():
         Trainer(object(), PlainSGD())
     with pytest.raises(TypeError, match="schedule"):
         Trainer(net, PlainSGD(), schedule=3.0)
+    with pytest.raises(ValueError, match="seed"):
+        Trainer(net, PlainSGD(), seed=-1)
+    with pytest.raises(TypeError, match="seed"):
+        Trainer(net, PlainSGD(), seed=1.5)
     tr = Trainer(net, PlainSGD(), progress=False)
     with pytest.raises(ValueError, match="same number of samples"):
         tr.fit(x, t[:5])

@@ -2,13 +2,13 @@
 
 Effective gradient, per element, in the array's dtype (scalars rounded to it, as the NumPy backend):
     g' = clip(grad_scale * g, -clip_value, clip_value) + wd * w
-(the scale is skipped when grad_scale == 1, the clip when clip_value is inf, the decay when wd == 0).
+(the decay term is skipped when wd == 0, as in the NumPy backend).
 Reductions accumulate in double over fixed BLOCK-element chunks combined in order: the result does
 not depend on the thread count.
 """
 from cython.parallel cimport prange
 from cython cimport floating
-from libc.math cimport sqrt, sqrtf, pow, fabs, INFINITY
+from libc.math cimport sqrt, sqrtf, pow, fabs
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport malloc, free
 
@@ -27,14 +27,12 @@ cdef inline floating _sqrt(floating x) noexcept nogil:
 
 
 cdef inline floating _geff(floating g, floating w, floating gs, floating cv, floating wd,
-                           bint scale, bint clip, bint decay) noexcept nogil:
-    """g' = clip(gs * g, -cv, cv) + wd * w (NaN propagates through the clip)."""
-    cdef floating ge = g * gs if scale else g
-    if clip:
-        if ge < -cv:
-            ge = -cv
-        elif ge > cv:
-            ge = cv
+                           bint decay) noexcept nogil:
+    """g' = clip(gs * g, -cv, cv) + wd * w. gs = 1 and cv = inf are exact no-ops (x * 1 == x; nothing
+    compares beyond inf), and a NaN passes the clip unchanged, as np.clip."""
+    cdef floating ge = g * gs
+    ge = -cv if ge < -cv else ge
+    ge = cv if ge > cv else ge
     if decay:
         ge = ge + wd * w
     return ge
@@ -45,17 +43,35 @@ cdef inline Py_ssize_t _nblocks(Py_ssize_t n) noexcept nogil:
 
 
 # ----------------------------------------------------------------------------- optimisers
-def _sgd(floating[::1] w, const floating[::1] g, double lr_, double wd_, double gs_, double cv_):
-    cdef floating lr = <floating>lr_, wd = <floating>wd_, gs = <floating>gs_, cv = <floating>cv_
-    cdef bint scale = gs_ != 1.0, clip = cv_ != INFINITY, decay = wd_ != 0.0
-    cdef Py_ssize_t n = w.shape[0], b, i, hi
-    cdef floating ge
+# Each *_loop is a flat, branch-free (after inlining the constant flags) loop over one block, so the
+# compiler vectorises it; each *_blk picks the specialisation once per block.
+
+cdef inline void _sgd_loop(floating* w, const floating* g, Py_ssize_t n, floating lr, floating gs,
+                           floating cv, floating wd, bint decay) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        w[i] = w[i] - lr * _geff(g[i], w[i], gs, cv, wd, decay)
+
+
+cdef void _sgd_blk(floating* w, const floating* g, Py_ssize_t n, floating lr, floating gs,
+                   floating cv, floating wd, bint decay) noexcept nogil:
+    if decay:
+        _sgd_loop(w, g, n, lr, gs, cv, wd, True)
+    else:
+        _sgd_loop(w, g, n, lr, gs, cv, wd, False)
+
+
+def _sgd(floating[::1] w, const floating[::1] g, double lr, double wd, double gs, double cv):
+    cdef Py_ssize_t n = w.shape[0], b, lo
     cdef int nt = _threads(n)
+    if n == 0:
+        return
+    cdef floating* wp = &w[0]
+    cdef const floating* gp = &g[0]
     for b in prange(_nblocks(n), nogil=True, schedule="static", num_threads=nt, use_threads_if=nt > 1):
-        hi = min((b + 1) * BLOCK, n)
-        for i in range(b * BLOCK, hi):
-            ge = _geff(g[i], w[i], gs, cv, wd, scale, clip, decay)
-            w[i] = w[i] - lr * ge
+        lo = b * BLOCK
+        _sgd_blk(wp + lo, gp + lo, min(BLOCK, n - lo), <floating>lr, <floating>gs, <floating>cv,
+                 <floating>wd, wd != 0.0)
 
 
 def sgd_update(w, g, lr, wd, grad_scale, clip_value):
@@ -63,25 +79,50 @@ def sgd_update(w, g, lr, wd, grad_scale, clip_value):
     _sgd(w.reshape(-1), g.reshape(-1), lr, wd, grad_scale, clip_value)
 
 
-def _momentum(floating[::1] w, const floating[::1] g, floating[::1] v, double lr_, double mu_,
-              double wd_, double gs_, double cv_, bint nesterov):
-    cdef floating lr = <floating>lr_, mu = <floating>mu_, wd = <floating>wd_
-    cdef floating gs = <floating>gs_, cv = <floating>cv_
-    cdef bint scale = gs_ != 1.0, clip = cv_ != INFINITY, decay = wd_ != 0.0
-    cdef Py_ssize_t n = w.shape[0], b, i, hi
+cdef inline void _mom_loop(floating* w, const floating* g, floating* v, Py_ssize_t n, floating lr,
+                           floating mu, floating gs, floating cv, floating wd, bint decay,
+                           bint nesterov) noexcept nogil:
+    cdef Py_ssize_t i
     cdef floating ge, vi
+    for i in range(n):
+        ge = _geff(g[i], w[i], gs, cv, wd, decay)
+        vi = v[i] * mu
+        vi = vi - lr * ge
+        v[i] = vi
+        if nesterov:
+            w[i] = w[i] + (mu * vi - lr * ge)
+        else:
+            w[i] = w[i] + vi
+
+
+cdef void _mom_blk(floating* w, const floating* g, floating* v, Py_ssize_t n, floating lr,
+                   floating mu, floating gs, floating cv, floating wd, bint decay,
+                   bint nesterov) noexcept nogil:
+    if nesterov:
+        if decay:
+            _mom_loop(w, g, v, n, lr, mu, gs, cv, wd, True, True)
+        else:
+            _mom_loop(w, g, v, n, lr, mu, gs, cv, wd, False, True)
+    else:
+        if decay:
+            _mom_loop(w, g, v, n, lr, mu, gs, cv, wd, True, False)
+        else:
+            _mom_loop(w, g, v, n, lr, mu, gs, cv, wd, False, False)
+
+
+def _momentum(floating[::1] w, const floating[::1] g, floating[::1] v, double lr, double mu,
+              double wd, double gs, double cv, bint nesterov):
+    cdef Py_ssize_t n = w.shape[0], b, lo
     cdef int nt = _threads(n)
+    if n == 0:
+        return
+    cdef floating* wp = &w[0]
+    cdef const floating* gp = &g[0]
+    cdef floating* vp = &v[0]
     for b in prange(_nblocks(n), nogil=True, schedule="static", num_threads=nt, use_threads_if=nt > 1):
-        hi = min((b + 1) * BLOCK, n)
-        for i in range(b * BLOCK, hi):
-            ge = _geff(g[i], w[i], gs, cv, wd, scale, clip, decay)
-            vi = v[i] * mu
-            vi = vi - lr * ge
-            v[i] = vi
-            if nesterov:
-                w[i] = w[i] + (mu * vi - lr * ge)
-            else:
-                w[i] = w[i] + vi
+        lo = b * BLOCK
+        _mom_blk(wp + lo, gp + lo, vp + lo, min(BLOCK, n - lo), <floating>lr, <floating>mu,
+                 <floating>gs, <floating>cv, <floating>wd, wd != 0.0, nesterov)
 
 
 def momentum_update(w, g, v, lr, mu, wd, grad_scale, clip_value):
@@ -94,85 +135,126 @@ def nesterov_update(w, g, v, lr, mu, wd, grad_scale, clip_value):
     _momentum(w.reshape(-1), g.reshape(-1), v.reshape(-1), lr, mu, wd, grad_scale, clip_value, True)
 
 
-def _adaptive(floating[::1] w, const floating[::1] g, floating[::1] h, double lr_, double rho_,
-              double eps_, bint eps_inside, double wd_, double gs_, double cv_, bint rms):
-    """AdaGrad (rms False: h += g'^2) or RMSProp (h = rho*h + (1-rho)*g'^2); w -= lr*g'/denom."""
-    cdef floating lr = <floating>lr_, rho = <floating>rho_, omr = <floating>(1.0 - rho_)
-    cdef floating eps = <floating>eps_, wd = <floating>wd_, gs = <floating>gs_, cv = <floating>cv_
-    cdef bint scale = gs_ != 1.0, clip = cv_ != INFINITY, decay = wd_ != 0.0
-    cdef Py_ssize_t n = w.shape[0], b, i, hi
-    cdef floating ge, hi_, den
+cdef inline void _ada_loop(floating* w, const floating* g, floating* h, Py_ssize_t n, floating lr,
+                           floating rho, floating omr, floating eps, floating gs, floating cv,
+                           floating wd, bint decay, bint eps_inside) noexcept nogil:
+    # h = rho*h + ((1-rho)*g')*g'; AdaGrad is rho = omr = 1 (exact: h*1 == h, 1*g' == g')
+    cdef Py_ssize_t i
+    cdef floating ge, hh, den
+    for i in range(n):
+        ge = _geff(g[i], w[i], gs, cv, wd, decay)
+        hh = h[i] * rho
+        hh = hh + (omr * ge) * ge
+        h[i] = hh
+        if eps_inside:
+            den = _sqrt(hh + eps)
+        else:
+            den = _sqrt(hh) + eps
+        w[i] = w[i] - (lr * ge) / den
+
+
+cdef void _ada_blk(floating* w, const floating* g, floating* h, Py_ssize_t n, floating lr,
+                   floating rho, floating omr, floating eps, floating gs, floating cv,
+                   floating wd, bint decay, bint eps_inside) noexcept nogil:
+    if eps_inside:
+        if decay:
+            _ada_loop(w, g, h, n, lr, rho, omr, eps, gs, cv, wd, True, True)
+        else:
+            _ada_loop(w, g, h, n, lr, rho, omr, eps, gs, cv, wd, False, True)
+    else:
+        if decay:
+            _ada_loop(w, g, h, n, lr, rho, omr, eps, gs, cv, wd, True, False)
+        else:
+            _ada_loop(w, g, h, n, lr, rho, omr, eps, gs, cv, wd, False, False)
+
+
+def _adaptive(floating[::1] w, const floating[::1] g, floating[::1] h, double lr, double rho,
+              double omr, double eps, bint eps_inside, double wd, double gs, double cv):
+    cdef Py_ssize_t n = w.shape[0], b, lo
     cdef int nt = _threads(n)
+    if n == 0:
+        return
+    cdef floating* wp = &w[0]
+    cdef const floating* gp = &g[0]
+    cdef floating* hp = &h[0]
     for b in prange(_nblocks(n), nogil=True, schedule="static", num_threads=nt, use_threads_if=nt > 1):
-        hi = min((b + 1) * BLOCK, n)
-        for i in range(b * BLOCK, hi):
-            ge = _geff(g[i], w[i], gs, cv, wd, scale, clip, decay)
-            if rms:
-                hi_ = h[i] * rho
-                hi_ = hi_ + (omr * ge) * ge
-            else:
-                hi_ = h[i] + ge * ge
-            h[i] = hi_
-            if eps_inside:
-                den = _sqrt(hi_ + eps)
-            else:
-                den = _sqrt(hi_) + eps
-            w[i] = w[i] - (lr * ge) / den
+        lo = b * BLOCK
+        _ada_blk(wp + lo, gp + lo, hp + lo, min(BLOCK, n - lo), <floating>lr, <floating>rho,
+                 <floating>omr, <floating>eps, <floating>gs, <floating>cv, <floating>wd, wd != 0.0,
+                 eps_inside)
 
 
 def adagrad_update(w, g, h, lr, eps, eps_inside, wd, grad_scale, clip_value):
     """h += g'^2; w -= lr * g' / (sqrt(h) + eps)  (eps_inside: / sqrt(h + eps))."""
-    _adaptive(w.reshape(-1), g.reshape(-1), h.reshape(-1), lr, 0.0, eps, eps_inside, wd, grad_scale,
-              clip_value, False)
+    _adaptive(w.reshape(-1), g.reshape(-1), h.reshape(-1), lr, 1.0, 1.0, eps, eps_inside, wd,
+              grad_scale, clip_value)
 
 
 def rmsprop_update(w, g, h, lr, rho, eps, eps_inside, wd, grad_scale, clip_value):
     """h = rho * h + (1 - rho) * g'^2; w -= lr * g' / (sqrt(h) + eps)  (eps_inside: / sqrt(h + eps))."""
-    _adaptive(w.reshape(-1), g.reshape(-1), h.reshape(-1), lr, rho, eps, eps_inside, wd, grad_scale,
-              clip_value, True)
+    _adaptive(w.reshape(-1), g.reshape(-1), h.reshape(-1), lr, rho, 1.0 - rho, eps, eps_inside, wd,
+              grad_scale, clip_value)
 
 
-def _adam(floating[::1] w, const floating[::1] g, floating[::1] m, floating[::1] v, double lr_,
-          double beta1_, double beta2_, double eps_, long long step, bint eps_hat, double wd_,
-          bint decoupled, double gs_, double cv_):
-    cdef double bc1 = 1.0 - pow(beta1_, <double>step), bc2 = 1.0 - pow(beta2_, <double>step)
-    cdef floating b1 = <floating>beta1_, omb1 = <floating>(1.0 - beta1_)
-    cdef floating b2 = <floating>beta2_, omb2 = <floating>(1.0 - beta2_)
-    cdef floating eps = <floating>eps_, gs = <floating>gs_, cv = <floating>cv_
-    cdef floating wd = <floating>(0.0 if decoupled else wd_)
-    cdef floating shrink = <floating>(1.0 - lr_ * wd_)
-    # eps_hat: w -= (lr*sqrt(bc2)/bc1) * m / (sqrt(v) + eps); else w -= (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps)
-    cdef floating step_size = <floating>(lr_ * sqrt(bc2) / bc1 if eps_hat else lr_ / bc1)
-    cdef floating sbc2 = <floating>sqrt(bc2)
-    cdef bint scale = gs_ != 1.0, clip = cv_ != INFINITY, decay = (not decoupled) and wd_ != 0.0
-    cdef Py_ssize_t n = w.shape[0], b, i, hi
-    cdef floating ge, mi, vi, wi, den
+cdef inline void _adam_loop(floating* w, const floating* g, floating* m, floating* v, Py_ssize_t n,
+                            floating b1, floating omb1, floating b2, floating omb2, floating eps,
+                            floating step_size, floating sbc2, floating shrink, floating gs,
+                            floating cv, floating wd, bint decay) noexcept nogil:
+    # m = b1*m + (1-b1)*g'; v = b2*v + ((1-b2)*g')*g'; w = w*shrink - (step_size*m) / (sqrt(v)/sbc2 + eps)
+    cdef Py_ssize_t i
+    cdef floating ge, mi, vi, wi
+    for i in range(n):
+        wi = w[i]
+        ge = _geff(g[i], wi, gs, cv, wd, decay)
+        mi = m[i] * b1
+        mi = mi + omb1 * ge
+        m[i] = mi
+        vi = v[i] * b2
+        vi = vi + (omb2 * ge) * ge
+        v[i] = vi
+        w[i] = wi * shrink - (step_size * mi) / (_sqrt(vi) / sbc2 + eps)
+
+
+cdef void _adam_blk(floating* w, const floating* g, floating* m, floating* v, Py_ssize_t n,
+                    floating b1, floating omb1, floating b2, floating omb2, floating eps,
+                    floating step_size, floating sbc2, floating shrink, floating gs,
+                    floating cv, floating wd, bint decay) noexcept nogil:
+    if decay:
+        _adam_loop(w, g, m, v, n, b1, omb1, b2, omb2, eps, step_size, sbc2, shrink, gs, cv, wd, True)
+    else:
+        _adam_loop(w, g, m, v, n, b1, omb1, b2, omb2, eps, step_size, sbc2, shrink, gs, cv, wd, False)
+
+
+def _adam(floating[::1] w, const floating[::1] g, floating[::1] m, floating[::1] v, double lr,
+          double beta1, double beta2, double eps, double step, bint eps_hat, double wd,
+          bint decoupled, double gs, double cv):
+    cdef double bc1 = 1.0 - pow(beta1, step), bc2 = 1.0 - pow(beta2, step)
+    # eps_hat: (lr*sqrt(bc2)/bc1) * m / (sqrt(v) + eps); else (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps)
+    # (sqrt(v)/1 == sqrt(v) exactly; AdamW shrinks w by 1 - lr*wd, Adam by exactly 1)
+    cdef floating step_size = <floating>(lr * sqrt(bc2) / bc1 if eps_hat else lr / bc1)
+    cdef floating sbc2 = <floating>(1.0 if eps_hat else sqrt(bc2))
+    cdef floating shrink = <floating>(1.0 - lr * wd if decoupled else 1.0)
+    cdef bint decay = (not decoupled) and wd != 0.0
+    cdef Py_ssize_t n = w.shape[0], b, lo
     cdef int nt = _threads(n)
+    if n == 0:
+        return
+    cdef floating* wp = &w[0]
+    cdef const floating* gp = &g[0]
+    cdef floating* mp = &m[0]
+    cdef floating* vp = &v[0]
     for b in prange(_nblocks(n), nogil=True, schedule="static", num_threads=nt, use_threads_if=nt > 1):
-        hi = min((b + 1) * BLOCK, n)
-        for i in range(b * BLOCK, hi):
-            wi = w[i]
-            ge = _geff(g[i], wi, gs, cv, wd, scale, clip, decay)
-            if decoupled:
-                wi = wi * shrink
-            mi = m[i] * b1
-            mi = mi + omb1 * ge
-            m[i] = mi
-            vi = v[i] * b2
-            vi = vi + (omb2 * ge) * ge
-            v[i] = vi
-            if eps_hat:
-                den = _sqrt(vi) + eps
-            else:
-                den = _sqrt(vi) / sbc2 + eps
-            w[i] = wi - (step_size * mi) / den
+        lo = b * BLOCK
+        _adam_blk(wp + lo, gp + lo, mp + lo, vp + lo, min(BLOCK, n - lo), <floating>beta1,
+                  <floating>(1.0 - beta1), <floating>beta2, <floating>(1.0 - beta2), <floating>eps,
+                  step_size, sbc2, shrink, <floating>gs, <floating>cv, <floating>wd, decay)
 
 
 def adam_update(w, g, m, v, lr, beta1, beta2, eps, step, eps_hat, wd, decoupled_wd, grad_scale,
                 clip_value):
-    """Adam / AdamW step t (see dlfast.kernels.adam_update), one pass."""
-    _adam(w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), lr, beta1, beta2, eps, step,
-          eps_hat, wd, decoupled_wd, grad_scale, clip_value)
+    """Adam / AdamW step t (see dlfast.kernels.adam_update), one pass; 1 - beta^t in double."""
+    _adam(w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), lr, beta1, beta2, eps,
+          float(step), eps_hat, wd, decoupled_wd, grad_scale, clip_value)
 
 
 # ----------------------------------------------------------------------------- reductions

@@ -470,7 +470,8 @@ def dropout_apply(x, mask, scale, out):
         if not isinstance(mask, np.ndarray) or mask.dtype != np.uint8:
             raise TypeError(f"mask must be a uint8 array, got {_dtype_name(mask)}")
         _shape_is("mask", mask, x.shape)
-        mask = np.ascontiguousarray(mask)
+        if not mask.flags.c_contiguous:     # (np.ascontiguousarray would make a 0-d mask 1-d)
+            mask = np.ascontiguousarray(mask)
     scale = _real("scale", scale)
     out = _out("out", out, x.shape, x.dtype)
     _disjoint([("out", out)], [("x", x), ("mask", mask)])

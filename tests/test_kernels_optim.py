@@ -215,3 +215,24 @@ def test_max_norm(n, f, dtype, c, seed):
     check(ref, one, two)
     norms = np.sqrt((one[0].astype(np.float64) ** 2).sum(axis=0))
     assert np.all(norms <= c * (1 + 1e-5))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_zero_dimensional_parameters(dtype):
+    """A 0-d parameter is one element for every optimiser, norm and penalty."""
+    def fn():
+        res = []
+        for name in sorted(OPTIMISERS):
+            w, g = np.array(0.7, dtype), np.array(-0.3, dtype)
+            states = [np.array(0.2, dtype) for _ in range(OPTIMISERS[name][0])]
+            kw = dict(lr=0.1, wd=0.01)
+            if name == "adam":
+                kw["step"] = 2
+            getattr(K, f"{name}_update")(w, g, *states, **kw)
+            res += [w, *states]
+        g = np.array(0.5, dtype)
+        K.penalty_grad(np.array(-2.0, dtype), g, 0.1, 0.2)
+        return res + [g, K.sumsq(np.array(3.0, dtype)), K.penalty(np.array(-2.0, dtype), 0.1, 0.2),
+                      K.all_finite(np.array(np.inf, dtype))]
+
+    check(*on_all(fn))

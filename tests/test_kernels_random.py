@@ -188,3 +188,25 @@ def test_dropout_apply_propagates_nan_and_inf():
                 K.dropout_apply(x, mask, 2.0, o)
                 outs.append(o)
         np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_zero_dimensional_arrays(dtype):
+    """0-d arrays are one element, as in the NumPy backend."""
+    def fn():
+        m = np.zeros((), np.uint8)
+        K.dropout_mask(m, 0.5, 3, 4)
+        u = np.zeros((), dtype)
+        K.random_uniform(u, -1.0, 1.0, 3, 4)
+        b = np.zeros((), dtype)
+        K.bernoulli_sample(np.array(0.5, dtype), b, 3, 5)
+        o1, o2 = np.zeros((), dtype), np.zeros((), dtype)
+        K.dropout_apply(np.array(1.5, dtype), np.array(1, np.uint8), 2.0, o1)
+        K.dropout_apply(np.array(1.5, dtype), None, 3.0, o2)
+        return [m, u, b, o1, o2]
+
+    ref, one, two = on_all(fn)
+    for r, a, b in zip(ref, one, two):
+        assert a.shape == () and a.dtype == r.dtype
+        assert_identical(a, r)
+        assert_identical(b, r)

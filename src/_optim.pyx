@@ -339,30 +339,42 @@ def penalty(w, l1, l2):
     return _penalty(w.reshape(-1), l1, l2)
 
 
-def _all_finite(const floating[::1] x):
-    """No element has an all-ones exponent (inf or NaN): integer test per chunk, early exit."""
-    cdef Py_ssize_t n = x.shape[0], i, lo, hi
+cdef inline int _nonfinite_blk(const floating* x, Py_ssize_t n) noexcept nogil:
+    """1 if an element of x[:n] has an all-ones exponent (inf or NaN): an integer test (vectorised)."""
     cdef const uint32_t* p32
     cdef const uint64_t* p64
     cdef uint32_t e32 = 0x7F800000U
     cdef uint64_t e64 = 0x7FF0000000000000ULL
     cdef int bad = 0
+    cdef Py_ssize_t i
+    if floating is float:
+        p32 = <const uint32_t*>x
+        for i in range(n):
+            bad |= (p32[i] & e32) == e32
+    else:
+        p64 = <const uint64_t*>x
+        for i in range(n):
+            bad |= (p64[i] & e64) == e64
+    return bad
+
+
+def _all_finite(const floating[::1] x):
+    cdef Py_ssize_t n = x.shape[0], b, lo
+    cdef int nt = _threads(n), bad = 0
     if n == 0:
         return True
+    cdef const floating* p = &x[0]
     with nogil:
-        lo = 0
-        while lo < n and not bad:
-            hi = min(lo + BLOCK, n)
-            if floating is float:
-                p32 = <const uint32_t*>&x[0]
-                for i in range(lo, hi):
-                    bad |= (p32[i] & e32) == e32
-            else:
-                p64 = <const uint64_t*>&x[0]
-                for i in range(lo, hi):
-                    bad |= (p64[i] & e64) == e64
-            lo = hi
-    return not bad
+        if nt > 1:
+            for b in prange(_nblocks(n), schedule="static", num_threads=nt):
+                lo = b * BLOCK
+                bad += _nonfinite_blk(p + lo, min(BLOCK, n - lo))
+        else:                     # serial: stop at the first bad block
+            lo = 0
+            while lo < n and not bad:
+                bad = _nonfinite_blk(p + lo, min(BLOCK, n - lo))
+                lo = lo + BLOCK
+    return bad == 0
 
 
 def all_finite(x):

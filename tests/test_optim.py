@@ -518,3 +518,59 @@ def test_get_name_table():
         optim.get("lbfgs")
     with pytest.raises(TypeError):
         optim.get("adam", nonsense=1)
+
+
+# ------------------------------------------------------------------------------- random configurations
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+_HYPER = {
+    "sgd": dict(momentum=st.sampled_from([0.0, 0.3, 0.9]), nesterov=st.booleans()),
+    "momentum": dict(momentum=st.floats(0.0, 1.0)),
+    "nesterov": dict(momentum=st.floats(0.0, 1.0)),
+    "adagrad": dict(eps=st.floats(1e-8, 1.0), eps_inside_sqrt=st.booleans()),
+    "rmsprop": dict(rho=st.floats(0.0, 0.999), eps=st.floats(1e-6, 1.0), eps_inside_sqrt=st.booleans()),
+    "adam": dict(beta1=st.floats(0.0, 0.99), beta2=st.floats(0.0, 0.999), eps=st.floats(1e-6, 1.0),
+                 eps_hat=st.booleans()),
+    "adamw": dict(beta1=st.floats(0.0, 0.99), beta2=st.floats(0.0, 0.999), eps=st.floats(1e-6, 1.0),
+                  eps_hat=st.booleans()),
+}
+
+
+@st.composite
+def _configs(draw):
+    kind = draw(st.sampled_from(sorted(_HYPER)))
+    kw = {k: draw(s) for k, s in _HYPER[kind].items()}
+    kw["lr"] = draw(st.floats(0.0, 0.5))
+    kw["weight_decay"] = draw(st.sampled_from([0.0, 0.01, 0.3]))
+    kw["clip_norm"] = draw(st.sampled_from([None, 0.1, 1.0, 10.0]))
+    kw["clip_value"] = draw(st.sampled_from([None, 0.05, 1.0]))
+    shapes = draw(st.dictionaries(st.sampled_from(["W", "b", "l1.W", "l1.gamma", "Wz", "slope"]),
+                                  st.sampled_from([(), (0,), (1,), (3,), (2, 3), (2, 1, 2)]),
+                                  min_size=1, max_size=4))
+    steps = draw(st.integers(1, 5))
+    seed = draw(st.integers(0, 2 ** 32 - 1))
+    return kind, kw, shapes, steps, seed
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cfg=_configs())
+def test_random_configurations_match_formula(backend, dtype, cfg):
+    """Random hyperparameters, parameter shapes (0-d and empty included), frozen params and step
+    counts: every optimiser follows the reference formulas."""
+    kind, kw, shapes, steps, seed = cfg
+    rng = np.random.default_rng(seed)
+    params = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+    p0 = {k: v.copy() for k, v in params.items()}
+    names = list(shapes)
+    grads = []
+    for _ in range(steps):
+        live = [k for k in names if rng.random() < 0.8] or names[:1]    # some params frozen
+        grads.append({k: rng.standard_normal(shapes[k]).astype(dtype) for k in live})
+    opt = optim.get(kind, **kw)
+    norms = run(opt, params, grads)
+    ref, ref_norms = reference(kind, p0, grads, **kw)
+    tol = TOL[np.dtype(dtype)]
+    for k in ref:
+        assert params[k].dtype == dtype and params[k].shape == shapes[k]
+        np.testing.assert_allclose(params[k], ref[k], rtol=tol["rtol"] * 5, atol=tol["atol"] * 5, err_msg=k)
+    np.testing.assert_allclose(norms, ref_norms, rtol=1e-12, atol=1e-300)

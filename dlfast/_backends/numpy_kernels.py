@@ -267,7 +267,9 @@ def max_norm(W, c):
 def _effective_grad(w, g, wd, grad_scale, clip_value):
     """g' = clip(grad_scale * g, -clip_value, clip_value) + wd * w (a new array)."""
     t = w.dtype.type
-    ge = g * t(grad_scale) if grad_scale != 1.0 else g.astype(w.dtype, copy=True)
+    ge = g.astype(w.dtype, copy=True)         # an array even for 0-d g (g * s would be a scalar)
+    if grad_scale != 1.0:
+        ge *= t(grad_scale)
     if clip_value != np.inf:
         np.clip(ge, t(-clip_value), t(clip_value), out=ge)
     if wd:

@@ -188,7 +188,8 @@ def dense_backward(dout, x, W, out, dz, dx, dW, db, activation="identity", alpha
     """From y = act(x @ W + b) (``out``) and dL/dy (``dout``):
 
     ``dz = dout * act'(y)``, ``dW = x.T @ dz``, ``db = sum_n dz``, ``dx = dz @ W.T``.
-    dz (N, O) is a workspace (written); dx, dW, db may be None to skip them.
+    dz (N, O) is a workspace (its content afterwards is unspecified: the compiled backend skips it
+    for the identity activation); dx, dW, db may be None to skip them.
     """
     x = _float_in("x", x, 2)
     dt = x.dtype

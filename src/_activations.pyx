@@ -1,0 +1,192 @@
+"""Elementwise activations, PReLU and Maxout (parallel over fixed blocks / rows).
+
+activation: y = act(x); dx = dout * act'(y)                     (table in dlfast.kernels)
+prelu:      y = x if x > 0 else slope * x; dx = dout if x > 0 else slope * dout
+            dslope = sum (dout * x)[x <= 0], reduced to slope's shape (double, fixed row blocks)
+maxout:     out[n, o] = max_j z[n, o*k + j], argmax = first j attaining it (NaN wins, as np.argmax)
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t
+from libc.stdlib cimport malloc, free
+
+from _act cimport act_code, act_row, act_grad_row
+
+include "_parallel.pxi"
+
+cdef enum:
+    BLOCK = 4096       # elements per work item of the elementwise loops
+    ROWBLOCK = 64      # rows per block of the dslope reduction
+
+
+def _act_fwd(const floating[::1] x, floating[::1] out, int code, double alpha):
+    cdef Py_ssize_t n = x.shape[0], nb = (n + BLOCK - 1) // BLOCK, blk, lo
+    cdef floating a = <floating>alpha
+    cdef int nt = _threads(n)
+    if n == 0:
+        return
+    with nogil:
+        for blk in prange(nb, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
+            lo = blk * BLOCK
+            act_row(&out[lo], &x[lo], NULL, min(BLOCK, n - lo), code, a)
+
+
+def activation_forward(x, out, activation, alpha):
+    """out = act(x) (out may be x)."""
+    _act_fwd(x.reshape(-1), out.reshape(-1), act_code(activation), alpha)
+
+
+def _act_bwd(const floating[::1] dout, const floating[::1] y, floating[::1] dx, int code,
+             double alpha):
+    cdef Py_ssize_t n = y.shape[0], nb = (n + BLOCK - 1) // BLOCK, blk, lo
+    cdef floating a = <floating>alpha
+    cdef int nt = _threads(n)
+    if n == 0:
+        return
+    with nogil:
+        for blk in prange(nb, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
+            lo = blk * BLOCK
+            act_grad_row(&dx[lo], &dout[lo], &y[lo], min(BLOCK, n - lo), code, a)
+
+
+def activation_backward(dout, out, dx, activation, alpha):
+    """dx = dout * act'(out)."""
+    _act_bwd(dout.reshape(-1), out.reshape(-1), dx.reshape(-1), act_code(activation), alpha)
+
+
+cdef inline Py_ssize_t _slope_index(int mode, Py_ssize_t r, Py_ssize_t j, Py_ssize_t f) noexcept nogil:
+    if mode == 0:
+        return 0
+    if mode == 1:
+        return j
+    return r * f + j
+
+
+cdef int _mode(slope, x):
+    if slope.size == 1 and slope.shape == (1,):
+        return 0
+    if slope.ndim == 1:
+        return 1
+    return 2
+
+
+def _prelu_fwd(const floating[:, ::1] x, const floating[::1] slope, floating[:, ::1] out,
+               int mode):
+    cdef Py_ssize_t n = x.shape[0], f = x.shape[1], r, j
+    cdef floating v
+    cdef int nt = _threads(n * f)
+    with nogil:
+        for r in prange(n, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
+            for j in range(f):
+                v = x[r, j]
+                out[r, j] = v if v > 0 else slope[_slope_index(mode, r, j, f)] * v
+
+
+def prelu_forward(x, slope, out):
+    """out = x if x > 0 else slope * x (slope (1,), (F,) or (N, F))."""
+    _prelu_fwd(x, slope.reshape(-1), out, _mode(slope, x))
+
+
+def _prelu_bwd(const floating[:, ::1] dout, const floating[:, ::1] x, const floating[::1] slope,
+               floating[:, ::1] dx, floating[::1] dslope, int mode):
+    cdef Py_ssize_t n = x.shape[0], f = x.shape[1], nb = (n + ROWBLOCK - 1) // ROWBLOCK
+    cdef Py_ssize_t blk, r, j, r0, r1
+    cdef int nt = _threads(n * f)
+    cdef double* part = NULL
+    cdef double* p
+    cdef double s
+    cdef floating v, contrib
+    cdef bint has_dx = dx is not None, has_ds = dslope is not None
+    cdef bint reduce = has_ds and mode != 2
+    if n == 0 or f == 0:
+        if dslope is not None and dslope.shape[0]:
+            for j in range(dslope.shape[0]):
+                dslope[j] = 0
+        return
+    if reduce:
+        part = <double*>malloc(<size_t>nb * f * sizeof(double))
+        if part == NULL:
+            raise MemoryError()
+    try:
+        with nogil:
+            for blk in prange(nb, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
+                r0 = blk * ROWBLOCK
+                r1 = min(r0 + ROWBLOCK, n)
+                if part != NULL:
+                    p = part + blk * f
+                    for j in range(f):
+                        p[j] = 0
+                for r in range(r0, r1):
+                    for j in range(f):
+                        v = x[r, j]
+                        if has_dx:
+                            dx[r, j] = dout[r, j] if v > 0 else slope[_slope_index(mode, r, j, f)] * dout[r, j]
+                        contrib = 0 if v > 0 else dout[r, j] * v
+                        if part != NULL:
+                            p[j] = p[j] + contrib
+                        elif has_ds:
+                            dslope[r * f + j] = contrib
+            if part != NULL:
+                if mode == 1:
+                    for j in range(f):
+                        s = 0
+                        for blk in range(nb):
+                            s = s + part[blk * f + j]
+                        dslope[j] = <floating>s
+                else:
+                    s = 0
+                    for blk in range(nb):
+                        for j in range(f):
+                            s = s + part[blk * f + j]
+                    dslope[0] = <floating>s
+    finally:
+        free(part)
+
+
+def prelu_backward(dout, x, slope, dx, dslope):
+    """dx = dout if x > 0 else slope * dout; dslope = sum (dout * x)[x <= 0] to slope's shape."""
+    _prelu_bwd(dout, x, slope.reshape(-1), dx, None if dslope is None else dslope.reshape(-1),
+               _mode(slope, x))
+
+
+def _maxout_fwd(const floating[:, ::1] z, floating[:, ::1] out, int64_t[:, ::1] argmax):
+    cdef Py_ssize_t n = out.shape[0], o = out.shape[1], k = z.shape[1] // max(o, 1), r, u, j
+    cdef floating best, v
+    cdef int64_t arg
+    cdef int nt = _threads(n * o * k)
+    with nogil:
+        for r in prange(n, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
+            for u in range(o):
+                best = z[r, u * k]
+                arg = 0
+                if best == best:
+                    for j in range(1, k):
+                        v = z[r, u * k + j]
+                        if v > best or v != v:
+                            best = v
+                            arg = j
+                            if v != v:
+                                break
+                out[r, u] = best
+                argmax[r, u] = arg
+
+
+def maxout_forward(z, out, argmax):
+    """out[n, o] = max_j z[n, o*k + j]; argmax = first j attaining it."""
+    _maxout_fwd(z, out, argmax)
+
+
+def _maxout_bwd(const floating[:, ::1] dout, const int64_t[:, ::1] argmax, floating[:, ::1] dz):
+    cdef Py_ssize_t n = dout.shape[0], o = dout.shape[1], k = dz.shape[1] // max(o, 1), r, u, j
+    cdef int nt = _threads(n * o * k)
+    with nogil:
+        for r in prange(n, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
+            for j in range(o * k):
+                dz[r, j] = 0
+            for u in range(o):
+                dz[r, u * k + argmax[r, u]] = dout[r, u]
+
+
+def maxout_backward(dout, argmax, dz):
+    """dz[n, o*k + argmax[n, o]] = dout[n, o], zero elsewhere."""
+    _maxout_bwd(dout, argmax, dz)

@@ -119,16 +119,18 @@ def set_num_threads(n: int) -> None:
     _blas_limit(n)
 
 
-_blas_limiter = [None]
+_blas_original: dict = {}
 
 
 def _blas_limit(n):
-    from threadpoolctl import threadpool_limits
-    if _blas_limiter[0] is not None:
-        _blas_limiter[0].restore_original_limits()
-        _blas_limiter[0] = None
-    if n > 0:
-        _blas_limiter[0] = threadpool_limits(limits=n, user_api="blas")
+    """Limit every BLAS but the one the compiled backend pins to a single thread (n=0: restore)."""
+    from threadpoolctl import ThreadpoolController
+    pinned = getattr(_modules.get("cython"), "PINNED_BLAS", ())
+    for lib in ThreadpoolController().lib_controllers:
+        if lib.user_api != "blas" or lib.filepath in pinned:
+            continue
+        orig = _blas_original.setdefault(lib.filepath, lib.num_threads)
+        lib.set_num_threads(n if n > 0 else orig)
 
 
 def get_num_threads() -> int:

@@ -1,6 +1,6 @@
 """Fused affine + activation (row-major, BLAS through SciPy's cython_blas).
 
-forward:  out = act(x @ W + b)            GEMM, then one parallel pass: bias + activation
+forward:  out = act(x @ W + b)            per block of rows: GEMM, then bias + activation in cache
 backward: dz = dout * act'(out), db = sum_n dz (one parallel pass, fixed row blocks)
           dW = x.T @ dz, dx = dz @ W.T    GEMM
 """
@@ -16,6 +16,11 @@ include "_parallel.pxi"
 
 cdef enum:
     ROWBLOCK = 64      # rows per block of the db reduction (fixed: thread-count independent)
+    GEMMBLOCK = 64     # output rows per BLAS call; the blocks are shared out to the threads
+
+# Determinism: every GEMM is cut into fixed blocks of GEMMBLOCK output rows, each one single-threaded
+# BLAS call (dlfast pins the BLAS behind scipy.linalg.cython_blas to one thread), so each output
+# element is computed by the same call whatever the thread count.
 
 cdef Py_ssize_t _INT_MAX = 2147483647
 
@@ -43,23 +48,31 @@ def _check_int(*dims):
             raise ValueError(f"dimension {d} exceeds the BLAS int limit")
 
 
+cdef inline int _gemm_threads(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    # a multiply-add costs about as much as 1/16 of an elementwise pass element
+    return _threads(m * n * k // 16)
+
+
 def _forward(const floating[:, ::1] x, const floating[:, ::1] W, const floating[::1] b,
              floating[:, ::1] out, int code, double alpha):
     cdef int n = x.shape[0], i = x.shape[1], o = W.shape[1]
-    cdef Py_ssize_t r
+    cdef Py_ssize_t nblk = (n + GEMMBLOCK - 1) // GEMMBLOCK, blk, r, r0, r1
     cdef const floating* bp = NULL
     cdef floating a = <floating>alpha
-    cdef int nt = _threads(<Py_ssize_t>n * o)
+    cdef int nt = _gemm_threads(n, o, max(i, 1))
     if n == 0 or o == 0:
         return
     if b is not None:
         bp = &b[0]
     with nogil:
-        _gemm(c'N', c'N', n, o, i, &x[0, 0] if i else NULL, max(i, 1), &W[0, 0] if i else NULL,
-              o, &out[0, 0], o)
-        if bp != NULL or code != ACT_IDENTITY:
-            for r in prange(n, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
-                act_row(&out[r, 0], &out[r, 0], bp, o, code, a)
+        for blk in prange(nblk, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
+            r0 = blk * GEMMBLOCK
+            r1 = min(r0 + GEMMBLOCK, n)
+            _gemm(c'N', c'N', <int>(r1 - r0), o, i, &x[r0, 0] if i else NULL, max(i, 1),
+                  &W[0, 0] if i else NULL, o, &out[r0, 0], o)
+            if bp != NULL or code != ACT_IDENTITY:
+                for r in range(r0, r1):
+                    act_row(&out[r, 0], &out[r, 0], bp, o, code, a)
 
 
 def dense_forward(x, W, b, out, activation, alpha):
@@ -115,9 +128,20 @@ def _backward(const floating[:, ::1] dout, const floating[:, ::1] x, const float
                             s = s + part[blk * o + c]
                         db[c] = <floating>s
             if dW is not None and i:
-                _gemm(c'T', c'N', i, o, n, &x[0, 0], i, g, o, &dW[0, 0], o)
+                nt = _gemm_threads(i, o, n)
+                for blk in prange((i + GEMMBLOCK - 1) // GEMMBLOCK, num_threads=nt,
+                                  use_threads_if=nt > 1, schedule="static"):
+                    r0 = blk * GEMMBLOCK
+                    r1 = min(r0 + GEMMBLOCK, i)
+                    _gemm(c'T', c'N', <int>(r1 - r0), o, n, &x[0, r0], i, g, o, &dW[r0, 0], o)
             if dx is not None and i:
-                _gemm(c'N', c'T', n, i, o, g, o, &W[0, 0], o, &dx[0, 0], i)
+                nt = _gemm_threads(n, i, o)
+                for blk in prange((n + GEMMBLOCK - 1) // GEMMBLOCK, num_threads=nt,
+                                  use_threads_if=nt > 1, schedule="static"):
+                    r0 = blk * GEMMBLOCK
+                    r1 = min(r0 + GEMMBLOCK, n)
+                    _gemm(c'N', c'T', <int>(r1 - r0), i, o, g + r0 * o, o, &W[0, 0], o,
+                          &dx[r0, 0], i)
     finally:
         free(part)
 

@@ -27,6 +27,27 @@ if _missing:
 globals().update(_found)
 
 
+def _pin_gemm_blas():
+    """Pin the BLAS behind scipy.linalg.cython_blas to one thread; return its file paths.
+
+    The GEMMs of ``_dense`` are cut into fixed row blocks that OpenMP shares out; each block must
+    be computed the same way whatever the thread count (a multi-threaded BLAS call partitions
+    differently and changes the last bits). The parallelism comes from the blocks instead.
+    NumPy's own BLAS (the NumPy backend's matmul) is left alone when it is a separate library."""
+    import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
+    from threadpoolctl import ThreadpoolController
+    pinned = []
+    for lib in ThreadpoolController().lib_controllers:
+        path = lib.filepath.replace("\\", "/")
+        if lib.user_api == "blas" and ("scipy.libs" in path or "/scipy/" in path):
+            lib.set_num_threads(1)
+            pinned.append(lib.filepath)
+    return tuple(pinned)
+
+
+PINNED_BLAS = _pin_gemm_blas()
+
+
 def set_num_threads(n):
     """Push the thread count (0 = OpenMP's current maximum) to every compiled module."""
     for m in (_info, *_mods):

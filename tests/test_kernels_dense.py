@@ -1,0 +1,269 @@
+"""Compiled dense kernels (dlfast._backends._dense) against the NumPy backend, through
+dlfast.kernels: every activation, float32/float64, batch 1 / odd batches, width 1 and wide layers
+(threads start), non-contiguous / Fortran / read-only inputs, optional outputs, empty dimensions,
+and 1 vs 2 threads bit-identical.
+
+GEMM results are compared with an absolute floor proportional to |x| @ |W| (the magnitude the dot
+products are summed from), since NumPy and SciPy may link different BLAS builds."""
+import inspect
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import dlfast
+from dlfast import kernels as K
+from dlfast._backends import numpy_kernels
+
+pytestmark = pytest.mark.skipif("cython" not in dlfast.available_backends(),
+                                reason="compiled backend not built")
+SETTINGS = settings(max_examples=30, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+DTYPES = st.sampled_from([np.float32, np.float64])
+LAYOUTS = st.sampled_from(["c", "f", "step", "ro"])
+ACTS = st.sampled_from(K.ACTIVATIONS)
+ALPHAS = st.sampled_from([0.01, 0.2, 1.0, 1.7])
+ROWS = st.sampled_from([1, 2, 3, 7, 33, 64, 65, 129])
+INS = st.sampled_from([1, 2, 5, 64, 300])
+OUTS = st.sampled_from([1, 2, 5, 65, 1200])
+TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+
+
+@pytest.fixture(autouse=True)
+def _threads_restored():
+    yield
+    dlfast.set_num_threads(0)
+
+
+def layout(a, kind):
+    """The same values as a C / Fortran / step-2 slice / read-only array."""
+    if kind == "f":
+        return np.asfortranarray(a)
+    if kind == "step":
+        big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+        big[..., ::2] = a
+        return big[..., ::2]
+    b = a.copy()
+    if kind == "ro":
+        b.flags.writeable = False
+    return b
+
+
+def on_all(fn):
+    """fn() under the NumPy backend, then under the compiled one with 1 and with 2 threads."""
+    with dlfast.use_backend("numpy"):
+        ref = fn()
+    got = []
+    for nt in (1, 2):
+        dlfast.set_num_threads(nt)
+        try:
+            with dlfast.use_backend("cython"):
+                got.append(fn())
+        finally:
+            dlfast.set_num_threads(0)
+    return ref, got[0], got[1]
+
+
+def check(ref, one, two, bounds=None):
+    """1 vs 2 threads bit-identical; compiled vs NumPy within rtol, with an absolute floor of
+    tol * bound (bound: elementwise magnitude the result is summed from; default max |ref|)."""
+    bounds = bounds or [None] * len(ref)
+    for r, a, b, bound in zip(ref, one, two, bounds):
+        if r is None:
+            assert a is None and b is None
+            continue
+        assert a.dtype == r.dtype and a.shape == r.shape
+        assert a.tobytes() == b.tobytes(), "1 and 2 threads differ"
+        tol = TOL[r.dtype]
+        if bound is None:
+            bound = max(1.0, float(np.abs(r).max())) if r.size else 1.0
+        err = np.abs(a.astype(np.float64) - r.astype(np.float64))
+        lim = tol * (np.abs(r.astype(np.float64)) + np.asarray(bound, np.float64) + 1e-30)
+        assert np.all(err <= lim), (f"max excess {np.max(err - lim)}; max err {err.max()}")
+
+
+def f64abs(a):
+    return np.abs(np.asarray(a, np.float64))
+
+
+def dense_data(n, i, o, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, i)).astype(dtype)
+    W = (rng.standard_normal((i, o)) / np.sqrt(max(i, 1))).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype)
+    return rng, x, W, b
+
+
+def test_signatures_match_numpy_backend():
+    from dlfast._backends import _dense
+    for name in ("dense_forward", "dense_backward"):
+        got = list(inspect.signature(getattr(_dense, name)).parameters)
+        want = list(inspect.signature(getattr(numpy_kernels, name)).parameters)
+        assert got == want, name
+
+
+@SETTINGS
+@given(n=ROWS, i=INS, o=OUTS, dtype=DTYPES, act=ACTS, alpha=ALPHAS,
+       kinds=st.tuples(LAYOUTS, LAYOUTS, LAYOUTS), bias=st.booleans(), seed=st.integers(0, 99))
+def test_dense_forward(n, i, o, dtype, act, alpha, kinds, bias, seed):
+    _, x, W, b = dense_data(n, i, o, dtype, seed)
+    bound = f64abs(x) @ f64abs(W) + (f64abs(b) if bias else 0)
+    x, W, b = (layout(a, k) for a, k in zip((x, W, b), kinds))
+    if not bias:
+        b = None
+
+    def fn():
+        out = np.full((n, o), np.nan, dtype)
+        assert K.dense_forward(x, W, b, out, act, alpha) is out
+        return [out]
+
+    check(*on_all(fn), bounds=[bound * max(1.0, alpha)])
+
+
+def _dense_out(x, W, b, act, alpha):
+    """A forward output computed once (NumPy backend), fed identically to both backends."""
+    out = np.empty((x.shape[0], W.shape[1]), x.dtype)
+    with dlfast.use_backend("numpy"):
+        K.dense_forward(x, W, b, out, act, alpha)
+    return out
+
+
+@SETTINGS
+@given(n=ROWS, i=INS, o=OUTS, dtype=DTYPES, act=ACTS, alpha=ALPHAS,
+       kinds=st.tuples(LAYOUTS, LAYOUTS, LAYOUTS, LAYOUTS),
+       want=st.tuples(st.booleans(), st.booleans(), st.booleans()), seed=st.integers(0, 99))
+def test_dense_backward(n, i, o, dtype, act, alpha, kinds, want, seed):
+    rng, x, W, b = dense_data(n, i, o, dtype, seed)
+    out = _dense_out(x, W, b, act, alpha)
+    dout = rng.standard_normal((n, o)).astype(dtype)
+    # the exact dz (elementwise, same formula on both backends) bounds the GEMM/sum errors
+    dz_ref = np.empty_like(out)
+    with dlfast.use_backend("numpy"):
+        K.activation_backward(dout, out, dz_ref, act, alpha)
+    adz = f64abs(dz_ref)
+    bounds = [None, adz @ f64abs(W).T, f64abs(x).T @ adz, adz.sum(axis=0)]
+    x, W, out, dout = (layout(a, k) for a, k in zip((x, W, out, dout), kinds))
+
+    def fn():
+        dz = np.full((n, o), np.nan, dtype)
+        dx = np.full((n, i), np.nan, dtype) if want[0] else None
+        dW = np.full((i, o), np.nan, dtype) if want[1] else None
+        db = np.full(o, np.nan, dtype) if want[2] else None
+        K.dense_backward(dout, x, W, out, dz, dx, dW, db, act, alpha)
+        # dz is a workspace; the compiled identity path reads dout directly and leaves it alone
+        return [None if act == "identity" else dz, dx, dW, db]
+
+    ref, one, two = on_all(fn)
+    check(ref, one, two, bounds)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("act", K.ACTIVATIONS)
+def test_dense_wide_layer_threads_deterministic(dtype, act):
+    """(257, 300) @ (300, 1500): the epilogue and the db reduction run on 2 threads and agree bit
+    for bit with 1 thread; results match the NumPy backend."""
+    rng, x, W, b = dense_data(257, 300, 1500, dtype, 3)
+    out0 = _dense_out(x, W, b, act, 0.3)
+    dout = rng.standard_normal(out0.shape).astype(dtype)
+    bound_f = f64abs(x) @ f64abs(W) + f64abs(b)
+
+    def fwd():
+        out = np.empty_like(out0)
+        K.dense_forward(x, W, b, out, act, 0.3)
+        return [out]
+
+    check(*on_all(fwd), bounds=[bound_f])
+
+    dz_ref = np.empty_like(out0)
+    with dlfast.use_backend("numpy"):
+        K.activation_backward(dout, out0, dz_ref, act, 0.3)
+    adz = f64abs(dz_ref)
+
+    def bwd():
+        dz, dx, dW, db = (np.empty_like(a) for a in (out0, x, W, b))
+        K.dense_backward(dout, x, W, out0, dz, dx, dW, db, act, 0.3)
+        return [None if act == "identity" else dz, dx, dW, db]
+
+    check(*on_all(bwd), bounds=[None, adz @ f64abs(W).T, f64abs(x).T @ adz, adz.sum(axis=0)])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,i,o", [(0, 3, 4), (3, 0, 4), (0, 0, 4), (3, 4, 0), (0, 4, 0), (3, 0, 0)])
+def test_dense_empty_dimensions(dtype, n, i, o):
+    """Zero rows / inputs / outputs: out = act(b) for no inputs; dW and db are zero for no rows."""
+    rng, x, W, b = dense_data(n, i, o, dtype, 0)
+
+    def fn():
+        out = np.full((n, o), np.nan, dtype)
+        K.dense_forward(x, W, b, out, "sigmoid", 0.0)
+        dout = np.ones((n, o), dtype)
+        dz = np.full((n, o), np.nan, dtype)
+        dx, dW, db = np.full((n, i), np.nan, dtype), np.full((i, o), np.nan, dtype), \
+            np.full(o, np.nan, dtype)
+        K.dense_backward(dout, x, W, out, dz, dx, dW, db, "sigmoid", 0.0)
+        return [out, dz, dx, dW, db]
+
+    ref, one, two = on_all(fn)
+    check(ref, one, two)
+    assert not any(np.isnan(a).any() for a in one)
+    if i == 0:
+        with dlfast.use_backend("cython"):
+            out = np.empty((n, o), dtype)
+            K.dense_forward(x, W, b, out, "identity")
+        np.testing.assert_array_equal(out, np.broadcast_to(b, (n, o)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dense_nonfinite_propagates(dtype):
+    """NaN and inf in x or W reach the output as in the NumPy backend (no clamping)."""
+    x = np.array([[1.0, np.nan], [np.inf, 1.0], [1.0, 2.0]], dtype)
+    W = np.array([[1.0, -1.0, 0.5], [2.0, 0.0, 1.0]], dtype)
+    b = np.zeros(3, dtype)
+    for act in K.ACTIVATIONS:
+        res = []
+        for name in ("numpy", "cython"):
+            with dlfast.use_backend(name), np.errstate(invalid="ignore"):
+                out = np.empty((3, 3), dtype)
+                K.dense_forward(x, W, b, out, act, 0.5)
+                res.append(out)
+        np.testing.assert_array_equal(np.isnan(res[0]), np.isnan(res[1]), err_msg=act)
+        np.testing.assert_allclose(res[1], res[0], rtol=TOL[np.dtype(dtype)], err_msg=act)
+
+
+def test_dense_inputs_untouched_and_dtype_kept():
+    """Read-only inputs stay unchanged; a float32 call writes float32 outputs."""
+    _, x, W, b = dense_data(5, 4, 3, np.float32, 1)
+    for a in (x, W, b):
+        a.flags.writeable = False
+    copies = [a.copy() for a in (x, W, b)]
+    with dlfast.use_backend("cython"):
+        out = np.empty((5, 3), np.float32)
+        K.dense_forward(x, W, b, out, "tanh")
+        dz, dx, dW, db = (np.empty_like(a) for a in (out, x, W, b))
+        K.dense_backward(out, x, W, out, dz, dx, dW, db, "tanh")
+    for a, c in zip((x, W, b), copies):
+        np.testing.assert_array_equal(a, c)
+    assert {a.dtype for a in (out, dz, dx, dW, db)} == {np.dtype(np.float32)}
+
+
+def test_dense_backward_identity_uses_dout():
+    """With the identity activation the gradients equal plain matrix products of dout."""
+    rng, x, W, _ = dense_data(9, 6, 4, np.float64, 2)
+    dout = rng.standard_normal((9, 4))
+    with dlfast.use_backend("cython"):
+        dz, dx, dW, db = np.empty((9, 4)), np.empty((9, 6)), np.empty((6, 4)), np.empty(4)
+        K.dense_backward(dout, x, W, x @ W, dz, dx, dW, db, "identity")
+    np.testing.assert_allclose(dx, dout @ W.T, rtol=1e-12)
+    np.testing.assert_allclose(dW, x.T @ dout, rtol=1e-12)
+    np.testing.assert_allclose(db, dout.sum(axis=0), rtol=1e-12)
+
+
+def test_dense_bad_input_names_argument():
+    x, W = np.ones((2, 3), np.float32), np.ones((3, 4), np.float32)
+    with dlfast.use_backend("cython"):
+        with pytest.raises(ValueError, match="W"):
+            K.dense_forward(x, np.ones((2, 4), np.float32), None, np.empty((2, 4), np.float32))
+        with pytest.raises(TypeError, match="mixed"):
+            K.dense_forward(x, W.astype(np.float64), None, np.empty((2, 4), np.float32))
+        with pytest.raises(ValueError, match="activation"):
+            K.dense_forward(x, W, None, np.empty((2, 4), np.float32), "swish")

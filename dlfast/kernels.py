@@ -487,6 +487,8 @@ def random_uniform(out, low, high, seed, counter):
         raise TypeError(f"out must be float32 or float64, got {out.dtype.name}")
     low = _real("low", low)
     high = _real("high", high, low)
+    if not math.isfinite(high - low):
+        raise ValueError(f"high - low must be finite, got low={low}, high={high}")
     _impl().random_uniform(out, low, high, _u64("seed", seed), _u64("counter", counter))
     return out
 

@@ -8,7 +8,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
-from scipy.linalg.cython_blas cimport sgemm, dgemm
+from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
 from _act cimport act_code, act_row, act_grad_row, ACT_IDENTITY
 
@@ -28,13 +28,38 @@ cdef Py_ssize_t _INT_MAX = 2147483647
 cdef void _gemm(char ta, char tb, int m, int n, int k, const floating* a, int lda,
                 const floating* b, int ldb, floating* c, int ldc) noexcept nogil:
     """Row-major C(m, n) = op(A)(m, k) @ op(B)(k, n); lda/ldb/ldc are the stored row lengths.
-    Column-major BLAS sees the transposes: C^T = op(B)^T op(A)^T."""
+    Column-major BLAS sees the transposes: C^T = op(B)^T op(A)^T. One row (m == 1) goes to GEMV
+    and an outer product (k == 1) to a plain loop: BLAS GEMM costs microseconds of set-up there."""
     cdef floating one = 1, zero = 0
-    cdef Py_ssize_t i
+    cdef Py_ssize_t r, j
+    cdef int inc = 1 if ta == c'N' else lda, one_i = 1
+    cdef floating av
+    cdef char tflip
     if m == 0 or n == 0:
         return
     if k == 0:
         memset(c, 0, <size_t>m * n * sizeof(floating))
+        return
+    if k == 1:
+        for r in range(m):
+            av = a[r * lda] if ta == c'N' else a[r]
+            for j in range(n):
+                c[r * ldc + j] = av * (b[j] if tb == c'N' else b[j * ldb])
+        return
+    if m == 1:
+        # c(n) = a(k) @ op(B): column-major GEMV on B's storage; a has stride inc
+        if tb == c'N':
+            tflip = c'N'
+            if floating is float:
+                sgemv(&tflip, &n, &k, &one, <float*>b, &ldb, <float*>a, &inc, &zero, c, &one_i)
+            else:
+                dgemv(&tflip, &n, &k, &one, <double*>b, &ldb, <double*>a, &inc, &zero, c, &one_i)
+        else:
+            tflip = c'T'
+            if floating is float:
+                sgemv(&tflip, &k, &n, &one, <float*>b, &ldb, <float*>a, &inc, &zero, c, &one_i)
+            else:
+                dgemv(&tflip, &k, &n, &one, <double*>b, &ldb, <double*>a, &inc, &zero, c, &one_i)
         return
     if floating is float:
         sgemm(&tb, &ta, &n, &m, &k, &one, <float*>b, &ldb, <float*>a, &lda, &zero, c, &ldc)

@@ -268,11 +268,3 @@ def test_dense_bad_input_names_argument():
         with pytest.raises(ValueError, match="activation"):
             K.dense_forward(x, W, None, np.empty((2, 4), np.float32), "swish")
 
-
-@pytest.mark.parametrize("n,i,o", [(1, 37, 53), (1, 1, 1), (7, 1, 5), (9, 6, 1), (1, 300, 1),
-                                   (65, 1, 3), (2, 2, 2)])
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("dt", [np.float32, np.float64])
-def test_dense_special_shapes(n, i, o, layout, dt):
-    """One row (GEMV path), one input feature or one row in dW (outer-product path), one output."""
-    compare(dense_case(n, i, o, "tanh", dt, layout, n * 100 + i), dt)

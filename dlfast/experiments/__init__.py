@@ -1,0 +1,151 @@
+"""The classic experiments of the textbook, on dlfast: ``dlfast experiment NAME`` or
+``dlfast.experiments.run(NAME, out_dir)``.
+
+Each experiment is ``run(out_dir, quick=False, seed=0, backend=None, progress=False) -> dict``
+registered by name; it writes ``<out_dir>/<name>.png`` and returns::
+
+    {"name", "title", "columns": [...], "rows": [{column: value}, ...], "png": path, ...}
+
+plus experiment-specific data (curves, histograms ...). ``quick`` is a reduced budget (tests,
+CI); ``seed`` fixes every weight, batch order and dropout mask; ``backend`` ("numpy" |
+"cython") is used for the run only. ``format_table(result)`` renders the rows.
+
+=================== ==================================================================
+optimizers-path     SGD ... Adam minimising x^2/20 + y^2 from (-7, 2): paths on the contours
+optimizers          the same optimisers training an MLP [100]*4 on the digits: loss curves
+init-histograms     activations of 5 layers for std 1 / 0.01 / Xavier / He x sigmoid/tanh/ReLU
+init                training curves of a ReLU net for std 0.01, Xavier and He
+batchnorm           with vs without batch norm over a grid of initial weight scales
+overfit             300 samples, deep net: train/validation gap, weight decay, dropout
+hyperparams         random search of lr and weight decay (``dlfast.tune``), then narrowed
+multitask           shared trunk + two heads (digit, digit >= 5) vs two separate nets
+=================== ==================================================================
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+import numbers
+import os
+import sys
+
+__all__ = ["EXPERIMENTS", "register", "run", "format_table", "names"]
+
+EXPERIMENTS = {}      # name -> (run function, one-line description)
+
+_MODULES = ("optimizers_path", "optimizers", "init_histograms", "init_compare", "batchnorm",
+            "overfit", "hyperparams", "multitask")
+
+
+def register(name, description):
+    """Decorator: register ``run(out_dir, quick, seed, backend, progress)`` as experiment ``name``.
+    The wrapper validates the arguments, creates ``out_dir``, selects ``backend`` for the run and
+    adds ``name`` to the result."""
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(out_dir, quick=False, seed=0, backend=None, progress=False):
+            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+                raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+            out_dir = os.fspath(out_dir)
+            os.makedirs(out_dir, exist_ok=True)
+            import dlfast
+            if backend is None:
+                result = fn(out_dir, bool(quick), int(seed), bool(progress))
+            else:
+                with dlfast.use_backend(backend):
+                    result = fn(out_dir, bool(quick), int(seed), bool(progress))
+            result.setdefault("name", name)
+            return result
+
+        if name in EXPERIMENTS:
+            raise ValueError(f"experiment {name!r} is already registered")
+        EXPERIMENTS[name] = (wrapper, description)
+        return wrapper
+
+    return deco
+
+
+def _load_all():
+    for m in _MODULES:
+        importlib.import_module(f"{__name__}.{m}")
+
+
+def names():
+    """The registered experiment names."""
+    _load_all()
+    return list(EXPERIMENTS)
+
+
+def _fmt(v):
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, numbers.Integral):
+        return str(v)
+    if isinstance(v, numbers.Real):
+        v = float(v)
+        if not math.isfinite(v):
+            return str(v)
+        if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
+            return f"{v:.3e}"
+        return f"{v:.4f}"
+    return str(v)
+
+
+def format_table(result):
+    """The result's rows as a fixed-width text table (title first)."""
+    cols = list(result["columns"])
+    cells = [[_fmt(r.get(c)) for c in cols] for r in result["rows"]]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
+    lines = []
+    if result.get("title"):
+        lines.append(result["title"])
+    lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                           for i, (c, w) in enumerate(zip(cols, widths))))
+    lines.append("  ".join("-" * w for w in widths))
+    for row in cells:
+        lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w)
+                               for i, (v, w) in enumerate(zip(row, widths))))
+    return "\n".join(lines)
+
+
+def run(name, out_dir="out", quick=False, seed=0, backend=None, progress=False, verbose=True):
+    """Run experiment ``name``; prints its table (and the PNG path) when ``verbose``."""
+    _load_all()
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
+    result = EXPERIMENTS[name][0](out_dir, quick=quick, seed=seed, backend=backend,
+                                  progress=progress)
+    if verbose:
+        print(format_table(result))
+        print(f"figure: {result['png']}")
+        sys.stdout.flush()
+    return result
+
+
+# ============================================================================ command line
+def _cli_configure(p):
+    p.add_argument("name", nargs="?", help="experiment name (omit with --list)")
+    p.add_argument("--list", action="store_true", help="list the experiments and exit")
+    p.add_argument("--out", default="out", metavar="DIR", help="folder for the PNG (default ./out)")
+    p.add_argument("--quick", action="store_true", help="reduced budget (seconds, for CI)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--backend", choices=("numpy", "cython"), default=None,
+                   help="kernel backend for the run (default: the active one)")
+    p.add_argument("--progress", action="store_true", help="progress bars on stderr")
+
+
+def _cli_run(args):
+    _load_all()
+    if args.list or not args.name:
+        for n, (_, desc) in EXPERIMENTS.items():
+            print(f"{n:<17}{desc}")
+        return 0 if args.list else 2
+    if args.name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {args.name!r}; choose one of {', '.join(EXPERIMENTS)}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    run(args.name, args.out, quick=args.quick, seed=args.seed, backend=args.backend,
+        progress=args.progress)
+    return 0

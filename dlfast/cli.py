@@ -445,6 +445,10 @@ def _configure_train(p):
 register("train", _run_train, "train an MLP on digits or MNIST", _configure_train)
 register("info", _run_info, "backend, dtype, threads, OpenMP and BLAS in use", _configure_info)
 
+from .experiments import _cli_configure as _configure_experiment, _cli_run as _run_experiment  # noqa: E402
+register("experiment", _run_experiment, "run a classic experiment (--list): table + PNG",
+         _configure_experiment)
+
 
 # ============================================================================ entry point
 def build_parser():

@@ -1,11 +1,12 @@
 """Build a dlfast wheel, install it into an isolated folder, and run the kernel tests against it.
 
-    python tools/check_wheel.py [--boundscheck] [--keep DIR] [pytest args...]
+    python tools/check_wheel.py [--boundscheck] [--no-openmp] [--keep DIR] [pytest args...]
 
 The wheel is built by pip (``pip wheel .``, build isolation as on a fresh machine). With
 ``--boundscheck`` the Cython kernels are compiled with boundscheck/wraparound/initializedcheck on
 (CMake option DLFAST_BOUNDSCHECK=ON), so an out-of-bounds access raises IndexError instead of
-corrupting memory. The tests run in a child interpreter that imports dlfast from the installed wheel
+corrupting memory. With ``--no-openmp`` the kernels are built serial (DLFAST_OPENMP=OFF), proving
+OpenMP optional at build time. The tests run in a child interpreter that imports dlfast from the installed wheel
 only (the editable-install redirect of the development tree is removed from ``sys.meta_path``).
 """
 import argparse
@@ -26,6 +27,8 @@ site = os.environ['DLFAST_WHEEL_SITE']
 import dlfast, dlfast.kernels
 assert dlfast.__file__.startswith(site), f'dlfast imported from {dlfast.__file__}, not the wheel'
 assert 'cython' in dlfast.available_backends(), dlfast._config._import_errors
+from dlfast._backends import cython_kernels
+print('OpenMP', 'on' if cython_kernels.openmp_enabled() else 'off')
 print('testing the wheel installed in', site)
 import pytest
 sys.exit(pytest.main(sys.argv[1:]))
@@ -35,6 +38,7 @@ sys.exit(pytest.main(sys.argv[1:]))
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--boundscheck", action="store_true")
+    ap.add_argument("--no-openmp", action="store_true")
     ap.add_argument("--keep", help="work folder to use and keep (default: a temporary one)")
     args, pytest_args = ap.parse_known_args(argv)
     work = args.keep or tempfile.mkdtemp(prefix="dlfast-wheel-")
@@ -44,6 +48,8 @@ def main(argv=None):
            "-C", f"build-dir={os.path.join(work, 'build')}"]
     if args.boundscheck:
         cmd += ["-C", "cmake.define.DLFAST_BOUNDSCHECK=ON"]
+    if args.no_openmp:
+        cmd += ["-C", "cmake.define.DLFAST_OPENMP=OFF"]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     wheels = glob.glob(os.path.join(wheel_dir, "dlfast-*.whl"))

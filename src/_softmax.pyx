@@ -7,21 +7,19 @@ xent:      probs = softmax(logits); L = mean_n (log sum exp(logits_n - m_n) + m_
 xent back: dlogits = (probs - onehot(t)) * (scale / N)
 """
 from cython cimport floating
-from cython.parallel cimport prange
-from libc.math cimport exp, log
+from cython.parallel cimport prange, threadid
+from libc.math cimport log
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 
-from _act cimport _exp
+from _act cimport exp_shift_sum, exp_shift_sum_d
 
 include "_parallel.pxi"
 
 
 def _softmax(const floating[:, ::1] x, floating[:, ::1] out):
     cdef Py_ssize_t n = x.shape[0], c = x.shape[1], r, j
-    cdef floating m
-    cdef double s
-    cdef floating inv
+    cdef floating m, fs
     cdef int nt = _threads(n * c)
     with nogil:
         for r in prange(n, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
@@ -29,12 +27,9 @@ def _softmax(const floating[:, ::1] x, floating[:, ::1] out):
             for j in range(1, c):
                 if x[r, j] > m or x[r, j] != x[r, j]:
                     m = x[r, j]
-            s = 0
+            fs = <floating>exp_shift_sum(&out[r, 0], &x[r, 0], c, m)
             for j in range(c):
-                out[r, j] = _exp(x[r, j] - m)
-                s = s + out[r, j]
-            for j in range(c):
-                out[r, j] = out[r, j] / <floating>s
+                out[r, j] = out[r, j] / fs
 
 
 def softmax_forward(x, out):
@@ -65,27 +60,32 @@ def softmax_backward(dout, y, dx):
 def _xent(const floating[:, ::1] logits, const int64_t[::1] labels, floating[:, ::1] probs):
     cdef Py_ssize_t n = logits.shape[0], c = logits.shape[1], r, j
     cdef double m, s, total = 0
+    cdef double* e
     cdef int nt = _threads(n * c)
+    # per row: its loss term; per thread: a row of exp(logit - max) in double
     cdef double* rowloss = <double*>malloc(max(n, 1) * sizeof(double))
-    if rowloss == NULL:
+    cdef double* scratch = <double*>malloc(<size_t>max(nt, 1) * max(c, 1) * sizeof(double))
+    if rowloss == NULL or scratch == NULL:
+        free(rowloss)
+        free(scratch)
         raise MemoryError()
     try:
         with nogil:
             for r in prange(n, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
+                e = scratch + <Py_ssize_t>threadid() * c
                 m = logits[r, 0]
                 for j in range(1, c):
                     if logits[r, j] > m or logits[r, j] != logits[r, j]:
                         m = logits[r, j]
-                s = 0
+                s = exp_shift_sum_d(e, &logits[r, 0], c, m)
                 for j in range(c):
-                    s = s + exp(<double>logits[r, j] - m)
-                for j in range(c):
-                    probs[r, j] = <floating>(exp(<double>logits[r, j] - m) / s)
+                    probs[r, j] = <floating>(e[j] / s)
                 rowloss[r] = log(s) + m - <double>logits[r, labels[r]]
             for r in range(n):
                 total = total + rowloss[r]
     finally:
         free(rowloss)
+        free(scratch)
     return total / n
 
 

@@ -10,12 +10,13 @@ from ..datasets import load_digits, train_test_split
 from ..train import LambdaCallback, NonFiniteError, Trainer
 
 
-def figure(nrows, ncols, size=(4.0, 3.0), **kw):
-    """``(fig, axes)`` with a 2-D axes array, drawn on an Agg canvas."""
+def figure(nrows, ncols, size=(4.0, 3.0), layout=None, **kw):
+    """``(fig, axes)`` with a 2-D axes array, drawn on an Agg canvas (``layout``: matplotlib's
+    layout engine, e.g. "constrained"; default: tight layout when saved)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), dpi=90)
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), dpi=90, layout=layout)
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
     return fig, axes
@@ -25,7 +26,8 @@ def save(fig, out_dir, name, title=None):
     """Write ``<out_dir>/<name>.png``; returns the path."""
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     path = os.path.join(out_dir, f"{name}.png")
     fig.savefig(path, format="png")
     return path

@@ -50,7 +50,7 @@ def run(out_dir, quick, seed, progress):
             rows.append({"round": rnd, "rank": rank, "lr": tr.params["lr"],
                          "weight decay": tr.params["weight_decay"], "val acc": tr.score,
                          "train acc": tr.info["train_acc"]})
-    fig, axes = _common.figure(1, 2, size=(4.5, 3.8))
+    fig, axes = _common.figure(1, 2, size=(4.5, 3.8), layout="constrained")
     for ax, (name, trials, space) in zip(axes[0], (("round 1", first, SPACE),
                                                   ("round 2 (narrowed)", second, narrowed))):
         lr = [tr.params["lr"] for tr in trials]

@@ -270,7 +270,7 @@ def test_seed_reproduces_dropout_runs(digits):
 # ============================================================================ step by step
 @pytest.mark.parametrize("use_bn", [False, True])
 @pytest.mark.parametrize("use_dropout", [False, True])
-def test_net_matches_textbook_formulas_step_by_step(digits, use_bn, use_dropout):
+def test_net_matches_textbook_formulas_step_by_step(digits, use_bn, use_dropout, backend):
     x, t = digits
     x = x.astype(np.float64)
     np.random.seed(5)
@@ -349,7 +349,7 @@ def test_dropout_textbook_form():
 
 @pytest.mark.parametrize("kind,cls,kw", OPTS, ids=[o[0] for o in OPTS])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_optimizers_match_textbook(kind, cls, kw, dtype):
+def test_optimizers_match_textbook(kind, cls, kw, dtype, backend):
     rng = np.random.default_rng(3)
     params = {"W1": rng.standard_normal((4, 3)).astype(dtype),
               "b1": rng.standard_normal(3).astype(dtype)}

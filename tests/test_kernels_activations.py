@@ -373,3 +373,36 @@ def test_bad_input_names_argument():
         with pytest.raises(ValueError, match="argmax"):
             K.maxout_backward(np.ones((2, 1), np.float32), np.array([[0], [3]]),
                               np.empty((2, 3), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("act", ["elu", "sigmoid", "tanh"])
+def test_transcendental_activations_sweep(dtype, act):
+    """The compiled exp/expm1/tanh (own vectorised polynomials) over the whole range: a dense sweep
+    through the overflow/underflow limits, the polynomial/formula switch points (|z| = 0.5,
+    0.625) and tiny arguments agrees with NumPy to a few ulp, with libm's special values."""
+    lim = 120.0 if dtype == np.float32 else 800.0
+    z = np.concatenate([np.linspace(-lim, lim, 200001), np.linspace(-1, 1, 20001),
+                        np.geomspace(1e-30, 1e-3, 500), -np.geomspace(1e-30, 1e-3, 500),
+                        np.nextafter(0.5, [0, 1]), np.nextafter(-0.5, [-1, 0]),
+                        np.nextafter(0.625, [0, 1]), np.nextafter(-0.625, [-1, 0]),
+                        [0.0, -0.0, np.inf, -np.inf, np.nan]]).astype(dtype)
+    ref, one, two = on_all(lambda: [K.activation_forward(z, np.empty_like(z), act, 0.7)])
+    check(ref, one, two)
+    eps = np.finfo(dtype).eps
+    r, a = ref[0].astype(np.float64), one[0].astype(np.float64)
+    fin = np.isfinite(r)
+    assert np.all(np.abs(a[fin] - r[fin]) <= 4 * eps * np.abs(r[fin]) + np.finfo(dtype).tiny)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_extreme_rows(dtype):
+    """Rows with huge spreads (exp underflows to 0 for all but the max), -inf entries, and a single
+    column: probabilities stay finite, sum to 1 and match NumPy."""
+    x = np.array([[0.0, -200.0, -1e4, 3.0], [-np.inf, 0.0, -np.inf, 1.0],
+                  [1e4, 1e4, -1e4, 1e4], [5.0, 5.0, 5.0, 5.0]], dtype)
+    ref, one, two = on_all(lambda: [K.softmax_forward(x, np.empty_like(x)),
+                                    K.softmax_forward(x[:, 1:2], np.empty((4, 1), dtype))])
+    check(ref, one, two)
+    np.testing.assert_allclose(one[0].sum(axis=1), 1, rtol=4 * np.finfo(dtype).eps)
+    np.testing.assert_array_equal(one[1], 1)

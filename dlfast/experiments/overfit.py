@@ -16,7 +16,7 @@ SETTINGS = {"none": {}, "weight decay 0.1": {"weight_decay": 0.1}, "dropout 0.2"
 
 @register("overfit", "train vs validation accuracy: none, weight decay, dropout (300 samples)")
 def run(out_dir, quick, seed, progress):
-    epochs = 100 if quick else 400
+    epochs = 100 if quick else 200
     xtr, ttr, xte, tte = _common.digits(seed, n_train=300)
     rows, curves = [], {}
     for name, kw in SETTINGS.items():

@@ -4,6 +4,11 @@
 from cython cimport floating
 
 cdef enum:
+    # Work estimates for _threads(work): a memory-bound elementwise pass (copy, compare, multiply)
+    # counts 1/CHEAP of an element needing exp/tanh, so small cheap passes stay on one thread.
+    CHEAP = 8
+
+cdef enum:
     ACT_IDENTITY = 0
     ACT_RELU = 1
     ACT_LEAKY = 2
@@ -168,6 +173,21 @@ cdef extern from *:
     }
     DLF_EXPSUM_D(dlf_expsum_df, float)
     DLF_EXPSUM_D(dlf_expsum_dd, double)
+
+    /* max_j x[j] (n >= 1), NaN if any x[j] is NaN (as numpy.max); eight exact lane maxima. */
+    #define DLF_ROWMAX(NAME, T)                                                               \
+    DLF_CLONES static T NAME(const T* x, long n) {                                            \
+        T m[8], r; int bad = 0; long j, l;                                                    \
+        for (l = 0; l < 8; l++) m[l] = x[0];                                                  \
+        for (j = 0; j + 8 <= n; j += 8)                                                       \
+            for (l = 0; l < 8; l++) { T v = x[j + l]; m[l] = v > m[l] ? v : m[l]; bad |= v != v; } \
+        for (; j < n; j++) { T v = x[j]; m[0] = v > m[0] ? v : m[0]; bad |= v != v; }        \
+        r = m[0];                                                                             \
+        for (l = 1; l < 8; l++) r = m[l] > r ? m[l] : r;                                      \
+        return bad ? (T)NAN : r;                                                              \
+    }
+    DLF_ROWMAX(dlf_rowmaxf, float)
+    DLF_ROWMAX(dlf_rowmax, double)
     """
     float dlf_expf(float) noexcept nogil
     double dlf_exp(double) noexcept nogil
@@ -181,6 +201,16 @@ cdef extern from *:
     double dlf_expsum(double*, const double*, long, double) noexcept nogil
     double dlf_expsum_df(double*, const float*, long, double) noexcept nogil
     double dlf_expsum_dd(double*, const double*, long, double) noexcept nogil
+    float dlf_rowmaxf(const float*, long) noexcept nogil
+    double dlf_rowmax(const double*, long) noexcept nogil
+
+
+cdef inline floating row_max(const floating* x, Py_ssize_t n) noexcept nogil:
+    """max_j x[j] for n >= 1; NaN when any element is NaN (like numpy.max)."""
+    if floating is float:
+        return dlf_rowmaxf(x, n)
+    else:
+        return dlf_rowmax(x, n)
 
 
 cdef inline double exp_shift_sum(floating* out, const floating* x, Py_ssize_t n,
@@ -231,6 +261,11 @@ cdef inline floating _sigmoid(floating z) noexcept nogil:
     cdef floating e = _exp(-_abs(z))
     cdef floating pos = 1 / (1 + e), neg = e / (1 + e)
     return pos if z >= 0 else neg
+
+
+cdef inline Py_ssize_t act_work(Py_ssize_t n, int code) noexcept nogil:
+    """Work estimate of act_row over n elements (elu/sigmoid/tanh full, the others 1/CHEAP)."""
+    return n if code >= ACT_ELU else n // CHEAP
 
 
 cdef inline void act_row(floating* y, const floating* z, const floating* b, Py_ssize_t n,

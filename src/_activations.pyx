@@ -10,7 +10,7 @@ from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 
-from _act cimport act_code, act_row, act_grad_row
+from _act cimport act_code, act_row, act_grad_row, act_work, CHEAP
 
 include "_parallel.pxi"
 
@@ -22,7 +22,7 @@ cdef enum:
 def _act_fwd(const floating[::1] x, floating[::1] out, int code, double alpha):
     cdef Py_ssize_t n = x.shape[0], nb = (n + BLOCK - 1) // BLOCK, blk, lo
     cdef floating a = <floating>alpha
-    cdef int nt = _threads(n)
+    cdef int nt = _threads(act_work(n, code))
     if n == 0:
         return
     with nogil:
@@ -40,7 +40,7 @@ def _act_bwd(const floating[::1] dout, const floating[::1] y, floating[::1] dx, 
              double alpha):
     cdef Py_ssize_t n = y.shape[0], nb = (n + BLOCK - 1) // BLOCK, blk, lo
     cdef floating a = <floating>alpha
-    cdef int nt = _threads(n)
+    cdef int nt = _threads(n // CHEAP)
     if n == 0:
         return
     with nogil:
@@ -54,32 +54,50 @@ def activation_backward(dout, out, dx, activation, alpha):
     _act_bwd(dout.reshape(-1), out.reshape(-1), dx.reshape(-1), act_code(activation), alpha)
 
 
-cdef inline Py_ssize_t _slope_index(int mode, Py_ssize_t r, Py_ssize_t j, Py_ssize_t f) noexcept nogil:
-    if mode == 0:
-        return 0
-    if mode == 1:
-        return j
-    return r * f + j
-
-
 cdef int _mode(slope, x):
-    if slope.size == 1 and slope.shape == (1,):
+    """0: one shared slope (1,); 1: per feature (F,); 2: per element (N, F)."""
+    if slope.ndim == 1 and slope.shape[0] == 1:
         return 0
     if slope.ndim == 1:
         return 1
     return 2
 
 
+cdef inline void _prelu_row(floating* y, const floating* x, const floating* s, Py_ssize_t f,
+                            int mode) noexcept nogil:
+    """y = x if x > 0 else s * x; s is one value (mode 0) or a row of f values."""
+    cdef Py_ssize_t j
+    cdef floating v, s0 = s[0]
+    if mode == 0:
+        for j in range(f):
+            v = x[j]
+            y[j] = v if v > 0 else s0 * v
+    else:
+        for j in range(f):
+            v = x[j]
+            y[j] = v if v > 0 else s[j] * v
+
+
+cdef inline void _prelu_contrib_row(double* p, const floating* g, const floating* x,
+                                    Py_ssize_t f) noexcept nogil:
+    """p[j] += (0 if x > 0 else g * x), the product in floating, the sum in double."""
+    cdef Py_ssize_t j
+    cdef floating v, c
+    for j in range(f):
+        v = x[j]
+        c = 0 if v > 0 else g[j] * v
+        p[j] = p[j] + c
+
+
 def _prelu_fwd(const floating[:, ::1] x, const floating[::1] slope, floating[:, ::1] out,
                int mode):
-    cdef Py_ssize_t n = x.shape[0], f = x.shape[1], r, j
-    cdef floating v
-    cdef int nt = _threads(n * f)
+    cdef Py_ssize_t n = x.shape[0], f = x.shape[1], r
+    cdef int nt = _threads(n * f // CHEAP)
+    if n == 0 or f == 0:
+        return
     with nogil:
         for r in prange(n, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
-            for j in range(f):
-                v = x[r, j]
-                out[r, j] = v if v > 0 else slope[_slope_index(mode, r, j, f)] * v
+            _prelu_row(&out[r, 0], &x[r, 0], &slope[r * f if mode == 2 else 0], f, mode)
 
 
 def prelu_forward(x, slope, out):
@@ -91,19 +109,18 @@ def _prelu_bwd(const floating[:, ::1] dout, const floating[:, ::1] x, const floa
                floating[:, ::1] dx, floating[::1] dslope, int mode):
     cdef Py_ssize_t n = x.shape[0], f = x.shape[1], nb = (n + ROWBLOCK - 1) // ROWBLOCK
     cdef Py_ssize_t blk, r, j, r0, r1
-    cdef int nt = _threads(n * f)
+    cdef int nt = _threads(n * f // CHEAP)
     cdef double* part = NULL
     cdef double* p
     cdef double s
-    cdef floating v, contrib
+    cdef floating v
     cdef bint has_dx = dx is not None, has_ds = dslope is not None
-    cdef bint reduce = has_ds and mode != 2
     if n == 0 or f == 0:
-        if dslope is not None and dslope.shape[0]:
+        if has_ds:
             for j in range(dslope.shape[0]):
                 dslope[j] = 0
         return
-    if reduce:
+    if has_ds and mode != 2:
         part = <double*>malloc(<size_t>nb * f * sizeof(double))
         if part == NULL:
             raise MemoryError()
@@ -117,15 +134,15 @@ def _prelu_bwd(const floating[:, ::1] dout, const floating[:, ::1] x, const floa
                     for j in range(f):
                         p[j] = 0
                 for r in range(r0, r1):
-                    for j in range(f):
-                        v = x[r, j]
-                        if has_dx:
-                            dx[r, j] = dout[r, j] if v > 0 else slope[_slope_index(mode, r, j, f)] * dout[r, j]
-                        contrib = 0 if v > 0 else dout[r, j] * v
-                        if part != NULL:
-                            p[j] = p[j] + contrib
-                        elif has_ds:
-                            dslope[r * f + j] = contrib
+                    if has_dx:        # dx = dout if x > 0 else slope * dout
+                        _prelu_dx_row(&dx[r, 0], &dout[r, 0], &x[r, 0],
+                                      &slope[r * f if mode == 2 else 0], f, mode)
+                    if part != NULL:
+                        _prelu_contrib_row(p, &dout[r, 0], &x[r, 0], f)
+                    elif has_ds:      # per-element slope: no reduction
+                        for j in range(f):
+                            v = x[r, j]
+                            dslope[r * f + j] = 0 if v > 0 else dout[r, j] * v
             if part != NULL:
                 if mode == 1:
                     for j in range(f):
@@ -143,6 +160,18 @@ def _prelu_bwd(const floating[:, ::1] dout, const floating[:, ::1] x, const floa
         free(part)
 
 
+cdef inline void _prelu_dx_row(floating* dx, const floating* g, const floating* x,
+                               const floating* s, Py_ssize_t f, int mode) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating s0 = s[0]
+    if mode == 0:
+        for j in range(f):
+            dx[j] = g[j] if x[j] > 0 else s0 * g[j]
+    else:
+        for j in range(f):
+            dx[j] = g[j] if x[j] > 0 else s[j] * g[j]
+
+
 def prelu_backward(dout, x, slope, dx, dslope):
     """dx = dout if x > 0 else slope * dout; dslope = sum (dout * x)[x <= 0] to slope's shape."""
     _prelu_bwd(dout, x, slope.reshape(-1), dx, None if dslope is None else dslope.reshape(-1),
@@ -151,22 +180,24 @@ def prelu_backward(dout, x, slope, dx, dslope):
 
 def _maxout_fwd(const floating[:, ::1] z, floating[:, ::1] out, int64_t[:, ::1] argmax):
     cdef Py_ssize_t n = out.shape[0], o = out.shape[1], k = z.shape[1] // max(o, 1), r, u, j
+    cdef const floating* p
     cdef floating best, v
     cdef int64_t arg
-    cdef int nt = _threads(n * o * k)
+    cdef int nt = _threads(n * o * k // CHEAP)
+    if n == 0:
+        return
     with nogil:
         for r in prange(n, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
             for u in range(o):
-                best = z[r, u * k]
+                p = &z[r, u * k]
+                best = p[0]
                 arg = 0
-                if best == best:
-                    for j in range(1, k):
-                        v = z[r, u * k + j]
-                        if v > best or v != v:
-                            best = v
-                            arg = j
-                            if v != v:
-                                break
+                for j in range(1, k):
+                    v = p[j]
+                    # a larger value, or the first NaN (then nothing replaces it: NaN > . is false)
+                    if v > best or (v != v and best == best):
+                        best = v
+                        arg = j
                 out[r, u] = best
                 argmax[r, u] = arg
 
@@ -178,7 +209,7 @@ def maxout_forward(z, out, argmax):
 
 def _maxout_bwd(const floating[:, ::1] dout, const int64_t[:, ::1] argmax, floating[:, ::1] dz):
     cdef Py_ssize_t n = dout.shape[0], o = dout.shape[1], k = dz.shape[1] // max(o, 1), r, u, j
-    cdef int nt = _threads(n * o * k)
+    cdef int nt = _threads(n * o * k // CHEAP)
     with nogil:
         for r in prange(n, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
             for j in range(o * k):

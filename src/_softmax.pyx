@@ -12,7 +12,7 @@ from libc.math cimport log
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 
-from _act cimport exp_shift_sum, exp_shift_sum_d
+from _act cimport exp_shift_sum, exp_shift_sum_d, row_max, CHEAP
 
 include "_parallel.pxi"
 
@@ -23,10 +23,7 @@ def _softmax(const floating[:, ::1] x, floating[:, ::1] out):
     cdef int nt = _threads(n * c)
     with nogil:
         for r in prange(n, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
-            m = x[r, 0]
-            for j in range(1, c):
-                if x[r, j] > m or x[r, j] != x[r, j]:
-                    m = x[r, j]
+            m = row_max(&x[r, 0], c)
             fs = <floating>exp_shift_sum(&out[r, 0], &x[r, 0], c, m)
             for j in range(c):
                 out[r, j] = out[r, j] / fs
@@ -41,7 +38,7 @@ def _softmax_back(const floating[:, ::1] dout, const floating[:, ::1] y, floatin
     cdef Py_ssize_t n = y.shape[0], c = y.shape[1], r, j
     cdef double s
     cdef floating fs
-    cdef int nt = _threads(n * c)
+    cdef int nt = _threads(n * c // CHEAP)
     with nogil:
         for r in prange(n, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
             s = 0
@@ -73,10 +70,7 @@ def _xent(const floating[:, ::1] logits, const int64_t[::1] labels, floating[:, 
         with nogil:
             for r in prange(n, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
                 e = scratch + <Py_ssize_t>threadid() * c
-                m = logits[r, 0]
-                for j in range(1, c):
-                    if logits[r, j] > m or logits[r, j] != logits[r, j]:
-                        m = logits[r, j]
+                m = row_max(&logits[r, 0], c)
                 s = exp_shift_sum_d(e, &logits[r, 0], c, m)
                 for j in range(c):
                     probs[r, j] = <floating>(e[j] / s)
@@ -98,7 +92,7 @@ def _xent_back(const floating[:, ::1] probs, const int64_t[::1] labels, floating
                double scale):
     cdef Py_ssize_t n = probs.shape[0], c = probs.shape[1], r, j
     cdef floating k = <floating>(scale / n)
-    cdef int nt = _threads(n * c)
+    cdef int nt = _threads(n * c // CHEAP)
     with nogil:
         for r in prange(n, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
             for j in range(c):

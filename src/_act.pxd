@@ -231,38 +231,6 @@ cdef inline double exp_shift_sum_d(double* e, const floating* x, Py_ssize_t n,
         return dlf_expsum_dd(e, x, n, m)
 
 
-cdef inline floating _exp(floating x) noexcept nogil:
-    if floating is float:
-        return dlf_expf(x)
-    else:
-        return dlf_exp(x)
-
-
-cdef inline floating _expm1(floating x) noexcept nogil:
-    if floating is float:
-        return dlf_expm1f(x)
-    else:
-        return dlf_expm1(x)
-
-
-cdef inline floating _tanh(floating x) noexcept nogil:
-    if floating is float:
-        return dlf_tanhf(x)
-    else:
-        return dlf_tanh(x)
-
-
-cdef inline floating _abs(floating x) noexcept nogil:
-    return -x if x < 0 else x
-
-
-cdef inline floating _sigmoid(floating z) noexcept nogil:
-    """1/(1+e) for z >= 0 else e/(1+e), e = exp(-|z|) (both computed: the loop stays branch-free)."""
-    cdef floating e = _exp(-_abs(z))
-    cdef floating pos = 1 / (1 + e), neg = e / (1 + e)
-    return pos if z >= 0 else neg
-
-
 cdef inline Py_ssize_t act_work(Py_ssize_t n, int code) noexcept nogil:
     """Work estimate of act_row over n elements (elu/sigmoid/tanh full, the others 1/CHEAP)."""
     return n if code >= ACT_ELU else n // CHEAP

@@ -237,7 +237,8 @@ def batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta, batch_stats
 # ----------------------------------------------------------------------------- regularisation
 def sumsq(x):
     x64 = x.astype(np.float64).ravel()
-    return float(np.dot(x64, x64))
+    with np.errstate(over="ignore"):        # an overflow to inf is the answer (callers check it)
+        return float(np.dot(x64, x64))
 
 
 def all_finite(x):

@@ -104,13 +104,20 @@ def _out(name, a, shape, dtype, optional=False):
 
 
 def _disjoint(outs, ins):
-    """No output overlaps another output or any input."""
-    outs = [(n, a) for n, a in outs if a is not None]
-    ins = [(n, a) for n, a in ins if a is not None]
+    """No output overlaps another output or any input. Two distinct arrays that both own their
+    memory (``base is None``) cannot overlap; other pairs go to ``np.may_share_memory``."""
     for i, (on, oa) in enumerate(outs):
-        for n, a in ins + outs[i + 1:]:
-            if np.may_share_memory(oa, a):
+        if oa is None:
+            continue
+        own = oa.base is None
+        for n, a in (*outs[i + 1:], *ins):
+            if a is None:
+                continue
+            if a is oa or not (own and a.base is None) and _may_share(oa, a):
                 raise ValueError(f"output {on} overlaps {n}; outputs must not alias other arguments")
+
+
+_may_share = np.may_share_memory
 
 
 def _activation(activation, alpha):

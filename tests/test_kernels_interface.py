@@ -176,3 +176,21 @@ def test_random_counter_is_a_stream():
             b = K.random_uniform(np.empty(30), 0.0, 1.0, 7, 120)
             assert np.array_equal(whole, np.concatenate([a, b]))
             assert 0.0 <= whole.min() and whole.max() < 1.0
+
+
+def test_overlapping_views_are_rejected_and_disjoint_views_allowed(backend):
+    base = np.zeros((8, 4))
+    W = np.eye(4)
+    with pytest.raises(ValueError, match="output out overlaps x"):
+        K.dense_forward(base[:4], W, None, base[2:6])
+    base[:4] = 1.0
+    K.dense_forward(base[:4], W, None, base[4:])          # same buffer, disjoint halves
+    np.testing.assert_array_equal(base[4:], np.ones((4, 4)))
+    g = np.ones(6)
+    buf = np.ones(12)
+    w, v = buf[:6], buf[6:]                                # views (not owning memory), disjoint
+    v[:] = 0
+    K.momentum_update(w, g, v, lr=0.5)
+    np.testing.assert_array_equal(w, np.full(6, 0.5))
+    with pytest.raises(ValueError, match="output w overlaps v"):
+        K.momentum_update(buf[:6], g, buf[3:9], lr=0.5)

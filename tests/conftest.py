@@ -27,3 +27,28 @@ def backend(request):
 @pytest.fixture(params=[np.float32, np.float64], ids=["f32", "f64"])
 def dtype(request):
     return np.dtype(request.param)
+
+
+class _FuzzCounter:
+    """Fuzzed cases per entry point and outcome ("ok" or the exception's type name)."""
+
+    def __init__(self):
+        self.counts = {}
+
+    def add(self, entry, outcome):
+        d = self.counts.setdefault(entry, {})
+        d[outcome] = d.get(outcome, 0) + 1
+
+
+@pytest.fixture(scope="session")
+def fuzz_counter(tmp_path_factory):
+    """Session counter of fuzzed cases; written to ``fuzz_counts.json`` in pytest's base temp dir
+    (and to ``$DLFAST_FUZZ_REPORT`` when set) at the end of the session."""
+    import json
+    c = _FuzzCounter()
+    yield c
+    text = json.dumps(c.counts, indent=1, sort_keys=True)
+    (tmp_path_factory.getbasetemp() / "fuzz_counts.json").write_text(text)
+    if os.environ.get("DLFAST_FUZZ_REPORT"):
+        with open(os.environ["DLFAST_FUZZ_REPORT"], "w") as f:
+            f.write(text)

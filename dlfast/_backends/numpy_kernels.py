@@ -139,14 +139,14 @@ def prelu_backward(dout, x, slope, dx, dslope):
 
 def maxout_forward(z, out, argmax):
     n, o = out.shape
-    zz = z.reshape(n, o, -1)
+    zz = z.reshape(n, o, z.shape[1] // o)     # (not -1: ambiguous for an empty batch)
     argmax[...] = np.argmax(zz, axis=2)
     out[...] = np.take_along_axis(zz, argmax[..., None], axis=2)[..., 0]
 
 
 def maxout_backward(dout, argmax, dz):
     n, o = dout.shape
-    dzz = dz.reshape(n, o, -1)
+    dzz = dz.reshape(n, o, dz.shape[1] // o)
     dzz[...] = 0
     np.put_along_axis(dzz, argmax[..., None], dout[..., None], axis=2)
 

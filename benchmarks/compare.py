@@ -16,8 +16,9 @@ Probes give each figure a machine limit: ``gemm`` = the bare ``np.matmul`` calls
 
 Timing: every implementation runs blocks of calls (sized at calibration to ``--block-ms``); each
 round times one block of every implementation, in a rotating order (interleaved, so the load of the
-shared machine hits all alike); the figure is the median over ``--rounds`` rounds of the time per
-call. PyTorch is optional (``pip install torch==2.13.0``): without it its column is skipped.
+shared machine hits all alike), after a ``--settle-ms`` pause (worker threads of OpenBLAS and
+OpenMP spin for up to ~0.1 s after use and would steal a core from the next implementation); the
+figure is the median over ``--rounds`` rounds of the time per call. PyTorch is optional (``pip install torch==2.13.0``): without it its column is skipped.
 
     python benchmarks/compare.py --json docs/performance.json --plot docs/performance.png
 """
@@ -80,7 +81,7 @@ def _calibrate(fn, block_s):
     return max(1, int(round(n * block_s / max(t, 1e-9))))
 
 
-def run_case(case, rounds, block_s, fixed_n=None):
+def run_case(case, rounds, block_s, fixed_n=None, settle_s=0.0):
     fns = dict(case.fns)
     if case.probe is not None:
         fns["probe"] = case.probe
@@ -92,6 +93,8 @@ def run_case(case, rounds, block_s, fixed_n=None):
         order = names[r % len(names):] + names[:r % len(names)]   # rotate: no fixed position
         for k in order:
             fn, n = fns[k], counts[k]
+            if settle_s:
+                time.sleep(settle_s)    # let the previous implementation's spinning threads sleep
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()
@@ -487,6 +490,7 @@ def meta(args):
     info = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]),
             "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
             "threads": args.threads, "rounds": args.rounds, "block_ms": args.block_ms,
+            "settle_ms": args.settle_ms,
             "python": platform.python_version(), "numpy": np.__version__,
             "dlfast": dlfast.__version__, "torch": torch.__version__ if torch else None,
             "machine": platform.machine(), "cpu_count": os.cpu_count(),
@@ -504,10 +508,13 @@ def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2, help="threads for dlfast, BLAS and torch (2)")
-    p.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (15)")
+    p.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds (9)")
     p.add_argument("--repeats", type=int, default=0,
                    help="calls per timed block (default 0: calibrated to --block-ms)")
     p.add_argument("--block-ms", type=float, default=20.0, help="target length of one block (20)")
+    p.add_argument("--settle-ms", type=float, default=100.0,
+                   help="pause before each block (100): OpenBLAS and OpenMP worker threads spin "
+                        "for up to ~0.1 s after use and would slow the next implementation")
     p.add_argument("--full", action="store_true", help="the full batch-size grid")
     p.add_argument("--only", default="step,dense,optim,adam",
                    help="comma list of sections: step,dense,optim,adam")
@@ -515,8 +522,9 @@ def parse(argv):
     p.add_argument("--json", metavar="PATH", help="write the table (medians, all samples, targets)")
     p.add_argument("--plot", metavar="PATH", help="write a PNG of step time vs batch size")
     a = p.parse_args(argv)
-    if a.threads < 1 or a.rounds < 1 or a.repeats < 0 or not a.block_ms > 0:
-        p.error("--threads and --rounds must be >= 1, --repeats >= 0, --block-ms > 0")
+    if a.threads < 1 or a.rounds < 1 or a.repeats < 0 or not a.block_ms > 0 or a.settle_ms < 0:
+        p.error("--threads and --rounds must be >= 1, --repeats >= 0, --block-ms > 0, "
+                "--settle-ms >= 0")
     unknown = set(a.only.split(",")) - {"step", "dense", "optim", "adam"}
     if unknown:
         p.error(f"--only: unknown sections {sorted(unknown)}")
@@ -552,14 +560,19 @@ def main(argv=None):
         builders.append(lambda: optim_cases(10 ** 6, list(optim.OPTIMIZERS), have_torch))
     if "adam" in sections:
         builders.append(lambda: adam_big_cases(10 ** 7, args.threads, have_torch))
+    load = os.getloadavg()[0]
     print(f"# dlfast compare: float32, {args.threads} threads, {args.rounds} rounds, "
-          f"load avg {os.getloadavg()[0]:.2f}", flush=True)
+          f"load avg {load:.2f}", flush=True)
+    if load > (os.cpu_count() or 1) - args.threads + 0.5:
+        print(f"# WARNING: load average {load:.2f} on {os.cpu_count()} CPUs: other processes "
+              f"compete for the cores; multi-threaded figures will be noisy", flush=True)
     t_start = time.perf_counter()
     done = []
     for build in builders:
         for case in build():
             case.threads = args.threads
-            run_case(case, args.rounds, args.block_ms / 1e3, args.repeats or None)
+            run_case(case, args.rounds, args.block_ms / 1e3, args.repeats or None,
+                     args.settle_ms / 1e3)
             case.fns = None                 # free the closures (and their arrays)
             case.probe = None
             done.append(case)

@@ -294,9 +294,11 @@ def _guarded(a):
 
 
 def _same(a, b):
-    if isinstance(a, np.ndarray):
-        return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
-    return a == b or (a != a and b != b)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype.kind == "O":                           # element by element, NaN equal to NaN
+        return all(x is y or x == y or (x != x and y != y) for x, y in zip(a.flat, b.flat))
+    return np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
 
 
 def _agree(name, key, ref, got, dt, huge):

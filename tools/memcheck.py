@@ -1,0 +1,114 @@
+"""Run the compiled-kernel tests under AddressSanitizer.
+
+    python tools/memcheck.py [--src DIR] [--keep DIR] [pytest args...]
+
+Builds the extension modules of the source tree ``--src`` (default: this repository) with
+``-fsanitize=address -fno-omit-frame-pointer`` (CMake flags, in an isolated build folder; the
+development install is not touched), installs the wheel into a private folder, and runs the kernel
+tests (default ``tests/test_kernels_*.py`` and ``tests/test_fuzz_kernels.py`` of this repository)
+in a child interpreter with::
+
+    LD_PRELOAD=$(gcc -print-file-name=libasan.so)   ASan runtime loaded before CPython
+    ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:log_path=...  (CPython's blocks are not leaks;
+                                                    reports go to files: pytest captures fd 2)
+    PYTHONMALLOC=malloc                             every Python/NumPy block gets redzones
+
+Any heap or stack overflow, use after free or double free in a kernel aborts the child with an
+``ERROR: AddressSanitizer`` report. The script prints ``memcheck: N AddressSanitizer errors`` and
+exits 0 only when the tests passed and N == 0. Linux with GCC (libasan) only.
+"""
+import argparse
+import glob
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS = "-fsanitize=address -fno-omit-frame-pointer"
+
+_CHILD = r"""
+import os, sys
+sys.meta_path[:] = [f for f in sys.meta_path if 'ScikitBuild' not in type(f).__name__]
+for k in [k for k in sys.modules if k == 'dlfast' or k.startswith('dlfast.')]:
+    del sys.modules[k]
+site = os.environ['DLFAST_WHEEL_SITE']
+import dlfast
+assert dlfast.__file__.startswith(site), f'dlfast imported from {dlfast.__file__}, not the ASan build'
+assert 'cython' in dlfast.available_backends(), dlfast._config._import_errors
+print('testing the AddressSanitizer build in', site, flush=True)
+import pytest
+sys.exit(pytest.main(sys.argv[1:]))
+"""
+
+
+def libasan():
+    """Path of GCC's ASan runtime, or None."""
+    try:
+        p = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return os.path.realpath(p) if os.path.isabs(p) and os.path.exists(p) else None
+
+
+def build(src, work):
+    """Build and install the ASan wheel of ``src`` under ``work``; returns the site folder."""
+    wheel_dir, site = os.path.join(work, "wheel"), os.path.join(work, "site")
+    for old in glob.glob(os.path.join(wheel_dir, "dlfast-*.whl")):
+        os.remove(old)
+    cmd = [sys.executable, "-m", "pip", "wheel", src, "--no-deps", "--no-build-isolation", "-q",
+           "-w", wheel_dir, "-C", f"build-dir={os.path.join(work, 'build')}",
+           "-C", f"cmake.define.CMAKE_C_FLAGS={FLAGS}",
+           "-C", "cmake.define.CMAKE_MODULE_LINKER_FLAGS=-fsanitize=address",
+           "-C", "cmake.define.CMAKE_SHARED_LINKER_FLAGS=-fsanitize=address",
+           ]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    wheels = glob.glob(os.path.join(wheel_dir, "dlfast-*.whl"))
+    if len(wheels) != 1:
+        sys.exit(f"expected one wheel in {wheel_dir}, found {wheels}")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--upgrade",
+                    "--target", site, wheels[0]], check=True)
+    return site
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--src", default=ROOT, help="source tree to build (default: this repository)")
+    ap.add_argument("--keep", help="work folder to use and keep (default: a temporary one)")
+    args, pytest_args = ap.parse_known_args(argv)
+    asan = libasan()
+    if asan is None:
+        print("memcheck: gcc's libasan.so not found", file=sys.stderr)
+        return 2
+    work = args.keep or tempfile.mkdtemp(prefix="dlfast-asan-")
+    os.makedirs(work, exist_ok=True)
+    site = build(os.path.abspath(args.src), work)
+    pytest_args = [a if a.startswith("-") or not os.path.exists(a.split("::")[0]) else os.path.abspath(a)
+                   for a in pytest_args]            # the child runs in the work folder
+    tests = pytest_args or sorted(glob.glob(os.path.join(ROOT, "tests", "test_kernels_*.py"))) \
+        + [os.path.join(ROOT, "tests", "test_fuzz_kernels.py")]
+    log = os.path.join(work, "asan-log")
+    for old in glob.glob(log + ".*"):
+        os.remove(old)
+    env = dict(os.environ, PYTHONPATH=site, DLFAST_WHEEL_SITE=site, DLFAST_REQUIRE_COMPILED="1",
+               LD_PRELOAD=asan, PYTHONMALLOC="malloc",
+               ASAN_OPTIONS=f"detect_leaks=0:halt_on_error=1:allocator_may_return_null=1:"
+                            f"log_path={log}")     # (pytest captures fd 2: reports go to files)
+    env.pop("DLFAST_BACKEND", None)
+    run = subprocess.run([sys.executable, "-c", _CHILD, "-q", "-p", "no:cacheprovider", *tests],
+                         cwd=work, env=env, capture_output=True, text=True)
+    out = run.stdout + run.stderr
+    for f in sorted(glob.glob(log + ".*")):
+        with open(f, errors="replace") as fh:
+            out += fh.read()
+    sys.stdout.write(out[-20000:])
+    errors = len(re.findall(r"ERROR: AddressSanitizer", out))
+    print(f"memcheck: {errors} AddressSanitizer errors (pytest exit code {run.returncode})")
+    return 0 if errors == 0 and run.returncode == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

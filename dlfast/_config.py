@@ -5,8 +5,9 @@ Backend: ``DLFAST_BACKEND`` (read once, at import) or ``set_backend`` / ``use_ba
 ``DLFAST_REQUIRE_COMPILED=1`` turns that fallback into an ImportError (CI sets it).
 
 Threads: ``set_num_threads(n)``; by default the compiled kernels use ``omp_get_max_threads()``,
-which honours ``OMP_NUM_THREADS`` and threadpoolctl limits. Nothing else in dlfast reads the
-environment.
+which honours ``OMP_NUM_THREADS`` and threadpoolctl limits. A child made by ``os.fork`` runs the
+kernels on one thread (GNU libgomp does not survive a fork; see ``_serial_after_fork``). Nothing
+else in dlfast reads the environment.
 """
 from __future__ import annotations
 
@@ -141,3 +142,18 @@ def get_num_threads() -> int:
         return _load("cython").max_threads()
     except ImportError:
         return 1
+
+
+def _serial_after_fork():
+    """In a child made by ``os.fork`` (multiprocessing's "fork" start method), the compiled kernels
+    run on one thread: GNU libgomp's thread pool does not survive a fork, and the child's first
+    parallel region after the parent has run one waits forever for the parent's workers.
+    ``set_num_threads(n)`` in the child overrides this (only safe if the parent ran no parallel
+    region); "spawn" and "forkserver" children start fresh and are not affected."""
+    _threads[0] = 1
+    if "cython" in _modules:
+        _modules["cython"].set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_serial_after_fork)

@@ -1,0 +1,171 @@
+"""Concurrency (issue 6): compiled kernels release the GIL; two models trained at once in two Python
+threads end with exactly the parameters each gets when trained alone; a process pool (fork and
+spawn) used after OpenMP has run in the parent does not hang (a forked child runs serial kernels:
+``dlfast._config._serial_after_fork``)."""
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import dlfast
+from dlfast import kernels as K
+from dlfast import optim
+from dlfast.datasets import load_digits
+from dlfast.net import MLP
+
+pytestmark = pytest.mark.skipif("cython" not in dlfast.available_backends(),
+                                reason="compiled backend not built")
+
+
+@pytest.fixture
+def threads():
+    yield
+    dlfast.set_num_threads(0)
+
+
+# ============================================================================ GIL release
+def _big_calls(dt=np.float32):
+    """Kernel calls of 10-40 ms each on one thread."""
+    rng = np.random.default_rng(0)
+    n, i, o = 1200, 600, 500
+    x, W, b = rng.standard_normal((n, i)).astype(dt), rng.standard_normal((i, o)).astype(dt), \
+        np.zeros(o, dt)
+    out = np.empty((n, o), dt)
+    bx = rng.standard_normal((4000, 2000)).astype(dt)
+    bo, bh, bm, bs = np.empty_like(bx), np.empty_like(bx), np.empty(2000, dt), np.empty(2000, dt)
+    w, g = rng.standard_normal(8_000_000).astype(dt), rng.standard_normal(8_000_000).astype(dt)
+    m, v, wo = np.zeros_like(w), np.zeros_like(w), np.empty_like(w)
+    mask = np.empty(8_000_000, np.uint8)
+    big = np.full(32_000_000, 0.5, dt)
+    return {
+        "dense_forward": lambda: K.dense_forward(x, W, b, out, "tanh"),
+        "dense_backward": lambda: K.dense_backward(out, x, W, out, np.empty_like(out),
+                                                   np.empty_like(x), np.empty_like(W), np.empty(o, dt),
+                                                   "tanh"),
+        "softmax_xent_forward": lambda: K.softmax_xent_forward(bx, np.zeros(4000, np.int64), bo),
+        "batchnorm_forward_train": lambda: K.batchnorm_forward_train(
+            bx, np.ones(2000, dt), np.zeros(2000, dt), bo, bh, bm, bs),
+        "activation_forward": lambda: K.activation_forward(w, wo, "elu", 1.0),
+        "adam_update": lambda: K.adam_update(w, g, m, v, lr=1e-3, step=1),
+        "sumsq": lambda: K.sumsq(big),
+        "dropout_mask": lambda: K.dropout_mask(mask, 0.5, 1, 0),
+    }
+
+
+@pytest.mark.parametrize("name", ["dense_forward", "dense_backward", "softmax_xent_forward",
+                                  "batchnorm_forward_train", "activation_forward", "adam_update",
+                                  "sumsq", "dropout_mask"])
+def test_kernel_releases_the_gil(name, threads):
+    """A pure-Python heartbeat thread (a tick every ~0.5 ms) keeps ticking *during* a kernel call
+    on one OpenMP thread; were the GIL held, it would get at most one tick per call."""
+    dlfast.set_num_threads(1)
+    call = _big_calls()[name]
+    with dlfast.use_backend("cython"):
+        call()                                           # warm-up (page faults, BLAS init)
+        stamps, stop = [], threading.Event()
+
+        def beat():
+            while not stop.is_set():
+                stamps.append(time.perf_counter())
+                time.sleep(0.0005)
+
+        t = threading.Thread(target=beat)
+        t.start()
+        time.sleep(0.01)
+        spans = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            call()
+            spans.append((t0, time.perf_counter()))
+        stop.set()
+        t.join()
+    inside = sum(a < s < b for s in stamps for a, b in spans)
+    ms = 1e3 * sum(b - a for a, b in spans)
+    assert inside >= max(5, ms / 12), (f"{name}: {inside} heartbeat ticks during {ms:.1f} ms of "
+                                       f"kernel calls (the GIL seems held)")
+
+
+# ============================================================================ two models, two threads
+def _train(seed, steps=40, batch=256):
+    x, t = load_digits()
+    x, t = x[:batch * 2], t[:batch * 2]
+    model = MLP(64, [256, 128], 10, batchnorm=True, dropout=0.1, seed=seed)
+    opt = optim.Adam(lr=1e-3)
+    for s in range(steps):
+        lo = (s % 2) * batch
+        _, grads = model.loss_and_gradient(x[lo:lo + batch], t[lo:lo + batch])
+        opt.update(model.params, grads)
+    return {k: v.copy() for k, v in model.params.items()}
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_two_models_in_two_threads_match_sequential(nthreads, threads):
+    dlfast.set_num_threads(nthreads)
+    with dlfast.use_backend("cython"):
+        alone = [_train(1), _train(2)]
+    together = [None, None]
+
+    def run(j):
+        with dlfast.use_backend("cython"):
+            together[j] = _train(j + 1)
+
+    ts = [threading.Thread(target=run, args=(j,)) for j in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=300)
+    for j in range(2):
+        assert together[j] is not None, f"thread {j} failed"
+        for k in alone[j]:
+            assert np.array_equal(together[j][k], alone[j][k]), f"model {j + 1}: {k} differs"
+    assert any(not np.array_equal(alone[0][k], alone[1][k]) for k in alone[0])  # two different runs
+
+
+# ============================================================================ process pools
+_POOL = textwrap.dedent("""
+    import multiprocessing as mp, sys
+    import numpy as np
+    import dlfast
+    from dlfast import kernels as K
+    dlfast.set_backend("cython")
+    dlfast.set_num_threads(2)
+
+    def work(i):
+        x = np.full((400, 400), 0.5 + i, np.float32)
+        W = np.full((400, 300), 0.01, np.float32)
+        out = np.empty((400, 300), np.float32)
+        K.dense_forward(x, W, None, out, "tanh")
+        m = np.empty(100000, np.uint8)
+        K.dropout_mask(m, 0.5, i, 0)
+        return float(out.sum()) + int(m.sum()), dlfast.get_num_threads()
+
+    if __name__ == "__main__":
+        ref = [work(i)[0] for i in range(4)]          # parallel regions in the parent first
+        with mp.get_context(sys.argv[1]).Pool(2) as pool:
+            got = pool.map(work, range(4))
+        assert [g for g, _ in got] == ref, (got, ref)
+        print("pool ok", sys.argv[1], "child threads", sorted({n for _, n in got}))
+""")
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_process_pool_after_openmp_does_not_hang(method, tmp_path):
+    script = tmp_path / "pool.py"
+    script.write_text(_POOL)
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    try:
+        run = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True,
+                             timeout=120, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"process pool ({method}) hung after OpenMP ran in the parent")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"pool ok {method}" in run.stdout
+    if method == "fork":
+        assert "child threads [1]" in run.stdout     # forked children run serial kernels
+    else:
+        assert "child threads [2]" in run.stdout

@@ -27,7 +27,7 @@ from . import regularizers as R
 from ._validation import (derive_seed, finite_array, float_array, labels_to_indices, make_rng,
                           nonneg_int, positive_int, real, resolve_dtype, seed_value)
 
-__all__ = ["Sequential", "MLP", "MultiTaskNet"]
+__all__ = ["Sequential", "MLP", "MultiTaskNet", "load", "reuse"]
 
 
 # ============================================================================ helpers
@@ -41,6 +41,31 @@ def _as_layers(layers, what):
         if not isinstance(l, L.Layer) or isinstance(l, L.SoftmaxCrossEntropy):
             raise TypeError(f"{what}[{i}] must be a dlfast layer (not a loss), got {type(l).__name__}")
     return out
+
+
+def _io_features(layer):
+    """``(in, out)`` feature counts a layer fixes (None where any width fits)."""
+    if isinstance(layer, (L.Dense, L.Maxout)):
+        return layer.in_features, layer.out_features
+    if isinstance(layer, L.BatchNorm):
+        return layer.num_features, layer.num_features
+    if isinstance(layer, L.PReLU) and layer.num_parameters > 1:
+        return layer.num_parameters, layer.num_parameters
+    return None, None
+
+
+def _check_chain(layers, what):
+    """ValueError naming both layers when a layer's input width differs from the output width
+    of the nearest layer below it that fixes one."""
+    prev = None                                  # (index, layer, out features)
+    for i, l in enumerate(layers):
+        fin, fout = _io_features(l)
+        if fin is not None and prev is not None and prev[2] != fin:
+            j, pl, pout = prev
+            raise ValueError(f"{what}: layer {j} ({pl!r}) outputs {pout} features but layer {i} "
+                             f"({l!r}) expects {fin} inputs")
+        if fout is not None:
+            prev = (i, l, fout)
 
 
 def _unify_dtype(layers, dtype):
@@ -223,6 +248,7 @@ class Sequential(_Net):
 
     def __init__(self, layers, loss=None, regularizer=None, max_norm=None, dtype=None, seed=None):
         self.layers = _as_layers(layers, "layers")
+        _check_chain(self.layers, "layers")
         if loss is None:
             loss = L.SoftmaxCrossEntropy()
         elif isinstance(loss, dict):
@@ -508,3 +534,34 @@ class MultiTaskNet(_Net):
                 "regularizer": None if self.regularizer is None else self.regularizer.config(),
                 "max_norm": None if self.max_norm is None else self.max_norm.c,
                 "dtype": self.dtype.name, "seed": self.seed}
+
+
+# ============================================================================ reuse
+def load(path):
+    """The model saved by ``dlfast.io.save_model`` at ``path`` (``dlfast.io.load_model``)."""
+    from .io import load_model
+    return load_model(path)
+
+
+def reuse(model, k, frozen=True):
+    """Copies of the lower layers of ``model`` up to its ``k``-th parametrised layer, plus the
+    parameter-free layers (activation, dropout) that directly follow it; ``frozen``: the copies
+    are non-trainable. Build a new net with ``Sequential(reuse(old, k) + [new upper layers])``.
+    ``k`` counts parametrised layers like ``freeze(upto=k)`` (1 <= k <= their number)."""
+    import copy
+    if not isinstance(model, _Net):
+        raise TypeError(f"model must be a dlfast net, got {type(model).__name__}")
+    layers = list(model.trunk) if isinstance(model, MultiTaskNet) else list(model.layers)
+    pidx = [i for i, l in enumerate(layers) if l.params]
+    k = positive_int("k", k)
+    if k > len(pidx):
+        raise ValueError(f"k={k} exceeds the number of parametrised layers ({len(pidx)})"
+                         + (" in the trunk" if isinstance(model, MultiTaskNet) else ""))
+    end = pidx[k] if k < len(pidx) else len(layers)
+    out = []
+    for l in layers[:end]:
+        c = copy.deepcopy(l)
+        c._ws, c._fwd = {}, None
+        c.trainable = not frozen
+        out.append(c)
+    return out

@@ -238,6 +238,72 @@ def _mean_acc(a):
 
 
 # ============================================================================ trainer
+class _FrozenCache:
+    """Train only the upper layers of a ``Sequential`` on the cached eval-mode outputs of its
+    frozen lower layers (``Trainer(cache_frozen=True)``).
+
+    Lower layers: every layer below the first trainable parametrised one. Caching is exact (the
+    same losses and updates as the uncached path) when their output depends on the row alone and
+    does not change during training, so it is refused unless: the model is a ``Sequential`` (or
+    ``MLP``), at least one layer is below the first trainable parametrised layer, and none of the
+    lower layers is stochastic (Dropout, RReLU) or a BatchNorm (train mode uses batch statistics).
+    Unfreezing a lower layer during ``fit`` raises at the next epoch."""
+
+    def __init__(self, model):
+        from .net import MultiTaskNet, Sequential
+        from .layers import BatchNorm
+        if not isinstance(model, Sequential) or isinstance(model, MultiTaskNet):
+            raise TypeError(f"cache_frozen needs a Sequential/MLP model, got {type(model).__name__}")
+        layers = model.layers
+        j = next((i for i, l in enumerate(layers) if l.trainable and l.params), None)
+        if j is None:
+            raise ValueError("cache_frozen: every layer is frozen, nothing to train")
+        if j == 0:
+            raise ValueError("cache_frozen: no frozen lower layers to cache (freeze some first, "
+                             "e.g. model.freeze(upto=k))")
+        for i, l in enumerate(layers[:j]):
+            if l.stochastic or isinstance(l, BatchNorm):
+                raise ValueError(f"cache_frozen: lower layer {i} ({type(l).__name__}) is "
+                                 f"{'stochastic' if l.stochastic else 'a BatchNorm'} in training "
+                                 f"mode, so its output cannot be cached")
+        self.model, self.lower, self.upper = model, layers[:j], layers[j:]
+        self.params, self.loss_layer, self.dtype = model.params, model.loss_layer, model.dtype
+
+    def check_still_frozen(self):
+        bad = [i for i, l in enumerate(self.lower) if l.trainable and l.params]
+        if bad:
+            raise RuntimeError(f"cache_frozen: lower layers {bad} were unfrozen during fit; the "
+                               f"cached features are stale")
+
+    def features(self, x, chunk):
+        """Eval-mode output of the lower layers for every row of x."""
+        from .net import _forward
+        x = self.model._check_x(x)
+        out = None
+        for s in range(0, x.shape[0], chunk):
+            h = _forward(self.lower, x[s:s + chunk], False)
+            if out is None:
+                out = np.empty((x.shape[0], h.shape[1]), h.dtype)
+            out[s:s + chunk] = h
+        return out
+
+    def forward(self, h, train=True):
+        from .net import _forward
+        return _forward(self.upper, h, train)
+
+    def penalty(self):
+        return self.model.penalty()
+
+    def loss_and_gradient(self, h, t):
+        from .net import _backprop
+        loss = self.loss_layer.forward(self.forward(h, True), t) + self.model.penalty()
+        _backprop(self.upper, self.loss_layer.backward(1.0), False)
+        return loss, self.model._finish_grads()
+
+    def apply_constraints(self):
+        self.model.apply_constraints()
+
+
 class Trainer:
     """Mini-batch training of a dlfast net with an optimiser (see the module docstring).
 
@@ -248,6 +314,11 @@ class Trainer:
     or an int patience; ``val_split``: fraction of the training data held out for validation
     (``stratify`` per class); ``callbacks``; ``progress``: tqdm bar on stderr; ``seed``: the
     shuffling/splitting generator (int or None); ``eval_batch_size``: rows per evaluation chunk.
+    ``cache_frozen``: compute the frozen lower layers' outputs for the training and validation
+    sets once per ``fit`` and train the upper layers on them (see ``_FrozenCache`` for when this
+    is allowed). ``transform``: ``x -> x'`` (same shape and dtype, e.g. ``dlfast.augment.Augment``)
+    applied to the training set at the start of every epoch; validation data and the logged
+    training loss/accuracy use the untransformed data.
 
     Counters: ``epoch`` (epochs done) and ``step`` (optimiser steps done) keep growing over
     successive ``fit`` calls, as does ``history``.
@@ -256,7 +327,7 @@ class Trainer:
     def __init__(self, model, optimizer, epochs=10, batch_size=32, *, schedule=None,
                  schedule_per="epoch", schedule_monitor=None, early_stopping=None, val_split=None,
                  stratify=False, callbacks=(), progress=True, seed=None, shuffle=True,
-                 eval_batch_size=1024, handle_interrupt=True):
+                 eval_batch_size=1024, handle_interrupt=True, cache_frozen=False, transform=None):
         for attr in ("params", "loss_and_gradient", "state_dict", "load_state_dict"):
             if not hasattr(model, attr):
                 raise TypeError(f"model must be a dlfast net (needs {attr}), got {type(model).__name__}")
@@ -293,6 +364,15 @@ class Trainer:
         self.progress = bool(progress)
         self.shuffle = bool(shuffle)
         self.handle_interrupt = bool(handle_interrupt)
+        self.cache_frozen = bool(cache_frozen)
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform must be callable (x -> augmented x), got {type(transform).__name__}")
+        if transform is not None and self.cache_frozen:
+            raise ValueError("cache_frozen cannot be combined with a transform: the cache would "
+                             "hold the features of un-augmented data")
+        self.transform = transform
+        self._fit_model = model
+        self._xv_fit = None
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
         if seed is not None and seed < 0:
@@ -334,10 +414,10 @@ class Trainer:
         return self.stop_training
 
     # ---------------------------------------------------------------- evaluation
-    def evaluate(self, x, t):
+    def evaluate(self, x, t, _model=None):
         """``(loss, accuracy)`` of the model on (x, t) in eval mode, in chunks of
         ``eval_batch_size`` rows (loss: mean cross-entropy + penalty)."""
-        model = self.model
+        model = self.model if _model is None else _model
         n = _n("x", x)
         if _n("t", t) != n:
             raise ValueError(f"x and t must have the same number of samples, got {n} and {_n('t', t)}")
@@ -479,6 +559,13 @@ class Trainer:
         x (N, F) of the model's dtype, t class indices (N,) or one-hot rows (a dict head -> labels
         for a MultiTaskNet). The validation set is (x_val, t_val) or the ``val_split`` of (x, t)."""
         x, t = self._prepare(x, t, x_val, t_val)
+        self._fit_model, self._xv_fit = self.model, self.x_val
+        if self.cache_frozen:
+            cache = _FrozenCache(self.model)
+            x = cache.features(x, self.eval_batch_size)
+            if self.has_validation:
+                self._xv_fit = cache.features(self.x_val, self.eval_batch_size)
+            self._fit_model = cache
         n = _n("x", x)
         self.stop_training = False
         self.stop_reason = None
@@ -516,7 +603,16 @@ class Trainer:
     def _run_epoch(self, x, t, bar, last_epoch):
         t0 = time.perf_counter()
         epoch = self.epoch + 1
-        model, opt = self.model, self.optimizer
+        model, opt = self._fit_model, self.optimizer
+        if model is not self.model:
+            model.check_still_frozen()
+        x_fit = x
+        if self.transform is not None:
+            x = self.transform(x)
+            if not isinstance(x, np.ndarray) or x.shape != x_fit.shape or x.dtype != x_fit.dtype:
+                raise ValueError(f"transform must return an array of shape {x_fit.shape} and dtype "
+                                 f"{x_fit.dtype.name}, got {getattr(x, 'shape', type(x).__name__)} "
+                                 f"{getattr(getattr(x, 'dtype', None), 'name', '')}")
         if self.schedule_per == "epoch":
             self._set_lr(self.epoch)
         self._call("on_epoch_begin", epoch)
@@ -559,9 +655,9 @@ class Trainer:
         if bar is not None and skipped > 0:
             bar.total -= skipped
         logs = {"epoch": epoch, "batch_loss": loss_sum / max(rows, 1), "steps": k}
-        logs["loss"], logs["accuracy"] = self.evaluate(x, t)
+        logs["loss"], logs["accuracy"] = self.evaluate(x_fit, t, model)
         if self.has_validation:
-            logs["val_loss"], logs["val_accuracy"] = self.evaluate(self.x_val, self.t_val)
+            logs["val_loss"], logs["val_accuracy"] = self.evaluate(self._xv_fit, self.t_val, model)
         self.epoch = epoch
         if self.schedule is not None and self._metric_schedule():
             monitor = self.schedule_monitor or ("val_loss" if self.has_validation else "loss")

@@ -1,0 +1,162 @@
+"""Freezing skips backward work, reuse of saved nets (net.load / net.reuse), shape errors,
+and Trainer(cache_frozen=True) equals the uncached path."""
+import numpy as np
+import pytest
+
+import dlfast.layers as L
+from dlfast import kernels, net as N, optim
+from dlfast.io import save_model
+from dlfast.train import Trainer
+
+
+def _data(n=120, f=20, c=4, dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, f)).astype(dtype), rng.integers(0, c, n)
+
+
+def test_frozen_layers_skip_weight_gradients(backend, monkeypatch):
+    calls = []
+    real = kernels.dense_backward
+
+    def spy(dout, x, W, out, dz, dx, dW, db, *a, **k):
+        calls.append((W.shape, dx is None, dW is None, db is None))
+        return real(dout, x, W, out, dz, dx, dW, db, *a, **k)
+
+    monkeypatch.setattr(kernels, "dense_backward", spy)
+    m = N.MLP(20, [16, 12], 4, seed=1)
+    x, t = _data()
+    m.freeze(upto=1)
+    W1_before = m.params["W1"].copy()
+    g1_before = m.layers[0].grads["W"].copy()
+    m.loss_and_gradient(x, t)
+    # layer 1 (frozen, lowest) is never entered; layer 2 computes dW but no dx below it is needed
+    assert [c[0] for c in calls] == [(12, 4), (16, 12)]
+    assert calls[1] == ((16, 12), True, False, False)
+    assert np.array_equal(m.layers[0].grads["W"], g1_before)
+    assert "W1" not in m.grads and "W2" in m.grads
+    calls.clear()
+    m.freeze(upto=2)
+    m.loss_and_gradient(x, t)
+    assert [c[0] for c in calls] == [(12, 4)] and calls[0][1]   # only the top layer, no dx
+    calls.clear()
+    m.unfreeze()
+    m.loss_and_gradient(x, t)
+    assert len(calls) == 3
+    np.testing.assert_array_equal(m.params["W1"], W1_before)
+
+
+def test_freeze_upto_too_large():
+    m = N.MLP(5, [4], 3, seed=0)
+    with pytest.raises(ValueError, match="upto=3 exceeds the number of parametrised layers"):
+        m.freeze(upto=3)
+
+
+def test_load_and_reuse(tmp_path):
+    m = N.MLP(20, [16, 12], 4, seed=3)
+    p = tmp_path / "m.npz"
+    save_model(m, p)
+    old = N.load(p)
+    np.testing.assert_array_equal(old.params["W1"], m.params["W1"])
+    lower = N.reuse(old, 2)
+    assert [type(l).__name__ for l in lower] == ["Dense", "Dense"]
+    assert all(not l.trainable for l in lower)
+    new = N.Sequential(lower + [L.Dense(12, 7, seed=0)])
+    x, _ = _data()
+    h = x
+    for l in old.layers[:2]:
+        h = l.forward(h, False)
+    np.testing.assert_array_equal(new.layers[1].forward(new.layers[0].forward(x, False), False), h)
+    # copies: training the new net does not touch the loaded one
+    lower[0].params["W"][...] = 0
+    assert np.any(old.params["W1"] != 0)
+    assert set(new.grads) == {"2.W", "2.b"}
+    assert all(l.trainable for l in N.reuse(old, 1, frozen=False))
+    # layers of a loaded net directly
+    s = N.Sequential(old.layers[:1] + [L.Dense(16, 3, seed=0)])
+    assert s.predict(x).shape == (120, 3)
+
+
+def test_reuse_keeps_following_activation_and_dropout():
+    m = N.MLP(6, [5, 4], 3, activation="prelu", dropout=0.5, seed=0)
+    lower = N.reuse(m, 2)       # Dense, PReLU(param) -> k counts parametrised layers
+    assert [type(l).__name__ for l in lower] == ["Dense", "PReLU", "Dropout"]
+
+
+def test_shape_mismatch_names_both_layers():
+    with pytest.raises(ValueError, match=r"layer 0 \(Dense.*outputs 16 features but layer 2 "
+                                         r"\(Dense.*expects 12 inputs"):
+        N.Sequential([L.Dense(8, 16), L.ReLU(), L.Dense(12, 3)])
+    with pytest.raises(ValueError, match="layer 1 .*BatchNorm"):
+        N.Sequential([L.Dense(8, 16), L.BatchNorm(10), L.Dense(10, 3)])
+
+
+def test_reuse_bad_k():
+    m = N.MLP(5, [4], 3, seed=0)
+    with pytest.raises(ValueError, match="k=3 exceeds"):
+        N.reuse(m, 3)
+    with pytest.raises(ValueError):
+        N.reuse(m, 0)
+    with pytest.raises(TypeError):
+        N.reuse([L.Dense(2, 2)], 1)
+
+
+def _fit(cache, dtype, x, t, xv, tv, epochs=3):
+    m = N.MLP(20, [24, 16], 4, seed=5, dtype=dtype, weight_decay=1e-3)
+    m.freeze(upto=2)
+    opt = optim.Adam(lr=0.01)
+    tr = Trainer(m, opt, epochs=epochs, batch_size=16, seed=2, progress=False, cache_frozen=cache)
+    h = tr.fit(x, t, xv, tv)
+    return m, h
+
+
+def test_cache_frozen_matches_uncached(backend, dtype):
+    x, t = _data(dtype=dtype)
+    xv, tv = _data(40, dtype=dtype, seed=1)
+    m0, h0 = _fit(False, dtype, x, t, xv, tv)
+    m1, h1 = _fit(True, dtype, x, t, xv, tv)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for k in m0.params:
+        np.testing.assert_allclose(m1.params[k], m0.params[k], rtol=tol, atol=tol, err_msg=k)
+    np.testing.assert_array_equal(m1.params["W1"], N.MLP(20, [24, 16], 4, seed=5,
+                                                         dtype=dtype).params["W1"])
+    for key in ("loss", "val_loss", "accuracy", "val_accuracy", "batch_loss"):
+        np.testing.assert_allclose(h1[key], h0[key], rtol=tol, atol=tol, err_msg=key)
+
+
+def test_cache_frozen_refusals():
+    x, t = _data()
+    opt = optim.SGD(lr=0.1)
+    m = N.MLP(20, [8], 4, seed=0)
+    with pytest.raises(ValueError, match="no frozen lower layers"):
+        Trainer(m, opt, epochs=1, progress=False, cache_frozen=True).fit(x, t)
+    m.freeze()
+    with pytest.raises(ValueError, match="every layer is frozen"):
+        Trainer(m, opt, epochs=1, progress=False, cache_frozen=True).fit(x, t)
+    md = N.MLP(20, [8, 8], 4, seed=0, dropout=0.3)
+    md.freeze(upto=1)
+    with pytest.raises(ValueError, match="lower layer 1 \\(Dropout\\) is stochastic"):
+        Trainer(md, opt, epochs=1, progress=False, cache_frozen=True).fit(x, t)
+    mb = N.MLP(20, [8, 8], 4, seed=0, batchnorm=True)
+    mb.freeze(upto=2)
+    with pytest.raises(ValueError, match="BatchNorm"):
+        Trainer(mb, opt, epochs=1, progress=False, cache_frozen=True).fit(x, t)
+    mt = N.MultiTaskNet([L.Dense(20, 8)], {"a": [L.Dense(8, 4)]})
+    with pytest.raises(TypeError, match="Sequential"):
+        Trainer(mt, opt, epochs=1, progress=False, cache_frozen=True).fit(x, {"a": t})
+    with pytest.raises(ValueError, match="transform"):
+        Trainer(m, opt, cache_frozen=True, transform=lambda a: a)
+
+
+def test_cache_frozen_unfreeze_during_fit_raises():
+    x, t = _data()
+    m = N.MLP(20, [8, 8], 4, seed=0)
+    m.freeze(upto=1)
+
+    class Unfreeze:
+        def on_epoch_end(self, trainer, epoch, logs):
+            trainer.model.unfreeze()
+
+    tr = Trainer(m, optim.SGD(lr=0.1), epochs=2, progress=False, cache_frozen=True,
+                 callbacks=[Unfreeze()])
+    with pytest.raises(RuntimeError, match="stale"):
+        tr.fit(x, t)

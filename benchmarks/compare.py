@@ -452,7 +452,7 @@ def targets(cases):
     return out
 
 
-def plot(cases, path):
+def plot(cases, path, load=None):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -480,7 +480,9 @@ def plot(cases, path):
         ax.set_title(titles[cfg], fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"float32, {cases[0].threads} threads, median of interleaved rounds", fontsize=10)
+    extra = f", load average {load:.1f} at start" if load is not None else ""
+    fig.suptitle(f"float32, {cases[0].threads} threads, median of interleaved rounds{extra}",
+                 fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -596,7 +598,7 @@ def main(argv=None):
                                   "median_s": {k: median(c, k) for k in c.times},
                                   "samples_s": c.times} for c in done]}, f, indent=1)
     if args.plot:
-        plot(done, args.plot)
+        plot(done, args.plot, load)
     return done
 
 

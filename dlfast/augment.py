@@ -1,0 +1,112 @@
+"""Data augmentation of images: random shifts, small rotations, scaling and additive Gaussian noise.
+
+``Augment(...)(x)`` returns a new randomly transformed copy of ``x`` (same shape and dtype) on
+every call, from its own generator (``seed``). Use it as ``Trainer(..., transform=Augment(...))``:
+each epoch then trains on a fresh augmented copy of the training set; validation data is never
+transformed.
+
+Per image n (independent draws), with c = ((H-1)/2, (W-1)/2) the image centre:
+
+* shift ``d_n ~ U[-shift, shift]^2`` pixels (row, column);
+* rotation ``a_n ~ U[-rotate, rotate]`` degrees;
+* scale ``s_n ~ U[1 - scale, 1 + scale]``;
+* output pixel p takes the input at ``q = R(-a_n) (p - c - d_n) / s_n + c`` (bilinear, 0 outside),
+  i.e. the image is scaled by s_n and rotated by a_n about its centre, then moved by d_n;
+* then ``+ noise * N(0, 1)`` per pixel, and clipped to ``clip = (lo, hi)`` when given.
+
+All geometric transforms of a batch are one ``scipy.ndimage.map_coordinates`` call.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._validation import FLOAT_DTYPES, make_rng, positive_int, real, seed_value
+
+__all__ = ["Augment"]
+
+
+class Augment:
+    """Random image augmentation (see the module docstring for the formulas).
+
+    ``shape``: (H, W) of the images when x is flattened (N, H*W); None for x of shape (N, H, W).
+    ``shift`` (pixels, >= 0), ``rotate`` (degrees, 0..180), ``scale`` (relative, 0..1),
+    ``noise`` (std, >= 0): 0 turns that transform off. ``clip``: (lo, hi) or None.
+    ``seed``: the generator (int, or None for fresh entropy, recorded in ``self.seed``)."""
+
+    def __init__(self, shape=None, shift=0.0, rotate=0.0, scale=0.0, noise=0.0, clip=None,
+                 seed=None):
+        if shape is not None:
+            if not isinstance(shape, (tuple, list)) or len(shape) != 2:
+                raise ValueError(f"shape must be (H, W), got {shape!r}")
+            shape = (positive_int("shape[0]", shape[0]), positive_int("shape[1]", shape[1]))
+        self.shape = shape
+        self.shift = real("shift", shift, 0.0)
+        self.rotate = real("rotate", rotate, 0.0, 180.0)
+        self.scale = real("scale", scale, 0.0, 1.0, hi_open=True)
+        self.noise = real("noise", noise, 0.0)
+        if clip is not None:
+            if not isinstance(clip, (tuple, list)) or len(clip) != 2:
+                raise ValueError(f"clip must be (lo, hi) or None, got {clip!r}")
+            lo, hi = real("clip[0]", clip[0]), real("clip[1]", clip[1])
+            if not lo < hi:
+                raise ValueError(f"clip must have lo < hi, got {clip!r}")
+            clip = (lo, hi)
+        self.clip = clip
+        self.seed = seed_value(seed)
+        self.rng = make_rng(self.seed)
+
+    def _images(self, x):
+        if not isinstance(x, np.ndarray) or x.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"x must be a float32/float64 array, got "
+                            f"{getattr(x, 'dtype', type(x).__name__)}")
+        if x.ndim == 3:
+            if self.shape is not None and x.shape[1:] != self.shape:
+                raise ValueError(f"x has images of shape {x.shape[1:]} but shape={self.shape}")
+            return x
+        if x.ndim == 2:
+            if self.shape is None:
+                raise ValueError(f"x of shape {x.shape} has no image shape: give shape=(H, W) "
+                                 f"with H*W == {x.shape[1]}, or x of shape (N, H, W)")
+            if self.shape[0] * self.shape[1] != x.shape[1]:
+                raise ValueError(f"shape={self.shape} has {self.shape[0] * self.shape[1]} pixels "
+                                 f"but x has {x.shape[1]} features")
+            return x.reshape(x.shape[0], *self.shape)
+        raise ValueError(f"x must be (N, H, W) images or (N, H*W) with shape=, got ndim {x.ndim}")
+
+    def __call__(self, x):
+        """A new augmented copy of x ((N, H, W), or (N, H*W) with ``shape``), same dtype."""
+        img = self._images(x)
+        if not np.all(np.isfinite(img)):
+            raise ValueError("x must be finite (found NaN or inf)")
+        n, h, w = img.shape
+        rng = self.rng
+        geometric = self.shift > 0 or self.rotate > 0 or self.scale > 0
+        if geometric and n:
+            from scipy.ndimage import map_coordinates
+            d = rng.uniform(-self.shift, self.shift, (n, 2)) if self.shift > 0 else np.zeros((n, 2))
+            a = np.deg2rad(rng.uniform(-self.rotate, self.rotate, n)) if self.rotate > 0 else np.zeros(n)
+            s = rng.uniform(1 - self.scale, 1 + self.scale, n) if self.scale > 0 else np.ones(n)
+            cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+            py, px = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64),
+                                 indexing="ij")
+            # p - c - d_n, then R(-a_n) / s_n, then + c
+            ry = py[None] - cy - d[:, 0, None, None]
+            rx = px[None] - cx - d[:, 1, None, None]
+            cos, sin = (np.cos(a) / s)[:, None, None], (np.sin(a) / s)[:, None, None]
+            qy = cos * ry + sin * rx + cy
+            qx = -sin * ry + cos * rx + cx
+            qn = np.broadcast_to(np.arange(n, dtype=np.float64)[:, None, None], qy.shape)
+            out = np.empty_like(img)
+            map_coordinates(img, np.stack([qn, qy, qx]), output=out, order=1, mode="constant",
+                            cval=0.0)
+        else:
+            out = img.copy()
+        if self.noise > 0:
+            out += (self.noise * rng.standard_normal(out.shape)).astype(out.dtype)
+        if self.clip is not None:
+            np.clip(out, self.clip[0], self.clip[1], out=out)
+        return out.reshape(x.shape)
+
+    def __repr__(self):
+        return (f"Augment(shape={self.shape}, shift={self.shift}, rotate={self.rotate}, "
+                f"scale={self.scale}, noise={self.noise}, clip={self.clip}, seed={self.seed})")

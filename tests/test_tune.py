@@ -1,11 +1,14 @@
-"""dlfast.tune: distributions, random_search (serial and through an Executor), narrow."""
+"""dlfast.tune: distributions, random_search (serial and through an Executor), narrow, failed
+trials, trial seeds, the model-factory objective, Optuna TPE, table/PNG/JSON output, `dlfast tune`."""
 import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from dlfast.tune import Choice, IntUniform, LogUniform, Trial, Uniform, narrow, random_search, sample
+from dlfast.tune import (Choice, IntUniform, LogUniform, MLPBuilder, OptimizerBuilder, Trial, Uniform,
+                         format_table, make_objective, narrow, plot, random_search, sample,
+                         save_json, search, trial_seed)
 
 
 def test_distributions_sample_in_range():
@@ -102,3 +105,143 @@ def test_narrow():
         narrow(SPACE, trials, 0)
     with pytest.raises(ValueError, match="finite score"):
         narrow(SPACE, [Trial(0, {"lr": 1.0, "depth": 1, "act": "relu"}, math.nan)], 3)
+
+
+# ---------------------------------------------------------------- failures, seeds, objective, output
+def _flaky(p, seed):
+    if p["x"] > 0.7:
+        raise RuntimeError(f"boom at {p['x']:.2f}")
+    return math.nan if p["x"] < 0.2 else p["x"] + seed * 0.0
+
+
+def test_failed_trials_recorded_and_search_goes_on():
+    trials = random_search(_flaky, {"x": Uniform(0, 1)}, 30, seed=3)
+    assert len(trials) == 30
+    ok = [t for t in trials if t.error is None]
+    boom = [t for t in trials if t.error and t.error.startswith("RuntimeError: boom")]
+    nan = [t for t in trials if t.error and "non-finite" in t.error]
+    assert ok and boom and nan and len(ok) + len(boom) + len(nan) == 30
+    assert all(math.isnan(t.score) for t in boom + nan)
+    assert trials[:len(ok)] == sorted(ok, key=lambda t: -t.score)    # failed ones sorted last
+    assert all(t.params["x"] > 0.7 for t in boom) and all(t.params["x"] < 0.2 for t in nan)
+    table = format_table(trials, 3)
+    assert f"{len(boom) + len(nan)} failed" in table and "Best-3 of 30 trials" in table
+
+
+def test_trial_seeds_passed_and_distinct():
+    seen = {}
+
+    def fn(p, seed):
+        seen[p["x"]] = seed
+        return p["x"]
+
+    trials = random_search(fn, {"x": Uniform(0, 1)}, 8, seed=5)
+    assert all(seen[t.params["x"]] == t.seed == trial_seed(5, t.index) for t in trials)
+    assert len({t.seed for t in trials}) == 8
+    assert trial_seed(5, 0) != trial_seed(6, 0)
+
+
+def test_bad_search_arguments():
+    sp = {"x": Uniform(0, 1)}
+    with pytest.raises(TypeError, match="non-empty dict"):
+        random_search(lambda p: 0.0, {}, 3)
+    with pytest.raises(ValueError, match="n_trials"):
+        search(lambda p: 0.0, sp, -1)
+    with pytest.raises(ValueError, match="sampler"):
+        search(lambda p: 0.0, sp, 2, sampler="grid")
+    with pytest.raises(ValueError, match="n_jobs"):
+        random_search(lambda p: 0.0, sp, 2, n_jobs=0)
+    with pytest.raises(TypeError, match="executor"):
+        random_search(lambda p: 0.0, sp, 2, executor=object())
+    with pytest.raises(TypeError, match="train_fn"):
+        random_search(None, sp, 2)
+
+
+def _digits_objective(**kw):
+    from dlfast.datasets import load_digits
+    x, t = load_digits()
+    kw = {"val_split": 0.25, "epochs": 2, "batch_size": 50, **kw}
+    return make_objective(MLPBuilder(64, [16], 10), OptimizerBuilder("sgd"), x[:400], t[:400], **kw)
+
+
+def test_objective_reproducible_from_trial_seed_and_validation_only():
+    fn = _digits_objective()
+    assert len(fn.x_val) == 100 and len(fn.x) == 300      # a fixed split of the data given
+    space = {"lr": LogUniform(1e-2, 1.0), "weight_decay": LogUniform(1e-6, 1e-3)}
+    trials = random_search(fn, space, 3, seed=0)
+    for t in trials:
+        assert t.error is None and len(t.info["curve"]) == 2 and t.info["curve"][-1] == t.score
+        assert 0.0 <= t.score <= 1.0
+        again = fn(t.params, seed=t.seed)
+        assert again["score"] == t.score and again["curve"] == t.info["curve"]
+    # an exception inside the objective is a failed trial, not a crash
+    bad = random_search(fn, {"rate": LogUniform(1e-2, 1.0)}, 2, seed=0)
+    assert all(t.error.startswith("KeyError") and "'lr'" in t.error and math.isnan(t.score)
+               for t in bad)
+    with pytest.raises(ValueError, match="val_split"):
+        _digits_objective(val_split=None)
+    with pytest.raises(ValueError, match="both"):
+        _digits_objective(val_split=None, x_val=np.zeros((2, 64), np.float32))
+    with pytest.raises(ValueError, match="metric"):
+        _digits_objective(metric="test_accuracy")
+    with pytest.raises(ValueError, match="epochs"):
+        _digits_objective(epochs=0)
+
+
+def test_tpe_sampler():
+    pytest.importorskip("optuna")
+    space = {"lr": LogUniform(1e-5, 1.0), "depth": IntUniform(1, 6), "act": Choice(["relu", "tanh"])}
+    a = search(_score, space, 25, seed=4, sampler="tpe")
+    b = search(_score, space, 25, seed=4, sampler="tpe")
+    assert [(t.index, t.params, t.score) for t in a if t.error is None] == \
+        [(t.index, t.params, t.score) for t in b if t.error is None]
+    assert sorted(t.index for t in a) == list(range(25))
+    for t in a:
+        assert 1e-5 <= t.params["lr"] <= 1.0 and t.params["depth"] in range(1, 7)
+        assert t.params["act"] in ("relu", "tanh")
+    assert [t.seed for t in sorted(a, key=lambda t: t.index)] == [trial_seed(4, i) for i in range(25)]
+    rnd = random_search(_score, space, 25, seed=4)
+    assert a[0].score >= -1.0 and a[0].score >= rnd[len(rnd) // 2].score
+    with ThreadPoolExecutor(2) as ex:          # batches of n_jobs asked at once
+        c = search(_score, space, 6, seed=4, sampler="tpe", executor=ex, n_jobs=2)
+    assert len(c) == 6
+
+
+def test_tpe_missing_optuna(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    with pytest.raises(ImportError, match="pip install optuna"):
+        search(_score, SPACE, 2, sampler="tpe")
+
+
+def test_plot_and_json(tmp_path):
+    import json
+    trials = random_search(lambda p: {"score": p["lr"] if p["lr"] < 0.05 else math.nan,
+                                      "curve": [0.1, p["lr"]]},
+                           {"lr": LogUniform(1e-3, 1.0), "weight_decay": LogUniform(1e-6, 1e-2)},
+                           12, seed=0)
+    png = plot(trials, str(tmp_path / "t.png"), k=3)
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    path = save_json(trials, str(tmp_path / "t.json"), note="x")
+    data = json.load(open(path))
+    assert data["note"] == "x" and len(data["trials"]) == 12
+    assert data["trials"][-1]["score"] is None and data["trials"][-1]["error"]
+
+
+def test_cli_tune(tmp_path, capsys):
+    import json
+
+    from dlfast.cli import main
+    rc = main(["tune", "--n-trials", "4", "--rounds", "2", "-k", "2", "--epochs", "2",
+               "--hidden", "16", "--lr", "1e-2", "1", "--seed", "1", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0 and out.count("Best-2 of 4 trials") == 2 and "round 2" in out
+    data = json.load(open(tmp_path / "trials.json"))
+    assert len(data["rounds"]) == 2 and len(data["rounds"][1]["trials"]) == 4
+    r1 = [t for t in data["rounds"][0]["trials"] if t["score"] is not None][:2]
+    lo = min(t["params"]["lr"] for t in r1)
+    assert all(t["params"]["lr"] >= lo * (1 - 1e-12) for t in data["rounds"][1]["trials"])
+    assert (tmp_path / "tune.png").stat().st_size > 1000
+    assert main(["tune", "--n-trials", "0", "--out", str(tmp_path)]) == 1
+    assert main(["tune", "--lr", "0", "1", "--out", str(tmp_path)]) == 1

@@ -126,3 +126,14 @@ def test_trainer_transform_fresh_per_epoch_validation_untouched(backend):
                 transform=lambda a: a[:, :8]).fit(x, t)
     with pytest.raises(TypeError, match="transform must be callable"):
         Trainer(net, optim.SGD(lr=0.1), transform=3)
+
+
+def test_experiment_augment_quick(tmp_path):
+    from dlfast import experiments as E
+    r = E.run("augment", tmp_path, quick=True, seed=0, verbose=False)
+    assert [row["training data"] for row in r["rows"]] == ["none", "noise 0.05", "all (--augment)"]
+    for row in r["rows"]:
+        assert 0.5 < row["val acc"] <= row["best val acc"] <= 1.0
+    assert len(r["curves"]["none"][1]) == 30
+    assert (tmp_path / "augment.png").stat().st_size > 5000
+    assert "augment" in E.names()

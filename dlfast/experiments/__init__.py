@@ -19,6 +19,7 @@ batchnorm           with vs without batch norm over a grid of initial weight sca
 overfit             300 samples, deep net: train/validation gap, weight decay, dropout
 hyperparams         random search of lr and weight decay (``dlfast.tune``), then narrowed
 multitask           shared trunk + two heads (digit, digit >= 5) vs two separate nets
+augment             200 training digits: validation accuracy with vs without augmentation
 =================== ==================================================================
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ __all__ = ["EXPERIMENTS", "register", "run", "format_table", "names"]
 EXPERIMENTS = {}      # name -> (run function, one-line description)
 
 _MODULES = ("optimizers_path", "optimizers", "init_histograms", "init_compare", "batchnorm",
-            "overfit", "hyperparams", "multitask")
+            "overfit", "hyperparams", "multitask", "augment")
 
 
 def register(name, description):

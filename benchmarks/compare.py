@@ -18,7 +18,10 @@ Timing: every implementation runs blocks of calls (sized at calibration to ``--b
 round times one block of every implementation, in a rotating order (interleaved, so the load of the
 shared machine hits all alike), after a ``--settle-ms`` pause (worker threads of OpenBLAS and
 OpenMP spin for up to ~0.1 s after use and would steal a core from the next implementation); the
-figure is the median over ``--rounds`` rounds of the time per call. PyTorch is optional (``pip install torch==2.13.0``): without it its column is skipped.
+figure is the median over ``--rounds`` rounds of the time per call. Ratios are medians of the
+per-round ratios (paired within a round, so slow drifts of the load cancel); ``spread`` is the
+largest interquartile range / median of the case's implementations (above ~20%: a noisy figure).
+PyTorch is optional (``pip install torch==2.13.0``): without it its column is skipped.
 
     python benchmarks/compare.py --json docs/performance.json --plot docs/performance.png
 """
@@ -394,20 +397,35 @@ def _fmt(s):
     return f"{s * 1e6:.1f} us"
 
 
-def _ratio(a, b):
-    return None if a is None or b is None or a == 0 else b / a
+def ratio(case, a, b):
+    """Median over the rounds of time(b) / time(a), paired within each round (the two blocks ran
+    seconds apart, so slow drifts of the machine's load cancel); None when either is missing."""
+    if case is None or not case.times.get(a) or not case.times.get(b):
+        return None
+    return statistics.median(tb / ta for ta, tb in zip(case.times[a], case.times[b]) if ta > 0)
+
+
+def spread(case):
+    """Largest interquartile range / median over the implementations of a case (noise gauge)."""
+    out = 0.0
+    for t in case.times.values():
+        if len(t) >= 4:
+            q = statistics.quantiles(t, n=4)
+            out = max(out, (q[2] - q[0]) / statistics.median(t))
+    return out
 
 
 def table(cases):
-    head = ("case", "cython", "numpy", "torch", "probe", "numpy/cy", "torch/cy", "cy/probe")
+    head = ("case", "cython", "numpy", "torch", "probe", "numpy/cy", "torch/cy", "cy/probe",
+            "spread")
     rows = []
     for c in cases:
         cy, nm, th, pr = (median(c, k) for k in ("cython", "numpy", "torch", "probe"))
-        r1, r2, r3 = _ratio(cy, nm), _ratio(cy, th), _ratio(pr, cy)
+        r1, r2, r3 = ratio(c, "cython", "numpy"), ratio(c, "cython", "torch"), ratio(c, "probe", "cython")
         rows.append((c.name, _fmt(cy), _fmt(nm), _fmt(th),
                      (_fmt(pr) + f" ({c.probe_kind})") if pr is not None else "-",
                      f"{r1:.2f}x" if r1 else "-", f"{r2:.2f}x" if r2 else "-",
-                     f"{r3:.2f}x" if r3 else "-"))
+                     f"{r3:.2f}x" if r3 else "-", f"{spread(c):.0%}"))
     w = [max(len(str(r[i])) for r in (head, *rows)) for i in range(len(head))]
     lines = ["| " + " | ".join(str(h).ljust(w[i]) for i, h in enumerate(head)) + " |",
              "|" + "|".join("-" * (x + 2) for x in w) + "|"]
@@ -427,28 +445,24 @@ def targets(cases):
             out.append({"target": desc, "ratio": round(ratio, 3), "goal": goal,
                         "met": bool(ratio >= goal if higher else ratio <= goal)})
 
-    def m(name, k):
-        c = by.get(name)
-        return median(c, k) if c else None
-
-    cy = m("step bn_adam b=100", "cython")
-    add("step BN+dropout+Adam b=100: torch / cython >= 4", _ratio(cy, m("step bn_adam b=100", "torch")), 4)
-    add("step BN+dropout+Adam b=100: numpy / cython >= 4", _ratio(cy, m("step bn_adam b=100", "numpy")), 4)
+    add("step BN+dropout+Adam b=100: torch / cython >= 4",
+        ratio(by.get("step bn_adam b=100"), "cython", "torch"), 4)
+    add("step BN+dropout+Adam b=100: numpy / cython >= 4",
+        ratio(by.get("step bn_adam b=100"), "cython", "numpy"), 4)
     add("step BN+dropout+Adam b=1000: torch / cython >= 3",
-        _ratio(m("step bn_adam b=1000", "cython"), m("step bn_adam b=1000", "torch")), 3)
+        ratio(by.get("step bn_adam b=1000"), "cython", "torch"), 3)
     for c in cases:
         if c.group == "adam_kernel":
-            add(f"{c.name}: cython / bandwidth probe <= 1.3",
-                _ratio(median(c, "probe"), median(c, "cython")), 1.3, higher=False)
+            add(f"{c.name}: cython / bandwidth probe <= 1.3", ratio(c, "probe", "cython"), 1.3,
+                higher=False)
     for c in cases:
         if c.group == "optim":
-            add(f"{c.name}: numpy / cython >= 5", _ratio(median(c, "cython"), median(c, "numpy")), 5)
+            add(f"{c.name}: numpy / cython >= 5", ratio(c, "cython", "numpy"), 5)
     for c in cases:
         if c.group in ("dense_fwd", "dense_bwd") and c.info["batch"] >= 256:
-            add(f"{c.name}: cython / bare GEMM <= 1.2",
-                _ratio(median(c, "probe"), median(c, "cython")), 1.2, higher=False)
-    add("step SGD b=1: torch / cython >= 5",
-        _ratio(m("step sgd b=1", "cython"), m("step sgd b=1", "torch")), 5)
+            add(f"{c.name}: cython / bare GEMM <= 1.2", ratio(c, "probe", "cython"), 1.2,
+                higher=False)
+    add("step SGD b=1: torch / cython >= 5", ratio(by.get("step sgd b=1"), "cython", "torch"), 5)
     return out
 
 
@@ -596,6 +610,9 @@ def main(argv=None):
                        "cases": [{"name": c.name, "group": c.group, **c.info,
                                   "probe_kind": c.probe_kind, "calls_per_block": c.calls,
                                   "median_s": {k: median(c, k) for k in c.times},
+                                  "ratio_to_cython": {k: ratio(c, "cython", k) for k in c.times
+                                                      if k != "cython"},
+                                  "spread": spread(c),
                                   "samples_s": c.times} for c in done]}, f, indent=1)
     if args.plot:
         plot(done, args.plot, load)

@@ -47,7 +47,7 @@ __all__ = [
     "dropout_mask", "dropout_apply", "random_uniform", "bernoulli_sample",
     "sumsq", "all_finite", "penalty", "penalty_grad", "max_norm",
     "sgd_update", "momentum_update", "nesterov_update", "adagrad_update", "rmsprop_update",
-    "adam_update",
+    "adam_update", "rbm_cd_update",
 ]
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "elu", "sigmoid", "tanh")
@@ -507,6 +507,36 @@ def bernoulli_sample(probs, out, seed, counter):
     _disjoint([("out", out)], [("probs", probs)])
     _impl().bernoulli_sample(probs, out, _u64("seed", seed), _u64("counter", counter))
     return out
+
+
+def rbm_cd_update(v0, h0, vk, hk, W, bv, bh, lr, wd=0.0):
+    """Contrastive-divergence step of an RBM, in place, from N data rows v0 (N, I) with hidden
+    probabilities h0 (N, J) and the chain's k-th reconstruction vk (N, I) with hk (N, J):
+
+    ``W += lr * ((v0.T @ h0 - vk.T @ hk) / N - wd * W)``, ``bv += lr * sum_n (v0 - vk) / N``,
+    ``bh += lr * sum_n (h0 - hk) / N`` (sums in float64, fixed order). Returns the summed squared
+    reconstruction error ``sum (v0 - vk)^2`` as a Python float."""
+    v0 = _float_in("v0", v0, 2)
+    dt = v0.dtype
+    n, i = v0.shape
+    if n == 0:
+        raise ValueError("v0 must have at least one row")
+    h0 = _float_in("h0", h0, 2, dt)
+    if h0.shape[0] != n:
+        raise ValueError(f"h0 must have {n} rows to match v0 {v0.shape}, got {h0.shape}")
+    j = h0.shape[1]
+    vk = _float_in("vk", vk, 2, dt)
+    _shape_is("vk", vk, (n, i))
+    hk = _float_in("hk", hk, 2, dt)
+    _shape_is("hk", hk, (n, j))
+    W = _out("W", W, (i, j), dt)
+    bv = _out("bv", bv, (i,), dt)
+    bh = _out("bh", bh, (j,), dt)
+    lr = _real("lr", lr, 0.0, math.inf, hi_open=True)
+    wd = _real("wd", wd, 0.0, math.inf, hi_open=True)
+    _disjoint([("W", W), ("bv", bv), ("bh", bh)],
+              [("v0", v0), ("h0", h0), ("vk", vk), ("hk", hk)])
+    return float(_impl().rbm_cd_update(v0, h0, vk, hk, W, bv, bh, lr, wd))
 
 
 # ============================================================================ norms and penalties

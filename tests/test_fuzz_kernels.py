@@ -207,6 +207,13 @@ def build(name, draw, rng, dt):
         n, f = _sizes(draw)
         c.add("io", "W", r(n, f))
         c.scalars["c"] = draw(st.sampled_from([0.1, 1.0, 3.0]))
+    elif name == "rbm_cd_update":
+        n, i = _sizes(draw)
+        j = draw(st.integers(0, 5))
+        for k, s in (("v0", (n, i)), ("h0", (n, j)), ("vk", (n, i)), ("hk", (n, j))):
+            c.add("in", k, r(*s))
+        c.add("io", "W", r(i, j)), c.add("io", "bv", r(i)), c.add("io", "bh", r(j))
+        c.scalars.update(lr=draw(st.sampled_from([0.0, 0.05])), wd=draw(st.sampled_from([0.0, 1e-3])))
     elif name.endswith("_update"):
         n, f = _sizes(draw)
         shape = draw(st.sampled_from([(n, f), (n * f,)]))

@@ -4,14 +4,15 @@
 Module map (one ``.pyx`` each): ``_dense`` (affine + activation, BLAS), ``_activations``
 (elementwise activations, PReLU, Maxout), ``_softmax`` (softmax, softmax cross-entropy),
 ``_batchnorm``, ``_random`` (counter-based generator: dropout, uniform, Bernoulli), ``_optim``
-(optimiser updates, norms, penalties, max-norm). ``_info`` reports OpenMP and threads.
+(optimiser updates, norms, penalties, max-norm), ``_rbm`` (contrastive-divergence update).
+``_info`` reports OpenMP and threads.
 """
 import importlib
 
 from ..kernels import KERNELS
 
 NAME = "cython"
-MODULES = ("_dense", "_activations", "_softmax", "_batchnorm", "_random", "_optim")
+MODULES = ("_dense", "_activations", "_softmax", "_batchnorm", "_random", "_optim", "_rbm")
 
 _info = importlib.import_module("dlfast._backends._info")
 _mods = [importlib.import_module(f"dlfast._backends.{m}") for m in MODULES]

@@ -54,6 +54,19 @@ def bernoulli_sample(probs, out, seed, counter):
     out.reshape(-1)[...] = u < probs.reshape(-1).astype(np.float64)
 
 
+# ----------------------------------------------------------------------------- RBM
+def rbm_cd_update(v0, h0, vk, hk, W, bv, bh, lr, wd):
+    n = v0.shape[0]
+    v0d, h0d, vkd, hkd = (a.astype(np.float64) for a in (v0, h0, vk, hk))
+    dW = (v0d.T @ h0d - vkd.T @ hkd) / n
+    W64 = W.astype(np.float64)
+    W[...] = W64 + lr * (dW - wd * W64)
+    d = v0d - vkd
+    bv[...] = bv.astype(np.float64) + lr * (d.sum(axis=0) / n)
+    bh[...] = bh.astype(np.float64) + lr * ((h0d - hkd).sum(axis=0) / n)
+    return float(np.sum(d * d))
+
+
 # ----------------------------------------------------------------------------- activations
 def _act(z, out, activation, alpha):
     """out = act(z); out may be z."""

@@ -441,35 +441,47 @@ def format_table(trials, k=5):
 
 def plot(trials, path, k=5, x="lr", y="weight_decay"):
     """PNG at ``path``: left, the ``info["curve"]`` of the best ``k`` trials over epochs; right,
-    every trial at (params[x], params[y]) on log axes coloured by score (failed: grey x)."""
+    every trial at (params[x], params[y]) on log axes coloured by score (failed: grey x).
+    ``trials``: one sorted list, or a list of rounds (lists): curves of the last round, one
+    marker per round in the scatter."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    rounds = trials if trials and isinstance(trials[0], list) else [trials]
+    last = rounds[-1]
     fig = Figure(figsize=(10, 4), dpi=90, layout="constrained")
     FigureCanvasAgg(fig)
     ax1, ax2 = fig.subplots(1, 2)
-    for t in trials[:_positive("k", k)]:
+    for t in last[:_positive("k", k)]:
         curve = t.info.get("curve")
         if curve:
             ax1.plot(range(1, len(curve) + 1), curve, label=f"#{t.index} ({t.score:.3f})")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("validation score")
-    ax1.set_title(f"best {min(k, len(trials))} trials")
+    ax1.set_title(f"best {min(k, len(last))} trials" + (" of the last round" if len(rounds) > 1
+                                                          else ""))
     if ax1.lines:
         ax1.legend(fontsize=8)
-    ok = [t for t in trials if not math.isnan(t.score) and x in t.params and y in t.params]
-    bad = [t for t in trials if math.isnan(t.score) and x in t.params and y in t.params]
-    if ok:
-        s = ax2.scatter([t.params[x] for t in ok], [t.params[y] for t in ok],
-                        c=[t.score for t in ok], cmap="viridis", edgecolors="k")
+    scores = [t.score for r in rounds for t in r if not math.isnan(t.score)]
+    lo, hi = (min(scores), max(scores)) if scores else (0.0, 1.0)
+    s = None
+    for n, (r, marker) in enumerate(zip(rounds, "os^Dv<>p*h" * 10), 1):
+        tag = f"round {n}: " if len(rounds) > 1 else ""
+        ok = [t for t in r if not math.isnan(t.score) and x in t.params and y in t.params]
+        bad = [t for t in r if math.isnan(t.score) and x in t.params and y in t.params]
+        if ok:
+            s = ax2.scatter([t.params[x] for t in ok], [t.params[y] for t in ok], marker=marker,
+                            c=[t.score for t in ok], cmap="viridis", vmin=lo, vmax=hi,
+                            edgecolors="k", label=f"{tag}{len(ok)} trials")
+        if bad:
+            ax2.scatter([t.params[x] for t in bad], [t.params[y] for t in bad], c="grey",
+                        marker="x", label=f"{tag}{len(bad)} failed")
+    if s is not None:
         fig.colorbar(s, ax=ax2, label="score")
-    if bad:
-        ax2.scatter([t.params[x] for t in bad], [t.params[y] for t in bad], c="grey", marker="x",
-                    label="failed")
-        ax2.legend(fontsize=8)
-    if ok or bad:
+    if ax2.collections:
         ax2.set_xscale("log")
         ax2.set_yscale("log")
+        ax2.legend(fontsize=8)
     ax2.set_xlabel(x)
     ax2.set_ylabel(y)
     ax2.set_title("score over the search space")
@@ -530,7 +542,7 @@ def _cli_run(args):
                         OptimizerBuilder(args.optimizer), x, t, val_split=args.val_split,
                         epochs=args.epochs, batch_size=args.batch_size, split_seed=args.seed)
     os.makedirs(args.out, exist_ok=True)
-    rounds, trials = [], []
+    rounds, all_trials, trials = [], [], []
     executor = process_pool(args.workers) if args.workers > 1 else None
     try:
         for r in range(args.rounds):
@@ -538,14 +550,16 @@ def _cli_run(args):
                 space = narrow(space, trials, args.k)
             trials = search(fn, space, args.n_trials, seed=args.seed + r, executor=executor,
                             n_jobs=args.workers, sampler=args.sampler)
+            all_trials.append(trials)
             rounds.append({"round": r + 1, "space": {k: repr(d) for k, d in space.items()},
                            "trials": [asdict(t) for t in trials]})
-            print(f"round {r + 1}: " + ", ".join(f"{k} in {d!r}" for k, d in space.items()))
+            print(f"round {r + 1}: " + ", ".join(f"{k} in [{d.low:.3g}, {d.high:.3g}]"
+                                                 for k, d in space.items()))
             print(format_table(trials, args.k))
     finally:
         if executor is not None:
             executor.shutdown()
-    png = plot(trials, os.path.join(args.out, "tune.png"), args.k)
+    png = plot(all_trials, os.path.join(args.out, "tune.png"), args.k)
     path = os.path.join(args.out, "trials.json")
     with open(path, "w") as f:
         json.dump(_jsonable({"args": {k: v for k, v in vars(args).items()

@@ -8,8 +8,8 @@ from dlfast import kernels as K
 
 pytestmark = pytest.mark.skipif("cython" not in dlfast.available_backends(),
                                 reason="compiled backend not built")
-# (N, I, J): tiny, odd, and above the parallel threshold (N * I * J >= 32768)
-SHAPES = [(1, 1, 1), (3, 5, 2), (7, 13, 11), (64, 33, 17), (50, 64, 40)]
+# (N, I, J): tiny, odd, and above the parallel threshold (N * I * J >= 64 * 32768)
+SHAPES = [(1, 1, 1), (3, 5, 2), (7, 13, 11), (64, 33, 17), (41, 203, 257)]
 
 
 @pytest.fixture(autouse=True)

@@ -80,6 +80,9 @@ def _big_call(name, dt=np.dtype(np.float32)):
         "adagrad_update": lambda: K.adagrad_update(w, g, s1, lr=1e-3),
         "rmsprop_update": lambda: K.rmsprop_update(w, g, s1, lr=1e-3),
         "adam_update": lambda: K.adam_update(w, g, s1, s2, lr=1e-3, step=1),
+        "rbm_cd_update": lambda: K.rbm_cd_update(A[:1000, :1500], B[:1000, :500], B[1000:2000, :1500],
+                                                 A[1000:2000, :500], H[:1500, :500].copy(),
+                                                 np.zeros(1500, dt), np.zeros(500, dt), 1e-3),
     }
     return calls.get(name)
 

@@ -87,6 +87,12 @@ LAYERS = ("Dense", "Maxout", "Activation", "Identity", "ReLU", "Sigmoid", "Tanh"
           "ELU", "PReLU", "RReLU", "Softmax", "BatchNorm", "Dropout", "SoftmaxCrossEntropy")
 
 
+def test_every_public_layer_is_fuzzed():
+    public = {n for n in layers.__all__ if isinstance(getattr(layers, n), type)
+              and issubclass(getattr(layers, n), layers.Layer) and n != "Layer"}
+    assert public - set(LAYERS) == set(), f"layers without a fuzz case: {sorted(public - set(LAYERS))}"
+
+
 def _make_layer(name, f, o, dt, opts):
     L = getattr(layers, name)
     if name == "Dense":

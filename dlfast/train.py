@@ -327,7 +327,8 @@ class Trainer:
     def __init__(self, model, optimizer, epochs=10, batch_size=32, *, schedule=None,
                  schedule_per="epoch", schedule_monitor=None, early_stopping=None, val_split=None,
                  stratify=False, callbacks=(), progress=True, seed=None, shuffle=True,
-                 eval_batch_size=1024, handle_interrupt=True, cache_frozen=False, transform=None):
+                 eval_batch_size=1024, handle_interrupt=True, cache_frozen=False, transform=None,
+                 checkpoint=None):
         for attr in ("params", "loss_and_gradient", "state_dict", "load_state_dict"):
             if not hasattr(model, attr):
                 raise TypeError(f"model must be a dlfast net (needs {attr}), got {type(model).__name__}")
@@ -371,6 +372,12 @@ class Trainer:
             raise ValueError("cache_frozen cannot be combined with a transform: the cache would "
                              "hold the features of un-augmented data")
         self.transform = transform
+        if checkpoint is not None and not callable(getattr(checkpoint, "save", None)):
+            raise TypeError(f"checkpoint must be a dlfast.checkpoint.Checkpoint, "
+                            f"got {type(checkpoint).__name__}")
+        self.checkpoint = checkpoint
+        self._ep = None                        # the running epoch's batches/progress (checkpoints)
+        self._resume_ep = self._resume_es = self._resume_stop = self._resume_last_epoch = None
         self._fit_model = model
         self._xv_fit = None
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
@@ -394,7 +401,8 @@ class Trainer:
 
     # ---------------------------------------------------------------- callbacks
     def _all_callbacks(self):
-        return self.callbacks + ([self.early_stopping] if self.early_stopping is not None else [])
+        return (self.callbacks + ([self.early_stopping] if self.early_stopping is not None else [])
+                + ([self.checkpoint] if self.checkpoint is not None else []))
 
     def _call(self, hook, *args):
         for cb in self._all_callbacks():
@@ -553,11 +561,20 @@ class Trainer:
         return previous
 
     # ---------------------------------------------------------------- fit
-    def fit(self, x, t, x_val=None, t_val=None):
+    def resume(self, path):
+        """Load the checkpoint ``path`` (``dlfast.checkpoint``); the next ``fit`` (same data)
+        continues the interrupted one up to its target epoch, bit-identically."""
+        from .checkpoint import restore_checkpoint
+        return restore_checkpoint(self, path)
+
+    def fit(self, x, t, x_val=None, t_val=None, resume=None):
         """Train for ``epochs`` epochs (fewer if stopped); returns ``history``.
 
         x (N, F) of the model's dtype, t class indices (N,) or one-hot rows (a dict head -> labels
-        for a MultiTaskNet). The validation set is (x_val, t_val) or the ``val_split`` of (x, t)."""
+        for a MultiTaskNet). The validation set is (x_val, t_val) or the ``val_split`` of (x, t).
+        ``resume``: a checkpoint path; training continues from it (see ``resume``)."""
+        if resume is not None:
+            self.resume(resume)
         x, t = self._prepare(x, t, x_val, t_val)
         self._fit_model, self._xv_fit = self.model, self.x_val
         if self.cache_frozen:
@@ -580,8 +597,18 @@ class Trainer:
                        dynamic_ncols=True, leave=True)
         previous = self._install_sigint()
         last_epoch = self.epoch + self.epochs
+        if self._resume_last_epoch is not None:
+            last_epoch, self._resume_last_epoch = self._resume_last_epoch, None
+        self._last_epoch = last_epoch
         try:
             self._call("on_train_begin")
+            if self._resume_es is not None:
+                from .checkpoint import _apply_early_stopping
+                _apply_early_stopping(self, self._resume_es)
+                self._resume_es = None
+            if self._resume_stop is not None:
+                self.stop_training, self.stop_reason = self._resume_stop
+                self._resume_stop = None
             while self.epoch < last_epoch and not self.stop_training:
                 self._run_epoch(x, t, bar, last_epoch)
         except KeyboardInterrupt:
@@ -607,6 +634,12 @@ class Trainer:
         if model is not self.model:
             model.check_still_frozen()
         x_fit = x
+        resumed, self._resume_ep = self._resume_ep, None
+        if resumed is not None and resumed["n"] != _n("x", x):
+            raise ValueError(f"the checkpoint was taken mid-epoch on {resumed['n']} training rows, "
+                             f"but fit got {_n('x', x)}")
+        rng = getattr(self.transform, "rng", None)
+        transform_rng = rng.bit_generator.state if isinstance(rng, np.random.Generator) else None
         if self.transform is not None:
             x = self.transform(x)
             if not isinstance(x, np.ndarray) or x.shape != x_fit.shape or x.dtype != x_fit.dtype:
@@ -618,8 +651,17 @@ class Trainer:
         self._call("on_epoch_begin", epoch)
         if bar is not None:
             bar.set_description(f"epoch {epoch}/{last_epoch}", refresh=False)
-        loss_sum, rows, k = 0.0, 0, 0
-        for k, idx in enumerate(self._batches(_n("x", x)), 1):
+        if resumed is None:
+            batches, k0, loss_sum, rows = self._batches(_n("x", x)), 0, 0.0, 0
+        else:
+            batches, k0, loss_sum, rows = (resumed["batches"], resumed["k"], resumed["loss_sum"],
+                                           resumed["rows"])
+            if self.stop_training:
+                batches = batches[:k0]
+        ep = self._ep = {"batches": batches, "k": k0, "loss_sum": loss_sum, "rows": rows,
+                         "n": _n("x", x), "transform_rng": transform_rng, "done": False}
+        k = k0
+        for k, idx in enumerate(batches[k0:], k0 + 1):
             if self.schedule_per == "step":
                 self._set_lr(self.step)
             xb, tb = x[idx], _take(t, idx)
@@ -641,6 +683,7 @@ class Trainer:
             m = len(idx)
             loss_sum += loss * m
             rows += m
+            ep["k"], ep["loss_sum"], ep["rows"] = k, loss_sum, rows
             if bar is not None:
                 bar.update(1)
                 if k % 10 == 1:
@@ -659,6 +702,7 @@ class Trainer:
         if self.has_validation:
             logs["val_loss"], logs["val_accuracy"] = self.evaluate(self._xv_fit, self.t_val, model)
         self.epoch = epoch
+        ep["done"] = True
         if self.schedule is not None and self._metric_schedule():
             monitor = self.schedule_monitor or ("val_loss" if self.has_validation else "loss")
             if monitor not in logs:

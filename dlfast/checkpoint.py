@@ -1,0 +1,343 @@
+"""Training checkpoints: the whole state of a ``Trainer`` in one file, written atomically.
+
+``Trainer(..., checkpoint=Checkpoint(path, every=N, per="step"|"epoch"))`` writes after every N-th
+optimiser step (``per="step"``) or epoch (``per="epoch"``), after every other callback (so the
+early-stopping decision of that epoch is included). ``trainer.fit(x, t, resume=path)`` (or
+``trainer.resume(path)`` then ``fit``) continues; the final parameters are bit-identical to an
+uninterrupted run with the same seed and backend, also from a mid-epoch checkpoint.
+
+A checkpoint holds: the model (``io`` class + config, every ``state_dict`` entry: parameters, BN
+running statistics, dropout/RReLU seed and counter), ``optimizer.state_dict()``, the schedule's
+``state_dict()`` (if it has one), the ``EarlyStopping`` state (best value/epoch, wait, best weights),
+the counters ``epoch``/``step``, the fit's target epoch, ``stop_training``, the history, the
+Trainer's seed and shuffle-generator state, the transform's generator state (``transform.rng``) and,
+mid-epoch, the epoch's batch order, steps done and running loss sum.
+
+File layout (``numpy.savez``, no pickles): ``__format__`` = "dlfast-checkpoint", ``__version__``,
+``__class__``/``__config__`` (as ``dlfast.io``), ``__json__`` (everything that is not an array; an
+array is a reference ``{"__array__": "aN"}``) and the arrays ``aN``.
+
+Atomic write: temporary file in the target folder -> flush -> ``os.fsync`` -> ``os.replace`` ->
+fsync of the folder. A crash at any point leaves the previous checkpoint intact and no temporary
+file behind (removed on failure; a SIGKILL may leave a ``.tmp-ckpt-*`` file, never a damaged
+checkpoint).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+__all__ = ["Checkpoint", "CheckpointError", "save_checkpoint", "read_checkpoint",
+           "restore_checkpoint", "load_checkpoint_model", "FORMAT", "FORMAT_VERSION"]
+
+FORMAT = "dlfast-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, truncated, foreign, damaged, or does not fit the
+    Trainer (other architecture, optimiser, schedule ...). The message names the file."""
+
+
+# ============================================================================ (de)serialisation
+def _pack(obj, arrays):
+    """JSON-able copy of obj; ndarrays / numpy scalars go to ``arrays`` as references."""
+    if isinstance(obj, (np.ndarray, np.generic)):
+        key = f"a{len(arrays)}"
+        arrays[key] = np.array(obj)                # copy (0-d for scalars, dtype kept)
+        return {"__array__": key, "scalar": isinstance(obj, np.generic)}
+    if isinstance(obj, dict):
+        for k in obj:
+            if not isinstance(k, str):
+                raise TypeError(f"checkpoint state keys must be strings, got {k!r}")
+        return {"__dict__": {k: _pack(v, arrays) for k, v in obj.items()}}
+    if isinstance(obj, (list, tuple)):
+        return {"__tuple__" if isinstance(obj, tuple) else "__list__": [_pack(v, arrays) for v in obj]}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint")
+
+
+def _unpack(obj, arrays):
+    if isinstance(obj, dict):
+        if "__array__" in obj:
+            a = arrays[obj["__array__"]]
+            return a[()] if obj.get("scalar") else a
+        if "__dict__" in obj:
+            return {k: _unpack(v, arrays) for k, v in obj["__dict__"].items()}
+        if "__tuple__" in obj:
+            return tuple(_unpack(v, arrays) for v in obj["__tuple__"])
+        if "__list__" in obj:
+            return [_unpack(v, arrays) for v in obj["__list__"]]
+        raise KeyError(f"unknown entry {sorted(obj)}")
+    return obj
+
+
+def _write_arrays(f, arrays):
+    """Serialise ``arrays`` into the open binary file ``f`` (patched in the crash tests)."""
+    np.savez(f, **arrays)
+
+
+def _atomic_write(path, arrays):
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write checkpoint {path!r}: folder {folder!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-ckpt-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _write_arrays(f, arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:                                       # make the rename durable (POSIX)
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def _rng_state(obj):
+    rng = getattr(obj, "rng", None)
+    return rng.bit_generator.state if isinstance(rng, np.random.Generator) else None
+
+
+# ============================================================================ save
+def trainer_state(trainer):
+    """Everything (except the model's class/config) a checkpoint stores, as a nested dict."""
+    es = trainer.early_stopping
+    sched = trainer.schedule
+    ep = getattr(trainer, "_ep", None)
+    mid = ep is not None and not ep.get("done", False)
+    state = {
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict() if callable(
+            getattr(trainer.optimizer, "state_dict", None)) else None,
+        "optimizer_class": type(trainer.optimizer).__name__,
+        "lr": float(trainer.optimizer.lr),
+        "schedule": sched.state_dict() if callable(getattr(sched, "state_dict", None)) else None,
+        "schedule_class": None if sched is None else type(sched).__name__,
+        "early_stopping": None if es is None else {
+            "best": float(es.best), "best_epoch": int(es.best_epoch), "wait": int(es.wait),
+            "stopped_epoch": int(es.stopped_epoch), "best_state": es._best_state},
+        "epoch": int(trainer.epoch), "step": int(trainer.step),
+        "last_epoch": int(getattr(trainer, "_last_epoch", trainer.epoch)),
+        "stop_training": bool(trainer.stop_training), "stop_reason": trainer.stop_reason,
+        "history": trainer.history.as_dict(),
+        "seed": int(trainer.seed),
+        "shuffle_rng": trainer._shuffle_rng.bit_generator.state,
+        "transform_rng": (ep["transform_rng"] if mid else _rng_state(trainer.transform)),
+        "mid_epoch": None if not mid else {
+            "order": np.concatenate(ep["batches"]), "k": int(ep["k"]),
+            "loss_sum": float(ep["loss_sum"]),
+            "rows": int(ep["rows"]), "n": int(ep["n"])},
+    }
+    return state
+
+
+def save_checkpoint(trainer, path):
+    """Write the trainer's complete state to ``path`` atomically; returns the path."""
+    from .io import _classes, _json
+    path = os.fspath(path)
+    model = trainer.model
+    cls = type(model).__name__
+    if cls not in _classes():
+        raise TypeError(f"model class {cls} cannot be checkpointed; supported: {sorted(_classes())}")
+    from . import __version__
+    arrays = {}
+    meta = _pack(trainer_state(trainer), arrays)
+    arrays.update({"__format__": np.array(FORMAT), "__version__": np.array(FORMAT_VERSION),
+                   "__class__": np.array(cls),
+                   "__config__": np.array(_json("model.config()", model.config())),
+                   "__json__": np.array(json.dumps(meta, allow_nan=True)),
+                   "__dlfast__": np.array(__version__)})
+    _atomic_write(path, arrays)
+    return path
+
+
+# ============================================================================ load
+def read_checkpoint(path):
+    """``(class name, config dict, state dict)`` of a checkpoint file; ``CheckpointError`` if the
+    file is missing, truncated, foreign or damaged."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file {path!r} does not exist")
+    try:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise CheckpointError(f"{path!r} is not a dlfast checkpoint (a bare .npy array)")
+        with z:
+            data = {k: z[k] for k in z.files}
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint file {path!r} is truncated or damaged "
+                              f"({type(exc).__name__}: {exc})") from None
+    fmt = data.get("__format__")
+    if fmt is None or fmt.shape != () or str(fmt) != FORMAT:
+        what = "a dlfast model file" if fmt is not None and str(fmt) == "dlfast-model" else "foreign"
+        raise CheckpointError(f"{path!r} is not a dlfast checkpoint ({what}: no {FORMAT!r} "
+                              f"format tag)")
+    try:
+        version = int(data["__version__"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"checkpoint file {path!r} has no valid format version") from None
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint file {path!r} has format version {version}; this dlfast "
+                              f"reads version {FORMAT_VERSION}")
+    try:
+        cls = str(data["__class__"])
+        config = json.loads(str(data["__config__"]))
+        state = _unpack(json.loads(str(data["__json__"])), data)
+        if not isinstance(state, dict) or not isinstance(config, dict):
+            raise ValueError("state and config must be JSON objects")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint file {path!r} is damaged ({type(exc).__name__}: "
+                              f"{exc})") from None
+    return cls, config, state
+
+
+def load_checkpoint_model(path):
+    """The model stored in a checkpoint, rebuilt (class, config, state) on its own."""
+    from .io import _classes
+    cls, config, state = read_checkpoint(path)
+    classes = _classes()
+    if cls not in classes:
+        raise CheckpointError(f"checkpoint file {path!r} holds an unknown model class {cls!r}")
+    try:
+        model = classes[cls](**config)
+        model.load_state_dict(state["model"])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint file {path!r}: cannot rebuild its {cls} "
+                              f"({type(exc).__name__}: {exc})") from None
+    return model
+
+
+def _set_rng(rng, st, path, what):
+    try:
+        rng.bit_generator.state = st
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint file {path!r}: bad {what} generator state ({exc})") from None
+
+
+def restore_checkpoint(trainer, path):
+    """Load ``path`` into ``trainer`` (model, optimiser, schedule, counters, history, generators).
+    All-or-nothing for the model and optimiser; ``CheckpointError`` names what does not fit.
+    The early-stopping state is applied by ``fit`` after ``on_train_begin``."""
+    path = os.fspath(path)
+    cls, config, st = read_checkpoint(path)
+    model = trainer.model
+    if cls != type(model).__name__ or config != json.loads(json.dumps(model.config(),
+                                                                       sort_keys=True)):
+        raise CheckpointError(f"checkpoint file {path!r} is for a different architecture: {cls} "
+                              f"{config} (the trainer's model is {type(model).__name__} "
+                              f"{model.config()})")
+    opt = trainer.optimizer
+    if st.get("optimizer_class") != type(opt).__name__:
+        raise CheckpointError(f"checkpoint file {path!r} is for optimizer "
+                              f"{st.get('optimizer_class')!r}, the trainer uses {type(opt).__name__!r}")
+    sched = trainer.schedule
+    if st.get("schedule_class") != (None if sched is None else type(sched).__name__):
+        raise CheckpointError(f"checkpoint file {path!r} is for schedule "
+                              f"{st.get('schedule_class')!r}, the trainer uses "
+                              f"{None if sched is None else type(sched).__name__!r}")
+    if (st.get("early_stopping") is None) != (trainer.early_stopping is None):
+        raise CheckpointError(f"checkpoint file {path!r}: early stopping is "
+                              f"{'absent' if st.get('early_stopping') is None else 'present'} in "
+                              f"the checkpoint but not in the trainer (or vice versa)")
+    if (st.get("transform_rng") is None) != (_rng_state(trainer.transform) is None):
+        raise CheckpointError(f"checkpoint file {path!r}: the transform generator state does not "
+                              f"fit the trainer's transform")
+    old_model = model.state_dict()
+    old_opt = opt.state_dict() if st["optimizer"] is not None else None
+    try:
+        model.load_state_dict(st["model"])
+        if st["optimizer"] is not None:
+            opt.load_state_dict(st["optimizer"], model.params)
+        opt.lr = st["lr"]
+        if st["schedule"] is not None:
+            sched.load_state_dict(st["schedule"])
+    except (TypeError, ValueError, KeyError) as exc:
+        model.load_state_dict(old_model)
+        if old_opt is not None:
+            opt.load_state_dict(old_opt)
+        raise CheckpointError(f"checkpoint file {path!r} does not fit the trainer "
+                              f"({type(exc).__name__}: {exc})") from None
+    ss = np.random.SeedSequence(st["seed"])
+    trainer.seed = ss.entropy
+    trainer._split_ss, _ = ss.spawn(2)
+    _set_rng(trainer._shuffle_rng, st["shuffle_rng"], path, "shuffle")
+    if st["transform_rng"] is not None:
+        _set_rng(trainer.transform.rng, st["transform_rng"], path, "transform")
+    trainer.epoch, trainer.step = int(st["epoch"]), int(st["step"])
+    trainer._resume_last_epoch = int(st["last_epoch"])
+    trainer._resume_stop = (bool(st["stop_training"]), st["stop_reason"])
+    from .train import History
+    h = History()
+    for k, v in st["history"].items():
+        if k in History.KEYS:
+            setattr(h, k, list(v))
+    trainer.history = h
+    trainer._resume_es = st["early_stopping"]
+    mid = st["mid_epoch"]
+    if mid is not None:
+        order, bounds = np.asarray(mid["order"]), trainer._bounds(int(mid["n"]))
+        if order.shape != (int(mid["n"]),) or not 0 <= int(mid["k"]) <= len(bounds) - 1:
+            raise CheckpointError(f"checkpoint file {path!r}: damaged mid-epoch state (order of "
+                                  f"shape {order.shape} for {mid['n']} rows, {mid['k']} steps done)")
+        mid = {"batches": [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])], "k": int(mid["k"]),
+               "loss_sum": float(mid["loss_sum"]), "rows": int(mid["rows"]), "n": int(mid["n"])}
+    trainer._resume_ep = mid
+    return trainer
+
+
+def _apply_early_stopping(trainer, es_state):
+    es = trainer.early_stopping
+    es.best, es.best_epoch = es_state["best"], es_state["best_epoch"]
+    es.wait, es.stopped_epoch = es_state["wait"], es_state["stopped_epoch"]
+    es._best_state = es_state["best_state"]
+
+
+# ============================================================================ callback
+class Checkpoint:
+    """Write ``save_checkpoint(trainer, path)`` after every ``every``-th step (``per="step"``) or
+    epoch (``per="epoch"``); pass it as ``Trainer(checkpoint=...)`` so it runs after every other
+    callback. ``last_saved``: (epoch, global step) of the last write (None before)."""
+
+    def __init__(self, path, every=1, per="epoch"):
+        from ._validation import positive_int
+        self.path = os.fspath(path)
+        if isinstance(every, bool):
+            raise TypeError("every must be an integer, got bool")
+        self.every = positive_int("every", every)
+        if per not in ("step", "epoch"):
+            raise ValueError(f"per must be 'step' or 'epoch', got {per!r}")
+        self.per = per
+        self.last_saved = None
+
+    def save(self, trainer):
+        save_checkpoint(trainer, self.path)
+        self.last_saved = (trainer.epoch, trainer.step)
+
+    def on_step_end(self, trainer, step, logs):
+        if self.per == "step" and step % self.every == 0:
+            self.save(trainer)
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if self.per == "epoch" and epoch % self.every == 0:
+            self.save(trainer)
+
+    def __repr__(self):
+        return f"Checkpoint({self.path!r}, every={self.every}, per={self.per!r})"

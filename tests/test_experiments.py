@@ -46,7 +46,7 @@ def _rows(r, key):
 
 def test_registry_has_all_experiments():
     assert E.names() == ["optimizers-path", "optimizers", "init-histograms", "init", "batchnorm",
-                         "overfit", "hyperparams", "multitask", "augment"]
+                         "overfit", "hyperparams", "multitask", "augment", "pretrain"]
     with pytest.raises(ValueError, match="unknown experiment"):
         E.run("nope", "/tmp")
     with pytest.raises(ValueError, match="seed"):

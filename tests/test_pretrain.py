@@ -89,3 +89,14 @@ def test_errors(digits):
     with pytest.raises(FloatingPointError, match="diverged"):
         rbm_pretrain(net, (digits * 3e18).astype(np.float32),
                      epochs=1, lr=1e10, visible="gaussian")
+
+
+def test_experiment_pretrain_quick(tmp_path):
+    from dlfast import experiments as E
+    r = E.run("pretrain", tmp_path, quick=True, seed=0, verbose=False)
+    assert [row["init"] for row in r["rows"]] == ["Xavier", "He", "Xavier + RBM pre-training"]
+    assert len(r["reconstruction"]) == 4 and all(len(h) == 4 for h in r["reconstruction"])
+    assert r["reconstruction"][0][-1] < r["reconstruction"][0][0]
+    for loss, acc in r["curves"].values():
+        assert len(loss) == 5 and np.all(np.isfinite(loss))
+    assert (tmp_path / "pretrain.png").stat().st_size > 5000

@@ -20,6 +20,7 @@ overfit             300 samples, deep net: train/validation gap, weight decay, d
 hyperparams         random search of lr and weight decay (``dlfast.tune``), then narrowed
 multitask           shared trunk + two heads (digit, digit >= 5) vs two separate nets
 augment             200 training digits: validation accuracy with vs without augmentation
+pretrain            deep sigmoid net: greedy RBM pre-training vs Xavier / He init
 =================== ==================================================================
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ __all__ = ["EXPERIMENTS", "register", "run", "format_table", "names"]
 EXPERIMENTS = {}      # name -> (run function, one-line description)
 
 _MODULES = ("optimizers_path", "optimizers", "init_histograms", "init_compare", "batchnorm",
-            "overfit", "hyperparams", "multitask", "augment")
+            "overfit", "hyperparams", "multitask", "augment", "pretrain")
 
 
 def register(name, description):

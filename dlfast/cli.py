@@ -313,6 +313,35 @@ def _write_outputs(out, model, trainer, meta, quiet=False):
     return paths
 
 
+def _make_checkpoint(args):
+    if args.checkpoint is None:
+        if args.checkpoint_every is not None:
+            raise _CLIError("--checkpoint-every needs --checkpoint PATH")
+        return None
+    from .checkpoint import Checkpoint
+    return Checkpoint(args.checkpoint, every=args.checkpoint_every or 1, per=args.checkpoint_per)
+
+
+def _prepare_reuse(args, model, x):
+    """--pretrain rbm (on the training rows, labels unused), --freeze K, --cache-frozen and
+    --augment; returns the extra Trainer keywords."""
+    if args.cache_frozen and not args.freeze:
+        raise _CLIError("--cache-frozen needs --freeze K")
+    if args.pretrain == "rbm" and args.resume is None:
+        from .pretrain import rbm_pretrain
+        hist = rbm_pretrain(model, x, args.pretrain_epochs, lr=args.pretrain_lr,
+                            batch_size=args.batch_size, seed=args.seed)
+        print("RBM pre-training, reconstruction error per layer (first -> last epoch): "
+              + ", ".join(f"{h[0]:.4f} -> {h[-1]:.4f}" for h in hist), flush=True)
+    if args.freeze:
+        model.freeze(upto=args.freeze)
+    transform = None
+    if args.augment:
+        from .augment import for_images
+        transform = for_images(x.shape[1], seed=args.seed)
+    return {"cache_frozen": args.cache_frozen, "transform": transform}
+
+
 def _run_train(args):
     from . import kernels  # noqa: F401  (selects the backend before timing)
     from .train import EarlyStopping, Trainer
@@ -324,6 +353,7 @@ def _run_train(args):
     source, x, t, x_test, t_test = _load_data(args, dtype)
     n_out = int(max(t.max(), t_test.max())) + 1
     model = _make_model(args, x.shape[1], n_out, dtype)
+    extras = _prepare_reuse(args, model, x)
     opt = _make_optimizer(args)
     schedule = _make_schedule(args, float(opt.lr))
     es = None
@@ -331,7 +361,8 @@ def _run_train(args):
         es = EarlyStopping(args.early_stopping, min_delta=args.min_delta)
     trainer = Trainer(model, opt, epochs=args.epochs, batch_size=args.batch_size, schedule=schedule,
                       schedule_per=args.schedule_per, early_stopping=es, val_split=args.val_split,
-                      stratify=True, progress=not args.no_progress, seed=args.seed)
+                      stratify=True, progress=not args.no_progress, seed=args.seed,
+                      checkpoint=_make_checkpoint(args), **extras)
     arch = "-".join(str(v) for v in [x.shape[1], *args.hidden, n_out])
     title = f"MLP {arch} {args.activation} on {source}, {args.optimizer}"
     print(f"dlfast train: MLP {arch} ({args.activation}, init {args.init}"
@@ -346,7 +377,7 @@ def _run_train(args):
             "source": source, "backend": dlfast.get_backend()}
     t0 = time.perf_counter()
     try:
-        trainer.fit(x, t)
+        trainer.fit(x, t, resume=args.resume)
     except KeyboardInterrupt:
         meta.update(interrupted=True, epochs_done=trainer.epoch, steps_done=trainer.step)
         paths = _write_outputs(out, model, trainer, meta)
@@ -398,6 +429,18 @@ def _configure_train(p):
     g.add_argument("--max-norm", type=_positive_float, metavar="C",
                    help="max-norm constraint on each unit's incoming weights")
     g.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    g = p.add_argument_group("pre-training, freezing, augmentation")
+    g.add_argument("--pretrain", choices=("none", "rbm"), default="none",
+                   help="rbm: greedy RBM pre-training (CD-1) of the hidden layers before training")
+    g.add_argument("--pretrain-epochs", type=_positive_int, default=10, help="(default: 10)")
+    g.add_argument("--pretrain-lr", type=_positive_float, default=0.1, help="(default: 0.1)")
+    g.add_argument("--freeze", type=_nonneg_int, default=0, metavar="K",
+                   help="do not train the first K parametrised layers")
+    g.add_argument("--cache-frozen", action="store_true",
+                   help="train on cached outputs of the frozen layers (needs --freeze)")
+    g.add_argument("--augment", action="store_true",
+                   help="fresh random shifts/rotations/scaling/noise of the training images each "
+                        "epoch (defaults for the image size, see dlfast.augment)")
     g = p.add_argument_group("optimiser")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="(default: adam)")
     g.add_argument("--lr", type=_nonneg_float, help="learning rate (default: the optimiser's)")
@@ -441,6 +484,14 @@ def _configure_train(p):
     g.add_argument("--out", default="out", metavar="DIR",
                    help="folder for model.npz, history.png, history.json (default: ./out)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--checkpoint", metavar="PATH",
+                   help="write a checkpoint (model, optimiser, schedule, counters, generators) here")
+    g.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
+                   help="checkpoint every N epochs/steps (default: 1)")
+    g.add_argument("--checkpoint-per", choices=("epoch", "step"), default="epoch",
+                   help="what --checkpoint-every counts (default: epoch)")
+    g.add_argument("--resume", metavar="PATH",
+                   help="continue the run saved in this checkpoint (same options and data)")
 
 
 register("train", _run_train, "train an MLP on digits or MNIST", _configure_train)

@@ -22,11 +22,29 @@ import numpy as np
 
 from ._validation import FLOAT_DTYPES, make_rng, positive_int, real, seed_value
 
-__all__ = ["Augment", "DIGITS_DEFAULTS"]
+__all__ = ["Augment", "DIGITS_DEFAULTS", "IMAGE_DEFAULTS", "image_shape", "for_images"]
 
 #: ``dlfast train --augment`` on 8x8 digits in [0, 1]: mild, since one pixel is 1/8 of the image
 #: (``dlfast experiment augment`` measures each transform alone on 200 training digits).
 DIGITS_DEFAULTS = dict(shift=0.5, rotate=8.0, scale=0.05, noise=0.03, clip=(0.0, 1.0))
+#: ``--augment`` on larger images in [0, 1] (e.g. 28x28 MNIST).
+IMAGE_DEFAULTS = dict(shift=2.0, rotate=10.0, scale=0.1, noise=0.03, clip=(0.0, 1.0))
+
+
+def image_shape(n_features):
+    """(s, s) for square images of ``n_features`` pixels; ValueError when not a square."""
+    s = int(round(n_features ** 0.5))
+    if s * s != n_features:
+        raise ValueError(f"cannot infer an image shape from {n_features} features (not a square); "
+                         f"augmentation needs image data")
+    return (s, s)
+
+
+def for_images(n_features, seed=None):
+    """``Augment`` with the ``--augment`` defaults for square images of ``n_features`` pixels:
+    ``DIGITS_DEFAULTS`` up to 8x8, else ``IMAGE_DEFAULTS``."""
+    shape = image_shape(n_features)
+    return Augment(shape=shape, seed=seed, **(DIGITS_DEFAULTS if shape[0] <= 8 else IMAGE_DEFAULTS))
 
 
 class Augment:

@@ -137,3 +137,18 @@ def test_experiment_augment_quick(tmp_path):
     assert len(r["curves"]["none"][1]) == 30
     assert (tmp_path / "augment.png").stat().st_size > 5000
     assert "augment" in E.names()
+
+
+def test_cli_augment(tmp_path, capsys):
+    from dlfast import cli
+    from dlfast.augment import DIGITS_DEFAULTS, IMAGE_DEFAULTS, for_images, image_shape
+    rc = cli.main(["train", "--epochs", "2", "--hidden", "16", "--augment", "--no-progress",
+                   "--out", str(tmp_path)])
+    assert rc == 0
+    assert "test" in capsys.readouterr().out
+    a = for_images(64, seed=0)
+    assert a.shape == (8, 8) and a.shift == DIGITS_DEFAULTS["shift"]
+    b = for_images(784, seed=0)
+    assert b.shape == (28, 28) and b.shift == IMAGE_DEFAULTS["shift"]
+    with pytest.raises(ValueError, match="not a square"):
+        image_shape(63)

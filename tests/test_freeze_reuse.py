@@ -160,3 +160,26 @@ def test_cache_frozen_unfreeze_during_fit_raises():
                  callbacks=[Unfreeze()])
     with pytest.raises(RuntimeError, match="stale"):
         tr.fit(x, t)
+
+
+def test_cli_freeze_cache_frozen(tmp_path, capsys):
+    import json
+    from dlfast import cli
+    from dlfast.io import load_model
+    out = tmp_path / "o"
+    rc = cli.main(["train", "--epochs", "2", "--hidden", "12", "8", "--freeze", "2",
+                   "--cache-frozen", "--no-progress", "--out", str(out), "--seed", "3"])
+    assert rc == 0
+    m = load_model(out / "model.npz")
+    ref = N.MLP(64, [12, 8], 10, seed=3)
+    np.testing.assert_array_equal(m.params["W1"], ref.params["W1"])     # frozen: untouched
+    np.testing.assert_array_equal(m.params["W2"], ref.params["W2"])
+    assert not np.array_equal(m.params["W3"], ref.params["W3"])
+    assert json.loads((out / "history.json").read_text())
+    capsys.readouterr()
+    assert cli.main(["train", "--epochs", "1", "--cache-frozen", "--no-progress",
+                     "--out", str(out)]) != 0
+    assert "--cache-frozen needs --freeze K" in capsys.readouterr().err
+    assert cli.main(["train", "--epochs", "1", "--freeze", "9", "--no-progress",
+                     "--out", str(out)]) != 0
+    assert "upto=9 exceeds" in capsys.readouterr().err

@@ -100,3 +100,16 @@ def test_experiment_pretrain_quick(tmp_path):
     for loss, acc in r["curves"].values():
         assert len(loss) == 5 and np.all(np.isfinite(loss))
     assert (tmp_path / "pretrain.png").stat().st_size > 5000
+
+
+def test_cli_pretrain(tmp_path, capsys):
+    from dlfast import cli
+    rc = cli.main(["train", "--epochs", "1", "--hidden", "16", "8", "--activation", "sigmoid",
+                   "--pretrain", "rbm", "--pretrain-epochs", "2", "--no-progress",
+                   "--out", str(tmp_path)])
+    assert rc == 0
+    assert "RBM pre-training, reconstruction error per layer" in capsys.readouterr().out
+    rc = cli.main(["train", "--epochs", "1", "--batchnorm", "--pretrain", "rbm",
+                   "--pretrain-epochs", "1", "--no-progress", "--out", str(tmp_path)])
+    assert rc != 0
+    assert "only parametrised layers are Dense" in capsys.readouterr().err

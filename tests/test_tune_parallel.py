@@ -65,3 +65,17 @@ def test_dask_local_cluster_equals_serial(serial):
     assert _key(trials) == _key(serial)
     assert all(t.error.startswith("KeyError") for t in bad)
     assert np.isfinite([t.score for t in trials]).all()
+
+
+def test_cli_tune_workers_and_tpe(tmp_path, capsys):
+    pytest.importorskip("optuna")
+    import json
+
+    from dlfast.cli import main
+    rc = main(["tune", "--n-trials", "4", "--workers", "2", "--sampler", "tpe", "--epochs", "1",
+               "--hidden", "16", "--seed", "2", "--out", str(tmp_path)])
+    assert rc == 0 and "Best-4 of 4 trials" in capsys.readouterr().out
+    trials = json.load(open(tmp_path / "trials.json"))["rounds"][0]["trials"]
+    assert sorted(t["index"] for t in trials) == [0, 1, 2, 3]
+    assert all(t["error"] is None and 0 <= t["score"] <= 1 for t in trials)
+    assert main(["tune", "--workers", "0", "--out", str(tmp_path)]) == 1

@@ -200,8 +200,8 @@ def _worker_init(threads, backend):
     from threadpoolctl import threadpool_limits
 
     from . import _config
-    threadpool_limits(threads)
-    _config.set_backend(backend)
+    _config.set_backend(backend)               # loads the compiled modules (and their OpenMP)
+    threadpool_limits(threads)                 # every OpenMP / BLAS loaded by now
     _config.set_num_threads(threads)
 
 

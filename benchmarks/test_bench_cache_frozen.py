@@ -1,6 +1,7 @@
 """Trainer(cache_frozen=True) vs the uncached path, float32: MLP 784 -> [512, 512, 512] -> 10,
 ReLU, the three hidden layers frozen (``freeze(upto=3)``), SGD, batch 100, 10,000 synthetic
-MNIST-shaped rows, validation 2,000 rows. One benchmark round = one ``fit`` of ``epochs``
+MNIST-shaped rows, validation 2,000 rows (``test_step_frozen``: one ``loss_and_gradient`` of a
+batch of 100 with 0 / 2 / 3 hidden layers frozen: the backward pass skips their work). One benchmark round = one ``fit`` of ``epochs``
 epochs on a fresh Trainer, so the cached rounds include building the cache (one eval-mode
 forward of the frozen layers over training + validation rows)::
 
@@ -38,3 +39,13 @@ def test_fit_frozen(benchmark, backend, data, cached, epochs):
 
     benchmark.group = f"fit, 3 of 4 layers frozen, {epochs} epoch(s)"
     benchmark.pedantic(lambda tr: tr.fit(x, t, xv, tv), setup=setup, rounds=3, iterations=1)
+
+
+@pytest.mark.parametrize("frozen", [0, 2, 3])
+def test_step_frozen(benchmark, backend, data, frozen):
+    x, t, _, _ = data
+    net = MLP(N_IN, HIDDEN, N_OUT, seed=0)
+    net.freeze(upto=frozen)
+    xb, tb = x[:100], t[:100]
+    benchmark.group = "loss_and_gradient, batch 100, k hidden layers frozen"
+    benchmark(net.loss_and_gradient, xb, tb)

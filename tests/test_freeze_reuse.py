@@ -183,3 +183,20 @@ def test_cli_freeze_cache_frozen(tmp_path, capsys):
     assert cli.main(["train", "--epochs", "1", "--freeze", "9", "--no-progress",
                      "--out", str(out)]) != 0
     assert "upto=9 exceeds" in capsys.readouterr().err
+
+
+def test_cli_clip_flags_reach_the_optimizer(tmp_path, capsys):
+    import json
+    from dlfast import cli
+    args = cli.build_parser().parse_args(["train", "--optimizer", "sgd", "--clip-norm", "0.5",
+                                          "--clip-value", "0.1"])
+    opt = cli._make_optimizer(args)
+    assert opt.clip_norm == 0.5 and opt.clip_value == 0.1
+    rc = cli.main(["train", "--epochs", "1", "--hidden", "8", "--clip-norm", "0.5",
+                   "--no-progress", "--out", str(tmp_path)])
+    assert rc == 0
+    meta = json.loads((tmp_path / "history.json").read_text())
+    assert meta["args"]["clip_norm"] == 0.5
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--clip-norm", "0", "--out", str(tmp_path)])

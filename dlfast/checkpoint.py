@@ -327,17 +327,29 @@ class Checkpoint:
         self.per = per
         self.last_saved = None
 
-    def save(self, trainer):
+    def save(self, trainer, epoch=None, k=None):
+        """Write the checkpoint; a non-finite parameter raises ``NonFiniteError`` (naming the
+        epoch, step in the epoch and parameter) instead, keeping the last good checkpoint."""
+        from . import kernels
+        from .train import NonFiniteError
+        for name, p in trainer.model.params.items():
+            if p.size and not kernels.all_finite(p):
+                kept = (f"the last good checkpoint {self.path!r} (epoch {self.last_saved[0]}, "
+                        f"global step {self.last_saved[1]}) is kept" if self.last_saved else
+                        "no checkpoint was written")
+                raise NonFiniteError(f"parameter {name!r} became non-finite at epoch {epoch}, step "
+                                     f"{k} (global step {trainer.step}); {kept}",
+                                     epoch, k, trainer.step, name, "parameter")
         save_checkpoint(trainer, self.path)
         self.last_saved = (trainer.epoch, trainer.step)
 
     def on_step_end(self, trainer, step, logs):
         if self.per == "step" and step % self.every == 0:
-            self.save(trainer)
+            self.save(trainer, logs.get("epoch"), logs.get("batch"))
 
     def on_epoch_end(self, trainer, epoch, logs):
         if self.per == "epoch" and epoch % self.every == 0:
-            self.save(trainer)
+            self.save(trainer, epoch, logs.get("steps"))
 
     def __repr__(self):
         return f"Checkpoint({self.path!r}, every={self.every}, per={self.per!r})"

@@ -47,8 +47,8 @@ class StopTraining(Exception):
 
 class NonFiniteError(FloatingPointError):
     """The loss or a gradient became NaN/inf. Attributes ``epoch``, ``step`` (1-based step within
-    the epoch), ``global_step``, ``param`` (parameter name or None) and ``what`` ("loss" or
-    "gradient")."""
+    the epoch), ``global_step``, ``param`` (parameter name or None) and ``what`` ("loss",
+    "gradient", or "parameter" from ``dlfast.checkpoint.Checkpoint``)."""
 
     def __init__(self, message, epoch, step, global_step, param=None, what="loss"):
         super().__init__(message)

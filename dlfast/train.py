@@ -318,7 +318,9 @@ class Trainer:
     sets once per ``fit`` and train the upper layers on them (see ``_FrozenCache`` for when this
     is allowed). ``transform``: ``x -> x'`` (same shape and dtype, e.g. ``dlfast.augment.Augment``)
     applied to the training set at the start of every epoch; validation data and the logged
-    training loss/accuracy use the untransformed data.
+    training loss/accuracy use the untransformed data. ``checkpoint``: a
+    ``dlfast.checkpoint.Checkpoint`` (run after every other callback); ``fit(..., resume=path)``
+    continues from one bit-identically (see ``dlfast.checkpoint``).
 
     Counters: ``epoch`` (epochs done) and ``step`` (optimiser steps done) keep growing over
     successive ``fit`` calls, as does ``history``.

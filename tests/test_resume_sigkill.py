@@ -63,3 +63,21 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, bk):
         hb = json.load(f)["history"]
     for key in ("epoch", "loss", "val_loss", "batch_loss", "lr", "steps"):
         assert ha[key] == hb[key], key
+
+
+def test_cli_resume_errors(tmp_path, capsys):
+    from dlfast.cli import main
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"\x00not a checkpoint" * 50)
+    common = ["train", "--epochs", "1", "--hidden", "8", "--no-progress", "--out", str(tmp_path / "o")]
+    assert main([*common, "--resume", str(junk)]) == 1
+    err = capsys.readouterr().err
+    assert "checkpoint" in err and str(junk) in err
+    assert main([*common, "--checkpoint-every", "3"]) == 1
+    assert "--checkpoint-every needs --checkpoint" in capsys.readouterr().err
+    ck_path = tmp_path / "a.ckpt"                   # a checkpoint of another architecture
+    assert main([*common, "--checkpoint", str(ck_path)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--epochs", "1", "--hidden", "9", "--no-progress", "--out",
+                 str(tmp_path / "o"), "--resume", str(ck_path)]) == 1
+    assert "different architecture" in capsys.readouterr().err

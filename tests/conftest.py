@@ -45,10 +45,22 @@ def fuzz_counter(tmp_path_factory):
     """Session counter of fuzzed cases; written to ``fuzz_counts.json`` in pytest's base temp dir
     (and to ``$DLFAST_FUZZ_REPORT`` when set) at the end of the session."""
     import json
-    c = _FuzzCounter()
+    c = _FUZZ
     yield c
     text = json.dumps(c.counts, indent=1, sort_keys=True)
     (tmp_path_factory.getbasetemp() / "fuzz_counts.json").write_text(text)
     if os.environ.get("DLFAST_FUZZ_REPORT"):
         with open(os.environ["DLFAST_FUZZ_REPORT"], "w") as f:
             f.write(text)
+
+
+_FUZZ = _FuzzCounter()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line: fuzzed cases, entry points, and how many returned / raised."""
+    if _FUZZ.counts:
+        total = sum(sum(d.values()) for d in _FUZZ.counts.values())
+        ok = sum(d.get("ok", 0) for d in _FUZZ.counts.values())
+        terminalreporter.write_line(f"fuzz: {total} cases over {len(_FUZZ.counts)} entry points "
+                                    f"({ok} returned, {total - ok} raised documented exceptions)")

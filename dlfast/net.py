@@ -443,6 +443,10 @@ class MultiTaskNet(_Net):
             self.heads[name] = _as_layers(hl, f"heads[{name!r}]")
             if not self.heads[name]:
                 raise ValueError(f"head {name!r} has no layers")
+        _check_chain(self.trunk, "trunk")
+        for name, hl in self.heads.items():
+            _check_chain(self.trunk + hl, f"trunk + head {name!r} (head layer i is layer "
+                                          f"{len(self.trunk)} + i)")
         lw = {} if loss_weights is None else dict(loss_weights)
         unknown = sorted(set(lw) - set(self.heads))
         if unknown:

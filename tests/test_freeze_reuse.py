@@ -200,3 +200,22 @@ def test_cli_clip_flags_reach_the_optimizer(tmp_path, capsys):
     capsys.readouterr()
     with pytest.raises(SystemExit):
         cli.main(["train", "--clip-norm", "0", "--out", str(tmp_path)])
+
+
+def test_multitask_shape_mismatch_names_both_layers():
+    with pytest.raises(ValueError, match=r"head 'a'.*layer 0 \(Dense.*outputs 6 features but "
+                                         r"layer 1 \(Dense.*expects 5 inputs"):
+        N.MultiTaskNet([L.Dense(8, 6)], {"a": [L.Dense(5, 2)]})
+    with pytest.raises(ValueError, match="trunk: layer 0"):
+        N.MultiTaskNet([L.Dense(8, 6), L.Dense(4, 3)], {"a": [L.Dense(3, 2)]})
+    N.MultiTaskNet([L.Dense(8, 6), L.ReLU()], {"a": [L.Dense(6, 2)], "b": [L.Dense(6, 3)]})
+
+
+def test_reused_frozen_layers_survive_save_load(tmp_path):
+    from dlfast.io import load_model
+    m = N.MLP(20, [16, 12], 4, seed=3)
+    s = N.Sequential(N.reuse(m, 2) + [L.Dense(12, 5, seed=0)])
+    save_model(s, tmp_path / "s.npz")
+    r = load_model(tmp_path / "s.npz")
+    assert [l.trainable for l in r.layers] == [False, False, True]
+    np.testing.assert_array_equal(r.params["0.W"], m.params["W1"])

@@ -314,9 +314,10 @@ def _apply_early_stopping(trainer, es_state):
 class Checkpoint:
     """Write ``save_checkpoint(trainer, path)`` after every ``every``-th step (``per="step"``) or
     epoch (``per="epoch"``); pass it as ``Trainer(checkpoint=...)`` so it runs after every other
-    callback. ``last_saved``: (epoch, global step) of the last write (None before)."""
+    callback. ``keep``: how many checkpoints to keep; older ones are ``path.1`` (previous) ...
+    ``path.{keep-1}``. ``last_saved``: (epoch, global step) of the last write (None before)."""
 
-    def __init__(self, path, every=1, per="epoch"):
+    def __init__(self, path, every=1, per="epoch", keep=1):
         from ._validation import positive_int
         self.path = os.fspath(path)
         if isinstance(every, bool):
@@ -325,7 +326,36 @@ class Checkpoint:
         if per not in ("step", "epoch"):
             raise ValueError(f"per must be 'step' or 'epoch', got {per!r}")
         self.per = per
+        if isinstance(keep, bool):
+            raise TypeError("keep must be an integer, got bool")
+        self.keep = positive_int("keep", keep)
         self.last_saved = None
+
+    def _rotate(self):
+        """path.{i} -> path.{i+1} (dropping the oldest), then path.1 = a hard link (or copy) of
+        path; path itself is untouched until the new checkpoint replaces it atomically."""
+        if self.keep < 2 or not os.path.exists(self.path):
+            return
+        for i in range(self.keep - 2, 0, -1):
+            if os.path.exists(f"{self.path}.{i}"):
+                os.replace(f"{self.path}.{i}", f"{self.path}.{i + 1}")
+        folder = os.path.dirname(os.path.abspath(self.path))
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-ckpt-", dir=folder)
+        os.close(fd)
+        try:
+            os.unlink(tmp)
+            try:
+                os.link(self.path, tmp)
+            except OSError:
+                import shutil
+                shutil.copyfile(self.path, tmp)
+            os.replace(tmp, f"{self.path}.1")
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
 
     def save(self, trainer, epoch=None, k=None):
         """Write the checkpoint; a non-finite parameter raises ``NonFiniteError`` (naming the
@@ -340,6 +370,7 @@ class Checkpoint:
                 raise NonFiniteError(f"parameter {name!r} became non-finite at epoch {epoch}, step "
                                      f"{k} (global step {trainer.step}); {kept}",
                                      epoch, k, trainer.step, name, "parameter")
+        self._rotate()
         save_checkpoint(trainer, self.path)
         self.last_saved = (trainer.epoch, trainer.step)
 
@@ -352,4 +383,4 @@ class Checkpoint:
             self.save(trainer, epoch, logs.get("steps"))
 
     def __repr__(self):
-        return f"Checkpoint({self.path!r}, every={self.every}, per={self.per!r})"
+        return f"Checkpoint({self.path!r}, every={self.every}, per={self.per!r}, keep={self.keep})"

@@ -172,3 +172,15 @@ def test_checkpoint_arguments(tmp_path):
     x, t = _data()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         _trainer(epochs=1, checkpoint=Checkpoint(tmp_path / "no" / "dir.ckpt")).fit(x, t)
+
+
+def test_keep_rotates_previous_checkpoints(tmp_path):
+    x, t = _data()
+    path = tmp_path / "r.ckpt"
+    tr = _trainer(epochs=4, patience=10, checkpoint=Checkpoint(path, keep=3))
+    tr.fit(x, t)
+    assert sorted(os.listdir(tmp_path)) == ["r.ckpt", "r.ckpt.1", "r.ckpt.2"]
+    for name, epoch in [("r.ckpt", 4), ("r.ckpt.1", 3), ("r.ckpt.2", 2)]:
+        assert ck.read_checkpoint(tmp_path / name)[2]["epoch"] == epoch
+    with pytest.raises(ValueError, match="keep"):
+        Checkpoint(path, keep=0)

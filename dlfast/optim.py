@@ -194,7 +194,20 @@ class Optimizer:
 
     # -- the update
     def update(self, params, grads):
-        """Update ``params`` (dict name -> array, changed in place) from ``grads`` (name -> array)."""
+        """Update ``params`` (dict name -> array, changed in place) from ``grads`` (name -> array).
+
+        After a full (validated) update, a plan caches the validated arrays; a later call whose
+        params/grads/state hold the very same array objects (and the same backend and weight-decay
+        selection) re-checks only identities and writeability, validates the hyperparameters once,
+        and calls the backend kernels directly (same kernels, same order: identical results)."""
+        plan = getattr(self, "_plan", None)
+        if plan is not None and self._plan_update(plan, params, grads):
+            return
+        self._plan = None
+        self._full_update(params, grads)
+        self._plan = self._make_plan(params, grads)
+
+    def _full_update(self, params, grads):
         if not isinstance(params, dict) and not hasattr(params, "items"):
             raise TypeError(f"params must be a dict name -> array, got {type(params).__name__}")
         if not isinstance(grads, dict) and not hasattr(grads, "items"):
@@ -234,6 +247,75 @@ class Optimizer:
         for k in names:
             wd = self.weight_decay if self.weight_decay and self.decays(k) else 0.0
             self._step(params[k], grads[k], self.state[k], wd, grad_scale, clip_value)
+
+    # -- the cached plan (fast path of update)
+    def _wd_key(self):
+        return (self.weight_decay, self.decay_filter, self.exclude)
+
+    def _make_plan(self, params, grads):
+        """(backend, params items, entries, state, wd key) or None when some array is not
+        C-contiguous (then every update takes the validated path)."""
+        entries = []
+        for k, w in params.items():
+            if k not in grads:
+                continue
+            g = grads[k]
+            st = self.state.get(k)
+            arrays = tuple((s, a) for s, a in st.items() if isinstance(a, np.ndarray))
+            if not (g.flags.c_contiguous and all(a.flags.c_contiguous for _, a in arrays)):
+                return None
+            wd = self.weight_decay if self.weight_decay and self.decays(k) else 0.0
+            entries.append((k, w, g, st, arrays, wd))
+        return (kernels._impl(), tuple(params.items()), len(grads), tuple(entries), self.state,
+                self._wd_key())
+
+    def _plan_update(self, plan, params, grads):
+        """The fast path: False (nothing changed) when the plan does not apply."""
+        impl, pitems, ngrads, entries, state, wdkey = plan
+        if (kernels._impl() is not impl or self.state is not state or len(grads) != ngrads
+                or len(params) != len(pitems) or self._wd_key() != wdkey):
+            return False
+        for (k, w), (k2, w2) in zip(params.items(), pitems):
+            if w is not w2 or k != k2:
+                return False
+        for k, w, g, st, arrays, _ in entries:
+            if grads.get(k) is not g or state.get(k) is not st or not w.flags.writeable:
+                return False
+            for s, a in arrays:
+                if st.get(s) is not a or not a.flags.writeable:
+                    return False
+        if not self._fast_ready():
+            return False
+        hyper = self._fast_hyper()
+        grad_scale = 1.0
+        if self.check_finite or self.clip_norm is not None:
+            sumsq = impl.sumsq
+            total = 0.0
+            for e in entries:
+                total += sumsq(e[2])
+            if not math.isfinite(total):
+                return False            # the validated path finds the bad gradient
+            norm = math.sqrt(total)
+            self.last_grad_norm = norm
+            if self.clip_norm is not None and norm > self.clip_norm:
+                grad_scale = self.clip_norm / (norm + _CLIP_EPS)
+        clip_value = math.inf if self.clip_value is None else self.clip_value
+        self.steps += 1
+        step = self._fast_step
+        for _, w, g, st, _, wd in entries:
+            step(impl, w, g, st, wd, grad_scale, clip_value, hyper)
+        return True
+
+    def _fast_ready(self):
+        """False when the state must change structure first (the validated path does that)."""
+        return True
+
+    def _fast_hyper(self):
+        """The subclass hyperparameters, validated once per update as the kernels would."""
+        return ()
+
+    def _fast_step(self, impl, w, g, st, wd, gs, cv, hyper):
+        raise NotImplementedError
 
     def _check_pair(self, k, w, g):
         if not isinstance(w, np.ndarray):
@@ -414,6 +496,21 @@ class SGD(Optimizer):
         self.momentum = _unit_closed("momentum", h["momentum"])
         self.nesterov = _flag("nesterov", h["nesterov"])
 
+    def _fast_ready(self):
+        return not (self.momentum or self.nesterov) or all(
+            "v" in st for st in self.state.values())
+
+    def _fast_hyper(self):
+        return (kernels._real("mu", self.momentum, 0.0, 1.0),)
+
+    def _fast_step(self, impl, w, g, st, wd, gs, cv, hyper):
+        if "v" not in st:
+            impl.sgd_update(w, g, self._lr, wd, gs, cv)
+        elif self.nesterov:
+            impl.nesterov_update(w, g, st["v"], self._lr, hyper[0], wd, gs, cv)
+        else:
+            impl.momentum_update(w, g, st["v"], self._lr, hyper[0], wd, gs, cv)
+
     def _step(self, w, g, st, wd, gs, cv):
         if "v" not in st:
             if self.momentum or self.nesterov:      # momentum switched on after the first steps
@@ -459,6 +556,12 @@ class AdaGrad(Optimizer):
         self.eps = _positive("eps", h["eps"])
         self.eps_inside_sqrt = _flag("eps_inside_sqrt", h["eps_inside_sqrt"])
 
+    def _fast_hyper(self):
+        return (kernels._real("eps", self.eps, 0.0, lo_open=True), bool(self.eps_inside_sqrt))
+
+    def _fast_step(self, impl, w, g, st, wd, gs, cv, hyper):
+        impl.adagrad_update(w, g, st["h"], self._lr, hyper[0], hyper[1], wd, gs, cv)
+
     def _step(self, w, g, st, wd, gs, cv):
         kernels.adagrad_update(w, g, st["h"], lr=self.lr, eps=self.eps,
                                eps_inside=self.eps_inside_sqrt, wd=wd, grad_scale=gs, clip_value=cv)
@@ -494,6 +597,13 @@ class RMSProp(Optimizer):
         self.rho = _unit_open("rho", h["rho"])
         self.eps = _positive("eps", h["eps"])
         self.eps_inside_sqrt = _flag("eps_inside_sqrt", h["eps_inside_sqrt"])
+
+    def _fast_hyper(self):
+        return (kernels._real("rho", self.rho, 0.0, 1.0, hi_open=True),
+                kernels._real("eps", self.eps, 0.0, lo_open=True), bool(self.eps_inside_sqrt))
+
+    def _fast_step(self, impl, w, g, st, wd, gs, cv, hyper):
+        impl.rmsprop_update(w, g, st["h"], self._lr, hyper[0], hyper[1], hyper[2], wd, gs, cv)
 
     def _step(self, w, g, st, wd, gs, cv):
         kernels.rmsprop_update(w, g, st["h"], lr=self.lr, rho=self.rho, eps=self.eps,
@@ -544,6 +654,17 @@ class Adam(Optimizer):
 
     def _scalar_state(self):
         return {"step": _step_count}
+
+    def _fast_hyper(self):
+        return (kernels._real("beta1", self.beta1, 0.0, 1.0, hi_open=True),
+                kernels._real("beta2", self.beta2, 0.0, 1.0, hi_open=True),
+                kernels._real("eps", self.eps, 0.0, lo_open=True), bool(self.eps_hat),
+                bool(self._DECOUPLED))
+
+    def _fast_step(self, impl, w, g, st, wd, gs, cv, hyper):
+        st["step"] += 1
+        impl.adam_update(w, g, st["m"], st["v"], self._lr, hyper[0], hyper[1], hyper[2],
+                         st["step"], hyper[3], wd, hyper[4], gs, cv)
 
     def _step(self, w, g, st, wd, gs, cv):
         st["step"] += 1

@@ -12,9 +12,11 @@ Per image n (independent draws), with c = ((H-1)/2, (W-1)/2) the image centre:
 * scale ``s_n ~ U[1 - scale, 1 + scale]``;
 * output pixel p takes the input at ``q = R(-a_n) (p - c - d_n) / s_n + c`` (bilinear, 0 outside),
   i.e. the image is scaled by s_n and rotated by a_n about its centre, then moved by d_n;
-* then ``+ noise * N(0, 1)`` per pixel, and clipped to ``clip = (lo, hi)`` when given.
+* then ``+ noise * N(0, 1)`` per pixel (drawn in x's dtype), and clipped to
+  ``clip = (lo, hi)`` when given.
 
-All geometric transforms of a batch are one ``scipy.ndimage.map_coordinates`` call.
+The geometric transforms of up to 2048 images are one 2-D ``scipy.ndimage.map_coordinates``
+call (the images side by side in a zero-padded canvas).
 """
 from __future__ import annotations
 
@@ -45,6 +47,35 @@ def for_images(n_features, seed=None):
     ``DIGITS_DEFAULTS`` up to 8x8, else ``IMAGE_DEFAULTS``."""
     shape = image_shape(n_features)
     return Augment(shape=shape, seed=seed, **(DIGITS_DEFAULTS if shape[0] <= 8 else IMAGE_DEFAULTS))
+
+
+_CHUNK = 2048      # images per map_coordinates call (bounds the coordinate arrays' memory)
+
+
+def _warp(img, d, a, s):
+    """Bilinear warp of img (m, H, W) by the per-image shift d, angle a, scale s; 0 outside.
+    The images sit in one zero-padded 2-D canvas; coordinates outside an image point at its pad."""
+    from scipy.ndimage import map_coordinates
+    m, h, w = img.shape
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    py, px = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64),
+                         indexing="ij")
+    # q = R(-a) (p - c - d) / s + c
+    ry = py[None] - cy - d[:, 0, None, None]
+    rx = px[None] - cx - d[:, 1, None, None]
+    cos, sin = (np.cos(a) / s)[:, None, None], (np.sin(a) / s)[:, None, None]
+    qy = cos * ry + sin * rx + cy
+    qx = -sin * ry + cos * rx + cx
+    outside = (qy < 0) | (qy > h - 1) | (qx < 0) | (qx > w - 1)
+    canvas = np.zeros((m, h + 2, w + 2), img.dtype)
+    canvas[:, 1:h + 1, 1:w + 1] = img
+    base = (h + 2) * np.arange(m, dtype=np.float64)[:, None, None]
+    qy = np.where(outside, base, qy + (base + 1.0))      # outside: the pad corner, exactly 0
+    qx = np.where(outside, 0.0, qx + 1.0)
+    out = np.empty_like(img)
+    map_coordinates(canvas.reshape(m * (h + 2), w + 2), np.stack([qy, qx]), output=out,
+                    order=1, mode="nearest")
+    return out
 
 
 class Augment:
@@ -104,27 +135,19 @@ class Augment:
         rng = self.rng
         geometric = self.shift > 0 or self.rotate > 0 or self.scale > 0
         if geometric and n:
-            from scipy.ndimage import map_coordinates
             d = rng.uniform(-self.shift, self.shift, (n, 2)) if self.shift > 0 else np.zeros((n, 2))
             a = np.deg2rad(rng.uniform(-self.rotate, self.rotate, n)) if self.rotate > 0 else np.zeros(n)
             s = rng.uniform(1 - self.scale, 1 + self.scale, n) if self.scale > 0 else np.ones(n)
-            cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-            py, px = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64),
-                                 indexing="ij")
-            # p - c - d_n, then R(-a_n) / s_n, then + c
-            ry = py[None] - cy - d[:, 0, None, None]
-            rx = px[None] - cx - d[:, 1, None, None]
-            cos, sin = (np.cos(a) / s)[:, None, None], (np.sin(a) / s)[:, None, None]
-            qy = cos * ry + sin * rx + cy
-            qx = -sin * ry + cos * rx + cx
-            qn = np.broadcast_to(np.arange(n, dtype=np.float64)[:, None, None], qy.shape)
             out = np.empty_like(img)
-            map_coordinates(img, np.stack([qn, qy, qx]), output=out, order=1, mode="constant",
-                            cval=0.0)
+            for lo in range(0, n, _CHUNK):
+                hi = min(n, lo + _CHUNK)
+                out[lo:hi] = _warp(img[lo:hi], d[lo:hi], a[lo:hi], s[lo:hi])
         else:
             out = img.copy()
         if self.noise > 0:
-            out += (self.noise * rng.standard_normal(out.shape)).astype(out.dtype)
+            z = rng.standard_normal(out.shape, dtype=out.dtype)
+            z *= out.dtype.type(self.noise)
+            out += z
         if self.clip is not None:
             np.clip(out, self.clip[0], self.clip[1], out=out)
         return out.reshape(x.shape)

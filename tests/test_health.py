@@ -93,6 +93,8 @@ def _data(n=64, f=6):
     return x, (x[:, 0] > 0).astype(np.int64)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_nan_loss_stops_and_keeps_last_checkpoint(backend, tmp_path):
     """A poisoned row (inf) gives a non-finite loss at a known step: NonFiniteError names epoch
     and step; the last per-step checkpoint is the state before that step, and it loads."""
@@ -120,6 +122,8 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(backend, tmp_path):
         assert np.array_equal(model.params[k], v), k
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_overflowing_parameter_is_named_and_checkpoint_kept(backend, tmp_path):
     """An absurd learning rate overflows a parameter to inf: training stops naming the epoch,
     step and parameter, and the previous (finite) checkpoint is kept and loads."""

@@ -173,8 +173,15 @@ def _impl():
 
 
 # ============================================================================ dense layer
-def dense_forward(x, W, b, out, activation="identity", alpha=0.0):
-    """``out = act(x @ W + b)``; x (N, I), W (I, O), b (O,) or None, out (N, O)."""
+def dense_forward(x, W, b, out, activation="identity", alpha=0.0, *, check=True):
+    """``out = act(x @ W + b)``; x (N, I), W (I, O), b (O,) or None, out (N, O).
+
+    ``check=False`` (internal: layers whose arrays were validated by an earlier call) skips the
+    argument checks; the caller guarantees C-contiguous arrays of one dtype, the shapes, a valid
+    activation/alpha and outputs not overlapping anything (``dense_backward`` likewise)."""
+    if not check:
+        _impl().dense_forward(x, W, b, out, activation, alpha)
+        return out
     x = _float_in("x", x, 2)
     W = _float_in("W", W, 2, x.dtype)
     n, i = x.shape
@@ -191,13 +198,17 @@ def dense_forward(x, W, b, out, activation="identity", alpha=0.0):
     return out
 
 
-def dense_backward(dout, x, W, out, dz, dx, dW, db, activation="identity", alpha=0.0):
+def dense_backward(dout, x, W, out, dz, dx, dW, db, activation="identity", alpha=0.0, *,
+                   check=True):
     """From y = act(x @ W + b) (``out``) and dL/dy (``dout``):
 
     ``dz = dout * act'(y)``, ``dW = x.T @ dz``, ``db = sum_n dz``, ``dx = dz @ W.T``.
     dz (N, O) is a workspace (its content afterwards is unspecified: the compiled backend skips it
     for the identity activation); dx, dW, db may be None to skip them.
     """
+    if not check:
+        _impl().dense_backward(dout, x, W, out, dz, dx, dW, db, activation, alpha)
+        return
     x = _float_in("x", x, 2)
     dt = x.dtype
     W = _float_in("W", W, 2, dt)

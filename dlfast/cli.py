@@ -530,6 +530,8 @@ def main(argv=None):
         parser.print_help()
         return EXIT_USAGE
     args.argv = None if argv is None else list(argv)
+    from dlfast import _config
+    saved = _config._default[0], _config._threads[0]   # --backend/--threads: this call only
     try:
         rc = args.func(args)
     except KeyboardInterrupt:
@@ -542,4 +544,8 @@ def main(argv=None):
     except (_CLIError, ValueError, TypeError, OSError, ImportError, FloatingPointError) as exc:
         _err(f"dlfast {args.command}: error: {exc}")
         return EXIT_ERROR
+    finally:
+        _config._default[0] = saved[0]
+        if _config._threads[0] != saved[1]:
+            _config.set_num_threads(saved[1])
     return 0 if rc is None else int(rc)

@@ -343,10 +343,12 @@ class Objective:
     ``build_model(params, seed)`` trained with ``build_optimizer(params)`` by ``Trainer``
     (``epochs``, ``batch_size``, shuffling seeded by ``seed``) on (x, t), scored by the last
     epoch's ``metric`` ("val_accuracy" or "val_loss") on the validation data; ``curve``: that
-    metric per epoch. A module-level class: picklable (spawn, Dask) when its builders are."""
+    metric per epoch. Trials run on ``backend`` (default: the backend active where the
+    objective is made), in any process: a Dask worker gives the serial run's numbers. A
+    module-level class: picklable (spawn, Dask) when its builders are."""
 
     def __init__(self, build_model, build_optimizer, x, t, x_val, t_val, epochs, batch_size,
-                 metric="val_accuracy", trainer_kwargs=None):
+                 metric="val_accuracy", trainer_kwargs=None, backend=None):
         for name, f in (("build_model", build_model), ("build_optimizer", build_optimizer)):
             if not callable(f):
                 raise TypeError(f"{name} must be callable, got {type(f).__name__}")
@@ -358,14 +360,19 @@ class Objective:
         self.batch_size = _positive("batch_size", batch_size)
         self.metric = metric
         self.trainer_kwargs = dict(trainer_kwargs or {})
+        from . import _config
+        self.backend = _config.get_backend() if backend is None else backend
+        _config._load(self.backend)            # an unknown / unbuilt backend fails here
 
     def __call__(self, params, seed=0):
+        from . import _config
         from .train import Trainer
-        model = self.build_model(params, seed)
-        trainer = Trainer(model, self.build_optimizer(params), self.epochs, self.batch_size,
-                          progress=False, seed=int(seed), handle_interrupt=False,
-                          **self.trainer_kwargs)
-        hist = trainer.fit(self.x, self.t, self.x_val, self.t_val)
+        with _config.use_backend(self.backend):
+            model = self.build_model(params, seed)
+            trainer = Trainer(model, self.build_optimizer(params), self.epochs, self.batch_size,
+                              progress=False, seed=int(seed), handle_interrupt=False,
+                              **self.trainer_kwargs)
+            hist = trainer.fit(self.x, self.t, self.x_val, self.t_val)
         curve = [float(v) for v in getattr(hist, self.metric)]
         return {"score": curve[-1], "curve": curve,
                 "val_loss": [float(v) for v in hist.val_loss],
@@ -373,7 +380,8 @@ class Objective:
 
 
 def make_objective(build_model, build_optimizer, x, t, x_val=None, t_val=None, val_split=None,
-                   epochs=10, batch_size=32, metric="val_accuracy", split_seed=0, **trainer_kwargs):
+                   epochs=10, batch_size=32, metric="val_accuracy", split_seed=0, backend=None,
+                   **trainer_kwargs):
     """An ``Objective`` on (x, t) scored on (x_val, t_val), or on a stratified ``val_split``
     fraction of (x, t) held out once (seeded ``split_seed``, the same for every trial). Pass the
     training data only: the test set is never part of a search."""
@@ -387,7 +395,7 @@ def make_objective(build_model, build_optimizer, x, t, x_val=None, t_val=None, v
     elif val_split is not None:
         raise ValueError("give either (x_val, t_val) or val_split, not both")
     return Objective(build_model, build_optimizer, x, t, x_val, t_val, epochs, batch_size, metric,
-                     trainer_kwargs)
+                     trainer_kwargs, backend)
 
 
 class MLPBuilder:

@@ -64,3 +64,14 @@ def pytest_terminal_summary(terminalreporter):
         ok = sum(d.get("ok", 0) for d in _FUZZ.counts.values())
         terminalreporter.write_line(f"fuzz: {total} cases over {len(_FUZZ.counts)} entry points "
                                     f"({ok} returned, {total - ok} raised documented exceptions)")
+
+
+@pytest.fixture(autouse=True)
+def _restore_global_settings():
+    """No test leaks a process-wide backend or thread count into the next one."""
+    from dlfast import _config
+    saved = _config._default[0], _config._threads[0]
+    yield
+    _config._default[0] = saved[0]
+    if _config._threads[0] != saved[1]:
+        _config.set_num_threads(saved[1])

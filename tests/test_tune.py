@@ -188,6 +188,22 @@ def test_objective_reproducible_from_trial_seed_and_validation_only():
         _digits_objective(epochs=0)
 
 
+def test_objective_runs_on_the_backend_it_was_made_with():
+    import dlfast
+    params = {"lr": 0.1}
+    for name in dlfast.available_backends():
+        with dlfast.use_backend(name):
+            fn = _digits_objective()
+            ref = fn(params, seed=3)
+        assert fn.backend == name
+        other = [b for b in dlfast.available_backends() if b != name]
+        with dlfast.use_backend(other[0] if other else name):
+            assert fn(params, seed=3) == ref                # not the caller's backend
+    assert _digits_objective(backend="numpy").backend == "numpy"
+    with pytest.raises(ValueError, match="backend"):
+        _digits_objective(backend="torch")
+
+
 def test_tpe_sampler():
     pytest.importorskip("optuna")
     space = {"lr": LogUniform(1e-5, 1.0), "depth": IntUniform(1, 6), "act": Choice(["relu", "tanh"])}

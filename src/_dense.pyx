@@ -14,13 +14,60 @@ from _act cimport act_code, act_row, act_grad_row, ACT_IDENTITY
 
 include "_parallel.pxi"
 
+import os
+
 cdef enum:
     ROWBLOCK = 64      # rows per block of the db reduction (fixed: thread-count independent)
-    GEMMBLOCK = 64     # output rows per BLAS call; the blocks are shared out to the threads
+    GEMMBLOCK = 64     # least output rows per BLAS call
 
-# Determinism: every GEMM is cut into fixed blocks of GEMMBLOCK output rows, each one single-threaded
-# BLAS call (dlfast pins the BLAS behind scipy.linalg.cython_blas to one thread), so each output
-# element is computed by the same call whatever the thread count.
+# Determinism: every GEMM of m output rows is cut into blocks of gemm_rows(m) rows, each one
+# single-threaded BLAS call (dlfast pins the BLAS behind scipy.linalg.cython_blas to one thread),
+# shared out to the threads; each output element is computed by the same call whatever the thread
+# count. (A BLAS's result for a row does depend on the rows called with it, so the blocks must not.)
+#   gemm_rows(m) = max(GEMMBLOCK, roundup16(ceil(m / P)))
+# P = processors this process may run on, fixed at import (1 without OpenMP): one block per core,
+# so each core packs the shared operand once (blocks of 64 rows repacked it m/64 times: +20% at
+# 1024x784x100), and the blocks, hence the bits, are the same for 1 and N threads on a machine.
+cdef Py_ssize_t _GEMM_PARTS = 1
+if DLFAST_HAVE_OPENMP:
+    _GEMM_PARTS = max(1, min(256, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                             else (os.cpu_count() or 1)))
+
+
+ctypedef int (*_blas_get_t)() noexcept nogil
+ctypedef void (*_blas_set_t)(int) noexcept nogil
+cdef _blas_get_t _blas_get = NULL
+cdef _blas_set_t _blas_set = NULL
+
+
+def _set_blas_pin(size_t get_threads, size_t set_threads):
+    """Addresses of the GEMM BLAS's openblas_get/set_num_threads (0, 0: none). Every kernel call
+    re-pins that BLAS to one thread if something (e.g. a threadpoolctl limit) raised it: a
+    threaded BLAS call inside the OpenMP blocks would oversubscribe the cores (60x slower at
+    2 threads) and change the bits."""
+    global _blas_get, _blas_set
+    _blas_get = <_blas_get_t>get_threads if get_threads and set_threads else NULL
+    _blas_set = <_blas_set_t>set_threads if get_threads and set_threads else NULL
+
+
+def _blas_pin_installed():
+    return _blas_get != NULL
+
+
+cdef inline void _pin_blas() noexcept nogil:
+    if _blas_get != NULL and _blas_get() != 1:
+        _blas_set(1)
+
+
+def gemm_parts():
+    """P of gemm_rows(m) = max(64, roundup16(ceil(m / P))): the GEMM row-block count target."""
+    return _GEMM_PARTS
+
+
+cdef inline Py_ssize_t _gemm_rows(Py_ssize_t m) noexcept nogil:
+    cdef Py_ssize_t r = (m + _GEMM_PARTS - 1) // _GEMM_PARTS
+    r = (r + 15) // 16 * 16
+    return r if r > GEMMBLOCK else GEMMBLOCK
 
 cdef Py_ssize_t _INT_MAX = 2147483647
 
@@ -81,7 +128,7 @@ cdef inline int _gemm_threads(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept
 def _forward(const floating[:, ::1] x, const floating[:, ::1] W, const floating[::1] b,
              floating[:, ::1] out, int code, double alpha):
     cdef int n = x.shape[0], i = x.shape[1], o = W.shape[1]
-    cdef Py_ssize_t nblk = (n + GEMMBLOCK - 1) // GEMMBLOCK, blk, r, r0, r1
+    cdef Py_ssize_t rows = _gemm_rows(n), nblk = (n + rows - 1) // rows, blk, r, r0, r1
     cdef const floating* bp = NULL
     cdef floating a = <floating>alpha
     cdef int nt = _gemm_threads(n, o, max(i, 1))
@@ -90,9 +137,10 @@ def _forward(const floating[:, ::1] x, const floating[:, ::1] W, const floating[
     if b is not None:
         bp = &b[0]
     with nogil:
+        _pin_blas()
         for blk in prange(nblk, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
-            r0 = blk * GEMMBLOCK
-            r1 = min(r0 + GEMMBLOCK, n)
+            r0 = blk * rows
+            r1 = min(r0 + rows, n)
             _gemm(c'N', c'N', <int>(r1 - r0), o, i, &x[r0, 0] if i else NULL, max(i, 1),
                   &W[0, 0] if i else NULL, o, &out[r0, 0], o)
             if bp != NULL or code != ACT_IDENTITY:
@@ -110,7 +158,7 @@ def _backward(const floating[:, ::1] dout, const floating[:, ::1] x, const float
               const floating[:, ::1] out, floating[:, ::1] dz, floating[:, ::1] dx,
               floating[:, ::1] dW, floating[::1] db, int code, double alpha):
     cdef int n = x.shape[0], i = x.shape[1], o = W.shape[1]
-    cdef Py_ssize_t nblk = (n + ROWBLOCK - 1) // ROWBLOCK, blk, r, c, r0, r1
+    cdef Py_ssize_t nblk = (n + ROWBLOCK - 1) // ROWBLOCK, blk, r, c, r0, r1, rows
     cdef floating a = <floating>alpha
     cdef int nt = _threads(<Py_ssize_t>n * o)
     cdef double* part = NULL
@@ -132,6 +180,7 @@ def _backward(const floating[:, ::1] dout, const floating[:, ::1] x, const float
     g = &dz[0, 0] if code != ACT_IDENTITY else &dout[0, 0]
     try:
         with nogil:
+            _pin_blas()
             if code != ACT_IDENTITY or part != NULL:
                 for blk in prange(nblk, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
                     r0 = blk * ROWBLOCK
@@ -154,17 +203,19 @@ def _backward(const floating[:, ::1] dout, const floating[:, ::1] x, const float
                         db[c] = <floating>s
             if dW is not None and i:
                 nt = _gemm_threads(i, o, n)
-                for blk in prange((i + GEMMBLOCK - 1) // GEMMBLOCK, num_threads=nt,
+                rows = _gemm_rows(i)
+                for blk in prange((i + rows - 1) // rows, num_threads=nt,
                                   use_threads_if=nt > 1, schedule="static"):
-                    r0 = blk * GEMMBLOCK
-                    r1 = min(r0 + GEMMBLOCK, i)
+                    r0 = blk * rows
+                    r1 = min(r0 + rows, i)
                     _gemm(c'T', c'N', <int>(r1 - r0), o, n, &x[0, r0], i, g, o, &dW[r0, 0], o)
             if dx is not None and i:
                 nt = _gemm_threads(n, i, o)
-                for blk in prange((n + GEMMBLOCK - 1) // GEMMBLOCK, num_threads=nt,
+                rows = _gemm_rows(n)
+                for blk in prange((n + rows - 1) // rows, num_threads=nt,
                                   use_threads_if=nt > 1, schedule="static"):
-                    r0 = blk * GEMMBLOCK
-                    r1 = min(r0 + GEMMBLOCK, n)
+                    r0 = blk * rows
+                    r1 = min(r0 + rows, n)
                     _gemm(c'N', c'T', <int>(r1 - r0), i, o, g + r0 * o, o, &W[0, 0], o,
                           &dx[r0, 0], i)
     finally:

@@ -268,3 +268,60 @@ def test_dense_bad_input_names_argument():
         with pytest.raises(ValueError, match="activation"):
             K.dense_forward(x, W, None, np.empty((2, 4), np.float32), "swish")
 
+
+
+@pytest.mark.parametrize("n", [1000, 1037])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_row_blocks_thread_independent(n, dtype):
+    """Shapes big enough that 2 threads really share the GEMM row blocks (several blocks of
+    max(64, roundup16(ceil(n / P))) rows): forward and backward equal NumPy and are
+    bit-identical with 1 and 2 threads."""
+    from dlfast._backends import _dense
+    assert _dense.gemm_parts() >= 1
+    _, x, W, b = dense_data(n, 300, 130, dtype, 5)
+    dout = np.random.default_rng(6).standard_normal((n, 130)).astype(dtype)
+    out = _dense_out(x, W, b, "relu", 0.0)
+
+    def fn():
+        y = np.full((n, 130), np.nan, dtype)
+        K.dense_forward(x, W, b, y, "relu", 0.0)
+        dx, dW, db = (np.full(s, np.nan, dtype) for s in (x.shape, W.shape, (130,)))
+        dz = np.empty_like(dout)
+        K.dense_backward(dout, x, W, out, dz, dx, dW, db, "relu", 0.0)
+        return [y, dx, dW, db]
+
+    bx = f64abs(dout) @ f64abs(W).T
+    bW = f64abs(x).T @ f64abs(dout)
+    check(*on_all(fn), bounds=[f64abs(x) @ f64abs(W) + f64abs(b), bx, bW, f64abs(dout).sum(0)])
+
+
+def test_gemm_blas_stays_single_threaded_under_threadpool_limits():
+    """A threadpoolctl limit that raises the BLAS behind the kernels' GEMMs to 2 threads is
+    undone by the next kernel call (a threaded BLAS call inside the OpenMP blocks oversubscribes
+    the cores and changes the bits): the same bits as with the BLAS pinned, and 1 thread after."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from dlfast._backends import cython_kernels
+    if not cython_kernels.PINNED_BLAS:
+        pytest.skip("no BLAS pinned (not SciPy's OpenBLAS)")
+    _, x, W, b = dense_data(512, 300, 200, np.float32, 7)
+
+    def fwd():
+        y = np.empty((512, 200), np.float32)
+        with dlfast.use_backend("cython"):
+            K.dense_forward(x, W, b, y, "tanh", 0.0)
+        return y
+
+    def scipy_blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                if i["filepath"] in cython_kernels.PINNED_BLAS]
+
+    dlfast.set_num_threads(2)
+    ref = fwd()
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        raised = scipy_blas_threads()
+        got = fwd()
+        after = scipy_blas_threads()
+    assert got.tobytes() == ref.tobytes()
+    from dlfast._backends import _dense
+    if _dense._blas_pin_installed():               # a pthreads OpenBLAS (SciPy's wheels)
+        assert raised == [2] and after == [1]

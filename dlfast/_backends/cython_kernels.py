@@ -34,7 +34,11 @@ def _pin_gemm_blas():
     The GEMMs of ``_dense`` are cut into fixed row blocks that OpenMP shares out; each block must
     be computed the same way whatever the thread count (a multi-threaded BLAS call partitions
     differently and changes the last bits). The parallelism comes from the blocks instead.
-    NumPy's own BLAS (the NumPy backend's matmul) is left alone when it is a separate library."""
+    NumPy's own BLAS (the NumPy backend's matmul) is left alone when it is a separate library.
+    An OpenBLAS (pthreads) is also re-pinned by every dense kernel call if a threadpoolctl limit
+    or ``openblas_set_num_threads`` raised it since (``_dense._set_blas_pin``)."""
+    import ctypes
+
     import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
     from threadpoolctl import ThreadpoolController
     pinned = []
@@ -43,7 +47,23 @@ def _pin_gemm_blas():
         if lib.user_api == "blas" and ("scipy.libs" in path or "/scipy/" in path):
             lib.set_num_threads(1)
             pinned.append(lib.filepath)
+            fns = _openblas_thread_fns(lib)
+            if fns is not None:
+                _mods[0]._set_blas_pin(*(ctypes.cast(f, ctypes.c_void_p).value for f in fns))
     return tuple(pinned)
+
+
+def _openblas_thread_fns(lib):
+    """(get, set) num_threads functions of a pthreads OpenBLAS controller, else None."""
+    if getattr(lib, "internal_api", None) != "openblas" or \
+            getattr(lib, "threading_layer", None) == "openmp":
+        return None
+    try:
+        prefix, suffix = lib._find_affixes()
+        fns = [getattr(lib.dynlib, f"{prefix}openblas_{w}_num_threads{suffix}") for w in ("get", "set")]
+    except (AttributeError, TypeError):
+        return None
+    return fns
 
 
 PINNED_BLAS = _pin_gemm_blas()

@@ -259,19 +259,25 @@ def adam_update(w, g, m, v, lr, beta1, beta2, eps, step, eps_hat, wd, decoupled_
 
 # ----------------------------------------------------------------------------- reductions
 cdef inline double _block_sumsq(const floating* x, Py_ssize_t n) noexcept nogil:
-    """sum x^2 in double over n elements: 4 interleaved accumulators, fixed order."""
-    cdef double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0, t
-    cdef Py_ssize_t i = 0
-    while i + 4 <= n:
-        t = x[i]; a0 = a0 + t * t
-        t = x[i + 1]; a1 = a1 + t * t
-        t = x[i + 2]; a2 = a2 + t * t
-        t = x[i + 3]; a3 = a3 + t * t
-        i = i + 4
+    """sum x^2 in double over n elements: 8 interleaved accumulators (a[j] takes the elements
+    i = j mod 8; vectorisable without reassociation), combined pairwise, fixed order."""
+    cdef double a[8]
+    cdef double t
+    cdef Py_ssize_t i = 0, j
+    for j in range(8):
+        a[j] = 0.0
+    while i + 8 <= n:
+        for j in range(8):
+            t = x[i + j]
+            a[j] = a[j] + t * t
+        i = i + 8
+    j = 0
     while i < n:
-        t = x[i]; a0 = a0 + t * t
+        t = x[i]
+        a[j] = a[j] + t * t
         i = i + 1
-    return (a0 + a1) + (a2 + a3)
+        j = j + 1
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
 
 
 cdef inline double _block_sumabs(const floating* x, Py_ssize_t n) noexcept nogil:

@@ -495,7 +495,8 @@ def plot(cases, path, load=None):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     extra = f", load average {load:.1f} at start" if load is not None else ""
-    fig.suptitle(f"float32, {cases[0].threads} threads, median of interleaved rounds{extra}",
+    nt = cases[0].threads
+    fig.suptitle(f"float32, {nt} thread{'s' * (nt != 1)}, median of interleaved rounds{extra}",
                  fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -46,7 +46,7 @@ def test_softmax_xent_logits_1e4(backend, dtype):
     loss = K.softmax_xent_forward(logits, labels, probs)
     assert np.isfinite(loss)
     expect = (2e4 + np.log(3) + np.log(3)) / 3
-    assert loss == pytest.approx(expect, rel=8 * np.finfo(dtype).eps)
+    assert loss == pytest.approx(expect, rel=8 * float(np.finfo(dtype).eps))
     assert np.all(np.isfinite(probs)) and np.allclose(probs.sum(1), 1)
     d = np.empty_like(logits)
     K.softmax_xent_backward(probs, labels, d)

@@ -58,7 +58,7 @@ def build(src, work):
     wheel_dir, site = os.path.join(work, "wheel"), os.path.join(work, "site")
     for old in glob.glob(os.path.join(wheel_dir, "dlfast-*.whl")):
         os.remove(old)
-    cmd = [sys.executable, "-m", "pip", "wheel", src, "--no-deps", "--no-build-isolation", "-q",
+    cmd = [sys.executable, "-m", "pip", "wheel", src, "--no-deps", "-q",     # build isolation
            "-w", wheel_dir, "-C", f"build-dir={os.path.join(work, 'build')}",
            "-C", f"cmake.define.CMAKE_C_FLAGS={FLAGS}",
            "-C", "cmake.define.CMAKE_MODULE_LINKER_FLAGS=-fsanitize=address",

@@ -43,8 +43,8 @@ cdef _blas_set_t _blas_set = NULL
 def _set_blas_pin(size_t get_threads, size_t set_threads):
     """Addresses of the GEMM BLAS's openblas_get/set_num_threads (0, 0: none). Every kernel call
     re-pins that BLAS to one thread if something (e.g. a threadpoolctl limit) raised it: a
-    threaded BLAS call inside the OpenMP blocks would oversubscribe the cores (60x slower at
-    2 threads) and change the bits."""
+    threaded BLAS call inside the OpenMP blocks would oversubscribe the cores and change the
+    bits."""
     global _blas_get, _blas_set
     _blas_get = <_blas_get_t>get_threads if get_threads and set_threads else NULL
     _blas_set = <_blas_set_t>set_threads if get_threads and set_threads else NULL

@@ -27,9 +27,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import zipfile
 
 import numpy as np
+
+from .io import atomic_savez, check_version, read_npz
 
 __all__ = ["Checkpoint", "CheckpointError", "save_checkpoint", "read_checkpoint",
            "restore_checkpoint", "load_checkpoint_model", "FORMAT", "FORMAT_VERSION"]
@@ -83,30 +84,8 @@ def _write_arrays(f, arrays):
 
 
 def _atomic_write(path, arrays):
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"cannot write checkpoint {path!r}: folder {folder!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-ckpt-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_arrays(f, arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:                                       # make the rename durable (POSIX)
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    atomic_savez(path, arrays, "write checkpoint", prefix=".tmp-ckpt-",
+                 write=lambda f, a: _write_arrays(f, a))    # looked up per call: patchable
 
 
 def _rng_state(obj):
@@ -172,31 +151,14 @@ def read_checkpoint(path):
     """``(class name, config dict, state dict)`` of a checkpoint file; ``CheckpointError`` if the
     file is missing, truncated, foreign or damaged."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint file {path!r} does not exist")
-    try:
-        z = np.load(path, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise CheckpointError(f"{path!r} is not a dlfast checkpoint (a bare .npy array)")
-        with z:
-            data = {k: z[k] for k in z.files}
-    except CheckpointError:
-        raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint file {path!r} is truncated or damaged "
-                              f"({type(exc).__name__}: {exc})") from None
+    data = read_npz(path, CheckpointError, "checkpoint file",
+                    f"{path!r} is not a dlfast checkpoint (a bare .npy array)")
     fmt = data.get("__format__")
     if fmt is None or fmt.shape != () or str(fmt) != FORMAT:
         what = "a dlfast model file" if fmt is not None and str(fmt) == "dlfast-model" else "foreign"
         raise CheckpointError(f"{path!r} is not a dlfast checkpoint ({what}: no {FORMAT!r} "
                               f"format tag)")
-    try:
-        version = int(data["__version__"])
-    except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"checkpoint file {path!r} has no valid format version") from None
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint file {path!r} has format version {version}; this dlfast "
-                              f"reads version {FORMAT_VERSION}")
+    check_version(data, path, CheckpointError, "checkpoint file", FORMAT_VERSION)
     try:
         cls = str(data["__class__"])
         config = json.loads(str(data["__config__"]))

@@ -64,13 +64,22 @@ def save_model(model, path, metadata=None):
               "__dlfast__": np.array(__version__)}
     for name, value in model.state_dict().items():
         arrays[_PREFIX + name] = np.asarray(value)
+    atomic_savez(path, arrays, "save the model to")
+    return path
+
+
+def atomic_savez(path, arrays, action, prefix=".tmp-", write=None):
+    """``numpy.savez(path, **arrays)`` atomically: a temporary file in the target folder, flushed
+    and fsynced, ``os.replace``, then an fsync of the folder; the temporary file is removed on
+    failure. ``action`` completes "cannot {action} {path}" when the folder is missing; ``write(f,
+    arrays)`` replaces ``numpy.savez`` (checkpoints patch it in their crash tests)."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"cannot save the model to {path!r}: folder {folder!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+        raise FileNotFoundError(f"cannot {action} {path!r}: folder {folder!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".npz", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            (write or _savez)(f, arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -88,35 +97,51 @@ def save_model(model, path, metadata=None):
             os.close(dfd)
     except OSError:
         pass
-    return path
+
+
+def _savez(f, arrays):
+    np.savez(f, **arrays)
+
+
+def read_npz(path, error, noun, not_npz):
+    """Every array of the ``.npz`` file ``path`` as a dict (no pickles). ``error`` (an exception
+    class) is raised if it is missing ("{noun} ... does not exist"), a bare ``.npy`` (``not_npz``)
+    or truncated/damaged."""
+    if not os.path.isfile(path):
+        raise error(f"{noun} {path!r} does not exist")
+    try:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise error(not_npz)
+        with z:
+            return {k: z[k] for k in z.files}
+    except error:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+        raise error(f"{noun} {path!r} is truncated or damaged "
+                    f"({type(exc).__name__}: {exc})") from None
+
+
+def check_version(data, path, error, noun, version):
+    """``error`` unless ``data["__version__"]`` is the integer ``version``."""
+    try:
+        found = int(data["__version__"])
+    except (KeyError, TypeError, ValueError):
+        raise error(f"{noun} {path!r} has no valid format version") from None
+    if found != version:
+        raise error(f"{noun} {path!r} has format version {found}; this dlfast reads "
+                    f"version {version}")
 
 
 def _read(path):
     """All arrays of the file as a dict, after checking tag and version."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ModelFileError(f"model file {path!r} does not exist")
-    try:
-        z = np.load(path, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise ModelFileError(f"{path!r} is not a dlfast model file (a bare .npy array, not .npz)")
-        with z:
-            data = {k: z[k] for k in z.files}
-    except ModelFileError:
-        raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
-        raise ModelFileError(f"model file {path!r} is truncated or damaged "
-                             f"({type(exc).__name__}: {exc})") from None
+    data = read_npz(path, ModelFileError, "model file",
+                    f"{path!r} is not a dlfast model file (a bare .npy array, not .npz)")
     fmt = data.get("__format__")
     if fmt is None or fmt.shape != () or str(fmt) != FORMAT:
         raise ModelFileError(f"{path!r} is not a dlfast model file (no {FORMAT!r} format tag)")
-    try:
-        version = int(data["__version__"])
-    except (KeyError, TypeError, ValueError):
-        raise ModelFileError(f"model file {path!r} has no valid format version") from None
-    if version != FORMAT_VERSION:
-        raise ModelFileError(f"model file {path!r} has format version {version}; this dlfast reads "
-                             f"version {FORMAT_VERSION}")
+    check_version(data, path, ModelFileError, "model file", FORMAT_VERSION)
     for key in ("__class__", "__config__"):
         if key not in data:
             raise ModelFileError(f"model file {path!r} lacks {key} (damaged file)")

@@ -5,30 +5,12 @@ import pytest
 
 import dlfast
 from dlfast import kernels as K
+from kernel_helpers import layout
 
 pytestmark = pytest.mark.skipif("cython" not in dlfast.available_backends(),
                                 reason="compiled backend not built")
 # (N, I, J): tiny, odd, and above the parallel threshold (N * I * J >= 64 * 32768)
 SHAPES = [(1, 1, 1), (3, 5, 2), (7, 13, 11), (64, 33, 17), (41, 203, 257)]
-
-
-@pytest.fixture(autouse=True)
-def _threads_restored():
-    yield
-    dlfast.set_num_threads(0)
-
-
-def _layout(a, kind):
-    if kind == "f":
-        return np.asfortranarray(a)
-    if kind == "step":
-        big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
-        big[..., ::2] = a
-        return big[..., ::2]
-    b = a.copy()
-    if kind == "ro":
-        b.flags.writeable = False
-    return b
 
 
 def _case(n, i, j, dtype, seed=0):
@@ -53,7 +35,7 @@ def _run(ins, state, lr=0.05, wd=1e-3):
 @pytest.mark.parametrize("kind", ["c", "f", "step", "ro"])
 def test_compiled_matches_numpy(dtype, shape, kind):
     ins, state = _case(*shape, dtype)
-    ins = [_layout(a, kind) for a in ins]
+    ins = [layout(a, kind) for a in ins]
     with dlfast.use_backend("numpy"):
         ref = _run(ins, state)
     got = []

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import dlfast
 from dlfast import kernels as K
 from dlfast._backends import numpy_kernels
+from kernel_helpers import layout, on_all as _on_all
 
 pytestmark = pytest.mark.skipif("cython" not in dlfast.available_backends(),
                                 reason="compiled backend not built")
@@ -28,39 +29,9 @@ SHAPES = st.sampled_from([(), (1,), (7,), (5000,), (40000,), (3, 1), (33, 65), (
 TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 
 
-@pytest.fixture(autouse=True)
-def _threads_restored():
-    yield
-    dlfast.set_num_threads(0)
-
-
-def layout(a, kind):
-    """The same values as a C / Fortran / step-2 slice / read-only array."""
-    if kind == "f" and a.ndim:
-        return np.asfortranarray(a)         # (np.asfortranarray makes a 0-d array 1-d)
-    if kind == "step" and a.ndim:
-        big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
-        big[..., ::2] = a
-        return big[..., ::2]
-    b = a.copy()
-    if kind == "ro":
-        b.flags.writeable = False
-    return b
-
-
 def on_all(fn):
-    """fn() under the NumPy backend, then under the compiled one with 1 and with 2 threads."""
-    with dlfast.use_backend("numpy"), np.errstate(all="ignore"):
-        ref = fn()
-    got = []
-    for nt in (1, 2):
-        dlfast.set_num_threads(nt)
-        try:
-            with dlfast.use_backend("cython"):
-                got.append(fn())
-        finally:
-            dlfast.set_num_threads(0)
-    return ref, got[0], got[1]
+    """kernel_helpers.on_all with the NumPy reference's floating-point warnings silenced."""
+    return _on_all(fn, quiet=True)
 
 
 def check(ref, one, two, bounds=None, exact=False):

@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import dlfast
 from dlfast import kernels as K
+from kernel_helpers import layout, on_all
 
 pytestmark = pytest.mark.skipif("cython" not in dlfast.available_backends(),
                                 reason="compiled backend not built")
@@ -18,39 +19,6 @@ ROWS = st.sampled_from([2, 3, 7, 16, 33, 129])
 # widths around the 64-feature block; 1200 with 33+ rows crosses the parallel threshold
 COLS = st.sampled_from([1, 2, 5, 63, 64, 65, 300, 1200])
 TOL = {np.dtype(np.float32): (1e-5, 1e-5), np.dtype(np.float64): (1e-12, 1e-12)}
-
-
-@pytest.fixture(autouse=True)
-def _threads_restored():
-    yield
-    dlfast.set_num_threads(0)
-
-
-def layout(a, kind):
-    if kind == "f":
-        return np.asfortranarray(a)
-    if kind == "step":
-        big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
-        big[..., ::2] = a
-        return big[..., ::2]
-    b = a.copy()
-    if kind == "ro":
-        b.flags.writeable = False
-    return b
-
-
-def on_all(fn):
-    with dlfast.use_backend("numpy"):
-        ref = fn()
-    got = []
-    for nt in (1, 2):
-        dlfast.set_num_threads(nt)
-        try:
-            with dlfast.use_backend("cython"):
-                got.append(fn())
-        finally:
-            dlfast.set_num_threads(0)
-    return ref, got[0], got[1]
 
 
 def check(ref, one, two, f64_floor=1.0):

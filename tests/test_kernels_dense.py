@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import dlfast
 from dlfast import kernels as K
 from dlfast._backends import numpy_kernels
+from kernel_helpers import layout, on_all
 
 pytestmark = pytest.mark.skipif("cython" not in dlfast.available_backends(),
                                 reason="compiled backend not built")
@@ -27,41 +28,6 @@ ROWS = st.sampled_from([1, 2, 3, 7, 33, 64, 65, 129])
 INS = st.sampled_from([1, 2, 5, 64, 300])
 OUTS = st.sampled_from([1, 2, 5, 65, 1200])
 TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
-
-
-@pytest.fixture(autouse=True)
-def _threads_restored():
-    yield
-    dlfast.set_num_threads(0)
-
-
-def layout(a, kind):
-    """The same values as a C / Fortran / step-2 slice / read-only array."""
-    if kind == "f":
-        return np.asfortranarray(a)
-    if kind == "step":
-        big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
-        big[..., ::2] = a
-        return big[..., ::2]
-    b = a.copy()
-    if kind == "ro":
-        b.flags.writeable = False
-    return b
-
-
-def on_all(fn):
-    """fn() under the NumPy backend, then under the compiled one with 1 and with 2 threads."""
-    with dlfast.use_backend("numpy"):
-        ref = fn()
-    got = []
-    for nt in (1, 2):
-        dlfast.set_num_threads(nt)
-        try:
-            with dlfast.use_backend("cython"):
-                got.append(fn())
-        finally:
-            dlfast.set_num_threads(0)
-    return ref, got[0], got[1]
 
 
 def check(ref, one, two, bounds=None):
@@ -267,7 +233,6 @@ def test_dense_bad_input_names_argument():
             K.dense_forward(x, W.astype(np.float64), None, np.empty((2, 4), np.float32))
         with pytest.raises(ValueError, match="activation"):
             K.dense_forward(x, W, None, np.empty((2, 4), np.float32), "swish")
-
 
 
 @pytest.mark.parametrize("n", [1000, 1037])

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import dlfast
 from dlfast import kernels as K
+from kernel_helpers import layout, on_all
 
 pytestmark = pytest.mark.skipif("cython" not in dlfast.available_backends(),
                                 reason="compiled backend not built")
@@ -20,40 +21,6 @@ LAYOUTS = st.sampled_from(["c", "f", "step", "ro"])
 SHAPES = st.sampled_from([(1,), (2,), (7,), (3, 5), (1, 1), (4096,), (4097,), (1, 1000), (1000, 1),
                           (33, 1001), (2, 3, 4), (70001,), (0,), (0, 4)])
 TOL = {np.dtype(np.float32): (1e-5, 1e-6), np.dtype(np.float64): (1e-12, 1e-14)}
-
-
-@pytest.fixture(autouse=True)
-def _threads_restored():
-    yield
-    dlfast.set_num_threads(0)
-
-
-def layout(a, kind):
-    if kind == "f":
-        return np.asfortranarray(a)
-    if kind == "step":
-        big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
-        big[..., ::2] = a
-        return big[..., ::2]
-    b = a.copy()
-    if kind == "ro":
-        b.flags.writeable = False
-    return b
-
-
-def on_all(fn):
-    """fn() under numpy, compiled with 1 thread and with 2 threads (fn builds fresh state)."""
-    with dlfast.use_backend("numpy"):
-        ref = fn()
-    got = []
-    for nt in (1, 2):
-        dlfast.set_num_threads(nt)
-        try:
-            with dlfast.use_backend("cython"):
-                got.append(fn())
-        finally:
-            dlfast.set_num_threads(0)
-    return ref, got[0], got[1]
 
 
 def check(ref, one, two):

@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import dlfast
 from dlfast import kernels as K
 from dlfast._backends.numpy_kernels import uniform01
+from kernel_helpers import layout, on_all
 
 pytestmark = pytest.mark.skipif("cython" not in dlfast.available_backends(),
                                 reason="compiled backend not built")
@@ -20,12 +21,6 @@ COUNTERS = st.one_of(st.sampled_from([0, U64 - 1, U64 - 5, 2 ** 63 - 1]), st.int
 LAYOUTS = st.sampled_from(["c", "f", "step", "ro"])
 
 
-@pytest.fixture(autouse=True)
-def _threads_restored():
-    yield
-    dlfast.set_num_threads(0)
-
-
 def shaped(n, ndim):
     """A shape with n elements: (n,), (1, n) or (n, 1) / (n//k, k) forms."""
     if ndim == 1 or n == 0:
@@ -34,35 +29,6 @@ def shaped(n, ndim):
         if n % k == 0 and n > k:
             return (n // k, k)
     return (1, n) if ndim == 2 else (n, 1)
-
-
-def layout(a, kind):
-    """The same values as a, in another memory layout (the kernel wrapper must cope)."""
-    if kind == "f":
-        return np.asfortranarray(a)
-    if kind == "step":
-        big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
-        big[..., ::2] = a
-        return big[..., ::2]
-    b = a.copy()
-    if kind == "ro":
-        b.flags.writeable = False
-    return b
-
-
-def on_all(fn):
-    """fn() under numpy, compiled with 1 thread, compiled with 2 threads (fn makes fresh outputs)."""
-    with dlfast.use_backend("numpy"):
-        ref = fn()
-    got = []
-    for nt in (1, 2):
-        dlfast.set_num_threads(nt)
-        try:
-            with dlfast.use_backend("cython"):
-                got.append(fn())
-        finally:
-            dlfast.set_num_threads(0)
-    return ref, got[0], got[1]
 
 
 def assert_identical(a, b):

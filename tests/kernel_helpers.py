@@ -1,0 +1,36 @@
+"""Helpers of the compiled-vs-NumPy kernel tests (``tests/test_kernels_*.py``,
+``tests/test_compiled_rbm.py``). The thread count is restored after every test by conftest."""
+import numpy as np
+
+import dlfast
+
+
+def layout(a, kind):
+    """The same values as a C ("c") / Fortran ("f") / step-2 slice ("step") / read-only ("ro")
+    array; a 0-d array stays C (``np.asfortranarray`` would make it 1-d)."""
+    if kind == "f" and a.ndim:
+        return np.asfortranarray(a)
+    if kind == "step" and a.ndim:
+        big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+        big[..., ::2] = a
+        return big[..., ::2]
+    b = a.copy()
+    if kind == "ro":
+        b.flags.writeable = False
+    return b
+
+
+def on_all(fn, quiet=False):
+    """``(ref, one, two)``: fn() under the NumPy backend (floating-point warnings silenced when
+    ``quiet``), then under the compiled one with 1 and with 2 threads; fn makes fresh outputs."""
+    with dlfast.use_backend("numpy"), np.errstate(all="ignore" if quiet else None):
+        ref = fn()
+    got = []
+    for nt in (1, 2):
+        dlfast.set_num_threads(nt)
+        try:
+            with dlfast.use_backend("cython"):
+                got.append(fn())
+        finally:
+            dlfast.set_num_threads(0)
+    return ref, got[0], got[1]

@@ -16,9 +16,7 @@ arguments. Oracle:
 Examples per kernel: ``DLFAST_FUZZ_EXAMPLES`` (default 40, the CI budget). Counts per kernel go
 to the session ``fuzz_counter`` (``fuzz_counts.json`` in pytest's base temp dir).
 """
-import faulthandler
 import math
-import os
 
 import numpy as np
 import pytest
@@ -27,21 +25,13 @@ from hypothesis import strategies as st
 
 import dlfast
 from dlfast import kernels as K
+from fuzz_helpers import EXAMPLES, hang_guard  # noqa: F401 (autouse fixture)
 
 pytestmark = [pytest.mark.skipif("cython" not in dlfast.available_backends(),
                                  reason="compiled backend not built"),
               # NaN/inf inputs give NaN/inf outputs (the NumPy oracle warns about that)
               pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
-EXAMPLES = int(os.environ.get("DLFAST_FUZZ_EXAMPLES", "40"))
-
-
-@pytest.fixture(autouse=True)
-def _hang_guard():
-    """A hang (in Python or inside a kernel) dumps every thread's traceback and ends the run."""
-    faulthandler.dump_traceback_later(60 + 3 * EXAMPLES, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

@@ -8,8 +8,6 @@ gradient) or both give results that agree; inputs are never modified. Loaders re
 mutations of valid files (truncated, a byte flipped, garbage, empty): each returns the right data or
 raises ValueError (``ModelFileError`` is a ValueError). Examples: ``DLFAST_FUZZ_EXAMPLES``.
 """
-import faulthandler
-import os
 
 import numpy as np
 import pytest
@@ -19,20 +17,12 @@ from hypothesis import strategies as st
 import dlfast
 from dlfast import datasets, io, layers, optim
 from dlfast.net import MLP
+from fuzz_helpers import EXAMPLES, hang_guard  # noqa: F401 (autouse fixture)
 
 pytestmark = [pytest.mark.skipif("cython" not in dlfast.available_backends(),
                                  reason="compiled backend not built"),
               pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
-EXAMPLES = int(os.environ.get("DLFAST_FUZZ_EXAMPLES", "40"))
-
-
-@pytest.fixture(autouse=True)
-def _hang_guard():
-    """A hang (in Python or inside a kernel) dumps every thread's traceback and ends the run."""
-    faulthandler.dump_traceback_later(60 + 3 * EXAMPLES, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])

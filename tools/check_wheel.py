@@ -23,16 +23,46 @@ import os, sys
 sys.meta_path[:] = [f for f in sys.meta_path if 'ScikitBuild' not in type(f).__name__]
 for k in [k for k in sys.modules if k == 'dlfast' or k.startswith('dlfast.')]:
     del sys.modules[k]
-site = os.environ['DLFAST_WHEEL_SITE']
+site, what = os.environ['DLFAST_WHEEL_SITE'], os.environ['DLFAST_WHEEL_WHAT']
 import dlfast, dlfast.kernels
-assert dlfast.__file__.startswith(site), f'dlfast imported from {dlfast.__file__}, not the wheel'
+assert dlfast.__file__.startswith(site), f'dlfast imported from {dlfast.__file__}, not {what}'
 assert 'cython' in dlfast.available_backends(), dlfast._config._import_errors
 from dlfast._backends import cython_kernels
 print('OpenMP', 'on' if cython_kernels.openmp_enabled() else 'off')
-print('testing the wheel installed in', site)
+print('testing', what, 'in', site, flush=True)
 import pytest
 sys.exit(pytest.main(sys.argv[1:]))
 """
+
+
+def build_and_install(src, work, config=()):
+    """``pip wheel src`` (build isolation, build folder ``work/build``, extra ``-C`` settings
+    ``config``) installed alone into ``work/site``; returns that folder."""
+    wheel_dir, site = os.path.join(work, "wheel"), os.path.join(work, "site")
+    for old in glob.glob(os.path.join(wheel_dir, "dlfast-*.whl")):
+        os.remove(old)
+    cmd = [sys.executable, "-m", "pip", "wheel", src, "--no-deps", "-q", "-w", wheel_dir,
+           "-C", f"build-dir={os.path.join(work, 'build')}"]
+    for c in config:
+        cmd += ["-C", c]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    wheels = glob.glob(os.path.join(wheel_dir, "dlfast-*.whl"))
+    if len(wheels) != 1:
+        sys.exit(f"expected one wheel in {wheel_dir}, found {wheels}")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--upgrade",
+                    "--target", site, wheels[0]], check=True)
+    return site
+
+
+def child_run(site, what, tests, cwd, env=None, **kw):
+    """Run pytest on ``tests`` in a child interpreter that imports dlfast from ``site`` only
+    (printing "testing {what} in {site}"); returns the CompletedProcess."""
+    env = dict(env or os.environ, PYTHONPATH=site, DLFAST_WHEEL_SITE=site, DLFAST_WHEEL_WHAT=what,
+               DLFAST_REQUIRE_COMPILED="1")
+    env.pop("DLFAST_BACKEND", None)
+    return subprocess.run([sys.executable, "-c", _CHILD, "-q", "-p", "no:cacheprovider", *tests],
+                          cwd=cwd, env=env, **kw)
 
 
 def main(argv=None):
@@ -43,27 +73,11 @@ def main(argv=None):
     args, pytest_args = ap.parse_known_args(argv)
     work = args.keep or tempfile.mkdtemp(prefix="dlfast-wheel-")
     os.makedirs(work, exist_ok=True)
-    wheel_dir, site = os.path.join(work, "wheel"), os.path.join(work, "site")
-    cmd = [sys.executable, "-m", "pip", "wheel", ROOT, "--no-deps", "-q", "-w", wheel_dir,
-           "-C", f"build-dir={os.path.join(work, 'build')}"]
-    if args.boundscheck:
-        cmd += ["-C", "cmake.define.DLFAST_BOUNDSCHECK=ON"]
-    if args.no_openmp:
-        cmd += ["-C", "cmake.define.DLFAST_OPENMP=OFF"]
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
-    wheels = glob.glob(os.path.join(wheel_dir, "dlfast-*.whl"))
-    if len(wheels) != 1:
-        sys.exit(f"expected one wheel in {wheel_dir}, found {wheels}")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", site,
-                    wheels[0]], check=True)
+    config = (["cmake.define.DLFAST_BOUNDSCHECK=ON"] if args.boundscheck else []) \
+        + (["cmake.define.DLFAST_OPENMP=OFF"] if args.no_openmp else [])
+    site = build_and_install(ROOT, work, config)
     tests = pytest_args or sorted(glob.glob(os.path.join(ROOT, "tests", "test_kernels_*.py")))
-    env = dict(os.environ, PYTHONPATH=site, DLFAST_WHEEL_SITE=site, DLFAST_REQUIRE_COMPILED="1")
-    env.pop("DLFAST_BACKEND", None)
-    run = subprocess.run([sys.executable, "-c", _CHILD, "-q", "-p", "no:cacheprovider", *tests],
-                         cwd=work, env=env)
-    return run.returncode
-
+    return child_run(site, "the wheel installed", tests, work).returncode
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,19 +28,8 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = "-fsanitize=address -fno-omit-frame-pointer"
 
-_CHILD = r"""
-import os, sys
-sys.meta_path[:] = [f for f in sys.meta_path if 'ScikitBuild' not in type(f).__name__]
-for k in [k for k in sys.modules if k == 'dlfast' or k.startswith('dlfast.')]:
-    del sys.modules[k]
-site = os.environ['DLFAST_WHEEL_SITE']
-import dlfast
-assert dlfast.__file__.startswith(site), f'dlfast imported from {dlfast.__file__}, not the ASan build'
-assert 'cython' in dlfast.available_backends(), dlfast._config._import_errors
-print('testing the AddressSanitizer build in', site, flush=True)
-import pytest
-sys.exit(pytest.main(sys.argv[1:]))
-"""
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from check_wheel import build_and_install, child_run  # noqa: E402
 
 
 def libasan():
@@ -55,23 +44,9 @@ def libasan():
 
 def build(src, work):
     """Build and install the ASan wheel of ``src`` under ``work``; returns the site folder."""
-    wheel_dir, site = os.path.join(work, "wheel"), os.path.join(work, "site")
-    for old in glob.glob(os.path.join(wheel_dir, "dlfast-*.whl")):
-        os.remove(old)
-    cmd = [sys.executable, "-m", "pip", "wheel", src, "--no-deps", "-q",     # build isolation
-           "-w", wheel_dir, "-C", f"build-dir={os.path.join(work, 'build')}",
-           "-C", f"cmake.define.CMAKE_C_FLAGS={FLAGS}",
-           "-C", "cmake.define.CMAKE_MODULE_LINKER_FLAGS=-fsanitize=address",
-           "-C", "cmake.define.CMAKE_SHARED_LINKER_FLAGS=-fsanitize=address",
-           ]
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
-    wheels = glob.glob(os.path.join(wheel_dir, "dlfast-*.whl"))
-    if len(wheels) != 1:
-        sys.exit(f"expected one wheel in {wheel_dir}, found {wheels}")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--upgrade",
-                    "--target", site, wheels[0]], check=True)
-    return site
+    return build_and_install(src, work, [f"cmake.define.CMAKE_C_FLAGS={FLAGS}",
+                                         "cmake.define.CMAKE_MODULE_LINKER_FLAGS=-fsanitize=address",
+                                         "cmake.define.CMAKE_SHARED_LINKER_FLAGS=-fsanitize=address"])
 
 
 def main(argv=None):
@@ -93,13 +68,11 @@ def main(argv=None):
     log = os.path.join(work, "asan-log")
     for old in glob.glob(log + ".*"):
         os.remove(old)
-    env = dict(os.environ, PYTHONPATH=site, DLFAST_WHEEL_SITE=site, DLFAST_REQUIRE_COMPILED="1",
-               LD_PRELOAD=asan, PYTHONMALLOC="malloc",
+    env = dict(os.environ, LD_PRELOAD=asan, PYTHONMALLOC="malloc",
                ASAN_OPTIONS=f"detect_leaks=0:halt_on_error=1:allocator_may_return_null=1:"
                             f"log_path={log}")     # (pytest captures fd 2: reports go to files)
-    env.pop("DLFAST_BACKEND", None)
-    run = subprocess.run([sys.executable, "-c", _CHILD, "-q", "-p", "no:cacheprovider", *tests],
-                         cwd=work, env=env, capture_output=True, text=True)
+    run = child_run(site, "the AddressSanitizer build", tests, work, env,
+                    capture_output=True, text=True)
     out = run.stdout + run.stderr
     for f in sorted(glob.glob(log + ".*")):
         with open(f, errors="replace") as fh:

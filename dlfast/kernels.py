@@ -47,7 +47,7 @@ __all__ = [
     "dropout_mask", "dropout_apply", "random_uniform", "bernoulli_sample",
     "sumsq", "all_finite", "penalty", "penalty_grad", "max_norm",
     "sgd_update", "momentum_update", "nesterov_update", "adagrad_update", "rmsprop_update",
-    "adam_update", "rbm_cd_update",
+    "adam_update", "bind_update", "rbm_cd_update",
 ]
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "elu", "sigmoid", "tanh")
@@ -655,3 +655,111 @@ def adam_update(w, g, m, v, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step, eps_h
                         _real("beta2", beta2, 0.0, 1.0, hi_open=True),
                         _real("eps", eps, 0.0, lo_open=True), step, bool(eps_hat), wd,
                         bool(decoupled_wd), gs, cv)
+
+
+# ============================================================================ bound multi-tensor update
+RULES = {"sgd": (), "momentum": ("v",), "nesterov": ("v",), "adagrad": ("h",), "rmsprop": ("h",),
+         "adam": ("m", "v")}
+
+
+class BoundUpdate:
+    """K tensors bound for a fused optimiser step (from ``bind_update``)::
+
+        b.sumsq()  == sum_k sumsq(gs[k])           (the same float: same additions, same order)
+        b.update(lr, grad_scale=1.0, clip_value=inf, step=1)
+                   == for k in 0..K-1: <rule>_update(ws[k], gs[k], *states[k], lr=lr, wd=wds[k],
+                                         grad_scale=..., clip_value=..., **hyper)   (same bits)
+
+    Two backend calls per step instead of 2K; the compiled backend runs each as one parallel
+    region over all tensors. The bound arrays are referenced, not copied: gs are read at every
+    call, so keep writing the gradients into the same arrays. ``step`` is Adam's t (>= 1).
+    One bound update serves one thread at a time (it owns a scratch buffer), like an optimiser."""
+
+    __slots__ = ("impl", "rule", "size", "_b")
+
+    def __init__(self, impl, rule, b, size):
+        self.impl, self.rule, self._b, self.size = impl, rule, b, size
+
+    def sumsq(self):
+        return self._b.sumsq()
+
+    def set_hyper(self, **hyper):
+        """Replace the rule's hyperparameters (names and defaults as ``bind_update``)."""
+        self._b.set_hyper(_rule_hyper(self.rule, **hyper))
+
+    def update(self, lr, grad_scale=1.0, clip_value=math.inf, step=1):
+        step = operator.index(step)
+        if step < 1:
+            raise ValueError(f"step must be >= 1, got {step}")
+        self._b.update(_real("lr", lr, 0.0),
+                       _real("grad_scale", grad_scale, 0.0, math.inf, hi_open=True),
+                       _real("clip_value", clip_value, 0.0, math.inf, lo_open=True), float(step))
+
+
+def _rule_hyper(rule, mu=0.9, rho=0.99, eps=None, eps_inside=False, beta1=0.9, beta2=0.999,
+                eps_hat=False, decoupled_wd=False):
+    """The backends' hyperparameter tuple (h1, h2, eps, flag, decoupled) of ``rule``, validated."""
+    if eps is None:
+        eps = 1e-10 if rule == "adagrad" else 1e-8
+    if rule == "sgd":
+        return 0.0, 0.0, 0.0, False, False
+    if rule in ("momentum", "nesterov"):
+        return _real("mu", mu, 0.0, 1.0), 0.0, 0.0, False, False
+    eps = _real("eps", eps, 0.0, lo_open=True)
+    if rule == "adagrad":
+        return 1.0, 0.0, eps, bool(eps_inside), False
+    if rule == "rmsprop":
+        return _real("rho", rho, 0.0, 1.0, hi_open=True), 0.0, eps, bool(eps_inside), False
+    return (_real("beta1", beta1, 0.0, 1.0, hi_open=True),
+            _real("beta2", beta2, 0.0, 1.0, hi_open=True), eps, bool(eps_hat), bool(decoupled_wd))
+
+
+def bind_update(rule, ws, gs, states, wds, *, mu=0.9, rho=0.99, eps=None, eps_inside=False,
+                beta1=0.9, beta2=0.999, eps_hat=False, decoupled_wd=False):
+    """Bind the parameters ``ws``, gradients ``gs``, per-tensor state tuples ``states`` (``RULES``
+    names them: ``()`` for sgd, ``(v,)`` momentum/nesterov, ``(h,)`` adagrad/rmsprop, ``(m, v)``
+    adam) and weight decays ``wds`` (K floats) of one ``rule`` for repeated fused updates; the
+    rule's hyperparameters (``mu``; ``rho`` (rmsprop), ``eps``, ``eps_inside``; ``beta1``,
+    ``beta2``, ``eps``, ``eps_hat``, ``decoupled_wd``; defaults as the single-tensor kernels, eps
+    1e-10 for adagrad and 1e-8 otherwise) are fixed here. Returns a ``BoundUpdate``.
+
+    Every array: one float dtype, C-contiguous (gs too: they are read in place at each update);
+    ws and states writeable, gs[k] and states[k] of ws[k]'s shape, no array overlapping another."""
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
+    names = RULES[rule]
+    ws, gs, states, wds = (list(a) if isinstance(a, (list, tuple)) else a
+                           for a in (ws, gs, states, wds))
+    for n, a in (("ws", ws), ("gs", gs), ("states", states), ("wds", wds)):
+        if not isinstance(a, list):
+            raise TypeError(f"{n} must be a list or tuple, got {type(a).__name__}")
+    if not len(ws) == len(gs) == len(states) == len(wds):
+        raise ValueError(f"ws, gs, states and wds must have one entry per tensor, got lengths "
+                         f"{len(ws)}, {len(gs)}, {len(states)}, {len(wds)}")
+    dt = None
+    outs, ins, sts, wdv = [], [], [], []
+    for k, (w, g, st) in enumerate(zip(ws, gs, states)):
+        if not isinstance(w, np.ndarray):
+            raise TypeError(f"ws[{k}] must be a numpy.ndarray, got {type(w).__name__}")
+        dt = w.dtype if dt is None else dt
+        if w.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"ws[{k}] must be float32 or float64, got {w.dtype.name}")
+        _out(f"ws[{k}]", w, w.shape, dt)
+        _float_in(f"gs[{k}]", g, None, dt)
+        _shape_is(f"gs[{k}]", g, w.shape)
+        if not g.flags.c_contiguous:
+            raise ValueError(f"gs[{k}] must be C-contiguous (it is read in place at every update)")
+        if not isinstance(st, (tuple, list)) or len(st) != len(names):
+            raise ValueError(f"states[{k}] must be a tuple of {len(names)} arrays {names} for rule "
+                             f"{rule!r}, got {st!r:.80}")
+        st = tuple(_out(f"states[{k}][{j}] ({s})", a, w.shape, dt) for j, (s, a) in
+                   enumerate(zip(names, st)))
+        outs += [(f"ws[{k}]", w)] + [(f"states[{k}][{j}]", a) for j, a in enumerate(st)]
+        ins.append((f"gs[{k}]", g))
+        sts.append(st)
+        wdv.append(_real(f"wds[{k}]", wds[k], 0.0))
+    _disjoint(outs, ins)
+    h = _rule_hyper(rule, mu, rho, eps, eps_inside, beta1, beta2, eps_hat, decoupled_wd)
+    impl = _impl()
+    return BoundUpdate(impl, rule, impl.bind_update(rule, ws, gs, sts, wdv, h),
+                       sum(w.size for w in ws))

@@ -253,8 +253,9 @@ class Optimizer:
         return (self.weight_decay, self.decay_filter, self.exclude)
 
     def _make_plan(self, params, grads):
-        """(backend, params items, entries, state, wd key) or None when some array is not
-        C-contiguous (then every update takes the validated path)."""
+        """(backend, params items, entries, state, wd key, bound) or None when some array is not
+        C-contiguous (then every update takes the validated path). ``bound``: the entries bound
+        for a fused update (``kernels.bind_update``), or None when they do not fit one."""
         entries = []
         for k, w in params.items():
             if k not in grads:
@@ -267,11 +268,34 @@ class Optimizer:
             wd = self.weight_decay if self.weight_decay and self.decays(k) else 0.0
             entries.append((k, w, g, st, arrays, wd))
         return (kernels._impl(), tuple(params.items()), len(grads), tuple(entries), self.state,
-                self._wd_key())
+                self._wd_key(), self._bind(entries))
+
+    def _bind(self, entries):
+        """[bound update, the ``_fast_hyper()`` it holds] or None: one rule, one dtype, every
+        state array of the rule present."""
+        spec = self._bind_spec(entries) if entries and self._fast_ready() else None
+        if spec is None or len({e[1].dtype for e in entries}) != 1:
+            return None
+        rule, hyper = spec
+        names = kernels.RULES[rule]
+        if any(len(e[4]) != len(names) or any(n not in e[3] for n in names) for e in entries):
+            return None
+        bound = kernels.bind_update(rule, [e[1] for e in entries], [e[2] for e in entries],
+                                    [tuple(e[3][n] for n in names) for e in entries],
+                                    [e[5] for e in entries], **hyper)
+        return [bound, self._fast_hyper()]
+
+    def _bind_spec(self, entries):
+        """(rule, hyperparameters of ``kernels.bind_update``), or None: no fused update."""
+        return None
+
+    def _counters_agree(self, entries):
+        """False when per-parameter counters differ (Adam's t): no fused update then."""
+        return True
 
     def _plan_update(self, plan, params, grads):
         """The fast path: False (nothing changed) when the plan does not apply."""
-        impl, pitems, ngrads, entries, state, wdkey = plan
+        impl, pitems, ngrads, entries, state, wdkey, bind = plan
         if (kernels._impl() is not impl or self.state is not state or len(grads) != ngrads
                 or len(params) != len(pitems) or self._wd_key() != wdkey):
             return False
@@ -287,12 +311,24 @@ class Optimizer:
         if not self._fast_ready():
             return False
         hyper = self._fast_hyper()
+        if bind is not None:
+            if not self._counters_agree(entries):
+                bind = None
+            elif bind[1] != hyper:              # e.g. a momentum schedule
+                spec = self._bind_spec(entries)
+                if spec is None or spec[0] != bind[0].rule:
+                    return False                # another rule: plan again
+                bind[0].set_hyper(**spec[1])
+                bind[1] = hyper
         grad_scale = 1.0
         if self.check_finite or self.clip_norm is not None:
-            sumsq = impl.sumsq
-            total = 0.0
-            for e in entries:
-                total += sumsq(e[2])
+            if bind is not None:
+                total = bind[0].sumsq()
+            else:
+                sumsq = impl.sumsq
+                total = 0.0
+                for e in entries:
+                    total += sumsq(e[2])
             if not math.isfinite(total):
                 return False            # the validated path finds the bad gradient
             norm = math.sqrt(total)
@@ -301,10 +337,17 @@ class Optimizer:
                 grad_scale = self.clip_norm / (norm + _CLIP_EPS)
         clip_value = math.inf if self.clip_value is None else self.clip_value
         self.steps += 1
+        if bind is not None:
+            bind[0]._b.update(self._lr, grad_scale, clip_value, float(self._advance(entries)))
+            return True
         step = self._fast_step
         for _, w, g, st, _, wd in entries:
             step(impl, w, g, st, wd, grad_scale, clip_value, hyper)
         return True
+
+    def _advance(self, entries):
+        """Advance the per-parameter counters of a fused update; return its ``step``."""
+        return 1
 
     def _fast_ready(self):
         """False when the state must change structure first (the validated path does that)."""
@@ -501,7 +544,15 @@ class SGD(Optimizer):
             "v" in st for st in self.state.values())
 
     def _fast_hyper(self):
-        return (kernels._real("mu", self.momentum, 0.0, 1.0),)
+        return (kernels._real("mu", self.momentum, 0.0, 1.0), bool(self.nesterov))
+
+    def _bind_spec(self, entries):
+        with_v = {"v" in e[3] for e in entries}
+        if with_v == {False}:
+            return "sgd", {}
+        if with_v == {True}:
+            return ("nesterov" if self.nesterov else "momentum"), {"mu": self.momentum}
+        return None
 
     def _fast_step(self, impl, w, g, st, wd, gs, cv, hyper):
         if "v" not in st:
@@ -559,6 +610,9 @@ class AdaGrad(Optimizer):
     def _fast_hyper(self):
         return (kernels._real("eps", self.eps, 0.0, lo_open=True), bool(self.eps_inside_sqrt))
 
+    def _bind_spec(self, entries):
+        return "adagrad", {"eps": self.eps, "eps_inside": self.eps_inside_sqrt}
+
     def _fast_step(self, impl, w, g, st, wd, gs, cv, hyper):
         impl.adagrad_update(w, g, st["h"], self._lr, hyper[0], hyper[1], wd, gs, cv)
 
@@ -601,6 +655,9 @@ class RMSProp(Optimizer):
     def _fast_hyper(self):
         return (kernels._real("rho", self.rho, 0.0, 1.0, hi_open=True),
                 kernels._real("eps", self.eps, 0.0, lo_open=True), bool(self.eps_inside_sqrt))
+
+    def _bind_spec(self, entries):
+        return "rmsprop", {"rho": self.rho, "eps": self.eps, "eps_inside": self.eps_inside_sqrt}
 
     def _fast_step(self, impl, w, g, st, wd, gs, cv, hyper):
         impl.rmsprop_update(w, g, st["h"], self._lr, hyper[0], hyper[1], hyper[2], wd, gs, cv)
@@ -660,6 +717,20 @@ class Adam(Optimizer):
                 kernels._real("beta2", self.beta2, 0.0, 1.0, hi_open=True),
                 kernels._real("eps", self.eps, 0.0, lo_open=True), bool(self.eps_hat),
                 bool(self._DECOUPLED))
+
+    def _bind_spec(self, entries):
+        return "adam", {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
+                        "eps_hat": self.eps_hat, "decoupled_wd": self._DECOUPLED}
+
+    def _counters_agree(self, entries):
+        t = entries[0][3]["step"]
+        return all(e[3]["step"] == t for e in entries)
+
+    def _advance(self, entries):
+        t = entries[0][3]["step"] + 1
+        for e in entries:
+            e[3]["step"] = t
+        return t
 
     def _fast_step(self, impl, w, g, st, wd, gs, cv, hyper):
         st["step"] += 1

@@ -462,3 +462,198 @@ def max_norm(floating[:, ::1] W, double c):
                         W[i, j] = W[i, j] * fac[j]
     free(nrm)
     free(fac)
+
+
+# ----------------------------------------------------------------------------- bound multi-tensor update
+# One optimiser step over K tensors in two calls instead of 2K: the arrays are bound once (their
+# data pointers kept, the arrays referenced so they stay alive), then each step
+#   sumsq()  = sum_k sumsq(g_k): tensor by tensor, each over its BLOCK chunks in order -- the same
+#              additions, in the same order, as summing the single-tensor sumsq results;
+#   update() = for every k, the single-tensor rule update of (w_k, g_k, states_k) with wd_k,
+#              run as one parallel region over all BLOCK chunks of all tensors (same per-element
+#              arithmetic as the single-tensor kernels: identical results).
+cdef enum:
+    RULE_SGD = 0
+    RULE_MOMENTUM = 1
+    RULE_NESTEROV = 2
+    RULE_ADAGRAD = 3
+    RULE_RMSPROP = 4
+    RULE_ADAM = 5
+
+_RULES = {"sgd": (RULE_SGD, 0), "momentum": (RULE_MOMENTUM, 1), "nesterov": (RULE_NESTEROV, 1),
+          "adagrad": (RULE_ADAGRAD, 1), "rmsprop": (RULE_RMSPROP, 1), "adam": (RULE_ADAM, 2)}
+
+
+cdef void _bound_sumsq(floating* dummy, char** g, Py_ssize_t* item_k, Py_ssize_t* item_lo,
+                       Py_ssize_t* item_n, Py_ssize_t* first, Py_ssize_t nk, Py_ssize_t nitems,
+                       Py_ssize_t total, double* part, double* out) noexcept nogil:
+    cdef int nt = _threads(total)
+    cdef Py_ssize_t it, k
+    cdef double s, ss = 0.0
+    for it in prange(nitems, schedule="static", num_threads=nt, use_threads_if=nt > 1):
+        part[it] = _block_sumsq(<const floating*>g[item_k[it]] + item_lo[it], item_n[it])
+    for k in range(nk):
+        s = 0.0
+        for it in range(first[k], first[k + 1]):
+            s = s + part[it]
+        ss = ss + s
+    out[0] = ss
+
+
+cdef void _bound_update(floating* dummy, int rule, char** w, char** g, char** s1, char** s2,
+                        double* wd, Py_ssize_t* item_k, Py_ssize_t* item_lo, Py_ssize_t* item_n,
+                        Py_ssize_t nitems, Py_ssize_t total, double lr, double h1, double h2,
+                        double eps, bint flag, bint decoupled, double step, double gs,
+                        double cv) noexcept nogil:
+    cdef int nt = _threads(total)
+    cdef Py_ssize_t it, k, lo, n
+    cdef double bc1 = 1.0, bc2 = 1.0
+    cdef floating step_size = 0, sbc2 = 1, shrink
+    cdef floating flr = <floating>lr, fgs = <floating>gs, fcv = <floating>cv, feps = <floating>eps
+    cdef floating fh1 = <floating>h1, fh2 = <floating>h2
+    cdef floating omh1 = <floating>(1.0 - h1), omh2 = <floating>(1.0 - h2)
+    cdef floating fwd
+    if rule == RULE_ADAM:
+        bc1 = 1.0 - pow(h1, step)
+        bc2 = 1.0 - pow(h2, step)
+        step_size = <floating>(lr * sqrt(bc2) / bc1 if flag else lr / bc1)
+        sbc2 = <floating>(1.0 if flag else sqrt(bc2))
+    elif rule == RULE_ADAGRAD:
+        fh1 = 1
+        omh1 = 1
+    for it in prange(nitems, schedule="static", num_threads=nt, use_threads_if=nt > 1):
+        k = item_k[it]
+        lo = item_lo[it]
+        n = item_n[it]
+        fwd = <floating>wd[k]
+        if rule == RULE_SGD:
+            _sgd_blk(<floating*>w[k] + lo, <const floating*>g[k] + lo, n, flr, fgs, fcv, fwd,
+                     wd[k] != 0.0)
+        elif rule == RULE_MOMENTUM or rule == RULE_NESTEROV:
+            _mom_blk(<floating*>w[k] + lo, <const floating*>g[k] + lo, <floating*>s1[k] + lo, n,
+                     flr, fh1, fgs, fcv, fwd, wd[k] != 0.0, rule == RULE_NESTEROV)
+        elif rule == RULE_ADAGRAD or rule == RULE_RMSPROP:
+            _ada_blk(<floating*>w[k] + lo, <const floating*>g[k] + lo, <floating*>s1[k] + lo, n,
+                     flr, fh1, omh1, feps, fgs, fcv, fwd, wd[k] != 0.0, flag)
+        else:
+            shrink = <floating>(1.0 - lr * wd[k] if decoupled else 1.0)
+            _adam_blk(<floating*>w[k] + lo, <const floating*>g[k] + lo, <floating*>s1[k] + lo,
+                      <floating*>s2[k] + lo, n, fh1, omh1, fh2, omh2, feps, step_size, sbc2,
+                      shrink, fgs, fcv, fwd, (not decoupled) and wd[k] != 0.0)
+
+
+cdef double _EMPTY[1]
+
+
+cdef char* _data(a) except NULL:
+    """Address of a C-contiguous array's first element (a 1-element scratch for size 0)."""
+    cdef const unsigned char[::1] mv = a.reshape(-1).view("u1")
+    if mv.shape[0] == 0:
+        return <char*>_EMPTY
+    return <char*>&mv[0]
+
+
+cdef class BoundUpdate:
+    """``bind_update(rule, ws, gs, states, wds, hyper)``: see ``dlfast.kernels.bind_update``.
+    Arrays must already be validated (C-contiguous, one dtype, shapes, writeable, disjoint)."""
+    cdef readonly object rule, arrays
+    cdef int code, is_double
+    cdef Py_ssize_t nk, nitems, total
+    cdef char** w
+    cdef char** g
+    cdef char** s1
+    cdef char** s2
+    cdef double* wd
+    cdef Py_ssize_t* item_k
+    cdef Py_ssize_t* item_lo
+    cdef Py_ssize_t* item_n
+    cdef Py_ssize_t* first
+    cdef double* part
+    cdef double h1, h2, eps
+    cdef bint flag, decoupled
+
+    def __cinit__(self, rule, ws, gs, states, wds, hyper):
+        cdef Py_ssize_t k, it, n, lo
+        code, nstate = _RULES[rule]
+        self.rule, self.code = rule, code
+        self.arrays = (tuple(ws), tuple(gs), tuple(tuple(s) for s in states))
+        self.nk = nk = len(ws)
+        self.is_double = nk > 0 and ws[0].dtype.itemsize == 8
+        self.h1, self.h2, self.eps, self.flag, self.decoupled = hyper
+        sizes = [w.size for w in ws]
+        self.total = sum(sizes)
+        self.nitems = sum(_nblocks(n) for n in sizes)
+        self.w = <char**>malloc((nk + 1) * sizeof(char*))
+        self.g = <char**>malloc((nk + 1) * sizeof(char*))
+        self.s1 = <char**>malloc((nk + 1) * sizeof(char*))
+        self.s2 = <char**>malloc((nk + 1) * sizeof(char*))
+        self.wd = <double*>malloc((nk + 1) * sizeof(double))
+        self.first = <Py_ssize_t*>malloc((nk + 1) * sizeof(Py_ssize_t))
+        self.item_k = <Py_ssize_t*>malloc((self.nitems + 1) * sizeof(Py_ssize_t))
+        self.item_lo = <Py_ssize_t*>malloc((self.nitems + 1) * sizeof(Py_ssize_t))
+        self.item_n = <Py_ssize_t*>malloc((self.nitems + 1) * sizeof(Py_ssize_t))
+        self.part = <double*>malloc((self.nitems + 1) * sizeof(double))
+        if (self.w == NULL or self.g == NULL or self.s1 == NULL or self.s2 == NULL
+                or self.wd == NULL or self.first == NULL or self.item_k == NULL
+                or self.item_lo == NULL or self.item_n == NULL or self.part == NULL):
+            raise MemoryError()
+        it = 0
+        for k in range(nk):
+            self.w[k] = _data(ws[k])
+            self.g[k] = _data(gs[k])
+            self.s1[k] = _data(states[k][0]) if nstate >= 1 else NULL
+            self.s2[k] = _data(states[k][1]) if nstate >= 2 else NULL
+            self.wd[k] = wds[k]
+            self.first[k] = it
+            n = sizes[k]
+            lo = 0
+            while lo < n:
+                self.item_k[it], self.item_lo[it], self.item_n[it] = k, lo, min(BLOCK, n - lo)
+                it += 1
+                lo += BLOCK
+        self.first[nk] = it
+
+    def __dealloc__(self):
+        free(self.w)
+        free(self.g)
+        free(self.s1)
+        free(self.s2)
+        free(self.wd)
+        free(self.first)
+        free(self.item_k)
+        free(self.item_lo)
+        free(self.item_n)
+        free(self.part)
+
+    def set_hyper(self, hyper):
+        self.h1, self.h2, self.eps, self.flag, self.decoupled = hyper
+
+    def sumsq(self):
+        """sum_k sumsq(g_k) (float64; the single-tensor sums added in order)."""
+        cdef double out = 0.0
+        with nogil:
+            if self.is_double:
+                _bound_sumsq(<double*>NULL, self.g, self.item_k, self.item_lo, self.item_n,
+                             self.first, self.nk, self.nitems, self.total, self.part, &out)
+            else:
+                _bound_sumsq(<float*>NULL, self.g, self.item_k, self.item_lo, self.item_n,
+                             self.first, self.nk, self.nitems, self.total, self.part, &out)
+        return out
+
+    def update(self, double lr, double grad_scale, double clip_value, double step):
+        """Every tensor's rule update with these scalars (step: Adam's t)."""
+        with nogil:
+            if self.is_double:
+                _bound_update(<double*>NULL, self.code, self.w, self.g, self.s1, self.s2, self.wd,
+                              self.item_k, self.item_lo, self.item_n, self.nitems, self.total, lr,
+                              self.h1, self.h2, self.eps, self.flag, self.decoupled, step,
+                              grad_scale, clip_value)
+            else:
+                _bound_update(<float*>NULL, self.code, self.w, self.g, self.s1, self.s2, self.wd,
+                              self.item_k, self.item_lo, self.item_n, self.nitems, self.total, lr,
+                              self.h1, self.h2, self.eps, self.flag, self.decoupled, step,
+                              grad_scale, clip_value)
+
+
+def bind_update(rule, ws, gs, states, wds, hyper):
+    return BoundUpdate(rule, ws, gs, states, wds, hyper)

@@ -41,6 +41,8 @@ def _big_call(name, dt=np.dtype(np.float32)):
     lab = rng.integers(0, f, n)
     w, g = A.reshape(-1), B.reshape(-1)
     s1, s2 = np.zeros_like(w), np.zeros_like(w)
+    if name == "bind_update":
+        w2, g2, s3, s4 = w.copy(), g.copy(), s1.copy(), s2.copy()
     if name.startswith("dense"):
         x, W = A[:1200, :600].copy(), B[:600, :500].copy()
         out = np.empty((1200, 500), dt)
@@ -82,6 +84,8 @@ def _big_call(name, dt=np.dtype(np.float32)):
         "adagrad_update": lambda: K.adagrad_update(w, g, s1, lr=1e-3),
         "rmsprop_update": lambda: K.rmsprop_update(w, g, s1, lr=1e-3),
         "adam_update": lambda: K.adam_update(w, g, s1, s2, lr=1e-3, step=1),
+        "bind_update": lambda: K.bind_update("adam", [w, w2], [g, g2], [(s1, s2), (s3, s4)],
+                                             [0.0, 0.1]).update(1e-3),
         "rbm_cd_update": lambda: K.rbm_cd_update(A[:1000, :1500], B[:1000, :500], B[1000:2000, :1500],
                                                  A[1000:2000, :500], H[:1500, :500].copy(),
                                                  np.zeros(1500, dt), np.zeros(500, dt), 1e-3),

@@ -94,3 +94,45 @@ def test_plan_follows_decay_selection_and_backend():
         a.update(p, g)
         assert a._plan[0] is dlfast.kernels._impl()
     assert not math.isnan(a.steps)
+
+
+@pytest.mark.parametrize("name,kw", OPTS)
+def test_plan_runs_one_fused_update(backend, name, kw):
+    """The plan binds every tensor into one ``kernels.bind_update`` (2 backend calls a step)."""
+    p, g = _problem(np.float32)
+    opt = optim.get(name, **kw)
+    opt.update(p, g)
+    bound = opt._plan[6][0]
+    assert bound.size == sum(a.size for a in p.values())
+    calls = []
+    real = bound._b
+    bound._b = type("Spy", (), {"sumsq": lambda s: calls.append("sumsq") or real.sumsq(),
+                                "update": lambda s, *a: calls.append("update") or real.update(*a)})()
+    opt.update(p, g)
+    expect = ["update"] if not opt.check_finite and opt.clip_norm is None else ["sumsq", "update"]
+    assert calls == expect
+
+
+def test_plan_follows_hyperparameter_changes_and_uneven_counters(backend):
+    """A momentum schedule re-sets the bound hyperparameters; Adam parameters with different
+    step counts (one added later) update tensor by tensor; results stay the validated path's."""
+    pa, g = _problem(np.float64)
+    pb = {k: v.copy() for k, v in pa.items()}
+    a, b = optim.SGD(momentum=0.5), optim.SGD(momentum=0.5)
+    for mu in (0.5, 0.6, 0.7, 0.7, 0.0):
+        a.momentum = b.momentum = mu
+        a.update(pa, g)
+        b._full_update(pb, g)
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k])
+    pa, g = _problem(np.float32)
+    pb = {k: v.copy() for k, v in pa.items()}
+    a, b = optim.Adam(), optim.Adam()
+    first = {k: v for k, v in g.items() if k != "l1.b"}
+    a.update(pa, first), b._full_update(pb, first)
+    for _ in range(3):
+        a.update(pa, g), b._full_update(pb, g)
+    assert a.state["l1.b"]["step"] == 3 and a.state["l0.W"]["step"] == 4
+    assert a._plan is not None
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k])

@@ -355,3 +355,42 @@ def set_num_threads(n):
 
 def max_threads():
     return 1
+
+
+# ----------------------------------------------------------------------------- bound multi-tensor update
+class BoundUpdate:
+    """``dlfast.kernels.bind_update`` on this backend: the single-tensor kernels, tensor by tensor."""
+
+    def __init__(self, rule, ws, gs, states, wds, hyper):
+        self.rule, self.arrays = rule, (tuple(ws), tuple(gs), tuple(tuple(s) for s in states))
+        self.wds, self.hyper = tuple(wds), hyper
+
+    def set_hyper(self, hyper):
+        self.hyper = hyper
+
+    def sumsq(self):
+        total = 0.0
+        for g in self.arrays[1]:
+            total += sumsq(g)
+        return total
+
+    def update(self, lr, grad_scale, clip_value, step):
+        h1, h2, eps, flag, decoupled = self.hyper
+        rule = self.rule
+        for w, g, st, wd in zip(*self.arrays, self.wds):
+            if rule == "sgd":
+                sgd_update(w, g, lr, wd, grad_scale, clip_value)
+            elif rule in ("momentum", "nesterov"):
+                (momentum_update if rule == "momentum" else nesterov_update)(
+                    w, g, st[0], lr, h1, wd, grad_scale, clip_value)
+            elif rule == "adagrad":
+                adagrad_update(w, g, st[0], lr, eps, flag, wd, grad_scale, clip_value)
+            elif rule == "rmsprop":
+                rmsprop_update(w, g, st[0], lr, h1, eps, flag, wd, grad_scale, clip_value)
+            else:
+                adam_update(w, g, st[0], st[1], lr, h1, h2, eps, step, flag, wd, decoupled,
+                            grad_scale, clip_value)
+
+
+def bind_update(rule, ws, gs, states, wds, hyper):
+    return BoundUpdate(rule, ws, gs, states, wds, hyper)

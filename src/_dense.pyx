@@ -18,16 +18,17 @@ import os
 
 cdef enum:
     ROWBLOCK = 64      # rows per block of the db reduction (fixed: thread-count independent)
-    GEMMBLOCK = 64     # least output rows per BLAS call
+    GEMMBLOCK = 16     # least output rows per BLAS call
 
 # Determinism: every GEMM of m output rows is cut into blocks of gemm_rows(m) rows, each one
 # single-threaded BLAS call (dlfast pins the BLAS behind scipy.linalg.cython_blas to one thread),
 # shared out to the threads; each output element is computed by the same call whatever the thread
 # count. (A BLAS's result for a row does depend on the rows called with it, so the blocks must not.)
-#   gemm_rows(m) = max(GEMMBLOCK, roundup16(ceil(m / P)))
+#   gemm_rows(m) = max(GEMMBLOCK, roundup4(ceil(m / P)))
 # P = processors this process may run on, fixed at import (1 without OpenMP): one block per core,
 # so each core packs the shared operand once (blocks of 64 rows repacked it m/64 times: +20% at
-# 1024x784x100), and the blocks, hence the bits, are the same for 1 and N threads on a machine.
+# 1024x784x100) and the cores get near-equal shares (100 rows on 2: 52 + 48, where rounding to 16
+# with 64 at least gave 64 + 36); the blocks, hence the bits, are the same for 1 and N threads.
 cdef Py_ssize_t _GEMM_PARTS = 1
 if DLFAST_HAVE_OPENMP:
     _GEMM_PARTS = max(1, min(256, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -60,13 +61,13 @@ cdef inline void _pin_blas() noexcept nogil:
 
 
 def gemm_parts():
-    """P of gemm_rows(m) = max(64, roundup16(ceil(m / P))): the GEMM row-block count target."""
+    """P of gemm_rows(m) = max(16, roundup4(ceil(m / P))): the GEMM row-block count target."""
     return _GEMM_PARTS
 
 
 cdef inline Py_ssize_t _gemm_rows(Py_ssize_t m) noexcept nogil:
     cdef Py_ssize_t r = (m + _GEMM_PARTS - 1) // _GEMM_PARTS
-    r = (r + 15) // 16 * 16
+    r = (r + 3) // 4 * 4
     return r if r > GEMMBLOCK else GEMMBLOCK
 
 cdef Py_ssize_t _INT_MAX = 2147483647

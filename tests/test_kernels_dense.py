@@ -239,7 +239,7 @@ def test_dense_bad_input_names_argument():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gemm_row_blocks_thread_independent(n, dtype):
     """Shapes big enough that 2 threads really share the GEMM row blocks (several blocks of
-    max(64, roundup16(ceil(n / P))) rows): forward and backward equal NumPy and are
+    max(16, roundup4(ceil(n / P))) rows): forward and backward equal NumPy and are
     bit-identical with 1 and 2 threads."""
     from dlfast._backends import _dense
     assert _dense.gemm_parts() >= 1

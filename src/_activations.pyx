@@ -10,7 +10,8 @@ from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 
-from _act cimport act_code, act_row, act_grad_row, act_work, CHEAP
+from _act cimport (act_code, act_row, act_grad_row, act_work, CHEAP, buf_get, PyBuffer_Release,
+                  DT_F32, DT_FLOAT)
 
 include "_parallel.pxi"
 
@@ -19,39 +20,78 @@ cdef enum:
     ROWBLOCK = 64      # rows per block of the dslope reduction
 
 
-def _act_fwd(const floating[::1] x, floating[::1] out, int code, double alpha):
-    cdef Py_ssize_t n = x.shape[0], nb = (n + BLOCK - 1) // BLOCK, blk, lo
-    cdef floating a = <floating>alpha
-    cdef int nt = _threads(act_work(n, code))
-    if n == 0:
-        return
-    with nogil:
-        for blk in prange(nb, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
-            lo = blk * BLOCK
-            act_row(&out[lo], &x[lo], NULL, min(BLOCK, n - lo), code, a)
-
-
 def activation_forward(x, out, activation, alpha):
     """out = act(x) (out may be x)."""
-    _act_fwd(x.reshape(-1), out.reshape(-1), act_code(activation), alpha)
-
-
-def _act_bwd(const floating[::1] dout, const floating[::1] y, floating[::1] dx, int code,
-             double alpha):
-    cdef Py_ssize_t n = y.shape[0], nb = (n + BLOCK - 1) // BLOCK, blk, lo
-    cdef floating a = <floating>alpha
-    cdef int nt = _threads(n // CHEAP)
-    if n == 0:
-        return
+    cdef int code = act_code(activation)
+    cdef double a = alpha
+    cdef Py_buffer vx, vo
+    cdef int dt = buf_get(x, &vx, DT_FLOAT, -1, False)
+    cdef Py_ssize_t n = vx.len // vx.itemsize
+    try:
+        buf_get(out, &vo, dt, n, True)
+    except BaseException:
+        PyBuffer_Release(&vx)
+        raise
     with nogil:
-        for blk in prange(nb, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
+        if dt == DT_F32:
+            _act_fwd(<float*>vo.buf, <const float*>vx.buf, n, code, <float>a)
+        else:
+            _act_fwd(<double*>vo.buf, <const double*>vx.buf, n, code, a)
+    PyBuffer_Release(&vo)
+    PyBuffer_Release(&vx)
+
+
+cdef void _act_fwd(floating* y, const floating* x, Py_ssize_t n, int code,
+                   floating a) noexcept nogil:
+    cdef Py_ssize_t nb = (n + BLOCK - 1) // BLOCK, blk, lo
+    cdef int nt = _threads(act_work(n, code))
+    if nt == 1:                 # the same blocks, no parallel region (~0.5 us even on one thread)
+        for blk in range(nb):
             lo = blk * BLOCK
-            act_grad_row(&dx[lo], &dout[lo], &y[lo], min(BLOCK, n - lo), code, a)
+            act_row(y + lo, x + lo, NULL, min(BLOCK, n - lo), code, a)
+        return
+    for blk in prange(nb, num_threads=nt, schedule="static"):
+        lo = blk * BLOCK
+        act_row(y + lo, x + lo, NULL, min(BLOCK, n - lo), code, a)
 
 
 def activation_backward(dout, out, dx, activation, alpha):
     """dx = dout * act'(out)."""
-    _act_bwd(dout.reshape(-1), out.reshape(-1), dx.reshape(-1), act_code(activation), alpha)
+    cdef int code = act_code(activation)
+    cdef double a = alpha
+    cdef Py_buffer vy, vd, vx
+    cdef int dt = buf_get(out, &vy, DT_FLOAT, -1, False)
+    cdef Py_ssize_t n = vy.len // vy.itemsize
+    try:
+        buf_get(dout, &vd, dt, n, False)
+        buf_get(dx, &vx, dt, n, True)
+    except BaseException:
+        PyBuffer_Release(&vd)
+        PyBuffer_Release(&vy)
+        raise
+    with nogil:
+        if dt == DT_F32:
+            _act_bwd(<float*>vx.buf, <const float*>vd.buf, <const float*>vy.buf, n, code,
+                     <float>a)
+        else:
+            _act_bwd(<double*>vx.buf, <const double*>vd.buf, <const double*>vy.buf, n, code, a)
+    PyBuffer_Release(&vx)
+    PyBuffer_Release(&vd)
+    PyBuffer_Release(&vy)
+
+
+cdef void _act_bwd(floating* dx, const floating* dout, const floating* y, Py_ssize_t n, int code,
+                   floating a) noexcept nogil:
+    cdef Py_ssize_t nb = (n + BLOCK - 1) // BLOCK, blk, lo
+    cdef int nt = _threads(n // CHEAP)
+    if nt == 1:
+        for blk in range(nb):
+            lo = blk * BLOCK
+            act_grad_row(dx + lo, dout + lo, y + lo, min(BLOCK, n - lo), code, a)
+        return
+    for blk in prange(nb, num_threads=nt, schedule="static"):
+        lo = blk * BLOCK
+        act_grad_row(dx + lo, dout + lo, y + lo, min(BLOCK, n - lo), code, a)
 
 
 cdef int _mode(slope, x):

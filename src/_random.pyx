@@ -2,15 +2,74 @@
 
 u_i = (mix64(mix64(seed) + (counter + i + 1) * 0x9E3779B97F4A7C15) >> 11) * 2^-53 (uint64 wrap-around),
 mix64 = SplitMix64's finaliser; bit-identical to ``numpy_kernels.uniform01`` for any thread count.
+Every element is independent: the loops are C (below), vectorised and cloned per instruction set.
 """
 from cython.parallel cimport prange
+from libc.math cimport ceil
 from libc.stdint cimport uint64_t, uint8_t
-from cython cimport floating
+
+from _act cimport buf_get, PyBuffer_Release, DT_F32, DT_U8, DT_FLOAT
 
 include "_parallel.pxi"
 
 cdef enum:
     BLOCK = 4096          # elements per parallel work item
+
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #if defined(__GNUC__) && __GNUC__ >= 11 && !defined(__clang__) && defined(__x86_64__) \\
+        && defined(__linux__) && defined(__GLIBC__)      /* ifunc: glibc; x86-64-v3/v4: GCC 11 */
+    #define DLF_RCLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+    #else
+    #define DLF_RCLONES
+    #endif
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC push_options
+    #pragma GCC optimize("fp-contract=off")      /* low + span * u: no FMA, as NumPy */
+    #endif
+    static inline uint64_t dlf_mix64(uint64_t z) {
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        return z ^ (z >> 31);
+    }
+    /* k_i = u_i * 2^53 = mix64(key + (base + i) * golden) >> 11, an integer < 2^53 */
+    #define DLF_K(i) ((int64_t)(dlf_mix64(key + (base + (uint64_t)(i)) * 0x9E3779B97F4A7C15ULL) >> 11))
+    #define DLF_U(i) ((double)DLF_K(i) * 1.1102230246251565e-16)
+
+    /* m[i] = u_i >= p  <=>  k_i >= thr = ceil(p * 2^53) (exact: p * 2^53 is) */
+    DLF_RCLONES static void dlf_mask(uint8_t* m, long i0, long i1, uint64_t key, uint64_t base,
+                                     int64_t thr) {
+        for (long i = i0; i < i1; i++) m[i] = DLF_K(i) >= thr;
+    }
+    #define DLF_RANDOM_ROWS(SUF, T)                                                            \\
+    DLF_RCLONES static void dlf_uniform##SUF(T* o, long i0, long i1, uint64_t key, uint64_t base, \\
+                                             double low, double span) {                       \\
+        for (long i = i0; i < i1; i++) o[i] = (T)(low + span * DLF_U(i));                      \\
+    }                                                                                          \\
+    DLF_RCLONES static void dlf_bernoulli##SUF(T* o, const T* pr, long i0, long i1,            \\
+                                               uint64_t key, uint64_t base) {                 \\
+        for (long i = i0; i < i1; i++) o[i] = DLF_U(i) < (double)pr[i] ? 1 : 0;                \\
+    }                                                                                          \\
+    DLF_RCLONES static void dlf_apply##SUF(T* o, const T* x, const uint8_t* m, long i0, long i1, \\
+                                           T scale) {                                         \\
+        if (m == NULL) for (long i = i0; i < i1; i++) o[i] = x[i] * scale;                     \\
+        else for (long i = i0; i < i1; i++) o[i] = (x[i] * (T)m[i]) * scale;                   \\
+    }
+    DLF_RANDOM_ROWS(f, float)
+    DLF_RANDOM_ROWS(d, double)
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC pop_options
+    #endif
+    """
+    void dlf_mask(uint8_t*, long, long, uint64_t, uint64_t, long long) noexcept nogil
+    void dlf_uniformf(float*, long, long, uint64_t, uint64_t, double, double) noexcept nogil
+    void dlf_uniformd(double*, long, long, uint64_t, uint64_t, double, double) noexcept nogil
+    void dlf_bernoullif(float*, const float*, long, long, uint64_t, uint64_t) noexcept nogil
+    void dlf_bernoullid(double*, const double*, long, long, uint64_t, uint64_t) noexcept nogil
+    void dlf_applyf(float*, const float*, const uint8_t*, long, long, float) noexcept nogil
+    void dlf_applyd(double*, const double*, const uint8_t*, long, long, double) noexcept nogil
 
 
 cdef inline uint64_t _mix64(uint64_t z) noexcept nogil:
@@ -19,80 +78,119 @@ cdef inline uint64_t _mix64(uint64_t z) noexcept nogil:
     return z ^ (z >> 31)
 
 
-cdef inline double _u01(uint64_t key, uint64_t idx) noexcept nogil:
-    """u for absolute (counter + i + 1) = idx."""
-    return <double>(_mix64(key + idx * <uint64_t>0x9E3779B97F4A7C15ULL) >> 11) * 1.1102230246251565e-16
+cdef inline long long _threshold(double p) noexcept nogil:
+    """ceil(p * 2^53) clipped to [0, 2^53]: u >= p <=> k >= it (NaN: 2^53, nothing passes)."""
+    cdef double t = ceil(p * 9007199254740992.0)
+    if t <= 0:
+        return 0
+    if not t < 9007199254740992.0:
+        return 9007199254740992
+    return <long long>t
 
 
-def _mask(uint8_t[::1] m, double p, uint64_t key, uint64_t base):
-    cdef Py_ssize_t n = m.shape[0], nb = (n + BLOCK - 1) // BLOCK, b, i, hi
+cdef inline Py_ssize_t _nblocks(Py_ssize_t n) noexcept nogil:
+    return (n + BLOCK - 1) // BLOCK
+
+
+cdef void _rand_items(int what, void* o, const void* pr, Py_ssize_t n, int dt, uint64_t key,
+                      uint64_t base, double low, double span, long long thr) noexcept nogil:
+    """Elements [0, n) of a draw (what: 0 mask, 1 uniform, 2 bernoulli): one C call on one
+    thread, else fixed BLOCKs shared by the threads."""
     cdef int nt = _threads(n)
-    for b in prange(nb, nogil=True, schedule="static", num_threads=nt, use_threads_if=nt > 1):
-        hi = min((b + 1) * BLOCK, n)
-        for i in range(b * BLOCK, hi):
-            m[i] = _u01(key, base + <uint64_t>i) >= p
+    cdef Py_ssize_t b, lo
+    if nt == 1:
+        _rand_range(what, o, pr, 0, n, dt, key, base, low, span, thr)
+        return
+    for b in prange(_nblocks(n), schedule="static", num_threads=nt):
+        lo = b * BLOCK
+        _rand_range(what, o, pr, lo, min(lo + BLOCK, n), dt, key, base, low, span, thr)
+
+
+cdef inline void _rand_range(int what, void* o, const void* pr, Py_ssize_t lo, Py_ssize_t hi,
+                             int dt, uint64_t key, uint64_t base, double low, double span,
+                             long long thr) noexcept nogil:
+    if what == 0:
+        dlf_mask(<uint8_t*>o, lo, hi, key, base, thr)
+    elif what == 1:
+        if dt == DT_F32:
+            dlf_uniformf(<float*>o, lo, hi, key, base, low, span)
+        else:
+            dlf_uniformd(<double*>o, lo, hi, key, base, low, span)
+    elif dt == DT_F32:
+        dlf_bernoullif(<float*>o, <const float*>pr, lo, hi, key, base)
+    else:
+        dlf_bernoullid(<double*>o, <const double*>pr, lo, hi, key, base)
 
 
 def dropout_mask(mask, p, seed, counter):
     """mask[i] = u_i >= p (uint8, any shape)."""
-    cdef uint64_t s = seed, c = counter
-    _mask(mask.reshape(-1), <double>p, _mix64(s), c + 1)
-
-
-def _uniform(floating[::1] o, double low, double high, uint64_t key, uint64_t base):
-    cdef Py_ssize_t n = o.shape[0], nb = (n + BLOCK - 1) // BLOCK, b, i, hi
-    cdef double span = high - low
-    cdef int nt = _threads(n)
-    for b in prange(nb, nogil=True, schedule="static", num_threads=nt, use_threads_if=nt > 1):
-        hi = min((b + 1) * BLOCK, n)
-        for i in range(b * BLOCK, hi):
-            o[i] = <floating>(low + span * _u01(key, base + <uint64_t>i))
+    cdef uint64_t key = _mix64(<uint64_t>seed), base = <uint64_t>counter + 1
+    cdef long long thr = _threshold(<double>p)
+    cdef Py_buffer vm
+    buf_get(mask, &vm, DT_U8, -1, True)
+    with nogil:
+        _rand_items(0, vm.buf, NULL, vm.len, DT_U8, key, base, 0.0, 0.0, thr)
+    PyBuffer_Release(&vm)
 
 
 def random_uniform(out, low, high, seed, counter):
     """out[i] = low + (high - low) * u_i, computed in float64 and rounded to out's dtype."""
-    cdef uint64_t s = seed, c = counter
-    _uniform(out.reshape(-1), <double>low, <double>high, _mix64(s), c + 1)
-
-
-def _bernoulli(const floating[::1] pr, floating[::1] o, uint64_t key, uint64_t base):
-    cdef Py_ssize_t n = o.shape[0], nb = (n + BLOCK - 1) // BLOCK, b, i, hi
-    cdef int nt = _threads(n)
-    for b in prange(nb, nogil=True, schedule="static", num_threads=nt, use_threads_if=nt > 1):
-        hi = min((b + 1) * BLOCK, n)
-        for i in range(b * BLOCK, hi):
-            o[i] = 1 if _u01(key, base + <uint64_t>i) < <double>pr[i] else 0
+    cdef uint64_t key = _mix64(<uint64_t>seed), base = <uint64_t>counter + 1
+    cdef double lo = low, span = <double>high - lo
+    cdef Py_buffer vo
+    cdef int dt = buf_get(out, &vo, DT_FLOAT, -1, True)
+    with nogil:
+        _rand_items(1, vo.buf, NULL, vo.len // vo.itemsize, dt, key, base, lo, span, 0)
+    PyBuffer_Release(&vo)
 
 
 def bernoulli_sample(probs, out, seed, counter):
     """out[i] = 1 if u_i < probs[i] else 0 (comparison in float64)."""
-    cdef uint64_t s = seed, c = counter
-    _bernoulli(probs.reshape(-1), out.reshape(-1), _mix64(s), c + 1)
-
-
-def _apply_mask(const floating[::1] x, const uint8_t[::1] m, floating[::1] o, double scale_):
-    cdef Py_ssize_t n = o.shape[0], nb = (n + BLOCK - 1) // BLOCK, b, i, hi
-    cdef floating scale = <floating>scale_
-    cdef int nt = _threads(n)
-    for b in prange(nb, nogil=True, schedule="static", num_threads=nt, use_threads_if=nt > 1):
-        hi = min((b + 1) * BLOCK, n)
-        for i in range(b * BLOCK, hi):
-            o[i] = (x[i] * <floating>m[i]) * scale
-
-
-def _apply_scale(const floating[::1] x, floating[::1] o, double scale_):
-    cdef Py_ssize_t n = o.shape[0], nb = (n + BLOCK - 1) // BLOCK, b, i, hi
-    cdef floating scale = <floating>scale_
-    cdef int nt = _threads(n)
-    for b in prange(nb, nogil=True, schedule="static", num_threads=nt, use_threads_if=nt > 1):
-        hi = min((b + 1) * BLOCK, n)
-        for i in range(b * BLOCK, hi):
-            o[i] = x[i] * scale
+    cdef uint64_t key = _mix64(<uint64_t>seed), base = <uint64_t>counter + 1
+    cdef Py_buffer vp, vo
+    cdef int dt = buf_get(out, &vo, DT_FLOAT, -1, True)
+    try:
+        buf_get(probs, &vp, dt, vo.len // vo.itemsize, False)
+    except BaseException:
+        PyBuffer_Release(&vo)
+        raise
+    with nogil:
+        _rand_items(2, vo.buf, vp.buf, vo.len // vo.itemsize, dt, key, base, 0.0, 0.0, 0)
+    PyBuffer_Release(&vp)
+    PyBuffer_Release(&vo)
 
 
 def dropout_apply(x, mask, scale, out):
     """out = (x * mask) * scale in x's dtype (mask None: out = x * scale)."""
-    if mask is None:
-        _apply_scale(x.reshape(-1), out.reshape(-1), <double>scale)
+    cdef double s = scale
+    cdef Py_buffer vx, vm, vo
+    cdef Py_ssize_t n, b, lo
+    cdef int dt, nt
+    dt = buf_get(x, &vx, DT_FLOAT, -1, False)
+    n = vx.len // vx.itemsize
+    try:
+        buf_get(mask, &vm, DT_U8, n, False)
+        buf_get(out, &vo, dt, n, True)
+    except BaseException:
+        PyBuffer_Release(&vm)
+        PyBuffer_Release(&vx)
+        raise
+    nt = _threads(n)
+    with nogil:
+        if nt == 1:
+            _apply_range(vo.buf, vx.buf, <const uint8_t*>vm.buf, 0, n, dt, s)
+        else:
+            for b in prange(_nblocks(n), schedule="static", num_threads=nt):
+                lo = b * BLOCK
+                _apply_range(vo.buf, vx.buf, <const uint8_t*>vm.buf, lo, min(lo + BLOCK, n), dt, s)
+    PyBuffer_Release(&vo)
+    PyBuffer_Release(&vm)
+    PyBuffer_Release(&vx)
+
+
+cdef inline void _apply_range(void* o, const void* x, const uint8_t* m, Py_ssize_t lo,
+                              Py_ssize_t hi, int dt, double scale) noexcept nogil:
+    if dt == DT_F32:
+        dlf_applyf(<float*>o, <const float*>x, m, lo, hi, <float>scale)
     else:
-        _apply_mask(x.reshape(-1), mask.reshape(-1), out.reshape(-1), <double>scale)
+        dlf_applyd(<double*>o, <const double*>x, m, lo, hi, scale)

@@ -7,11 +7,17 @@ Two work decompositions, chosen from the shape only (so results never depend on 
 * narrow (F <= FBLOCK and N > RCHUNK): work items are fixed chunks of RCHUNK rows with per-chunk
   double partial sums, combined in chunk order.
 Statistics are two-pass (mean, then sum (x - mean)^2 / N); no E[x^2] - E[x]^2.
+On one thread the same work items run in a plain loop (no OpenMP region). The loops over elements
+are C (below): vectorised, cloned per instruction set, never contracted to FMA (each product and
+sum rounded as in the NumPy backend).
 """
 from cython.parallel cimport prange
 from cython cimport floating
 from libc.math cimport sqrt
 from libc.stdlib cimport malloc, free
+from libc.string cimport memset
+
+from _act cimport buf_get, PyBuffer_Release, DT_F32, DT_FLOAT
 
 include "_parallel.pxi"
 
@@ -20,6 +26,149 @@ cdef enum:
     RCHUNK = 2048         # rows per work item (narrow shapes)
 
 
+cdef extern from *:
+    """
+    #if defined(__GNUC__) && __GNUC__ >= 11 && !defined(__clang__) && defined(__x86_64__) \\
+        && defined(__linux__) && defined(__GLIBC__)      /* ifunc: glibc; x86-64-v3/v4: GCC 11 */
+    #define DLF_BCLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+    #else
+    #define DLF_BCLONES
+    #endif
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC push_options
+    #pragma GCC optimize("fp-contract=off")
+    #endif
+    /* Rows [i0, i1), features [j0, j1) of row-major (., f) arrays; sums in double, row order. */
+    #define DLF_BN(S, T)                                                                       \\
+    /* acc[j] = sum_i x[i, j] */                                                               \\
+    DLF_BCLONES static void dlf_bn_sum##S(const T* x, long i0, long i1, long f, long j0, long j1, \\
+                                          double* __restrict acc) {                            \\
+        long i, j;                                                                             \\
+        for (j = j0; j < j1; j++) acc[j] = 0.0;                                                \\
+        for (i = i0; i < i1; i++)                                                              \\
+            for (j = j0; j < j1; j++) acc[j] = acc[j] + x[i * f + j];                          \\
+    }                                                                                          \\
+    /* acc[j] = sum_i (x[i, j] - mu[j])^2 */                                                   \\
+    DLF_BCLONES static void dlf_bn_sqdev##S(const T* x, long i0, long i1, long f, long j0,     \\
+                                            long j1, const double* mu, double* __restrict acc) { \\
+        long i, j;                                                                             \\
+        for (j = j0; j < j1; j++) acc[j] = 0.0;                                                \\
+        for (i = i0; i < i1; i++)                                                              \\
+            for (j = j0; j < j1; j++) { double d = x[i * f + j] - mu[j]; acc[j] = acc[j] + d * d; } \\
+    }                                                                                          \\
+    /* xhat = T((x - mu) * inv) (double); out = gamma * xhat + beta (T) */                     \\
+    DLF_BCLONES static void dlf_bn_norm##S(const T* x, T* __restrict xhat, T* __restrict out,  \\
+                                           const T* gamma, const T* beta, const double* mu,    \\
+                                           const double* inv, long i0, long i1, long f, long j0, \\
+                                           long j1) {                                          \\
+        long i, j;                                                                             \\
+        for (i = i0; i < i1; i++)                                                              \\
+            for (j = j0; j < j1; j++) {                                                        \\
+                T xh = (T)((x[i * f + j] - mu[j]) * inv[j]);                                   \\
+                xhat[i * f + j] = xh;                                                          \\
+                out[i * f + j] = gamma[j] * xh + beta[j];                                      \\
+            }                                                                                  \\
+    }                                                                                          \\
+    /* sb[j] = sum_i dout[i, j]; sg[j] = sum_i dout[i, j] * xhat[i, j] */                      \\
+    DLF_BCLONES static void dlf_bn_bsums##S(const T* dout, const T* xhat, long i0, long i1,    \\
+                                            long f, long j0, long j1, double* __restrict sb,   \\
+                                            double* __restrict sg) {                           \\
+        long i, j;                                                                             \\
+        for (j = j0; j < j1; j++) { sb[j] = 0.0; sg[j] = 0.0; }                                \\
+        for (i = i0; i < i1; i++)                                                              \\
+            for (j = j0; j < j1; j++) {                                                        \\
+                double d = dout[i * f + j];                                                    \\
+                sb[j] = sb[j] + d;                                                             \\
+                sg[j] = sg[j] + d * xhat[i * f + j];                                           \\
+            }                                                                                  \\
+    }                                                                                          \\
+    /* dx = T(c * ((dn * dout - sb) - xhat * sg)) (batch), T(c * dout) (not) */                \\
+    DLF_BCLONES static void dlf_bn_dx##S(T* __restrict dx, const T* dout, const T* xhat,       \\
+                                         const double* c, const double* sb, const double* sg,  \\
+                                         long i0, long i1, long f, long j0, long j1, double dn, \\
+                                         int batch) {                                          \\
+        long i, j;                                                                             \\
+        for (i = i0; i < i1; i++)                                                              \\
+            if (batch)                                                                         \\
+                for (j = j0; j < j1; j++)                                                      \\
+                    dx[i * f + j] = (T)(c[j] * ((dn * dout[i * f + j] - sb[j])                 \\
+                                                - xhat[i * f + j] * sg[j]));                   \\
+            else                                                                               \\
+                for (j = j0; j < j1; j++) dx[i * f + j] = (T)(c[j] * dout[i * f + j]);         \\
+    }
+    DLF_BN(f, float)
+    DLF_BN(d, double)
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC pop_options
+    #endif
+    """
+    void dlf_bn_sumf(const float*, long, long, long, long, long, double*) noexcept nogil
+    void dlf_bn_sumd(const double*, long, long, long, long, long, double*) noexcept nogil
+    void dlf_bn_sqdevf(const float*, long, long, long, long, long, const double*,
+                       double*) noexcept nogil
+    void dlf_bn_sqdevd(const double*, long, long, long, long, long, const double*,
+                       double*) noexcept nogil
+    void dlf_bn_normf(const float*, float*, float*, const float*, const float*, const double*,
+                      const double*, long, long, long, long, long) noexcept nogil
+    void dlf_bn_normd(const double*, double*, double*, const double*, const double*,
+                      const double*, const double*, long, long, long, long, long) noexcept nogil
+    void dlf_bn_bsumsf(const float*, const float*, long, long, long, long, long, double*,
+                       double*) noexcept nogil
+    void dlf_bn_bsumsd(const double*, const double*, long, long, long, long, long, double*,
+                       double*) noexcept nogil
+    void dlf_bn_dxf(float*, const float*, const float*, const double*, const double*,
+                    const double*, long, long, long, long, long, double, int) noexcept nogil
+    void dlf_bn_dxd(double*, const double*, const double*, const double*, const double*,
+                    const double*, long, long, long, long, long, double, int) noexcept nogil
+
+
+# ---------------------------------------------------------------------------- element loops
+cdef inline void _sum(const floating* x, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t f,
+                      Py_ssize_t j0, Py_ssize_t j1, double* acc) noexcept nogil:
+    if floating is float:
+        dlf_bn_sumf(x, i0, i1, f, j0, j1, acc)
+    else:
+        dlf_bn_sumd(x, i0, i1, f, j0, j1, acc)
+
+
+cdef inline void _sqdev(const floating* x, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t f,
+                        Py_ssize_t j0, Py_ssize_t j1, const double* mu,
+                        double* acc) noexcept nogil:
+    if floating is float:
+        dlf_bn_sqdevf(x, i0, i1, f, j0, j1, mu, acc)
+    else:
+        dlf_bn_sqdevd(x, i0, i1, f, j0, j1, mu, acc)
+
+
+cdef inline void _norm(const floating* x, floating* xhat, floating* out, const floating* gamma,
+                       const floating* beta, const double* mu, const double* inv, Py_ssize_t i0,
+                       Py_ssize_t i1, Py_ssize_t f, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    if floating is float:
+        dlf_bn_normf(x, xhat, out, gamma, beta, mu, inv, i0, i1, f, j0, j1)
+    else:
+        dlf_bn_normd(x, xhat, out, gamma, beta, mu, inv, i0, i1, f, j0, j1)
+
+
+cdef inline void _bsums(const floating* dout, const floating* xhat, Py_ssize_t i0, Py_ssize_t i1,
+                        Py_ssize_t f, Py_ssize_t j0, Py_ssize_t j1, double* sb,
+                        double* sg) noexcept nogil:
+    if floating is float:
+        dlf_bn_bsumsf(dout, xhat, i0, i1, f, j0, j1, sb, sg)
+    else:
+        dlf_bn_bsumsd(dout, xhat, i0, i1, f, j0, j1, sb, sg)
+
+
+cdef inline void _bdx(floating* dx, const floating* dout, const floating* xhat, const double* c,
+                      const double* sb, const double* sg, Py_ssize_t i0, Py_ssize_t i1,
+                      Py_ssize_t f, Py_ssize_t j0, Py_ssize_t j1, double dn,
+                      bint batch) noexcept nogil:
+    if floating is float:
+        dlf_bn_dxf(dx, dout, xhat, c, sb, sg, i0, i1, f, j0, j1, dn, batch)
+    else:
+        dlf_bn_dxd(dx, dout, xhat, c, sb, sg, i0, i1, f, j0, j1, dn, batch)
+
+
+# ---------------------------------------------------------------------------- work decomposition
 cdef inline Py_ssize_t _nfb(Py_ssize_t f) noexcept nogil:
     return (f + FBLOCK - 1) // FBLOCK
 
@@ -39,26 +188,28 @@ cdef double* _dbuf(Py_ssize_t k) except NULL:
     return p
 
 
+cdef void _release(Py_buffer* v, int k) noexcept:
+    cdef int i
+    for i in range(k):
+        PyBuffer_Release(&v[i])
+
+
+cdef int _get_x(object x, Py_buffer* v, bint out) except -2:
+    """buf_get of a 2-D float array."""
+    cdef int dt = buf_get(x, v, DT_FLOAT, -1, out)
+    if v.ndim != 2:
+        raise ValueError(f"expected a 2-D array, got {v.ndim}-D")
+    return dt
+
+
 cdef void _colstats(const floating* x, Py_ssize_t n, Py_ssize_t f, Py_ssize_t j0, Py_ssize_t j1,
                     double* mu, double* var) noexcept nogil:
     """mu[j] = sum_n x[n, j] / N; var[j] = sum_n (x[n, j] - mu[j])^2 / N for j in [j0, j1)."""
-    cdef Py_ssize_t i, j
-    cdef const floating* row
-    cdef double d
-    for j in range(j0, j1):
-        mu[j] = 0.0
-        var[j] = 0.0
-    for i in range(n):
-        row = x + i * f
-        for j in range(j0, j1):
-            mu[j] = mu[j] + row[j]
+    cdef Py_ssize_t j
+    _sum(x, 0, n, f, j0, j1, mu)
     for j in range(j0, j1):
         mu[j] = mu[j] / n
-    for i in range(n):
-        row = x + i * f
-        for j in range(j0, j1):
-            d = row[j] - mu[j]
-            var[j] = var[j] + d * d
+    _sqdev(x, 0, n, f, j0, j1, mu, var)
     for j in range(j0, j1):
         var[j] = var[j] / n
 
@@ -79,244 +230,352 @@ cdef void _combine(const double* part, Py_ssize_t nrc, Py_ssize_t f, double* out
 cdef void _rowstats(const floating* x, Py_ssize_t n, Py_ssize_t f, double* mu, double* var,
                     double* part, int nt) noexcept nogil:
     """Narrow shapes: mu, var (length f) from RCHUNK-row partial sums (part: nrc * f doubles)."""
-    cdef Py_ssize_t nrc = _nrc(n), c, i, j
-    cdef double* pc
-    cdef const floating* row
-    cdef double d
-    for c in prange(nrc, schedule="static", num_threads=nt, use_threads_if=nt > 1):
-        pc = part + c * f
-        for j in range(f):
-            pc[j] = 0.0
-        for i in range(c * RCHUNK, min((c + 1) * RCHUNK, n)):
-            row = x + i * f
-            for j in range(f):
-                pc[j] = pc[j] + row[j]
+    cdef Py_ssize_t nrc = _nrc(n), c
+    if nt == 1:
+        for c in range(nrc):
+            _sum(x, c * RCHUNK, min((c + 1) * RCHUNK, n), f, 0, f, part + c * f)
+    else:
+        for c in prange(nrc, schedule="static", num_threads=nt):
+            _sum(x, c * RCHUNK, min((c + 1) * RCHUNK, n), f, 0, f, part + c * f)
     _combine(part, nrc, f, mu, <double>n)
-    for c in prange(nrc, schedule="static", num_threads=nt, use_threads_if=nt > 1):
-        pc = part + c * f
-        for j in range(f):
-            pc[j] = 0.0
-        for i in range(c * RCHUNK, min((c + 1) * RCHUNK, n)):
-            row = x + i * f
-            for j in range(f):
-                d = row[j] - mu[j]
-                pc[j] = pc[j] + d * d
+    if nt == 1:
+        for c in range(nrc):
+            _sqdev(x, c * RCHUNK, min((c + 1) * RCHUNK, n), f, 0, f, mu, part + c * f)
+    else:
+        for c in prange(nrc, schedule="static", num_threads=nt):
+            _sqdev(x, c * RCHUNK, min((c + 1) * RCHUNK, n), f, 0, f, mu, part + c * f)
     _combine(part, nrc, f, var, <double>n)
 
 
-def batchnorm_stats(const floating[:, ::1] x, floating[::1] mean, floating[::1] var):
+# ---------------------------------------------------------------------------- statistics
+def batchnorm_stats(x, mean, var):
     """mean = sum_n x / N, var = sum_n (x - mean)^2 / N per feature (N >= 1; double, two-pass)."""
-    cdef Py_ssize_t n = x.shape[0], f = x.shape[1], b, j0, j1, j
+    cdef Py_buffer v[3]
+    cdef double* buf = NULL
+    cdef Py_ssize_t n, f
+    cdef int dt
+    memset(v, 0, sizeof(v))
+    try:
+        dt = _get_x(x, &v[0], False)
+        n = v[0].shape[0]
+        f = v[0].shape[1]
+        buf_get(mean, &v[1], dt, f, True)
+        buf_get(var, &v[2], dt, f, True)
+        if n == 0 or f == 0:
+            return
+        buf = _dbuf(2 * f + (_nrc(n) * f if _narrow(n, f) else 0))
+        with nogil:
+            if dt == DT_F32:
+                _stats(<const float*>v[0].buf, <float*>v[1].buf, <float*>v[2].buf, n, f, buf)
+            else:
+                _stats(<const double*>v[0].buf, <double*>v[1].buf, <double*>v[2].buf, n, f, buf)
+    finally:
+        free(buf)
+        _release(v, 3)
+
+
+cdef void _stats(const floating* x, floating* mean, floating* var, Py_ssize_t n, Py_ssize_t f,
+                 double* buf) noexcept nogil:
     cdef int nt = _threads(n * f)
-    cdef double* buf
-    if n == 0 or f == 0:
-        return
-    cdef bint narrow = _narrow(n, f)
-    buf = _dbuf(2 * f + (_nrc(n) * f if narrow else 0))
-    cdef const floating* xp = &x[0, 0]
-    with nogil:
-        if narrow:
-            _rowstats(xp, n, f, buf, buf + f, buf + 2 * f, nt)
-            for j in range(f):
-                mean[j] = <floating>buf[j]
-                var[j] = <floating>buf[f + j]
-        else:
-            for b in prange(_nfb(f), schedule="static", num_threads=nt, use_threads_if=nt > 1):
-                j0 = b * FBLOCK
-                j1 = min(j0 + FBLOCK, f)
-                _colstats(xp, n, f, j0, j1, buf, buf + f)
-                for j in range(j0, j1):
-                    mean[j] = <floating>buf[j]
-                    var[j] = <floating>buf[f + j]
-    free(buf)
+    cdef Py_ssize_t b
+    if _narrow(n, f):
+        _rowstats(x, n, f, buf, buf + f, buf + 2 * f, nt)
+        _stats_out(mean, var, buf, f, 0, f)
+    elif nt == 1:
+        for b in range(_nfb(f)):
+            _stats_block(x, mean, var, n, f, b, buf)
+    else:
+        for b in prange(_nfb(f), schedule="static", num_threads=nt):
+            _stats_block(x, mean, var, n, f, b, buf)
 
 
+cdef inline void _stats_block(const floating* x, floating* mean, floating* var, Py_ssize_t n,
+                              Py_ssize_t f, Py_ssize_t b, double* buf) noexcept nogil:
+    cdef Py_ssize_t j0 = b * FBLOCK, j1 = min(j0 + FBLOCK, f)
+    _colstats(x, n, f, j0, j1, buf, buf + f)
+    _stats_out(mean, var, buf, f, j0, j1)
+
+
+cdef inline void _stats_out(floating* mean, floating* var, const double* buf, Py_ssize_t f,
+                            Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(j0, j1):
+        mean[j] = <floating>buf[j]
+        var[j] = <floating>buf[f + j]
+
+
+# ---------------------------------------------------------------------------- forward
 cdef inline floating _running(floating r, double momentum, double stat) noexcept nogil:
     """(1 - momentum) * r + momentum * stat, rounded like the NumPy backend
     (the first product in the array's dtype, the sum in double)."""
     return <floating>(<double>(<floating>(1.0 - momentum) * r) + momentum * stat)
 
 
-cdef inline void _normalise_rows(const floating* x, floating* xhat, floating* out,
-                                 const floating* gamma, const floating* beta, const double* mu,
-                                 const double* inv, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t f,
-                                 Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
-    """xhat = (x - mu) * inv (double, rounded); out = gamma * xhat + beta (dtype); rows [i0, i1),
-    features [j0, j1)."""
-    cdef Py_ssize_t i, j
-    cdef floating xh
-    for i in range(i0, i1):
-        for j in range(j0, j1):
-            xh = <floating>((x[i * f + j] - mu[j]) * inv[j])
-            xhat[i * f + j] = xh
-            out[i * f + j] = gamma[j] * xh + beta[j]
-
-
-def batchnorm_forward_train(const floating[:, ::1] x, const floating[::1] gamma,
-                            const floating[::1] beta, floating[:, ::1] out, floating[:, ::1] xhat,
-                            floating[::1] mean, floating[::1] invstd, floating[::1] running_mean,
-                            floating[::1] running_var, double momentum, double eps, bint unbiased):
+def batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd, running_mean, running_var,
+                            double momentum, double eps, bint unbiased):
     """Training batch norm (N >= 2): mean, var = batch stats; invstd = 1/sqrt(var + eps);
     xhat = (x - mean) * invstd; out = gamma * xhat + beta; running_* (if given) updated in place
     with momentum (running var unbiased by N/(N-1) when ``unbiased``)."""
-    cdef Py_ssize_t n = x.shape[0], f = x.shape[1], b, c, j, j0, j1
+    cdef Py_buffer v[9]
+    cdef double* buf = NULL
+    cdef Py_ssize_t n, f
+    cdef int dt
+    memset(v, 0, sizeof(v))
+    try:
+        dt = _get_x(x, &v[0], False)
+        n = v[0].shape[0]
+        f = v[0].shape[1]
+        buf_get(gamma, &v[1], dt, f, False)
+        buf_get(beta, &v[2], dt, f, False)
+        buf_get(out, &v[3], dt, n * f, True)
+        buf_get(xhat, &v[4], dt, n * f, True)
+        buf_get(mean, &v[5], dt, f, True)
+        buf_get(invstd, &v[6], dt, f, True)
+        buf_get(running_mean, &v[7], dt, f, True)
+        buf_get(running_var, &v[8], dt, f, True)
+        if n == 0 or f == 0:
+            return
+        buf = _dbuf(2 * f + (_nrc(n) * f if _narrow(n, f) else 0))
+        with nogil:
+            if dt == DT_F32:
+                _fwd_train(<const float*>v[0].buf, <const float*>v[1].buf,
+                           <const float*>v[2].buf, <float*>v[3].buf, <float*>v[4].buf,
+                           <float*>v[5].buf, <float*>v[6].buf, <float*>v[7].buf,
+                           <float*>v[8].buf, n, f, momentum, eps, unbiased, buf)
+            else:
+                _fwd_train(<const double*>v[0].buf, <const double*>v[1].buf,
+                           <const double*>v[2].buf, <double*>v[3].buf, <double*>v[4].buf,
+                           <double*>v[5].buf, <double*>v[6].buf, <double*>v[7].buf,
+                           <double*>v[8].buf, n, f, momentum, eps, unbiased, buf)
+    finally:
+        free(buf)
+        _release(v, 9)
+
+
+cdef void _fwd_train(const floating* x, const floating* gamma, const floating* beta,
+                     floating* out, floating* xhat, floating* mean, floating* invstd,
+                     floating* rm, floating* rv, Py_ssize_t n, Py_ssize_t f, double momentum,
+                     double eps, bint unbiased, double* buf) noexcept nogil:
+    """buf: mu (f), var -> invstd (f), narrow: chunk partial sums (nrc * f)."""
     cdef int nt = _threads(n * f)
-    cdef double* buf
     cdef double vfac = (<double>n / <double>(n - 1)) if (unbiased and n > 1) else 1.0
-    cdef bint has_rm = running_mean is not None, has_rv = running_var is not None
-    if n == 0 or f == 0:
-        return
-    cdef bint narrow = _narrow(n, f)
-    buf = _dbuf(2 * f + (_nrc(n) * f if narrow else 0))
-    cdef const floating* xp = &x[0, 0]
-    cdef floating* op = &out[0, 0]
-    cdef floating* hp = &xhat[0, 0]
-    cdef const floating* gp = &gamma[0]
-    cdef const floating* bp = &beta[0]
-    with nogil:
-        if narrow:
-            _rowstats(xp, n, f, buf, buf + f, buf + 2 * f, nt)
-        for b in prange(1 if narrow else _nfb(f), schedule="static", num_threads=nt,
-                        use_threads_if=nt > 1):
+    cdef Py_ssize_t b, c, j0, j1
+    if _narrow(n, f):
+        _rowstats(x, n, f, buf, buf + f, buf + 2 * f, nt)
+        _fwd_feat(mean, invstd, rm, rv, buf, f, 0, f, momentum, eps, unbiased, vfac)
+        if nt == 1:
+            _norm(x, xhat, out, gamma, beta, buf, buf + f, 0, n, f, 0, f)
+        else:
+            for c in prange(_nrc(n), schedule="static", num_threads=nt):
+                _norm(x, xhat, out, gamma, beta, buf, buf + f, c * RCHUNK,
+                      min((c + 1) * RCHUNK, n), f, 0, f)
+    elif nt == 1:
+        for b in range(_nfb(f)):
             j0 = b * FBLOCK
             j1 = min(j0 + FBLOCK, f)
-            if not narrow:
-                _colstats(xp, n, f, j0, j1, buf, buf + f)
-            for j in range(j0, j1):
-                mean[j] = <floating>buf[j]
-                if has_rm:
-                    running_mean[j] = _running(running_mean[j], momentum, buf[j])
-                if has_rv:
-                    running_var[j] = _running(running_var[j], momentum,
-                                              buf[f + j] * vfac if unbiased else buf[f + j])
-                buf[f + j] = 1.0 / sqrt(buf[f + j] + eps)          # var -> invstd
-                invstd[j] = <floating>buf[f + j]
-            if not narrow:
-                _normalise_rows(xp, hp, op, gp, bp, buf, buf + f, 0, n, f, j0, j1)
-        if narrow:
-            for c in prange(_nrc(n), schedule="static", num_threads=nt, use_threads_if=nt > 1):
-                _normalise_rows(xp, hp, op, gp, bp, buf, buf + f, c * RCHUNK,
-                                min((c + 1) * RCHUNK, n), f, 0, f)
-    free(buf)
+            _colstats(x, n, f, j0, j1, buf, buf + f)
+            _fwd_feat(mean, invstd, rm, rv, buf, f, j0, j1, momentum, eps, unbiased, vfac)
+            _norm(x, xhat, out, gamma, beta, buf, buf + f, 0, n, f, j0, j1)
+    else:
+        for b in prange(_nfb(f), schedule="static", num_threads=nt):
+            j0 = b * FBLOCK
+            j1 = min(j0 + FBLOCK, f)
+            _colstats(x, n, f, j0, j1, buf, buf + f)
+            _fwd_feat(mean, invstd, rm, rv, buf, f, j0, j1, momentum, eps, unbiased, vfac)
+            _norm(x, xhat, out, gamma, beta, buf, buf + f, 0, n, f, j0, j1)
 
 
-def batchnorm_forward_eval(const floating[:, ::1] x, const floating[::1] gamma,
-                           const floating[::1] beta, const floating[::1] running_mean,
-                           const floating[::1] running_var, double eps, floating[:, ::1] out,
-                           floating[:, ::1] xhat, floating[::1] invstd):
-    """invstd = 1/sqrt(running_var + eps); xhat = (x - running_mean) * invstd; out = gamma*xhat + beta."""
-    cdef Py_ssize_t n = x.shape[0], f = x.shape[1], i, j
-    cdef int nt = _threads(n * f)
-    cdef double* inv
-    cdef floating xh
-    if f == 0:
-        return
-    inv = _dbuf(f)
-    with nogil:
-        for j in range(f):
-            inv[j] = 1.0 / sqrt(<double>running_var[j] + eps)
-            invstd[j] = <floating>inv[j]
-        for i in prange(n, schedule="static", num_threads=nt, use_threads_if=nt > 1):
-            for j in range(f):
-                xh = <floating>((<double>x[i, j] - <double>running_mean[j]) * inv[j])
-                xhat[i, j] = xh
-                out[i, j] = gamma[j] * xh + beta[j]
-    free(inv)
-
-
-cdef inline void _bwd_sums(const floating* dout, const floating* xhat, Py_ssize_t i0, Py_ssize_t i1,
-                           Py_ssize_t f, Py_ssize_t j0, Py_ssize_t j1, double* sb,
-                           double* sg) noexcept nogil:
-    """sb[j] = sum_i dout[i, j]; sg[j] = sum_i dout[i, j] * xhat[i, j] over rows [i0, i1)."""
-    cdef Py_ssize_t i, j
-    cdef double d
+cdef inline void _fwd_feat(floating* mean, floating* invstd, floating* rm, floating* rv,
+                           double* buf, Py_ssize_t f, Py_ssize_t j0, Py_ssize_t j1,
+                           double momentum, double eps, bint unbiased,
+                           double vfac) noexcept nogil:
+    """Features [j0, j1): mean, running_* (if not NULL); buf[f + j]: var -> invstd."""
+    cdef Py_ssize_t j
     for j in range(j0, j1):
-        sb[j] = 0.0
-        sg[j] = 0.0
-    for i in range(i0, i1):
-        for j in range(j0, j1):
-            d = dout[i * f + j]
-            sb[j] = sb[j] + d
-            sg[j] = sg[j] + d * xhat[i * f + j]
+        mean[j] = <floating>buf[j]
+        if rm != NULL:
+            rm[j] = _running(rm[j], momentum, buf[j])
+        if rv != NULL:
+            rv[j] = _running(rv[j], momentum, buf[f + j] * vfac if unbiased else buf[f + j])
+        buf[f + j] = 1.0 / sqrt(buf[f + j] + eps)
+        invstd[j] = <floating>buf[f + j]
 
 
-cdef inline void _bwd_dx(const floating* dout, const floating* xhat, const floating* gamma,
-                         const floating* invstd, floating* dx, Py_ssize_t n, Py_ssize_t i0,
-                         Py_ssize_t i1, Py_ssize_t f, Py_ssize_t j0, Py_ssize_t j1, const double* sb,
-                         const double* sg, bint batch_stats) noexcept nogil:
-    """dx = k/N * (N*dout - sb - xhat*sg) (batch stats) or k * dout, k = gamma*invstd (double)."""
-    cdef Py_ssize_t i, j
-    cdef double k, dn = <double>n
-    for i in range(i0, i1):
-        for j in range(j0, j1):
-            k = <double>gamma[j] * <double>invstd[j]
-            if batch_stats:
-                dx[i * f + j] = <floating>(k / dn * (dn * dout[i * f + j] - sb[j]
-                                                     - xhat[i * f + j] * sg[j]))
+def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, double eps, out, xhat,
+                           invstd):
+    """invstd = 1/sqrt(running_var + eps); xhat = (x - running_mean) * invstd; out = gamma*xhat + beta."""
+    cdef Py_buffer v[8]
+    cdef double* buf = NULL
+    cdef Py_ssize_t n, f
+    cdef int dt
+    memset(v, 0, sizeof(v))
+    try:
+        dt = _get_x(x, &v[0], False)
+        n = v[0].shape[0]
+        f = v[0].shape[1]
+        buf_get(gamma, &v[1], dt, f, False)
+        buf_get(beta, &v[2], dt, f, False)
+        buf_get(running_mean, &v[3], dt, f, False)
+        buf_get(running_var, &v[4], dt, f, False)
+        buf_get(out, &v[5], dt, n * f, True)
+        buf_get(xhat, &v[6], dt, n * f, True)
+        buf_get(invstd, &v[7], dt, f, True)
+        if f == 0:
+            return
+        buf = _dbuf(2 * f)
+        with nogil:
+            if dt == DT_F32:
+                _fwd_eval(<const float*>v[0].buf, <const float*>v[1].buf,
+                          <const float*>v[2].buf, <const float*>v[3].buf,
+                          <const float*>v[4].buf, <float*>v[5].buf, <float*>v[6].buf,
+                          <float*>v[7].buf, n, f, eps, buf)
             else:
-                dx[i * f + j] = <floating>(k * dout[i * f + j])
+                _fwd_eval(<const double*>v[0].buf, <const double*>v[1].buf,
+                          <const double*>v[2].buf, <const double*>v[3].buf,
+                          <const double*>v[4].buf, <double*>v[5].buf, <double*>v[6].buf,
+                          <double*>v[7].buf, n, f, eps, buf)
+    finally:
+        free(buf)
+        _release(v, 8)
 
 
-def batchnorm_backward(const floating[:, ::1] dout, const floating[:, ::1] xhat,
-                       const floating[::1] gamma, const floating[::1] invstd, floating[:, ::1] dx,
-                       floating[::1] dgamma, floating[::1] dbeta, bint batch_stats):
+cdef void _fwd_eval(const floating* x, const floating* gamma, const floating* beta,
+                    const floating* rmean, const floating* rvar, floating* out, floating* xhat,
+                    floating* invstd, Py_ssize_t n, Py_ssize_t f, double eps,
+                    double* buf) noexcept nogil:
+    """buf: running_mean in double (f), invstd in double (f)."""
+    cdef int nt = _threads(n * f)
+    cdef Py_ssize_t i, j
+    for j in range(f):
+        buf[j] = <double>rmean[j]
+        buf[f + j] = 1.0 / sqrt(<double>rvar[j] + eps)
+        invstd[j] = <floating>buf[f + j]
+    if nt == 1:
+        _norm(x, xhat, out, gamma, beta, buf, buf + f, 0, n, f, 0, f)
+    else:
+        for i in prange(n, schedule="static", num_threads=nt):
+            _norm(x, xhat, out, gamma, beta, buf, buf + f, i, i + 1, f, 0, f)
+
+
+# ---------------------------------------------------------------------------- backward
+def batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta, bint batch_stats):
     """dbeta = sum_n dout; dgamma = sum_n dout * xhat (double); dx = gamma*invstd/N *
     (N*dout - dbeta - xhat*dgamma) with batch statistics, else dx = gamma*invstd*dout."""
-    cdef Py_ssize_t n = dout.shape[0], f = dout.shape[1], b, c, j, j0, j1, nrc
-    cdef int nt = _threads(n * f)
-    cdef bint has_dx = dx is not None, has_dg = dgamma is not None, has_db = dbeta is not None
-    cdef bint sums = has_dg or has_db or (has_dx and batch_stats)
-    cdef double* buf
-    cdef double* sb
-    cdef double* sg
-    cdef double* part
-    if f == 0:
-        return
-    if n == 0:                                   # empty batch: zero sums, no dx rows
-        for j in range(f):
-            if has_db:
-                dbeta[j] = 0
-            if has_dg:
-                dgamma[j] = 0
-        return
-    cdef bint narrow = _narrow(n, f)
-    nrc = _nrc(n)
-    buf = _dbuf(2 * f + (2 * nrc * f if narrow else 0))
-    sb = buf
-    sg = buf + f
-    part = buf + 2 * f
-    cdef const floating* dp = &dout[0, 0]
-    cdef const floating* hp = &xhat[0, 0]
-    cdef const floating* gp = &gamma[0]
-    cdef const floating* ip = &invstd[0]
-    cdef floating* xp = &dx[0, 0] if has_dx else NULL
-    with nogil:
-        if narrow:
-            if sums:
-                for c in prange(nrc, schedule="static", num_threads=nt, use_threads_if=nt > 1):
-                    _bwd_sums(dp, hp, c * RCHUNK, min((c + 1) * RCHUNK, n), f, 0, f,
-                              part + c * f, part + (nrc + c) * f)
-                _combine(part, nrc, f, sb, 1.0)
-                _combine(part + nrc * f, nrc, f, sg, 1.0)
+    cdef Py_buffer v[7]
+    cdef double* buf = NULL
+    cdef Py_ssize_t n, f, j
+    cdef int dt
+    memset(v, 0, sizeof(v))
+    try:
+        dt = _get_x(dout, &v[0], False)
+        n = v[0].shape[0]
+        f = v[0].shape[1]
+        buf_get(xhat, &v[1], dt, n * f, False)
+        buf_get(gamma, &v[2], dt, f, False)
+        buf_get(invstd, &v[3], dt, f, False)
+        buf_get(dx, &v[4], dt, n * f, True)
+        buf_get(dgamma, &v[5], dt, f, True)
+        buf_get(dbeta, &v[6], dt, f, True)
+        if f == 0:
+            return
+        if n == 0:                               # empty batch: zero sums, no dx rows
+            for j in range(f):
+                if dt == DT_F32:
+                    if v[6].buf != NULL:
+                        (<float*>v[6].buf)[j] = 0
+                    if v[5].buf != NULL:
+                        (<float*>v[5].buf)[j] = 0
+                else:
+                    if v[6].buf != NULL:
+                        (<double*>v[6].buf)[j] = 0
+                    if v[5].buf != NULL:
+                        (<double*>v[5].buf)[j] = 0
+            return
+        buf = _dbuf(3 * f + (2 * _nrc(n) * f if _narrow(n, f) else 0))
+        with nogil:
+            if dt == DT_F32:
+                _bwd(<const float*>v[0].buf, <const float*>v[1].buf, <const float*>v[2].buf,
+                     <const float*>v[3].buf, <float*>v[4].buf, <float*>v[5].buf,
+                     <float*>v[6].buf, n, f, batch_stats, buf)
             else:
-                for j in range(f):
-                    sb[j] = 0.0
-                    sg[j] = 0.0
-            if has_dx:
-                for c in prange(nrc, schedule="static", num_threads=nt, use_threads_if=nt > 1):
-                    _bwd_dx(dp, hp, gp, ip, xp, n, c * RCHUNK, min((c + 1) * RCHUNK, n), f, 0, f,
-                            sb, sg, batch_stats)
+                _bwd(<const double*>v[0].buf, <const double*>v[1].buf, <const double*>v[2].buf,
+                     <const double*>v[3].buf, <double*>v[4].buf, <double*>v[5].buf,
+                     <double*>v[6].buf, n, f, batch_stats, buf)
+    finally:
+        free(buf)
+        _release(v, 7)
+
+
+cdef inline void _bwd_coef(const floating* gamma, const floating* invstd, double* c,
+                           Py_ssize_t j0, Py_ssize_t j1, double dn, bint batch) noexcept nogil:
+    """c[j] = k / N (batch stats) or k, k = gamma[j] * invstd[j] (double)."""
+    cdef Py_ssize_t j
+    cdef double k
+    for j in range(j0, j1):
+        k = <double>gamma[j] * <double>invstd[j]
+        c[j] = k / dn if batch else k
+
+
+cdef void _bwd(const floating* dout, const floating* xhat, const floating* gamma,
+               const floating* invstd, floating* dx, floating* dgamma, floating* dbeta,
+               Py_ssize_t n, Py_ssize_t f, bint batch, double* buf) noexcept nogil:
+    """buf: sb (f), sg (f), c (f), narrow: chunk partial sums (2 * nrc * f)."""
+    cdef int nt = _threads(n * f)
+    cdef bint sums = dgamma != NULL or dbeta != NULL or (dx != NULL and batch)
+    cdef double* sb = buf
+    cdef double* sg = buf + f
+    cdef double* c = buf + 2 * f
+    cdef Py_ssize_t nrc = _nrc(n), b, k, j
+    cdef double dn = <double>n
+    if _narrow(n, f):
+        if sums:
+            if nt == 1:
+                for k in range(nrc):
+                    _bwd_chunk_sums(dout, xhat, n, f, k, nrc, buf + 3 * f)
+            else:
+                for k in prange(nrc, schedule="static", num_threads=nt):
+                    _bwd_chunk_sums(dout, xhat, n, f, k, nrc, buf + 3 * f)
+            _combine(buf + 3 * f, nrc, f, sb, 1.0)
+            _combine(buf + 3 * f + nrc * f, nrc, f, sg, 1.0)
         else:
-            for b in prange(_nfb(f), schedule="static", num_threads=nt, use_threads_if=nt > 1):
-                j0 = b * FBLOCK
-                j1 = min(j0 + FBLOCK, f)
-                if sums:
-                    _bwd_sums(dp, hp, 0, n, f, j0, j1, sb, sg)
-                if has_dx:
-                    _bwd_dx(dp, hp, gp, ip, xp, n, 0, n, f, j0, j1, sb, sg, batch_stats)
-        for j in range(f):
-            if has_db:
-                dbeta[j] = <floating>sb[j]
-            if has_dg:
-                dgamma[j] = <floating>sg[j]
-    free(buf)
+            for j in range(f):
+                sb[j] = 0.0
+                sg[j] = 0.0
+        if dx != NULL:
+            _bwd_coef(gamma, invstd, c, 0, f, dn, batch)
+            if nt == 1:
+                _bdx(dx, dout, xhat, c, sb, sg, 0, n, f, 0, f, dn, batch)
+            else:
+                for k in prange(nrc, schedule="static", num_threads=nt):
+                    _bdx(dx, dout, xhat, c, sb, sg, k * RCHUNK, min((k + 1) * RCHUNK, n), f,
+                         0, f, dn, batch)
+    elif nt == 1:
+        for b in range(_nfb(f)):
+            _bwd_block(dout, xhat, gamma, invstd, dx, n, f, b, sums, batch, sb, sg, c)
+    else:
+        for b in prange(_nfb(f), schedule="static", num_threads=nt):
+            _bwd_block(dout, xhat, gamma, invstd, dx, n, f, b, sums, batch, sb, sg, c)
+    for j in range(f):
+        if dbeta != NULL:
+            dbeta[j] = <floating>sb[j]
+        if dgamma != NULL:
+            dgamma[j] = <floating>sg[j]
+
+
+cdef inline void _bwd_chunk_sums(const floating* dout, const floating* xhat, Py_ssize_t n,
+                                 Py_ssize_t f, Py_ssize_t k, Py_ssize_t nrc,
+                                 double* part) noexcept nogil:
+    _bsums(dout, xhat, k * RCHUNK, min((k + 1) * RCHUNK, n), f, 0, f, part + k * f,
+           part + (nrc + k) * f)
+
+
+cdef inline void _bwd_block(const floating* dout, const floating* xhat, const floating* gamma,
+                            const floating* invstd, floating* dx, Py_ssize_t n, Py_ssize_t f,
+                            Py_ssize_t b, bint sums, bint batch, double* sb, double* sg,
+                            double* c) noexcept nogil:
+    cdef Py_ssize_t j0 = b * FBLOCK, j1 = min(j0 + FBLOCK, f)
+    if sums:
+        _bsums(dout, xhat, 0, n, f, j0, j1, sb, sg)
+    if dx != NULL:
+        _bwd_coef(gamma, invstd, c, j0, j1, <double>n, batch)
+        _bdx(dx, dout, xhat, c, sb, sg, 0, n, f, j0, j1, <double>n, batch)

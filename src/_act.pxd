@@ -193,6 +193,55 @@ cdef extern from *:
     }
     DLF_ROWMAX(dlf_rowmaxf, float)
     DLF_ROWMAX(dlf_rowmax, double)
+
+    /* The cheap activations (codes 0-2) and every derivative, cloned as above; never contracted
+       to FMA. Sigmoid and tanh derivatives in double (1.0 - y), rounded once to T. y == z (in
+       place) is its own case: an aliasing y, z would fail the vectoriser's overlap check. */
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC push_options
+    #pragma GCC optimize("fp-contract=off")
+    #endif
+    #define DLF_CHEAP_ROW(NAME, T)                                                              \
+    static inline __attribute__((always_inline)) void NAME##_body(T* y, const T* z, long n,    \
+                                                                  int code, T alpha) {        \
+        long i;                                                                               \
+        if (code == 0) {                                                                      \
+            if (y != z) for (i = 0; i < n; i++) y[i] = z[i];                                  \
+        } else if (code == 1) {                                                               \
+            for (i = 0; i < n; i++) { T v = z[i]; y[i] = v <= 0 ? 0 : v; }                    \
+        } else if (code == 2) {                                                               \
+            for (i = 0; i < n; i++) { T v = z[i]; y[i] = v > 0 ? v : alpha * v; }            \
+        }                                                                                     \
+    }                                                                                         \
+    DLF_CLONES static void NAME(T* y, const T* z, const T* b, long n, int code, T alpha) {    \
+        long i;                                                                               \
+        if (b != NULL) {                                                                      \
+            if (y == z) for (i = 0; i < n; i++) y[i] = y[i] + b[i];                           \
+            else for (i = 0; i < n; i++) y[i] = z[i] + b[i];                                  \
+            z = y;                                                                            \
+        }                                                                                     \
+        if (y == z) NAME##_body(y, y, n, code, alpha);                                        \
+        else NAME##_body(y, z, n, code, alpha);                                               \
+    }
+    DLF_CHEAP_ROW(dlf_cheap_rowf, float)
+    DLF_CHEAP_ROW(dlf_cheap_row, double)
+
+    #define DLF_GRAD_ROW(NAME, T)                                                               \
+    DLF_CLONES static void NAME(T* dz, const T* dout, const T* y, long n, int code, T alpha) { \
+        long i;                                                                               \
+        if (code == 0) for (i = 0; i < n; i++) dz[i] = dout[i];                               \
+        else if (code == 1) for (i = 0; i < n; i++) dz[i] = dout[i] * (y[i] > 0 ? (T)1 : (T)0); \
+        else if (code == 2) for (i = 0; i < n; i++) dz[i] = dout[i] * (y[i] > 0 ? (T)1 : alpha); \
+        else if (code == 3)                                                                   \
+            for (i = 0; i < n; i++) dz[i] = dout[i] * (y[i] > 0 ? (T)1 : y[i] + alpha);       \
+        else if (code == 4) for (i = 0; i < n; i++) dz[i] = dout[i] * (y[i] * (1.0 - y[i]));  \
+        else if (code == 5) for (i = 0; i < n; i++) dz[i] = dout[i] * (1.0 - y[i] * y[i]);    \
+    }
+    DLF_GRAD_ROW(dlf_grad_rowf, float)
+    DLF_GRAD_ROW(dlf_grad_row, double)
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC pop_options
+    #endif
     """
     float dlf_expf(float) noexcept nogil
     double dlf_exp(double) noexcept nogil
@@ -208,6 +257,10 @@ cdef extern from *:
     double dlf_expsum_dd(double*, const double*, long, double) noexcept nogil
     float dlf_rowmaxf(const float*, long) noexcept nogil
     double dlf_rowmax(const double*, long) noexcept nogil
+    void dlf_cheap_rowf(float*, const float*, const float*, long, int, float) noexcept nogil
+    void dlf_cheap_row(double*, const double*, const double*, long, int, double) noexcept nogil
+    void dlf_grad_rowf(float*, const float*, const float*, long, int, float) noexcept nogil
+    void dlf_grad_row(double*, const double*, const double*, long, int, double) noexcept nogil
 
 
 cdef inline floating row_max(const floating* x, Py_ssize_t n) noexcept nogil:
@@ -243,26 +296,19 @@ cdef inline Py_ssize_t act_work(Py_ssize_t n, int code) noexcept nogil:
 
 cdef inline void act_row(floating* y, const floating* z, const floating* b, Py_ssize_t n,
                          int code, floating alpha) noexcept nogil:
-    """y[i] = act(z[i] + b[i]) (b may be NULL; y may be z). One loop per code so each vectorises."""
+    """y[i] = act(z[i] + b[i]) (b may be NULL; y may be z)."""
+    if code <= ACT_LEAKY:
+        if floating is float:
+            dlf_cheap_rowf(y, z, b, n, code, alpha)
+        else:
+            dlf_cheap_row(y, z, b, n, code, alpha)
+        return
     cdef Py_ssize_t i
-    cdef floating v
     if b != NULL:
         for i in range(n):
             y[i] = z[i] + b[i]
         z = y
-    if code == ACT_IDENTITY:
-        if y != z:
-            for i in range(n):
-                y[i] = z[i]
-    elif code == ACT_RELU:
-        for i in range(n):
-            v = z[i]
-            y[i] = 0 if v <= 0 else v
-    elif code == ACT_LEAKY:
-        for i in range(n):
-            v = z[i]
-            y[i] = v if v > 0 else alpha * v
-    elif floating is float:
+    if floating is float:
         dlf_act_rowf(y, z, n, code, alpha)
     else:
         dlf_act_row(y, z, n, code, alpha)
@@ -271,25 +317,10 @@ cdef inline void act_row(floating* y, const floating* z, const floating* b, Py_s
 cdef inline void act_grad_row(floating* dz, const floating* dout, const floating* y, Py_ssize_t n,
                               int code, floating alpha) noexcept nogil:
     """dz[i] = dout[i] * act'(y[i]), from the output y."""
-    cdef Py_ssize_t i
-    if code == ACT_IDENTITY:
-        for i in range(n):
-            dz[i] = dout[i]
-    elif code == ACT_RELU:
-        for i in range(n):
-            dz[i] = dout[i] * (<floating>1 if y[i] > 0 else <floating>0)
-    elif code == ACT_LEAKY:
-        for i in range(n):
-            dz[i] = dout[i] * (<floating>1 if y[i] > 0 else alpha)
-    elif code == ACT_ELU:
-        for i in range(n):
-            dz[i] = dout[i] * (<floating>1 if y[i] > 0 else y[i] + alpha)
-    elif code == ACT_SIGMOID:
-        for i in range(n):
-            dz[i] = dout[i] * (y[i] * (1 - y[i]))
-    elif code == ACT_TANH:
-        for i in range(n):
-            dz[i] = dout[i] * (1 - y[i] * y[i])
+    if floating is float:
+        dlf_grad_rowf(dz, dout, y, n, code, alpha)
+    else:
+        dlf_grad_row(dz, dout, y, n, code, alpha)
 
 
 cdef inline int act_code(str name) except -1:

@@ -17,6 +17,10 @@ Conventions shared by every primitive
   ``u_i = (mix64(mix64(seed) + (counter + i + 1) * 0x9E3779B97F4A7C15) >> 11) * 2**-53``
   (``mix64`` = SplitMix64's finaliser), identical on both backends and any thread count.
   A caller advances its counter by the number of elements drawn.
+* ``check=False`` (internal, on the layer kernels: layers whose call matches an earlier validated
+  one) skips the argument checks; the caller guarantees that they would pass: C-contiguous arrays
+  of one dtype and the right shapes, valid settings, outputs writeable and overlapping nothing.
+  Settings are converted as the checked call converts them (``float(alpha)``, ...).
 
 Activation codes (``activation=``; derivatives written from the output y = act(z))
 ------------------------------------------------------------------------------------
@@ -176,11 +180,10 @@ def _impl():
 def dense_forward(x, W, b, out, activation="identity", alpha=0.0, *, check=True):
     """``out = act(x @ W + b)``; x (N, I), W (I, O), b (O,) or None, out (N, O).
 
-    ``check=False`` (internal: layers whose arrays were validated by an earlier call) skips the
-    argument checks; the caller guarantees C-contiguous arrays of one dtype, the shapes, a valid
-    activation/alpha and outputs not overlapping anything (``dense_backward`` likewise)."""
+    ``check=False``: see the module docstring (``dense_backward`` and the other layer kernels
+    likewise)."""
     if not check:
-        _impl().dense_forward(x, W, b, out, activation, alpha)
+        _impl().dense_forward(x, W, b, out, activation, float(alpha))
         return out
     x = _float_in("x", x, 2)
     W = _float_in("W", W, 2, x.dtype)
@@ -207,7 +210,7 @@ def dense_backward(dout, x, W, out, dz, dx, dW, db, activation="identity", alpha
     for the identity activation); dx, dW, db may be None to skip them.
     """
     if not check:
-        _impl().dense_backward(dout, x, W, out, dz, dx, dW, db, activation, alpha)
+        _impl().dense_backward(dout, x, W, out, dz, dx, dW, db, activation, float(alpha))
         return
     x = _float_in("x", x, 2)
     dt = x.dtype
@@ -231,8 +234,11 @@ def dense_backward(dout, x, W, out, dz, dx, dW, db, activation="identity", alpha
 
 
 # ============================================================================ activations
-def activation_forward(x, out, activation, alpha=0.0):
+def activation_forward(x, out, activation, alpha=0.0, *, check=True):
     """``out = act(x)`` elementwise; any shape. ``out`` may be ``x`` itself (in place)."""
+    if not check:
+        _impl().activation_forward(x, out, activation, float(alpha))
+        return out
     x = _float_in("x", x)
     alpha = _activation(activation, alpha)
     if out is not x:
@@ -244,8 +250,11 @@ def activation_forward(x, out, activation, alpha=0.0):
     return out
 
 
-def activation_backward(dout, out, dx, activation, alpha=0.0):
+def activation_backward(dout, out, dx, activation, alpha=0.0, *, check=True):
     """``dx = dout * act'(y)`` from the forward output ``out`` = y (see the table above)."""
+    if not check:
+        _impl().activation_backward(dout, out, dx, activation, float(alpha))
+        return dx
     out = _float_in("out", out)
     dout = _float_in("dout", dout, None, out.dtype)
     _shape_is("dout", dout, out.shape)
@@ -261,8 +270,11 @@ def _slope_shape_ok(slope, x):
     return slope.shape in ((1,), (f,), (n, f))
 
 
-def prelu_forward(x, slope, out):
+def prelu_forward(x, slope, out, *, check=True):
     """``out = x if x > 0 else slope * x``; x (N, F); slope (1,), (F,) or (N, F) (broadcast)."""
+    if not check:
+        _impl().prelu_forward(x, slope, out)
+        return out
     x = _float_in("x", x, 2)
     slope = _float_in("slope", slope, None, x.dtype)
     if not _slope_shape_ok(slope, x):
@@ -273,9 +285,12 @@ def prelu_forward(x, slope, out):
     return out
 
 
-def prelu_backward(dout, x, slope, dx, dslope):
+def prelu_backward(dout, x, slope, dx, dslope, *, check=True):
     """``dx = dout if x > 0 else slope * dout``; ``dslope = sum (dout * x)[x <= 0]`` reduced to
     the shape of ``slope`` (over all elements for (1,), over the batch for (F,), none for (N, F))."""
+    if not check:
+        _impl().prelu_backward(dout, x, slope, dx, dslope)
+        return
     x = _float_in("x", x, 2)
     dout = _float_in("dout", dout, 2, x.dtype)
     _shape_is("dout", dout, x.shape)
@@ -345,9 +360,12 @@ def softmax_backward(dout, y, dx):
     return dx
 
 
-def softmax_xent_forward(logits, labels, probs):
+def softmax_xent_forward(logits, labels, probs, *, check=True):
     """``probs = softmax(logits)``; returns ``L = mean_n (logsumexp(logits_n) - logits[n, labels_n])``
-    as a Python float (float64 accumulation; stable for any finite logits). N >= 1."""
+    as a Python float (float64 accumulation; stable for any finite logits). N >= 1.
+    ``check=False`` also trusts the labels: int64, each in [0, C)."""
+    if not check:
+        return _impl().softmax_xent_forward(logits, labels, probs)
     logits = _float_in("logits", logits, 2)
     n, c = logits.shape
     if n == 0 or c == 0:
@@ -358,8 +376,11 @@ def softmax_xent_forward(logits, labels, probs):
     return _impl().softmax_xent_forward(logits, labels, probs)
 
 
-def softmax_xent_backward(probs, labels, dlogits, scale=1.0):
-    """``dlogits = scale * (probs - onehot(labels)) / N``."""
+def softmax_xent_backward(probs, labels, dlogits, scale=1.0, *, check=True):
+    """``dlogits = scale * (probs - onehot(labels)) / N`` (``check=False``: as the forward)."""
+    if not check:
+        _impl().softmax_xent_backward(probs, labels, dlogits, float(scale))
+        return
     probs = _float_in("probs", probs, 2)
     n, c = probs.shape
     if n == 0:
@@ -394,7 +415,8 @@ def batchnorm_stats(x, mean, var):
 
 
 def batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd, running_mean=None,
-                            running_var=None, momentum=0.1, eps=1e-5, unbiased=True):
+                            running_var=None, momentum=0.1, eps=1e-5, unbiased=True, *,
+                            check=True):
     """Training-mode batch norm over the batch axis of x (N, F), N >= 2::
 
         mean, var = batchnorm_stats(x);  invstd = 1 / sqrt(var + eps)
@@ -405,6 +427,10 @@ def batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd, running_mea
     ``xhat``, ``mean``, ``invstd`` are kept for the backward pass; running arrays are updated in
     place (skipped when None).
     """
+    if not check:
+        _impl().batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd, running_mean,
+                                        running_var, float(momentum), float(eps), bool(unbiased))
+        return out
     x = _float_in("x", x, 2)
     n, f = x.shape
     if n < 2:
@@ -452,11 +478,15 @@ def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, out, 
     return out
 
 
-def batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta, batch_stats=True):
+def batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta, batch_stats=True, *,
+                       check=True):
     """``dbeta = sum_n dout``, ``dgamma = sum_n dout * xhat``, and
     ``dx = gamma * invstd / N * (N * dout - dbeta - xhat * dgamma)`` when the forward used the
     batch statistics (``batch_stats=True``), else ``dx = gamma * invstd * dout``.
     dx, dgamma, dbeta may be None."""
+    if not check:
+        _impl().batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta, bool(batch_stats))
+        return
     dout = _float_in("dout", dout, 2)
     n, f = dout.shape
     dt = dout.dtype
@@ -473,17 +503,24 @@ def batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta, batch_stats
 
 
 # ============================================================================ dropout and random
-def dropout_mask(mask, p, seed, counter):
-    """``mask[i] = 1 if u_i >= p else 0`` (uint8, any shape): keep with probability 1 - p."""
+def dropout_mask(mask, p, seed, counter, *, check=True):
+    """``mask[i] = 1 if u_i >= p else 0`` (uint8, any shape): keep with probability 1 - p.
+    ``check=False`` also trusts seed and counter to be integers in [0, 2**64)."""
+    if not check:
+        _impl().dropout_mask(mask, float(p), operator.index(seed), operator.index(counter))
+        return mask
     mask = _out("mask", mask, getattr(mask, "shape", ()), np.dtype(np.uint8))
     p = _real("p", p, 0.0, 1.0, hi_open=True)
     _impl().dropout_mask(mask, p, _u64("seed", seed), _u64("counter", counter))
     return mask
 
 
-def dropout_apply(x, mask, scale, out):
+def dropout_apply(x, mask, scale, out, *, check=True):
     """``out = x * mask * scale`` (``mask`` uint8 of x's shape, or None for ``out = x * scale``).
     Inverted dropout trains with scale = 1/(1-p); backward calls this with dout."""
+    if not check:
+        _impl().dropout_apply(x, mask, float(scale), out)
+        return out
     x = _float_in("x", x)
     if mask is not None:
         if not isinstance(mask, np.ndarray) or mask.dtype != np.uint8:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import functools
+import types
 
 import numpy as np
 
+from .. import _config
 from .. import init as _init
 from .._validation import FLOAT_DTYPES, finite_array, float_array, real, resolve_dtype
 
@@ -47,6 +49,7 @@ class Layer:
 
     stochastic = False
     check_finite = True
+    _trust = types.MappingProxyType({})     # (layers unpickled from before trusted calls)
 
     def __init__(self, dtype=None, trainable=True):
         self._dtype_given = dtype is not None
@@ -56,6 +59,7 @@ class Layer:
         self.grads = {}
         self._ws = {}
         self._fwd = None          # state of the last forward
+        self._trust = {}          # slot -> record of the last validated kernel call (_untrusted)
 
     # ---------------------------------------------------------------- workspaces
     def _buf(self, key, shape, dtype=None):
@@ -107,6 +111,47 @@ class Layer:
 
     def _grad(self, key):
         return self.grads[key] if self.trainable else None
+
+    # ---------------------------------------------------------------- trusted kernel calls
+    # A kernel call may skip its argument checks (``check=False``) when it cannot fail them: the
+    # last validated call in the same slot ran on the same backend with the same ``held`` arrays
+    # (persistent state: params, gradients, running statistics; by identity), the same
+    # ``settings`` (by type and value) and arrays of the same shapes and dtypes, and now every
+    # array is C-contiguous and every output is writeable, owns its memory and shares none with
+    # another argument. Checks of array contents (labels, running_var >= 0) are not covered.
+    def _untrusted(self, slot, ins, outs, held=(), settings=()):
+        """None when this call may skip the kernel checks, else the record for ``_validated``.
+        ``ins``: input arrays; ``outs``: outputs and in-place arrays (None entries skipped)."""
+        key = [_config.active(), *map(id, held), *settings, *map(type, settings)]
+        ok = True
+        ids = set()
+        for o in outs:
+            if o is None:
+                key.append(None)
+                continue
+            key += (o.shape, o.dtype)
+            if o.base is not None or not o.flags.carray or id(o) in ids:
+                ok = False
+            ids.add(id(o))
+        for a in ins:
+            if a is None:
+                key.append(None)
+                continue
+            key += (a.shape, a.dtype)
+            if not a.flags.c_contiguous or id(a) in ids or a.base is not None and any(
+                    o is not None and np.may_share_memory(a, o) for o in outs):
+                ok = False
+        last = self._trust.get(slot)
+        if ok and last is not None and last[0] == key:
+            return None
+        return key, held                # held keeps the arrays whose ids are in key alive
+
+    def _validated(self, slot, record):
+        """After a validated call: trust the next calls like it (``record`` from ``_untrusted``)."""
+        if record is not None:
+            if "_trust" not in self.__dict__:
+                self._trust = {}
+            self._trust[slot] = record
 
     # ---------------------------------------------------------------- interface
     def forward(self, x, train=True):

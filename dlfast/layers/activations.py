@@ -18,10 +18,14 @@ class Activation(Layer):
         super().__init__(dtype)
         self.activation, self.alpha = activation_code(activation, alpha)
 
+    # Kernel calls skip their checks when trusted (Layer._untrusted).
     def forward(self, x, train=True):
         x = self._check_x(x, ndim=None)
         out = self._buf("out", x.shape)
-        kernels.activation_forward(x, out, self.activation, self.alpha)
+        act = (self.activation, self.alpha)
+        new = self._untrusted("fwd", (x,), (out,), (), act)
+        kernels.activation_forward(x, out, *act, check=new is not None)
+        self._validated("fwd", new)
         self._fwd = {"out": out}
         return out
 
@@ -30,8 +34,12 @@ class Activation(Layer):
         if not compute_dx:
             return None
         out = self._fwd["out"]
-        return kernels.activation_backward(dout, out, self._buf("dx", out.shape),
-                                           self.activation, self.alpha)
+        dx = self._buf("dx", out.shape)
+        act = (self.activation, self.alpha)
+        new = self._untrusted("bwd", (dout, out), (dx,), (), act)
+        kernels.activation_backward(dout, out, dx, *act, check=new is not None)
+        self._validated("bwd", new)
+        return dx
 
     def _config(self):
         return {"activation": self.activation,
@@ -105,7 +113,10 @@ class PReLU(Layer):
             raise ValueError(f"x must have {self.num_parameters} features for a PReLU with "
                              f"num_parameters={self.num_parameters}, got shape {x.shape}")
         out = self._buf("out", x.shape)
-        kernels.prelu_forward(x, self.params["slope"], out)
+        slope = self.params["slope"]            # trusted calls: see Layer._untrusted
+        new = self._untrusted("fwd", (x, slope), (out,), (slope,))
+        kernels.prelu_forward(x, slope, out, check=new is not None)
+        self._validated("fwd", new)
         self._fwd = {"x": x, "out": out}
         return out
 
@@ -113,7 +124,10 @@ class PReLU(Layer):
         dout = self._check_dout(dout)
         x = self._fwd["x"]
         dx = self._buf("dx", x.shape) if compute_dx else None
-        kernels.prelu_backward(dout, x, self.params["slope"], dx, self._grad("slope"))
+        slope, ds = self.params["slope"], self._grad("slope")
+        new = self._untrusted("bwd", (dout, x, slope), (dx, ds), (slope, ds))
+        kernels.prelu_backward(dout, x, slope, dx, ds, check=new is not None)
+        self._validated("bwd", new)
         return dx
 
     def _config(self):

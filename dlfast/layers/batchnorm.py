@@ -60,13 +60,17 @@ class BatchNorm(Layer):
         out, xhat = self._buf("out", x.shape), self._buf("xhat", x.shape)
         invstd = self._buf("invstd", (f,))
         g, b = self.params["gamma"], self.params["beta"]
-        if train:
-            kernels.batchnorm_forward_train(x, g, b, out, xhat, self._buf("mean", (f,)), invstd,
-                                            self.running_mean, self.running_var,
-                                            self.kernel_momentum, self.eps, self.unbiased)
-        else:
-            kernels.batchnorm_forward_eval(x, g, b, self.running_mean, self.running_var,
-                                           self.eps, out, xhat, invstd)
+        rm, rv = self.running_mean, self.running_var
+        if train:       # trusted calls: see Layer._untrusted
+            mean = self._buf("mean", (f,))
+            st = (self.kernel_momentum, self.eps, self.unbiased)
+            new = self._untrusted("fwd", (x, g, b), (out, xhat, mean, invstd, rm, rv),
+                                  (g, b, rm, rv), st)
+            kernels.batchnorm_forward_train(x, g, b, out, xhat, mean, invstd, rm, rv, *st,
+                                            check=new is not None)
+            self._validated("fwd", new)
+        else:           # always checked: running_var must be >= 0
+            kernels.batchnorm_forward_eval(x, g, b, rm, rv, self.eps, out, xhat, invstd)
         self._fwd = {"out": out, "xhat": xhat, "invstd": invstd, "train": bool(train)}
         return out
 
@@ -74,8 +78,12 @@ class BatchNorm(Layer):
         dout = self._check_dout(dout)
         f = self._fwd
         dx = self._buf("dx", dout.shape) if compute_dx else None
-        kernels.batchnorm_backward(dout, f["xhat"], self.params["gamma"], f["invstd"], dx,
-                                   self._grad("gamma"), self._grad("beta"), f["train"])
+        g, dg, db = self.params["gamma"], self._grad("gamma"), self._grad("beta")
+        new = self._untrusted("bwd", (dout, f["xhat"], g, f["invstd"]), (dx, dg, db), (g, dg, db),
+                              (f["train"],))
+        kernels.batchnorm_backward(dout, f["xhat"], g, f["invstd"], dx, dg, db, f["train"],
+                                   check=new is not None)
+        self._validated("bwd", new)
         return dx
 
     def _buffers(self):

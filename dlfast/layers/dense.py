@@ -39,22 +39,16 @@ class Dense(Layer):
             self.params["b"] = np.zeros(self.out_features, self.dtype)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
 
-    # Trusted calls: after one validated kernel call, a call with the same W, b, activation,
-    # alpha (and gradient arrays) skips the kernel's checks (check=False) when every array is
-    # C-contiguous (x and dout are, after _check_x) and all are distinct arrays owning their
-    # memory (so no output can overlap an input). Anything else takes the validated call.
-    def _key(self, *extra):
-        return (self.params["W"], self.params.get("b"), self.activation, self.alpha, *extra)
-
+    # Kernel calls skip their checks when trusted (Layer._untrusted): same W, b, gradients,
+    # activation and alpha, shapes as in the last validated call, no overlap.
     def forward(self, x, train=True):
         x = self._check_x(x, self.in_features)
         out = self._buf("out", (x.shape[0], self.out_features))
         W, b = self.params["W"], self.params.get("b")
-        if _same(self.__dict__.get("_fkey"), self._key()) and _owned_distinct(x, W, b, out):
-            kernels.dense_forward(x, W, b, out, self.activation, self.alpha, check=False)
-        else:
-            kernels.dense_forward(x, W, b, out, self.activation, self.alpha)
-            self._fkey = self._key()
+        act = (self.activation, self.alpha)
+        new = self._untrusted("fwd", (x, W, b), (out,), (W, b), act)
+        kernels.dense_forward(x, W, b, out, *act, check=new is not None)
+        self._validated("fwd", new)
         self._fwd = {"x": x, "out": out}
         return out
 
@@ -66,13 +60,10 @@ class Dense(Layer):
         dW = self._grad("W")
         db = self._grad("b") if "b" in self.params else None
         W = self.params["W"]
-        if (_same(self.__dict__.get("_bkey"), self._key(dW, db))
-                and _owned_distinct(dout, x, W, out, dz, dx, dW, db)):
-            kernels.dense_backward(dout, x, W, out, dz, dx, dW, db, self.activation, self.alpha,
-                                   check=False)
-        else:
-            kernels.dense_backward(dout, x, W, out, dz, dx, dW, db, self.activation, self.alpha)
-            self._bkey = self._key(dW, db)
+        act = (self.activation, self.alpha)
+        new = self._untrusted("bwd", (dout, x, W, out), (dz, dx, dW, db), (W, dW, db), act)
+        kernels.dense_backward(dout, x, W, out, dz, dx, dW, db, *act, check=new is not None)
+        self._validated("bwd", new)
         return dx
 
     def _config(self):
@@ -81,27 +72,6 @@ class Dense(Layer):
                 "bias": "b" in self.params,
                 "alpha": self.alpha if self.activation in _DEFAULT_ALPHA else None,
                 "trainable": self.trainable}
-
-
-def _same(key, now):
-    """True when ``key`` (a previous ``_key()``) holds the very same arrays and settings."""
-    return key is not None and len(key) == len(now) and all(
-        a is b or (not isinstance(a, np.ndarray) and not isinstance(b, np.ndarray) and a == b)
-        for a, b in zip(key, now))
-
-
-def _owned_distinct(*arrays):
-    """C-contiguous ndarrays (None skipped), distinct objects each owning its memory."""
-    n = 0
-    ids = set()
-    for a in arrays:
-        if a is None:
-            continue
-        if a.base is not None or not a.flags.c_contiguous:
-            return False
-        n += 1
-        ids.add(id(a))
-    return len(ids) == n
 
 
 class Maxout(Layer):

@@ -9,6 +9,8 @@ from ._base import Layer
 
 __all__ = ["Dropout"]
 
+_U64 = 1 << 64
+
 
 def _as_mask(mask, shape, name="mask"):
     """A 0/1 mask of ``shape`` as contiguous uint8 (bool, int or float 0/1 accepted)."""
@@ -46,12 +48,14 @@ class Dropout(Layer):
         self.hold_rng = False
         self.fixed_mask = None
 
+    # Kernel calls skip their checks when trusted (Layer._untrusted; dropout_mask also needs a
+    # counter that is an int in [0, 2**64)).
     def forward(self, x, train=True, mask=None):
         x = self._check_x(x, ndim=None)
         out = self._buf("out", x.shape)
         if not train:
             scale = 1.0 if self.inverted else 1.0 - self.p
-            kernels.dropout_apply(x, None, scale, out)
+            self._apply("fwd", x, None, scale, out)
             self._fwd = {"out": out, "mask": None, "scale": scale}
             return out
         if mask is None:
@@ -60,12 +64,22 @@ class Dropout(Layer):
             mask = _as_mask(mask, x.shape)
         else:
             mask = self._buf("mask", x.shape, np.uint8)
-            kernels.dropout_mask(mask, self.p, self.seed, self.counter)
+            c = self.counter
+            new = self._untrusted("mask", (), (mask,), (), (self.p, self.seed))
+            trusted = new is None and type(c) is int and 0 <= c < _U64
+            kernels.dropout_mask(mask, self.p, self.seed, c, check=not trusted)
+            self._validated("mask", new)
             if not self.hold_rng:
                 self.counter += mask.size
         scale = 1.0 / (1.0 - self.p) if self.inverted else 1.0
-        kernels.dropout_apply(x, mask, scale, out)
+        self._apply("fwd", x, mask, scale, out)
         self._fwd = {"out": out, "mask": mask, "scale": scale}
+        return out
+
+    def _apply(self, slot, x, mask, scale, out):
+        new = self._untrusted(slot, (x, mask), (out,), (), (scale,))
+        kernels.dropout_apply(x, mask, scale, out, check=new is not None)
+        self._validated(slot, new)
         return out
 
     @property
@@ -78,7 +92,7 @@ class Dropout(Layer):
         if not compute_dx:
             return None
         f = self._fwd
-        return kernels.dropout_apply(dout, f["mask"], f["scale"], self._buf("dx", dout.shape))
+        return self._apply("bwd", dout, f["mask"], f["scale"], self._buf("dx", dout.shape))
 
     def _buffers(self):
         return {"seed": np.uint64(self.seed), "counter": np.uint64(self.counter)}

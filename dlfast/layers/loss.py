@@ -17,15 +17,26 @@ class SoftmaxCrossEntropy(Layer):
     """
 
     def forward(self, logits, t):
+        return self._forward(logits, t)
+
+    def _forward(self, logits, t, copy_labels=False):
+        """``forward``; ``copy_labels``: work on a copy of int64 index labels, so that ``backward``
+        may trust them (for nets, which call ``backward`` before t can change)."""
         self._adopt(logits)
         logits = float_array("logits", logits, self.dtype, ndim=2, min_rows=1)
         if self.check_finite:
             finite_array("logits", logits)
         n, c = logits.shape
         labels = labels_to_indices(t, n, c)
+        if copy_labels and labels is t:
+            labels = labels.copy()
         probs = self._buf("probs", logits.shape)
-        loss = kernels.softmax_xent_forward(logits, labels, probs)
-        self._fwd = {"out": probs, "labels": labels}
+        # Trusted calls (Layer._untrusted): labels_to_indices checked the labels just now; the
+        # backward trusts only labels of its own (not t, which the caller may change meanwhile).
+        new = self._untrusted("fwd", (logits, labels), (probs,))
+        loss = kernels.softmax_xent_forward(logits, labels, probs, check=new is not None)
+        self._validated("fwd", new)
+        self._fwd = {"out": probs, "labels": labels, "own": labels is not t}
         self.loss = loss
         return loss
 
@@ -37,7 +48,10 @@ class SoftmaxCrossEntropy(Layer):
         if self._fwd is None:
             raise RuntimeError("SoftmaxCrossEntropy.backward called before forward")
         dout = real("dout", dout)
-        probs = self._fwd["out"]
+        probs, labels = self._fwd["out"], self._fwd["labels"]
         dlogits = self._buf("dx", probs.shape)
-        kernels.softmax_xent_backward(probs, self._fwd["labels"], dlogits, dout)
+        new = self._untrusted("bwd", (probs, labels), (dlogits,), (), (dout,))
+        trusted = new is None and self._fwd["own"]
+        kernels.softmax_xent_backward(probs, labels, dlogits, dout, check=not trusted)
+        self._validated("bwd", new)
         return dlogits

@@ -135,6 +135,7 @@ class _Net:
         if len(set(names)) != len(names):
             raise ValueError("duplicate parameter names in the net")
         self.params = {n: layer.params[k] for n, layer, k in entries if k in layer.params}
+        self._param_entries = [(n, layer, k) for n, layer, k in entries if k in layer.params]
         for layer in all_layers:
             layer.check_finite = False          # the net checks its input once
 
@@ -148,8 +149,7 @@ class _Net:
     @property
     def grads(self):
         """name -> gradient buffer, for the params of trainable layers."""
-        return {n: layer.grads[k] for n, layer, k in self._entries
-                if k in layer.params and layer.trainable}
+        return {n: layer.grads[k] for n, layer, k in self._param_entries if layer.trainable}
 
     def penalty(self):
         """Regularisation penalty of the current weights (0.0 without a regulariser)."""
@@ -169,8 +169,8 @@ class _Net:
     def apply_constraints(self):
         """Max-norm on the trainable weight matrices (no-op without ``max_norm``)."""
         if self.max_norm is not None:
-            self.max_norm.apply_all({n: layer.params[k] for n, layer, k in self._entries
-                                     if k in layer.params and layer.trainable})
+            self.max_norm.apply_all({n: layer.params[k] for n, layer, k in self._param_entries
+                                     if layer.trainable})
 
     # ---------------------------------------------------------------- freezing
     def _parametrised(self):
@@ -279,8 +279,8 @@ class Sequential(_Net):
         """Network output (before the softmax) for x, as a new array."""
         return self.forward(x, train).copy()
 
-    def _data_loss(self, x, t, train):
-        return self.loss_layer.forward(self.forward(x, train), t)
+    def _data_loss(self, x, t, train, copy_labels=False):
+        return self.loss_layer._forward(self.forward(x, train), t, copy_labels)
 
     def loss(self, x, t, train=False):
         """Mean cross-entropy of the batch + penalty."""
@@ -288,7 +288,7 @@ class Sequential(_Net):
 
     def loss_and_gradient(self, x, t):
         """One train-mode forward and one backward: ``(loss, grads)`` (grads are the layers' buffers)."""
-        loss = self._data_loss(x, t, True) + self.penalty()
+        loss = self._data_loss(x, t, True, copy_labels=True) + self.penalty()
         _backprop(self.layers, self.loss_layer.backward(1.0), False)
         return loss, self._finish_grads()
 
@@ -486,10 +486,11 @@ class MultiTaskNet(_Net):
         """dict head -> output (new arrays)."""
         return {h: y.copy() for h, y in self._forward_all(x, train).items()}
 
-    def _data_loss(self, x, t, train):
+    def _data_loss(self, x, t, train, copy_labels=False):
         t = self._targets(t)
         outs = self._forward_all(x, train)
-        self.losses = {h: self.loss_layers[h].forward(y, t[h]) for h, y in outs.items()}
+        self.losses = {h: self.loss_layers[h]._forward(y, t[h], copy_labels)
+                       for h, y in outs.items()}
         return sum(self.loss_weights[h] * v for h, v in self.losses.items())
 
     def loss(self, x, t, train=False):
@@ -497,7 +498,7 @@ class MultiTaskNet(_Net):
         return self._data_loss(x, t, train) + self.penalty()
 
     def loss_and_gradient(self, x, t):
-        loss = self._data_loss(x, t, True) + self.penalty()
+        loss = self._data_loss(x, t, True, copy_labels=True) + self.penalty()
         need_trunk = any(l.trainable and l.params for l in self.trunk)
         acc = None
         for h, hl in self.heads.items():

@@ -347,11 +347,12 @@ cdef enum:
     DT_F32 = 0
     DT_F64 = 1
     DT_U8 = 2
+    DT_I64 = 3
     DT_FLOAT = -1         # buf_get: float32 or float64
 
 
 cdef inline str _dt_name(int dt):
-    return ("float32", "float64", "uint8")[dt] if dt >= 0 else "float32 or float64"
+    return ("float32", "float64", "uint8", "int64")[dt] if dt >= 0 else "float32 or float64"
 
 
 cdef inline int buf_get(object a, Py_buffer* v, int dt, Py_ssize_t count, bint out) except -2:
@@ -373,6 +374,8 @@ cdef inline int buf_get(object a, Py_buffer* v, int dt, Py_ssize_t count, bint o
             got = DT_F64
         elif f[0] == b"B" and v.itemsize == 1:
             got = DT_U8
+        elif (f[0] == b"l" or f[0] == b"q") and v.itemsize == 8:
+            got = DT_I64
     if got < 0 or (got != dt and not (dt == DT_FLOAT and got <= DT_F64)):
         PyBuffer_Release(v)
         raise TypeError(f"array of dtype {getattr(a, 'dtype', type(a).__name__)} where "

@@ -5,101 +5,226 @@ backward:  dx = y * (dout - sum_c dout * y)
 xent:      probs = softmax(logits); L = mean_n (log sum exp(logits_n - m_n) + m_n - logits[n, t_n])
            (row terms in double, summed in row order: independent of the thread count)
 xent back: dlogits = (probs - onehot(t)) * (scale / N)
+On one thread the rows run in a plain loop (no OpenMP region).
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.math cimport log
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
+from libc.string cimport memset
 
-from _act cimport exp_shift_sum, exp_shift_sum_d, row_max, CHEAP
+from _act cimport (exp_shift_sum, exp_shift_sum_d, row_max, CHEAP, buf_get, PyBuffer_Release,
+                   DT_F32, DT_I64, DT_FLOAT)
 
 include "_parallel.pxi"
 
 
-def _softmax(const floating[:, ::1] x, floating[:, ::1] out):
-    cdef Py_ssize_t n = x.shape[0], c = x.shape[1], r, j
-    cdef floating m, fs
-    cdef int nt = _threads(n * c)
-    with nogil:
-        for r in prange(n, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
-            m = row_max(&x[r, 0], c)
-            fs = <floating>exp_shift_sum(&out[r, 0], &x[r, 0], c, m)
-            for j in range(c):
-                out[r, j] = out[r, j] / fs
+cdef int _get_2d(object a, Py_buffer* v, int dt, bint out) except -2:
+    """buf_get of a 2-D array."""
+    dt = buf_get(a, v, dt, -1, out)
+    if v.ndim != 2:
+        raise ValueError(f"expected a 2-D array, got {v.ndim}-D")
+    return dt
+
+
+cdef void _release(Py_buffer* v, int k) noexcept:
+    cdef int i
+    for i in range(k):
+        PyBuffer_Release(&v[i])
 
 
 def softmax_forward(x, out):
     """out = softmax(x) row-wise."""
-    _softmax(x, out)
+    cdef Py_buffer v[2]
+    cdef Py_ssize_t n, c
+    cdef int dt
+    memset(v, 0, sizeof(v))
+    try:
+        dt = _get_2d(x, &v[0], DT_FLOAT, False)
+        n = v[0].shape[0]
+        c = v[0].shape[1]
+        buf_get(out, &v[1], dt, n * c, True)
+        if c == 0:
+            return
+        with nogil:
+            if dt == DT_F32:
+                _softmax(<const float*>v[0].buf, <float*>v[1].buf, n, c)
+            else:
+                _softmax(<const double*>v[0].buf, <double*>v[1].buf, n, c)
+    finally:
+        _release(v, 2)
 
 
-def _softmax_back(const floating[:, ::1] dout, const floating[:, ::1] y, floating[:, ::1] dx):
-    cdef Py_ssize_t n = y.shape[0], c = y.shape[1], r, j
-    cdef double s
-    cdef floating fs
-    cdef int nt = _threads(n * c // CHEAP)
-    with nogil:
-        for r in prange(n, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
-            s = 0
-            for j in range(c):
-                s = s + dout[r, j] * y[r, j]
-            fs = <floating>s
-            for j in range(c):
-                dx[r, j] = y[r, j] * (dout[r, j] - fs)
+cdef inline void _softmax_row(const floating* x, floating* out, Py_ssize_t c) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating m = row_max(x, c)
+    cdef floating fs = <floating>exp_shift_sum(out, x, c, m)
+    for j in range(c):
+        out[j] = out[j] / fs
+
+
+cdef void _softmax(const floating* x, floating* out, Py_ssize_t n, Py_ssize_t c) noexcept nogil:
+    cdef Py_ssize_t r
+    cdef int nt = _threads(n * c)
+    if nt == 1:
+        for r in range(n):
+            _softmax_row(x + r * c, out + r * c, c)
+    else:
+        for r in prange(n, num_threads=nt, schedule="static"):
+            _softmax_row(x + r * c, out + r * c, c)
 
 
 def softmax_backward(dout, y, dx):
     """dx = y * (dout - sum(dout * y)) row-wise."""
-    _softmax_back(dout, y, dx)
-
-
-def _xent(const floating[:, ::1] logits, const int64_t[::1] labels, floating[:, ::1] probs):
-    cdef Py_ssize_t n = logits.shape[0], c = logits.shape[1], r, j
-    cdef double m, s, total = 0
-    cdef double* e
-    cdef int nt = _threads(n * c)
-    # per row: its loss term; per thread: a row of exp(logit - max) in double
-    cdef double* rowloss = <double*>malloc(max(n, 1) * sizeof(double))
-    cdef double* scratch = <double*>malloc(<size_t>max(nt, 1) * max(c, 1) * sizeof(double))
-    if rowloss == NULL or scratch == NULL:
-        free(rowloss)
-        free(scratch)
-        raise MemoryError()
+    cdef Py_buffer v[3]
+    cdef Py_ssize_t n, c
+    cdef int dt
+    memset(v, 0, sizeof(v))
     try:
+        dt = _get_2d(y, &v[0], DT_FLOAT, False)
+        n = v[0].shape[0]
+        c = v[0].shape[1]
+        buf_get(dout, &v[1], dt, n * c, False)
+        buf_get(dx, &v[2], dt, n * c, True)
         with nogil:
-            for r in prange(n, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
-                e = scratch + <Py_ssize_t>threadid() * c
-                m = row_max(&logits[r, 0], c)
-                s = exp_shift_sum_d(e, &logits[r, 0], c, m)
-                for j in range(c):
-                    probs[r, j] = <floating>(e[j] / s)
-                rowloss[r] = log(s) + m - <double>logits[r, labels[r]]
-            for r in range(n):
-                total = total + rowloss[r]
+            if dt == DT_F32:
+                _softmax_back(<const float*>v[1].buf, <const float*>v[0].buf,
+                              <float*>v[2].buf, n, c)
+            else:
+                _softmax_back(<const double*>v[1].buf, <const double*>v[0].buf,
+                              <double*>v[2].buf, n, c)
     finally:
-        free(rowloss)
-        free(scratch)
-    return total / n
+        _release(v, 3)
+
+
+cdef inline void _softmax_back_row(const floating* dout, const floating* y, floating* dx,
+                                   Py_ssize_t c) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef double s = 0
+    cdef floating fs
+    for j in range(c):
+        s = s + dout[j] * y[j]
+    fs = <floating>s
+    for j in range(c):
+        dx[j] = y[j] * (dout[j] - fs)
+
+
+cdef void _softmax_back(const floating* dout, const floating* y, floating* dx, Py_ssize_t n,
+                        Py_ssize_t c) noexcept nogil:
+    cdef Py_ssize_t r
+    cdef int nt = _threads(n * c // CHEAP)
+    if nt == 1:
+        for r in range(n):
+            _softmax_back_row(dout + r * c, y + r * c, dx + r * c, c)
+    else:
+        for r in prange(n, num_threads=nt, schedule="static"):
+            _softmax_back_row(dout + r * c, y + r * c, dx + r * c, c)
 
 
 def softmax_xent_forward(logits, labels, probs):
     """probs = softmax(logits); returns the batch-mean cross-entropy (float)."""
-    return _xent(logits, labels, probs)
+    cdef Py_buffer v[3]
+    cdef Py_ssize_t n, c
+    cdef int dt, nt
+    cdef double total
+    # per row: its loss term; per thread: a row of exp(logit - max) in double
+    cdef double* rowloss = NULL
+    cdef double* scratch = NULL
+    memset(v, 0, sizeof(v))
+    try:
+        dt = _get_2d(logits, &v[0], DT_FLOAT, False)
+        n = v[0].shape[0]
+        c = v[0].shape[1]
+        buf_get(labels, &v[1], DT_I64, n, False)
+        buf_get(probs, &v[2], dt, n * c, True)
+        if c == 0:
+            raise ValueError("logits must have at least one column")
+        nt = _threads(n * c)
+        rowloss = <double*>malloc(max(n, 1) * sizeof(double))
+        scratch = <double*>malloc(<size_t>max(nt, 1) * max(c, 1) * sizeof(double))
+        if rowloss == NULL or scratch == NULL:
+            raise MemoryError()
+        with nogil:
+            if dt == DT_F32:
+                total = _xent(<const float*>v[0].buf, <const int64_t*>v[1].buf,
+                              <float*>v[2].buf, n, c, nt, rowloss, scratch)
+            else:
+                total = _xent(<const double*>v[0].buf, <const int64_t*>v[1].buf,
+                              <double*>v[2].buf, n, c, nt, rowloss, scratch)
+    finally:
+        free(rowloss)
+        free(scratch)
+        _release(v, 3)
+    return total / n
 
 
-def _xent_back(const floating[:, ::1] probs, const int64_t[::1] labels, floating[:, ::1] dl,
-               double scale):
-    cdef Py_ssize_t n = probs.shape[0], c = probs.shape[1], r, j
+cdef inline double _xent_row(const floating* x, int64_t t, floating* probs, Py_ssize_t c,
+                             double* e) noexcept nogil:
+    """probs = softmax(x) (e: c doubles of scratch); returns log sum exp(x - m) + m - x[t]."""
+    cdef Py_ssize_t j
+    cdef double m = row_max(x, c)
+    cdef double s = exp_shift_sum_d(e, x, c, m)
+    for j in range(c):
+        probs[j] = <floating>(e[j] / s)
+    return log(s) + m - <double>x[t]
+
+
+cdef double _xent(const floating* x, const int64_t* labels, floating* probs, Py_ssize_t n,
+                  Py_ssize_t c, int nt, double* rowloss, double* scratch) noexcept nogil:
+    cdef Py_ssize_t r
+    cdef double total = 0
+    if nt == 1:
+        for r in range(n):
+            rowloss[r] = _xent_row(x + r * c, labels[r], probs + r * c, c, scratch)
+    else:
+        for r in prange(n, num_threads=nt, schedule="static"):
+            rowloss[r] = _xent_row(x + r * c, labels[r], probs + r * c, c,
+                                   scratch + <Py_ssize_t>threadid() * c)
+    for r in range(n):
+        total = total + rowloss[r]
+    return total
+
+
+def softmax_xent_backward(probs, labels, dlogits, double scale):
+    """dlogits = (probs - onehot(labels)) * (scale / N)."""
+    cdef Py_buffer v[3]
+    cdef Py_ssize_t n, c
+    cdef int dt
+    memset(v, 0, sizeof(v))
+    try:
+        dt = _get_2d(probs, &v[0], DT_FLOAT, False)
+        n = v[0].shape[0]
+        c = v[0].shape[1]
+        buf_get(labels, &v[1], DT_I64, n, False)
+        buf_get(dlogits, &v[2], dt, n * c, True)
+        with nogil:
+            if dt == DT_F32:
+                _xent_back(<const float*>v[0].buf, <const int64_t*>v[1].buf, <float*>v[2].buf,
+                           n, c, scale)
+            else:
+                _xent_back(<const double*>v[0].buf, <const int64_t*>v[1].buf,
+                           <double*>v[2].buf, n, c, scale)
+    finally:
+        _release(v, 3)
+
+
+cdef inline void _xent_back_row(const floating* p, int64_t t, floating* dl, Py_ssize_t c,
+                                floating k) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(c):
+        dl[j] = p[j] * k
+    dl[t] = (p[t] - 1) * k
+
+
+cdef void _xent_back(const floating* probs, const int64_t* labels, floating* dl, Py_ssize_t n,
+                     Py_ssize_t c, double scale) noexcept nogil:
+    cdef Py_ssize_t r
     cdef floating k = <floating>(scale / n)
     cdef int nt = _threads(n * c // CHEAP)
-    with nogil:
-        for r in prange(n, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
-            for j in range(c):
-                dl[r, j] = probs[r, j] * k
-            dl[r, labels[r]] = (probs[r, labels[r]] - 1) * k
-
-
-def softmax_xent_backward(probs, labels, dlogits, scale):
-    """dlogits = (probs - onehot(labels)) * (scale / N)."""
-    _xent_back(probs, labels, dlogits, scale)
+    if nt == 1:
+        for r in range(n):
+            _xent_back_row(probs + r * c, labels[r], dl + r * c, c, k)
+    else:
+        for r in prange(n, num_threads=nt, schedule="static"):
+            _xent_back_row(probs + r * c, labels[r], dl + r * c, c, k)

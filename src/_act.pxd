@@ -1,7 +1,7 @@
 # Activations shared by _dense.pyx and _activations.pyx: codes, values and derivatives.
 # The derivative is written from the output y = act(z) (see dlfast.kernels for the table).
 # NaN propagates as in the NumPy backend (no branch turns a NaN into a number).
-# Also: buf_get, array arguments through the buffer protocol (_activations, _batchnorm, _random).
+# Also: buf_get, array arguments through the buffer protocol (every module but _dense, _optim, _rbm).
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS,
                              PyBUF_FORMAT, PyBUF_WRITABLE)
 from cython cimport floating
@@ -385,3 +385,10 @@ cdef inline int buf_get(object a, Py_buffer* v, int dt, Py_ssize_t count, bint o
         PyBuffer_Release(v)
         raise ValueError(f"array of {got} elements where {count} are expected")
     return got
+
+
+cdef inline void buf_release(Py_buffer* v, int k) noexcept:
+    """PyBuffer_Release of v[0..k) (no-op for the unacquired, zeroed ones)."""
+    cdef int i
+    for i in range(k):
+        PyBuffer_Release(&v[i])

@@ -9,8 +9,9 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
+from libc.string cimport memset
 
-from _act cimport (act_code, act_row, act_grad_row, act_work, CHEAP, buf_get, PyBuffer_Release,
+from _act cimport (act_code, act_row, act_grad_row, act_work, CHEAP, buf_get, buf_release,
                   DT_F32, DT_FLOAT)
 
 include "_parallel.pxi"
@@ -24,21 +25,21 @@ def activation_forward(x, out, activation, alpha):
     """out = act(x) (out may be x)."""
     cdef int code = act_code(activation)
     cdef double a = alpha
-    cdef Py_buffer vx, vo
-    cdef int dt = buf_get(x, &vx, DT_FLOAT, -1, False)
-    cdef Py_ssize_t n = vx.len // vx.itemsize
+    cdef Py_buffer v[2]
+    cdef Py_ssize_t n
+    cdef int dt
+    memset(v, 0, sizeof(v))
     try:
-        buf_get(out, &vo, dt, n, True)
-    except BaseException:
-        PyBuffer_Release(&vx)
-        raise
-    with nogil:
-        if dt == DT_F32:
-            _act_fwd(<float*>vo.buf, <const float*>vx.buf, n, code, <float>a)
-        else:
-            _act_fwd(<double*>vo.buf, <const double*>vx.buf, n, code, a)
-    PyBuffer_Release(&vo)
-    PyBuffer_Release(&vx)
+        dt = buf_get(x, &v[0], DT_FLOAT, -1, False)
+        n = v[0].len // v[0].itemsize
+        buf_get(out, &v[1], dt, n, True)
+        with nogil:
+            if dt == DT_F32:
+                _act_fwd(<float*>v[1].buf, <const float*>v[0].buf, n, code, <float>a)
+            else:
+                _act_fwd(<double*>v[1].buf, <const double*>v[0].buf, n, code, a)
+    finally:
+        buf_release(v, 2)
 
 
 cdef void _act_fwd(floating* y, const floating* x, Py_ssize_t n, int code,
@@ -59,25 +60,24 @@ def activation_backward(dout, out, dx, activation, alpha):
     """dx = dout * act'(out)."""
     cdef int code = act_code(activation)
     cdef double a = alpha
-    cdef Py_buffer vy, vd, vx
-    cdef int dt = buf_get(out, &vy, DT_FLOAT, -1, False)
-    cdef Py_ssize_t n = vy.len // vy.itemsize
+    cdef Py_buffer v[3]
+    cdef Py_ssize_t n
+    cdef int dt
+    memset(v, 0, sizeof(v))
     try:
-        buf_get(dout, &vd, dt, n, False)
-        buf_get(dx, &vx, dt, n, True)
-    except BaseException:
-        PyBuffer_Release(&vd)
-        PyBuffer_Release(&vy)
-        raise
-    with nogil:
-        if dt == DT_F32:
-            _act_bwd(<float*>vx.buf, <const float*>vd.buf, <const float*>vy.buf, n, code,
-                     <float>a)
-        else:
-            _act_bwd(<double*>vx.buf, <const double*>vd.buf, <const double*>vy.buf, n, code, a)
-    PyBuffer_Release(&vx)
-    PyBuffer_Release(&vd)
-    PyBuffer_Release(&vy)
+        dt = buf_get(out, &v[0], DT_FLOAT, -1, False)
+        n = v[0].len // v[0].itemsize
+        buf_get(dout, &v[1], dt, n, False)
+        buf_get(dx, &v[2], dt, n, True)
+        with nogil:
+            if dt == DT_F32:
+                _act_bwd(<float*>v[2].buf, <const float*>v[1].buf, <const float*>v[0].buf, n,
+                         code, <float>a)
+            else:
+                _act_bwd(<double*>v[2].buf, <const double*>v[1].buf, <const double*>v[0].buf, n,
+                         code, a)
+    finally:
+        buf_release(v, 3)
 
 
 cdef void _act_bwd(floating* dx, const floating* dout, const floating* y, Py_ssize_t n, int code,

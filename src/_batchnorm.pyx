@@ -17,7 +17,7 @@ from libc.math cimport sqrt
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
-from _act cimport buf_get, PyBuffer_Release, DT_F32, DT_FLOAT
+from _act cimport buf_get, buf_release, DT_F32, DT_FLOAT
 
 include "_parallel.pxi"
 
@@ -208,12 +208,6 @@ cdef double* _dbuf(Py_ssize_t k) except NULL:
     return p
 
 
-cdef void _release(Py_buffer* v, int k) noexcept:
-    cdef int i
-    for i in range(k):
-        PyBuffer_Release(&v[i])
-
-
 cdef int _get_x(object x, Py_buffer* v, bint out) except -2:
     """buf_get of a 2-D float array."""
     cdef int dt = buf_get(x, v, DT_FLOAT, -1, out)
@@ -291,7 +285,7 @@ def batchnorm_stats(x, mean, var):
                 _stats(<const double*>v[0].buf, <double*>v[1].buf, <double*>v[2].buf, n, f, buf)
     finally:
         free(buf)
-        _release(v, 3)
+        buf_release(v, 3)
 
 
 cdef void _stats(const floating* x, floating* mean, floating* var, Py_ssize_t n, Py_ssize_t f,
@@ -369,7 +363,7 @@ def batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd, running_mea
                            <double*>v[8].buf, n, f, momentum, eps, unbiased, buf)
     finally:
         free(buf)
-        _release(v, 9)
+        buf_release(v, 9)
 
 
 cdef void _fwd_train(const floating* x, const floating* gamma, const floating* beta,
@@ -456,7 +450,7 @@ def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, double eps
                           <double*>v[7].buf, n, f, eps, buf)
     finally:
         free(buf)
-        _release(v, 8)
+        buf_release(v, 8)
 
 
 cdef void _fwd_eval(const floating* x, const floating* gamma, const floating* beta,
@@ -523,7 +517,7 @@ def batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta, bint batch_
                      <double*>v[6].buf, n, f, batch_stats, buf)
     finally:
         free(buf)
-        _release(v, 7)
+        buf_release(v, 7)
 
 
 cdef inline void _bwd_coef(const floating* gamma, const floating* invstd, double* c,

@@ -7,8 +7,9 @@ Every element is independent: the loops are C (below), vectorised and cloned per
 from cython.parallel cimport prange
 from libc.math cimport ceil
 from libc.stdint cimport uint64_t, uint8_t
+from libc.string cimport memset
 
-from _act cimport buf_get, PyBuffer_Release, DT_F32, DT_U8, DT_FLOAT
+from _act cimport buf_get, buf_release, DT_F32, DT_U8, DT_FLOAT
 
 include "_parallel.pxi"
 
@@ -126,66 +127,71 @@ def dropout_mask(mask, p, seed, counter):
     """mask[i] = u_i >= p (uint8, any shape)."""
     cdef uint64_t key = _mix64(<uint64_t>seed), base = <uint64_t>counter + 1
     cdef long long thr = _threshold(<double>p)
-    cdef Py_buffer vm
-    buf_get(mask, &vm, DT_U8, -1, True)
-    with nogil:
-        _rand_items(0, vm.buf, NULL, vm.len, DT_U8, key, base, 0.0, 0.0, thr)
-    PyBuffer_Release(&vm)
+    cdef Py_buffer v[1]
+    memset(v, 0, sizeof(v))
+    try:
+        buf_get(mask, &v[0], DT_U8, -1, True)
+        with nogil:
+            _rand_items(0, v[0].buf, NULL, v[0].len, DT_U8, key, base, 0.0, 0.0, thr)
+    finally:
+        buf_release(v, 1)
 
 
 def random_uniform(out, low, high, seed, counter):
     """out[i] = low + (high - low) * u_i, computed in float64 and rounded to out's dtype."""
     cdef uint64_t key = _mix64(<uint64_t>seed), base = <uint64_t>counter + 1
     cdef double lo = low, span = <double>high - lo
-    cdef Py_buffer vo
-    cdef int dt = buf_get(out, &vo, DT_FLOAT, -1, True)
-    with nogil:
-        _rand_items(1, vo.buf, NULL, vo.len // vo.itemsize, dt, key, base, lo, span, 0)
-    PyBuffer_Release(&vo)
+    cdef Py_buffer v[1]
+    cdef int dt
+    memset(v, 0, sizeof(v))
+    try:
+        dt = buf_get(out, &v[0], DT_FLOAT, -1, True)
+        with nogil:
+            _rand_items(1, v[0].buf, NULL, v[0].len // v[0].itemsize, dt, key, base, lo, span, 0)
+    finally:
+        buf_release(v, 1)
 
 
 def bernoulli_sample(probs, out, seed, counter):
     """out[i] = 1 if u_i < probs[i] else 0 (comparison in float64)."""
     cdef uint64_t key = _mix64(<uint64_t>seed), base = <uint64_t>counter + 1
-    cdef Py_buffer vp, vo
-    cdef int dt = buf_get(out, &vo, DT_FLOAT, -1, True)
+    cdef Py_buffer v[2]
+    cdef Py_ssize_t n
+    cdef int dt
+    memset(v, 0, sizeof(v))
     try:
-        buf_get(probs, &vp, dt, vo.len // vo.itemsize, False)
-    except BaseException:
-        PyBuffer_Release(&vo)
-        raise
-    with nogil:
-        _rand_items(2, vo.buf, vp.buf, vo.len // vo.itemsize, dt, key, base, 0.0, 0.0, 0)
-    PyBuffer_Release(&vp)
-    PyBuffer_Release(&vo)
+        dt = buf_get(out, &v[0], DT_FLOAT, -1, True)
+        n = v[0].len // v[0].itemsize
+        buf_get(probs, &v[1], dt, n, False)
+        with nogil:
+            _rand_items(2, v[0].buf, v[1].buf, n, dt, key, base, 0.0, 0.0, 0)
+    finally:
+        buf_release(v, 2)
 
 
 def dropout_apply(x, mask, scale, out):
     """out = (x * mask) * scale in x's dtype (mask None: out = x * scale)."""
     cdef double s = scale
-    cdef Py_buffer vx, vm, vo
+    cdef Py_buffer v[3]
     cdef Py_ssize_t n, b, lo
     cdef int dt, nt
-    dt = buf_get(x, &vx, DT_FLOAT, -1, False)
-    n = vx.len // vx.itemsize
+    memset(v, 0, sizeof(v))
     try:
-        buf_get(mask, &vm, DT_U8, n, False)
-        buf_get(out, &vo, dt, n, True)
-    except BaseException:
-        PyBuffer_Release(&vm)
-        PyBuffer_Release(&vx)
-        raise
-    nt = _threads(n)
-    with nogil:
-        if nt == 1:
-            _apply_range(vo.buf, vx.buf, <const uint8_t*>vm.buf, 0, n, dt, s)
-        else:
-            for b in prange(_nblocks(n), schedule="static", num_threads=nt):
-                lo = b * BLOCK
-                _apply_range(vo.buf, vx.buf, <const uint8_t*>vm.buf, lo, min(lo + BLOCK, n), dt, s)
-    PyBuffer_Release(&vo)
-    PyBuffer_Release(&vm)
-    PyBuffer_Release(&vx)
+        dt = buf_get(x, &v[0], DT_FLOAT, -1, False)
+        n = v[0].len // v[0].itemsize
+        buf_get(mask, &v[1], DT_U8, n, False)
+        buf_get(out, &v[2], dt, n, True)
+        nt = _threads(n)
+        with nogil:
+            if nt == 1:
+                _apply_range(v[2].buf, v[0].buf, <const uint8_t*>v[1].buf, 0, n, dt, s)
+            else:
+                for b in prange(_nblocks(n), schedule="static", num_threads=nt):
+                    lo = b * BLOCK
+                    _apply_range(v[2].buf, v[0].buf, <const uint8_t*>v[1].buf, lo,
+                                 min(lo + BLOCK, n), dt, s)
+    finally:
+        buf_release(v, 3)
 
 
 cdef inline void _apply_range(void* o, const void* x, const uint8_t* m, Py_ssize_t lo,

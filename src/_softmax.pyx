@@ -14,7 +14,7 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
-from _act cimport (exp_shift_sum, exp_shift_sum_d, row_max, CHEAP, buf_get, PyBuffer_Release,
+from _act cimport (exp_shift_sum, exp_shift_sum_d, row_max, CHEAP, buf_get, buf_release,
                    DT_F32, DT_I64, DT_FLOAT)
 
 include "_parallel.pxi"
@@ -26,12 +26,6 @@ cdef int _get_2d(object a, Py_buffer* v, int dt, bint out) except -2:
     if v.ndim != 2:
         raise ValueError(f"expected a 2-D array, got {v.ndim}-D")
     return dt
-
-
-cdef void _release(Py_buffer* v, int k) noexcept:
-    cdef int i
-    for i in range(k):
-        PyBuffer_Release(&v[i])
 
 
 def softmax_forward(x, out):
@@ -53,7 +47,7 @@ def softmax_forward(x, out):
             else:
                 _softmax(<const double*>v[0].buf, <double*>v[1].buf, n, c)
     finally:
-        _release(v, 2)
+        buf_release(v, 2)
 
 
 cdef inline void _softmax_row(const floating* x, floating* out, Py_ssize_t c) noexcept nogil:
@@ -95,7 +89,7 @@ def softmax_backward(dout, y, dx):
                 _softmax_back(<const double*>v[1].buf, <const double*>v[0].buf,
                               <double*>v[2].buf, n, c)
     finally:
-        _release(v, 3)
+        buf_release(v, 3)
 
 
 cdef inline void _softmax_back_row(const floating* dout, const floating* y, floating* dx,
@@ -155,7 +149,7 @@ def softmax_xent_forward(logits, labels, probs):
     finally:
         free(rowloss)
         free(scratch)
-        _release(v, 3)
+        buf_release(v, 3)
     return total / n
 
 
@@ -206,7 +200,7 @@ def softmax_xent_backward(probs, labels, dlogits, double scale):
                 _xent_back(<const double*>v[0].buf, <const int64_t*>v[1].buf,
                            <double*>v[2].buf, n, c, scale)
     finally:
-        _release(v, 3)
+        buf_release(v, 3)
 
 
 cdef inline void _xent_back_row(const floating* p, int64_t t, floating* dl, Py_ssize_t c,

@@ -1,9 +1,9 @@
 """Per primitive, NumPy vs compiled backend, float32; one group per primitive + size.
 
-Sizes: batch 32..4096, widths 10..2048 (the default run keeps a representative subset, with 100x100:
-one layer of a training step at batch 100; the rest is
-marked ``bench_full``). The dense groups also hold ``gemm_probe``: the bare ``np.matmul`` calls of
-the same shapes, the machine's limit for that primitive.
+Sizes: batch 32..4096, widths 10..2048 (the default run keeps a representative subset, with 100x100
+= one layer of a batch-100 training step; the rest is marked ``bench_full``). The dense groups also
+hold ``gemm_probe``: the bare ``np.matmul`` calls of the same shapes, the machine's limit for that
+primitive.
 """
 import numpy as np
 import pytest
@@ -25,9 +25,11 @@ def _id(s):
 DENSE = _grid([(32, 784, 100), (256, 784, 100), (1024, 1024, 1024)],
               [(b, i, o) for b in (32, 256, 1024, 4096)
                for i, o in ((784, 100), (100, 100), (100, 10), (2048, 2048))])
-ELEM = _grid([(100, 100), (256, 1024)], [(b, w) for b in (32, 256, 1024, 4096) for w in (10, 100, 2048)])
+ELEM = _grid([(100, 100), (256, 1024)],
+             [(b, w) for b in (32, 256, 1024, 4096) for w in (10, 100, 2048)])
 SOFTMAX = _grid([(256, 10)], [(b, c) for b in (32, 256, 1024, 4096) for c in (10, 1000)])
-BN = _grid([(100, 100), (256, 100), (1024, 1024)], [(b, w) for b in (32, 256, 1024, 4096) for w in (100, 2048)])
+BN = _grid([(100, 100), (256, 100), (1024, 1024)],
+           [(b, w) for b in (32, 256, 1024, 4096) for w in (100, 2048)])
 
 
 def _rand(shape, seed=0, scale=1.0):

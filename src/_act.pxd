@@ -124,12 +124,7 @@ cdef extern from *:
     /* Row loops over the transcendental activations, cloned for AVX-512 / AVX2 / baseline x86-64
        (GCC picks one at load time from the CPU; the same clone runs on every thread, so results do
        not depend on the thread count). Codes as in _act.pxd: 3 elu, 4 sigmoid, 5 tanh. */
-    #if defined(__GNUC__) && __GNUC__ >= 11 && !defined(__clang__) && defined(__x86_64__) \
-        && defined(__linux__) && defined(__GLIBC__)      /* ifunc: glibc; x86-64-v3/v4: GCC 11 */
-    #define DLF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-    #else
-    #define DLF_CLONES
-    #endif
+    #include "dlfast_clones.h"   /* DLF_CLONES */
     #define DLF_ACT_ROW(NAME, T, EXP, EXPM1, TANH)                                              \
     DLF_CLONES static void NAME(T* y, const T* z, long n, int code, T alpha) {                \
         long i;                                                                               \

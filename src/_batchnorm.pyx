@@ -28,12 +28,7 @@ cdef enum:
 
 cdef extern from *:
     """
-    #if defined(__GNUC__) && __GNUC__ >= 11 && !defined(__clang__) && defined(__x86_64__) \\
-        && defined(__linux__) && defined(__GLIBC__)      /* ifunc: glibc; x86-64-v3/v4: GCC 11 */
-    #define DLF_BCLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-    #else
-    #define DLF_BCLONES
-    #endif
+    #include "dlfast_clones.h"   /* DLF_CLONES */
     #if defined(__GNUC__) && !defined(__clang__)
     #pragma GCC push_options
     #pragma GCC optimize("fp-contract=off")
@@ -42,7 +37,7 @@ cdef extern from *:
        (rows unrolled: one load and store of a sum per 4 or 2 rows, the same additions). */
     #define DLF_BN(S, T)                                                                       \\
     /* acc[j] = sum_i x[i, j] */                                                               \\
-    DLF_BCLONES static void dlf_bn_sum##S(const T* x, long i0, long i1, long f, long j0, long j1, \\
+    DLF_CLONES static void dlf_bn_sum##S(const T* x, long i0, long i1, long f, long j0, long j1, \\
                                           double* __restrict acc) {                            \\
         long i, j;                                                                             \\
         for (j = j0; j < j1; j++) acc[j] = 0.0;                                                \\
@@ -54,7 +49,7 @@ cdef extern from *:
             for (j = j0; j < j1; j++) acc[j] = acc[j] + x[i * f + j];                          \\
     }                                                                                          \\
     /* acc[j] = sum_i (x[i, j] - mu[j])^2 */                                                   \\
-    DLF_BCLONES static void dlf_bn_sqdev##S(const T* x, long i0, long i1, long f, long j0,     \\
+    DLF_CLONES static void dlf_bn_sqdev##S(const T* x, long i0, long i1, long f, long j0,     \\
                                             long j1, const double* mu, double* __restrict acc) { \\
         long i, j;                                                                             \\
         for (j = j0; j < j1; j++) acc[j] = 0.0;                                                \\
@@ -69,7 +64,7 @@ cdef extern from *:
             for (j = j0; j < j1; j++) { double d = x[i * f + j] - mu[j]; acc[j] = acc[j] + d * d; } \\
     }                                                                                          \\
     /* xhat = T((x - mu) * inv) (double); out = gamma * xhat + beta (T) */                     \\
-    DLF_BCLONES static void dlf_bn_norm##S(const T* x, T* __restrict xhat, T* __restrict out,  \\
+    DLF_CLONES static void dlf_bn_norm##S(const T* x, T* __restrict xhat, T* __restrict out,  \\
                                            const T* gamma, const T* beta, const double* mu,    \\
                                            const double* inv, long i0, long i1, long f, long j0, \\
                                            long j1) {                                          \\
@@ -82,7 +77,7 @@ cdef extern from *:
             }                                                                                  \\
     }                                                                                          \\
     /* sb[j] = sum_i dout[i, j]; sg[j] = sum_i dout[i, j] * xhat[i, j] */                      \\
-    DLF_BCLONES static void dlf_bn_bsums##S(const T* dout, const T* xhat, long i0, long i1,    \\
+    DLF_CLONES static void dlf_bn_bsums##S(const T* dout, const T* xhat, long i0, long i1,    \\
                                             long f, long j0, long j1, double* __restrict sb,   \\
                                             double* __restrict sg) {                           \\
         long i, j;                                                                             \\
@@ -103,7 +98,7 @@ cdef extern from *:
             }                                                                                  \\
     }                                                                                          \\
     /* dx = T(c * ((dn * dout - sb) - xhat * sg)) (batch), T(c * dout) (not) */                \\
-    DLF_BCLONES static void dlf_bn_dx##S(T* __restrict dx, const T* dout, const T* xhat,       \\
+    DLF_CLONES static void dlf_bn_dx##S(T* __restrict dx, const T* dout, const T* xhat,       \\
                                          const double* c, const double* sb, const double* sg,  \\
                                          long i0, long i1, long f, long j0, long j1, double dn, \\
                                          int batch) {                                          \\

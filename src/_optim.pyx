@@ -19,46 +19,125 @@ cdef enum:
     COLBLOCK = 64         # columns per work item in max_norm
 
 
-cdef inline floating _sqrt(floating x) noexcept nogil:
-    if floating is float:
-        return sqrtf(x)
-    else:
-        return sqrt(x)
-
-
-cdef inline floating _geff(floating g, floating w, floating gs, floating cv, floating wd,
-                           bint decay) noexcept nogil:
-    """g' = clip(gs * g, -cv, cv) + wd * w. gs = 1 and cv = inf are exact no-ops (x * 1 == x; nothing
-    compares beyond inf), and a NaN passes the clip unchanged, as np.clip."""
-    cdef floating ge = g * gs
-    ge = -cv if ge < -cv else ge
-    ge = cv if ge > cv else ge
-    if decay:
-        ge = ge + wd * w
-    return ge
-
-
 cdef inline Py_ssize_t _nblocks(Py_ssize_t n) noexcept nogil:
     return (n + BLOCK - 1) // BLOCK
 
 
 # ----------------------------------------------------------------------------- optimisers
-# Each *_loop is a flat, branch-free (after inlining the constant flags) loop over one block, so the
-# compiler vectorises it; each *_blk picks the specialisation once per block.
-
-cdef inline void _sgd_loop(floating* w, const floating* g, Py_ssize_t n, floating lr, floating gs,
-                           floating cv, floating wd, bint decay) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
-        w[i] = w[i] - lr * _geff(g[i], w[i], gs, cv, wd, decay)
+# Each loop is flat C over one block (below), one copy per (update, dtype, decay flag) so the
+# compiler vectorises it, cloned per instruction set with contraction off (same bits on every
+# clone and thread count); each *_blk picks the specialisation once per block.
+cdef extern from *:
+    """
+    #include "dlfast_clones.h"   /* DLF_CLONES */
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC push_options
+    #pragma GCC optimize("fp-contract=off")
+    #endif
+    /* g' = clip(gs * g, -cv, cv) (+ wd * w when DECAY); a NaN passes the clip, as np.clip */
+    #define DLF_GEFF(DECAY) ge = g[i] * gs; ge = ge < -cv ? -cv : ge; ge = ge > cv ? cv : ge;     \\
+                            if (DECAY) ge = ge + wd * w[i];
+    #define DLF_OPT_LOOPS(S, T, SQRT, DECAY, D)                                                  \\
+    /* w -= lr * g' */                                                                         \\
+    DLF_CLONES static void dlf_sgd##S##D(T* w, const T* g, long n, T lr, T gs, T cv, T wd) {   \\
+        T ge;                                                                                  \\
+        for (long i = 0; i < n; i++) { DLF_GEFF(DECAY) w[i] = w[i] - lr * ge; }                \\
+    }                                                                                          \\
+    /* v = mu*v - lr*g'; w += v (nesterov: w += mu*v - lr*g') */                               \\
+    DLF_CLONES static void dlf_mom##S##D(T* w, const T* g, T* v, long n, T lr, T mu, T gs,     \\
+                                         T cv, T wd, int nesterov) {                          \\
+        T ge, vi;                                                                              \\
+        if (nesterov) for (long i = 0; i < n; i++) {                                           \\
+            DLF_GEFF(DECAY) vi = v[i] * mu; vi = vi - lr * ge; v[i] = vi;                      \\
+            w[i] = w[i] + (mu * vi - lr * ge); }                                               \\
+        else for (long i = 0; i < n; i++) {                                                    \\
+            DLF_GEFF(DECAY) vi = v[i] * mu; vi = vi - lr * ge; v[i] = vi; w[i] = w[i] + vi; }  \\
+    }                                                                                          \\
+    /* h = rho*h + ((1-rho)*g')*g'; w -= (lr*g') / (sqrt(h) + eps)  (inside: sqrt(h + eps)) */ \\
+    DLF_CLONES static void dlf_ada##S##D(T* w, const T* g, T* h, long n, T lr, T rho, T omr,   \\
+                                         T eps, T gs, T cv, T wd, int inside) {               \\
+        T ge, hh;                                                                              \\
+        if (inside) for (long i = 0; i < n; i++) {                                             \\
+            DLF_GEFF(DECAY) hh = h[i] * rho; hh = hh + (omr * ge) * ge; h[i] = hh;             \\
+            w[i] = w[i] - (lr * ge) / SQRT(hh + eps); }                                        \\
+        else for (long i = 0; i < n; i++) {                                                    \\
+            DLF_GEFF(DECAY) hh = h[i] * rho; hh = hh + (omr * ge) * ge; h[i] = hh;             \\
+            w[i] = w[i] - (lr * ge) / (SQRT(hh) + eps); }                                      \\
+    }                                                                                          \\
+    /* m = b1*m + (1-b1)*g'; v = b2*v + ((1-b2)*g')*g';                                        \\
+       w = w*shrink - (step_size*m) / (sqrt(v)/sbc2 + eps) */                                  \\
+    DLF_CLONES static void dlf_adam##S##D(T* w, const T* g, T* m, T* v, long n, T b1, T omb1,  \\
+                                          T b2, T omb2, T eps, T step_size, T sbc2, T shrink, \\
+                                          T gs, T cv, T wd) {                                 \\
+        T ge, mi, vi, wi;                                                                      \\
+        for (long i = 0; i < n; i++) {                                                         \\
+            wi = w[i]; DLF_GEFF(DECAY) mi = m[i] * b1; mi = mi + omb1 * ge; m[i] = mi;         \\
+            vi = v[i] * b2; vi = vi + (omb2 * ge) * ge; v[i] = vi;                             \\
+            w[i] = wi * shrink - (step_size * mi) / (SQRT(vi) / sbc2 + eps); }                 \\
+    }
+    #define DLF_SUMSQ(S, T)                                                                      \\
+    DLF_CLONES static double dlf_sumsq##S(const T* x, long n) {                                \\
+        double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, t;                                             \\
+        long i = 0, j;                                                                         \\
+        for (; i + 8 <= n; i += 8)                                                             \\
+            for (j = 0; j < 8; j++) { t = (double)x[i + j]; a[j] = a[j] + t * t; }             \\
+        for (j = 0; i < n; i++, j++) { t = (double)x[i]; a[j] = a[j] + t * t; }                \\
+        return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));              \\
+    }
+    DLF_SUMSQ(f, float)
+    DLF_SUMSQ(d, double)
+    DLF_OPT_LOOPS(f, float, sqrtf, 0, _nd)
+    DLF_OPT_LOOPS(f, float, sqrtf, 1, _wd)
+    DLF_OPT_LOOPS(d, double, sqrt, 0, _nd)
+    DLF_OPT_LOOPS(d, double, sqrt, 1, _wd)
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC pop_options
+    #endif
+    """
+    double dlf_sumsqf(const float*, long) noexcept nogil
+    double dlf_sumsqd(const double*, long) noexcept nogil
+    void dlf_sgdf_nd(float*, const float*, long, float, float, float, float) noexcept nogil
+    void dlf_sgdf_wd(float*, const float*, long, float, float, float, float) noexcept nogil
+    void dlf_sgdd_nd(double*, const double*, long, double, double, double, double) noexcept nogil
+    void dlf_sgdd_wd(double*, const double*, long, double, double, double, double) noexcept nogil
+    void dlf_momf_nd(float*, const float*, float*, long, float, float, float, float, float,
+                     int) noexcept nogil
+    void dlf_momf_wd(float*, const float*, float*, long, float, float, float, float, float,
+                     int) noexcept nogil
+    void dlf_momd_nd(double*, const double*, double*, long, double, double, double, double,
+                     double, int) noexcept nogil
+    void dlf_momd_wd(double*, const double*, double*, long, double, double, double, double,
+                     double, int) noexcept nogil
+    void dlf_adaf_nd(float*, const float*, float*, long, float, float, float, float, float,
+                     float, float, int) noexcept nogil
+    void dlf_adaf_wd(float*, const float*, float*, long, float, float, float, float, float,
+                     float, float, int) noexcept nogil
+    void dlf_adad_nd(double*, const double*, double*, long, double, double, double, double,
+                     double, double, double, int) noexcept nogil
+    void dlf_adad_wd(double*, const double*, double*, long, double, double, double, double,
+                     double, double, double, int) noexcept nogil
+    void dlf_adamf_nd(float*, const float*, float*, float*, long, float, float, float, float,
+                      float, float, float, float, float, float, float) noexcept nogil
+    void dlf_adamf_wd(float*, const float*, float*, float*, long, float, float, float, float,
+                      float, float, float, float, float, float, float) noexcept nogil
+    void dlf_adamd_nd(double*, const double*, double*, double*, long, double, double, double,
+                      double, double, double, double, double, double, double, double) noexcept nogil
+    void dlf_adamd_wd(double*, const double*, double*, double*, long, double, double, double,
+                      double, double, double, double, double, double, double, double) noexcept nogil
 
 
 cdef void _sgd_blk(floating* w, const floating* g, Py_ssize_t n, floating lr, floating gs,
                    floating cv, floating wd, bint decay) noexcept nogil:
-    if decay:
-        _sgd_loop(w, g, n, lr, gs, cv, wd, True)
+    if floating is float:
+        if decay:
+            dlf_sgdf_wd(w, g, n, lr, gs, cv, wd)
+        else:
+            dlf_sgdf_nd(w, g, n, lr, gs, cv, wd)
     else:
-        _sgd_loop(w, g, n, lr, gs, cv, wd, False)
+        if decay:
+            dlf_sgdd_wd(w, g, n, lr, gs, cv, wd)
+        else:
+            dlf_sgdd_nd(w, g, n, lr, gs, cv, wd)
 
 
 def _sgd(floating[::1] w, const floating[::1] g, double lr, double wd, double gs, double cv):
@@ -79,35 +158,19 @@ def sgd_update(w, g, lr, wd, grad_scale, clip_value):
     _sgd(w.reshape(-1), g.reshape(-1), lr, wd, grad_scale, clip_value)
 
 
-cdef inline void _mom_loop(floating* w, const floating* g, floating* v, Py_ssize_t n, floating lr,
-                           floating mu, floating gs, floating cv, floating wd, bint decay,
-                           bint nesterov) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef floating ge, vi
-    for i in range(n):
-        ge = _geff(g[i], w[i], gs, cv, wd, decay)
-        vi = v[i] * mu
-        vi = vi - lr * ge
-        v[i] = vi
-        if nesterov:
-            w[i] = w[i] + (mu * vi - lr * ge)
-        else:
-            w[i] = w[i] + vi
-
-
 cdef void _mom_blk(floating* w, const floating* g, floating* v, Py_ssize_t n, floating lr,
                    floating mu, floating gs, floating cv, floating wd, bint decay,
                    bint nesterov) noexcept nogil:
-    if nesterov:
+    if floating is float:
         if decay:
-            _mom_loop(w, g, v, n, lr, mu, gs, cv, wd, True, True)
+            dlf_momf_wd(w, g, v, n, lr, mu, gs, cv, wd, nesterov)
         else:
-            _mom_loop(w, g, v, n, lr, mu, gs, cv, wd, False, True)
+            dlf_momf_nd(w, g, v, n, lr, mu, gs, cv, wd, nesterov)
     else:
         if decay:
-            _mom_loop(w, g, v, n, lr, mu, gs, cv, wd, True, False)
+            dlf_momd_wd(w, g, v, n, lr, mu, gs, cv, wd, nesterov)
         else:
-            _mom_loop(w, g, v, n, lr, mu, gs, cv, wd, False, False)
+            dlf_momd_nd(w, g, v, n, lr, mu, gs, cv, wd, nesterov)
 
 
 def _momentum(floating[::1] w, const floating[::1] g, floating[::1] v, double lr, double mu,
@@ -135,37 +198,20 @@ def nesterov_update(w, g, v, lr, mu, wd, grad_scale, clip_value):
     _momentum(w.reshape(-1), g.reshape(-1), v.reshape(-1), lr, mu, wd, grad_scale, clip_value, True)
 
 
-cdef inline void _ada_loop(floating* w, const floating* g, floating* h, Py_ssize_t n, floating lr,
-                           floating rho, floating omr, floating eps, floating gs, floating cv,
-                           floating wd, bint decay, bint eps_inside) noexcept nogil:
-    # h = rho*h + ((1-rho)*g')*g'; AdaGrad is rho = omr = 1 (exact: h*1 == h, 1*g' == g')
-    cdef Py_ssize_t i
-    cdef floating ge, hh, den
-    for i in range(n):
-        ge = _geff(g[i], w[i], gs, cv, wd, decay)
-        hh = h[i] * rho
-        hh = hh + (omr * ge) * ge
-        h[i] = hh
-        if eps_inside:
-            den = _sqrt(hh + eps)
-        else:
-            den = _sqrt(hh) + eps
-        w[i] = w[i] - (lr * ge) / den
-
-
 cdef void _ada_blk(floating* w, const floating* g, floating* h, Py_ssize_t n, floating lr,
                    floating rho, floating omr, floating eps, floating gs, floating cv,
                    floating wd, bint decay, bint eps_inside) noexcept nogil:
-    if eps_inside:
+    # AdaGrad is rho = omr = 1 (exact: h*1 == h, 1*g' == g')
+    if floating is float:
         if decay:
-            _ada_loop(w, g, h, n, lr, rho, omr, eps, gs, cv, wd, True, True)
+            dlf_adaf_wd(w, g, h, n, lr, rho, omr, eps, gs, cv, wd, eps_inside)
         else:
-            _ada_loop(w, g, h, n, lr, rho, omr, eps, gs, cv, wd, False, True)
+            dlf_adaf_nd(w, g, h, n, lr, rho, omr, eps, gs, cv, wd, eps_inside)
     else:
         if decay:
-            _ada_loop(w, g, h, n, lr, rho, omr, eps, gs, cv, wd, True, False)
+            dlf_adad_wd(w, g, h, n, lr, rho, omr, eps, gs, cv, wd, eps_inside)
         else:
-            _ada_loop(w, g, h, n, lr, rho, omr, eps, gs, cv, wd, False, False)
+            dlf_adad_nd(w, g, h, n, lr, rho, omr, eps, gs, cv, wd, eps_inside)
 
 
 def _adaptive(floating[::1] w, const floating[::1] g, floating[::1] h, double lr, double rho,
@@ -196,33 +242,20 @@ def rmsprop_update(w, g, h, lr, rho, eps, eps_inside, wd, grad_scale, clip_value
               grad_scale, clip_value)
 
 
-cdef inline void _adam_loop(floating* w, const floating* g, floating* m, floating* v, Py_ssize_t n,
-                            floating b1, floating omb1, floating b2, floating omb2, floating eps,
-                            floating step_size, floating sbc2, floating shrink, floating gs,
-                            floating cv, floating wd, bint decay) noexcept nogil:
-    # m = b1*m + (1-b1)*g'; v = b2*v + ((1-b2)*g')*g'; w = w*shrink - (step_size*m) / (sqrt(v)/sbc2 + eps)
-    cdef Py_ssize_t i
-    cdef floating ge, mi, vi, wi
-    for i in range(n):
-        wi = w[i]
-        ge = _geff(g[i], wi, gs, cv, wd, decay)
-        mi = m[i] * b1
-        mi = mi + omb1 * ge
-        m[i] = mi
-        vi = v[i] * b2
-        vi = vi + (omb2 * ge) * ge
-        v[i] = vi
-        w[i] = wi * shrink - (step_size * mi) / (_sqrt(vi) / sbc2 + eps)
-
-
 cdef void _adam_blk(floating* w, const floating* g, floating* m, floating* v, Py_ssize_t n,
                     floating b1, floating omb1, floating b2, floating omb2, floating eps,
                     floating step_size, floating sbc2, floating shrink, floating gs,
                     floating cv, floating wd, bint decay) noexcept nogil:
-    if decay:
-        _adam_loop(w, g, m, v, n, b1, omb1, b2, omb2, eps, step_size, sbc2, shrink, gs, cv, wd, True)
+    if floating is float:
+        if decay:
+            dlf_adamf_wd(w, g, m, v, n, b1, omb1, b2, omb2, eps, step_size, sbc2, shrink, gs, cv, wd)
+        else:
+            dlf_adamf_nd(w, g, m, v, n, b1, omb1, b2, omb2, eps, step_size, sbc2, shrink, gs, cv, wd)
     else:
-        _adam_loop(w, g, m, v, n, b1, omb1, b2, omb2, eps, step_size, sbc2, shrink, gs, cv, wd, False)
+        if decay:
+            dlf_adamd_wd(w, g, m, v, n, b1, omb1, b2, omb2, eps, step_size, sbc2, shrink, gs, cv, wd)
+        else:
+            dlf_adamd_nd(w, g, m, v, n, b1, omb1, b2, omb2, eps, step_size, sbc2, shrink, gs, cv, wd)
 
 
 def _adam(floating[::1] w, const floating[::1] g, floating[::1] m, floating[::1] v, double lr,
@@ -260,24 +293,11 @@ def adam_update(w, g, m, v, lr, beta1, beta2, eps, step, eps_hat, wd, decoupled_
 # ----------------------------------------------------------------------------- reductions
 cdef inline double _block_sumsq(const floating* x, Py_ssize_t n) noexcept nogil:
     """sum x^2 in double over n elements: 8 interleaved accumulators (a[j] takes the elements
-    i = j mod 8; vectorisable without reassociation), combined pairwise, fixed order."""
-    cdef double a[8]
-    cdef double t
-    cdef Py_ssize_t i = 0, j
-    for j in range(8):
-        a[j] = 0.0
-    while i + 8 <= n:
-        for j in range(8):
-            t = x[i + j]
-            a[j] = a[j] + t * t
-        i = i + 8
-    j = 0
-    while i < n:
-        t = x[i]
-        a[j] = a[j] + t * t
-        i = i + 1
-        j = j + 1
-    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+    i = j mod 8; vectorisable without reassociation), combined pairwise, fixed order (C, below)."""
+    if floating is float:
+        return dlf_sumsqf(x, n)
+    else:
+        return dlf_sumsqd(x, n)
 
 
 cdef inline double _block_sumabs(const floating* x, Py_ssize_t n) noexcept nogil:

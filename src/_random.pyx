@@ -20,12 +20,7 @@ cdef enum:
 cdef extern from *:
     """
     #include <stdint.h>
-    #if defined(__GNUC__) && __GNUC__ >= 11 && !defined(__clang__) && defined(__x86_64__) \\
-        && defined(__linux__) && defined(__GLIBC__)      /* ifunc: glibc; x86-64-v3/v4: GCC 11 */
-    #define DLF_RCLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-    #else
-    #define DLF_RCLONES
-    #endif
+    #include "dlfast_clones.h"   /* DLF_CLONES */
     #if defined(__GNUC__) && !defined(__clang__)
     #pragma GCC push_options
     #pragma GCC optimize("fp-contract=off")      /* low + span * u: no FMA, as NumPy */
@@ -40,20 +35,20 @@ cdef extern from *:
     #define DLF_U(i) ((double)DLF_K(i) * 1.1102230246251565e-16)
 
     /* m[i] = u_i >= p  <=>  k_i >= thr = ceil(p * 2^53) (exact: p * 2^53 is) */
-    DLF_RCLONES static void dlf_mask(uint8_t* m, long i0, long i1, uint64_t key, uint64_t base,
+    DLF_CLONES static void dlf_mask(uint8_t* m, long i0, long i1, uint64_t key, uint64_t base,
                                      int64_t thr) {
         for (long i = i0; i < i1; i++) m[i] = DLF_K(i) >= thr;
     }
     #define DLF_RANDOM_ROWS(SUF, T)                                                            \\
-    DLF_RCLONES static void dlf_uniform##SUF(T* o, long i0, long i1, uint64_t key, uint64_t base, \\
+    DLF_CLONES static void dlf_uniform##SUF(T* o, long i0, long i1, uint64_t key, uint64_t base, \\
                                              double low, double span) {                       \\
         for (long i = i0; i < i1; i++) o[i] = (T)(low + span * DLF_U(i));                      \\
     }                                                                                          \\
-    DLF_RCLONES static void dlf_bernoulli##SUF(T* o, const T* pr, long i0, long i1,            \\
+    DLF_CLONES static void dlf_bernoulli##SUF(T* o, const T* pr, long i0, long i1,            \\
                                                uint64_t key, uint64_t base) {                 \\
         for (long i = i0; i < i1; i++) o[i] = DLF_U(i) < (double)pr[i] ? 1 : 0;                \\
     }                                                                                          \\
-    DLF_RCLONES static void dlf_apply##SUF(T* o, const T* x, const uint8_t* m, long i0, long i1, \\
+    DLF_CLONES static void dlf_apply##SUF(T* o, const T* x, const uint8_t* m, long i0, long i1, \\
                                            T scale) {                                         \\
         if (m == NULL) for (long i = i0; i < i1; i++) o[i] = x[i] * scale;                     \\
         else for (long i = i0; i < i1; i++) o[i] = (x[i] * (T)m[i]) * scale;                   \\

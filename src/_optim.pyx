@@ -29,6 +29,7 @@ cdef inline Py_ssize_t _nblocks(Py_ssize_t n) noexcept nogil:
 # clone and thread count); each *_blk picks the specialisation once per block.
 cdef extern from *:
     """
+    #include <stdint.h>
     #include "dlfast_clones.h"   /* DLF_CLONES */
     #if defined(__GNUC__) && !defined(__clang__)
     #pragma GCC push_options
@@ -86,6 +87,15 @@ cdef extern from *:
     }
     DLF_SUMSQ(f, float)
     DLF_SUMSQ(d, double)
+    /* 1 if some element's exponent bits are all ones (inf or NaN) */
+    #define DLF_NONFINITE(B, U, E)                                                               \\
+    DLF_CLONES static int dlf_nonfinite##B(const U* x, long n) {                               \\
+        int bad = 0;                                                                           \\
+        for (long i = 0; i < n; i++) bad |= (x[i] & E) == E;                                   \\
+        return bad;                                                                            \\
+    }
+    DLF_NONFINITE(32, uint32_t, 0x7F800000U)
+    DLF_NONFINITE(64, uint64_t, 0x7FF0000000000000ULL)
     DLF_OPT_LOOPS(f, float, sqrtf, 0, _nd)
     DLF_OPT_LOOPS(f, float, sqrtf, 1, _wd)
     DLF_OPT_LOOPS(d, double, sqrt, 0, _nd)
@@ -94,6 +104,8 @@ cdef extern from *:
     #pragma GCC pop_options
     #endif
     """
+    int dlf_nonfinite32(const uint32_t*, long) noexcept nogil
+    int dlf_nonfinite64(const uint64_t*, long) noexcept nogil
     double dlf_sumsqf(const float*, long) noexcept nogil
     double dlf_sumsqd(const double*, long) noexcept nogil
     void dlf_sgdf_nd(float*, const float*, long, float, float, float, float) noexcept nogil
@@ -366,22 +378,11 @@ def penalty(w, l1, l2):
 
 
 cdef inline int _nonfinite_blk(const floating* x, Py_ssize_t n) noexcept nogil:
-    """1 if an element of x[:n] has an all-ones exponent (inf or NaN): an integer test (vectorised)."""
-    cdef const uint32_t* p32
-    cdef const uint64_t* p64
-    cdef uint32_t e32 = 0x7F800000U
-    cdef uint64_t e64 = 0x7FF0000000000000ULL
-    cdef int bad = 0
-    cdef Py_ssize_t i
+    """1 if an element of x[:n] has an all-ones exponent (inf or NaN): an integer test (C, above)."""
     if floating is float:
-        p32 = <const uint32_t*>x
-        for i in range(n):
-            bad |= (p32[i] & e32) == e32
+        return dlf_nonfinite32(<const uint32_t*>x, n)
     else:
-        p64 = <const uint64_t*>x
-        for i in range(n):
-            bad |= (p64[i] & e64) == e64
-    return bad
+        return dlf_nonfinite64(<const uint64_t*>x, n)
 
 
 def _all_finite(const floating[::1] x):

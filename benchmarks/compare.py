@@ -16,8 +16,8 @@ Probes give each figure a machine limit: ``gemm`` = the bare ``np.matmul`` calls
 
 Timing: every implementation runs blocks of calls (sized at calibration to ``--block-ms``); each
 round times one block of every implementation, in a rotating order (interleaved, so the load of the
-shared machine hits all alike), after a ``--settle-ms`` pause (worker threads of OpenBLAS and
-OpenMP spin for up to ~0.1 s after use and would steal a core from the next implementation); the
+shared machine hits all alike), after a ``--settle-ms`` pause (with 2+ threads; worker threads of
+OpenBLAS and OpenMP spin for up to ~0.1 s after use and would steal a core from the next one); the
 figure is the median over ``--rounds`` rounds of the time per call. Ratios are medians of the
 per-round ratios (paired within a round, so slow drifts of the load cancel); ``spread`` is the
 largest interquartile range / median of the case's implementations (above ~20%: a noisy figure).
@@ -529,9 +529,12 @@ def parse(argv):
     p.add_argument("--repeats", type=int, default=0,
                    help="calls per timed block (default 0: calibrated to --block-ms)")
     p.add_argument("--block-ms", type=float, default=20.0, help="target length of one block (20)")
-    p.add_argument("--settle-ms", type=float, default=100.0,
-                   help="pause before each block (100): OpenBLAS and OpenMP worker threads spin "
-                        "for up to ~0.1 s after use and would slow the next implementation")
+    p.add_argument("--settle-ms", type=float, default=None,
+                   help="pause before each block (default 100 with --threads > 1, else 0): "
+                        "OpenBLAS and OpenMP worker threads spin for up to ~0.1 s after use and "
+                        "would slow the next implementation; one thread has no workers, and "
+                        "the pause only adds cold-cache noise (1-thread spreads 14-29%% with it, "
+                        "2-14%% without)")
     p.add_argument("--full", action="store_true", help="the full batch-size grid")
     p.add_argument("--only", default="step,dense,optim,adam",
                    help="comma list of sections: step,dense,optim,adam")
@@ -539,6 +542,8 @@ def parse(argv):
     p.add_argument("--json", metavar="PATH", help="write the table (medians, all samples, targets)")
     p.add_argument("--plot", metavar="PATH", help="write a PNG of step time vs batch size")
     a = p.parse_args(argv)
+    if a.settle_ms is None:
+        a.settle_ms = 100.0 if a.threads > 1 else 0.0
     if a.threads < 1 or a.rounds < 1 or a.repeats < 0 or not a.block_ms > 0 or a.settle_ms < 0:
         p.error("--threads and --rounds must be >= 1, --repeats >= 0, --block-ms > 0, "
                 "--settle-ms >= 0")

@@ -21,6 +21,9 @@ Conventions shared by every primitive
   one) skips the argument checks; the caller guarantees that they would pass: C-contiguous arrays
   of one dtype and the right shapes, valid settings, outputs writeable and overlapping nothing.
   Settings are converted as the checked call converts them (``float(alpha)``, ...).
+* One stateful primitive: ``bind_update`` binds an optimiser's K tensors once (validated then)
+  and returns an object whose ``sumsq()`` and ``update(lr, ...)`` are the K single-tensor kernels
+  fused into two backend calls, with the same results (the arrays are referenced, not copied).
 
 Activation codes (``activation=``; derivatives written from the output y = act(z))
 ------------------------------------------------------------------------------------

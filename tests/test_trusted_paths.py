@@ -256,3 +256,19 @@ def test_backend_change_is_validated(monkeypatch):
         with dlfast.use_backend(name):
             relu.forward(x)
     assert checks[:2] == [True, False] and all(checks[2:])
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copies_drop_trust_and_validate_again(backend, how, monkeypatch):
+    import copy
+    import pickle
+    layer = Dense(4, 3, "relu", seed=0)
+    x = np.ones((2, 4), np.float32)
+    layer.forward(x)
+    layer.forward(x)                                       # trusted from here on
+    clone = copy.deepcopy(layer) if how == "deepcopy" else pickle.loads(pickle.dumps(layer))
+    assert not clone._trust
+    checks = _spy(monkeypatch, "dense_forward")
+    np.testing.assert_array_equal(clone.forward(x), layer.forward(x))
+    clone.forward(x)
+    assert checks == [True, False, False]                  # clone validated once, then trusted

@@ -122,7 +122,7 @@ class Layer:
     def _untrusted(self, slot, ins, outs, held=(), settings=()):
         """None when this call may skip the kernel checks, else the record for ``_validated``.
         ``ins``: input arrays; ``outs``: outputs and in-place arrays (None entries skipped)."""
-        key = [_config.active(), *map(id, held), *settings, *map(type, settings)]
+        key = [_config.active().__name__, *map(id, held), *settings, *map(type, settings)]
         ok = True
         ids = set()
         for o in outs:
@@ -152,6 +152,13 @@ class Layer:
             if "_trust" not in self.__dict__:
                 self._trust = {}
             self._trust[slot] = record
+
+    def __getstate__(self):
+        """Copies and pickles drop the trust records: their keys hold ``id``s of this object's
+        arrays, so the copy validates its first call in every slot again."""
+        state = self.__dict__.copy()
+        state.pop("_trust", None)
+        return state
 
     # ---------------------------------------------------------------- interface
     def forward(self, x, train=True):

@@ -235,11 +235,12 @@ def test_dense_bad_input_names_argument():
             K.dense_forward(x, W, None, np.empty((2, 4), np.float32), "swish")
 
 
-@pytest.mark.parametrize("n", [1000, 1037])
+@pytest.mark.parametrize("n", [100, 1000, 1037])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gemm_row_blocks_thread_independent(n, dtype):
     """Shapes big enough that 2 threads really share the GEMM row blocks (several blocks of
-    max(16, roundup4(ceil(n / P))) rows): forward and backward equal NumPy and are
+    max(16, roundup4(ceil(n / P))) rows; at n=100 the backward's dW and dx, inner sizes 100 and
+    130, share one region, cut for P // 2 cores each): forward and backward equal NumPy and are
     bit-identical with 1 and 2 threads."""
     from dlfast._backends import _dense
     assert _dense.gemm_parts() >= 1

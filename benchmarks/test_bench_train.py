@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import dlfast
-from compare import HIDDEN, N_IN, N_OUT, dlfast_step, mnist_like, torch, torch_step
+from compare import (HIDDEN, N_IN, N_OUT, dlfast_step, gemm_probe, gemm_shapes, mnist_like, torch,
+                     torch_step)
 from dlfast import optim
 from dlfast.net import MLP
 
@@ -36,6 +37,14 @@ def test_train_step(benchmark, impl, config, batch):
     step = torch_step(config, batch) if impl == "torch" else dlfast_step(impl, config, batch)
     benchmark.group = f"train step {config} b={batch}"
     benchmark(step)
+
+
+@pytest.mark.parametrize("config,batch", STEPS)
+def test_train_step_gemm_probe(benchmark, config, batch):
+    """The floor beside each step: the bare ``np.matmul`` calls of the step's 14 (batch 1: 14
+    GEMV/outer-product) matrix products, NumPy's BLAS at the benchmark's thread count."""
+    benchmark.group = f"train step {config} b={batch}"
+    benchmark(gemm_probe(gemm_shapes(batch)))
 
 
 @pytest.fixture(scope="module")

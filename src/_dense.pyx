@@ -10,7 +10,8 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
-from _act cimport act_code, act_row, act_grad_row, ACT_IDENTITY
+from _act cimport (act_code, act_row, act_grad_row, ACT_IDENTITY, buf_get, buf_release, DT_F32,
+                  DT_FLOAT)
 
 include "_parallel.pxi"
 
@@ -124,131 +125,185 @@ cdef void _gemm(char ta, char tb, int m, int n, int k, const floating* a, int ld
         dgemm(&tb, &ta, &n, &m, &k, &one, <double*>b, &ldb, <double*>a, &lda, &zero, c, &ldc)
 
 
-def _check_int(*dims):
-    for d in dims:
-        if d > _INT_MAX:
-            raise ValueError(f"dimension {d} exceeds the BLAS int limit")
-
-
 cdef inline int _gemm_threads(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
     # a multiply-add costs about as much as 1/16 of an elementwise pass element
     return _threads(m * n * k // 16)
 
 
-def _forward(const floating[:, ::1] x, const floating[:, ::1] W, const floating[::1] b,
-             floating[:, ::1] out, int code, double alpha):
-    cdef int n = x.shape[0], i = x.shape[1], o = W.shape[1]
+cdef void _fwd(const floating* x, const floating* W, const floating* bp, floating* out, int n,
+               int i, int o, int code, floating a) noexcept nogil:
     cdef Py_ssize_t rows = _gemm_rows(n), nblk = (n + rows - 1) // rows, blk, r, r0, r1
-    cdef const floating* bp = NULL
-    cdef floating a = <floating>alpha
     cdef int nt = _gemm_threads(n, o, max(i, 1))
     if n == 0 or o == 0:
         return
-    if b is not None:
-        bp = &b[0]
-    with nogil:
-        _pin_blas()
-        for blk in prange(nblk, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
-            r0 = blk * rows
-            r1 = min(r0 + rows, n)
-            _gemm(c'N', c'N', <int>(r1 - r0), o, i, &x[r0, 0] if i else NULL, max(i, 1),
-                  &W[0, 0] if i else NULL, o, &out[r0, 0], o)
-            if bp != NULL or code != ACT_IDENTITY:
-                for r in range(r0, r1):
-                    act_row(&out[r, 0], &out[r, 0], bp, o, code, a)
+    _pin_blas()
+    for blk in prange(nblk, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
+        r0 = blk * rows
+        r1 = min(r0 + rows, n)
+        _gemm(c'N', c'N', <int>(r1 - r0), o, i, x + r0 * i if i else NULL, max(i, 1),
+              W if i else NULL, o, out + r0 * o, o)
+        if bp != NULL or code != ACT_IDENTITY:
+            for r in range(r0, r1):
+                act_row(out + r * o, out + r * o, bp, o, code, a)
+
+
+cdef int _mat(Py_buffer* v, object a, str name, Py_ssize_t rows, Py_ssize_t cols,
+              bint required) except -1:
+    """v, acquired from a (None allowed unless required), must be 2-D of shape (rows, cols); -1
+    matches any size."""
+    if a is None:
+        if required:
+            raise ValueError(f"{name} must be an array, got None")
+        return 0
+    if v.ndim != 2 or (rows >= 0 and v.shape[0] != rows) or (cols >= 0 and v.shape[1] != cols):
+        raise ValueError(f"{name} must be a 2-D array of shape "
+                         f"({rows if rows >= 0 else 'any'}, {cols if cols >= 0 else 'any'}), "
+                         f"got {v.ndim}-D {tuple(v.shape[k] for k in range(v.ndim))}")
+    if v.shape[0] > _INT_MAX or v.shape[1] > _INT_MAX:
+        raise ValueError(f"dimension of {name} exceeds the BLAS int limit")
+    return 0
 
 
 def dense_forward(x, W, b, out, activation, alpha):
-    """out = act(x @ W + b)."""
-    _check_int(*x.shape, W.shape[1])
-    _forward(x, W, b, out, act_code(activation), alpha)
+    """out = act(x @ W + b): x (n, i), W (i, o), b (o,) or None, out (n, o); C-contiguous,
+    one float dtype (array arguments through the buffer protocol)."""
+    cdef int code = act_code(activation)
+    cdef double al = alpha
+    cdef Py_buffer v[4]
+    cdef int dt, n, i, o
+    memset(v, 0, sizeof(v))
+    try:
+        dt = buf_get(x, &v[0], DT_FLOAT, -1, False)
+        _mat(&v[0], x, "x", -1, -1, True)
+        n, i = v[0].shape[0], v[0].shape[1]
+        buf_get(W, &v[1], dt, -1, False)
+        _mat(&v[1], W, "W", i, -1, True)
+        o = v[1].shape[1]
+        buf_get(b, &v[2], dt, o, False)
+        buf_get(out, &v[3], dt, -1, True)
+        _mat(&v[3], out, "out", n, o, True)
+        with nogil:
+            if dt == DT_F32:
+                _fwd(<const float*>v[0].buf, <const float*>v[1].buf, <const float*>v[2].buf,
+                     <float*>v[3].buf, n, i, o, code, <float>al)
+            else:
+                _fwd(<const double*>v[0].buf, <const double*>v[1].buf, <const double*>v[2].buf,
+                     <double*>v[3].buf, n, i, o, code, al)
+    finally:
+        buf_release(v, 4)
 
 
-def _backward(const floating[:, ::1] dout, const floating[:, ::1] x, const floating[:, ::1] W,
-              const floating[:, ::1] out, floating[:, ::1] dz, floating[:, ::1] dx,
-              floating[:, ::1] dW, floating[::1] db, int code, double alpha):
-    cdef int n = x.shape[0], i = x.shape[1], o = W.shape[1]
+cdef void _bwd(const floating* dout, const floating* x, const floating* W, const floating* out,
+               floating* dz, floating* dx, floating* dW, floating* db, double* part, int n, int i,
+               int o, int code, floating a) noexcept nogil:
+    """part: nblk * o doubles when db != NULL (the db partial sums of the row blocks)."""
     cdef Py_ssize_t nblk = (n + ROWBLOCK - 1) // ROWBLOCK, blk, r, c, r0, r1, rows, xrows
     cdef Py_ssize_t nbw, nbx, pw, phase, lo, hi
-    cdef floating a = <floating>alpha
     cdef int nt = _threads(<Py_ssize_t>n * o)
-    cdef double* part = NULL
     cdef double* p
     cdef double s
-    cdef const floating* g       # the gradient w.r.t. z that the GEMMs read
+    # the gradient w.r.t. z that the GEMMs read
+    cdef const floating* g = dz if code != ACT_IDENTITY else dout
     if n == 0 or o == 0:
-        if dW is not None and i and o:
-            memset(&dW[0, 0], 0, <size_t>i * o * sizeof(floating))
-        if db is not None and o:
-            memset(&db[0], 0, <size_t>o * sizeof(floating))
-        if dx is not None and n and i:
-            memset(&dx[0, 0], 0, <size_t>n * i * sizeof(floating))
+        if dW != NULL and i and o:
+            memset(dW, 0, <size_t>i * o * sizeof(floating))
+        if db != NULL and o:
+            memset(db, 0, <size_t>o * sizeof(floating))
+        if dx != NULL and n and i:
+            memset(dx, 0, <size_t>n * i * sizeof(floating))
         return
-    if db is not None:
-        part = <double*>malloc(<size_t>nblk * o * sizeof(double))
-        if part == NULL:
-            raise MemoryError()
-    g = &dz[0, 0] if code != ACT_IDENTITY else &dout[0, 0]
-    try:
-        with nogil:
-            _pin_blas()
-            if code != ACT_IDENTITY or part != NULL:
-                for blk in prange(nblk, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
-                    r0 = blk * ROWBLOCK
-                    r1 = min(r0 + ROWBLOCK, n)
-                    if code != ACT_IDENTITY:
-                        for r in range(r0, r1):
-                            act_grad_row(&dz[r, 0], &dout[r, 0], &out[r, 0], o, code, a)
-                    if part != NULL:
-                        p = part + blk * o
-                        for c in range(o):
-                            p[c] = 0
-                        for r in range(r0, r1):
-                            for c in range(o):
-                                p[c] = p[c] + g[r * o + c]
-                if part != NULL:
+    _pin_blas()
+    if code != ACT_IDENTITY or db != NULL:
+        for blk in prange(nblk, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
+            r0 = blk * ROWBLOCK
+            r1 = min(r0 + ROWBLOCK, n)
+            if code != ACT_IDENTITY:
+                for r in range(r0, r1):
+                    act_grad_row(dz + r * o, dout + r * o, out + r * o, o, code, a)
+            if db != NULL:
+                p = part + blk * o
+                for c in range(o):
+                    p[c] = 0
+                for r in range(r0, r1):
                     for c in range(o):
-                        s = 0
-                        for blk in range(nblk):
-                            s = s + part[blk * o + c]
-                        db[c] = <floating>s
-            # dW = x.T @ g and dx = g @ W.T, 2 n i o flops each. When both are wanted and their
-            # inner sizes (n, o) are within 2x (alike speed), one parallel region runs both, each
-            # cut for P // 2 cores (on 2: one whole GEMM per core, each operand packed once: 10-15%
-            # faster at batch 100); else one region each, cut for P cores.
-            pw = _GEMM_PARTS
-            if dW is not None and dx is not None and n <= 2 * o and o <= 2 * n:
-                pw = _GEMM_PARTS // 2
-            nbw = 0
-            nbx = 0
-            rows = _gemm_rows_of(i, pw)
-            xrows = _gemm_rows_of(n, pw)
-            if dW is not None and i:
-                nbw = (i + rows - 1) // rows
-            if dx is not None and i:
-                nbx = (n + xrows - 1) // xrows
-            for phase in range(1 if pw < _GEMM_PARTS else 2):
-                lo = 0 if phase == 0 else nbw
-                hi = nbw + nbx if pw < _GEMM_PARTS or phase == 1 else nbw
-                nt = _gemm_threads(n, i, o * (2 if pw < _GEMM_PARTS else 1))
-                for blk in prange(lo, hi, num_threads=nt, use_threads_if=nt > 1,
-                                  schedule="static"):
-                    if blk < nbw:
-                        r0 = blk * rows
-                        r1 = min(r0 + rows, i)
-                        _gemm(c'T', c'N', <int>(r1 - r0), o, n, &x[0, r0], i, g, o,
-                              &dW[r0, 0], o)
-                    else:
-                        r0 = (blk - nbw) * xrows
-                        r1 = min(r0 + xrows, n)
-                        _gemm(c'N', c'T', <int>(r1 - r0), i, o, g + r0 * o, o, &W[0, 0], o,
-                              &dx[r0, 0], i)
-    finally:
-        free(part)
+                        p[c] = p[c] + g[r * o + c]
+        if db != NULL:
+            for c in range(o):
+                s = 0
+                for blk in range(nblk):
+                    s = s + part[blk * o + c]
+                db[c] = <floating>s
+    # dW = x.T @ g and dx = g @ W.T, 2 n i o flops each. When both are wanted and their inner
+    # sizes (n, o) are within 2x (alike speed), one parallel region runs both, each cut for
+    # P // 2 cores (on 2: one whole GEMM per core, each operand packed once: 10-15% faster at
+    # batch 100); else one region each, cut for P cores.
+    if i == 0:
+        return
+    pw = _GEMM_PARTS
+    if dW != NULL and dx != NULL and n <= 2 * o and o <= 2 * n:
+        pw = _GEMM_PARTS // 2
+    rows = _gemm_rows_of(i, pw)
+    xrows = _gemm_rows_of(n, pw)
+    nbw = (i + rows - 1) // rows if dW != NULL else 0
+    nbx = (n + xrows - 1) // xrows if dx != NULL else 0
+    for phase in range(1 if pw < _GEMM_PARTS else 2):
+        lo = 0 if phase == 0 else nbw
+        hi = nbw + nbx if pw < _GEMM_PARTS or phase == 1 else nbw
+        nt = _gemm_threads(n, i, o * (2 if pw < _GEMM_PARTS else 1))
+        for blk in prange(lo, hi, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
+            if blk < nbw:
+                r0 = blk * rows
+                r1 = min(r0 + rows, i)
+                _gemm(c'T', c'N', <int>(r1 - r0), o, n, x + r0, i, g, o, dW + r0 * o, o)
+            else:
+                r0 = (blk - nbw) * xrows
+                r1 = min(r0 + xrows, n)
+                _gemm(c'N', c'T', <int>(r1 - r0), i, o, g + r0 * o, o, W, o, dx + r0 * i, i)
 
 
 def dense_backward(dout, x, W, out, dz, dx, dW, db, activation, alpha):
-    """dz = dout * act'(out); dW = x.T @ dz; db = sum_n dz; dx = dz @ W.T (None outputs skipped).
-    With the identity activation dz is not written (the GEMMs read dout directly)."""
-    _check_int(*x.shape, W.shape[1])
-    _backward(dout, x, W, out, dz, dx, dW, db, act_code(activation), alpha)
+    """dz = dout * act'(out); dW = x.T @ dz; db = sum_n dz; dx = dz @ W.T (dx, dW, db: None to
+    skip). Shapes dout, out, dz (n, o), x, dx (n, i), W, dW (i, o), db (o,); ``out`` and ``dz``
+    may be None with the identity activation (then dz is not written: the GEMMs read dout)."""
+    cdef int code = act_code(activation)
+    cdef double al = alpha
+    cdef Py_buffer v[8]
+    cdef int dt, n, i, o
+    cdef double* part = NULL
+    memset(v, 0, sizeof(v))
+    try:
+        dt = buf_get(x, &v[1], DT_FLOAT, -1, False)
+        _mat(&v[1], x, "x", -1, -1, True)
+        n, i = v[1].shape[0], v[1].shape[1]
+        buf_get(W, &v[2], dt, -1, False)
+        _mat(&v[2], W, "W", i, -1, True)
+        o = v[2].shape[1]
+        if code != ACT_IDENTITY and (out is None or dz is None):
+            raise ValueError(f"out and dz are needed with the {activation} activation")
+        buf_get(dout, &v[0], dt, -1, False)
+        _mat(&v[0], dout, "dout", n, o, True)
+        buf_get(out, &v[3], dt, -1, False)
+        _mat(&v[3], out, "out", n, o, False)
+        buf_get(dz, &v[4], dt, -1, True)
+        _mat(&v[4], dz, "dz", n, o, False)
+        buf_get(dx, &v[5], dt, -1, True)
+        _mat(&v[5], dx, "dx", n, i, False)
+        buf_get(dW, &v[6], dt, -1, True)
+        _mat(&v[6], dW, "dW", i, o, False)
+        buf_get(db, &v[7], dt, o, True)
+        if db is not None and n and o:
+            part = <double*>malloc(<size_t>((n + ROWBLOCK - 1) // ROWBLOCK) * o * sizeof(double))
+            if part == NULL:
+                raise MemoryError()
+        with nogil:
+            if dt == DT_F32:
+                _bwd(<const float*>v[0].buf, <const float*>v[1].buf, <const float*>v[2].buf,
+                     <const float*>v[3].buf, <float*>v[4].buf, <float*>v[5].buf,
+                     <float*>v[6].buf, <float*>v[7].buf, part, n, i, o, code, <float>al)
+            else:
+                _bwd(<const double*>v[0].buf, <const double*>v[1].buf, <const double*>v[2].buf,
+                     <const double*>v[3].buf, <double*>v[4].buf, <double*>v[5].buf,
+                     <double*>v[6].buf, <double*>v[7].buf, part, n, i, o, code, al)
+    finally:
+        free(part)
+        buf_release(v, 8)

@@ -291,3 +291,50 @@ def test_gemm_blas_stays_single_threaded_under_threadpool_limits():
     from dlfast._backends import _dense
     if _dense._blas_pin_installed():               # a pthreads OpenBLAS (SciPy's wheels)
         assert raised == [2] and after == [1]
+
+
+def test_raw_dense_module_rejects_bad_arrays():
+    """The compiled module's own entry points (called by the wrappers, and with ``check=False``
+    by trusted layer calls) take arrays through the buffer protocol and check every shape and
+    dtype themselves: a bad call is an exception, never a read or write out of bounds."""
+    if "cython" not in dlfast.available_backends():
+        pytest.skip("compiled backend not built")
+    from dlfast._backends import _dense as D
+    f = np.float32
+    x, W, b = np.ones((3, 4), f), np.ones((4, 5), f), np.ones(5, f)
+    out, dout = np.empty((3, 5), f), np.ones((3, 5), f)
+    dz, dx, dW, db = np.empty((3, 5), f), np.empty((3, 4), f), np.empty((4, 5), f), np.empty(5, f)
+    D.dense_forward(x, W, b, out, "relu", 0.0)
+    np.testing.assert_allclose(out, np.maximum(x @ W + b, 0))
+    D.dense_backward(dout, x, W, out, dz, dx, dW, db, "relu", 0.0)
+    np.testing.assert_allclose(dW, x.T @ (dout * (out > 0)))
+    bad_fwd = [
+        ((x, np.ones((3, 5), f), b, out), ValueError, "W"),
+        ((x, W, np.ones(4, f), out), ValueError, "elements"),
+        ((x, W, b, np.empty((3, 4), f)), ValueError, "out"),
+        ((x, W, b, np.empty(15, f)), ValueError, "out"),
+        ((None, W, b, out), ValueError, "x"),
+        ((x, W.astype(np.float64), b, out), TypeError, "dtype"),
+        ((np.asfortranarray(x), W, b, out), (ValueError, BufferError), None),
+        ((x, W, b, np.empty((3, 5), f)[::-1]), (ValueError, BufferError), None),
+    ]
+    ro = np.empty((3, 5), f)
+    ro.flags.writeable = False
+    bad_fwd.append(((x, W, b, ro), (ValueError, BufferError), None))
+    for args, exc, match in bad_fwd:
+        with pytest.raises(exc, match=match):
+            D.dense_forward(*args, "relu", 0.0)
+    bad_bwd = [
+        ((None, x, W, out, dz, dx, dW, db), ValueError, "dout"),
+        ((dout, x, W, None, dz, dx, dW, db), ValueError, "out and dz"),
+        ((dout, x, W, out, dz, np.empty((3, 5), f), dW, db), ValueError, "dx"),
+        ((dout, x, W, out, dz, dx, np.empty((5, 4), f), db), ValueError, "dW"),
+        ((dout, x, W, out, dz, dx, dW, np.empty(4, f)), ValueError, "elements"),
+        ((np.ones((2, 5), f), x, W, out, dz, dx, dW, db), ValueError, "dout"),
+    ]
+    for args, exc, match in bad_bwd:
+        with pytest.raises(exc, match=match):
+            D.dense_backward(*args, "relu", 0.0)
+    # identity: out and dz may be None (dz is not written)
+    D.dense_backward(dout, x, W, None, None, dx, dW, db, "identity", 0.0)
+    np.testing.assert_allclose(dx, dout @ W.T)

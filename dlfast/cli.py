@@ -136,6 +136,9 @@ def runtime_info():
         info["openmp"] = {"enabled": enabled, "date": date if enabled else None,
                           "version": _OPENMP_VERSIONS.get(date, str(date)) if enabled else None,
                           "max_threads": int(_info.max_threads())}
+        from dlfast._backends import cython_kernels
+        info["gemm_blas"] = {"library": cython_kernels.GEMM_BLAS,
+                             "files": list(cython_kernels.PINNED_BLAS)}
     except ImportError as exc:
         info["openmp"] = {"enabled": None, "error": f"compiled extension not built ({exc})"}
     try:
@@ -172,6 +175,8 @@ def _run_info(args):
             ("default dtype", info["default_dtype"]),
             ("threads", str(info["threads"])),
             ("OpenMP", omp_s)]
+    if "gemm_blas" in info:
+        rows.append(("GEMM BLAS", f"{info['gemm_blas']['library']}, pinned to 1 thread"))
     for name, why in info["unavailable_backends"].items():
         rows.append((f"{name} backend", f"unavailable: {why}"))
     blas = info["blas"] or [{"internal_api": "none found"}]

@@ -8,7 +8,8 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
-from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
+from scipy.linalg.cython_blas cimport (sgemm as _scipy_sgemm, dgemm as _scipy_dgemm,
+                                       sgemv as _scipy_sgemv, dgemv as _scipy_dgemv)
 
 from _act cimport (act_code, act_row, act_grad_row, ACT_IDENTITY, buf_get, buf_release, DT_F32,
                   DT_FLOAT)
@@ -22,7 +23,7 @@ cdef enum:
     GEMMBLOCK = 16     # least output rows per BLAS call
 
 # Determinism: every GEMM of m output rows is cut into blocks of gemm_rows(m) rows, each one
-# single-threaded BLAS call (dlfast pins the BLAS behind scipy.linalg.cython_blas to one thread),
+# single-threaded BLAS call (dlfast pins the GEMM BLAS, see _set_gemm_blas, to one thread),
 # shared out to the threads; each output element is computed by the same call whatever the thread
 # count. (A BLAS's result for a row does depend on the rows called with it, so the blocks must not.)
 #   gemm_rows(m) = max(GEMMBLOCK, roundup4(ceil(m / P)))
@@ -35,6 +36,34 @@ cdef Py_ssize_t _GEMM_PARTS = 1
 if DLFAST_HAVE_OPENMP:
     _GEMM_PARTS = max(1, min(256, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                              else (os.cpu_count() or 1)))
+
+
+# The GEMM BLAS: Fortran sgemm/dgemm/sgemv/dgemv (pointer arguments, no hidden lengths), SciPy's
+# cython_blas by default; _set_gemm_blas installs another library's (dlfast's own OpenBLAS from
+# scipy-openblas32, see cython_kernels._gemm_blas).
+ctypedef void (*_sgemm_t)(char*, char*, int*, int*, int*, float*, float*, int*, float*, int*,
+                          float*, float*, int*) noexcept nogil
+ctypedef void (*_dgemm_t)(char*, char*, int*, int*, int*, double*, double*, int*, double*, int*,
+                          double*, double*, int*) noexcept nogil
+ctypedef void (*_sgemv_t)(char*, int*, int*, float*, float*, int*, float*, int*, float*, float*,
+                          int*) noexcept nogil
+ctypedef void (*_dgemv_t)(char*, int*, int*, double*, double*, int*, double*, int*, double*,
+                          double*, int*) noexcept nogil
+cdef _sgemm_t sgemm = _scipy_sgemm
+cdef _dgemm_t dgemm = _scipy_dgemm
+cdef _sgemv_t sgemv = _scipy_sgemv
+cdef _dgemv_t dgemv = _scipy_dgemv
+
+
+def _set_gemm_blas(size_t s_gemm, size_t d_gemm, size_t s_gemv, size_t d_gemv):
+    """Addresses of another BLAS's sgemm_, dgemm_, sgemv_, dgemv_ (all 0: SciPy's cython_blas).
+    Called once at import, before any kernel runs."""
+    global sgemm, dgemm, sgemv, dgemv
+    if s_gemm and d_gemm and s_gemv and d_gemv:
+        sgemm, dgemm = <_sgemm_t>s_gemm, <_dgemm_t>d_gemm
+        sgemv, dgemv = <_sgemv_t>s_gemv, <_dgemv_t>d_gemv
+    else:
+        sgemm, dgemm, sgemv, dgemv = _scipy_sgemm, _scipy_dgemm, _scipy_sgemv, _scipy_dgemv
 
 
 ctypedef int (*_blas_get_t)() noexcept nogil

@@ -338,3 +338,42 @@ def test_raw_dense_module_rejects_bad_arrays():
     # identity: out and dz may be None (dz is not written)
     D.dense_backward(dout, x, W, None, None, dx, dW, db, "identity", 0.0)
     np.testing.assert_allclose(dx, dout @ W.T)
+
+
+def test_gemm_blas_choice():
+    """The GEMMs run on dlfast's own OpenBLAS (scipy-openblas32) when it is installed, pinned to
+    one thread, else on SciPy's; DLFAST_GEMM_BLAS=scipy picks SciPy's, with the same results
+    (to rounding) and the same bits for 1 and 2 threads."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+    if "cython" not in dlfast.available_backends():
+        pytest.skip("compiled backend not built")
+    from dlfast._backends import cython_kernels
+    own = importlib.util.find_spec("scipy_openblas32") is not None
+    assert ("scipy-openblas32" in cython_kernels.GEMM_BLAS) == (own and os.environ.get(
+        "DLFAST_GEMM_BLAS", "").lower() != "scipy")
+    code = """if 1:
+        import numpy as np, dlfast
+        from dlfast import kernels as K
+        from dlfast._backends import cython_kernels as c
+        dlfast.set_backend("cython")
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((100, 300)).astype(np.float32)
+        W = rng.standard_normal((300, 70)).astype(np.float32)
+        outs = []
+        for t in (1, 2):
+            dlfast.set_num_threads(t)
+            y = np.empty((100, 70), np.float32)
+            K.dense_forward(x, W, None, y)
+            outs.append(y)
+        assert np.array_equal(outs[0], outs[1])
+        np.testing.assert_allclose(outs[0], x.astype(np.float64) @ W, rtol=1e-4, atol=1e-3)
+        print(c.GEMM_BLAS)
+    """
+    env = dict(os.environ, DLFAST_GEMM_BLAS="scipy", DLFAST_BACKEND="cython")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "SciPy" in r.stdout

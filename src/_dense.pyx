@@ -176,21 +176,33 @@ cdef void _fwd(const floating* x, const floating* W, const floating* bp, floatin
                 act_row(out + r * o, out + r * o, bp, o, code, a)
 
 
-cdef int _mat(Py_buffer* v, object a, str name, Py_ssize_t rows, Py_ssize_t cols,
-              bint required) except -1:
-    """v, acquired from a (None allowed unless required), must be 2-D of shape (rows, cols); -1
-    matches any size."""
+cdef int _mat(object a, Py_buffer* v, int dt, str name, Py_ssize_t rows, Py_ssize_t cols,
+              bint required, bint out) except -2:
+    """Acquire a (None allowed unless required) into v: a C-contiguous 2-D array of dtype dt
+    (DT_FLOAT: either float), shape (rows, cols) (-1 matches any size), writeable if out.
+    Returns its dtype."""
+    if a is None and required:
+        raise ValueError(f"{name} must be an array, got None")
+    dt = buf_get(a, v, dt, -1, out)
     if a is None:
-        if required:
-            raise ValueError(f"{name} must be an array, got None")
-        return 0
+        return dt
     if v.ndim != 2 or (rows >= 0 and v.shape[0] != rows) or (cols >= 0 and v.shape[1] != cols):
         raise ValueError(f"{name} must be a 2-D array of shape "
                          f"({rows if rows >= 0 else 'any'}, {cols if cols >= 0 else 'any'}), "
                          f"got {v.ndim}-D {tuple(v.shape[k] for k in range(v.ndim))}")
     if v.shape[0] > _INT_MAX or v.shape[1] > _INT_MAX:
         raise ValueError(f"dimension of {name} exceeds the BLAS int limit")
-    return 0
+    return dt
+
+
+cdef int _x_and_W(object x, object W, Py_buffer* vx, Py_buffer* vw, int* n, int* i,
+                  int* o) except -2:
+    """Acquire x (n, i) and W (i, o) of one float dtype; returns it and sets n, i, o."""
+    cdef int dt = _mat(x, vx, DT_FLOAT, "x", -1, -1, True, False)
+    n[0], i[0] = vx.shape[0], vx.shape[1]
+    _mat(W, vw, dt, "W", i[0], -1, True, False)
+    o[0] = vw.shape[1]
+    return dt
 
 
 def dense_forward(x, W, b, out, activation, alpha):
@@ -202,15 +214,9 @@ def dense_forward(x, W, b, out, activation, alpha):
     cdef int dt, n, i, o
     memset(v, 0, sizeof(v))
     try:
-        dt = buf_get(x, &v[0], DT_FLOAT, -1, False)
-        _mat(&v[0], x, "x", -1, -1, True)
-        n, i = v[0].shape[0], v[0].shape[1]
-        buf_get(W, &v[1], dt, -1, False)
-        _mat(&v[1], W, "W", i, -1, True)
-        o = v[1].shape[1]
+        dt = _x_and_W(x, W, &v[0], &v[1], &n, &i, &o)
         buf_get(b, &v[2], dt, o, False)
-        buf_get(out, &v[3], dt, -1, True)
-        _mat(&v[3], out, "out", n, o, True)
+        _mat(out, &v[3], dt, "out", n, o, True, True)
         with nogil:
             if dt == DT_F32:
                 _fwd(<const float*>v[0].buf, <const float*>v[1].buf, <const float*>v[2].buf,
@@ -301,24 +307,14 @@ def dense_backward(dout, x, W, out, dz, dx, dW, db, activation, alpha):
     cdef double* part = NULL
     memset(v, 0, sizeof(v))
     try:
-        dt = buf_get(x, &v[1], DT_FLOAT, -1, False)
-        _mat(&v[1], x, "x", -1, -1, True)
-        n, i = v[1].shape[0], v[1].shape[1]
-        buf_get(W, &v[2], dt, -1, False)
-        _mat(&v[2], W, "W", i, -1, True)
-        o = v[2].shape[1]
+        dt = _x_and_W(x, W, &v[1], &v[2], &n, &i, &o)
         if code != ACT_IDENTITY and (out is None or dz is None):
             raise ValueError(f"out and dz are needed with the {activation} activation")
-        buf_get(dout, &v[0], dt, -1, False)
-        _mat(&v[0], dout, "dout", n, o, True)
-        buf_get(out, &v[3], dt, -1, False)
-        _mat(&v[3], out, "out", n, o, False)
-        buf_get(dz, &v[4], dt, -1, True)
-        _mat(&v[4], dz, "dz", n, o, False)
-        buf_get(dx, &v[5], dt, -1, True)
-        _mat(&v[5], dx, "dx", n, i, False)
-        buf_get(dW, &v[6], dt, -1, True)
-        _mat(&v[6], dW, "dW", i, o, False)
+        _mat(dout, &v[0], dt, "dout", n, o, True, False)
+        _mat(out, &v[3], dt, "out", n, o, False, False)
+        _mat(dz, &v[4], dt, "dz", n, o, False, True)
+        _mat(dx, &v[5], dt, "dx", n, i, False, True)
+        _mat(dW, &v[6], dt, "dW", i, o, False, True)
         buf_get(db, &v[7], dt, o, True)
         if db is not None and n and o:
             part = <double*>malloc(<size_t>((n + ROWBLOCK - 1) // ROWBLOCK) * o * sizeof(double))

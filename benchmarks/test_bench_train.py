@@ -6,6 +6,8 @@
 
 Backends "numpy" and "cython", plus "torch" (PyTorch eager, the same model) when installed.
 The step builders are shared with ``compare.py``."""
+import time
+
 import numpy as np
 import pytest
 
@@ -21,6 +23,9 @@ STEPS = [("bn_adam", 100), ("sgd", 1), ("sgd", 100),
          *(pytest.param(c, b, marks=FULL) for c, b in
            (("bn_adam", 32), ("bn_adam", 256), ("bn_adam", 1000), ("sgd", 10), ("sgd", 1000)))]
 EPOCH_ROWS = 60000
+WARMUP = 20                     # untimed steps before a step benchmark
+SETTLE_S = 0.3                  # pause before each step benchmark (OpenBLAS, libgomp and PyTorch
+                                # workers spin ~0.1 s after use and would slow the next test)
 
 
 def _skip_missing(impl):
@@ -34,7 +39,10 @@ def _skip_missing(impl):
 @pytest.mark.parametrize("config,batch", STEPS)
 def test_train_step(benchmark, impl, config, batch):
     _skip_missing(impl)
+    time.sleep(SETTLE_S)        # the previous test's thread pools stop spinning
     step = torch_step(config, batch) if impl == "torch" else dlfast_step(impl, config, batch)
+    for _ in range(WARMUP):     # the steady state: workspaces, plans, thread pools in place
+        step()
     benchmark.group = f"train step {config} b={batch}"
     benchmark(step)
 
@@ -43,6 +51,7 @@ def test_train_step(benchmark, impl, config, batch):
 def test_train_step_gemm_probe(benchmark, config, batch):
     """The floor beside each step: the bare ``np.matmul`` calls of the step's 14 (batch 1: 14
     GEMV/outer-product) matrix products, NumPy's BLAS at the benchmark's thread count."""
+    time.sleep(SETTLE_S)
     benchmark.group = f"train step {config} b={batch}"
     benchmark(gemm_probe(gemm_shapes(batch)))
 

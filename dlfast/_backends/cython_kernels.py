@@ -32,8 +32,8 @@ globals().update(_found)
 
 def _private_blas():
     """dlfast's own OpenBLAS for the GEMMs: the ``scipy-openblas32`` wheel's library (symbols
-    prefixed ``scipy_``), loaded privately: (real path, version, addresses of sgemm_, dgemm_,
-    sgemv_, dgemv_), or None when it is missing, cannot load, or ``DLFAST_GEMM_BLAS=scipy``.
+    prefixed ``scipy_``), loaded privately and pinned to one thread: (ctypes library, real path,
+    version), or None when it is missing, cannot load, or ``DLFAST_GEMM_BLAS=scipy``.
 
     SciPy's bundled OpenBLAS (0.3.30 in SciPy 1.16) runs the GEMMs of small row blocks up to
     1.6x slower than current OpenBLAS (16x784x100 float32, 1 thread: 48.4 vs 29.9 us), and a
@@ -44,16 +44,20 @@ def _private_blas():
         import scipy_openblas32 as sob
         path = os.path.realpath(os.path.join(sob.get_lib_dir(), sob.get_library(fullname=True)))
         lib = ctypes.CDLL(path)
-        fns = [ctypes.cast(getattr(lib, f"scipy_{n}_"), ctypes.c_void_p).value
-               for n in ("sgemm", "dgemm", "sgemv", "dgemv")]
+        fns = [ctypes.cast(getattr(lib, f"scipy_{n}"), ctypes.c_void_p).value
+               for n in ("sgemm_", "dgemm_", "sgemv_", "dgemv_", "openblas_get_num_threads",
+                         "openblas_set_num_threads")]
     except (ImportError, OSError, AttributeError, IndexError):
         return None
-    return path, getattr(sob, "__version__", "?"), fns
+    lib.scipy_openblas_set_num_threads(1)
+    _mods[0]._set_gemm_blas(*fns[:4])
+    _mods[0]._set_blas_pin(*fns[4:])
+    return lib, path, getattr(sob, "__version__", "?")
 
 
 def _pin_gemm_blas():
     """Choose the GEMM BLAS (``_private_blas``, else the one behind scipy.linalg.cython_blas),
-    pin it to one thread; return its file paths and a description.
+    pin it to one thread; return the library object (or None), its file paths and a description.
 
     The GEMMs of ``_dense`` are cut into fixed row blocks that OpenMP shares out; each block must
     be computed the same way whatever the thread count (a multi-threaded BLAS call partitions
@@ -64,27 +68,23 @@ def _pin_gemm_blas():
     from threadpoolctl import ThreadpoolController
     private = _private_blas()
     if private is not None:
-        _mods[0]._set_gemm_blas(*private[2])
-        about = f"scipy-openblas32 {private[1]} (dlfast's own)"
-
-        def ours(path):
-            return os.path.realpath(path) == private[0]
-    else:
-        import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
-        about = "SciPy's (scipy.linalg.cython_blas)"
-
-        def ours(path):
-            path = path.replace("\\", "/")
-            return "scipy.libs" in path or "/scipy/" in path
+        controllers = [lib for lib in ThreadpoolController().lib_controllers
+                       if os.path.realpath(lib.filepath) == private[1]]
+        for lib in controllers:
+            lib.set_num_threads(1)
+        paths = tuple(lib.filepath for lib in controllers) or (private[1],)
+        return private[0], paths, f"scipy-openblas32 {private[2]} (dlfast's own)"
+    import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
     pinned = []
     for lib in ThreadpoolController().lib_controllers:
-        if lib.user_api == "blas" and ours(lib.filepath):
+        path = lib.filepath.replace("\\", "/")
+        if lib.user_api == "blas" and ("scipy.libs" in path or "/scipy/" in path):
             lib.set_num_threads(1)
             pinned.append(lib.filepath)
             fns = _openblas_thread_fns(lib)
             if fns is not None:
                 _mods[0]._set_blas_pin(*(ctypes.cast(f, ctypes.c_void_p).value for f in fns))
-    return tuple(pinned), about
+    return None, tuple(pinned), "SciPy's (scipy.linalg.cython_blas)"
 
 
 def _openblas_thread_fns(lib):
@@ -100,7 +100,7 @@ def _openblas_thread_fns(lib):
     return fns
 
 
-PINNED_BLAS, GEMM_BLAS = _pin_gemm_blas()
+_GEMM_LIB, PINNED_BLAS, GEMM_BLAS = _pin_gemm_blas()   # _GEMM_LIB: keeps the library loaded
 
 
 def set_num_threads(n):

@@ -17,7 +17,9 @@ Probes give each figure a machine limit: ``gemm`` = the bare ``np.matmul`` calls
 Timing: every implementation runs blocks of calls (sized at calibration to ``--block-ms``); each
 round times one block of every implementation, in a rotating order (interleaved, so the load of the
 shared machine hits all alike), after a ``--settle-ms`` pause (with 2+ threads; worker threads of
-OpenBLAS and OpenMP spin for up to ~0.1 s after use and would steal a core from the next one); the
+OpenBLAS and OpenMP spin for up to ~0.1 s after use and would steal a core from the next one) and
+one untimed call (in a VM the first parallel region after idling waits for the sleeping vCPU: up to
+12 ms, which a training loop never pays; calibration keeps the fastest of 3 timings likewise); the
 figure is the median over ``--rounds`` rounds of the time per call. Ratios are medians of the
 per-round ratios (paired within a round, so slow drifts of the load cancel); ``spread`` is the
 largest interquartile range / median of the case's implementations (above ~20%: a noisy figure).
@@ -69,15 +71,20 @@ class Case:
 
 
 def _calibrate(fn, block_s):
-    """Calls per block so that one block lasts about ``block_s`` (after a warm-up)."""
-    for _ in range(2):
+    """Calls per block so that one block lasts about ``block_s`` (after a warm-up). Each trial
+    length is timed 3 times and the fastest kept: one stall (a woken vCPU, another process) must
+    not shrink the blocks to a single call."""
+    for _ in range(3):
         fn()
     n, t = 1, 0.0
     while True:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        t = time.perf_counter() - t0
+        trials = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            trials.append(time.perf_counter() - t0)
+        t = min(trials)
         if t >= block_s / 4 or n >= 1 << 16:
             break
         n *= 4
@@ -98,6 +105,8 @@ def run_case(case, rounds, block_s, fixed_n=None, settle_s=0.0):
             fn, n = fns[k], counts[k]
             if settle_s:
                 time.sleep(settle_s)    # let the previous implementation's spinning threads sleep
+                fn()                    # untimed: wake this one's sleeping workers (in a VM the
+                #                         first parallel region after idling took up to 12 ms)
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()

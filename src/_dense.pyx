@@ -27,7 +27,8 @@ cdef enum:
 # shared out to the threads; each output element is computed by the same call whatever the thread
 # count. (A BLAS's result for a row does depend on the rows called with it, so the blocks must not.)
 #   gemm_rows(m) = max(GEMMBLOCK, roundup4(ceil(m / P)))
-# (the backward's dW and dx, when both are wanted, share one region: P // 2 parts each)
+# (the backward's dW and dx, when both are wanted and batch and outputs are within 2x, share
+# one region, each cut with P // 2 in place of P)
 # P = processors this process may run on, fixed at import (1 without OpenMP): one block per core,
 # so each core packs the shared operand once (blocks of 64 rows repacked it m/64 times: +20% at
 # 1024x784x100) and the cores get near-equal shares (100 rows on 2: 52 + 48, where rounding to 16
@@ -40,7 +41,7 @@ if DLFAST_HAVE_OPENMP:
 
 # The GEMM BLAS: Fortran sgemm/dgemm/sgemv/dgemv (pointer arguments, no hidden lengths), SciPy's
 # cython_blas by default; _set_gemm_blas installs another library's (dlfast's own OpenBLAS from
-# scipy-openblas32, see cython_kernels._gemm_blas).
+# scipy-openblas32, see cython_kernels._private_blas).
 ctypedef void (*_sgemm_t)(char*, char*, int*, int*, int*, float*, float*, int*, float*, int*,
                           float*, float*, int*) noexcept nogil
 ctypedef void (*_dgemm_t)(char*, char*, int*, int*, int*, double*, double*, int*, double*, int*,
@@ -234,6 +235,7 @@ cdef void _bwd(const floating* dout, const floating* x, const floating* W, const
     """part: nblk * o doubles when db != NULL (the db partial sums of the row blocks)."""
     cdef Py_ssize_t nblk = (n + ROWBLOCK - 1) // ROWBLOCK, blk, r, c, r0, r1, rows, xrows
     cdef Py_ssize_t nbw, nbx, pw, phase, lo, hi
+    cdef bint shared
     cdef int nt = _threads(<Py_ssize_t>n * o)
     cdef double* p
     cdef double s
@@ -274,17 +276,17 @@ cdef void _bwd(const floating* dout, const floating* x, const floating* W, const
     # batch 100); else one region each, cut for P cores.
     if i == 0:
         return
-    pw = _GEMM_PARTS
-    if dW != NULL and dx != NULL and n <= 2 * o and o <= 2 * n:
-        pw = _GEMM_PARTS // 2
+    shared = dW != NULL and dx != NULL and n <= 2 * o and o <= 2 * n
+    pw = _GEMM_PARTS // 2 if shared else _GEMM_PARTS
     rows = _gemm_rows_of(i, pw)
     xrows = _gemm_rows_of(n, pw)
     nbw = (i + rows - 1) // rows if dW != NULL else 0
     nbx = (n + xrows - 1) // xrows if dx != NULL else 0
-    for phase in range(1 if pw < _GEMM_PARTS else 2):
-        lo = 0 if phase == 0 else nbw
-        hi = nbw + nbx if pw < _GEMM_PARTS or phase == 1 else nbw
-        nt = _gemm_threads(n, i, o * (2 if pw < _GEMM_PARTS else 1))
+    nt = _gemm_threads(n, i, o * (2 if shared else 1))
+    # blocks 0..nbw-1 are dW's, nbw..nbw+nbx-1 dx's: one region over both (shared), else two
+    for phase in range(1 if shared else 2):
+        lo = 0 if shared or phase == 0 else nbw
+        hi = nbw if not shared and phase == 0 else nbw + nbx
         for blk in prange(lo, hi, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
             if blk < nbw:
                 r0 = blk * rows

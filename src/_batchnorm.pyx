@@ -1,10 +1,10 @@
 """Batch normalisation over the batch axis of x (N, F), row-major.
 
 Two work decompositions, chosen from the shape only (so results never depend on the thread count):
-* wide (F > FBLOCK or N <= RCHUNK): work items are blocks of FBLOCK features; each walks all rows in
+* wide (F > NARROW_MAX or N <= RCHUNK): work items are blocks of FBLOCK features; each walks all rows in
   order (inner loop over the block's contiguous features), so every per-feature sum is accumulated
   in double serially over n = 0..N-1, and the block's columns are reused while still in cache;
-* narrow (F <= FBLOCK and N > RCHUNK): work items are fixed chunks of RCHUNK rows with per-chunk
+* narrow (F <= NARROW_MAX and N > RCHUNK): work items are fixed chunks of RCHUNK rows with per-chunk
   double partial sums, combined in chunk order.
 Statistics are two-pass (mean, then sum (x - mean)^2 / N); no E[x^2] - E[x]^2.
 On one thread the same work items run in a plain loop (no OpenMP region). The loops over elements
@@ -14,7 +14,10 @@ sum rounded as in the NumPy backend).
 from cython.parallel cimport prange
 from cython cimport floating
 from libc.math cimport sqrt
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport free
+
+cdef extern from "<stdlib.h>" nogil:
+    int posix_memalign(void** memptr, size_t alignment, size_t size)
 from libc.string cimport memset
 
 from _act cimport buf_get, buf_release, DT_F32, DT_FLOAT
@@ -23,7 +26,8 @@ include "_parallel.pxi"
 
 cdef enum:
     FBLOCK = 64           # features per work item (wide shapes)
-    RCHUNK = 2048         # rows per work item (narrow shapes)
+    RCHUNK = 256          # rows per work item (narrow shapes)
+    NARROW_MAX = 256      # widest F that uses row chunks
 
 
 cdef extern from *:
@@ -193,14 +197,21 @@ cdef inline Py_ssize_t _nrc(Py_ssize_t n) noexcept nogil:
 
 
 cdef inline bint _narrow(Py_ssize_t n, Py_ssize_t f) noexcept nogil:
-    return f <= FBLOCK and n > RCHUNK
+    return f <= NARROW_MAX and n > RCHUNK
+
+
+cdef inline Py_ssize_t _pad(Py_ssize_t f) noexcept nogil:
+    """Stride in doubles of the per-feature regions of a work buffer: whole 64-byte lines, so
+    that threads writing different regions (or FBLOCK-aligned blocks) share no cache line."""
+    return (f + 7) & ~7
 
 
 cdef double* _dbuf(Py_ssize_t k) except NULL:
-    cdef double* p = <double*>malloc((k if k > 0 else 1) * sizeof(double))
-    if p == NULL:
+    """k doubles, 64-byte aligned (free with free())."""
+    cdef void* p = NULL
+    if posix_memalign(&p, 64, (k if k > 0 else 1) * sizeof(double)) != 0:
         raise MemoryError()
-    return p
+    return <double*>p
 
 
 cdef int _get_x(object x, Py_buffer* v, bint out) except -2:
@@ -225,34 +236,34 @@ cdef void _colstats(const floating* x, Py_ssize_t n, Py_ssize_t f, Py_ssize_t j0
 
 cdef void _combine(const double* part, Py_ssize_t nrc, Py_ssize_t f, double* out,
                    double n) noexcept nogil:
-    """out[j] = (sum over chunks c in order of part[c, j]) / n."""
-    cdef Py_ssize_t c, j
+    """out[j] = (sum over chunks c in order of part[c * _pad(f) + j]) / n."""
+    cdef Py_ssize_t c, j, fp = _pad(f)
     for j in range(f):
         out[j] = 0.0
     for c in range(nrc):
         for j in range(f):
-            out[j] = out[j] + part[c * f + j]
+            out[j] = out[j] + part[c * fp + j]
     for j in range(f):
         out[j] = out[j] / n
 
 
 cdef void _rowstats(const floating* x, Py_ssize_t n, Py_ssize_t f, double* mu, double* var,
                     double* part, int nt) noexcept nogil:
-    """Narrow shapes: mu, var (length f) from RCHUNK-row partial sums (part: nrc * f doubles)."""
-    cdef Py_ssize_t nrc = _nrc(n), c
+    """Narrow shapes: mu, var (length f) from RCHUNK-row partial sums (part: nrc * _pad(f))."""
+    cdef Py_ssize_t nrc = _nrc(n), c, fp = _pad(f)
     if nt == 1:
         for c in range(nrc):
-            _sum(x, c * RCHUNK, min((c + 1) * RCHUNK, n), f, 0, f, part + c * f)
+            _sum(x, c * RCHUNK, min((c + 1) * RCHUNK, n), f, 0, f, part + c * fp)
     else:
         for c in prange(nrc, schedule="static", num_threads=nt):
-            _sum(x, c * RCHUNK, min((c + 1) * RCHUNK, n), f, 0, f, part + c * f)
+            _sum(x, c * RCHUNK, min((c + 1) * RCHUNK, n), f, 0, f, part + c * fp)
     _combine(part, nrc, f, mu, <double>n)
     if nt == 1:
         for c in range(nrc):
-            _sqdev(x, c * RCHUNK, min((c + 1) * RCHUNK, n), f, 0, f, mu, part + c * f)
+            _sqdev(x, c * RCHUNK, min((c + 1) * RCHUNK, n), f, 0, f, mu, part + c * fp)
     else:
         for c in prange(nrc, schedule="static", num_threads=nt):
-            _sqdev(x, c * RCHUNK, min((c + 1) * RCHUNK, n), f, 0, f, mu, part + c * f)
+            _sqdev(x, c * RCHUNK, min((c + 1) * RCHUNK, n), f, 0, f, mu, part + c * fp)
     _combine(part, nrc, f, var, <double>n)
 
 
@@ -272,7 +283,7 @@ def batchnorm_stats(x, mean, var):
         buf_get(var, &v[2], dt, f, True)
         if n == 0 or f == 0:
             return
-        buf = _dbuf(2 * f + (_nrc(n) * f if _narrow(n, f) else 0))
+        buf = _dbuf((2 + (_nrc(n) if _narrow(n, f) else 0)) * _pad(f))
         with nogil:
             if dt == DT_F32:
                 _stats(<const float*>v[0].buf, <float*>v[1].buf, <float*>v[2].buf, n, f, buf)
@@ -286,9 +297,9 @@ def batchnorm_stats(x, mean, var):
 cdef void _stats(const floating* x, floating* mean, floating* var, Py_ssize_t n, Py_ssize_t f,
                  double* buf) noexcept nogil:
     cdef int nt = _threads(n * f)
-    cdef Py_ssize_t b
+    cdef Py_ssize_t b, fp = _pad(f)
     if _narrow(n, f):
-        _rowstats(x, n, f, buf, buf + f, buf + 2 * f, nt)
+        _rowstats(x, n, f, buf, buf + fp, buf + 2 * fp, nt)
         _stats_out(mean, var, buf, f, 0, f)
     elif nt == 1:
         for b in range(_nfb(f)):
@@ -301,7 +312,7 @@ cdef void _stats(const floating* x, floating* mean, floating* var, Py_ssize_t n,
 cdef inline void _stats_block(const floating* x, floating* mean, floating* var, Py_ssize_t n,
                               Py_ssize_t f, Py_ssize_t b, double* buf) noexcept nogil:
     cdef Py_ssize_t j0 = b * FBLOCK, j1 = min(j0 + FBLOCK, f)
-    _colstats(x, n, f, j0, j1, buf, buf + f)
+    _colstats(x, n, f, j0, j1, buf, buf + _pad(f))
     _stats_out(mean, var, buf, f, j0, j1)
 
 
@@ -310,7 +321,7 @@ cdef inline void _stats_out(floating* mean, floating* var, const double* buf, Py
     cdef Py_ssize_t j
     for j in range(j0, j1):
         mean[j] = <floating>buf[j]
-        var[j] = <floating>buf[f + j]
+        var[j] = <floating>buf[_pad(f) + j]
 
 
 # ---------------------------------------------------------------------------- forward
@@ -344,7 +355,7 @@ def batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd, running_mea
         buf_get(running_var, &v[8], dt, f, True)
         if n == 0 or f == 0:
             return
-        buf = _dbuf(2 * f + (_nrc(n) * f if _narrow(n, f) else 0))
+        buf = _dbuf((2 + (_nrc(n) if _narrow(n, f) else 0)) * _pad(f))
         with nogil:
             if dt == DT_F32:
                 _fwd_train(<const float*>v[0].buf, <const float*>v[1].buf,
@@ -365,49 +376,49 @@ cdef void _fwd_train(const floating* x, const floating* gamma, const floating* b
                      floating* out, floating* xhat, floating* mean, floating* invstd,
                      floating* rm, floating* rv, Py_ssize_t n, Py_ssize_t f, double momentum,
                      double eps, bint unbiased, double* buf) noexcept nogil:
-    """buf: mu (f), var -> invstd (f), narrow: chunk partial sums (nrc * f)."""
+    """buf (regions of _pad(f) doubles): mu, var -> invstd, narrow: chunk partial sums (nrc)."""
     cdef int nt = _threads(n * f)
     cdef double vfac = (<double>n / <double>(n - 1)) if (unbiased and n > 1) else 1.0
-    cdef Py_ssize_t b, c, j0, j1
+    cdef Py_ssize_t b, c, j0, j1, fp = _pad(f)
     if _narrow(n, f):
-        _rowstats(x, n, f, buf, buf + f, buf + 2 * f, nt)
+        _rowstats(x, n, f, buf, buf + fp, buf + 2 * fp, nt)
         _fwd_feat(mean, invstd, rm, rv, buf, f, 0, f, momentum, eps, unbiased, vfac)
         if nt == 1:
-            _norm(x, xhat, out, gamma, beta, buf, buf + f, 0, n, f, 0, f)
+            _norm(x, xhat, out, gamma, beta, buf, buf + fp, 0, n, f, 0, f)
         else:
             for c in prange(_nrc(n), schedule="static", num_threads=nt):
-                _norm(x, xhat, out, gamma, beta, buf, buf + f, c * RCHUNK,
+                _norm(x, xhat, out, gamma, beta, buf, buf + fp, c * RCHUNK,
                       min((c + 1) * RCHUNK, n), f, 0, f)
     elif nt == 1:
         for b in range(_nfb(f)):
             j0 = b * FBLOCK
             j1 = min(j0 + FBLOCK, f)
-            _colstats(x, n, f, j0, j1, buf, buf + f)
+            _colstats(x, n, f, j0, j1, buf, buf + fp)
             _fwd_feat(mean, invstd, rm, rv, buf, f, j0, j1, momentum, eps, unbiased, vfac)
-            _norm(x, xhat, out, gamma, beta, buf, buf + f, 0, n, f, j0, j1)
+            _norm(x, xhat, out, gamma, beta, buf, buf + fp, 0, n, f, j0, j1)
     else:
         for b in prange(_nfb(f), schedule="static", num_threads=nt):
             j0 = b * FBLOCK
             j1 = min(j0 + FBLOCK, f)
-            _colstats(x, n, f, j0, j1, buf, buf + f)
+            _colstats(x, n, f, j0, j1, buf, buf + fp)
             _fwd_feat(mean, invstd, rm, rv, buf, f, j0, j1, momentum, eps, unbiased, vfac)
-            _norm(x, xhat, out, gamma, beta, buf, buf + f, 0, n, f, j0, j1)
+            _norm(x, xhat, out, gamma, beta, buf, buf + fp, 0, n, f, j0, j1)
 
 
 cdef inline void _fwd_feat(floating* mean, floating* invstd, floating* rm, floating* rv,
                            double* buf, Py_ssize_t f, Py_ssize_t j0, Py_ssize_t j1,
                            double momentum, double eps, bint unbiased,
                            double vfac) noexcept nogil:
-    """Features [j0, j1): mean, running_* (if not NULL); buf[f + j]: var -> invstd."""
-    cdef Py_ssize_t j
+    """Features [j0, j1): mean, running_* (if not NULL); buf[fp + j]: var -> invstd."""
+    cdef Py_ssize_t j, fp = _pad(f)
     for j in range(j0, j1):
         mean[j] = <floating>buf[j]
         if rm != NULL:
             rm[j] = _running(rm[j], momentum, buf[j])
         if rv != NULL:
-            rv[j] = _running(rv[j], momentum, buf[f + j] * vfac if unbiased else buf[f + j])
-        buf[f + j] = 1.0 / sqrt(buf[f + j] + eps)
-        invstd[j] = <floating>buf[f + j]
+            rv[j] = _running(rv[j], momentum, buf[fp + j] * vfac if unbiased else buf[fp + j])
+        buf[fp + j] = 1.0 / sqrt(buf[fp + j] + eps)
+        invstd[j] = <floating>buf[fp + j]
 
 
 def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, double eps, out, xhat,
@@ -431,7 +442,7 @@ def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, double eps
         buf_get(invstd, &v[7], dt, f, True)
         if f == 0:
             return
-        buf = _dbuf(2 * f)
+        buf = _dbuf(2 * _pad(f))
         with nogil:
             if dt == DT_F32:
                 _fwd_eval(<const float*>v[0].buf, <const float*>v[1].buf,
@@ -452,18 +463,18 @@ cdef void _fwd_eval(const floating* x, const floating* gamma, const floating* be
                     const floating* rmean, const floating* rvar, floating* out, floating* xhat,
                     floating* invstd, Py_ssize_t n, Py_ssize_t f, double eps,
                     double* buf) noexcept nogil:
-    """buf: running_mean in double (f), invstd in double (f)."""
+    """buf (regions of _pad(f) doubles): running_mean in double, invstd in double."""
     cdef int nt = _threads(n * f)
-    cdef Py_ssize_t i, j
+    cdef Py_ssize_t i, j, fp = _pad(f)
     for j in range(f):
         buf[j] = <double>rmean[j]
-        buf[f + j] = 1.0 / sqrt(<double>rvar[j] + eps)
-        invstd[j] = <floating>buf[f + j]
+        buf[fp + j] = 1.0 / sqrt(<double>rvar[j] + eps)
+        invstd[j] = <floating>buf[fp + j]
     if nt == 1:
-        _norm(x, xhat, out, gamma, beta, buf, buf + f, 0, n, f, 0, f)
+        _norm(x, xhat, out, gamma, beta, buf, buf + fp, 0, n, f, 0, f)
     else:
         for i in prange(n, schedule="static", num_threads=nt):
-            _norm(x, xhat, out, gamma, beta, buf, buf + f, i, i + 1, f, 0, f)
+            _norm(x, xhat, out, gamma, beta, buf, buf + fp, i, i + 1, f, 0, f)
 
 
 # ---------------------------------------------------------------------------- backward
@@ -500,7 +511,7 @@ def batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta, bint batch_
                     if v[5].buf != NULL:
                         (<double*>v[5].buf)[j] = 0
             return
-        buf = _dbuf(3 * f + (2 * _nrc(n) * f if _narrow(n, f) else 0))
+        buf = _dbuf((3 + (2 * _nrc(n) if _narrow(n, f) else 0)) * _pad(f))
         with nogil:
             if dt == DT_F32:
                 _bwd(<const float*>v[0].buf, <const float*>v[1].buf, <const float*>v[2].buf,
@@ -528,24 +539,24 @@ cdef inline void _bwd_coef(const floating* gamma, const floating* invstd, double
 cdef void _bwd(const floating* dout, const floating* xhat, const floating* gamma,
                const floating* invstd, floating* dx, floating* dgamma, floating* dbeta,
                Py_ssize_t n, Py_ssize_t f, bint batch, double* buf) noexcept nogil:
-    """buf: sb (f), sg (f), c (f), narrow: chunk partial sums (2 * nrc * f)."""
+    """buf (regions of _pad(f) doubles): sb, sg, c, narrow: chunk partial sums (2 * nrc)."""
     cdef int nt = _threads(n * f)
     cdef bint sums = dgamma != NULL or dbeta != NULL or (dx != NULL and batch)
+    cdef Py_ssize_t nrc = _nrc(n), b, k, j, fp = _pad(f)
     cdef double* sb = buf
-    cdef double* sg = buf + f
-    cdef double* c = buf + 2 * f
-    cdef Py_ssize_t nrc = _nrc(n), b, k, j
+    cdef double* sg = buf + fp
+    cdef double* c = buf + 2 * fp
     cdef double dn = <double>n
     if _narrow(n, f):
         if sums:
             if nt == 1:
                 for k in range(nrc):
-                    _bwd_chunk_sums(dout, xhat, n, f, k, nrc, buf + 3 * f)
+                    _bwd_chunk_sums(dout, xhat, n, f, k, nrc, buf + 3 * fp)
             else:
                 for k in prange(nrc, schedule="static", num_threads=nt):
-                    _bwd_chunk_sums(dout, xhat, n, f, k, nrc, buf + 3 * f)
-            _combine(buf + 3 * f, nrc, f, sb, 1.0)
-            _combine(buf + 3 * f + nrc * f, nrc, f, sg, 1.0)
+                    _bwd_chunk_sums(dout, xhat, n, f, k, nrc, buf + 3 * fp)
+            _combine(buf + 3 * fp, nrc, f, sb, 1.0)
+            _combine(buf + (3 + nrc) * fp, nrc, f, sg, 1.0)
         else:
             for j in range(f):
                 sb[j] = 0.0
@@ -574,8 +585,9 @@ cdef void _bwd(const floating* dout, const floating* xhat, const floating* gamma
 cdef inline void _bwd_chunk_sums(const floating* dout, const floating* xhat, Py_ssize_t n,
                                  Py_ssize_t f, Py_ssize_t k, Py_ssize_t nrc,
                                  double* part) noexcept nogil:
-    _bsums(dout, xhat, k * RCHUNK, min((k + 1) * RCHUNK, n), f, 0, f, part + k * f,
-           part + (nrc + k) * f)
+    cdef Py_ssize_t fp = _pad(f)
+    _bsums(dout, xhat, k * RCHUNK, min((k + 1) * RCHUNK, n), f, 0, f, part + k * fp,
+           part + (nrc + k) * fp)
 
 
 cdef inline void _bwd_block(const floating* dout, const floating* xhat, const floating* gamma,

@@ -152,7 +152,10 @@ def test_batchnorm_wide_layer_uses_threads_and_is_deterministic():
     check(*on_all(fn))
 
 
-@pytest.mark.parametrize("shape", [(2049, 1), (5000, 7), (40000, 3), (4097, 64), (2049, 65)])
+# row chunks of 256 rows for F <= 256: one extra row, the training shape, the widest F; 257 columns
+# take the feature-block decomposition
+@pytest.mark.parametrize("shape", [(2049, 1), (5000, 7), (40000, 3), (4097, 64), (2049, 65),
+                                   (257, 256), (1000, 100), (600, 257)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_batchnorm_tall_narrow_batches(shape, dtype):
     """Many rows, few features (the row-chunked decomposition): stats, forward, backward."""

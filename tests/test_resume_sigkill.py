@@ -13,7 +13,7 @@ import pytest
 import dlfast
 from dlfast import checkpoint as ck
 
-ARGS = ["train", "--epochs", "3", "--batch-size", "16", "--hidden", "32", "--batchnorm",
+ARGS = ["train", "--epochs", "6", "--batch-size", "16", "--hidden", "32", "--batchnorm",
         "--dropout", "0.2", "--schedule", "step", "--step-size", "2", "--early-stopping", "3",
         "--threads", "1", "--no-progress", "--seed", "3"]
 
@@ -39,15 +39,15 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, bk):
                    "--checkpoint-every", "20"])
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and killed.poll() is None:
-        if os.path.exists(ckpt) and ck.read_checkpoint(ckpt)[2]["step"] >= 100:
-            break                               # mid-run: ~75 steps per epoch, 3 epochs
+        if os.path.exists(ckpt) and ck.read_checkpoint(ckpt)[2]["step"] >= 20:
+            break                   # early: ~75 steps per epoch, 6 epochs (a step takes ~0.1 ms)
         time.sleep(0.005)
     killed.send_signal(signal.SIGKILL)
     log = killed.communicate()[0]
     assert killed.returncode == -signal.SIGKILL, f"the run ended before the kill:\n{log}"
     assert not os.path.exists(os.path.join(out, "model.npz"))
     st = ck.read_checkpoint(ckpt)[2]
-    assert 0 < st["step"] and st["epoch"] < 3           # the checkpoint is mid-run
+    assert 0 < st["step"] and st["epoch"] < 6           # the checkpoint is mid-run
     assert ref.wait(timeout=120) == 0, ref.communicate()[0]
     resumed = _run(["--backend", bk, "--out", out, "--checkpoint", ckpt, "--checkpoint-per", "step",
                     "--checkpoint-every", "20", "--resume", ckpt])

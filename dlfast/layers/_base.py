@@ -160,6 +160,28 @@ class Layer:
         state.pop("_trust", None)
         return state
 
+    # ---------------------------------------------------------------- bound training steps
+    # A net replays a validated training step with the kernels unchecked (``dlfast._bound``):
+    # ``_bind_train`` returns ``(fwd, bwd)`` built from the state the last training forward and
+    # backward left (workspaces, ``_fwd``): ``fwd(x) -> out`` and ``bwd(x, dout) -> dx`` (dx is
+    # None unless ``need_dx``; ``bwd`` may be None when ``need_dx`` is false and the layer has no
+    # gradients). They hold every array they use; they stay valid while ``_bind_key()`` (ids of
+    # those arrays and the settings they baked in) and the input shape and dtype do not change.
+    def _bind_key(self):
+        """What the bound calls depend on, beyond the input's shape and dtype."""
+        return None
+
+    def _bind_train(self, impl, need_dx):
+        """``(fwd, bwd)`` on the kernels of backend module ``impl``, or None: no bound form."""
+        return None
+
+    def _bindable(self, binder="_bind_train", methods=("forward", "backward")):
+        """True when ``methods`` are those of the class that defines ``binder`` (a subclass
+        overriding one of them is never bound)."""
+        cls = type(self)
+        owner = next((c for c in cls.__mro__ if binder in c.__dict__), Layer)
+        return owner is not Layer and all(getattr(cls, m) is getattr(owner, m) for m in methods)
+
     # ---------------------------------------------------------------- interface
     def forward(self, x, train=True):
         raise NotImplementedError

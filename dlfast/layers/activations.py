@@ -41,6 +41,27 @@ class Activation(Layer):
         self._validated("bwd", new)
         return dx
 
+    def _bind_key(self):
+        return (self.activation, self.alpha)
+
+    def _bind_train(self, impl, need_dx):
+        rec = self._fwd
+        out = rec["out"]
+        dx = self._buf("dx", out.shape) if need_dx else None
+        act, alpha = self.activation, float(self.alpha)
+        fk, bk = impl.activation_forward, impl.activation_backward
+
+        def fwd(x):
+            fk(x, out, act, alpha)
+            self._fwd = rec
+            return out
+
+        def bwd(dout):
+            if dx is not None:
+                bk(dout, out, dx, act, alpha)
+            return dx
+        return fwd, bwd, (out, dx)
+
     def _config(self):
         return {"activation": self.activation,
                 "alpha": self.alpha if self.activation in _DEFAULT_ALPHA else None}

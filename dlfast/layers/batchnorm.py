@@ -86,6 +86,35 @@ class BatchNorm(Layer):
         self._validated("bwd", new)
         return dx
 
+    def _bind_key(self):
+        p, g = self.params, self.grads
+        return (id(p["gamma"]), id(p["beta"]), id(g["gamma"]), id(g["beta"]),
+                id(self.running_mean), id(self.running_var), self.kernel_momentum, self.eps,
+                self.unbiased, self.trainable)
+
+    def _bind_train(self, impl, need_dx):
+        rec = self._fwd
+        if not rec["train"]:
+            return None
+        out, xhat, invstd = rec["out"], rec["xhat"], rec["invstd"]
+        mean = self._buf("mean", invstd.shape)
+        g, b = self.params["gamma"], self.params["beta"]
+        dg, db = self._grad("gamma"), self._grad("beta")
+        rm, rv = self.running_mean, self.running_var
+        dx = self._buf("dx", out.shape) if need_dx else None
+        st = (float(self.kernel_momentum), float(self.eps), bool(self.unbiased))
+        fk, bk = impl.batchnorm_forward_train, impl.batchnorm_backward
+
+        def fwd(x):
+            fk(x, g, b, out, xhat, mean, invstd, rm, rv, *st)
+            self._fwd = rec
+            return out
+
+        def bwd(dout):
+            bk(dout, xhat, g, invstd, dx, dg, db, True)
+            return dx
+        return fwd, bwd, (out, xhat, mean, invstd, rm, rv, dx, dg, db)
+
     def _buffers(self):
         return {"running_mean": self.running_mean, "running_var": self.running_var}
 

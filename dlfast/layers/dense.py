@@ -66,6 +66,32 @@ class Dense(Layer):
         self._validated("bwd", new)
         return dx
 
+    def _bind_key(self):
+        p, g = self.params, self.grads
+        return (id(p["W"]), id(p.get("b")), id(g["W"]), id(g.get("b")), self.activation,
+                self.alpha, self.trainable)
+
+    def _bind_train(self, impl, need_dx):
+        rec = self._fwd
+        out, W, b = rec["out"], self.params["W"], self.params.get("b")
+        dW = self._grad("W")
+        db = self._grad("b") if b is not None else None
+        dz = self._buf("dz", out.shape)
+        dx = self._buf("dx", rec["x"].shape) if need_dx else None
+        act, alpha = self.activation, float(self.alpha)
+        fk, bk = impl.dense_forward, impl.dense_backward
+
+        def fwd(x):
+            fk(x, W, b, out, act, alpha)
+            rec["x"] = x
+            self._fwd = rec
+            return out
+
+        def bwd(dout):
+            bk(dout, rec["x"], W, out, dz, dx, dW, db, act, alpha)
+            return dx
+        return fwd, bwd, (out, dz, dx, dW, db)
+
     def _config(self):
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "activation": self.activation, "weight_init": self.weight_init,

@@ -94,6 +94,37 @@ class Dropout(Layer):
         f = self._fwd
         return self._apply("bwd", dout, f["mask"], f["scale"], self._buf("dx", dout.shape))
 
+    def _bind_key(self):
+        return (self.p, self.inverted, self.seed, id(self.fixed_mask))
+
+    def _bind_train(self, impl, need_dx):
+        out = self._fwd["out"]
+        if self.fixed_mask is not None or self._fwd["mask"] is None:
+            return None
+        mask = self._buf("mask", out.shape, np.uint8)
+        scale = 1.0 / (1.0 - self.p) if self.inverted else 1.0
+        rec = {"out": out, "mask": mask, "scale": scale}
+        dx = self._buf("dx", out.shape) if need_dx else None
+        p, seed, size = float(self.p), self.seed, mask.size
+        mk, ak = impl.dropout_mask, impl.dropout_apply
+
+        def fwd(x):
+            c = self.counter
+            if type(c) is not int or not 0 <= c < _U64:
+                kernels.dropout_mask(mask, p, seed, c)      # raises: counter out of range
+            mk(mask, p, seed, c)
+            if not self.hold_rng:
+                self.counter = c + size
+            ak(x, mask, scale, out)
+            self._fwd = rec
+            return out
+
+        def bwd(dout):
+            if dx is not None:
+                ak(dout, mask, scale, dx)
+            return dx
+        return fwd, bwd, (out, mask, dx)
+
     def _buffers(self):
         return {"seed": np.uint64(self.seed), "counter": np.uint64(self.counter)}
 

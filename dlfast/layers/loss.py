@@ -40,6 +40,31 @@ class SoftmaxCrossEntropy(Layer):
         self.loss = loss
         return loss
 
+    def _bind_loss(self, impl):
+        """``(fwd, bwd)`` replaying the last validated ``_forward`` / ``backward(1.0)`` pair of a net
+        step with the kernels of ``impl`` unchecked: ``fwd(logits, t) -> loss`` (t is checked, and
+        copied when it is the caller's int64 array), ``bwd() -> dlogits``."""
+        rec = self._fwd
+        probs = rec["out"]
+        n, c = probs.shape
+        dl = self._buf("dx", probs.shape)
+        fk, bk = impl.softmax_xent_forward, impl.softmax_xent_backward
+
+        def fwd(logits, t):
+            labels = labels_to_indices(t, n, c)
+            if labels is t:
+                labels = labels.copy()
+            loss = fk(logits, labels, probs)
+            rec["labels"], rec["own"] = labels, True
+            self._fwd = rec
+            self.loss = loss
+            return loss
+
+        def bwd():
+            bk(probs, rec["labels"], dl, 1.0)
+            return dl
+        return fwd, bwd
+
     @property
     def probs(self):
         return None if self._fwd is None else self._fwd["out"]

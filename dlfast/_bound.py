@@ -1,0 +1,76 @@
+"""Bound training steps: a validated ``Sequential.loss_and_gradient`` replayed without checks.
+
+The first step for a given key runs the ordinary path: every layer validates its input and
+calls the checked kernels. Afterwards each layer binds its kernel calls to the arrays that step
+used (``Layer._bind_train``), and the next steps with the same key run only those calls::
+
+    key = (backend, x.shape, x.dtype, the loss layer and its class,
+           (layer, its class, layer._bind_key()) for every layer)
+
+A layer's key holds the ids of the arrays its calls use (params, gradients, running statistics;
+the bound calls hold the arrays, so the ids stay theirs) and the settings they baked in
+(activation, p, momentum, trainable ...). Changing any of them, the input's shape or dtype, or
+the backend makes the next step take the checked path and bind again. Per step the net still
+checks x (dtype, 2-D, finite) and the labels; a view x that shares memory with a buffer of the
+first layer takes the checked path.
+
+Nets with a layer that has no bound form (or a subclass overriding forward/backward) always take
+the checked path. The two paths run the same kernels on the same arrays: results are identical.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["BoundStep", "step_key", "bind"]
+
+
+def step_key(impl, x, layers, loss_layer):
+    return (impl.__name__, x.shape, x.dtype, loss_layer, type(loss_layer),
+            *[(l, type(l), l._bind_key()) for l in layers])
+
+
+class BoundStep:
+    """``run(x, t) -> data loss``: forward, loss, backward of the bound calls (``runnable``), or
+    a record that this key has no bound form (``runnable`` false: the net takes the checked path)."""
+
+    __slots__ = ("key", "runnable", "_fwd", "_bwd", "_loss_fwd", "_loss_bwd", "_first_outs")
+
+    def __init__(self, key, fwd=(), bwd=(), loss=(None, None), first_outs=()):
+        self.key = key
+        self.runnable = loss[0] is not None
+        self._fwd, self._bwd = tuple(fwd), tuple(bwd)
+        self._loss_fwd, self._loss_bwd = loss
+        self._first_outs = tuple(a for a in first_outs if a is not None)
+
+    def accepts(self, x):
+        """x may be read by the bound calls: it shares no memory with the first layer's outputs
+        (only a view can)."""
+        return x.base is None or not any(np.may_share_memory(x, a) for a in self._first_outs)
+
+    def run(self, x, t):
+        for f in self._fwd:
+            x = f(x)
+        loss = self._loss_fwd(x, t)
+        d = self._loss_bwd()
+        for b in self._bwd:
+            d = b(d)
+        return loss
+
+
+def bind(impl, key, layers, loss_layer):
+    """The ``BoundStep`` of the checked step just run with key ``key`` on backend ``impl``."""
+    if not (all(l._bindable() for l in layers)
+            and loss_layer._bindable("_bind_loss", ("_forward", "backward"))):
+        return BoundStep(key)
+    first = next((i for i, l in enumerate(layers) if l.trainable and l.params), None)
+    fwd, bwd, first_outs = [], [], ()
+    for i, layer in enumerate(layers):
+        bound = layer._bind_train(impl, first is not None and i > first)
+        if bound is None:
+            return BoundStep(key)
+        fwd.append(bound[0])
+        if first is not None and i >= first:
+            bwd.append(bound[1])
+        if i == 0:
+            first_outs = bound[2]
+    return BoundStep(key, fwd, reversed(bwd), loss_layer._bind_loss(impl), first_outs)

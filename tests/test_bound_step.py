@@ -1,0 +1,187 @@
+"""Bound training steps (dlfast._bound): after one checked step, ``Sequential.loss_and_gradient``
+replays the kernel calls without checks. Results equal the checked path bit for bit; any change
+of input shape, backend, arrays, settings or layer class takes the checked path again; bad input
+is still rejected."""
+import copy
+import pickle
+
+import numpy as np
+import pytest
+
+import dlfast
+from dlfast import _bound, optim
+from dlfast.layers import Dense, Dropout, PReLU, ReLU
+from dlfast.net import MLP, Sequential
+
+CONFIGS = [dict(batchnorm=True, dropout=0.3), dict(), dict(activation="elu", dropout=0.2),
+           dict(activation="tanh", batchnorm=True, weight_decay=1e-3)]
+
+
+@pytest.fixture
+def runs(monkeypatch):
+    """Counts BoundStep.run calls (bound steps taken)."""
+    count = [0]
+    real = _bound.BoundStep.run
+
+    def run(self, x, t):
+        count[0] += 1
+        return real(self, x, t)
+
+    monkeypatch.setattr(_bound.BoundStep, "run", run)
+    return count
+
+
+def _data(n=24, f=7, c=4, dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, f)).astype(dtype), rng.integers(0, c, n)
+
+
+@pytest.mark.parametrize("kw", CONFIGS, ids=["bn-dropout", "plain", "elu-dropout", "tanh-bn-wd"])
+def test_bound_steps_equal_checked_steps(backend, dtype, kw, runs):
+    a, b = (MLP(7, [6, 5], 4, seed=1, dtype=dtype, **kw) for _ in range(2))
+    oa, ob = optim.Adam(lr=0.01), optim.Adam(lr=0.01)
+    data, labels = _data(dtype=dtype)
+    for i in range(6):
+        x, t = data[4 * i:4 * i + 4], labels[4 * i:4 * i + 4]      # views, as a loader gives
+        if i % 2:
+            t = t.astype(np.int32)
+        la, ga = a.loss_and_gradient(x, t)
+        oa.update(a.params, ga)
+        b._bound = None                                         # b: always the checked path
+        lb, gb = b.loss_and_gradient(x, t)
+        ob.update(b.params, gb)
+        assert la == lb and ga.keys() == gb.keys()
+        for k in ga:
+            np.testing.assert_array_equal(ga[k], gb[k], err_msg=k)
+        sa, sb = a.state_dict(), b.state_dict()
+        for k in sa:
+            np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
+        np.testing.assert_array_equal(a.loss_layer.probs, b.loss_layer.probs)
+    assert runs[0] == 5 and a._bound.runnable
+
+
+def test_layer_state_after_a_bound_step_is_the_steps(backend, runs):
+    net = MLP(7, [6], 4, batchnorm=True, dropout=0.5, seed=2)
+    x, t = _data()
+    net.loss_and_gradient(x[:8], t[:8])
+    x2 = x[8:16].copy()
+    net.loss_and_gradient(x2, t[8:16])
+    assert runs[0] == 1
+    assert net.layers[0]._fwd["x"] is x2                      # a manual backward uses this step
+    drop = next(l for l in net.layers if isinstance(l, Dropout))
+    assert drop.counter == 2 * 8 * 6 and drop.mask.sum() > 0
+    drop.hold_rng = True
+    net.loss_and_gradient(x2, t[8:16])
+    assert runs[0] == 2 and drop.counter == 2 * 8 * 6
+
+
+def test_changes_take_the_checked_path(backend, runs):
+    net = MLP(7, [6, 5], 4, batchnorm=True, dropout=0.5, seed=0)
+    dense, bn, act, drop = net.layers[:4]
+    x, t = _data()
+    x, t = x[:8], t[:8]
+
+    def step(xx=x, tt=t):
+        return net.loss_and_gradient(xx, tt)
+
+    step()
+    step()
+    assert runs[0] == 1
+    other = "cython" if backend == "numpy" else "numpy"
+    changes = [
+        lambda: dense.params.__setitem__("W", dense.params["W"].copy()),
+        lambda: dense.grads.__setitem__("b", dense.grads["b"].copy()),
+        lambda: setattr(bn, "running_var", bn.running_var.copy()),
+        lambda: setattr(bn, "eps", 1e-3),
+        lambda: setattr(act, "activation", "tanh"),
+        lambda: setattr(drop, "p", 0.25),
+        lambda: setattr(drop, "seed", 5),
+        lambda: net.freeze(1),
+        lambda: net.unfreeze(),
+        lambda: setattr(net.layers[-1], "__class__", type("Sub", (Dense,), {})),
+    ]
+    for i, change in enumerate(changes):
+        change()
+        before = runs[0]
+        step()
+        assert runs[0] == before, f"change {i}: the first step after it is checked"
+        step()
+        assert runs[0] == before + 1, f"change {i}: then bound again"
+    before = runs[0]
+    step(x[:5], t[:5])                                  # another batch size: checked
+    step()                                              # back: checked (one key is kept)
+    step()
+    assert runs[0] == before + 1
+    if other in dlfast.available_backends():
+        with dlfast.use_backend(other):
+            before = runs[0]
+            step()
+            assert runs[0] == before
+
+
+def test_layers_without_a_bound_form_take_the_checked_path(backend, runs):
+    class Doubled(ReLU):                          # overrides forward: never replayed
+        def forward(self, x, train=True):
+            return super().forward(x * 2, train)
+
+    x, t = _data()
+    for layers in ([Dense(7, 5, seed=0), PReLU(5), Dense(5, 4, seed=1)],
+                   [Dense(7, 5, seed=0), Doubled(), Dense(5, 4, seed=1)]):
+        net = Sequential(layers)
+        ref = copy.deepcopy(net)
+        for _ in range(3):
+            la, ga = net.loss_and_gradient(x, t)
+            ref._bound = None
+            lb, gb = ref.loss_and_gradient(x, t)
+            assert la == lb
+            for k in ga:
+                np.testing.assert_array_equal(ga[k], gb[k])
+        assert runs[0] == 0 and not net._bound.runnable
+
+
+def test_bad_input_in_bound_steps_is_rejected(backend, runs):
+    net = MLP(4, [4], 3, batchnorm=True, seed=0)
+    x, t = _data(f=4, c=3)
+    x, t = x[:6], t[:6]
+    net.loss_and_gradient(x, t)
+    net.loss_and_gradient(x, t)
+    assert runs[0] == 1
+    bad = x.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(ValueError, match="x"):
+        net.loss_and_gradient(bad, t)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        net.loss_and_gradient(x, np.array([0, 1, 2, 3, 0, 1]))
+    with pytest.raises(ValueError, match="labels"):
+        net.loss_and_gradient(x, t[:5])
+    with pytest.raises(TypeError):
+        net.loss_and_gradient(x, t.astype(np.float32))
+    out0 = net.layers[0]._fwd["out"]                 # (6, 4): a view of it as x overlaps
+    with pytest.raises(ValueError, match="overlap"):
+        net.loss_and_gradient(out0[:], t)
+    assert runs[0] == 4                              # the two label errors and the float labels
+    loss, _ = net.loss_and_gradient(x, t)           # bound again
+    assert np.isfinite(loss) and runs[0] == 5
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copies_drop_the_bound_step(backend, how, runs):
+    net = MLP(7, [6], 4, batchnorm=True, dropout=0.3, seed=0)
+    x, t = _data()
+    net.loss_and_gradient(x, t)
+    net.loss_and_gradient(x, t)
+    c = copy.deepcopy(net) if how == "deepcopy" else pickle.loads(pickle.dumps(net))
+    assert c._bound is None and net._bound.runnable
+    la, ga = c.loss_and_gradient(x, t)
+    lb, gb = net.loss_and_gradient(x, t)
+    assert la == lb
+    for k in ga:
+        assert ga[k] is not gb[k]
+        np.testing.assert_array_equal(ga[k], gb[k])
+    c.loss_and_gradient(x, t)                          # c is bound now
+    mine = [{k: v.copy() for k, v in d.items()} for d in (net.params, net.grads)]
+    c.loss_and_gradient(x * 2, t)                      # c's bound step writes only c's arrays
+    assert runs[0] == 4                                # net: steps 2, 3; c: steps 2, 3
+    for d, m in zip((net.params, net.grads), mine):
+        for k, v in d.items():
+            np.testing.assert_array_equal(v, m[k], err_msg=k)

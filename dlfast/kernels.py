@@ -21,6 +21,9 @@ Conventions shared by every primitive
   one) skips the argument checks; the caller guarantees that they would pass: C-contiguous arrays
   of one dtype and the right shapes, valid settings, outputs writeable and overlapping nothing.
   Settings are converted as the checked call converts them (``float(alpha)``, ...).
+* Bound training steps (``dlfast._bound``) hold the active backend's functions and call them
+  directly, with exactly the arguments of the ``check=False`` calls above, after one checked step
+  with the same arrays and settings (the key that decides this is documented there).
 * One stateful primitive: ``bind_update`` binds an optimiser's K tensors once (validated then)
   and returns an object whose ``sumsq()`` and ``update(lr, ...)`` are the K single-tensor kernels
   fused into two backend calls, with the same results (the arrays are referenced, not copied).

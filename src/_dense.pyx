@@ -160,21 +160,33 @@ cdef inline int _gemm_threads(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept
     return _threads(m * n * k // 16)
 
 
+# One thread runs the blocks in a plain loop: an OpenMP region with a false if() clause still
+# starts a team of one (about 1 us per region, the cost of a whole small-batch GEMV).
 cdef void _fwd(const floating* x, const floating* W, const floating* bp, floating* out, int n,
                int i, int o, int code, floating a) noexcept nogil:
-    cdef Py_ssize_t rows = _gemm_rows(n), nblk = (n + rows - 1) // rows, blk, r, r0, r1
+    cdef Py_ssize_t rows = _gemm_rows(n), nblk = (n + rows - 1) // rows, blk
     cdef int nt = _gemm_threads(n, o, max(i, 1))
     if n == 0 or o == 0:
         return
     _pin_blas()
-    for blk in prange(nblk, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
-        r0 = blk * rows
-        r1 = min(r0 + rows, n)
-        _gemm(c'N', c'N', <int>(r1 - r0), o, i, x + r0 * i if i else NULL, max(i, 1),
-              W if i else NULL, o, out + r0 * o, o)
-        if bp != NULL or code != ACT_IDENTITY:
-            for r in range(r0, r1):
-                act_row(out + r * o, out + r * o, bp, o, code, a)
+    if nt == 1:
+        for blk in range(nblk):
+            _fwd_block(x, W, bp, out, n, i, o, code, a, blk * rows, rows)
+    else:
+        for blk in prange(nblk, num_threads=nt, schedule="static"):
+            _fwd_block(x, W, bp, out, n, i, o, code, a, blk * rows, rows)
+
+
+cdef inline void _fwd_block(const floating* x, const floating* W, const floating* bp,
+                            floating* out, int n, int i, int o, int code, floating a,
+                            Py_ssize_t r0, Py_ssize_t rows) noexcept nogil:
+    """Rows [r0, r0 + rows) of out = act(x @ W + b)."""
+    cdef Py_ssize_t r, r1 = min(r0 + rows, n)
+    _gemm(c'N', c'N', <int>(r1 - r0), o, i, x + r0 * i if i else NULL, max(i, 1),
+          W if i else NULL, o, out + r0 * o, o)
+    if bp != NULL or code != ACT_IDENTITY:
+        for r in range(r0, r1):
+            act_row(out + r * o, out + r * o, bp, o, code, a)
 
 
 cdef int _mat(object a, Py_buffer* v, int dt, str name, Py_ssize_t rows, Py_ssize_t cols,
@@ -233,11 +245,10 @@ cdef void _bwd(const floating* dout, const floating* x, const floating* W, const
                floating* dz, floating* dx, floating* dW, floating* db, double* part, int n, int i,
                int o, int code, floating a) noexcept nogil:
     """part: nblk * o doubles when db != NULL (the db partial sums of the row blocks)."""
-    cdef Py_ssize_t nblk = (n + ROWBLOCK - 1) // ROWBLOCK, blk, r, c, r0, r1, rows, xrows
+    cdef Py_ssize_t nblk = (n + ROWBLOCK - 1) // ROWBLOCK, blk, c, rows, xrows
     cdef Py_ssize_t nbw, nbx, pw, phase, lo, hi
     cdef bint shared
     cdef int nt = _threads(<Py_ssize_t>n * o)
-    cdef double* p
     cdef double s
     # the gradient w.r.t. z that the GEMMs read
     cdef const floating* g = dz if code != ACT_IDENTITY else dout
@@ -251,19 +262,12 @@ cdef void _bwd(const floating* dout, const floating* x, const floating* W, const
         return
     _pin_blas()
     if code != ACT_IDENTITY or db != NULL:
-        for blk in prange(nblk, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
-            r0 = blk * ROWBLOCK
-            r1 = min(r0 + ROWBLOCK, n)
-            if code != ACT_IDENTITY:
-                for r in range(r0, r1):
-                    act_grad_row(dz + r * o, dout + r * o, out + r * o, o, code, a)
-            if db != NULL:
-                p = part + blk * o
-                for c in range(o):
-                    p[c] = 0
-                for r in range(r0, r1):
-                    for c in range(o):
-                        p[c] = p[c] + g[r * o + c]
+        if nt == 1:
+            for blk in range(nblk):
+                _bwd_rows(dout, out, dz, g, db != NULL, part, n, o, code, a, blk)
+        else:
+            for blk in prange(nblk, num_threads=nt, schedule="static"):
+                _bwd_rows(dout, out, dz, g, db != NULL, part, n, o, code, a, blk)
         if db != NULL:
             for c in range(o):
                 s = 0
@@ -287,15 +291,45 @@ cdef void _bwd(const floating* dout, const floating* x, const floating* W, const
     for phase in range(1 if shared else 2):
         lo = 0 if shared or phase == 0 else nbw
         hi = nbw if not shared and phase == 0 else nbw + nbx
-        for blk in prange(lo, hi, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
-            if blk < nbw:
-                r0 = blk * rows
-                r1 = min(r0 + rows, i)
-                _gemm(c'T', c'N', <int>(r1 - r0), o, n, x + r0, i, g, o, dW + r0 * o, o)
-            else:
-                r0 = (blk - nbw) * xrows
-                r1 = min(r0 + xrows, n)
-                _gemm(c'N', c'T', <int>(r1 - r0), i, o, g + r0 * o, o, W, o, dx + r0 * i, i)
+        if nt == 1:
+            for blk in range(lo, hi):
+                _bwd_gemm(x, W, g, dx, dW, n, i, o, blk, nbw, rows, xrows)
+        else:
+            for blk in prange(lo, hi, num_threads=nt, schedule="static"):
+                _bwd_gemm(x, W, g, dx, dW, n, i, o, blk, nbw, rows, xrows)
+
+
+cdef inline void _bwd_rows(const floating* dout, const floating* out, floating* dz,
+                           const floating* g, bint want_db, double* part, int n, int o,
+                           int code, floating a, Py_ssize_t blk) noexcept nogil:
+    """Row block blk (ROWBLOCK rows): dz = dout * act'(out); the block's db partial sums of g."""
+    cdef Py_ssize_t r, c, r0 = blk * ROWBLOCK, r1 = min(r0 + ROWBLOCK, n)
+    cdef double* p
+    if code != ACT_IDENTITY:
+        for r in range(r0, r1):
+            act_grad_row(dz + r * o, dout + r * o, out + r * o, o, code, a)
+    if want_db:
+        p = part + blk * o
+        for c in range(o):
+            p[c] = 0
+        for r in range(r0, r1):
+            for c in range(o):
+                p[c] = p[c] + g[r * o + c]
+
+
+cdef inline void _bwd_gemm(const floating* x, const floating* W, const floating* g,
+                           floating* dx, floating* dW, int n, int i, int o, Py_ssize_t blk,
+                           Py_ssize_t nbw, Py_ssize_t rows, Py_ssize_t xrows) noexcept nogil:
+    """Block blk: blk < nbw, rows of dW = x.T @ g; else rows of dx = g @ W.T."""
+    cdef Py_ssize_t r0, r1
+    if blk < nbw:
+        r0 = blk * rows
+        r1 = min(r0 + rows, i)
+        _gemm(c'T', c'N', <int>(r1 - r0), o, n, x + r0, i, g, o, dW + r0 * o, o)
+    else:
+        r0 = (blk - nbw) * xrows
+        r1 = min(r0 + xrows, n)
+        _gemm(c'N', c'T', <int>(r1 - r0), i, o, g + r0 * o, o, W, o, dx + r0 * i, i)
 
 
 def dense_backward(dout, x, W, out, dz, dx, dW, db, activation, alpha):

@@ -9,8 +9,12 @@ from libc.string cimport memset
 
 cdef enum:
     # Work estimates for _threads(work): a memory-bound elementwise pass (copy, compare, multiply)
-    # counts 1/CHEAP of an element needing exp/tanh, so small cheap passes stay on one thread.
-    CHEAP = 8
+    # counts 1/CHEAP of an element needing exp/tanh, so small cheap passes stay on one thread
+    # (below 2 * 32768 elements). Was 8: in a training step at batch 1000 (100 features) the
+    # ReLU and dropout passes then ran on one core while the batch-norm output they read sat
+    # half in the other core's cache; with 2, per step at 2 threads (step_breakdown.py, two A/B
+    # rounds): ReLU forward ~105 -> ~47 us, backward ~140 -> ~66 us, dropout backward ~74 -> ~60 us.
+    CHEAP = 2
 
 cdef enum:
     ACT_IDENTITY = 0

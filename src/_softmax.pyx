@@ -137,7 +137,7 @@ def softmax_xent_forward(logits, labels, probs):
         buf_get(probs, &v[2], dt, n * c, True)
         if c == 0:
             raise ValueError("logits must have at least one column")
-        nt = _threads(n * c)
+        nt = _threads(n * c * 4)   # a double exp and a division per element: ~4 units of work
         rowloss = <double*>malloc(max(n, 1) * sizeof(double))
         # per thread a row of _line(c) doubles, 64-byte aligned: no cache line shared
         if posix_memalign(<void**>&scratch, 64, <size_t>max(nt, 1) * _line(c) * sizeof(double)):

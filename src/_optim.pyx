@@ -528,8 +528,12 @@ cdef void _bound_sumsq(floating* dummy, char** g, Py_ssize_t* item_k, Py_ssize_t
     cdef int nt = _threads(work)
     cdef Py_ssize_t it, k
     cdef double s, ss = 0.0
-    for it in prange(nitems, schedule="static", num_threads=nt, use_threads_if=nt > 1):
-        part[it] = _block_sumsq(<const floating*>g[item_k[it]] + item_lo[it], item_n[it])
+    if nt == 1:                 # no region: a false if() clause still starts a team (~0.85 us)
+        for it in range(nitems):
+            part[it] = _block_sumsq(<const floating*>g[item_k[it]] + item_lo[it], item_n[it])
+    else:
+        for it in prange(nitems, schedule="static", num_threads=nt):
+            part[it] = _block_sumsq(<const floating*>g[item_k[it]] + item_lo[it], item_n[it])
     for k in range(nk):
         s = 0.0
         for it in range(first[k], first[k + 1]):
@@ -544,6 +548,23 @@ cdef void _bound_update(floating* dummy, int rule, char** w, char** g, char** s1
                         double eps, bint flag, bint decoupled, double step, double gs,
                         double cv) noexcept nogil:
     cdef int nt = _threads(work)
+    cdef Py_ssize_t it
+    if nt == 1:                 # no region: a false if() clause still starts a team (~0.85 us)
+        _bound_items(dummy, rule, w, g, s1, s2, wd, item_k, item_lo, item_n, 0, nitems, lr, h1,
+                     h2, eps, flag, decoupled, step, gs, cv)
+    else:
+        for it in prange(nitems, schedule="static", num_threads=nt):
+            _bound_items(dummy, rule, w, g, s1, s2, wd, item_k, item_lo, item_n, it, it + 1, lr,
+                         h1, h2, eps, flag, decoupled, step, gs, cv)
+
+
+cdef inline void _bound_items(floating* dummy, int rule, char** w, char** g, char** s1,
+                              char** s2, double* wd, Py_ssize_t* item_k, Py_ssize_t* item_lo,
+                              Py_ssize_t* item_n, Py_ssize_t it0, Py_ssize_t it1, double lr,
+                              double h1, double h2, double eps, bint flag, bint decoupled,
+                              double step, double gs, double cv) noexcept nogil:
+    """Work items [it0, it1) of _bound_update (the scalars derived here are the same for every
+    item)."""
     cdef Py_ssize_t it, k, lo, n
     cdef double bc1 = 1.0, bc2 = 1.0
     cdef floating step_size = 0, sbc2 = 1, shrink
@@ -559,7 +580,7 @@ cdef void _bound_update(floating* dummy, int rule, char** w, char** g, char** s1
     elif rule == RULE_ADAGRAD:
         fh1 = 1
         omh1 = 1
-    for it in prange(nitems, schedule="static", num_threads=nt, use_threads_if=nt > 1):
+    for it in range(it0, it1):
         k = item_k[it]
         lo = item_lo[it]
         n = item_n[it]

@@ -15,12 +15,12 @@ from cython.parallel cimport prange
 from cython cimport floating
 from libc.math cimport sqrt
 from libc.stdlib cimport free
-
-cdef extern from "<stdlib.h>" nogil:
-    int posix_memalign(void** memptr, size_t alignment, size_t size)
 from libc.string cimport memset
 
 from _act cimport buf_get, buf_release, DT_F32, DT_FLOAT
+
+cdef extern from "<stdlib.h>" nogil:
+    int posix_memalign(void** memptr, size_t alignment, size_t size)
 
 include "_parallel.pxi"
 

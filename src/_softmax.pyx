@@ -12,13 +12,13 @@ from cython.parallel cimport prange, threadid
 from libc.math cimport log
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
-
-cdef extern from "<stdlib.h>" nogil:
-    int posix_memalign(void** memptr, size_t alignment, size_t size)
 from libc.string cimport memset
 
 from _act cimport (exp_shift_sum, exp_shift_sum_d, row_max, CHEAP, buf_get, buf_release,
                    DT_F32, DT_I64, DT_FLOAT)
+
+cdef extern from "<stdlib.h>" nogil:
+    int posix_memalign(void** memptr, size_t alignment, size_t size)
 
 include "_parallel.pxi"
 

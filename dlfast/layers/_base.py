@@ -162,17 +162,19 @@ class Layer:
 
     # ---------------------------------------------------------------- bound training steps
     # A net replays a validated training step with the kernels unchecked (``dlfast._bound``):
-    # ``_bind_train`` returns ``(fwd, bwd)`` built from the state the last training forward and
-    # backward left (workspaces, ``_fwd``): ``fwd(x) -> out`` and ``bwd(x, dout) -> dx`` (dx is
-    # None unless ``need_dx``; ``bwd`` may be None when ``need_dx`` is false and the layer has no
-    # gradients). They hold every array they use; they stay valid while ``_bind_key()`` (ids of
-    # those arrays and the settings they baked in) and the input shape and dtype do not change.
+    # ``_bind_train`` returns ``(fwd, bwd, outs)`` built from the state the last training forward
+    # and backward left (workspaces, ``_fwd``): ``fwd(x) -> out`` (also sets ``_fwd``),
+    # ``bwd(dout) -> dx`` (the input of the last ``fwd``; dx is None unless ``need_dx``), and
+    # ``outs``, the arrays they write. They hold every array they use; they stay valid while
+    # ``_bind_key()`` (ids of those arrays and the settings they baked in) and the input shape and
+    # dtype do not change.
     def _bind_key(self):
         """What the bound calls depend on, beyond the input's shape and dtype."""
         return None
 
     def _bind_train(self, impl, need_dx):
-        """``(fwd, bwd)`` on the kernels of backend module ``impl``, or None: no bound form."""
+        """``(fwd, bwd, outs)`` on the kernels of backend module ``impl``, or None: no bound
+        form."""
         return None
 
     def _bindable(self, binder="_bind_train", methods=("forward", "backward")):

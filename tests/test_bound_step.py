@@ -10,7 +10,7 @@ import pytest
 
 import dlfast
 from dlfast import _bound, optim
-from dlfast.layers import Dense, Dropout, PReLU, ReLU
+from dlfast.layers import Activation, BatchNorm, Dense, Dropout, PReLU, ReLU
 from dlfast.net import MLP, Sequential
 
 CONFIGS = [dict(batchnorm=True, dropout=0.3), dict(), dict(activation="elu", dropout=0.2),
@@ -185,3 +185,51 @@ def test_copies_drop_the_bound_step(backend, how, runs):
     for d, m in zip((net.params, net.grads), mine):
         for k, v in d.items():
             np.testing.assert_array_equal(v, m[k], err_msg=k)
+
+
+def _random_stack(rng, dtype, f_in, n_out):
+    """A random chain of bindable layers (some frozen, some activations fused into Dense)."""
+    acts = [None, "relu", "tanh", "sigmoid", "leaky_relu", "elu"]
+    layers, width = [], f_in
+    for _ in range(int(rng.integers(1, 4))):
+        out = int(rng.integers(2, 9))
+        layers.append(Dense(width, out, acts[int(rng.integers(len(acts)))], dtype=dtype,
+                            seed=int(rng.integers(1000)), trainable=bool(rng.random() < 0.8)))
+        width = out
+        for extra in rng.permutation(3)[:int(rng.integers(0, 4))]:
+            if extra == 0:
+                layers.append(BatchNorm(width, momentum=float(rng.uniform(0.05, 0.5)),
+                                        dtype=dtype, trainable=bool(rng.random() < 0.8)))
+            elif extra == 1:
+                layers.append(Activation(acts[int(rng.integers(1, len(acts)))], dtype=dtype))
+            else:
+                layers.append(Dropout(float(rng.uniform(0.0, 0.8)), dtype=dtype,
+                                      seed=int(rng.integers(1000))))
+    layers.append(Dense(width, n_out, dtype=dtype, seed=int(rng.integers(1000))))
+    return layers
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_stacks_bound_equal_checked(backend, dtype, seed, runs):
+    """Random layer chains (frozen layers, BN, activations, dropout in any order): every bound
+    step equals the checked step bit for bit, and state (running stats, counters) follows."""
+    rng = np.random.default_rng(seed)
+    layers = _random_stack(rng, dtype, 5, 3)
+    a = Sequential(layers, seed=seed)
+    b = copy.deepcopy(a)
+    x, t = _data(n=18, f=5, c=3, dtype=dtype, seed=seed)
+    oa, ob = optim.Momentum(lr=0.05), optim.Momentum(lr=0.05)
+    for i in range(3):
+        xi, ti = x[6 * i:6 * i + 6], t[6 * i:6 * i + 6]
+        la, ga = a.loss_and_gradient(xi, ti)
+        oa.update(a.params, ga)
+        b._bound = None
+        lb, gb = b.loss_and_gradient(xi, ti)
+        ob.update(b.params, gb)
+        assert la == lb and ga.keys() == gb.keys()
+        for k in ga:
+            np.testing.assert_array_equal(ga[k], gb[k], err_msg=k)
+        sa, sb = a.state_dict(), b.state_dict()
+        for k in sa:
+            np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
+    assert runs[0] == 2

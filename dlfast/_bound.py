@@ -11,8 +11,8 @@ A layer's key holds the ids of the arrays its calls use (params, gradients, runn
 the bound calls hold the arrays, so the ids stay theirs) and the settings they baked in
 (activation, p, momentum, trainable ...). Changing any of them, the input's shape or dtype, or
 the backend makes the next step take the checked path and bind again. Per step the net still
-checks x (dtype, 2-D, finite) and the labels; a view x that shares memory with a buffer of the
-first layer takes the checked path.
+checks x (dtype, 2-D, finite) and the labels; an x that is, or shares memory with, an output
+of the first layer takes the checked path (whose checks reject it).
 
 Nets with a layer that has no bound form (or a subclass overriding forward/backward) always take
 the checked path. The two paths run the same kernels on the same arrays: results are identical.
@@ -43,9 +43,11 @@ class BoundStep:
         self._first_outs = tuple(a for a in first_outs if a is not None)
 
     def accepts(self, x):
-        """x may be read by the bound calls: it shares no memory with the first layer's outputs
-        (only a view can)."""
-        return x.base is None or not any(np.may_share_memory(x, a) for a in self._first_outs)
+        """x may be read by the bound calls: it is none of the first layer's outputs and shares
+        no memory with them (only a view can)."""
+        if x.base is None:
+            return not any(x is a for a in self._first_outs)
+        return not any(np.may_share_memory(x, a) for a in self._first_outs)
 
     def run(self, x, t):
         for f in self._fwd:

@@ -36,6 +36,22 @@ def _data(n=24, f=7, c=4, dtype=np.float32, seed=0):
     return rng.standard_normal((n, f)).astype(dtype), rng.integers(0, c, n)
 
 
+def _step_pair(a, b, oa, ob, x, t):
+    """One step of a (bound after its first step) and of b (always the checked path), each with
+    its optimiser; loss, gradients and state must agree bit for bit."""
+    la, ga = a.loss_and_gradient(x, t)
+    oa.update(a.params, ga)
+    b._bound = None
+    lb, gb = b.loss_and_gradient(x, t)
+    ob.update(b.params, gb)
+    assert la == lb and ga.keys() == gb.keys()
+    for k in ga:
+        np.testing.assert_array_equal(ga[k], gb[k], err_msg=k)
+    sa, sb = a.state_dict(), b.state_dict()
+    for k in sa:
+        np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
+
+
 @pytest.mark.parametrize("kw", CONFIGS, ids=["bn-dropout", "plain", "elu-dropout", "tanh-bn-wd"])
 def test_bound_steps_equal_checked_steps(backend, dtype, kw, runs):
     a, b = (MLP(7, [6, 5], 4, seed=1, dtype=dtype, **kw) for _ in range(2))
@@ -45,17 +61,7 @@ def test_bound_steps_equal_checked_steps(backend, dtype, kw, runs):
         x, t = data[4 * i:4 * i + 4], labels[4 * i:4 * i + 4]      # views, as a loader gives
         if i % 2:
             t = t.astype(np.int32)
-        la, ga = a.loss_and_gradient(x, t)
-        oa.update(a.params, ga)
-        b._bound = None                                         # b: always the checked path
-        lb, gb = b.loss_and_gradient(x, t)
-        ob.update(b.params, gb)
-        assert la == lb and ga.keys() == gb.keys()
-        for k in ga:
-            np.testing.assert_array_equal(ga[k], gb[k], err_msg=k)
-        sa, sb = a.state_dict(), b.state_dict()
-        for k in sa:
-            np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
+        _step_pair(a, b, oa, ob, x, t)
         np.testing.assert_array_equal(a.loss_layer.probs, b.loss_layer.probs)
     assert runs[0] == 5 and a._bound.runnable
 
@@ -221,16 +227,5 @@ def test_random_stacks_bound_equal_checked(backend, dtype, seed, runs):
     x, t = _data(n=18, f=5, c=3, dtype=dtype, seed=seed)
     oa, ob = optim.Momentum(lr=0.05), optim.Momentum(lr=0.05)
     for i in range(3):
-        xi, ti = x[6 * i:6 * i + 6], t[6 * i:6 * i + 6]
-        la, ga = a.loss_and_gradient(xi, ti)
-        oa.update(a.params, ga)
-        b._bound = None
-        lb, gb = b.loss_and_gradient(xi, ti)
-        ob.update(b.params, gb)
-        assert la == lb and ga.keys() == gb.keys()
-        for k in ga:
-            np.testing.assert_array_equal(ga[k], gb[k], err_msg=k)
-        sa, sb = a.state_dict(), b.state_dict()
-        for k in sa:
-            np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
+        _step_pair(a, b, oa, ob, x[6 * i:6 * i + 6], t[6 * i:6 * i + 6])
     assert runs[0] == 2

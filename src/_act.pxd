@@ -1,7 +1,8 @@
 # Activations shared by _dense.pyx and _activations.pyx: codes, values and derivatives.
 # The derivative is written from the output y = act(z) (see dlfast.kernels for the table).
 # NaN propagates as in the NumPy backend (no branch turns a NaN into a number).
-# Also: buf_get, array arguments through the buffer protocol (every module but _optim, _rbm).
+# Also: buf_get, array arguments through the buffer protocol (every module but _optim, _rbm);
+# line_doubles / aligned_doubles, work buffers that threads write without sharing cache lines.
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS,
                              PyBUF_FORMAT, PyBUF_WRITABLE)
 from cython cimport floating
@@ -391,3 +392,23 @@ cdef inline void buf_release(Py_buffer* v, int k) noexcept:
     cdef int i
     for i in range(k):
         PyBuffer_Release(&v[i])
+
+
+# ---------------------------------------------------------------------------- work buffers
+cdef extern from "<stdlib.h>" nogil:
+    int posix_memalign(void** memptr, size_t alignment, size_t size)
+
+
+cdef inline Py_ssize_t line_doubles(Py_ssize_t k) noexcept nogil:
+    """k rounded up to whole 64-byte lines of doubles: the stride of the per-thread or
+    per-feature regions of a work buffer, so that threads writing different regions share no
+    cache line (with aligned_doubles)."""
+    return (k + 7) & ~7
+
+
+cdef inline double* aligned_doubles(Py_ssize_t k) except NULL:
+    """k doubles (at least one), 64-byte aligned; free with free()."""
+    cdef void* p = NULL
+    if posix_memalign(&p, 64, (k if k > 0 else 1) * sizeof(double)) != 0:
+        raise MemoryError()
+    return <double*>p

@@ -17,10 +17,7 @@ from libc.math cimport sqrt
 from libc.stdlib cimport free
 from libc.string cimport memset
 
-from _act cimport buf_get, buf_release, DT_F32, DT_FLOAT
-
-cdef extern from "<stdlib.h>" nogil:
-    int posix_memalign(void** memptr, size_t alignment, size_t size)
+from _act cimport aligned_doubles, buf_get, buf_release, line_doubles, DT_F32, DT_FLOAT
 
 include "_parallel.pxi"
 
@@ -200,20 +197,6 @@ cdef inline bint _narrow(Py_ssize_t n, Py_ssize_t f) noexcept nogil:
     return f <= NARROW_MAX and n > RCHUNK
 
 
-cdef inline Py_ssize_t _pad(Py_ssize_t f) noexcept nogil:
-    """Stride in doubles of the per-feature regions of a work buffer: whole 64-byte lines, so
-    that threads writing different regions (or FBLOCK-aligned blocks) share no cache line."""
-    return (f + 7) & ~7
-
-
-cdef double* _dbuf(Py_ssize_t k) except NULL:
-    """k doubles, 64-byte aligned (free with free())."""
-    cdef void* p = NULL
-    if posix_memalign(&p, 64, (k if k > 0 else 1) * sizeof(double)) != 0:
-        raise MemoryError()
-    return <double*>p
-
-
 cdef int _get_x(object x, Py_buffer* v, bint out) except -2:
     """buf_get of a 2-D float array."""
     cdef int dt = buf_get(x, v, DT_FLOAT, -1, out)
@@ -236,8 +219,8 @@ cdef void _colstats(const floating* x, Py_ssize_t n, Py_ssize_t f, Py_ssize_t j0
 
 cdef void _combine(const double* part, Py_ssize_t nrc, Py_ssize_t f, double* out,
                    double n) noexcept nogil:
-    """out[j] = (sum over chunks c in order of part[c * _pad(f) + j]) / n."""
-    cdef Py_ssize_t c, j, fp = _pad(f)
+    """out[j] = (sum over chunks c in order of part[c * line_doubles(f) + j]) / n."""
+    cdef Py_ssize_t c, j, fp = line_doubles(f)
     for j in range(f):
         out[j] = 0.0
     for c in range(nrc):
@@ -249,8 +232,9 @@ cdef void _combine(const double* part, Py_ssize_t nrc, Py_ssize_t f, double* out
 
 cdef void _rowstats(const floating* x, Py_ssize_t n, Py_ssize_t f, double* mu, double* var,
                     double* part, int nt) noexcept nogil:
-    """Narrow shapes: mu, var (length f) from RCHUNK-row partial sums (part: nrc * _pad(f))."""
-    cdef Py_ssize_t nrc = _nrc(n), c, fp = _pad(f)
+    """Narrow shapes: mu, var (length f) from RCHUNK-row partial sums (part: nrc regions of
+    line_doubles(f))."""
+    cdef Py_ssize_t nrc = _nrc(n), c, fp = line_doubles(f)
     if nt == 1:
         for c in range(nrc):
             _sum(x, c * RCHUNK, min((c + 1) * RCHUNK, n), f, 0, f, part + c * fp)
@@ -283,7 +267,7 @@ def batchnorm_stats(x, mean, var):
         buf_get(var, &v[2], dt, f, True)
         if n == 0 or f == 0:
             return
-        buf = _dbuf((2 + (_nrc(n) if _narrow(n, f) else 0)) * _pad(f))
+        buf = aligned_doubles((2 + (_nrc(n) if _narrow(n, f) else 0)) * line_doubles(f))
         with nogil:
             if dt == DT_F32:
                 _stats(<const float*>v[0].buf, <float*>v[1].buf, <float*>v[2].buf, n, f, buf)
@@ -297,7 +281,7 @@ def batchnorm_stats(x, mean, var):
 cdef void _stats(const floating* x, floating* mean, floating* var, Py_ssize_t n, Py_ssize_t f,
                  double* buf) noexcept nogil:
     cdef int nt = _threads(n * f)
-    cdef Py_ssize_t b, fp = _pad(f)
+    cdef Py_ssize_t b, fp = line_doubles(f)
     if _narrow(n, f):
         _rowstats(x, n, f, buf, buf + fp, buf + 2 * fp, nt)
         _stats_out(mean, var, buf, f, 0, f)
@@ -312,7 +296,7 @@ cdef void _stats(const floating* x, floating* mean, floating* var, Py_ssize_t n,
 cdef inline void _stats_block(const floating* x, floating* mean, floating* var, Py_ssize_t n,
                               Py_ssize_t f, Py_ssize_t b, double* buf) noexcept nogil:
     cdef Py_ssize_t j0 = b * FBLOCK, j1 = min(j0 + FBLOCK, f)
-    _colstats(x, n, f, j0, j1, buf, buf + _pad(f))
+    _colstats(x, n, f, j0, j1, buf, buf + line_doubles(f))
     _stats_out(mean, var, buf, f, j0, j1)
 
 
@@ -321,7 +305,7 @@ cdef inline void _stats_out(floating* mean, floating* var, const double* buf, Py
     cdef Py_ssize_t j
     for j in range(j0, j1):
         mean[j] = <floating>buf[j]
-        var[j] = <floating>buf[_pad(f) + j]
+        var[j] = <floating>buf[line_doubles(f) + j]
 
 
 # ---------------------------------------------------------------------------- forward
@@ -355,7 +339,7 @@ def batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd, running_mea
         buf_get(running_var, &v[8], dt, f, True)
         if n == 0 or f == 0:
             return
-        buf = _dbuf((2 + (_nrc(n) if _narrow(n, f) else 0)) * _pad(f))
+        buf = aligned_doubles((2 + (_nrc(n) if _narrow(n, f) else 0)) * line_doubles(f))
         with nogil:
             if dt == DT_F32:
                 _fwd_train(<const float*>v[0].buf, <const float*>v[1].buf,
@@ -376,10 +360,11 @@ cdef void _fwd_train(const floating* x, const floating* gamma, const floating* b
                      floating* out, floating* xhat, floating* mean, floating* invstd,
                      floating* rm, floating* rv, Py_ssize_t n, Py_ssize_t f, double momentum,
                      double eps, bint unbiased, double* buf) noexcept nogil:
-    """buf (regions of _pad(f) doubles): mu, var -> invstd, narrow: chunk partial sums (nrc)."""
+    """buf (regions of line_doubles(f) doubles): mu, var -> invstd, narrow: chunk partial sums
+    (nrc)."""
     cdef int nt = _threads(n * f)
     cdef double vfac = (<double>n / <double>(n - 1)) if (unbiased and n > 1) else 1.0
-    cdef Py_ssize_t b, c, j0, j1, fp = _pad(f)
+    cdef Py_ssize_t b, c, j0, j1, fp = line_doubles(f)
     if _narrow(n, f):
         _rowstats(x, n, f, buf, buf + fp, buf + 2 * fp, nt)
         _fwd_feat(mean, invstd, rm, rv, buf, f, 0, f, momentum, eps, unbiased, vfac)
@@ -410,7 +395,7 @@ cdef inline void _fwd_feat(floating* mean, floating* invstd, floating* rm, float
                            double momentum, double eps, bint unbiased,
                            double vfac) noexcept nogil:
     """Features [j0, j1): mean, running_* (if not NULL); buf[fp + j]: var -> invstd."""
-    cdef Py_ssize_t j, fp = _pad(f)
+    cdef Py_ssize_t j, fp = line_doubles(f)
     for j in range(j0, j1):
         mean[j] = <floating>buf[j]
         if rm != NULL:
@@ -442,7 +427,7 @@ def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, double eps
         buf_get(invstd, &v[7], dt, f, True)
         if f == 0:
             return
-        buf = _dbuf(2 * _pad(f))
+        buf = aligned_doubles(2 * line_doubles(f))
         with nogil:
             if dt == DT_F32:
                 _fwd_eval(<const float*>v[0].buf, <const float*>v[1].buf,
@@ -463,9 +448,9 @@ cdef void _fwd_eval(const floating* x, const floating* gamma, const floating* be
                     const floating* rmean, const floating* rvar, floating* out, floating* xhat,
                     floating* invstd, Py_ssize_t n, Py_ssize_t f, double eps,
                     double* buf) noexcept nogil:
-    """buf (regions of _pad(f) doubles): running_mean in double, invstd in double."""
+    """buf (regions of line_doubles(f) doubles): running_mean in double, invstd in double."""
     cdef int nt = _threads(n * f)
-    cdef Py_ssize_t i, j, fp = _pad(f)
+    cdef Py_ssize_t i, j, fp = line_doubles(f)
     for j in range(f):
         buf[j] = <double>rmean[j]
         buf[fp + j] = 1.0 / sqrt(<double>rvar[j] + eps)
@@ -511,7 +496,7 @@ def batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta, bint batch_
                     if v[5].buf != NULL:
                         (<double*>v[5].buf)[j] = 0
             return
-        buf = _dbuf((3 + (2 * _nrc(n) if _narrow(n, f) else 0)) * _pad(f))
+        buf = aligned_doubles((3 + (2 * _nrc(n) if _narrow(n, f) else 0)) * line_doubles(f))
         with nogil:
             if dt == DT_F32:
                 _bwd(<const float*>v[0].buf, <const float*>v[1].buf, <const float*>v[2].buf,
@@ -539,10 +524,10 @@ cdef inline void _bwd_coef(const floating* gamma, const floating* invstd, double
 cdef void _bwd(const floating* dout, const floating* xhat, const floating* gamma,
                const floating* invstd, floating* dx, floating* dgamma, floating* dbeta,
                Py_ssize_t n, Py_ssize_t f, bint batch, double* buf) noexcept nogil:
-    """buf (regions of _pad(f) doubles): sb, sg, c, narrow: chunk partial sums (2 * nrc)."""
+    """buf (regions of line_doubles(f) doubles): sb, sg, c, narrow: chunk partial sums (2 * nrc)."""
     cdef int nt = _threads(n * f)
     cdef bint sums = dgamma != NULL or dbeta != NULL or (dx != NULL and batch)
-    cdef Py_ssize_t nrc = _nrc(n), b, k, j, fp = _pad(f)
+    cdef Py_ssize_t nrc = _nrc(n), b, k, j, fp = line_doubles(f)
     cdef double* sb = buf
     cdef double* sg = buf + fp
     cdef double* c = buf + 2 * fp
@@ -585,7 +570,7 @@ cdef void _bwd(const floating* dout, const floating* xhat, const floating* gamma
 cdef inline void _bwd_chunk_sums(const floating* dout, const floating* xhat, Py_ssize_t n,
                                  Py_ssize_t f, Py_ssize_t k, Py_ssize_t nrc,
                                  double* part) noexcept nogil:
-    cdef Py_ssize_t fp = _pad(f)
+    cdef Py_ssize_t fp = line_doubles(f)
     _bsums(dout, xhat, k * RCHUNK, min((k + 1) * RCHUNK, n), f, 0, f, part + k * fp,
            part + (nrc + k) * fp)
 

@@ -617,7 +617,7 @@ cdef class BoundUpdate:
     Arrays must already be validated (C-contiguous, one dtype, shapes, writeable, disjoint)."""
     cdef readonly object rule, arrays
     cdef int code, is_double
-    cdef Py_ssize_t nk, nitems, total, work
+    cdef Py_ssize_t nk, nitems, work
     cdef char** w
     cdef char** g
     cdef char** s1
@@ -640,8 +640,7 @@ cdef class BoundUpdate:
         self.is_double = nk > 0 and ws[0].dtype.itemsize == 8
         self.h1, self.h2, self.eps, self.flag, self.decoupled = hyper
         sizes = [w.size for w in ws]
-        self.total = sum(sizes)
-        self.work = _fused_work(code, self.total)
+        self.work = _fused_work(code, sum(sizes))
         self.nitems = sum(_nblocks(n) for n in sizes)
         self.w = <char**>malloc((nk + 1) * sizeof(char*))
         self.g = <char**>malloc((nk + 1) * sizeof(char*))

@@ -14,11 +14,8 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
-from _act cimport (exp_shift_sum, exp_shift_sum_d, row_max, CHEAP, buf_get, buf_release,
-                   DT_F32, DT_I64, DT_FLOAT)
-
-cdef extern from "<stdlib.h>" nogil:
-    int posix_memalign(void** memptr, size_t alignment, size_t size)
+from _act cimport (exp_shift_sum, exp_shift_sum_d, row_max, CHEAP, aligned_doubles, buf_get,
+                   buf_release, line_doubles, DT_F32, DT_I64, DT_FLOAT)
 
 include "_parallel.pxi"
 
@@ -139,11 +136,9 @@ def softmax_xent_forward(logits, labels, probs):
             raise ValueError("logits must have at least one column")
         nt = _threads(n * c * 4)   # a double exp and a division per element: ~4 units of work
         rowloss = <double*>malloc(max(n, 1) * sizeof(double))
-        # per thread a row of _line(c) doubles, 64-byte aligned: no cache line shared
-        if posix_memalign(<void**>&scratch, 64, <size_t>max(nt, 1) * _line(c) * sizeof(double)):
-            scratch = NULL
-        if rowloss == NULL or scratch == NULL:
+        if rowloss == NULL:
             raise MemoryError()
+        scratch = aligned_doubles(max(nt, 1) * line_doubles(c))     # a row of lines per thread
         with nogil:
             if dt == DT_F32:
                 total = _xent(<const float*>v[0].buf, <const int64_t*>v[1].buf,
@@ -156,11 +151,6 @@ def softmax_xent_forward(logits, labels, probs):
         free(scratch)
         buf_release(v, 3)
     return total / n
-
-
-cdef inline Py_ssize_t _line(Py_ssize_t c) noexcept nogil:
-    """c doubles rounded up to whole 64-byte lines (at least one)."""
-    return (max(c, 1) + 7) & ~7
 
 
 cdef inline double _xent_row(const floating* x, int64_t t, floating* probs, Py_ssize_t c,
@@ -184,7 +174,7 @@ cdef double _xent(const floating* x, const int64_t* labels, floating* probs, Py_
     else:
         for r in prange(n, num_threads=nt, schedule="static"):
             rowloss[r] = _xent_row(x + r * c, labels[r], probs + r * c, c,
-                                   scratch + <Py_ssize_t>threadid() * _line(c))
+                                   scratch + <Py_ssize_t>threadid() * line_doubles(c))
     for r in range(n):
         total = total + rowloss[r]
     return total

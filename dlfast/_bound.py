@@ -59,12 +59,13 @@ class BoundStep:
         return loss
 
 
-def bind(impl, key, layers, loss_layer):
-    """The ``BoundStep`` of the checked step just run with key ``key`` on backend ``impl``."""
+def bind(impl, key, layers, loss_layer, first):
+    """The ``BoundStep`` of the checked step just run with key ``key`` on backend ``impl``;
+    ``first``: the index where that step's backward stopped (the first trainable parametrised
+    layer, None when there is none)."""
     if not (all(l._bindable() for l in layers)
             and loss_layer._bindable("_bind_loss", ("_forward", "backward"))):
         return BoundStep(key)
-    first = next((i for i, l in enumerate(layers) if l.trainable and l.params), None)
     fwd, bwd, first_outs = [], [], ()
     for i, layer in enumerate(layers):
         bound = layer._bind_train(impl, first is not None and i > first)

@@ -95,11 +95,16 @@ def _forward(layers, x, train):
     return x
 
 
+def _first_trained(layers):
+    """Index of the first trainable parametrised layer (None: none): backward passes stop there
+    when the input gradient is not needed."""
+    return next((i for i, l in enumerate(layers) if l.trainable and l.params), None)
+
+
 def _backprop(layers, dout, need_dx):
     """Backward through ``layers``; returns dL/d(input) when ``need_dx``. Layers below the first
     trainable parametrised layer are skipped when their input gradient is not needed."""
-    first = next((i for i, l in enumerate(layers) if l.trainable and l.params), None)
-    stop = 0 if need_dx else first
+    stop = 0 if need_dx else _first_trained(layers)
     if stop is None:
         return None
     for i in range(len(layers) - 1, stop - 1, -1):
@@ -309,7 +314,8 @@ class Sequential(_Net):
             loss = self.loss_layer._forward(_forward(self.layers, x, True), t, copy_labels=True)
             _backprop(self.layers, self.loss_layer.backward(1.0), False)
             if step is None or step.key != key:
-                self._bound = _bound.bind(impl, key, self.layers, self.loss_layer)
+                self._bound = _bound.bind(impl, key, self.layers, self.loss_layer,
+                                          _first_trained(self.layers))
         return loss + self.penalty(), self._finish_grads()
 
     def accuracy(self, x, t):

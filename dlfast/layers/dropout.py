@@ -98,11 +98,10 @@ class Dropout(Layer):
         return (self.p, self.inverted, self.seed, id(self.fixed_mask))
 
     def _bind_train(self, impl, need_dx):
-        out = self._fwd["out"]
+        out, scale = self._fwd["out"], self._fwd["scale"]
         if self.fixed_mask is not None or self._fwd["mask"] is None:
             return None
-        mask = self._buf("mask", out.shape, np.uint8)
-        scale = 1.0 / (1.0 - self.p) if self.inverted else 1.0
+        mask = self._buf("mask", out.shape, np.uint8)       # (the last mask may be a caller's)
         rec = {"out": out, "mask": mask, "scale": scale}
         dx = self._buf("dx", out.shape) if need_dx else None
         p, seed, size = float(self.p), self.seed, mask.size
@@ -110,9 +109,10 @@ class Dropout(Layer):
 
         def fwd(x):
             c = self.counter
-            if type(c) is not int or not 0 <= c < _U64:
-                kernels.dropout_mask(mask, p, seed, c)      # raises: counter out of range
-            mk(mask, p, seed, c)
+            if type(c) is int and 0 <= c < _U64:
+                mk(mask, p, seed, c)
+            else:
+                kernels.dropout_mask(mask, p, seed, c)      # checked, as forward does
             if not self.hold_rng:
                 self.counter = c + size
             ak(x, mask, scale, out)

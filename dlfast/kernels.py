@@ -369,7 +369,8 @@ def softmax_backward(dout, y, dx):
 def softmax_xent_forward(logits, labels, probs, *, check=True):
     """``probs = softmax(logits)``; returns ``L = mean_n (logsumexp(logits_n) - logits[n, labels_n])``
     as a Python float (float64 accumulation; stable for any finite logits). N >= 1.
-    ``check=False`` also trusts the labels: int64, each in [0, C)."""
+    ``check=False`` also trusts the labels to be int64 of shape (N,); their range [0, C) is
+    checked by every call (``ValueError``), as in ``softmax_xent_backward``."""
     if not check:
         return _impl().softmax_xent_forward(logits, labels, probs)
     logits = _float_in("logits", logits, 2)

@@ -154,9 +154,11 @@ class _Net:
 
     # ---------------------------------------------------------------- inputs
     def _check_x(self, x):
-        x = float_array("x", x, self.dtype, ndim=2)
-        if self.check_finite:
-            finite_array("x", x)
+        if not (type(x) is np.ndarray and x.dtype == self.dtype and x.ndim == 2
+                and x.flags.c_contiguous):
+            x = float_array("x", x, self.dtype, ndim=2)         # (raises, or makes it so)
+        if self.check_finite and x.size and not _config.active().all_finite(x):
+            finite_array("x", x)                                # raises
         return x
 
     @property

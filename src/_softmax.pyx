@@ -5,6 +5,8 @@ backward:  dx = y * (dout - sum_c dout * y)
 xent:      probs = softmax(logits); L = mean_n (log sum exp(logits_n - m_n) + m_n - logits[n, t_n])
            (row terms in double, summed in row order: independent of the thread count)
 xent back: dlogits = (probs - onehot(t)) * (scale / N)
+Both losses check every label against [0, C) first (ValueError; no element is read or written
+through an out-of-range label, checked call or not).
 On one thread the rows run in a plain loop (no OpenMP region).
 """
 from cython cimport floating
@@ -116,6 +118,19 @@ cdef void _softmax_back(const floating* dout, const floating* y, floating* dx, P
             _softmax_back_row(dout + r * c, y + r * c, dx + r * c, c)
 
 
+cdef int _check_labels(const int64_t* t, Py_ssize_t n, Py_ssize_t c) except -1:
+    """ValueError unless every t[r] lies in [0, c)."""
+    cdef Py_ssize_t r, bad = -1
+    with nogil:
+        for r in range(n):
+            if t[r] < 0 or t[r] >= c:
+                bad = r
+                break
+    if bad >= 0:
+        raise ValueError(f"labels must lie in [0, {c}), got {t[bad]} in row {bad}")
+    return 0
+
+
 def softmax_xent_forward(logits, labels, probs):
     """probs = softmax(logits); returns the batch-mean cross-entropy (float)."""
     cdef Py_buffer v[3]
@@ -134,6 +149,7 @@ def softmax_xent_forward(logits, labels, probs):
         buf_get(probs, &v[2], dt, n * c, True)
         if c == 0:
             raise ValueError("logits must have at least one column")
+        _check_labels(<const int64_t*>v[1].buf, n, c)
         nt = _threads(n * c * 4)   # a double exp and a division per element: ~4 units of work
         rowloss = <double*>malloc(max(n, 1) * sizeof(double))
         if rowloss == NULL:
@@ -192,6 +208,7 @@ def softmax_xent_backward(probs, labels, dlogits, double scale):
         c = v[0].shape[1]
         buf_get(labels, &v[1], DT_I64, n, False)
         buf_get(dlogits, &v[2], dt, n * c, True)
+        _check_labels(<const int64_t*>v[1].buf, n, c)
         with nogil:
             if dt == DT_F32:
                 _xent_back(<const float*>v[0].buf, <const int64_t*>v[1].buf, <float*>v[2].buf,

@@ -156,8 +156,9 @@ def test_bad_input_in_bound_steps_is_rejected(backend, runs):
     bad[2, 1] = np.nan
     with pytest.raises(ValueError, match="x"):
         net.loss_and_gradient(bad, t)
-    with pytest.raises(ValueError, match="labels must lie in"):
-        net.loss_and_gradient(x, np.array([0, 1, 2, 3, 0, 1]))
+    for bad_t in (np.array([0, 1, 2, 3, 0, 1]), np.array([0, 1, -1, 2, 0, 1])):
+        with pytest.raises(ValueError, match=r"t labels must lie in \[0, 3\)"):
+            net.loss_and_gradient(x, bad_t)
     with pytest.raises(ValueError, match="labels"):
         net.loss_and_gradient(x, t[:5])
     with pytest.raises(TypeError):
@@ -166,9 +167,27 @@ def test_bad_input_in_bound_steps_is_rejected(backend, runs):
     for bad in (out0, out0[:]):
         with pytest.raises(ValueError, match="overlap"):
             net.loss_and_gradient(bad, t)
-    assert runs[0] == 4                              # the two label errors and the float labels
+    assert runs[0] == 5                              # the three label errors and the float labels
     loss, _ = net.loss_and_gradient(x, t)           # bound again
-    assert np.isfinite(loss) and runs[0] == 5
+    assert np.isfinite(loss) and runs[0] == 6
+
+
+def test_bound_steps_take_every_label_form(backend, runs):
+    """int64 indices (copied into the loss layer's own buffer), other int dtypes, strided views
+    and one-hot rows give the checked step's results; the step keeps no reference to t."""
+    x, t = _data(n=12, f=5, c=3)
+    x = x[:6]
+    t = t[:6].copy()
+    forms = [t, t.astype(np.int32), t.astype(np.uint8), np.repeat(t, 2)[::2],
+             np.eye(3, dtype=np.float32)[t], np.eye(3, dtype=np.int64)[t]]
+    a, b = MLP(5, [4], 3, batchnorm=True, seed=1), MLP(5, [4], 3, batchnorm=True, seed=1)
+    oa, ob = optim.SGD(lr=0.1), optim.SGD(lr=0.1)
+    for form in forms + forms + [t]:
+        _step_pair(a, b, oa, ob, x, form)
+    assert runs[0] == 2 * len(forms)
+    dl = a.loss_layer.backward(1.0).copy()
+    t[:] = (t + 1) % 3                              # the caller's t changes after the step
+    np.testing.assert_array_equal(a.loss_layer.backward(1.0), dl)
 
 
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])

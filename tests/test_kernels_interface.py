@@ -124,6 +124,24 @@ def test_labels_validated(backend):
                         math.log(4), rel_tol=1e-6)
 
 
+@pytest.mark.parametrize("bad", [4, -1, np.iinfo(np.int64).max, np.iinfo(np.int64).min])
+@pytest.mark.parametrize("row", [0, 6])
+def test_unchecked_loss_kernels_still_check_the_label_range(backend, bad, row):
+    """check=False trusts the labels' dtype and shape, never their range: an out-of-range label
+    would index outside a row (the compiled kernels read and write through it)."""
+    logits = np.zeros((7, 4), np.float32)
+    labels = np.array([1, 0, 3, 2, 1, 0, 3], np.int64)
+    labels[row] = bad
+    probs = np.full_like(logits, 7.0)
+    with pytest.raises(ValueError, match=rf"labels must lie in \[0, 4\), got {bad} in row {row}"):
+        K.softmax_xent_forward(logits, labels, probs, check=False)
+    assert (probs == 7.0).all()                     # raised before writing
+    dl = np.full_like(logits, 7.0)
+    with pytest.raises(ValueError, match=rf"got {bad} in row {row}"):
+        K.softmax_xent_backward(probs, labels, dl, 1.0, check=False)
+    assert (dl == 7.0).all()
+
+
 def test_batchnorm_one_row_in_training_is_an_error(backend):
     f = 3
     x = np.ones((1, f), np.float32)

@@ -177,8 +177,17 @@ def softmax_backward(dout, y, dx):
     np.multiply(y, dout - s, out=dx)
 
 
+def _check_labels(labels, c):
+    """ValueError unless every label lies in [0, c) (as the compiled kernels check)."""
+    bad = np.flatnonzero((labels < 0) | (labels >= c))
+    if bad.size:
+        r = int(bad[0])
+        raise ValueError(f"labels must lie in [0, {c}), got {labels[r]} in row {r}")
+
+
 def softmax_xent_forward(logits, labels, probs):
     n = logits.shape[0]
+    _check_labels(labels, logits.shape[1])
     x = logits.astype(np.float64)
     m = x.max(axis=1, keepdims=True)
     e = np.exp(x - m)
@@ -190,6 +199,7 @@ def softmax_xent_forward(logits, labels, probs):
 
 def softmax_xent_backward(probs, labels, dlogits, scale):
     n = probs.shape[0]
+    _check_labels(labels, probs.shape[1])
     dlogits[...] = probs
     dlogits[np.arange(n), labels] -= 1
     dlogits *= dlogits.dtype.type(scale / n)

@@ -1,6 +1,8 @@
 """Softmax cross-entropy loss."""
 from __future__ import annotations
 
+import numpy as np
+
 from .. import kernels
 from .._validation import finite_array, float_array, labels_to_indices, real
 from ._base import Layer
@@ -42,19 +44,31 @@ class SoftmaxCrossEntropy(Layer):
 
     def _bind_loss(self, impl):
         """``(fwd, bwd)`` replaying the last validated ``_forward`` / ``backward(1.0)`` pair of a net
-        step with the kernels of ``impl`` unchecked: ``fwd(logits, t) -> loss`` (t is checked, and
-        copied when it is the caller's int64 array), ``bwd() -> dlogits``."""
+        step with the kernels of ``impl`` unchecked: ``fwd(logits, t) -> loss`` (t is checked:
+        int64 indices of shape (N,) are copied into a label buffer of the layer's own, whose range
+        the loss kernel checks; other labels go through ``labels_to_indices``),
+        ``bwd() -> dlogits``."""
         rec = self._fwd
         probs = rec["out"]
         n, c = probs.shape
         dl = self._buf("dx", probs.shape)
+        own = self._buf("labels", (n,), np.int64)
+        shape, i64 = (n,), np.dtype(np.int64)
         fk, bk = impl.softmax_xent_forward, impl.softmax_xent_backward
 
         def fwd(logits, t):
-            labels = labels_to_indices(t, n, c)
-            if labels is t:
-                labels = labels.copy()
-            loss = fk(logits, labels, probs)
+            if type(t) is np.ndarray and t.dtype == i64 and t.shape == shape:
+                own[...] = t
+                labels = own
+            else:
+                labels = labels_to_indices(t, n, c)
+                if labels is t:
+                    labels = labels.copy()
+            try:
+                loss = fk(logits, labels, probs)
+            except ValueError:
+                labels_to_indices(t, n, c)      # the checked path's message (names t)
+                raise
             rec["labels"], rec["own"] = labels, True
             self._fwd = rec
             self.loss = loss

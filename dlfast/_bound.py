@@ -14,6 +14,9 @@ the backend makes the next step take the checked path and bind again. Per step t
 checks x (dtype, 2-D, finite) and the labels; an x that is, or shares memory with, an output
 of the first layer takes the checked path (whose checks reject it).
 
+The net returns the gradient dict of a bound step from the (name, array) items it recorded at
+bind time: the key fixes them too (the gradient arrays' ids, the layers' ``trainable``).
+
 Nets with a layer that has no bound form (or a subclass overriding forward/backward) always take
 the checked path. The two paths run the same kernels on the same arrays: results are identical.
 """
@@ -33,7 +36,8 @@ class BoundStep:
     """``run(x, t) -> data loss``: forward, loss, backward of the bound calls (``runnable``), or
     a record that this key has no bound form (``runnable`` false: the net takes the checked path)."""
 
-    __slots__ = ("key", "runnable", "_fwd", "_bwd", "_loss_fwd", "_loss_bwd", "_first_outs")
+    __slots__ = ("key", "runnable", "_fwd", "_bwd", "_loss_fwd", "_loss_bwd", "_first_outs",
+                 "grads")
 
     def __init__(self, key, fwd=(), bwd=(), loss=(None, None), first_outs=()):
         self.key = key
@@ -41,6 +45,7 @@ class BoundStep:
         self._fwd, self._bwd = tuple(fwd), tuple(bwd)
         self._loss_fwd, self._loss_bwd = loss
         self._first_outs = tuple(a for a in first_outs if a is not None)
+        self.grads = ()     # the net's (name, gradient array) items, which the key also fixes
 
     def accepts(self, x):
         """x may be read by the bound calls: it is none of the first layer's outputs and shares

@@ -170,8 +170,10 @@ class _Net:
         """Regularisation penalty of the current weights (0.0 without a regulariser)."""
         return self.regularizer.penalty(self.params) if self.regularizer is not None else 0.0
 
-    def _finish_grads(self):
-        grads = self.grads
+    def _finish_grads(self, grads=None):
+        """``grads`` (default: the ``grads`` dict) plus the regulariser's gradient."""
+        if grads is None:
+            grads = self.grads
         if self.regularizer is not None:
             self.regularizer.add_grads(self.params, grads)
         return grads
@@ -312,13 +314,16 @@ class Sequential(_Net):
         step = self._bound
         if step is not None and step.runnable and step.key == key and step.accepts(x):
             loss = step.run(x, t)
+            grads = dict(step.grads)        # the key fixes them (gradient array ids, trainable)
         else:
             loss = self.loss_layer._forward(_forward(self.layers, x, True), t, copy_labels=True)
             _backprop(self.layers, self.loss_layer.backward(1.0), False)
+            grads = self.grads
             if step is None or step.key != key:
-                self._bound = _bound.bind(impl, key, self.layers, self.loss_layer,
-                                          _first_trained(self.layers))
-        return loss + self.penalty(), self._finish_grads()
+                self._bound = step = _bound.bind(impl, key, self.layers, self.loss_layer,
+                                                 _first_trained(self.layers))
+                step.grads = tuple(grads.items())
+        return loss + self.penalty(), self._finish_grads(grads)
 
     def accuracy(self, x, t):
         """Fraction of rows whose argmax output equals the label."""

@@ -1,7 +1,8 @@
 # Activations shared by _dense.pyx and _activations.pyx: codes, values and derivatives.
 # The derivative is written from the output y = act(z) (see dlfast.kernels for the table).
 # NaN propagates as in the NumPy backend (no branch turns a NaN into a number).
-# Also: buf_get, array arguments through the buffer protocol (every module but _optim, _rbm);
+# Also: buf_get, array arguments through the buffer protocol (every module; _optim's and _rbm's
+# older kernels still take typed memoryviews);
 # line_doubles / aligned_doubles, work buffers that threads write without sharing cache lines.
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS,
                              PyBUF_FORMAT, PyBUF_WRITABLE)

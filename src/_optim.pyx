@@ -12,6 +12,8 @@ from libc.math cimport sqrt, sqrtf, pow, fabs
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport malloc, free
 
+from _act cimport buf_get, buf_release, DT_F32, DT_FLOAT
+
 include "_parallel.pxi"
 
 cdef enum:
@@ -389,28 +391,39 @@ cdef inline int _nonfinite_blk(const floating* x, Py_ssize_t n) noexcept nogil:
         return dlf_nonfinite64(<const uint64_t*>x, n)
 
 
-def _all_finite(const floating[::1] x):
-    cdef Py_ssize_t n = x.shape[0], b, lo
+cdef int _any_nonfinite(const floating* p, Py_ssize_t n) noexcept nogil:
+    """1 if an element of p[:n] is NaN or infinite, else 0."""
+    cdef Py_ssize_t b, lo
     cdef int nt = _threads(n), bad = 0
-    if n == 0:
-        return True
-    cdef const floating* p = &x[0]
-    with nogil:
-        if nt > 1:
-            for b in prange(_nblocks(n), schedule="static", num_threads=nt):
-                lo = b * BLOCK
-                bad += _nonfinite_blk(p + lo, min(BLOCK, n - lo))
-        else:                     # serial: stop at the first bad block
-            lo = 0
-            while lo < n and not bad:
-                bad = _nonfinite_blk(p + lo, min(BLOCK, n - lo))
-                lo = lo + BLOCK
-    return bad == 0
+    if nt > 1:
+        for b in prange(_nblocks(n), schedule="static", num_threads=nt):
+            lo = b * BLOCK
+            bad += _nonfinite_blk(p + lo, min(BLOCK, n - lo))
+    else:                     # serial: stop at the first bad block
+        lo = 0
+        while lo < n and not bad:
+            bad = _nonfinite_blk(p + lo, min(BLOCK, n - lo))
+            lo = lo + BLOCK
+    return bad != 0
 
 
 def all_finite(x):
-    """True when no element of x is NaN or infinite."""
-    return _all_finite(x.reshape(-1))
+    """True when no element of x (C-contiguous float32 or float64, through the buffer protocol)
+    is NaN or infinite."""
+    cdef Py_buffer v
+    cdef Py_ssize_t n
+    cdef int bad = 0
+    cdef int dt = buf_get(x, &v, DT_FLOAT, -1, False)
+    try:
+        n = v.len // v.itemsize
+        with nogil:
+            if dt == DT_F32:
+                bad = _any_nonfinite(<const float*>v.buf, n)
+            else:
+                bad = _any_nonfinite(<const double*>v.buf, n)
+    finally:
+        buf_release(&v, 1)
+    return bad == 0
 
 
 def _penalty_grad(const floating[::1] w, floating[::1] g, double l1_, double l2_):

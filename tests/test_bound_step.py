@@ -111,8 +111,10 @@ def test_changes_take_the_checked_path(backend, runs):
         before = runs[0]
         step()
         assert runs[0] == before, f"change {i}: the first step after it is checked"
-        step()
+        _, grads = step()
         assert runs[0] == before + 1, f"change {i}: then bound again"
+        now = net.grads                             # the bound step's dict is the net's
+        assert grads.keys() == now.keys() and all(grads[k] is now[k] for k in now), i
     before = runs[0]
     step(x[:5], t[:5])                                  # another batch size: checked
     step()                                              # back: checked (one key is kept)

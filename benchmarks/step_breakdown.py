@@ -61,7 +61,7 @@ def main(argv=None):
             d = timed("loss backward", step._loss_bwd)
             for name, b in zip(bwd_names, step._bwd):
                 d = timed(f"{name} backward", b, d)
-            g = timed("grads (+ regulariser)", net._finish_grads)
+            g = timed("grads (+ regulariser)", lambda: net._finish_grads(dict(step.grads)))
             timed(f"{type(opt).__name__}.update", opt.update, net.params, g)
     total = sum(acc.values())
     print(f"# {a.config} batch {a.batch} backend {a.backend} threads {a.threads}, {a.steps} steps:"

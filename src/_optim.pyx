@@ -561,14 +561,20 @@ cdef void _bound_update(floating* dummy, int rule, char** w, char** g, char** s1
                         double eps, bint flag, bint decoupled, double step, double gs,
                         double cv) noexcept nogil:
     cdef int nt = _threads(work)
-    cdef Py_ssize_t it
+    cdef Py_ssize_t t, q, r, lo
     if nt == 1:                 # no region: a false if() clause still starts a team (~0.85 us)
         _bound_items(dummy, rule, w, g, s1, s2, wd, item_k, item_lo, item_n, 0, nitems, lr, h1,
                      h2, eps, flag, decoupled, step, gs, cv)
     else:
-        for it in prange(nitems, schedule="static", num_threads=nt):
-            _bound_items(dummy, rule, w, g, s1, s2, wd, item_k, item_lo, item_n, it, it + 1, lr,
-                         h1, h2, eps, flag, decoupled, step, gs, cv)
+        # one call per thread (its scalars derived once), over the contiguous items a static
+        # schedule gives it: the first nitems % nt threads take one item more
+        q = nitems // nt
+        r = nitems % nt
+        for t in prange(nt, schedule="static", num_threads=nt):
+            lo = t * q + min(t, r)
+            _bound_items(dummy, rule, w, g, s1, s2, wd, item_k, item_lo, item_n, lo,
+                         lo + q + (1 if t < r else 0), lr, h1, h2, eps, flag, decoupled, step,
+                         gs, cv)
 
 
 cdef inline void _bound_items(floating* dummy, int rule, char** w, char** g, char** s1,

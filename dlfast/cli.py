@@ -138,7 +138,8 @@ def runtime_info():
                           "max_threads": int(_info.max_threads())}
         from dlfast._backends import cython_kernels
         info["gemm_blas"] = {"library": cython_kernels.GEMM_BLAS,
-                             "files": list(cython_kernels.PINNED_BLAS)}
+                             "files": list(cython_kernels.PINNED_BLAS),
+                             "float32_gemm": cython_kernels.SGEMM}
     except ImportError as exc:
         info["openmp"] = {"enabled": None, "error": f"compiled extension not built ({exc})"}
     try:
@@ -177,6 +178,7 @@ def _run_info(args):
             ("OpenMP", omp_s)]
     if "gemm_blas" in info:
         rows.append(("GEMM BLAS", f"{info['gemm_blas']['library']}, pinned to 1 thread"))
+        rows.append(("float32 GEMM", info["gemm_blas"]["float32_gemm"]))
     for name, why in info["unavailable_backends"].items():
         rows.append((f"{name} backend", f"unavailable: {why}"))
     blas = info["blas"] or [{"internal_api": "none found"}]

@@ -1,4 +1,5 @@
-"""Fused affine + activation (row-major, BLAS through SciPy's cython_blas).
+"""Fused affine + activation (row-major; float32 GEMMs on dlfast's own AVX-512 kernel,
+dlfast_sgemm.h, where the CPU has it, else and for float64 on a BLAS).
 
 forward:  out = act(x @ W + b)            per block of rows: GEMM, then bias + activation in cache
 backward: dz = dout * act'(out), db = sum_n dz (one parallel pass, fixed row blocks)
@@ -65,6 +66,31 @@ def _set_gemm_blas(size_t s_gemm, size_t d_gemm, size_t s_gemv, size_t d_gemv):
         sgemv, dgemv = <_sgemv_t>s_gemv, <_dgemv_t>d_gemv
     else:
         sgemm, dgemm, sgemv, dgemv = _scipy_sgemm, _scipy_dgemm, _scipy_sgemv, _scipy_dgemv
+
+
+cdef extern from "dlfast_sgemm.h" nogil:
+    int dlf_sgemm_available()
+    int dlf_sgemm(char ta, char tb, int m, int n, int k, const float* a, int lda,
+                  const float* b, int ldb, float* c, int ldc)
+
+# The float32 GEMMs of >= 2 rows and inner size >= 2 run on dlf_sgemm when this is set (the CPU
+# has AVX-512F and _set_own_sgemm(True) was called at import); C = op(A) op(B) with op(B) = B^T
+# only from OWN_T_ROWS rows on (packing the transpose costs more than it saves below).
+cdef bint _own_sgemm = False
+cdef enum:
+    OWN_T_ROWS = 32
+
+
+def _set_own_sgemm(bint on):
+    """Use dlf_sgemm for the float32 GEMMs (on, and the CPU runs AVX-512F); returns the choice."""
+    global _own_sgemm
+    _own_sgemm = on and dlf_sgemm_available() != 0
+    return bool(_own_sgemm)
+
+
+def own_sgemm():
+    """True when the float32 GEMMs run on dlf_sgemm."""
+    return bool(_own_sgemm)
 
 
 ctypedef int (*_blas_get_t)() noexcept nogil
@@ -150,6 +176,9 @@ cdef void _gemm(char ta, char tb, int m, int n, int k, const floating* a, int ld
                 dgemv(&tflip, &k, &n, &one, <double*>b, &ldb, <double*>a, &inc, &zero, c, &one_i)
         return
     if floating is float:
+        if _own_sgemm and (tb == c'N' or m >= OWN_T_ROWS) and \
+                dlf_sgemm(ta, tb, m, n, k, a, lda, b, ldb, c, ldc) == 0:
+            return
         sgemm(&tb, &ta, &n, &m, &k, &one, <float*>b, &ldb, <float*>a, &lda, &zero, c, &ldc)
     else:
         dgemm(&tb, &ta, &n, &m, &k, &one, <double*>b, &ldb, <double*>a, &lda, &zero, c, &ldc)

@@ -1,7 +1,8 @@
 """Compiled dense kernels (dlfast._backends._dense) against the NumPy backend, through
 dlfast.kernels: every activation, float32/float64, batch 1 / odd batches, width 1 and wide layers
 (threads start), non-contiguous / Fortran / read-only inputs, optional outputs, empty dimensions,
-and 1 vs 2 threads bit-identical.
+and 1 vs 2 threads bit-identical; each with the float32 GEMMs on dlfast's own kernel and on the
+GEMM BLAS (fixture ``sgemm``).
 
 GEMM results are compared with an absolute floor proportional to |x| @ |W| (the magnitude the dot
 products are summed from), since NumPy and SciPy may link different BLAS builds."""
@@ -28,6 +29,18 @@ ROWS = st.sampled_from([1, 2, 3, 7, 33, 64, 65, 129])
 INS = st.sampled_from([1, 2, 5, 64, 300])
 OUTS = st.sampled_from([1, 2, 5, 65, 1200])
 TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+
+
+@pytest.fixture(autouse=True, params=["own", "blas"])
+def sgemm(request):
+    """Every test runs with the float32 GEMMs on dlfast's own kernel (skipped where the CPU lacks
+    AVX-512F) and on the GEMM BLAS; the import-time choice is restored after."""
+    from dlfast._backends import _dense
+    was = _dense.own_sgemm()
+    if not _dense._set_own_sgemm(request.param == "own") and request.param == "own":
+        pytest.skip("dlfast's own float32 GEMM needs AVX-512F")
+    yield request.param
+    _dense._set_own_sgemm(was)
 
 
 def check(ref, one, two, bounds=None):

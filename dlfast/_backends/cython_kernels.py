@@ -1,7 +1,7 @@
 """The compiled backend: gathers the primitives of the private extension modules built from
 ``src/_*.pyx`` under the names of ``dlfast.kernels.KERNELS``.
 
-Module map (one ``.pyx`` each): ``_dense`` (affine + activation, BLAS), ``_activations``
+Module map (one ``.pyx`` each): ``_dense`` (affine + activation, GEMMs), ``_activations``
 (elementwise activations, PReLU, Maxout), ``_softmax`` (softmax, softmax cross-entropy),
 ``_batchnorm``, ``_random`` (counter-based generator: dropout, uniform, Bernoulli), ``_optim``
 (optimiser updates, norms, penalties, max-norm), ``_rbm`` (contrastive-divergence update).
@@ -101,6 +101,17 @@ def _openblas_thread_fns(lib):
 
 
 _GEMM_LIB, PINNED_BLAS, GEMM_BLAS = _pin_gemm_blas()   # _GEMM_LIB: keeps the library loaded
+
+
+def _choose_sgemm():
+    """The float32 GEMMs' kernel: dlfast's own (``src/dlfast_sgemm.h``, AVX-512F; 1.4x-1.9x the
+    AVX2 OpenBLAS on the MLP's shapes) when the CPU has AVX-512F and ``DLFAST_SGEMM`` is not
+    ``blas``; else the GEMM BLAS above (which always runs the float64 GEMMs and GEMVs)."""
+    want = os.environ.get("DLFAST_SGEMM", "own").strip().lower() != "blas"
+    return "dlfast's own (AVX-512F)" if _mods[0]._set_own_sgemm(want) else "the GEMM BLAS"
+
+
+SGEMM = _choose_sgemm()
 
 
 def set_num_threads(n):

@@ -1,0 +1,188 @@
+/* dlf_sgemm: dlfast's own single-threaded float32 GEMM for CPUs with AVX-512F (x86-64, GCC or
+   Clang), used by _dense.pyx in place of the BLAS sgemm when dlf_sgemm_available() says so.
+
+     C(m, n) = op(A)(m, k) @ op(B)(k, n)     row-major; op(X) = X ('N') or X^T ('T');
+                                               lda, ldb, ldc = stored row lengths
+
+   Layout (GotoBLAS/BLIS, kept small): k is cut into blocks of DLF_KC; per block, op(B)'s rows
+   are packed into DLF_NR-column panels (zero-padded), then every DLF_MR x DLF_NR tile of C is one
+   register-blocked micro-kernel call that reads A in place (broadcasts) and a panel (vectors).
+
+   Sums: C[i][j] = fl(... fl(fl(S_0) + S_1) ... + S_last), S_b = the fused multiply-add chain
+   over block b's k in order, from 0. No term depends on the tile, the row block or the thread
+   running it: results are the same for any split of the rows into calls. */
+#ifndef DLFAST_SGEMM_H
+#define DLFAST_SGEMM_H
+
+#include <stddef.h>
+#include <stdlib.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && \
+    ((!defined(__clang__) && __GNUC__ >= 9) || (defined(__clang__) && __clang_major__ >= 10))
+#define DLF_SGEMM512 1
+#include <immintrin.h>
+
+#define DLF_MR 8           /* rows per micro-tile: 2 * DLF_MR accumulators of 16 floats */
+#define DLF_NR 32          /* columns per micro-tile and per packed panel: two zmm vectors */
+#define DLF_KC 256         /* k per block: one panel (DLF_KC * DLF_NR floats, 32 KB) fits L1 */
+
+#define DLF_T512 __attribute__((target("avx512f")))
+#define DLF_INLINE512 __attribute__((target("avx512f"), always_inline)) static inline
+
+/* Packing buffer, one per thread, grown on demand and kept (no allocation in steady state). */
+static __thread float* dlf_pack_buf = NULL;
+static __thread size_t dlf_pack_cap = 0;
+
+static float* dlf_pack_space(size_t nfloat) {
+    if (nfloat > dlf_pack_cap) {
+        size_t bytes = (nfloat * sizeof(float) + 63) / 64 * 64;
+        float* p = (float*)aligned_alloc(64, bytes);
+        if (p == NULL)
+            return NULL;
+        free(dlf_pack_buf);
+        dlf_pack_buf = p;
+        dlf_pack_cap = bytes / sizeof(float);
+    }
+    return dlf_pack_buf;
+}
+
+/* Rows [p0, p0 + kc) of op(B) into ceil(n / DLF_NR) panels of kc rows by DLF_NR floats:
+   dst[(jp * kc + p) * DLF_NR + c] = op(B)(p0 + p, jp * DLF_NR + c), 0 past column n. */
+static void dlf_pack_b(char tb, int n, int kc, int p0, const float* b, int ldb, float* dst) {
+    int jp, p, c, nc;
+    for (jp = 0; jp * DLF_NR < n; jp++) {
+        float* d = dst + (size_t)jp * kc * DLF_NR;
+        nc = n - jp * DLF_NR < DLF_NR ? n - jp * DLF_NR : DLF_NR;
+        if (tb == 'N') {
+            for (p = 0; p < kc; p++) {
+                const float* s = b + (size_t)(p0 + p) * ldb + jp * DLF_NR;
+                for (c = 0; c < nc; c++) d[p * DLF_NR + c] = s[c];
+                for (; c < DLF_NR; c++) d[p * DLF_NR + c] = 0.0f;
+            }
+        } else {                       /* op(B)(p, j) = b[j * ldb + p]: column c is a row of b */
+            for (c = 0; c < nc; c++) {
+                const float* s = b + (size_t)(jp * DLF_NR + c) * ldb + p0;
+                for (p = 0; p < kc; p++) d[p * DLF_NR + c] = s[p];
+            }
+            for (; c < DLF_NR; c++)
+                for (p = 0; p < kc; p++) d[p * DLF_NR + c] = 0.0f;
+        }
+    }
+}
+
+/* One tile: C[0:MR, 0:16*NV] (= or +=, add != 0) the chain over p < kc of
+   A(r, p) * panel[p][:]; A(r, p) = a[r * ars + p * acs]. Columns past the masks are not
+   stored. MR and NV are compile-time constants at every call (dlf_tile's switch). */
+DLF_INLINE512 void dlf_kernel(const int MR, const int NV, int kc, const float* a,
+                               ptrdiff_t ars, ptrdiff_t acs, const float* panel, float* c,
+                               ptrdiff_t ldc, __mmask16 m0, __mmask16 m1, int add) {
+    __m512 s0[DLF_MR], s1[DLF_MR], b0, b1, av;
+    const float* ar[DLF_MR];
+    int r, p;
+#pragma GCC unroll 8
+    for (r = 0; r < MR; r++) {
+        s0[r] = _mm512_setzero_ps();
+        s1[r] = _mm512_setzero_ps();
+        ar[r] = a + r * ars;
+    }
+    for (p = 0; p < kc; p++) {
+        b0 = _mm512_load_ps(panel + (size_t)p * DLF_NR);
+        if (NV > 1)
+            b1 = _mm512_load_ps(panel + (size_t)p * DLF_NR + 16);
+#pragma GCC unroll 8
+        for (r = 0; r < MR; r++) {
+            av = _mm512_set1_ps(ar[r][p * acs]);
+            s0[r] = _mm512_fmadd_ps(av, b0, s0[r]);
+            if (NV > 1)
+                s1[r] = _mm512_fmadd_ps(av, b1, s1[r]);
+        }
+    }
+#pragma GCC unroll 8
+    for (r = 0; r < MR; r++) {
+        float* cr = c + r * ldc;
+        if (add)
+            s0[r] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cr), s0[r]);
+        _mm512_mask_storeu_ps(cr, m0, s0[r]);
+        if (NV > 1) {
+            if (add)
+                s1[r] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cr + 16), s1[r]);
+            _mm512_mask_storeu_ps(cr + 16, m1, s1[r]);
+        }
+    }
+}
+
+#define DLF_TILE_CASE(R)                                                                    \
+    case R:                                                                                 \
+        if (nc > 16)                                                                        \
+            dlf_kernel(R, 2, kc, a, ars, acs, panel, c, ldc, m0, m1, add);                  \
+        else                                                                                \
+            dlf_kernel(R, 1, kc, a, ars, acs, panel, c, ldc, m0, m1, add);                  \
+        break;
+
+/* A tile of mr <= DLF_MR rows and nc <= DLF_NR columns. */
+static DLF_T512 void dlf_tile(int mr, int nc, int kc, const float* a, ptrdiff_t ars,
+                              ptrdiff_t acs, const float* panel, float* c, ptrdiff_t ldc,
+                              int add) {
+    __mmask16 m0 = (__mmask16)(nc >= 16 ? 0xFFFF : (1u << nc) - 1u);
+    __mmask16 m1 = (__mmask16)(nc >= 32 ? 0xFFFF : nc > 16 ? (1u << (nc - 16)) - 1u : 0);
+    switch (mr) {
+        DLF_TILE_CASE(8)
+        DLF_TILE_CASE(7)
+        DLF_TILE_CASE(6)
+        DLF_TILE_CASE(5)
+        DLF_TILE_CASE(4)
+        DLF_TILE_CASE(3)
+        DLF_TILE_CASE(2)
+        DLF_TILE_CASE(1)
+        default:
+            break;
+    }
+}
+#undef DLF_TILE_CASE
+
+/* 1 when this CPU and OS run AVX-512F code (checked once; GCC/Clang read cpuid and XCR0). */
+static int dlf_sgemm_available(void) {
+    static int known = -1;
+    if (known < 0) {
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("avx512f") ? 1 : 0;
+    }
+    return known;
+}
+
+/* C = op(A) op(B) (see the top). Returns 0, or -1 when the packing buffer cannot be allocated
+   (C untouched: the caller falls back to BLAS). Needs m, n, k >= 1. */
+static int dlf_sgemm(char ta, char tb, int m, int n, int k, const float* a, int lda,
+                     const float* b, int ldb, float* c, int ldc) {
+    ptrdiff_t ars = ta == 'N' ? lda : 1, acs = ta == 'N' ? 1 : lda;
+    int npan = (n + DLF_NR - 1) / DLF_NR, kb = k < DLF_KC ? k : DLF_KC;
+    int p0, kc, jp, i0, nc, mr;
+    float* buf = dlf_pack_space((size_t)npan * kb * DLF_NR);
+    if (buf == NULL)
+        return -1;
+    for (p0 = 0; p0 < k; p0 += DLF_KC) {
+        kc = k - p0 < DLF_KC ? k - p0 : DLF_KC;
+        dlf_pack_b(tb, n, kc, p0, b, ldb, buf);
+        for (jp = 0; jp < npan; jp++) {
+            nc = n - jp * DLF_NR < DLF_NR ? n - jp * DLF_NR : DLF_NR;
+            for (i0 = 0; i0 < m; i0 += DLF_MR) {
+                mr = m - i0 < DLF_MR ? m - i0 : DLF_MR;
+                dlf_tile(mr, nc, kc, a + i0 * ars + p0 * acs, ars, acs,
+                         buf + (size_t)jp * kc * DLF_NR, c + (size_t)i0 * ldc + jp * DLF_NR,
+                         ldc, p0 > 0);
+            }
+        }
+    }
+    return 0;
+}
+
+#else  /* no AVX-512 build: never available */
+static int dlf_sgemm_available(void) { return 0; }
+static int dlf_sgemm(char ta, char tb, int m, int n, int k, const float* a, int lda,
+                     const float* b, int ldb, float* c, int ldc) {
+    (void)ta; (void)tb; (void)m; (void)n; (void)k; (void)a; (void)lda; (void)b; (void)ldb;
+    (void)c; (void)ldc;
+    return -1;
+}
+#endif
+#endif

@@ -1,0 +1,150 @@
+"""dlfast's own float32 GEMM (``src/dlfast_sgemm.h``, AVX-512F), through the dense kernels that
+call it: x @ W (forward), x.T @ dz (dW) and dz @ W.T (dx) at every tile edge (rows around the
+8-row tile, columns around the 16- and 32-column vectors and panels, k around the 256 block),
+against a float64 product within the forward error bound of a k-term sum; results of a row do not
+depend on the rows computed with it; bad-stride and NaN/Inf inputs; the choice reported and
+switched off by ``DLFAST_SGEMM=blas``."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import dlfast
+from dlfast import kernels as K
+
+pytestmark = pytest.mark.skipif("cython" not in dlfast.available_backends(),
+                                reason="compiled backend not built")
+
+ROWS = [1, 2, 7, 8, 9, 15, 17, 31, 32, 33, 100]
+COLS = [1, 15, 16, 17, 31, 32, 33, 100]
+INNER = [2, 3, 255, 256, 257, 784]
+U = 2.0 ** -24
+
+
+@pytest.fixture(autouse=True)
+def own():
+    from dlfast._backends import _dense
+    was = _dense.own_sgemm()
+    if not _dense._set_own_sgemm(True):
+        pytest.skip("dlfast's own float32 GEMM needs AVX-512F")
+    with dlfast.use_backend("cython"):
+        yield
+    _dense._set_own_sgemm(was)
+
+
+def within_bound(got, a, b):
+    """|got - a @ b| <= 1.01 k u (|a| @ |b|) elementwise, a, b in float64 (a k-term sum of
+    float32 products, each FMA rounding once)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    exact = a @ b
+    lim = 1.01 * a.shape[1] * U * (np.abs(a) @ np.abs(b)) + 1e-30
+    err = np.abs(got.astype(np.float64) - exact)
+    assert np.all(err <= lim), f"max excess {np.max(err - lim)}"
+
+
+def backward(dz, x, W, dx, dW):
+    """dW = x.T @ dz, dx = dz @ W.T (identity activation: the GEMMs read dz)."""
+    K.dense_backward(dz, x, W, np.zeros_like(dz), np.empty_like(dz), dx, dW, None, "identity")
+
+
+def data(m, k, n, seed):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((m, k)).astype(np.float32),
+            rng.standard_normal((k, n)).astype(np.float32),
+            rng.standard_normal((m, n)).astype(np.float32))
+
+
+@pytest.mark.parametrize("k", INNER)
+@pytest.mark.parametrize("n", COLS)
+@pytest.mark.parametrize("m", ROWS)
+def test_products_at_every_tile_edge(m, n, k):
+    x, W, dz = data(m, k, n, m * 10007 + n * 101 + k)
+    out = np.full((m, n), np.nan, np.float32)
+    K.dense_forward(x, W, None, out, "identity")
+    within_bound(out, x, W)
+    dx = np.full((m, k), np.nan, np.float32)
+    dW = np.full((k, n), np.nan, np.float32)
+    backward(dz, x, W, dx, dW)
+    within_bound(dW, x.T, dz)
+    within_bound(dx, dz, W.T)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_row_does_not_depend_on_the_rows_beside_it(threads):
+    """Every row of x @ W, x.T @ dz and dz @ W.T is the same bits computed alone or in a batch
+    (the own kernel's sums run over k in a fixed order, whatever the tile or row block), from 2
+    rows on (one row is a BLAS GEMV), the transposed product from 32 rows on (below, the BLAS's)."""
+    dlfast.set_num_threads(threads)
+    x, W, dz = data(300, 600, 70, 3)
+    out = np.empty((300, 70), np.float32)
+    K.dense_forward(x, W, None, out, "identity")
+    dx = np.empty((300, 600), np.float32)
+    dW = np.empty((600, 70), np.float32)
+    backward(dz, x, W, dx, dW)
+    for lo, hi in [(0, 2), (5, 13), (37, 300), (100, 164)]:
+        part = np.empty((hi - lo, 70), np.float32)
+        K.dense_forward(x[lo:hi], W, None, part, "identity")
+        assert part.tobytes() == out[lo:hi].tobytes()
+        pdW = np.empty((600, 70), np.float32)
+        pdx = np.empty((hi - lo, 600), np.float32)
+        backward(dz[lo:hi], x[lo:hi], W, pdx, pdW)
+        if hi - lo >= 32:
+            assert pdx.tobytes() == dx[lo:hi].tobytes()
+    # dW's rows are x's columns: a column subset of x gives the same rows of dW
+    sub = np.ascontiguousarray(x[:, 100:229])
+    pdW = np.empty((129, 70), np.float32)
+    backward(dz, sub, W[100:229], None, pdW)
+    assert pdW.tobytes() == dW[100:229].tobytes()
+
+
+@pytest.mark.parametrize("width", [64, 128, 256, 1024])
+def test_power_of_two_widths(width):
+    """Row lengths that are multiples of the cache's set stride (the packed panels and the
+    in-place reads of A must still be right)."""
+    x, W, dz = data(129, width, width, width)
+    out = np.empty((129, width), np.float32)
+    K.dense_forward(x, W, None, out, "identity")
+    within_bound(out, x, W)
+    dx = np.empty((129, width), np.float32)
+    dW = np.empty((width, width), np.float32)
+    backward(dz, x, W, dx, dW)
+    within_bound(dW, x.T, dz)
+    within_bound(dx, dz, W.T)
+
+
+def test_nan_and_inf_reach_exactly_their_rows_and_columns():
+    x, W, _ = data(40, 300, 50, 9)
+    x[3, 7] = np.nan
+    x[20, 299] = np.inf
+    W[11, 45] = -np.inf
+    out = np.empty((40, 50), np.float32)
+    K.dense_forward(x, W, None, out, "identity")
+    with np.errstate(invalid="ignore", over="ignore"):
+        ref = x.astype(np.float64) @ W.astype(np.float64)
+    assert np.array_equal(np.isfinite(out), np.isfinite(ref))
+    assert np.isnan(out[3]).all()
+    assert not np.isfinite(out[:, 45]).any()
+
+
+def test_choice_reported_and_switched_off_by_the_environment():
+    from dlfast._backends import cython_kernels
+    assert cython_kernels.SGEMM == "dlfast's own (AVX-512F)" or \
+        os.environ.get("DLFAST_SGEMM", "").lower() == "blas"
+    code = """if 1:
+        import numpy as np, dlfast
+        from dlfast._backends import cython_kernels as c, _dense
+        dlfast.set_backend("cython")
+        x = np.random.default_rng(0).standard_normal((100, 300)).astype(np.float32)
+        W = np.random.default_rng(1).standard_normal((300, 70)).astype(np.float32)
+        y = np.empty((100, 70), np.float32)
+        dlfast.kernels.dense_forward(x, W, None, y)
+        np.testing.assert_allclose(y, x.astype(np.float64) @ W, rtol=1e-4, atol=1e-3)
+        print(c.SGEMM, _dense.own_sgemm())
+    """
+    env = dict(os.environ, DLFAST_SGEMM="blas", DLFAST_BACKEND="cython")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "the GEMM BLAS False"

@@ -74,11 +74,8 @@ cdef extern from "dlfast_sgemm.h" nogil:
                   const float* b, int ldb, float* c, int ldc)
 
 # The float32 GEMMs of >= 2 rows and inner size >= 2 run on dlf_sgemm when this is set (the CPU
-# has AVX-512F and _set_own_sgemm(True) was called at import); C = op(A) op(B) with op(B) = B^T
-# only from OWN_T_ROWS rows on (packing the transpose costs more than it saves below).
+# has AVX-512F and _set_own_sgemm(True) was called at import).
 cdef bint _own_sgemm = False
-cdef enum:
-    OWN_T_ROWS = 32
 
 
 def _set_own_sgemm(bint on):
@@ -176,8 +173,7 @@ cdef void _gemm(char ta, char tb, int m, int n, int k, const floating* a, int ld
                 dgemv(&tflip, &k, &n, &one, <double*>b, &ldb, <double*>a, &inc, &zero, c, &one_i)
         return
     if floating is float:
-        if _own_sgemm and (tb == c'N' or m >= OWN_T_ROWS) and \
-                dlf_sgemm(ta, tb, m, n, k, a, lda, b, ldb, c, ldc) == 0:
+        if _own_sgemm and dlf_sgemm(ta, tb, m, n, k, a, lda, b, ldb, c, ldc) == 0:
             return
         sgemm(&tb, &ta, &n, &m, &k, &one, <float*>b, &ldb, <float*>a, &lda, &zero, c, &ldc)
     else:

@@ -46,26 +46,70 @@ static float* dlf_pack_space(size_t nfloat) {
     return dlf_pack_buf;
 }
 
+/* 16 x 16 transpose in registers: o[j][i] = r[i][j] (three rounds of lane shuffles). */
+DLF_INLINE512 void dlf_transpose16(const __m512 r[16], __m512 o[16]) {
+    __m512 t[16], u[16], a, bb, c, d;
+    int q;
+#pragma GCC unroll 8
+    for (q = 0; q < 8; q++) {                  /* t[2q], t[2q+1]: rows 2q, 2q+1 interleaved */
+        t[2 * q] = _mm512_unpacklo_ps(r[2 * q], r[2 * q + 1]);
+        t[2 * q + 1] = _mm512_unpackhi_ps(r[2 * q], r[2 * q + 1]);
+    }
+#pragma GCC unroll 4
+    for (q = 0; q < 4; q++) {                  /* u[4q + e], lane L: column 4L + e, rows 4q.. */
+        __m512d x0 = _mm512_castps_pd(t[4 * q]), x1 = _mm512_castps_pd(t[4 * q + 1]);
+        __m512d x2 = _mm512_castps_pd(t[4 * q + 2]), x3 = _mm512_castps_pd(t[4 * q + 3]);
+        u[4 * q] = _mm512_castpd_ps(_mm512_unpacklo_pd(x0, x2));
+        u[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(x0, x2));
+        u[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(x1, x3));
+        u[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(x1, x3));
+    }
+#pragma GCC unroll 4
+    for (q = 0; q < 4; q++) {                  /* gather column 4L + q's four lanes */
+        a = _mm512_shuffle_f32x4(u[q], u[4 + q], 0x88);
+        bb = _mm512_shuffle_f32x4(u[q], u[4 + q], 0xdd);
+        c = _mm512_shuffle_f32x4(u[8 + q], u[12 + q], 0x88);
+        d = _mm512_shuffle_f32x4(u[8 + q], u[12 + q], 0xdd);
+        o[q] = _mm512_shuffle_f32x4(a, c, 0x88);
+        o[8 + q] = _mm512_shuffle_f32x4(a, c, 0xdd);
+        o[4 + q] = _mm512_shuffle_f32x4(bb, d, 0x88);
+        o[12 + q] = _mm512_shuffle_f32x4(bb, d, 0xdd);
+    }
+}
+
 /* Rows [p0, p0 + kc) of op(B) into ceil(n / DLF_NR) panels of kc rows by DLF_NR floats:
-   dst[(jp * kc + p) * DLF_NR + c] = op(B)(p0 + p, jp * DLF_NR + c), 0 past column n. */
-static void dlf_pack_b(char tb, int n, int kc, int p0, const float* b, int ldb, float* dst) {
-    int jp, p, c, nc;
+   dst[(jp * kc + p) * DLF_NR + c] = op(B)(p0 + p, jp * DLF_NR + c), 0 past column n.
+   op(B) = B^T: column c is row c of b, moved 16 x 16 at a time through dlf_transpose16. */
+static DLF_T512 void dlf_pack_b(char tb, int n, int kc, int p0, const float* b, int ldb,
+                                float* dst) {
+    int jp, p, c, nc, h, rows, pn, i;
+    __m512 r[16], o[16];
     for (jp = 0; jp * DLF_NR < n; jp++) {
         float* d = dst + (size_t)jp * kc * DLF_NR;
         nc = n - jp * DLF_NR < DLF_NR ? n - jp * DLF_NR : DLF_NR;
         if (tb == 'N') {
+            __mmask16 m0 = (__mmask16)(nc >= 16 ? 0xFFFF : (1u << nc) - 1u);
+            __mmask16 m1 = (__mmask16)(nc >= 32 ? 0xFFFF : nc > 16 ? (1u << (nc - 16)) - 1u : 0);
             for (p = 0; p < kc; p++) {
                 const float* s = b + (size_t)(p0 + p) * ldb + jp * DLF_NR;
-                for (c = 0; c < nc; c++) d[p * DLF_NR + c] = s[c];
-                for (; c < DLF_NR; c++) d[p * DLF_NR + c] = 0.0f;
+                _mm512_store_ps(d + p * DLF_NR, _mm512_maskz_loadu_ps(m0, s));
+                _mm512_store_ps(d + p * DLF_NR + 16, _mm512_maskz_loadu_ps(m1, s + 16));
             }
-        } else {                       /* op(B)(p, j) = b[j * ldb + p]: column c is a row of b */
-            for (c = 0; c < nc; c++) {
-                const float* s = b + (size_t)(jp * DLF_NR + c) * ldb + p0;
-                for (p = 0; p < kc; p++) d[p * DLF_NR + c] = s[p];
+            continue;
+        }
+        for (h = 0; h < DLF_NR; h += 16) {     /* columns h..h+15 of the panel */
+            rows = nc - h < 0 ? 0 : nc - h < 16 ? nc - h : 16;
+            for (p = 0; p < kc; p += 16) {
+                pn = kc - p < 16 ? kc - p : 16;
+                __mmask16 lm = (__mmask16)(pn == 16 ? 0xFFFF : (1u << pn) - 1u);
+                for (i = 0; i < 16; i++)
+                    r[i] = i < rows ? _mm512_maskz_loadu_ps(
+                                          lm, b + (size_t)(jp * DLF_NR + h + i) * ldb + p0 + p)
+                                    : _mm512_setzero_ps();
+                dlf_transpose16(r, o);
+                for (c = 0; c < pn; c++)
+                    _mm512_store_ps(d + (size_t)(p + c) * DLF_NR + h, o[c]);
             }
-            for (; c < DLF_NR; c++)
-                for (p = 0; p < kc; p++) d[p * DLF_NR + c] = 0.0f;
         }
     }
 }

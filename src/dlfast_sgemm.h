@@ -17,10 +17,11 @@
 #include <stddef.h>
 #include <stdlib.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && \
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && \
     ((!defined(__clang__) && __GNUC__ >= 9) || (defined(__clang__) && __clang_major__ >= 10))
 #define DLF_SGEMM512 1
 #include <immintrin.h>
+#include <pthread.h>
 
 #define DLF_MR 8           /* rows per micro-tile: 2 * DLF_MR accumulators of 16 floats */
 #define DLF_NR 32          /* columns per micro-tile and per packed panel: two zmm vectors */
@@ -29,21 +30,50 @@
 #define DLF_T512 __attribute__((target("avx512f")))
 #define DLF_INLINE512 __attribute__((target("avx512f"), always_inline)) static inline
 
-/* Packing buffer, one per thread, grown on demand and kept (no allocation in steady state). */
-static __thread float* dlf_pack_buf = NULL;
-static __thread size_t dlf_pack_cap = 0;
+/* Packing buffer, one per thread, grown on demand and kept (no allocation in steady state);
+   freed when its thread exits (pthread key destructor). */
+static pthread_key_t dlf_pack_key;
+static pthread_once_t dlf_pack_once = PTHREAD_ONCE_INIT;
+static int dlf_pack_key_ok = 0;
+
+typedef struct { size_t cap; float* buf; } dlf_pack_t;
+
+static void dlf_pack_free(void* p) {
+    if (p != NULL) {
+        free(((dlf_pack_t*)p)->buf);
+        free(p);
+    }
+}
+
+static void dlf_pack_key_init(void) {
+    dlf_pack_key_ok = pthread_key_create(&dlf_pack_key, dlf_pack_free) == 0;
+}
 
 static float* dlf_pack_space(size_t nfloat) {
-    if (nfloat > dlf_pack_cap) {
-        size_t bytes = (nfloat * sizeof(float) + 63) / 64 * 64;
+    dlf_pack_t* t;
+    size_t bytes = (nfloat * sizeof(float) + 63) / 64 * 64;
+    pthread_once(&dlf_pack_once, dlf_pack_key_init);
+    if (!dlf_pack_key_ok)
+        return NULL;
+    t = (dlf_pack_t*)pthread_getspecific(dlf_pack_key);
+    if (t == NULL) {
+        t = (dlf_pack_t*)calloc(1, sizeof(dlf_pack_t));
+        if (t == NULL)
+            return NULL;
+        if (pthread_setspecific(dlf_pack_key, t) != 0) {
+            free(t);
+            return NULL;
+        }
+    }
+    if (bytes > t->cap) {
         float* p = (float*)aligned_alloc(64, bytes);
         if (p == NULL)
             return NULL;
-        free(dlf_pack_buf);
-        dlf_pack_buf = p;
-        dlf_pack_cap = bytes / sizeof(float);
+        free(t->buf);
+        t->buf = p;
+        t->cap = bytes;
     }
-    return dlf_pack_buf;
+    return t->buf;
 }
 
 /* 16 x 16 transpose in registers: o[j][i] = r[i][j] (three rounds of lane shuffles). */

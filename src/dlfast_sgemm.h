@@ -5,8 +5,9 @@
                                                lda, ldb, ldc = stored row lengths
 
    Layout (GotoBLAS/BLIS, kept small): k is cut into blocks of DLF_KC; per block, op(B)'s rows
-   are packed into DLF_NR-column panels (zero-padded), then every DLF_MR x DLF_NR tile of C is one
-   register-blocked micro-kernel call that reads A in place (broadcasts) and a panel (vectors).
+   are packed into DLF_NR-column panels (zero-padded) unless B can be read in place (see
+   dlf_sgemm), then every DLF_MR x DLF_NR tile of C is one register-blocked micro-kernel call
+   that reads A in place (broadcasts) and B's DLF_NR columns (two vectors, masked at the edge).
 
    Sums: C[i][j] = fl(... fl(fl(S_0) + S_1) ... + S_last), S_b = the fused multiply-add chain
    over block b's k in order, from 0. No term depends on the tile, the row block or the thread
@@ -145,11 +146,11 @@ static DLF_T512 void dlf_pack_b(char tb, int n, int kc, int p0, const float* b, 
 }
 
 /* One tile: C[0:MR, 0:16*NV] (= or +=, add != 0) the chain over p < kc of
-   A(r, p) * panel[p][:]; A(r, p) = a[r * ars + p * acs]. Columns past the masks are not
+   A(r, p) * bp[p * brs + 0:16*NV]; A(r, p) = a[r * ars + p * acs]. Columns past the masks are not
    stored. MR and NV are compile-time constants at every call (dlf_tile's switch). */
 DLF_INLINE512 void dlf_kernel(const int MR, const int NV, int kc, const float* a,
-                               ptrdiff_t ars, ptrdiff_t acs, const float* panel, float* c,
-                               ptrdiff_t ldc, __mmask16 m0, __mmask16 m1, int add) {
+                               ptrdiff_t ars, ptrdiff_t acs, const float* bp, ptrdiff_t brs,
+                               float* c, ptrdiff_t ldc, __mmask16 m0, __mmask16 m1, int add) {
     __m512 s0[DLF_MR], s1[DLF_MR], b0, b1, av;
     const float* ar[DLF_MR];
     int r, p;
@@ -160,9 +161,9 @@ DLF_INLINE512 void dlf_kernel(const int MR, const int NV, int kc, const float* a
         ar[r] = a + r * ars;
     }
     for (p = 0; p < kc; p++) {
-        b0 = _mm512_load_ps(panel + (size_t)p * DLF_NR);
+        b0 = _mm512_maskz_loadu_ps(m0, bp + p * brs);
         if (NV > 1)
-            b1 = _mm512_load_ps(panel + (size_t)p * DLF_NR + 16);
+            b1 = _mm512_maskz_loadu_ps(m1, bp + p * brs + 16);
 #pragma GCC unroll 8
         for (r = 0; r < MR; r++) {
             av = _mm512_set1_ps(ar[r][p * acs]);
@@ -188,15 +189,15 @@ DLF_INLINE512 void dlf_kernel(const int MR, const int NV, int kc, const float* a
 #define DLF_TILE_CASE(R)                                                                    \
     case R:                                                                                 \
         if (nc > 16)                                                                        \
-            dlf_kernel(R, 2, kc, a, ars, acs, panel, c, ldc, m0, m1, add);                  \
+            dlf_kernel(R, 2, kc, a, ars, acs, bp, brs, c, ldc, m0, m1, add);                  \
         else                                                                                \
-            dlf_kernel(R, 1, kc, a, ars, acs, panel, c, ldc, m0, m1, add);                  \
+            dlf_kernel(R, 1, kc, a, ars, acs, bp, brs, c, ldc, m0, m1, add);                  \
         break;
 
 /* A tile of mr <= DLF_MR rows and nc <= DLF_NR columns. */
 static DLF_T512 void dlf_tile(int mr, int nc, int kc, const float* a, ptrdiff_t ars,
-                              ptrdiff_t acs, const float* panel, float* c, ptrdiff_t ldc,
-                              int add) {
+                              ptrdiff_t acs, const float* bp, ptrdiff_t brs, float* c,
+                              ptrdiff_t ldc, int add) {
     __mmask16 m0 = (__mmask16)(nc >= 16 ? 0xFFFF : (1u << nc) - 1u);
     __mmask16 m1 = (__mmask16)(nc >= 32 ? 0xFFFF : nc > 16 ? (1u << (nc - 16)) - 1u : 0);
     switch (mr) {
@@ -228,22 +229,28 @@ static int dlf_sgemm_available(void) {
    (C untouched: the caller falls back to BLAS). Needs m, n, k >= 1. */
 static int dlf_sgemm(char ta, char tb, int m, int n, int k, const float* a, int lda,
                      const float* b, int ldb, float* c, int ldc) {
-    ptrdiff_t ars = ta == 'N' ? lda : 1, acs = ta == 'N' ? 1 : lda;
+    ptrdiff_t ars = ta == 'N' ? lda : 1, acs = ta == 'N' ? 1 : lda, brs;
     int npan = (n + DLF_NR - 1) / DLF_NR, kb = k < DLF_KC ? k : DLF_KC;
     int p0, kc, jp, i0, nc, mr;
-    float* buf = dlf_pack_space((size_t)npan * kb * DLF_NR);
-    if (buf == NULL)
+    /* B read in place (row stride ldb) unless transposed, or its rows are a multiple of 128 bytes
+       apart (they would crowd a few L1 sets): then packed, once per k block */
+    int direct = tb == 'N' && ldb % 32 != 0;
+    float* buf = direct ? NULL : dlf_pack_space((size_t)npan * kb * DLF_NR);
+    const float* bp;
+    if (buf == NULL && !direct)
         return -1;
     for (p0 = 0; p0 < k; p0 += DLF_KC) {
         kc = k - p0 < DLF_KC ? k - p0 : DLF_KC;
-        dlf_pack_b(tb, n, kc, p0, b, ldb, buf);
+        if (!direct)
+            dlf_pack_b(tb, n, kc, p0, b, ldb, buf);
         for (jp = 0; jp < npan; jp++) {
             nc = n - jp * DLF_NR < DLF_NR ? n - jp * DLF_NR : DLF_NR;
+            bp = direct ? b + (size_t)p0 * ldb + jp * DLF_NR : buf + (size_t)jp * kc * DLF_NR;
+            brs = direct ? ldb : DLF_NR;
             for (i0 = 0; i0 < m; i0 += DLF_MR) {
                 mr = m - i0 < DLF_MR ? m - i0 : DLF_MR;
-                dlf_tile(mr, nc, kc, a + i0 * ars + p0 * acs, ars, acs,
-                         buf + (size_t)jp * kc * DLF_NR, c + (size_t)i0 * ldc + jp * DLF_NR,
-                         ldc, p0 > 0);
+                dlf_tile(mr, nc, kc, a + i0 * ars + p0 * acs, ars, acs, bp, brs,
+                         c + (size_t)i0 * ldc + jp * DLF_NR, ldc, p0 > 0);
             }
         }
     }

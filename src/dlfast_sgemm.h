@@ -77,6 +77,11 @@ static float* dlf_pack_space(size_t nfloat) {
     return t->buf;
 }
 
+/* The first k of 16 lanes (k clamped to [0, 16]): the mask of a partial vector. */
+static inline __mmask16 dlf_lanes(int k) {
+    return (__mmask16)(k >= 16 ? 0xFFFFu : k > 0 ? (1u << k) - 1u : 0u);
+}
+
 /* 16 x 16 transpose in registers: o[j][i] = r[i][j] (three rounds of lane shuffles). */
 DLF_INLINE512 void dlf_transpose16(const __m512 r[16], __m512 o[16]) {
     __m512 t[16], u[16], a, bb, c, d;
@@ -119,8 +124,7 @@ static DLF_T512 void dlf_pack_b(char tb, int n, int kc, int p0, const float* b, 
         float* d = dst + (size_t)jp * kc * DLF_NR;
         nc = n - jp * DLF_NR < DLF_NR ? n - jp * DLF_NR : DLF_NR;
         if (tb == 'N') {
-            __mmask16 m0 = (__mmask16)(nc >= 16 ? 0xFFFF : (1u << nc) - 1u);
-            __mmask16 m1 = (__mmask16)(nc >= 32 ? 0xFFFF : nc > 16 ? (1u << (nc - 16)) - 1u : 0);
+            __mmask16 m0 = dlf_lanes(nc), m1 = dlf_lanes(nc - 16);
             for (p = 0; p < kc; p++) {
                 const float* s = b + (size_t)(p0 + p) * ldb + jp * DLF_NR;
                 _mm512_store_ps(d + p * DLF_NR, _mm512_maskz_loadu_ps(m0, s));
@@ -132,7 +136,7 @@ static DLF_T512 void dlf_pack_b(char tb, int n, int kc, int p0, const float* b, 
             rows = nc - h < 0 ? 0 : nc - h < 16 ? nc - h : 16;
             for (p = 0; p < kc; p += 16) {
                 pn = kc - p < 16 ? kc - p : 16;
-                __mmask16 lm = (__mmask16)(pn == 16 ? 0xFFFF : (1u << pn) - 1u);
+                __mmask16 lm = dlf_lanes(pn);
                 for (i = 0; i < 16; i++)
                     r[i] = i < rows ? _mm512_maskz_loadu_ps(
                                           lm, b + (size_t)(jp * DLF_NR + h + i) * ldb + p0 + p)
@@ -198,8 +202,7 @@ DLF_INLINE512 void dlf_kernel(const int MR, const int NV, int kc, const float* a
 static DLF_T512 void dlf_tile(int mr, int nc, int kc, const float* a, ptrdiff_t ars,
                               ptrdiff_t acs, const float* bp, ptrdiff_t brs, float* c,
                               ptrdiff_t ldc, int add) {
-    __mmask16 m0 = (__mmask16)(nc >= 16 ? 0xFFFF : (1u << nc) - 1u);
-    __mmask16 m1 = (__mmask16)(nc >= 32 ? 0xFFFF : nc > 16 ? (1u << (nc - 16)) - 1u : 0);
+    __mmask16 m0 = dlf_lanes(nc), m1 = dlf_lanes(nc - 16);
     switch (mr) {
         DLF_TILE_CASE(8)
         DLF_TILE_CASE(7)

@@ -1,6 +1,9 @@
 """Helpers of the compiled-vs-NumPy kernel tests (``tests/test_kernels_*.py``,
 ``tests/test_compiled_rbm.py``). The thread count is restored after every test by conftest."""
+import contextlib
+
 import numpy as np
+import pytest
 
 import dlfast
 
@@ -34,3 +37,18 @@ def on_all(fn, quiet=False):
         finally:
             dlfast.set_num_threads(0)
     return ref, got[0], got[1]
+
+
+@contextlib.contextmanager
+def float32_gemm(kind):
+    """The compiled float32 GEMMs on dlfast's own kernel (``"own"``; the test is skipped where the
+    CPU lacks AVX-512F) or on the GEMM BLAS (``"blas"``); the import-time choice is restored."""
+    from dlfast._backends import _dense
+    was = _dense.own_sgemm()
+    if not _dense._set_own_sgemm(kind == "own") and kind == "own":
+        _dense._set_own_sgemm(was)
+        pytest.skip("dlfast's own float32 GEMM needs AVX-512F")
+    try:
+        yield kind
+    finally:
+        _dense._set_own_sgemm(was)

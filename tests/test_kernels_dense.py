@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import dlfast
 from dlfast import kernels as K
 from dlfast._backends import numpy_kernels
-from kernel_helpers import layout, on_all
+from kernel_helpers import float32_gemm, layout, on_all
 
 pytestmark = pytest.mark.skipif("cython" not in dlfast.available_backends(),
                                 reason="compiled backend not built")
@@ -34,13 +34,9 @@ TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 @pytest.fixture(autouse=True, params=["own", "blas"])
 def sgemm(request):
     """Every test runs with the float32 GEMMs on dlfast's own kernel (skipped where the CPU lacks
-    AVX-512F) and on the GEMM BLAS; the import-time choice is restored after."""
-    from dlfast._backends import _dense
-    was = _dense.own_sgemm()
-    if not _dense._set_own_sgemm(request.param == "own") and request.param == "own":
-        pytest.skip("dlfast's own float32 GEMM needs AVX-512F")
-    yield request.param
-    _dense._set_own_sgemm(was)
+    AVX-512F) and on the GEMM BLAS."""
+    with float32_gemm(request.param) as kind:
+        yield kind
 
 
 def check(ref, one, two, bounds=None):

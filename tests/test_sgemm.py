@@ -13,6 +13,7 @@ import pytest
 
 import dlfast
 from dlfast import kernels as K
+from kernel_helpers import float32_gemm
 
 pytestmark = pytest.mark.skipif("cython" not in dlfast.available_backends(),
                                 reason="compiled backend not built")
@@ -25,13 +26,8 @@ U = 2.0 ** -24
 
 @pytest.fixture(autouse=True)
 def own():
-    from dlfast._backends import _dense
-    was = _dense.own_sgemm()
-    if not _dense._set_own_sgemm(True):
-        pytest.skip("dlfast's own float32 GEMM needs AVX-512F")
-    with dlfast.use_backend("cython"):
+    with float32_gemm("own"), dlfast.use_backend("cython"):
         yield
-    _dense._set_own_sgemm(was)
 
 
 def within_bound(got, a, b):

@@ -68,6 +68,34 @@ def _set_gemm_blas(size_t s_gemm, size_t d_gemm, size_t s_gemv, size_t d_gemv):
         sgemm, dgemm, sgemv, dgemv = _scipy_sgemm, _scipy_dgemm, _scipy_sgemv, _scipy_dgemv
 
 
+# The outer product C(m, n) = a (m) b (n)^T of a one-deep GEMM (a batch-1 dW): one rounded product
+# per element (no sums, so every clone and stride gives the same bits), vectorised over a row.
+cdef extern from *:
+    """
+    #include "dlfast_clones.h"   /* DLF_CLONES */
+    #define DLF_OUTER(S, T)                                                                    \\
+    /* c[r * ldc + j] = a[r * as] * b[j * bs] */                                               \\
+    DLF_CLONES static void dlf_outer##S(T* c, long ldc, const T* a, long as, const T* b,      \\
+                                         long bs, long m, long n) {                            \\
+        long r, j;                                                                             \\
+        for (r = 0; r < m; r++) {                                                              \\
+            T av = a[r * as];                                                                  \\
+            T* cr = c + r * ldc;                                                               \\
+            if (bs == 1)                                                                       \\
+                for (j = 0; j < n; j++) cr[j] = av * b[j];                                     \\
+            else                                                                               \\
+                for (j = 0; j < n; j++) cr[j] = av * b[j * bs];                                \\
+        }                                                                                      \\
+    }
+    DLF_OUTER(f, float)
+    DLF_OUTER(d, double)
+    """
+    void dlf_outerf(float*, long, const float*, long, const float*, long, long,
+                    long) noexcept nogil
+    void dlf_outerd(double*, long, const double*, long, const double*, long, long,
+                    long) noexcept nogil
+
+
 cdef extern from "dlfast_sgemm.h" nogil:
     int dlf_sgemm_available()
     int dlf_sgemm(char ta, char tb, int m, int n, int k, const float* a, int lda,
@@ -140,11 +168,9 @@ cdef void _gemm(char ta, char tb, int m, int n, int k, const floating* a, int ld
                 const floating* b, int ldb, floating* c, int ldc) noexcept nogil:
     """Row-major C(m, n) = op(A)(m, k) @ op(B)(k, n); lda/ldb/ldc are the stored row lengths.
     Column-major BLAS sees the transposes: C^T = op(B)^T op(A)^T. One row (m == 1) goes to GEMV
-    and an outer product (k == 1) to a plain loop: BLAS GEMM costs microseconds of set-up there."""
+    and an outer product (k == 1) to dlf_outer: BLAS GEMM costs microseconds of set-up there."""
     cdef floating one = 1, zero = 0
-    cdef Py_ssize_t r, j
     cdef int inc = 1 if ta == c'N' else lda, one_i = 1
-    cdef floating av
     cdef char tflip
     if m == 0 or n == 0:
         return
@@ -152,10 +178,10 @@ cdef void _gemm(char ta, char tb, int m, int n, int k, const floating* a, int ld
         memset(c, 0, <size_t>m * n * sizeof(floating))
         return
     if k == 1:
-        for r in range(m):
-            av = a[r * lda] if ta == c'N' else a[r]
-            for j in range(n):
-                c[r * ldc + j] = av * (b[j] if tb == c'N' else b[j * ldb])
+        if floating is float:
+            dlf_outerf(c, ldc, a, lda if ta == c'N' else 1, b, 1 if tb == c'N' else ldb, m, n)
+        else:
+            dlf_outerd(c, ldc, a, lda if ta == c'N' else 1, b, 1 if tb == c'N' else ldb, m, n)
         return
     if m == 1:
         # c(n) = a(k) @ op(B): column-major GEMV on B's storage; a has stride inc

@@ -386,3 +386,27 @@ def test_gemm_blas_choice():
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert "SciPy" in r.stdout
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("i,o", [(1, 1), (784, 100), (33, 17), (5, 1)])
+@pytest.mark.parametrize("kind", ["c", "f", "step", "ro"])
+def test_dense_backward_batch1_outer_product_exact(dtype, i, o, kind):
+    """Batch 1: dW = x.T @ dz is one product per element (the compiled backend's outer-product
+    loop, dlf_outer): equal to np.outer, on both backends and thread counts; an output width
+    of 1 sends dx = dz @ W.T (one deep, W read with a stride) through the same loop."""
+    rng, x, W, b = dense_data(1, i, o, dtype, 5)
+    dout = rng.standard_normal((1, o)).astype(dtype)
+    out = np.zeros((1, o), dtype)             # y: unused by the identity's derivative
+    x, W, dout = (layout(a, kind) for a in (x, W, dout))
+
+    def fn():
+        dz, dx, dW, db = (np.empty((1, o), dtype), np.empty((1, i), dtype),
+                          np.empty((i, o), dtype), np.empty(o, dtype))
+        K.dense_backward(dout, x, W, out, dz, dx, dW, db, "identity")
+        return [dx, dW]
+
+    for got in on_all(fn):
+        np.testing.assert_array_equal(got[1], np.outer(x[0], dout[0]))
+        if o == 1:
+            np.testing.assert_array_equal(got[0], dout[0, 0] * W[:, 0][None, :])

@@ -11,6 +11,7 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
+from _op cimport dlf_op
 from _act cimport (act_code, act_row, act_grad_row, act_work, CHEAP, buf_get, buf_release,
                   DT_F32, DT_FLOAT)
 
@@ -261,3 +262,59 @@ def _maxout_bwd(const floating[:, ::1] dout, const int64_t[:, ::1] argmax, float
 def maxout_backward(dout, argmax, dz):
     """dz[n, o*k + argmax[n, o]] = dout[n, o], zero elsewhere."""
     _maxout_bwd(dout, argmax, dz)
+
+
+# ---------------------------------------------------------------------------- bound op
+ctypedef struct _ActivationC:
+    dlf_op op           # first: the chain sees a dlf_op*
+    Py_ssize_t n
+    int code, dt
+    double alpha
+
+
+cdef int _act_op_fwd(dlf_op* p, const void* x) noexcept nogil:
+    cdef _ActivationC* s = <_ActivationC*>p
+    if s.dt == DT_F32:
+        _act_fwd(<float*>s.op.out, <const float*>x, s.n, s.code, <float>s.alpha)
+    else:
+        _act_fwd(<double*>s.op.out, <const double*>x, s.n, s.code, s.alpha)
+    return 0
+
+
+cdef int _act_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept nogil:
+    cdef _ActivationC* s = <_ActivationC*>p
+    if s.op.dx == NULL:
+        return 0
+    if s.dt == DT_F32:
+        _act_bwd(<float*>s.op.dx, <const float*>dout, <const float*>s.op.out, s.n, s.code,
+                 <float>s.alpha)
+    else:
+        _act_bwd(<double*>s.op.dx, <const double*>dout, <const double*>s.op.out, s.n, s.code,
+                 s.alpha)
+    return 0
+
+
+cdef class ActivationOp:
+    """``activation_forward(x, out, ...)`` and ``activation_backward(dout, out, dx, ...)`` of
+    fixed arrays (dx None: no backward): an op of a compiled chain (dlfast_op.h). The same checks
+    as the two kernels, once; ``address()`` is the ``dlf_op*``."""
+    cdef _ActivationC c
+    cdef Py_buffer v[2]
+
+    def __cinit__(self, out, dx, activation, alpha):
+        memset(self.v, 0, sizeof(self.v))
+        memset(&self.c, 0, sizeof(self.c))
+        self.c.code = act_code(activation)
+        self.c.alpha = alpha
+        self.c.dt = buf_get(out, &self.v[0], DT_FLOAT, -1, True)
+        self.c.n = self.v[0].len // self.v[0].itemsize
+        buf_get(dx, &self.v[1], self.c.dt, self.c.n, True)
+        self.c.op.out, self.c.op.dx = self.v[0].buf, self.v[1].buf
+        self.c.op.fwd = _act_op_fwd
+        self.c.op.bwd = _act_op_bwd
+
+    def __dealloc__(self):
+        buf_release(self.v, 2)
+
+    def address(self):
+        return <size_t>&self.c.op

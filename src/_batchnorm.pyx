@@ -17,6 +17,7 @@ from libc.math cimport sqrt
 from libc.stdlib cimport free
 from libc.string cimport memset
 
+from _op cimport dlf_op
 from _act cimport aligned_doubles, buf_get, buf_release, line_doubles, DT_F32, DT_FLOAT
 
 include "_parallel.pxi"
@@ -585,3 +586,91 @@ cdef inline void _bwd_block(const floating* dout, const floating* xhat, const fl
     if dx != NULL:
         _bwd_coef(gamma, invstd, c, j0, j1, <double>n, batch)
         _bdx(dx, dout, xhat, c, sb, sg, 0, n, f, j0, j1, <double>n, batch)
+
+
+# ---------------------------------------------------------------------------- bound op
+ctypedef struct _BatchNormC:
+    dlf_op op           # first: the chain sees a dlf_op*
+    const void* gamma
+    const void* beta
+    void* xhat
+    void* mean
+    void* invstd
+    void* rm
+    void* rv
+    void* dgamma
+    void* dbeta
+    double* buf         # work buffer, sized for the forward and the backward
+    Py_ssize_t n, f
+    int dt
+    bint unbiased
+    double momentum, eps
+
+
+cdef int _bn_op_fwd(dlf_op* p, const void* x) noexcept nogil:
+    cdef _BatchNormC* s = <_BatchNormC*>p
+    if s.dt == DT_F32:
+        _fwd_train(<const float*>x, <const float*>s.gamma, <const float*>s.beta,
+                   <float*>s.op.out, <float*>s.xhat, <float*>s.mean, <float*>s.invstd,
+                   <float*>s.rm, <float*>s.rv, s.n, s.f, s.momentum, s.eps, s.unbiased, s.buf)
+    else:
+        _fwd_train(<const double*>x, <const double*>s.gamma, <const double*>s.beta,
+                   <double*>s.op.out, <double*>s.xhat, <double*>s.mean, <double*>s.invstd,
+                   <double*>s.rm, <double*>s.rv, s.n, s.f, s.momentum, s.eps, s.unbiased, s.buf)
+    return 0
+
+
+cdef int _bn_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept nogil:
+    cdef _BatchNormC* s = <_BatchNormC*>p
+    if s.dt == DT_F32:
+        _bwd(<const float*>dout, <const float*>s.xhat, <const float*>s.gamma,
+             <const float*>s.invstd, <float*>s.op.dx, <float*>s.dgamma, <float*>s.dbeta, s.n,
+             s.f, True, s.buf)
+    else:
+        _bwd(<const double*>dout, <const double*>s.xhat, <const double*>s.gamma,
+             <const double*>s.invstd, <double*>s.op.dx, <double*>s.dgamma, <double*>s.dbeta,
+             s.n, s.f, True, s.buf)
+    return 0
+
+
+cdef class BatchNormOp:
+    """``batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd, running_mean,
+    running_var, momentum, eps, unbiased)`` and ``batchnorm_backward(dout, xhat, gamma, invstd,
+    dx, dgamma, dbeta, True)`` of fixed arrays (out: (N, F), N >= 2): an op of a compiled chain
+    (dlfast_op.h). The same checks as the two kernels, once; ``address()`` is the ``dlf_op*``."""
+    cdef _BatchNormC c
+    cdef Py_buffer v[11]
+
+    def __cinit__(self, gamma, beta, out, xhat, mean, invstd, running_mean, running_var, dx,
+                  dgamma, dbeta, double momentum, double eps, bint unbiased):
+        cdef Py_ssize_t n, f, fp
+        cdef int dt
+        memset(self.v, 0, sizeof(self.v))
+        memset(&self.c, 0, sizeof(self.c))
+        dt = _get_x(out, &self.v[0], True)
+        n, f = self.v[0].shape[0], self.v[0].shape[1]
+        if n < 2 or f < 1:
+            raise ValueError(f"out must have at least 2 rows and 1 column, got shape ({n}, {f})")
+        for k, a, ln, w in ((1, gamma, f, False), (2, beta, f, False), (3, xhat, n * f, True),
+                            (4, mean, f, True), (5, invstd, f, True), (6, running_mean, f, True),
+                            (7, running_var, f, True), (8, dx, n * f, True), (9, dgamma, f, True),
+                            (10, dbeta, f, True)):
+            buf_get(a, &self.v[k], dt, ln, w)
+        fp = line_doubles(f)
+        self.c.buf = aligned_doubles((3 + (2 * _nrc(n) if _narrow(n, f) else 0)) * fp)
+        self.c.n, self.c.f, self.c.dt = n, f, dt
+        self.c.momentum, self.c.eps, self.c.unbiased = momentum, eps, unbiased
+        self.c.op.out = self.v[0].buf
+        self.c.gamma, self.c.beta, self.c.xhat = self.v[1].buf, self.v[2].buf, self.v[3].buf
+        self.c.mean, self.c.invstd = self.v[4].buf, self.v[5].buf
+        self.c.rm, self.c.rv, self.c.op.dx = self.v[6].buf, self.v[7].buf, self.v[8].buf
+        self.c.dgamma, self.c.dbeta = self.v[9].buf, self.v[10].buf
+        self.c.op.fwd = _bn_op_fwd
+        self.c.op.bwd = _bn_op_bwd
+
+    def __dealloc__(self):
+        free(self.c.buf)
+        buf_release(self.v, 11)
+
+    def address(self):
+        return <size_t>&self.c.op

@@ -12,6 +12,7 @@ from libc.string cimport memset
 from scipy.linalg.cython_blas cimport (sgemm as _scipy_sgemm, dgemm as _scipy_dgemm,
                                        sgemv as _scipy_sgemv, dgemv as _scipy_dgemv)
 
+from _op cimport dlf_op
 from _act cimport (act_code, act_row, act_grad_row, ACT_IDENTITY, buf_get, buf_release, DT_F32,
                   DT_FLOAT)
 
@@ -419,3 +420,84 @@ def dense_backward(dout, x, W, out, dz, dx, dW, db, activation, alpha):
     finally:
         free(part)
         buf_release(v, 8)
+
+
+# ---------------------------------------------------------------------------- bound op
+ctypedef struct _DenseC:
+    dlf_op op           # first: the chain sees a dlf_op*
+    const void* W
+    const void* b
+    void* dz
+    void* dW
+    void* db
+    double* part
+    int n, i, o, code, dt
+    double alpha
+
+
+cdef int _dense_op_fwd(dlf_op* p, const void* x) noexcept nogil:
+    cdef _DenseC* s = <_DenseC*>p
+    if s.dt == DT_F32:
+        _fwd(<const float*>x, <const float*>s.W, <const float*>s.b, <float*>s.op.out, s.n, s.i,
+             s.o, s.code, <float>s.alpha)
+    else:
+        _fwd(<const double*>x, <const double*>s.W, <const double*>s.b, <double*>s.op.out, s.n,
+             s.i, s.o, s.code, s.alpha)
+    return 0
+
+
+cdef int _dense_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept nogil:
+    cdef _DenseC* s = <_DenseC*>p
+    if s.dt == DT_F32:
+        _bwd(<const float*>dout, <const float*>x, <const float*>s.W, <const float*>s.op.out,
+             <float*>s.dz, <float*>s.op.dx, <float*>s.dW, <float*>s.db, s.part, s.n, s.i, s.o,
+             s.code, <float>s.alpha)
+    else:
+        _bwd(<const double*>dout, <const double*>x, <const double*>s.W, <const double*>s.op.out,
+             <double*>s.dz, <double*>s.op.dx, <double*>s.dW, <double*>s.db, s.part, s.n, s.i,
+             s.o, s.code, s.alpha)
+    return 0
+
+
+cdef class DenseOp:
+    """``dense_forward(x, W, b, out, ...)`` and ``dense_backward(dout, x, W, out, dz, dx, dW, db,
+    ...)`` of fixed arrays for inputs x of ``n`` rows: an op of a compiled chain (dlfast_op.h).
+    The same checks as the two kernels, once; ``address()`` is the ``dlf_op*``."""
+    cdef _DenseC c
+    cdef Py_buffer v[7]
+
+    def __cinit__(self, W, b, out, dz, dx, dW, db, activation, alpha):
+        cdef int dt, n, i, o
+        memset(self.v, 0, sizeof(self.v))
+        memset(&self.c, 0, sizeof(self.c))
+        self.c.code = act_code(activation)
+        self.c.alpha = alpha
+        dt = _mat(W, &self.v[0], DT_FLOAT, "W", -1, -1, True, False)
+        i, o = self.v[0].shape[0], self.v[0].shape[1]
+        buf_get(b, &self.v[1], dt, o, False)
+        _mat(out, &self.v[2], dt, "out", -1, o, True, True)
+        n = self.v[2].shape[0]
+        if self.c.code != ACT_IDENTITY and dz is None:
+            raise ValueError(f"dz is needed with the {activation} activation")
+        _mat(dz, &self.v[3], dt, "dz", n, o, False, True)
+        _mat(dx, &self.v[4], dt, "dx", n, i, False, True)
+        _mat(dW, &self.v[5], dt, "dW", i, o, False, True)
+        buf_get(db, &self.v[6], dt, o, True)
+        if db is not None and n and o:
+            self.c.part = <double*>malloc(<size_t>((n + ROWBLOCK - 1) // ROWBLOCK) * o
+                                          * sizeof(double))
+            if self.c.part == NULL:
+                raise MemoryError()
+        self.c.n, self.c.i, self.c.o, self.c.dt = n, i, o, dt
+        self.c.W, self.c.b = self.v[0].buf, self.v[1].buf
+        self.c.op.out, self.c.dz, self.c.op.dx = self.v[2].buf, self.v[3].buf, self.v[4].buf
+        self.c.dW, self.c.db = self.v[5].buf, self.v[6].buf
+        self.c.op.fwd = _dense_op_fwd
+        self.c.op.bwd = _dense_op_bwd
+
+    def __dealloc__(self):
+        free(self.c.part)
+        buf_release(self.v, 7)
+
+    def address(self):
+        return <size_t>&self.c.op

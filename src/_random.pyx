@@ -9,6 +9,7 @@ from libc.math cimport ceil
 from libc.stdint cimport uint64_t, uint8_t
 from libc.string cimport memset
 
+from _op cimport dlf_op
 from _act cimport buf_get, buf_release, DT_F32, DT_U8, DT_FLOAT
 
 include "_parallel.pxi"
@@ -168,25 +169,31 @@ def dropout_apply(x, mask, scale, out):
     """out = (x * mask) * scale in x's dtype (mask None: out = x * scale)."""
     cdef double s = scale
     cdef Py_buffer v[3]
-    cdef Py_ssize_t n, b, lo
-    cdef int dt, nt
+    cdef Py_ssize_t n
+    cdef int dt
     memset(v, 0, sizeof(v))
     try:
         dt = buf_get(x, &v[0], DT_FLOAT, -1, False)
         n = v[0].len // v[0].itemsize
         buf_get(mask, &v[1], DT_U8, n, False)
         buf_get(out, &v[2], dt, n, True)
-        nt = _threads(n)
         with nogil:
-            if nt == 1:
-                _apply_range(v[2].buf, v[0].buf, <const uint8_t*>v[1].buf, 0, n, dt, s)
-            else:
-                for b in prange(_nblocks(n), schedule="static", num_threads=nt):
-                    lo = b * BLOCK
-                    _apply_range(v[2].buf, v[0].buf, <const uint8_t*>v[1].buf, lo,
-                                 min(lo + BLOCK, n), dt, s)
+            _apply(v[2].buf, v[0].buf, <const uint8_t*>v[1].buf, n, dt, s)
     finally:
         buf_release(v, 3)
+
+
+cdef void _apply(void* o, const void* x, const uint8_t* m, Py_ssize_t n, int dt,
+                 double scale) noexcept nogil:
+    """o = (x * m) * scale (m NULL: x * scale): one C call on one thread, else fixed BLOCKs."""
+    cdef int nt = _threads(n)
+    cdef Py_ssize_t b, lo
+    if nt == 1:
+        _apply_range(o, x, m, 0, n, dt, scale)
+        return
+    for b in prange(_nblocks(n), schedule="static", num_threads=nt):
+        lo = b * BLOCK
+        _apply_range(o, x, m, lo, min(lo + BLOCK, n), dt, scale)
 
 
 cdef inline void _apply_range(void* o, const void* x, const uint8_t* m, Py_ssize_t lo,
@@ -195,3 +202,62 @@ cdef inline void _apply_range(void* o, const void* x, const uint8_t* m, Py_ssize
         dlf_applyf(<float*>o, <const float*>x, m, lo, hi, <float>scale)
     else:
         dlf_applyd(<double*>o, <const double*>x, m, lo, hi, scale)
+
+
+# ---------------------------------------------------------------------------- bound op
+ctypedef struct _DropoutC:
+    dlf_op op           # first: the chain sees a dlf_op*
+    uint8_t* mask
+    Py_ssize_t n
+    uint64_t key, base
+    long long thr
+    int dt
+    double scale
+
+
+cdef int _drop_op_fwd(dlf_op* p, const void* x) noexcept nogil:
+    cdef _DropoutC* s = <_DropoutC*>p
+    _rand_items(0, s.mask, NULL, s.n, DT_U8, s.key, s.base, 0.0, 0.0, s.thr)
+    _apply(s.op.out, x, s.mask, s.n, s.dt, s.scale)
+    return 0
+
+
+cdef int _drop_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept nogil:
+    cdef _DropoutC* s = <_DropoutC*>p
+    if s.op.dx != NULL:
+        _apply(s.op.dx, dout, s.mask, s.n, s.dt, s.scale)
+    return 0
+
+
+cdef class DropoutOp:
+    """``dropout_mask(mask, p, seed, counter)`` then ``dropout_apply(x, mask, scale, out)``, and
+    ``dropout_apply(dout, mask, scale, dx)`` (dx None: no backward), of fixed arrays: an op of a
+    compiled chain (dlfast_op.h); ``set_counter`` before each forward. The same checks as the
+    kernels, once; ``address()`` is the ``dlf_op*``."""
+    cdef _DropoutC c
+    cdef Py_buffer v[3]
+
+    def __cinit__(self, out, mask, dx, p, seed, scale):
+        memset(self.v, 0, sizeof(self.v))
+        memset(&self.c, 0, sizeof(self.c))
+        self.c.dt = buf_get(out, &self.v[0], DT_FLOAT, -1, True)
+        self.c.n = self.v[0].len // self.v[0].itemsize
+        buf_get(mask, &self.v[1], DT_U8, self.c.n, True)
+        buf_get(dx, &self.v[2], self.c.dt, self.c.n, True)
+        self.c.key = _mix64(<uint64_t>seed)
+        self.c.thr = _threshold(<double>p)
+        self.c.scale = scale
+        self.c.op.out, self.c.op.dx = self.v[0].buf, self.v[2].buf
+        self.c.mask = <uint8_t*>self.v[1].buf
+        self.c.op.fwd = _drop_op_fwd
+        self.c.op.bwd = _drop_op_bwd
+
+    def set_counter(self, counter):
+        """The next forward draws the mask of ``counter`` (as ``dropout_mask``)."""
+        self.c.base = <uint64_t>counter + 1
+
+    def __dealloc__(self):
+        buf_release(self.v, 3)
+
+    def address(self):
+        return <size_t>&self.c.op

@@ -16,6 +16,7 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
+from _op cimport dlf_loss_op, DLF_OP_ERR_LABELS
 from _act cimport (exp_shift_sum, exp_shift_sum_d, row_max, CHEAP, aligned_doubles, buf_get,
                    buf_release, line_doubles, DT_F32, DT_I64, DT_FLOAT)
 
@@ -239,3 +240,81 @@ cdef void _xent_back(const floating* probs, const int64_t* labels, floating* dl,
     else:
         for r in prange(n, num_threads=nt, schedule="static"):
             _xent_back_row(probs + r * c, labels[r], dl + r * c, c, k)
+
+
+# ---------------------------------------------------------------------------- bound op
+ctypedef struct _XentC:
+    dlf_loss_op op      # first: the chain sees a dlf_loss_op*
+    void* probs
+    double* rowloss
+    double* scratch     # a row of lines per thread, for up to cap threads
+    Py_ssize_t n, c
+    int dt, cap
+
+
+cdef int _xent_op_fwd(dlf_loss_op* p, const void* logits, double* loss) noexcept nogil:
+    cdef _XentC* s = <_XentC*>p
+    cdef Py_ssize_t r
+    cdef int nt = _threads(s.n * s.c * 4)
+    cdef double total
+    for r in range(s.n):
+        if s.op.labels[r] < 0 or s.op.labels[r] >= s.c:
+            return DLF_OP_ERR_LABELS
+    if nt > s.cap:
+        nt = s.cap
+    if s.dt == DT_F32:
+        total = _xent(<const float*>logits, s.op.labels, <float*>s.probs, s.n, s.c, nt,
+                      s.rowloss, s.scratch)
+    else:
+        total = _xent(<const double*>logits, s.op.labels, <double*>s.probs, s.n, s.c, nt,
+                      s.rowloss, s.scratch)
+    loss[0] = total / s.n
+    return 0
+
+
+cdef int _xent_op_bwd(dlf_loss_op* p) noexcept nogil:
+    cdef _XentC* s = <_XentC*>p
+    if s.dt == DT_F32:
+        _xent_back(<const float*>s.probs, s.op.labels, <float*>s.op.dlogits, s.n, s.c, 1.0)
+    else:
+        _xent_back(<const double*>s.probs, s.op.labels, <double*>s.op.dlogits, s.n, s.c, 1.0)
+    return 0
+
+
+cdef class SoftmaxXentOp:
+    """``softmax_xent_forward(logits, labels, probs)`` and ``softmax_xent_backward(probs,
+    labels, dlogits, 1.0)`` of fixed arrays (probs: (N, C), N, C >= 1; labels: the int64 (N,)
+    buffer the chain fills each step): the loss of a compiled chain (dlfast_op.h). A label
+    outside [0, C) makes the forward return DLF_OP_ERR_LABELS. ``address()`` is the
+    ``dlf_loss_op*``."""
+    cdef _XentC c
+    cdef Py_buffer v[3]
+
+    def __cinit__(self, probs, labels, dlogits):
+        cdef Py_ssize_t n, c
+        memset(self.v, 0, sizeof(self.v))
+        memset(&self.c, 0, sizeof(self.c))
+        self.c.dt = _get_2d(probs, &self.v[0], DT_FLOAT, True)
+        n, c = self.v[0].shape[0], self.v[0].shape[1]
+        if n < 1 or c < 1:
+            raise ValueError(f"probs must have at least one row and column, got ({n}, {c})")
+        buf_get(labels, &self.v[1], DT_I64, n, True)
+        buf_get(dlogits, &self.v[2], self.c.dt, n * c, True)
+        self.c.n, self.c.c = n, c
+        self.c.cap = max(_threads(n * c * 4), dlfast_omp_max_threads(), _requested_threads, 1)
+        self.c.rowloss = <double*>malloc(n * sizeof(double))
+        if self.c.rowloss == NULL:
+            raise MemoryError()
+        self.c.scratch = aligned_doubles(self.c.cap * line_doubles(c))
+        self.c.probs, self.c.op.labels = self.v[0].buf, <int64_t*>self.v[1].buf
+        self.c.op.dlogits = self.v[2].buf
+        self.c.op.fwd = _xent_op_fwd
+        self.c.op.bwd = _xent_op_bwd
+
+    def __dealloc__(self):
+        free(self.c.rowloss)
+        free(self.c.scratch)
+        buf_release(self.v, 3)
+
+    def address(self):
+        return <size_t>&self.c.op

@@ -250,3 +250,76 @@ def test_random_stacks_bound_equal_checked(backend, dtype, seed, runs):
     for i in range(3):
         _step_pair(a, b, oa, ob, x[6 * i:6 * i + 6], t[6 * i:6 * i + 6])
     assert runs[0] == 2
+    assert (a._bound._chain is not None) == (backend == "cython")     # a compiled chain ran
+
+
+# ============================================================================ compiled chain
+def _state(net):
+    """Everything a step leaves: params, grads, buffers, the layers' forward records."""
+    out = {f"p.{k}": v.copy() for k, v in net.state_dict().items()}
+    out.update({f"g.{k}": v.copy() for k, v in net.grads.items()})
+    for i, layer in enumerate([*net.layers, net.loss_layer]):
+        for k, v in (layer._fwd or {}).items():
+            out[f"r{i}.{k}"] = np.array(v, copy=True)
+    return out
+
+
+@pytest.mark.skipif("cython" not in dlfast.available_backends(), reason="compiled backend")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("kw", CONFIGS + [dict(batchnorm=True, dropout=0.5, activation="relu")],
+                         ids=["bn-dropout", "plain", "elu-dropout", "tanh-bn-wd", "relu-bn-dropout"])
+def test_chain_equals_the_bound_calls(dtype, kw, threads):
+    """The compiled chain (one C call per step) gives the bound Python calls' results bit for
+    bit: loss, gradients, parameters after Adam, running statistics, dropout counters, records;
+    odd widths, 1 and 2 threads, float32 and float64."""
+    a, b = (MLP(37, [33, 17], 5, seed=3, dtype=dtype, **kw) for _ in range(2))
+    oa, ob = optim.Adam(lr=0.01), optim.Adam(lr=0.01)
+    data, labels = _data(n=3 * 45, f=37, c=5, dtype=dtype, seed=4)
+    dlfast.set_num_threads(threads)
+    try:
+        with dlfast.use_backend("cython"):
+            for i in range(3):
+                x, t = data[45 * i:45 * i + 45], labels[45 * i:45 * i + 45]
+                if b._bound is not None:
+                    b._bound._chain = None                      # b: the bound calls
+                la, ga = a.loss_and_gradient(x, t)
+                lb, gb = b.loss_and_gradient(x, t)
+                oa.update(a.params, ga)
+                ob.update(b.params, gb)
+                assert la == lb
+                sa, sb = _state(a), _state(b)
+                assert sa.keys() == sb.keys()
+                for k in sa:
+                    np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
+            assert a._bound._chain is not None and b._bound._chain is None
+            if kw.get("dropout"):
+                assert [l.counter for l in a.layers if isinstance(l, Dropout)] == \
+                       [l.counter for l in b.layers if isinstance(l, Dropout)]
+    finally:
+        dlfast.set_num_threads(0)
+
+
+@pytest.mark.skipif("cython" not in dlfast.available_backends(), reason="compiled backend")
+def test_chain_in_use_leaves_the_step_to_the_calls(monkeypatch):
+    """A chain already running (another thread; here re-entered from inside it) returns None and
+    the step runs as bound calls, with the same result as the chain gives."""
+    a, b = (MLP(6, [5], 3, dropout=0.4, seed=0) for _ in range(2))
+    x, t = _data(n=8, f=6, c=3)
+    with dlfast.use_backend("cython"):
+        for net in (a, b):
+            net.loss_and_gradient(x, t)
+            net.loss_and_gradient(x, t)
+        chain = a._bound._chain[0]
+        drop = next(l for l in a.layers if isinstance(l, Dropout))
+        seen = []
+
+        def take(size, real=drop._take_counter):
+            seen.append(chain.run(x, t))                     # re-entered: in use
+            return real(size)
+
+        monkeypatch.setattr(drop, "_take_counter", take, raising=False)
+        la, ga = a.loss_and_gradient(x, t)              # chain: take -> inner run -> None
+        lb, gb = b.loss_and_gradient(x, t)
+    assert seen == [None] and la == lb
+    for k in ga:
+        np.testing.assert_array_equal(ga[k], gb[k], err_msg=k)

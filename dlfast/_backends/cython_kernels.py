@@ -134,3 +134,12 @@ def openmp_version():
 
 def threads_for(work):
     return _info.threads_for(work)
+
+
+# Bound training steps (dlfast._bound): the ops a layer binds its arrays into, by kind, and the
+# chain that runs them with no Python between the kernels (src/dlfast_op.h, src/_step.pyx).
+_step = importlib.import_module("dlfast._backends._step")
+CHAIN_OPS = {"dense": _mods[0].DenseOp, "activation": _mods[1].ActivationOp,
+             "softmax_xent": _mods[2].SoftmaxXentOp, "batchnorm": _mods[3].BatchNormOp,
+             "dropout": _mods[4].DropoutOp}
+Chain = _step.Chain

@@ -44,6 +44,13 @@ def _init_spec(spec):
     return spec
 
 
+def chain_op(impl, kind, *args):
+    """The compiled op ``kind`` of backend ``impl`` bound to these arrays (``CHAIN_OPS`` of the
+    compiled backend: src/dlfast_op.h), or None when the backend has none."""
+    ops = getattr(impl, "CHAIN_OPS", None)
+    return None if ops is None else ops[kind](*args)
+
+
 class Layer:
     """Base class: dtype, params/grads dicts, trainable flag, workspaces, state and config."""
 
@@ -173,8 +180,10 @@ class Layer:
         return None
 
     def _bind_train(self, impl, need_dx):
-        """``(fwd, bwd, outs)`` on the kernels of backend module ``impl``, or None: no bound
-        form."""
+        """``(fwd, bwd, outs)`` or ``(fwd, bwd, outs, (op, rec))`` on the kernels of backend
+        module ``impl``, or None: no bound form. ``op``: the same calls as one compiled op
+        (``chain_op``; None on a backend without them), ``rec``: the forward record the step
+        leaves in ``_fwd``."""
         return None
 
     def _bindable(self, binder="_bind_train", methods=("forward", "backward")):

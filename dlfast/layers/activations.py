@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import kernels
 from .._validation import float_array, positive_int, real, seed_value
-from ._base import _DEFAULT_ALPHA, Layer, activation_code
+from ._base import _DEFAULT_ALPHA, chain_op, Layer, activation_code
 
 __all__ = ["Activation", "Identity", "ReLU", "Sigmoid", "Tanh", "LeakyReLU", "ELU", "PReLU",
            "RReLU", "Softmax"]
@@ -60,7 +60,7 @@ class Activation(Layer):
             if dx is not None:
                 bk(dout, out, dx, act, alpha)
             return dx
-        return fwd, bwd, (out, dx)
+        return fwd, bwd, (out, dx), (chain_op(impl, "activation", out, dx, act, alpha), rec)
 
     def _config(self):
         return {"activation": self.activation,

@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import kernels
 from .._validation import positive_int, real
-from ._base import Layer
+from ._base import chain_op, Layer
 
 __all__ = ["BatchNorm"]
 
@@ -113,7 +113,8 @@ class BatchNorm(Layer):
         def bwd(dout):
             bk(dout, xhat, g, invstd, dx, dg, db, True)
             return dx
-        return fwd, bwd, (out, xhat, mean, invstd, rm, rv, dx, dg, db)
+        op = chain_op(impl, "batchnorm", g, b, out, xhat, mean, invstd, rm, rv, dx, dg, db, *st)
+        return fwd, bwd, (out, xhat, mean, invstd, rm, rv, dx, dg, db), (op, rec)
 
     def _buffers(self):
         return {"running_mean": self.running_mean, "running_var": self.running_var}

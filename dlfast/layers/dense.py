@@ -6,7 +6,7 @@ import numpy as np
 from .. import init as _init
 from .. import kernels
 from .._validation import make_rng, positive_int
-from ._base import _DEFAULT_ALPHA, Layer, _init_spec, activation_code
+from ._base import _DEFAULT_ALPHA, chain_op, Layer, _init_spec, activation_code
 
 __all__ = ["Dense", "Maxout"]
 
@@ -90,7 +90,8 @@ class Dense(Layer):
         def bwd(dout):
             bk(dout, rec["x"], W, out, dz, dx, dW, db, act, alpha)
             return dx
-        return fwd, bwd, (out, dz, dx, dW, db)
+        op = chain_op(impl, "dense", W, b, out, dz, dx, dW, db, act, alpha)
+        return fwd, bwd, (out, dz, dx, dW, db), (op, rec)
 
     def _config(self):
         return {"in_features": self.in_features, "out_features": self.out_features,

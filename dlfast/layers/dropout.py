@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import kernels
 from .._validation import real, seed_value
-from ._base import Layer
+from ._base import chain_op, Layer
 
 __all__ = ["Dropout"]
 
@@ -108,13 +108,7 @@ class Dropout(Layer):
         mk, ak = impl.dropout_mask, impl.dropout_apply
 
         def fwd(x):
-            c = self.counter
-            if type(c) is int and 0 <= c < _U64:
-                mk(mask, p, seed, c)
-            else:
-                kernels.dropout_mask(mask, p, seed, c)      # checked, as forward does
-            if not self.hold_rng:
-                self.counter = c + size
+            mk(mask, p, seed, self._take_counter(size))
             ak(x, mask, scale, out)
             self._fwd = rec
             return out
@@ -123,7 +117,17 @@ class Dropout(Layer):
             if dx is not None:
                 ak(dout, mask, scale, dx)
             return dx
-        return fwd, bwd, (out, mask, dx)
+        op = chain_op(impl, "dropout", out, mask, dx, p, seed, scale)
+        return fwd, bwd, (out, mask, dx), (op, rec)
+
+    def _take_counter(self, size):
+        """The counter of a bound step's mask (an int in [0, 2**64), checked as
+        ``dropout_mask`` checks it); the layer's counter advances by ``size`` unless hold_rng."""
+        c = self.counter
+        k = c if type(c) is int and 0 <= c < _U64 else kernels._u64("counter", c)
+        if not self.hold_rng:
+            self.counter = c + size
+        return k
 
     def _buffers(self):
         return {"seed": np.uint64(self.seed), "counter": np.uint64(self.counter)}

@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import kernels
 from .._validation import finite_array, float_array, labels_to_indices, real
-from ._base import Layer
+from ._base import chain_op, Layer
 
 __all__ = ["SoftmaxCrossEntropy"]
 
@@ -43,11 +43,13 @@ class SoftmaxCrossEntropy(Layer):
         return loss
 
     def _bind_loss(self, impl):
-        """``(fwd, bwd)`` replaying the last validated ``_forward`` / ``backward(1.0)`` pair of a net
-        step with the kernels of ``impl`` unchecked: ``fwd(logits, t) -> loss`` (t is checked:
-        int64 indices of shape (N,) are copied into a label buffer of the layer's own, whose range
-        the loss kernel checks; other labels go through ``labels_to_indices``),
-        ``bwd() -> dlogits``."""
+        """``(fwd, bwd, (op, rec, own))`` replaying the last validated ``_forward`` /
+        ``backward(1.0)`` pair of a net step with the kernels of ``impl`` unchecked:
+        ``fwd(logits, t) -> loss`` (t is checked: int64 indices of shape (N,) are copied into a
+        label buffer of the layer's own, ``own``, whose range the loss kernel checks; other
+        labels go through ``labels_to_indices``), ``bwd() -> dlogits``; ``op``: the same as a
+        compiled loss op (``chain_op``, None on a backend without them), ``rec``: the record
+        the step leaves in ``_fwd``."""
         rec = self._fwd
         probs = rec["out"]
         n, c = probs.shape
@@ -77,7 +79,7 @@ class SoftmaxCrossEntropy(Layer):
         def bwd():
             bk(probs, rec["labels"], dl, 1.0)
             return dl
-        return fwd, bwd
+        return fwd, bwd, (chain_op(impl, "softmax_xent", probs, own, dl), rec, own)
 
     @property
     def probs(self):

@@ -1,0 +1,20 @@
+# Bound layer operations (dlfast_op.h): the structs a kernel module's op object fills once and
+# _step.pyx's chain calls at every step. Each module's op keeps its arrays' buffers acquired
+# (Py_buffer, released when the op is freed), so the pointers stay valid and the arrays cannot be
+# resized while the op lives.
+from libc.stdint cimport int64_t
+
+cdef extern from "dlfast_op.h" nogil:
+    enum:
+        DLF_OP_ERR_LABELS
+        DLF_OP_ERR_MEMORY
+    ctypedef struct dlf_op:
+        int (*fwd)(dlf_op*, const void*) noexcept nogil
+        int (*bwd)(dlf_op*, const void*, const void*) noexcept nogil
+        void* out
+        void* dx
+    ctypedef struct dlf_loss_op:
+        int (*fwd)(dlf_loss_op*, const void*, double*) noexcept nogil
+        int (*bwd)(dlf_loss_op*) noexcept nogil
+        int64_t* labels
+        void* dlogits

@@ -78,8 +78,11 @@ cdef extern from *:
             vi = v[i] * b2; vi = vi + (omb2 * ge) * ge; v[i] = vi;                             \\
             w[i] = wi * shrink - (step_size * mi) / (SQRT(vi) / sbc2 + eps); }                 \\
     }
-    #define DLF_SUMSQ(S, T)                                                                      \\
-    DLF_CLONES static double dlf_sumsq##S(const T* x, long n) {                                \\
+    /* sum x^2 in 32 double lanes, each over x[j], x[j + 32], ... in order, then a fixed tree.
+       float: (double)x * (double)x is exact, so a fused multiply-add (allowed for it alone,
+       FAST) rounds each step as the multiply and add would: the same bits, ~20% faster. */
+    #define DLF_SUMSQ(S, T, FAST)                                                                \\
+    DLF_CLONES FAST static double dlf_sumsq##S(const T* x, long n) {                           \\
         double a[32], t;                                                                       \\
         long i = 0, j, h;                                                                      \\
         for (j = 0; j < 32; j++) a[j] = 0;                                                     \\
@@ -90,8 +93,12 @@ cdef extern from *:
             for (j = 0; j < h; j++) a[j] = a[j] + a[j + h];                                    \\
         return a[0];                                                                           \\
     }
-    DLF_SUMSQ(f, float)
-    DLF_SUMSQ(d, double)
+    #if defined(__GNUC__) && !defined(__clang__)
+    DLF_SUMSQ(f, float, __attribute__((optimize("fp-contract=fast"))))
+    #else
+    DLF_SUMSQ(f, float, )
+    #endif
+    DLF_SUMSQ(d, double, )
     /* 1 if some element's exponent bits are all ones (inf or NaN) */
     #define DLF_NONFINITE(B, U, E)                                                               \\
     DLF_CLONES static int dlf_nonfinite##B(const U* x, long n) {                               \\

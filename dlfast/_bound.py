@@ -57,6 +57,8 @@ class BoundStep:
     def accepts(self, x):
         """x may be read by the bound calls: it is none of the first layer's outputs and shares
         no memory with them (only a view can)."""
+        if self._chain is not None:
+            return self._chain[0].accepts(x)
         if x.base is None:
             return not any(x is a for a in self._first_outs)
         return not any(np.may_share_memory(x, a) for a in self._first_outs)
@@ -121,11 +123,12 @@ def bind(impl, key, layers, loss_layer, first):
             first_outs = bound[2]
         links.append(bound[3] if len(bound) > 3 else (None, None))
     loss = loss_layer._bind_loss(impl)
+    first_outs = tuple(a for a in first_outs if a is not None)
     return BoundStep(key, fwd, reversed(bwd), loss, first_outs,
-                     _chain(impl, key, layers, links, loss_layer, loss, first))
+                     _chain(impl, key, layers, links, loss_layer, loss, first, first_outs))
 
 
-def _chain(impl, key, layers, links, loss_layer, loss, first):
+def _chain(impl, key, layers, links, loss_layer, loss, first, first_outs):
     """``(chain, layer records, the first layer's record if it keeps "x", loss layer, its record,
     its label buffer)`` when every layer and the loss have a compiled op, else None."""
     (lop, loss_rec, own) = loss[2]
@@ -139,5 +142,5 @@ def _chain(impl, key, layers, links, loss_layer, loss, first):
                   if "mask" in rec)
     xrec = links[0][1] if "x" in links[0][1] else None
     chain = impl.Chain([op for op, _ in links], lop, len(layers) if first is None else first,
-                       key[1], key[2], loss_rec["out"].shape[1], drops)
+                       key[1], key[2], loss_rec["out"].shape[1], drops, first_outs)
     return chain, recs, xrec, loss_layer, loss_rec, own

@@ -4,7 +4,8 @@ forward, the loss, then the ops backward — C calls only, with the GIL released
     in_0 = x; out_k = op_k.fwd(in_k); loss = loss.fwd(out_last)         (labels: copied in first)
     d = loss.bwd(); for k = last .. first: d = op_k.bwd(in_k, d)
 """
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_STRIDES, PyBUF_FORMAT
+from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_STRIDES,
+                             PyBUF_FORMAT)
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
@@ -44,7 +45,8 @@ cdef class Chain:
     backward of ops[first:] in reverse; returns the loss, or None when the chain is running in
     another thread (the caller then takes another path). x must have ``x_shape`` and ``dtype``
     (C-contiguous); labels int64 of shape (N,), any stride. ``drops``: (layer, op, size) of the
-    dropout ops, whose ``op.set_counter(layer._take_counter(size))`` runs first."""
+    dropout ops, whose ``op.set_counter(layer._take_counter(size))`` runs first;
+    ``first_outs``: the arrays ``accepts(x)`` checks x against."""
     cdef dlf_op** ops
     cdef dlf_loss_op* loss
     cdef int nops, first, dt
@@ -52,9 +54,12 @@ cdef class Chain:
     cdef bint busy
     cdef object keep        # the op objects: they own the structs and buffers
     cdef tuple drops
+    cdef list ranges        # [start, end) addresses of the first op's arrays (accepts)
 
-    def __cinit__(self, ops, loss, int first, x_shape, dtype, Py_ssize_t classes, drops=()):
+    def __cinit__(self, ops, loss, int first, x_shape, dtype, Py_ssize_t classes, drops=(),
+                  first_outs=()):
         cdef int k
+        cdef Py_buffer v
         ops = tuple(ops)
         self.keep = (ops, loss)
         self.nops = len(ops)
@@ -64,6 +69,11 @@ cdef class Chain:
         self.n, self.count = x_shape[0], x_shape[0] * x_shape[1]
         self.classes = classes
         self.drops = tuple(drops)
+        self.ranges = []
+        for a in first_outs:
+            PyObject_GetBuffer(a, &v, PyBUF_SIMPLE)
+            self.ranges.append((<size_t>v.buf, <size_t>v.buf + <size_t>v.len))
+            PyBuffer_Release(&v)
         self.dt = {"float32": 0, "float64": 1}[str(dtype)]
         self.ops = <dlf_op**>malloc(max(self.nops, 1) * sizeof(dlf_op*))
         if self.ops == NULL:
@@ -74,6 +84,21 @@ cdef class Chain:
 
     def __dealloc__(self):
         free(self.ops)
+
+    def accepts(self, x):
+        """x (C-contiguous) shares no memory with the first op's arrays (``first_outs``): the
+        bounds test of ``numpy.may_share_memory``."""
+        cdef Py_buffer v
+        cdef size_t lo, hi
+        PyObject_GetBuffer(x, &v, PyBUF_SIMPLE)
+        lo, hi = <size_t>v.buf, <size_t>v.buf + <size_t>v.len
+        PyBuffer_Release(&v)
+        if hi == lo:
+            return True
+        for a, b in self.ranges:
+            if lo < <size_t>b and <size_t>a < hi:
+                return False
+        return True
 
     def run(self, x, labels):
         cdef Py_buffer vx, vl

@@ -6,7 +6,9 @@ optimiser update, summed per layer type over many steps of the ``compare.py`` mo
     python benchmarks/step_breakdown.py --config bn_adam --batch 100
     python benchmarks/step_breakdown.py --config sgd --batch 1 --steps 2000
 
-Timers add ~0.1 us per call; the sum is close to the plain step time.
+The timed calls are the bound step's Python calls (``BoundStep._fwd`` ...), one per layer; the
+compiled backend runs the same kernels as one compiled chain (``src/_step.pyx``), whose plain
+step time (no timers) is printed last. Timers add ~0.1 us per call.
 """
 import argparse
 import time
@@ -63,11 +65,20 @@ def main(argv=None):
                 d = timed(f"{name} backward", b, d)
             g = timed("grads (+ regulariser)", lambda: net._finish_grads(dict(step.grads)))
             timed(f"{type(opt).__name__}.update", opt.update, net.params, g)
+        t0 = clock()
+        for _ in range(a.steps):
+            x, t = data.next()
+            _, g = net.loss_and_gradient(x, t)
+            opt.update(net.params, g)
+        plain = (clock() - t0) / a.steps
+        chain = getattr(step, "_chain", None) is not None
     total = sum(acc.values())
     print(f"# {a.config} batch {a.batch} backend {a.backend} threads {a.threads}, {a.steps} steps:"
           f" {total / a.steps * 1e6:.1f} us/step")
     for key, v in sorted(acc.items(), key=lambda kv: -kv[1]):
         print(f"{key:26s} {v / a.steps * 1e6:9.1f} us  {100 * v / total:5.1f}%")
+    print(f"# plain steps ({'compiled chain' if chain else 'bound calls'}, no timers): "
+          f"{plain * 1e6:.1f} us/step")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,14 @@ bind time: the key fixes them too (the gradient arrays' ids, the layers' ``train
 
 Nets with a layer that has no bound form (or a subclass overriding forward/backward) always take
 the checked path. The two paths run the same kernels on the same arrays: results are identical.
+
+On a backend with compiled chains (``CHAIN_OPS``, ``Chain``: the compiled one) every layer and the
+loss also bind their calls into compiled ops, and a step is one ``Chain.run`` call: no Python
+between the kernels, the GIL released once (batch 1 SGD: 44.6 -> 37.6 us per step; batch 100
+BN + dropout + Adam: 291 -> 272 us). Python still does what the calls did around the kernels:
+the dropout counters (before), the layers' records and the loss value (after). The bound calls
+remain the path when a layer has no op, the labels are not int64 indices after conversion, or
+the chain is running in another thread.
 """
 from __future__ import annotations
 

@@ -24,6 +24,11 @@ Conventions shared by every primitive
 * Bound training steps (``dlfast._bound``) hold the active backend's functions and call them
   directly, with exactly the arguments of the ``check=False`` calls above, after one checked step
   with the same arrays and settings (the key that decides this is documented there).
+  A backend may also offer them as one compiled chain (optional; the compiled backend does):
+  ``CHAIN_OPS[kind](arrays..., settings...)`` for kind ``dense``, ``batchnorm``, ``activation``,
+  ``dropout``, ``softmax_xent`` binds the arrays of those same calls once into an op, and
+  ``Chain(ops, loss_op, ...)`` runs forward, loss and backward of the ops in one call, with the
+  same kernels in the same order (same results; ``src/dlfast_op.h`` documents the C side).
 * One stateful primitive: ``bind_update`` binds an optimiser's K tensors once (validated then)
   and returns an object whose ``sumsq()`` and ``update(lr, ...)`` are the K single-tensor kernels
   fused into two backend calls, with the same results (the arrays are referenced, not copied).

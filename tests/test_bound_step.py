@@ -300,6 +300,28 @@ def test_chain_equals_the_bound_calls(dtype, kw, threads):
 
 
 @pytest.mark.skipif("cython" not in dlfast.available_backends(), reason="compiled backend")
+@pytest.mark.parametrize("first", ["batchnorm", "dropout", "activation"])
+def test_chain_from_a_layer_without_weights(first):
+    """A chain whose first op is not a Dense (its input checked by bounds, x's shape from the
+    key) gives the checked steps' results; the first layer's records follow."""
+    def stack():
+        head = {"batchnorm": BatchNorm(7), "dropout": Dropout(0.3, seed=5),
+                "activation": Activation("tanh")}[first]
+        return Sequential([head, Dense(7, 5, "relu", seed=1), Dropout(0.2, seed=2),
+                           Dense(5, 3, seed=3)], seed=0)
+    a, b = stack(), stack()
+    oa, ob = optim.SGD(lr=0.1), optim.SGD(lr=0.1)
+    x, t = _data(n=18, f=7, c=3)
+    with dlfast.use_backend("cython"):
+        for i in range(3):
+            _step_pair(a, b, oa, ob, x[6 * i:6 * i + 6], t[6 * i:6 * i + 6])
+        assert a._bound._chain is not None
+        out0 = a.layers[0]._fwd["out"]
+        assert not a._bound.accepts(out0) and not a._bound.accepts(out0[2:])
+        assert a._bound.accepts(x[:6].copy()) and a._bound.accepts(x[:6])
+
+
+@pytest.mark.skipif("cython" not in dlfast.available_backends(), reason="compiled backend")
 def test_chain_in_use_leaves_the_step_to_the_calls(monkeypatch):
     """A chain already running (another thread; here re-entered from inside it) returns None and
     the step runs as bound calls, with the same result as the chain gives."""

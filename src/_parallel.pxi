@@ -15,12 +15,6 @@ cdef enum:
     PARALLEL_MIN_WORK = 32768
 
 cdef int _requested_threads = 0
-cdef Py_ssize_t _min_work = PARALLEL_MIN_WORK
-
-
-def _set_min_work(Py_ssize_t n):
-    global _min_work
-    _min_work = n if n > 0 else PARALLEL_MIN_WORK
 
 
 def _set_num_threads(int n):
@@ -30,7 +24,7 @@ def _set_num_threads(int n):
 
 
 cdef inline int _threads(Py_ssize_t work) noexcept nogil:
-    if work < _min_work:
+    if work < PARALLEL_MIN_WORK:
         return 1
     if _requested_threads > 0:
         return _requested_threads

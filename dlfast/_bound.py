@@ -56,7 +56,7 @@ class BoundStep:
         self.runnable = loss[0] is not None
         self._fwd, self._bwd = tuple(fwd), tuple(bwd)
         self._loss_fwd, self._loss_bwd = loss[:2]
-        self._first_outs = tuple(a for a in first_outs if a is not None)
+        self._first_outs = tuple(first_outs)     # (bind drops the None entries)
         self.grads = ()     # the net's (name, gradient array) items, which the key also fixes
         self._chain = chain
         if chain is not None:
@@ -150,5 +150,5 @@ def _chain(impl, key, layers, links, loss_layer, loss, first, first_outs):
                   if "mask" in rec)
     xrec = links[0][1] if "x" in links[0][1] else None
     chain = impl.Chain([op for op, _ in links], lop, len(layers) if first is None else first,
-                       key[1], key[2], loss_rec["out"].shape[1], drops, first_outs)
+                       key[1], key[2], drops, first_outs)
     return chain, recs, xrec, loss_layer, loss_rec, own

@@ -119,14 +119,20 @@ cdef void _softmax_back(const floating* dout, const floating* y, floating* dx, P
             _softmax_back_row(dout + r * c, y + r * c, dx + r * c, c)
 
 
+cdef inline Py_ssize_t _bad_label(const int64_t* t, Py_ssize_t n, Py_ssize_t c) noexcept nogil:
+    """The first row r with t[r] outside [0, c), or -1."""
+    cdef Py_ssize_t r
+    for r in range(n):
+        if t[r] < 0 or t[r] >= c:
+            return r
+    return -1
+
+
 cdef int _check_labels(const int64_t* t, Py_ssize_t n, Py_ssize_t c) except -1:
     """ValueError unless every t[r] lies in [0, c)."""
-    cdef Py_ssize_t r, bad = -1
+    cdef Py_ssize_t bad
     with nogil:
-        for r in range(n):
-            if t[r] < 0 or t[r] >= c:
-                bad = r
-                break
+        bad = _bad_label(t, n, c)
     if bad >= 0:
         raise ValueError(f"labels must lie in [0, {c}), got {t[bad]} in row {bad}")
     return 0
@@ -254,12 +260,10 @@ ctypedef struct _XentC:
 
 cdef int _xent_op_fwd(dlf_loss_op* p, const void* logits, double* loss) noexcept nogil:
     cdef _XentC* s = <_XentC*>p
-    cdef Py_ssize_t r
     cdef int nt = _threads(s.n * s.c * 4)
     cdef double total
-    for r in range(s.n):
-        if s.op.labels[r] < 0 or s.op.labels[r] >= s.c:
-            return DLF_OP_ERR_LABELS
+    if _bad_label(s.op.labels, s.n, s.c) >= 0:
+        return DLF_OP_ERR_LABELS
     if nt > s.cap:
         nt = s.cap
     if s.dt == DT_F32:
@@ -285,8 +289,8 @@ cdef class SoftmaxXentOp:
     """``softmax_xent_forward(logits, labels, probs)`` and ``softmax_xent_backward(probs,
     labels, dlogits, 1.0)`` of fixed arrays (probs: (N, C), N, C >= 1; labels: the int64 (N,)
     buffer the chain fills each step): the loss of a compiled chain (dlfast_op.h). A label
-    outside [0, C) makes the forward return DLF_OP_ERR_LABELS. ``address()`` is the
-    ``dlf_loss_op*``."""
+    outside [0, C) makes the forward return DLF_OP_ERR_LABELS, and ``check_labels()`` raise the
+    kernels' ValueError. ``address()`` is the ``dlf_loss_op*``."""
     cdef _XentC c
     cdef Py_buffer v[3]
 
@@ -310,6 +314,10 @@ cdef class SoftmaxXentOp:
         self.c.op.dlogits = self.v[2].buf
         self.c.op.fwd = _xent_op_fwd
         self.c.op.bwd = _xent_op_bwd
+
+    def check_labels(self):
+        """The kernels' ValueError if a label in the buffer lies outside [0, C)."""
+        _check_labels(self.c.op.labels, self.c.n, self.c.c)
 
     def __dealloc__(self):
         free(self.c.rowloss)

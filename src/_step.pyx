@@ -40,7 +40,7 @@ cdef int _run(dlf_op** ops, int nops, int first, dlf_loss_op* loss, const void* 
 
 
 cdef class Chain:
-    """``Chain(ops, loss, first, x_shape, dtype, classes, drops)``: ``run(x, labels)`` runs the forward
+    """``Chain(ops, loss, first, x_shape, dtype, drops)``: ``run(x, labels)`` runs the forward
     of every op (``op.address()``, a ``dlf_op*``) from x, the loss (``dlf_loss_op*``), and the
     backward of ops[first:] in reverse; returns the loss, or None when the chain is running in
     another thread (the caller then takes another path). x must have ``x_shape`` and ``dtype``
@@ -50,13 +50,13 @@ cdef class Chain:
     cdef dlf_op** ops
     cdef dlf_loss_op* loss
     cdef int nops, first, dt
-    cdef Py_ssize_t n, count, classes
+    cdef Py_ssize_t n, count
     cdef bint busy
     cdef object keep        # the op objects: they own the structs and buffers
     cdef tuple drops
     cdef list ranges        # [start, end) addresses of the first op's arrays (accepts)
 
-    def __cinit__(self, ops, loss, int first, x_shape, dtype, Py_ssize_t classes, drops=(),
+    def __cinit__(self, ops, loss, int first, x_shape, dtype, drops=(),
                   first_outs=()):
         cdef int k
         cdef Py_buffer v
@@ -67,7 +67,6 @@ cdef class Chain:
             raise ValueError(f"first must lie in [0, {self.nops}], got {first}")
         self.first = first
         self.n, self.count = x_shape[0], x_shape[0] * x_shape[1]
-        self.classes = classes
         self.drops = tuple(drops)
         self.ranges = []
         for a in first_outs:
@@ -132,10 +131,7 @@ cdef class Chain:
             buf_release(&vx, 1)
             buf_release(&vl, 1)
         if err == DLF_OP_ERR_LABELS:
-            for r in range(self.n):
-                if not 0 <= self.loss.labels[r] < self.classes:
-                    raise ValueError(f"labels must lie in [0, {self.classes}), got "
-                                     f"{self.loss.labels[r]} in row {r}")
+            self.keep[1].check_labels()         # the loss kernels' message
         if err == DLF_OP_ERR_MEMORY:
             raise MemoryError()
         if err:

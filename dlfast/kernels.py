@@ -17,21 +17,10 @@ Conventions shared by every primitive
   ``u_i = (mix64(mix64(seed) + (counter + i + 1) * 0x9E3779B97F4A7C15) >> 11) * 2**-53``
   (``mix64`` = SplitMix64's finaliser), identical on both backends and any thread count.
   A caller advances its counter by the number of elements drawn.
-* ``check=False`` (internal, on the layer kernels: layers whose call matches an earlier validated
-  one) skips the argument checks; the caller guarantees that they would pass: C-contiguous arrays
-  of one dtype and the right shapes, valid settings, outputs writeable and overlapping nothing.
-  Settings are converted as the checked call converts them (``float(alpha)``, ...).
-* Bound training steps (``dlfast._bound``) hold the active backend's functions and call them
-  directly, with exactly the arguments of the ``check=False`` calls above, after one checked step
-  with the same arrays and settings (the key that decides this is documented there).
-  A backend may also offer them as one compiled chain (optional; the compiled backend does):
-  ``CHAIN_OPS[kind](arrays..., settings...)`` for kind ``dense``, ``batchnorm``, ``activation``,
-  ``dropout``, ``softmax_xent`` binds the arrays of those same calls once into an op, and
-  ``Chain(ops, loss_op, ...)`` runs forward, loss and backward of the ops in one call, with the
-  same kernels in the same order (same results; ``src/dlfast_op.h`` documents the C side).
-* One stateful primitive: ``bind_update`` binds an optimiser's K tensors once (validated then)
+* Stateful primitives: ``bind_update`` binds an optimiser's K tensors once (validated then)
   and returns an object whose ``sumsq()`` and ``update(lr, ...)`` are the K single-tensor kernels
-  fused into two backend calls, with the same results (the arrays are referenced, not copied).
+  fused into two backend calls, with the same results (the arrays are referenced, not copied);
+  ``make_op`` and ``Program`` (the end of this module) bind a training step's layer kernels.
 
 Activation codes (``activation=``; derivatives written from the output y = act(z))
 ------------------------------------------------------------------------------------
@@ -188,14 +177,8 @@ def _impl():
 
 
 # ============================================================================ dense layer
-def dense_forward(x, W, b, out, activation="identity", alpha=0.0, *, check=True):
-    """``out = act(x @ W + b)``; x (N, I), W (I, O), b (O,) or None, out (N, O).
-
-    ``check=False``: see the module docstring (``dense_backward`` and the other layer kernels
-    likewise)."""
-    if not check:
-        _impl().dense_forward(x, W, b, out, activation, float(alpha))
-        return out
+def dense_forward(x, W, b, out, activation="identity", alpha=0.0):
+    """``out = act(x @ W + b)``; x (N, I), W (I, O), b (O,) or None, out (N, O)."""
     x = _float_in("x", x, 2)
     W = _float_in("W", W, 2, x.dtype)
     n, i = x.shape
@@ -212,17 +195,13 @@ def dense_forward(x, W, b, out, activation="identity", alpha=0.0, *, check=True)
     return out
 
 
-def dense_backward(dout, x, W, out, dz, dx, dW, db, activation="identity", alpha=0.0, *,
-                   check=True):
+def dense_backward(dout, x, W, out, dz, dx, dW, db, activation="identity", alpha=0.0):
     """From y = act(x @ W + b) (``out``) and dL/dy (``dout``):
 
     ``dz = dout * act'(y)``, ``dW = x.T @ dz``, ``db = sum_n dz``, ``dx = dz @ W.T``.
     dz (N, O) is a workspace (its content afterwards is unspecified: the compiled backend skips it
     for the identity activation); dx, dW, db may be None to skip them.
     """
-    if not check:
-        _impl().dense_backward(dout, x, W, out, dz, dx, dW, db, activation, float(alpha))
-        return
     x = _float_in("x", x, 2)
     dt = x.dtype
     W = _float_in("W", W, 2, dt)
@@ -245,11 +224,8 @@ def dense_backward(dout, x, W, out, dz, dx, dW, db, activation="identity", alpha
 
 
 # ============================================================================ activations
-def activation_forward(x, out, activation, alpha=0.0, *, check=True):
+def activation_forward(x, out, activation, alpha=0.0):
     """``out = act(x)`` elementwise; any shape. ``out`` may be ``x`` itself (in place)."""
-    if not check:
-        _impl().activation_forward(x, out, activation, float(alpha))
-        return out
     x = _float_in("x", x)
     alpha = _activation(activation, alpha)
     if out is not x:
@@ -261,11 +237,8 @@ def activation_forward(x, out, activation, alpha=0.0, *, check=True):
     return out
 
 
-def activation_backward(dout, out, dx, activation, alpha=0.0, *, check=True):
+def activation_backward(dout, out, dx, activation, alpha=0.0):
     """``dx = dout * act'(y)`` from the forward output ``out`` = y (see the table above)."""
-    if not check:
-        _impl().activation_backward(dout, out, dx, activation, float(alpha))
-        return dx
     out = _float_in("out", out)
     dout = _float_in("dout", dout, None, out.dtype)
     _shape_is("dout", dout, out.shape)
@@ -281,11 +254,8 @@ def _slope_shape_ok(slope, x):
     return slope.shape in ((1,), (f,), (n, f))
 
 
-def prelu_forward(x, slope, out, *, check=True):
+def prelu_forward(x, slope, out):
     """``out = x if x > 0 else slope * x``; x (N, F); slope (1,), (F,) or (N, F) (broadcast)."""
-    if not check:
-        _impl().prelu_forward(x, slope, out)
-        return out
     x = _float_in("x", x, 2)
     slope = _float_in("slope", slope, None, x.dtype)
     if not _slope_shape_ok(slope, x):
@@ -296,12 +266,9 @@ def prelu_forward(x, slope, out, *, check=True):
     return out
 
 
-def prelu_backward(dout, x, slope, dx, dslope, *, check=True):
+def prelu_backward(dout, x, slope, dx, dslope):
     """``dx = dout if x > 0 else slope * dout``; ``dslope = sum (dout * x)[x <= 0]`` reduced to
     the shape of ``slope`` (over all elements for (1,), over the batch for (F,), none for (N, F))."""
-    if not check:
-        _impl().prelu_backward(dout, x, slope, dx, dslope)
-        return
     x = _float_in("x", x, 2)
     dout = _float_in("dout", dout, 2, x.dtype)
     _shape_is("dout", dout, x.shape)
@@ -371,13 +338,9 @@ def softmax_backward(dout, y, dx):
     return dx
 
 
-def softmax_xent_forward(logits, labels, probs, *, check=True):
+def softmax_xent_forward(logits, labels, probs):
     """``probs = softmax(logits)``; returns ``L = mean_n (logsumexp(logits_n) - logits[n, labels_n])``
-    as a Python float (float64 accumulation; stable for any finite logits). N >= 1.
-    ``check=False`` also trusts the labels to be int64 of shape (N,); their range [0, C) is
-    checked by every call (``ValueError``), as in ``softmax_xent_backward``."""
-    if not check:
-        return _impl().softmax_xent_forward(logits, labels, probs)
+    as a Python float (float64 accumulation; stable for any finite logits). N >= 1."""
     logits = _float_in("logits", logits, 2)
     n, c = logits.shape
     if n == 0 or c == 0:
@@ -388,11 +351,8 @@ def softmax_xent_forward(logits, labels, probs, *, check=True):
     return _impl().softmax_xent_forward(logits, labels, probs)
 
 
-def softmax_xent_backward(probs, labels, dlogits, scale=1.0, *, check=True):
-    """``dlogits = scale * (probs - onehot(labels)) / N`` (``check=False``: as the forward)."""
-    if not check:
-        _impl().softmax_xent_backward(probs, labels, dlogits, float(scale))
-        return
+def softmax_xent_backward(probs, labels, dlogits, scale=1.0):
+    """``dlogits = scale * (probs - onehot(labels)) / N``."""
     probs = _float_in("probs", probs, 2)
     n, c = probs.shape
     if n == 0:
@@ -427,8 +387,7 @@ def batchnorm_stats(x, mean, var):
 
 
 def batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd, running_mean=None,
-                            running_var=None, momentum=0.1, eps=1e-5, unbiased=True, *,
-                            check=True):
+                            running_var=None, momentum=0.1, eps=1e-5, unbiased=True):
     """Training-mode batch norm over the batch axis of x (N, F), N >= 2::
 
         mean, var = batchnorm_stats(x);  invstd = 1 / sqrt(var + eps)
@@ -439,10 +398,6 @@ def batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd, running_mea
     ``xhat``, ``mean``, ``invstd`` are kept for the backward pass; running arrays are updated in
     place (skipped when None).
     """
-    if not check:
-        _impl().batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd, running_mean,
-                                        running_var, float(momentum), float(eps), bool(unbiased))
-        return out
     x = _float_in("x", x, 2)
     n, f = x.shape
     if n < 2:
@@ -490,15 +445,11 @@ def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, out, 
     return out
 
 
-def batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta, batch_stats=True, *,
-                       check=True):
+def batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta, batch_stats=True):
     """``dbeta = sum_n dout``, ``dgamma = sum_n dout * xhat``, and
     ``dx = gamma * invstd / N * (N * dout - dbeta - xhat * dgamma)`` when the forward used the
     batch statistics (``batch_stats=True``), else ``dx = gamma * invstd * dout``.
     dx, dgamma, dbeta may be None."""
-    if not check:
-        _impl().batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta, bool(batch_stats))
-        return
     dout = _float_in("dout", dout, 2)
     n, f = dout.shape
     dt = dout.dtype
@@ -515,24 +466,17 @@ def batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta, batch_stats
 
 
 # ============================================================================ dropout and random
-def dropout_mask(mask, p, seed, counter, *, check=True):
-    """``mask[i] = 1 if u_i >= p else 0`` (uint8, any shape): keep with probability 1 - p.
-    ``check=False`` also trusts seed and counter to be integers in [0, 2**64)."""
-    if not check:
-        _impl().dropout_mask(mask, float(p), operator.index(seed), operator.index(counter))
-        return mask
+def dropout_mask(mask, p, seed, counter):
+    """``mask[i] = 1 if u_i >= p else 0`` (uint8, any shape): keep with probability 1 - p."""
     mask = _out("mask", mask, getattr(mask, "shape", ()), np.dtype(np.uint8))
     p = _real("p", p, 0.0, 1.0, hi_open=True)
     _impl().dropout_mask(mask, p, _u64("seed", seed), _u64("counter", counter))
     return mask
 
 
-def dropout_apply(x, mask, scale, out, *, check=True):
+def dropout_apply(x, mask, scale, out):
     """``out = x * mask * scale`` (``mask`` uint8 of x's shape, or None for ``out = x * scale``).
     Inverted dropout trains with scale = 1/(1-p); backward calls this with dout."""
-    if not check:
-        _impl().dropout_apply(x, mask, float(scale), out)
-        return out
     x = _float_in("x", x)
     if mask is not None:
         if not isinstance(mask, np.ndarray) or mask.dtype != np.uint8:
@@ -719,10 +663,16 @@ class BoundUpdate:
                    == for k in 0..K-1: <rule>_update(ws[k], gs[k], *states[k], lr=lr, wd=wds[k],
                                          grad_scale=..., clip_value=..., **hyper)   (same bits)
 
+        b.take(gs2)  -> -1 when every gs2[k] fits (an ndarray of ws[k]'s shape and dtype,
+                        C-contiguous, sharing no memory with a bound parameter or state) and every
+                        bound parameter and state array is writeable: the next sumsq()/update()
+                        read gs2 instead. Else the index of the first that does not (nothing taken).
+
     Two backend calls per step instead of 2K; the compiled backend runs each as one parallel
-    region over all tensors. The bound arrays are referenced, not copied: gs are read at every
-    call, so keep writing the gradients into the same arrays. ``step`` is Adam's t (>= 1).
-    One bound update serves one thread at a time (it owns a scratch buffer), like an optimiser."""
+    region over all tensors. The bound arrays are referenced, not copied: the gradients are read
+    at every call. ``take`` costs O(K log K) (no pairwise overlap test). ``step`` is Adam's t
+    (>= 1). One bound update serves one thread at a time (it owns a scratch buffer), like an
+    optimiser."""
 
     __slots__ = ("impl", "rule", "size", "_b")
 
@@ -731,6 +681,9 @@ class BoundUpdate:
 
     def sumsq(self):
         return self._b.sumsq()
+
+    def take(self, gs):
+        return self._b.take(list(gs))
 
     def set_hyper(self, **hyper):
         """Replace the rule's hyperparameters (names and defaults as ``bind_update``)."""
@@ -812,3 +765,171 @@ def bind_update(rule, ws, gs, states, wds, *, mu=0.9, rho=0.99, eps=None, eps_in
     impl = _impl()
     return BoundUpdate(impl, rule, impl.bind_update(rule, ws, gs, sts, wdv, h),
                        sum(w.size for w in ws))
+
+
+# ============================================================================ ops and programs
+# An op is one layer's forward and backward kernels bound to fixed arrays, for inputs of a fixed
+# shape; a program runs a training step's ops. The training engine (dlfast._engine) makes both
+# once per plan; every backend provides ``OPS[kind](*arrays, *settings)`` and ``Program``.
+#
+# kind          forward(x)                                   backward(x, dout)
+# dense         dense_forward(x, W, b, out, act)             dense_backward(dout, x, W, out, dz, dx, dW, db, act)
+# activation    activation_forward(x, out, act)              activation_backward(dout, out, dx, act)
+# prelu         prelu_forward(x, slope, out)                 prelu_backward(dout, x, slope, dx, dslope)
+# rrelu         random_uniform(slopes, lower, upper, seed,   prelu_backward(dout, x, slopes, dx, None)
+#               counter); prelu_forward(x, slopes, out)
+# maxout        dense_forward(x, W, b, z);                   maxout_backward(dout, argmax, dz);
+#               maxout_forward(z, out, argmax)               dense_backward(dz, x, W, z, dz2, dx, dW, db)
+# softmax       softmax_forward(x, out)                      softmax_backward(dout, out, dx)
+# batchnorm     batchnorm_forward_train(x, gamma, beta, out, batchnorm_backward(dout, xhat, gamma,
+#               xhat, mean, invstd, running_mean,             invstd, dx, dgamma, dbeta, True)
+#               running_var, momentum, eps, unbiased)
+# dropout       dropout_mask(mask, p, seed, counter);        dropout_apply(dout, mask, scale, dx)
+#               dropout_apply(x, mask, scale, out)
+# softmax_xent  L = softmax_xent_forward(x, labels, probs)   softmax_xent_backward(probs, labels,
+#               (a loss: forward returns L)                   dlogits, weight)   (backward())
+# layer         out = layer.forward(x)  (a layer without     dx = layer.backward(dout)
+#               a kernel pair: its own checked calls)
+#
+# A backward with dx None computes no input gradient; the kernels' other optional outputs
+# (dW, db, dgamma, dbeta, dslope) likewise. rrelu and dropout take their counter per step
+# (``op.set_counter(c)``, an int in [0, 2**64)).
+OPS = {
+    "dense": (("W", "b", "out", "dz", "dx", "dW", "db"), ("activation", "alpha")),
+    "activation": (("out", "dx"), ("activation", "alpha")),
+    "prelu": (("slope", "out", "dx", "dslope"), ()),
+    "rrelu": (("slopes", "out", "dx"), ("lower", "upper", "seed")),
+    "maxout": (("W", "b", "z", "out", "argmax", "dz", "dz2", "dx", "dW", "db"), ()),
+    "softmax": (("out", "dx"), ()),
+    "batchnorm": (("gamma", "beta", "out", "xhat", "mean", "invstd", "running_mean",
+                   "running_var", "dx", "dgamma", "dbeta"), ("momentum", "eps", "unbiased")),
+    "dropout": (("out", "mask", "dx"), ("p", "seed", "scale")),
+    "softmax_xent": (("probs", "labels", "dlogits"), ("weight",)),
+}
+OP_INPUTS = frozenset({"W", "b", "gamma", "beta", "slope"})     # arrays an op only reads
+
+# Program steps: (code, a, b, c, d)
+FWD, BWD, LOSS, LOSS_BWD, COPY, ADD = range(6)
+PROGRAM_DOC = """Program(steps, losses, x_shape, dtype, written):
+    (FWD, op, src, None, 0)        op.forward(x if src is None else src)
+    (BWD, op, src, dsrc, 0)        op.backward(x if src is None else src, dsrc)
+    (LOSS, lop, src, None, j)      values[j] = lop.forward(src); total += lop.weight * values[j]
+    (LOSS_BWD, lop, None, None, 0) lop.backward()
+    (COPY, dst, src, None, 0)      dst[...] = src
+    (ADD, dst, src, None, 0)       dst += src
+load_labels(labels): one int64 (N,) array per loss op, each label checked to lie in [0, C)
+    (ValueError: nothing copied) and copied into the op's ``labels``;
+run(x) -> total (x: x_shape, dtype, C-contiguous); ``values``: the losses of the last run;
+readonly() -> index of the first written array that is not writeable, or -1;
+accepts(x) -> x shares no memory with any written array."""
+
+
+def _held(name, a, shape, dt, write=False, optional=False, dtype=None):
+    """An array an op binds: exact shape and dtype, C-contiguous (it is used in place at every
+    step), writeable when ``write``."""
+    if a is None and optional:
+        return None
+    if write:
+        return _out(name, a, shape, dt if dtype is None else dtype, optional)
+    a2 = _float_in(name, a, None, dt)
+    if a2 is not a:
+        raise ValueError(f"{name} must be C-contiguous (an op reads it in place at every step)")
+    _shape_is(name, a, shape)
+    return a
+
+
+def _op_arrays(kind, xs, dt, a, s):
+    """Validated ``(arrays, settings)`` of op ``kind`` for inputs of shape ``xs``."""
+    h = _held
+    if kind in ("dense", "maxout"):
+        n, i = xs
+        W = a["W"]
+        if not isinstance(W, np.ndarray) or W.ndim != 2 or W.shape[0] != i:
+            raise ValueError(f"W must have shape ({i}, out_features) to match x {xs}, got "
+                             f"{getattr(W, 'shape', type(W).__name__)}")
+        W = h("W", W, W.shape, dt)
+        width = W.shape[1]
+        b = h("b", a["b"], (width,), dt, optional=True)
+        z = "out" if kind == "dense" else "z"
+        out = {z: h(z, a[z], (n, width), dt, True)}
+        if kind == "maxout":
+            o = getattr(a["out"], "shape", (0, 0))[-1]
+            if not (isinstance(a["out"], np.ndarray) and a["out"].ndim == 2 and o
+                    and width % o == 0):
+                raise ValueError(f"out must have shape ({n}, {width} / pieces), got "
+                                 f"{getattr(a['out'], 'shape', type(a['out']).__name__)}")
+            out["out"] = h("out", a["out"], (n, o), dt, True)
+            out["argmax"] = h("argmax", a["argmax"], (n, o), dt, True, dtype=np.dtype(np.int64))
+            out["dz2"] = h("dz2", a["dz2"], (n, width), dt, True)
+        out["dz"] = h("dz", a["dz"], (n, width), dt, True)
+        out["dx"] = h("dx", a["dx"], (n, i), dt, True, True)
+        out["dW"] = h("dW", a["dW"], (i, width), dt, True, True)
+        out["db"] = h("db", a["db"], (width,), dt, True, True)
+        ins = [("W", W), ("b", b)]
+        arrays = {"W": W, "b": b, **out}
+        if kind == "dense":
+            s = dict(s, alpha=_activation(s["activation"], s["alpha"]))
+    elif kind in ("activation", "softmax", "prelu", "rrelu", "dropout"):
+        if kind in ("softmax", "prelu", "rrelu") and len(xs) != 2:
+            raise ValueError(f"a {kind} op needs 2-D inputs (N, F), got shape {xs}")
+        arrays = {"out": h("out", a["out"], xs, dt, True), "dx": h("dx", a["dx"], xs, dt, True, True)}
+        ins = []
+        if kind == "activation":
+            s = dict(s, alpha=_activation(s["activation"], s["alpha"]))
+        elif kind == "prelu":
+            slope = a["slope"]
+            if not isinstance(slope, np.ndarray) or slope.shape not in ((1,), (xs[1],)):
+                raise ValueError(f"slope must have shape (1,) or ({xs[1]},), got "
+                                 f"{getattr(slope, 'shape', type(slope).__name__)}")
+            arrays["slope"] = h("slope", slope, slope.shape, dt)
+            arrays["dslope"] = h("dslope", a["dslope"], slope.shape, dt, True, True)
+            ins = [("slope", slope)]
+        elif kind == "rrelu":
+            arrays["slopes"] = h("slopes", a["slopes"], xs, dt, True)
+            lo = _real("lower", s["lower"], 0.0)
+            s = dict(s, lower=lo, upper=_real("upper", s["upper"], lo), seed=_u64("seed", s["seed"]))
+        elif kind == "dropout":
+            arrays["mask"] = h("mask", a["mask"], xs, dt, True, dtype=np.dtype(np.uint8))
+            s = dict(s, p=_real("p", s["p"], 0.0, 1.0, hi_open=True), seed=_u64("seed", s["seed"]),
+                     scale=_real("scale", s["scale"]))
+    elif kind == "batchnorm":
+        if len(xs) != 2 or xs[0] < 2:
+            raise ValueError(f"batch norm in training mode needs inputs (N, F) with N >= 2 rows, "
+                             f"got shape {xs} (the batch variance is undefined for one row)")
+        n, f = xs
+        arrays = {k: h(k, a[k], (f,), dt) for k in ("gamma", "beta")}
+        ins = list(arrays.items())
+        for k in ("out", "xhat", "dx"):
+            arrays[k] = h(k, a[k], (n, f), dt, True, k == "dx")
+        for k in ("mean", "invstd", "running_mean", "running_var", "dgamma", "dbeta"):
+            arrays[k] = h(k, a[k], (f,), dt, True, k not in ("mean", "invstd"))
+        s = dict(s, momentum=_real("momentum", s["momentum"], 0.0, 1.0),
+                 eps=_real("eps", s["eps"], 0.0, math.inf, lo_open=True, hi_open=True),
+                 unbiased=bool(s["unbiased"]))
+    elif kind == "softmax_xent":
+        if len(xs) != 2 or xs[0] < 1 or xs[1] < 1:
+            raise ValueError(f"logits must be non-empty (N >= 1, C >= 1), got shape {xs}")
+        arrays = {"probs": h("probs", a["probs"], xs, dt, True),
+                  "labels": h("labels", a["labels"], xs[:1], dt, True, dtype=np.dtype(np.int64)),
+                  "dlogits": h("dlogits", a["dlogits"], xs, dt, True)}
+        ins = []
+        s = dict(s, weight=_real("weight", s["weight"]))
+    else:
+        raise ValueError(f"unknown op kind {kind!r}; expected one of {', '.join(OPS)}")
+    read = {k for k, _ in ins}
+    _disjoint([(k, v) for k, v in arrays.items() if k not in read], ins)
+    return arrays, s
+
+
+def make_op(kind, x_shape, dtype, **kw):
+    """Op ``kind`` (``OPS``) of the active backend, its arrays validated for inputs of
+    ``x_shape`` and ``dtype`` (shapes, dtypes, C-contiguous, outputs writeable and disjoint)."""
+    names, settings = OPS[kind] if kind in OPS else ((), ())
+    missing = sorted((set(names) | set(settings)) - set(kw))
+    if kind in OPS and (missing or set(kw) - set(names) - set(settings)):
+        raise TypeError(f"op {kind!r} takes {names + settings}, got {sorted(kw)}")
+    dt = np.dtype(dtype)
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt.name}")
+    arrays, s = _op_arrays(kind, tuple(x_shape), dt, kw, {k: kw[k] for k in settings})
+    return _impl().OPS[kind](*(arrays[k] for k in names), *(s[k] for k in settings))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _bound, _config
+from . import _config, _engine
 from . import init as _init
 from . import layers as L
 from . import regularizers as R
@@ -38,9 +38,14 @@ def _as_layers(layers, what):
     if isinstance(layers, (L.Layer, dict)) or not hasattr(layers, "__iter__"):
         raise TypeError(f"{what} must be a list of layers, got {type(layers).__name__}")
     out = [L.from_config(l) if isinstance(l, dict) else l for l in layers]
+    seen = {}
     for i, l in enumerate(out):
         if not isinstance(l, L.Layer) or isinstance(l, L.SoftmaxCrossEntropy):
             raise TypeError(f"{what}[{i}] must be a dlfast layer (not a loss), got {type(l).__name__}")
+        if id(l) in seen:
+            raise ValueError(f"{what}[{i}] is {what}[{seen[id(l)]}]: a layer appears twice (it "
+                             f"keeps one forward's state); use a copy")
+        seen[id(l)] = i
     return out
 
 
@@ -127,16 +132,46 @@ def _max_norm(c):
 
 
 class _Net:
-    """Shared machinery: params/grads naming, state, freezing, constraints, seeds."""
+    """Shared machinery: params/grads naming, state, freezing, constraints, seeds, and the
+    training step (``loss_and_gradient``: a plan of the training engine, ``dlfast._engine``)."""
 
     check_finite = True
-    _bound = None                               # Sequential: the BoundStep of the last key
 
     def __getstate__(self):
-        """Copies and pickles drop the bound step (its calls hold this net's arrays)."""
+        """Copies and pickles drop the plans (they hold this net's arrays)."""
         state = self.__dict__.copy()
-        state.pop("_bound", None)
+        state.pop("_plans", None)
         return state
+
+    def _graph(self):
+        """``(trunk layers, ((head layers, loss layer, weight), ...))`` of the training step."""
+        raise NotImplementedError
+
+    def _targets_of(self, t):
+        """The step's labels, one per head of ``_graph()``."""
+        return (t,)
+
+    def loss_and_gradient(self, x, t):
+        """One train-mode forward and one backward: ``(loss, grads)`` (grads are the layers'
+        buffers, overwritten by the next step). The step runs the net's plan for x's shape
+        (``dlfast._engine``), made at the first step and whenever a setting changes."""
+        loss, grads = self._step(self._graph(), self._check_x(x), self._targets_of(t))
+        return loss + self.penalty(), self._finish_grads(grads)
+
+    def _step(self, graph, x, targets):
+        """The training engine's step of ``graph`` on checked x: (data loss, gradient dict)."""
+        plans = self.__dict__.get("_plans")
+        if plans is None:
+            plans = self.__dict__["_plans"] = _engine.Plans()
+        plan = plans.get(graph, x)
+        if plan.grads is None:
+            plan.grads = tuple(self.grads.items())
+        loss = plan.run(x, targets)
+        self._after_step(plan)
+        return loss, dict(plan.grads)
+
+    def _after_step(self, plan):
+        pass
 
     def _setup(self, all_layers, entries, regularizer, max_norm, dtype):
         self.dtype = dtype
@@ -296,34 +331,15 @@ class Sequential(_Net):
         """Network output (before the softmax) for x, as a new array."""
         return self.forward(x, train).copy()
 
-    def _data_loss(self, x, t, train, copy_labels=False):
-        return self.loss_layer._forward(self.forward(x, train), t, copy_labels)
+    def _data_loss(self, x, t, train):
+        return self.loss_layer.forward(self.forward(x, train), t)
 
     def loss(self, x, t, train=False):
         """Mean cross-entropy of the batch + penalty."""
         return self._data_loss(x, t, train) + self.penalty()
 
-    def loss_and_gradient(self, x, t):
-        """One train-mode forward and one backward: ``(loss, grads)`` (grads are the layers' buffers).
-
-        Repeated steps with the same input shape, backend, arrays and settings replay the first
-        step's kernel calls without their checks (``dlfast._bound``)."""
-        x = self._check_x(x)
-        impl = _config.active()
-        key = _bound.step_key(impl, x, self.layers, self.loss_layer)
-        step = self._bound
-        if step is not None and step.runnable and step.key == key and step.accepts(x):
-            loss = step.run(x, t)
-            grads = dict(step.grads)        # the key fixes them (gradient array ids, trainable)
-        else:
-            loss = self.loss_layer._forward(_forward(self.layers, x, True), t, copy_labels=True)
-            _backprop(self.layers, self.loss_layer.backward(1.0), False)
-            grads = self.grads
-            if step is None or step.key != key:
-                self._bound = step = _bound.bind(impl, key, self.layers, self.loss_layer,
-                                                 _first_trained(self.layers))
-                step.grads = tuple(grads.items())
-        return loss + self.penalty(), self._finish_grads(grads)
+    def _graph(self):
+        return tuple(self.layers), (((), self.loss_layer, 1.0),)
 
     def accuracy(self, x, t):
         """Fraction of rows whose argmax output equals the label."""
@@ -519,42 +535,26 @@ class MultiTaskNet(_Net):
         """dict head -> output (new arrays)."""
         return {h: y.copy() for h, y in self._forward_all(x, train).items()}
 
-    def _data_loss(self, x, t, train, copy_labels=False):
+    def _data_loss(self, x, t, train):
         t = self._targets(t)
         outs = self._forward_all(x, train)
-        self.losses = {h: self.loss_layers[h]._forward(y, t[h], copy_labels)
-                       for h, y in outs.items()}
+        self.losses = {h: self.loss_layers[h].forward(y, t[h]) for h, y in outs.items()}
         return sum(self.loss_weights[h] * v for h, v in self.losses.items())
 
     def loss(self, x, t, train=False):
         """``sum_h w_h * L_h + penalty``; the per-head losses are left in ``self.losses``."""
         return self._data_loss(x, t, train) + self.penalty()
 
-    def loss_and_gradient(self, x, t):
-        loss = self._data_loss(x, t, True, copy_labels=True) + self.penalty()
-        need_trunk = any(l.trainable and l.params for l in self.trunk)
-        acc = None
-        for h, hl in self.heads.items():
-            dh = _backprop(hl, self.loss_layers[h].backward(self.loss_weights[h]), need_trunk)
-            if not need_trunk:
-                continue
-            if acc is None and len(self.heads) == 1:
-                acc = dh
-            elif acc is None:
-                acc = self._trunk_acc(dh)
-                np.copyto(acc, dh)
-            else:
-                np.add(acc, dh, out=acc)
-        if need_trunk:
-            _backprop(self.trunk, acc, False)
-        return loss, self._finish_grads()
+    def _graph(self):
+        return tuple(self.trunk), tuple((tuple(hl), self.loss_layers[h], self.loss_weights[h])
+                                        for h, hl in self.heads.items())
 
-    def _trunk_acc(self, like):
-        """Workspace summing the heads' gradients at the trunk output."""
-        acc = getattr(self, "_acc", None)
-        if acc is None or acc.shape != like.shape:
-            self._acc = acc = np.empty_like(like)
-        return acc
+    def _targets_of(self, t):
+        t = self._targets(t)
+        return [t[h] for h in self.heads]
+
+    def _after_step(self, plan):
+        self.losses = dict(zip(self.heads, plan.values.tolist()))
 
     def accuracy(self, x, t):
         """dict head -> accuracy."""

@@ -47,6 +47,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import numbers
+import operator
 
 import numpy as np
 
@@ -145,6 +146,16 @@ def _exclude(v):
     return v
 
 
+class _Binding:
+    """What a fused update bound: backend, the state dict, parameter names and arrays, their
+    state dicts, the weight-decay and hyperparameter keys, the ``kernels.BoundUpdate``."""
+    __slots__ = ("impl", "state", "names", "ws", "sts", "wd_key", "hyper_key", "bound")
+
+    def __init__(self, impl, state, names, ws, sts, wd_key, hyper_key, bound):
+        self.impl, self.state, self.names, self.ws, self.sts = impl, state, names, ws, sts
+        self.wd_key, self.hyper_key, self.bound = wd_key, hyper_key, bound
+
+
 # ---------------------------------------------------------------------------- base class
 class Optimizer:
     """Base class: validation, non-finite check, clipping, weight-decay selection, state.
@@ -173,6 +184,12 @@ class Optimizer:
         self.last_grad_norm = None
         self.state = {}              # name -> {state name: array} (+ "step" for Adam)
 
+    def __getstate__(self):
+        """Copies and pickles drop the fused update's binding (it holds the bound arrays)."""
+        state = self.__dict__.copy()
+        state.pop("_binding", None)
+        return state
+
     # -- lr: a validated attribute that schedules set
     @property
     def lr(self):
@@ -196,16 +213,19 @@ class Optimizer:
     def update(self, params, grads):
         """Update ``params`` (dict name -> array, changed in place) from ``grads`` (name -> array).
 
-        After a full (validated) update, a plan caches the validated arrays; a later call whose
-        params/grads/state hold the very same array objects (and the same backend and weight-decay
-        selection) re-checks only identities and writeability, validates the hyperparameters once,
-        and calls the backend kernels directly (same kernels, same order: identical results)."""
-        plan = getattr(self, "_plan", None)
-        if plan is not None and self._plan_update(plan, params, grads):
+        The first update, and any after a change of the parameter or state arrays, the weight
+        decay selection or the backend, is validated in full and binds the parameters and state
+        for a fused update (``kernels.bind_update``). Later updates check in O(K) that ``params``
+        and ``state`` hold the bound arrays and that every gradient fits (``BoundUpdate.take``:
+        shape, dtype, C-contiguous, no memory shared with a parameter or state), whatever dict
+        holds the gradients, then run the two fused calls: the same kernels in the same order,
+        so the same results."""
+        b = self.__dict__.get("_binding")
+        if b is not None and self._fused_update(b, params, grads):
             return
-        self._plan = None
+        self._binding = None
         self._full_update(params, grads)
-        self._plan = self._make_plan(params, grads)
+        self._binding = self._bind(params, grads)
 
     def _full_update(self, params, grads):
         if not isinstance(params, dict) and not hasattr(params, "items"):
@@ -248,117 +268,86 @@ class Optimizer:
             wd = self.weight_decay if self.weight_decay and self.decays(k) else 0.0
             self._step(params[k], grads[k], self.state[k], wd, grad_scale, clip_value)
 
-    # -- the cached plan (fast path of update)
+    # -- the fused update
     def _wd_key(self):
         return (self.weight_decay, self.decay_filter, self.exclude)
 
-    def _make_plan(self, params, grads):
-        """(backend, params items, entries, state, wd key, bound) or None when some array is not
-        C-contiguous (then every update takes the validated path). ``bound``: the entries bound
-        for a fused update (``kernels.bind_update``), or None when they do not fit one."""
-        entries = []
-        for k, w in params.items():
-            if k not in grads:
-                continue
-            g = grads[k]
-            st = self.state.get(k)
-            arrays = tuple((s, a) for s, a in st.items() if isinstance(a, np.ndarray))
-            if not (g.flags.c_contiguous and all(a.flags.c_contiguous for _, a in arrays)):
-                return None
-            wd = self.weight_decay if self.weight_decay and self.decays(k) else 0.0
-            entries.append((k, w, g, st, arrays, wd))
-        return (kernels._impl(), tuple(params.items()), len(grads), tuple(entries), self.state,
-                self._wd_key(), self._bind(entries))
-
-    def _bind(self, entries):
-        """[bound update, the ``_fast_hyper()`` it holds] or None: one rule, one dtype, every
-        state array of the rule present."""
-        spec = self._bind_spec(entries) if entries and self._fast_ready() else None
-        if spec is None or len({e[1].dtype for e in entries}) != 1:
+    def _bind(self, params, grads):
+        """A ``_Binding`` of the arrays just updated, or None: no fused update for them (no rule
+        of ``kernels.RULES``, mixed dtypes, per-parameter counters that differ)."""
+        names = tuple(k for k in params if k in grads)
+        sts = tuple(self.state[k] for k in names)
+        spec = self._bind_spec(sts) if names and self._fast_ready() else None
+        ws, gs = [params[k] for k in names], [grads[k] for k in names]
+        if (spec is None or len({w.dtype for w in ws}) != 1 or not self._counters_agree(sts)
+                or not all(g.flags.c_contiguous for g in gs)):
             return None
         rule, hyper = spec
-        names = kernels.RULES[rule]
-        if any(len(e[4]) != len(names) or any(n not in e[3] for n in names) for e in entries):
+        snames = kernels.RULES[rule]
+        if any(n not in st for st in sts for n in snames):
             return None
-        bound = kernels.bind_update(rule, [e[1] for e in entries], [e[2] for e in entries],
-                                    [tuple(e[3][n] for n in names) for e in entries],
-                                    [e[5] for e in entries], **hyper)
-        return [bound, self._fast_hyper()]
+        wds = [self.weight_decay if self.weight_decay and self.decays(k) else 0.0 for k in names]
+        bound = kernels.bind_update(rule, ws, gs, [tuple(st[n] for n in snames) for st in sts],
+                                    wds, **hyper)
+        return _Binding(kernels._impl(), self.state, names, tuple(ws), sts, self._wd_key(),
+                        self._hyper_key(), bound)
 
-    def _bind_spec(self, entries):
-        """(rule, hyperparameters of ``kernels.bind_update``), or None: no fused update."""
-        return None
-
-    def _counters_agree(self, entries):
-        """False when per-parameter counters differ (Adam's t): no fused update then."""
-        return True
-
-    def _plan_update(self, plan, params, grads):
-        """The fast path: False (nothing changed) when the plan does not apply."""
-        impl, pitems, ngrads, entries, state, wdkey, bind = plan
-        if (kernels._impl() is not impl or self.state is not state or len(grads) != ngrads
-                or len(params) != len(pitems) or self._wd_key() != wdkey):
+    def _fused_update(self, b, params, grads):
+        """The fused update of binding ``b``; False (nothing changed) when it does not apply."""
+        if (b.impl is not kernels._impl() or self.state is not b.state or len(grads) != len(b.names)
+                or self._wd_key() != b.wd_key or not self._fast_ready()):
             return False
-        for (k, w), (k2, w2) in zip(params.items(), pitems):
-            if w is not w2 or k != k2:
+        try:
+            gs = [grads[k] for k in b.names]
+            if not (all(map(operator.is_, map(params.get, b.names), b.ws))
+                    and all(map(operator.is_, map(b.state.get, b.names), b.sts))):
                 return False
-        for k, w, g, st, arrays, _ in entries:
-            if grads.get(k) is not g or state.get(k) is not st or not w.flags.writeable:
-                return False
-            for s, a in arrays:
-                if st.get(s) is not a or not a.flags.writeable:
-                    return False
-        if not self._fast_ready():
+        except (KeyError, TypeError, AttributeError):
             return False
-        hyper = self._fast_hyper()
-        if bind is not None:
-            if not self._counters_agree(entries):
-                bind = None
-            elif bind[1] != hyper:              # e.g. a momentum schedule
-                spec = self._bind_spec(entries)
-                if spec is None or spec[0] != bind[0].rule:
-                    return False                # another rule: plan again
-                bind[0].set_hyper(**spec[1])
-                bind[1] = hyper
+        bound = b.bound
+        hyper = self._hyper_key()
+        if hyper != b.hyper_key:                # e.g. a momentum schedule
+            spec = self._bind_spec(b.sts)
+            if spec is None or spec[0] != bound.rule:
+                return False                    # another rule: bind again
+            bound.set_hyper(**spec[1])
+            b.hyper_key = hyper
+        if not self._counters_agree(b.sts) or bound._b.take(gs) >= 0:
+            return False
         grad_scale = 1.0
         if self.check_finite or self.clip_norm is not None:
-            if bind is not None:
-                total = bind[0].sumsq()
-            else:
-                sumsq = impl.sumsq
-                total = 0.0
-                for e in entries:
-                    total += sumsq(e[2])
+            total = bound._b.sumsq()
             if not math.isfinite(total):
-                return False            # the validated path finds the bad gradient
+                return False                    # the validated path finds the bad gradient
             norm = math.sqrt(total)
             self.last_grad_norm = norm
             if self.clip_norm is not None and norm > self.clip_norm:
                 grad_scale = self.clip_norm / (norm + _CLIP_EPS)
         clip_value = math.inf if self.clip_value is None else self.clip_value
         self.steps += 1
-        if bind is not None:
-            bind[0]._b.update(self._lr, grad_scale, clip_value, float(self._advance(entries)))
-            return True
-        step = self._fast_step
-        for _, w, g, st, _, wd in entries:
-            step(impl, w, g, st, wd, grad_scale, clip_value, hyper)
+        bound._b.update(self._lr, grad_scale, clip_value, float(self._advance(b.sts)))
         return True
 
-    def _advance(self, entries):
+    def _bind_spec(self, sts):
+        """(rule, hyperparameters of ``kernels.bind_update``) for the state dicts ``sts``, or
+        None: no fused update."""
+        return None
+
+    def _hyper_key(self):
+        """The hyperparameters ``_bind_spec`` reads (a change calls it again)."""
+        return ()
+
+    def _counters_agree(self, sts):
+        """False when per-parameter counters differ (Adam's t): no fused update then."""
+        return True
+
+    def _advance(self, sts):
         """Advance the per-parameter counters of a fused update; return its ``step``."""
         return 1
 
     def _fast_ready(self):
         """False when the state must change structure first (the validated path does that)."""
         return True
-
-    def _fast_hyper(self):
-        """The subclass hyperparameters, validated once per update as the kernels would."""
-        return ()
-
-    def _fast_step(self, impl, w, g, st, wd, gs, cv, hyper):
-        raise NotImplementedError
 
     def _check_pair(self, k, w, g):
         if not isinstance(w, np.ndarray):
@@ -543,24 +532,16 @@ class SGD(Optimizer):
         return not (self.momentum or self.nesterov) or all(
             "v" in st for st in self.state.values())
 
-    def _fast_hyper(self):
-        return (kernels._real("mu", self.momentum, 0.0, 1.0), bool(self.nesterov))
+    def _hyper_key(self):
+        return (self.momentum, self.nesterov)
 
-    def _bind_spec(self, entries):
-        with_v = {"v" in e[3] for e in entries}
+    def _bind_spec(self, sts):
+        with_v = {"v" in st for st in sts}
         if with_v == {False}:
             return "sgd", {}
         if with_v == {True}:
             return ("nesterov" if self.nesterov else "momentum"), {"mu": self.momentum}
         return None
-
-    def _fast_step(self, impl, w, g, st, wd, gs, cv, hyper):
-        if "v" not in st:
-            impl.sgd_update(w, g, self._lr, wd, gs, cv)
-        elif self.nesterov:
-            impl.nesterov_update(w, g, st["v"], self._lr, hyper[0], wd, gs, cv)
-        else:
-            impl.momentum_update(w, g, st["v"], self._lr, hyper[0], wd, gs, cv)
 
     def _step(self, w, g, st, wd, gs, cv):
         if "v" not in st:
@@ -607,14 +588,11 @@ class AdaGrad(Optimizer):
         self.eps = _positive("eps", h["eps"])
         self.eps_inside_sqrt = _flag("eps_inside_sqrt", h["eps_inside_sqrt"])
 
-    def _fast_hyper(self):
-        return (kernels._real("eps", self.eps, 0.0, lo_open=True), bool(self.eps_inside_sqrt))
+    def _hyper_key(self):
+        return (self.eps, self.eps_inside_sqrt)
 
-    def _bind_spec(self, entries):
+    def _bind_spec(self, sts):
         return "adagrad", {"eps": self.eps, "eps_inside": self.eps_inside_sqrt}
-
-    def _fast_step(self, impl, w, g, st, wd, gs, cv, hyper):
-        impl.adagrad_update(w, g, st["h"], self._lr, hyper[0], hyper[1], wd, gs, cv)
 
     def _step(self, w, g, st, wd, gs, cv):
         kernels.adagrad_update(w, g, st["h"], lr=self.lr, eps=self.eps,
@@ -652,15 +630,11 @@ class RMSProp(Optimizer):
         self.eps = _positive("eps", h["eps"])
         self.eps_inside_sqrt = _flag("eps_inside_sqrt", h["eps_inside_sqrt"])
 
-    def _fast_hyper(self):
-        return (kernels._real("rho", self.rho, 0.0, 1.0, hi_open=True),
-                kernels._real("eps", self.eps, 0.0, lo_open=True), bool(self.eps_inside_sqrt))
+    def _hyper_key(self):
+        return (self.rho, self.eps, self.eps_inside_sqrt)
 
-    def _bind_spec(self, entries):
+    def _bind_spec(self, sts):
         return "rmsprop", {"rho": self.rho, "eps": self.eps, "eps_inside": self.eps_inside_sqrt}
-
-    def _fast_step(self, impl, w, g, st, wd, gs, cv, hyper):
-        impl.rmsprop_update(w, g, st["h"], self._lr, hyper[0], hyper[1], hyper[2], wd, gs, cv)
 
     def _step(self, w, g, st, wd, gs, cv):
         kernels.rmsprop_update(w, g, st["h"], lr=self.lr, rho=self.rho, eps=self.eps,
@@ -712,30 +686,22 @@ class Adam(Optimizer):
     def _scalar_state(self):
         return {"step": _step_count}
 
-    def _fast_hyper(self):
-        return (kernels._real("beta1", self.beta1, 0.0, 1.0, hi_open=True),
-                kernels._real("beta2", self.beta2, 0.0, 1.0, hi_open=True),
-                kernels._real("eps", self.eps, 0.0, lo_open=True), bool(self.eps_hat),
-                bool(self._DECOUPLED))
+    def _hyper_key(self):
+        return (self.beta1, self.beta2, self.eps, self.eps_hat)
 
-    def _bind_spec(self, entries):
+    def _bind_spec(self, sts):
         return "adam", {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
                         "eps_hat": self.eps_hat, "decoupled_wd": self._DECOUPLED}
 
-    def _counters_agree(self, entries):
-        t = entries[0][3]["step"]
-        return all(e[3]["step"] == t for e in entries)
+    def _counters_agree(self, sts):
+        t = sts[0]["step"]
+        return all(st["step"] == t for st in sts)
 
-    def _advance(self, entries):
-        t = entries[0][3]["step"] + 1
-        for e in entries:
-            e[3]["step"] = t
+    def _advance(self, sts):
+        t = sts[0]["step"] + 1
+        for st in sts:
+            st["step"] = t
         return t
-
-    def _fast_step(self, impl, w, g, st, wd, gs, cv, hyper):
-        st["step"] += 1
-        impl.adam_update(w, g, st["m"], st["v"], self._lr, hyper[0], hyper[1], hyper[2],
-                         st["step"], hyper[3], wd, hyper[4], gs, cv)
 
     def _step(self, w, g, st, wd, gs, cv):
         st["step"] += 1

@@ -295,10 +295,10 @@ class _FrozenCache:
         return self.model.penalty()
 
     def loss_and_gradient(self, h, t):
-        from .net import _backprop
-        loss = self.loss_layer.forward(self.forward(h, True), t) + self.model.penalty()
-        _backprop(self.upper, self.loss_layer.backward(1.0), False)
-        return loss, self.model._finish_grads()
+        m = self.model
+        loss, grads = m._step((tuple(self.upper), (((), self.loss_layer, 1.0),)), m._check_x(h),
+                              (t,))
+        return loss + m.penalty(), m._finish_grads(grads)
 
     def apply_constraints(self):
         self.model.apply_constraints()

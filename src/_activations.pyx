@@ -1,9 +1,8 @@
-"""Elementwise activations, PReLU and Maxout (parallel over fixed blocks / rows).
+"""Elementwise activations and PReLU (parallel over fixed blocks / rows).
 
 activation: y = act(x); dx = dout * act'(y)                     (table in dlfast.kernels)
 prelu:      y = x if x > 0 else slope * x; dx = dout if x > 0 else slope * dout
             dslope = sum (dout * x)[x <= 0], reduced to slope's shape (double, fixed row blocks)
-maxout:     out[n, o] = max_j z[n, o*k + j], argmax = first j attaining it (NaN wins, as np.argmax)
 """
 from cython cimport floating
 from cython.parallel cimport prange
@@ -130,73 +129,108 @@ cdef inline void _prelu_contrib_row(double* p, const floating* g, const floating
         p[j] = p[j] + c
 
 
-def _prelu_fwd(const floating[:, ::1] x, const floating[::1] slope, floating[:, ::1] out,
-               int mode):
-    cdef Py_ssize_t n = x.shape[0], f = x.shape[1], r
+cdef void _prelu_fwd(floating* out, const floating* x, const floating* slope, Py_ssize_t n,
+                     Py_ssize_t f, int mode) noexcept nogil:
+    cdef Py_ssize_t r
     cdef int nt = _threads(n * f // CHEAP)
     if n == 0 or f == 0:
         return
-    with nogil:
-        for r in prange(n, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
-            _prelu_row(&out[r, 0], &x[r, 0], &slope[r * f if mode == 2 else 0], f, mode)
+    if nt == 1:
+        for r in range(n):
+            _prelu_row(out + r * f, x + r * f, slope + (r * f if mode == 2 else 0), f, mode)
+    else:
+        for r in prange(n, num_threads=nt, schedule="static"):
+            _prelu_row(out + r * f, x + r * f, slope + (r * f if mode == 2 else 0), f, mode)
+
+
+def _prelu_fwd_mv(const floating[:, ::1] x, const floating[::1] slope, floating[:, ::1] out,
+                  int mode):
+    if x.shape[0] and x.shape[1]:
+        with nogil:
+            _prelu_fwd(&out[0, 0], &x[0, 0], &slope[0], x.shape[0], x.shape[1], mode)
 
 
 def prelu_forward(x, slope, out):
     """out = x if x > 0 else slope * x (slope (1,), (F,) or (N, F))."""
-    _prelu_fwd(x, slope.reshape(-1), out, _mode(slope, x))
+    _prelu_fwd_mv(x, slope.reshape(-1), out, _mode(slope, x))
 
 
-def _prelu_bwd(const floating[:, ::1] dout, const floating[:, ::1] x, const floating[::1] slope,
-               floating[:, ::1] dx, floating[::1] dslope, int mode):
-    cdef Py_ssize_t n = x.shape[0], f = x.shape[1], nb = (n + ROWBLOCK - 1) // ROWBLOCK
-    cdef Py_ssize_t blk, r, j, r0, r1
+cdef inline Py_ssize_t _prelu_part_len(Py_ssize_t n, Py_ssize_t f) noexcept nogil:
+    """Doubles of the dslope partial sums: one row of f per block of ROWBLOCK rows."""
+    return ((n + ROWBLOCK - 1) // ROWBLOCK) * f
+
+
+cdef void _prelu_bwd(floating* dx, floating* dslope, const floating* dout, const floating* x,
+                     const floating* slope, Py_ssize_t n, Py_ssize_t f, int mode,
+                     double* part) noexcept nogil:
+    """dx (NULL: skipped) and dslope (NULL: skipped; ``part``: _prelu_part_len doubles when
+    mode != 2)."""
+    cdef Py_ssize_t nb = (n + ROWBLOCK - 1) // ROWBLOCK, blk, r, j, r0, r1
     cdef int nt = _threads(n * f // CHEAP)
-    cdef double* part = NULL
     cdef double* p
     cdef double s
     cdef floating v
-    cdef bint has_dx = dx is not None, has_ds = dslope is not None
     if n == 0 or f == 0:
-        if has_ds:
-            for j in range(dslope.shape[0]):
+        if dslope != NULL:
+            for j in range(1 if mode == 0 else (f if mode == 1 else 0)):
                 dslope[j] = 0
         return
-    if has_ds and mode != 2:
-        part = <double*>malloc(<size_t>nb * f * sizeof(double))
+    if dslope == NULL or mode == 2:
+        part = NULL
+    for blk in prange(nb, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
+        r0 = blk * ROWBLOCK
+        r1 = min(r0 + ROWBLOCK, n)
+        if part != NULL:
+            p = part + blk * f
+            for j in range(f):
+                p[j] = 0
+        for r in range(r0, r1):
+            if dx != NULL:        # dx = dout if x > 0 else slope * dout
+                _prelu_dx_row(dx + r * f, dout + r * f, x + r * f,
+                              slope + (r * f if mode == 2 else 0), f, mode)
+            if part != NULL:
+                _prelu_contrib_row(p, dout + r * f, x + r * f, f)
+            elif dslope != NULL:  # per-element slope: no reduction
+                for j in range(f):
+                    v = x[r * f + j]
+                    dslope[r * f + j] = 0 if v > 0 else dout[r * f + j] * v
+    if part != NULL:
+        if mode == 1:
+            for j in range(f):
+                s = 0
+                for blk in range(nb):
+                    s = s + part[blk * f + j]
+                dslope[j] = <floating>s
+        else:
+            s = 0
+            for blk in range(nb):
+                for j in range(f):
+                    s = s + part[blk * f + j]
+            dslope[0] = <floating>s
+
+
+def _prelu_bwd_mv(const floating[:, ::1] dout, const floating[:, ::1] x,
+                  const floating[::1] slope, floating[:, ::1] dx, floating[::1] dslope, int mode):
+    cdef Py_ssize_t n = x.shape[0], f = x.shape[1]
+    cdef double* part = NULL
+    cdef floating* dxp = NULL
+    cdef floating* dsp = NULL
+    if dslope is not None and dslope.shape[0]:
+        dsp = &dslope[0]
+    if n == 0 or f == 0:
+        with nogil:
+            _prelu_bwd(dxp, dsp, <const floating*>NULL, <const floating*>NULL, &slope[0], n, f,
+                       mode, NULL)
+        return
+    if dx is not None:
+        dxp = &dx[0, 0]
+    if dsp != NULL and mode != 2:
+        part = <double*>malloc(<size_t>_prelu_part_len(n, f) * sizeof(double))
         if part == NULL:
             raise MemoryError()
     try:
         with nogil:
-            for blk in prange(nb, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
-                r0 = blk * ROWBLOCK
-                r1 = min(r0 + ROWBLOCK, n)
-                if part != NULL:
-                    p = part + blk * f
-                    for j in range(f):
-                        p[j] = 0
-                for r in range(r0, r1):
-                    if has_dx:        # dx = dout if x > 0 else slope * dout
-                        _prelu_dx_row(&dx[r, 0], &dout[r, 0], &x[r, 0],
-                                      &slope[r * f if mode == 2 else 0], f, mode)
-                    if part != NULL:
-                        _prelu_contrib_row(p, &dout[r, 0], &x[r, 0], f)
-                    elif has_ds:      # per-element slope: no reduction
-                        for j in range(f):
-                            v = x[r, j]
-                            dslope[r * f + j] = 0 if v > 0 else dout[r, j] * v
-            if part != NULL:
-                if mode == 1:
-                    for j in range(f):
-                        s = 0
-                        for blk in range(nb):
-                            s = s + part[blk * f + j]
-                        dslope[j] = <floating>s
-                else:
-                    s = 0
-                    for blk in range(nb):
-                        for j in range(f):
-                            s = s + part[blk * f + j]
-                    dslope[0] = <floating>s
+            _prelu_bwd(dxp, dsp, &dout[0, 0], &x[0, 0], &slope[0], n, f, mode, part)
     finally:
         free(part)
 
@@ -215,53 +249,8 @@ cdef inline void _prelu_dx_row(floating* dx, const floating* g, const floating* 
 
 def prelu_backward(dout, x, slope, dx, dslope):
     """dx = dout if x > 0 else slope * dout; dslope = sum (dout * x)[x <= 0] to slope's shape."""
-    _prelu_bwd(dout, x, slope.reshape(-1), dx, None if dslope is None else dslope.reshape(-1),
-               _mode(slope, x))
-
-
-def _maxout_fwd(const floating[:, ::1] z, floating[:, ::1] out, int64_t[:, ::1] argmax):
-    cdef Py_ssize_t n = out.shape[0], o = out.shape[1], k = z.shape[1] // max(o, 1), r, u, j
-    cdef const floating* p
-    cdef floating best, v
-    cdef int64_t arg
-    cdef int nt = _threads(n * o * k // CHEAP)
-    if n == 0:
-        return
-    with nogil:
-        for r in prange(n, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
-            for u in range(o):
-                p = &z[r, u * k]
-                best = p[0]
-                arg = 0
-                for j in range(1, k):
-                    v = p[j]
-                    # a larger value, or the first NaN (then nothing replaces it: NaN > . is false)
-                    if v > best or (v != v and best == best):
-                        best = v
-                        arg = j
-                out[r, u] = best
-                argmax[r, u] = arg
-
-
-def maxout_forward(z, out, argmax):
-    """out[n, o] = max_j z[n, o*k + j]; argmax = first j attaining it."""
-    _maxout_fwd(z, out, argmax)
-
-
-def _maxout_bwd(const floating[:, ::1] dout, const int64_t[:, ::1] argmax, floating[:, ::1] dz):
-    cdef Py_ssize_t n = dout.shape[0], o = dout.shape[1], k = dz.shape[1] // max(o, 1), r, u, j
-    cdef int nt = _threads(n * o * k // CHEAP)
-    with nogil:
-        for r in prange(n, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
-            for j in range(o * k):
-                dz[r, j] = 0
-            for u in range(o):
-                dz[r, u * k + argmax[r, u]] = dout[r, u]
-
-
-def maxout_backward(dout, argmax, dz):
-    """dz[n, o*k + argmax[n, o]] = dout[n, o], zero elsewhere."""
-    _maxout_bwd(dout, argmax, dz)
+    _prelu_bwd_mv(dout, x, slope.reshape(-1), dx, None if dslope is None else dslope.reshape(-1),
+                  _mode(slope, x))
 
 
 # ---------------------------------------------------------------------------- bound op
@@ -315,6 +304,75 @@ cdef class ActivationOp:
 
     def __dealloc__(self):
         buf_release(self.v, 2)
+
+    def address(self):
+        return <size_t>&self.c.op
+
+
+ctypedef struct _PReLUC:
+    dlf_op op           # first: the program sees a dlf_op*
+    void* slope
+    void* dslope
+    double* part
+    Py_ssize_t n, f
+    int mode, dt
+
+
+cdef int _prelu_op_fwd(dlf_op* p, const void* x) noexcept nogil:
+    cdef _PReLUC* s = <_PReLUC*>p
+    if s.dt == DT_F32:
+        _prelu_fwd(<float*>s.op.out, <const float*>x, <const float*>s.slope, s.n, s.f, s.mode)
+    else:
+        _prelu_fwd(<double*>s.op.out, <const double*>x, <const double*>s.slope, s.n, s.f, s.mode)
+    return 0
+
+
+cdef int _prelu_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept nogil:
+    cdef _PReLUC* s = <_PReLUC*>p
+    if s.dt == DT_F32:
+        _prelu_bwd(<float*>s.op.dx, <float*>s.dslope, <const float*>dout, <const float*>x,
+                   <const float*>s.slope, s.n, s.f, s.mode, s.part)
+    else:
+        _prelu_bwd(<double*>s.op.dx, <double*>s.dslope, <const double*>dout, <const double*>x,
+                   <const double*>s.slope, s.n, s.f, s.mode, s.part)
+    return 0
+
+
+cdef class PReLUOp:
+    """The ``prelu`` op (dlfast.kernels.OPS): ``prelu_forward(x, slope, out)`` and
+    ``prelu_backward(dout, x, slope, dx, dslope)`` (either None: skipped) of fixed arrays
+    (out: (N, F); slope (1,) or (F,))."""
+    cdef _PReLUC c
+    cdef Py_buffer v[4]
+
+    def __cinit__(self, slope, out, dx, dslope):
+        cdef Py_ssize_t ns
+        memset(self.v, 0, sizeof(self.v))
+        memset(&self.c, 0, sizeof(self.c))
+        self.c.dt = buf_get(out, &self.v[0], DT_FLOAT, -1, True)
+        if self.v[0].ndim != 2:
+            raise ValueError(f"out must be 2-D, got {self.v[0].ndim}-D")
+        self.c.n, self.c.f = self.v[0].shape[0], self.v[0].shape[1]
+        buf_get(slope, &self.v[1], self.c.dt, -1, False)
+        ns = self.v[1].len // self.v[1].itemsize
+        if ns != 1 and ns != self.c.f:
+            raise ValueError(f"slope must have 1 or {self.c.f} elements, got {ns}")
+        self.c.mode = 0 if ns == 1 else 1
+        buf_get(dx, &self.v[2], self.c.dt, self.c.n * self.c.f, True)
+        buf_get(dslope, &self.v[3], self.c.dt, ns, True)
+        if dslope is not None:
+            self.c.part = <double*>malloc(max(_prelu_part_len(self.c.n, self.c.f), 1)
+                                          * sizeof(double))
+            if self.c.part == NULL:
+                raise MemoryError()
+        self.c.op.out, self.c.slope = self.v[0].buf, self.v[1].buf
+        self.c.op.dx, self.c.dslope = self.v[2].buf, self.v[3].buf
+        self.c.op.fwd = _prelu_op_fwd
+        self.c.op.bwd = _prelu_op_bwd
+
+    def __dealloc__(self):
+        free(self.c.part)
+        buf_release(self.v, 4)
 
     def address(self):
         return <size_t>&self.c.op

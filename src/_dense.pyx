@@ -4,17 +4,20 @@ dlfast_sgemm.h, where the CPU has it, else and for float64 on a BLAS).
 forward:  out = act(x @ W + b)            per block of rows: GEMM, then bias + activation in cache
 backward: dz = dout * act'(out), db = sum_n dz (one parallel pass, fixed row blocks)
           dW = x.T @ dz, dx = dz @ W.T    GEMM
+maxout:   out[n, o] = max_j z[n, o*k + j], argmax = first j attaining it (NaN wins, as np.argmax);
+          dz[n, o*k + argmax[n, o]] = dout[n, o], 0 elsewhere
 """
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 from scipy.linalg.cython_blas cimport (sgemm as _scipy_sgemm, dgemm as _scipy_dgemm,
                                        sgemv as _scipy_sgemv, dgemv as _scipy_dgemv)
 
 from _op cimport dlf_op
-from _act cimport (act_code, act_row, act_grad_row, ACT_IDENTITY, buf_get, buf_release, DT_F32,
-                  DT_FLOAT)
+from _act cimport (act_code, act_row, act_grad_row, ACT_IDENTITY, CHEAP, buf_get, buf_release,
+                  DT_F32, DT_FLOAT, DT_I64)
 
 include "_parallel.pxi"
 
@@ -498,6 +501,187 @@ cdef class DenseOp:
     def __dealloc__(self):
         free(self.c.part)
         buf_release(self.v, 7)
+
+    def address(self):
+        return <size_t>&self.c.op
+
+
+
+# ---------------------------------------------------------------------------- maxout
+cdef void _maxout_fwd(const floating* z, floating* out, int64_t* argmax, Py_ssize_t n,
+                      Py_ssize_t o, Py_ssize_t k) noexcept nogil:
+    cdef Py_ssize_t r
+    cdef int nt = _threads(n * o * k // CHEAP)
+    if n == 0 or o == 0:
+        return
+    if nt == 1:
+        for r in range(n):
+            _maxout_row(z + r * o * k, out + r * o, argmax + r * o, o, k)
+    else:
+        for r in prange(n, num_threads=nt, schedule="static"):
+            _maxout_row(z + r * o * k, out + r * o, argmax + r * o, o, k)
+
+
+cdef inline void _maxout_row(const floating* z, floating* out, int64_t* argmax, Py_ssize_t o,
+                             Py_ssize_t k) noexcept nogil:
+    cdef Py_ssize_t u, j
+    cdef const floating* p
+    cdef floating best, v
+    cdef int64_t arg
+    for u in range(o):
+        p = z + u * k
+        best = p[0]
+        arg = 0
+        for j in range(1, k):
+            v = p[j]
+            # a larger value, or the first NaN (then nothing replaces it: NaN > . is false)
+            if v > best or (v != v and best == best):
+                best = v
+                arg = j
+        out[u] = best
+        argmax[u] = arg
+
+
+cdef void _maxout_bwd(const floating* dout, const int64_t* argmax, floating* dz, Py_ssize_t n,
+                      Py_ssize_t o, Py_ssize_t k) noexcept nogil:
+    cdef Py_ssize_t r, u, j
+    cdef int nt = _threads(n * o * k // CHEAP)
+    for r in prange(n, num_threads=nt, use_threads_if=nt > 1, schedule="static"):
+        for j in range(o * k):
+            dz[r * o * k + j] = 0
+        for u in range(o):
+            dz[r * o * k + u * k + argmax[r * o + u]] = dout[r * o + u]
+
+
+def maxout_forward(z, out, argmax):
+    """out[n, o] = max_j z[n, o*k + j]; argmax = first j attaining it."""
+    cdef Py_buffer v[3]
+    cdef Py_ssize_t n, o, k
+    cdef int dt
+    memset(v, 0, sizeof(v))
+    try:
+        dt = _mat(out, &v[1], DT_FLOAT, "out", -1, -1, True, True)
+        n, o = v[1].shape[0], v[1].shape[1]
+        _mat(z, &v[0], dt, "z", n, -1, True, False)
+        k = v[0].shape[1] // max(o, 1)
+        buf_get(argmax, &v[2], DT_I64, n * o, True)
+        with nogil:
+            if dt == DT_F32:
+                _maxout_fwd(<const float*>v[0].buf, <float*>v[1].buf, <int64_t*>v[2].buf, n, o, k)
+            else:
+                _maxout_fwd(<const double*>v[0].buf, <double*>v[1].buf, <int64_t*>v[2].buf, n, o,
+                            k)
+    finally:
+        buf_release(v, 3)
+
+
+def maxout_backward(dout, argmax, dz):
+    """dz[n, o*k + argmax[n, o]] = dout[n, o], zero elsewhere."""
+    cdef Py_buffer v[3]
+    cdef Py_ssize_t n, o, k
+    cdef int dt
+    memset(v, 0, sizeof(v))
+    try:
+        dt = _mat(dout, &v[0], DT_FLOAT, "dout", -1, -1, True, False)
+        n, o = v[0].shape[0], v[0].shape[1]
+        buf_get(argmax, &v[1], DT_I64, n * o, False)
+        _mat(dz, &v[2], dt, "dz", n, -1, True, True)
+        k = v[2].shape[1] // max(o, 1)
+        with nogil:
+            if dt == DT_F32:
+                _maxout_bwd(<const float*>v[0].buf, <const int64_t*>v[1].buf, <float*>v[2].buf,
+                            n, o, k)
+            else:
+                _maxout_bwd(<const double*>v[0].buf, <const int64_t*>v[1].buf,
+                            <double*>v[2].buf, n, o, k)
+    finally:
+        buf_release(v, 3)
+
+
+ctypedef struct _MaxoutC:
+    dlf_op op           # first: the program sees a dlf_op*
+    const void* W
+    const void* b
+    void* z
+    int64_t* argmax
+    void* dz
+    void* dz2
+    void* dW
+    void* db
+    double* part
+    int n, i, width, o, k, dt
+
+
+cdef int _maxout_op_fwd(dlf_op* p, const void* x) noexcept nogil:
+    cdef _MaxoutC* s = <_MaxoutC*>p
+    if s.dt == DT_F32:
+        _fwd(<const float*>x, <const float*>s.W, <const float*>s.b, <float*>s.z, s.n, s.i,
+             s.width, ACT_IDENTITY, 0)
+        _maxout_fwd(<const float*>s.z, <float*>s.op.out, s.argmax, s.n, s.o, s.k)
+    else:
+        _fwd(<const double*>x, <const double*>s.W, <const double*>s.b, <double*>s.z, s.n, s.i,
+             s.width, ACT_IDENTITY, 0)
+        _maxout_fwd(<const double*>s.z, <double*>s.op.out, s.argmax, s.n, s.o, s.k)
+    return 0
+
+
+cdef int _maxout_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept nogil:
+    cdef _MaxoutC* s = <_MaxoutC*>p
+    if s.dt == DT_F32:
+        _maxout_bwd(<const float*>dout, s.argmax, <float*>s.dz, s.n, s.o, s.k)
+        _bwd(<const float*>s.dz, <const float*>x, <const float*>s.W, <const float*>s.z,
+             <float*>s.dz2, <float*>s.op.dx, <float*>s.dW, <float*>s.db, s.part, s.n, s.i,
+             s.width, ACT_IDENTITY, 0)
+    else:
+        _maxout_bwd(<const double*>dout, s.argmax, <double*>s.dz, s.n, s.o, s.k)
+        _bwd(<const double*>s.dz, <const double*>x, <const double*>s.W, <const double*>s.z,
+             <double*>s.dz2, <double*>s.op.dx, <double*>s.dW, <double*>s.db, s.part, s.n, s.i,
+             s.width, ACT_IDENTITY, 0)
+    return 0
+
+
+cdef class MaxoutOp:
+    """The ``maxout`` op (dlfast.kernels.OPS): ``dense_forward(x, W, b, z)``,
+    ``maxout_forward(z, out, argmax)``; ``maxout_backward(dout, argmax, dz)``,
+    ``dense_backward(dz, x, W, z, dz2, dx, dW, db)`` (dx, dW, db: None to skip) of fixed arrays."""
+    cdef _MaxoutC c
+    cdef Py_buffer v[10]
+
+    def __cinit__(self, W, b, z, out, argmax, dz, dz2, dx, dW, db):
+        cdef int dt, n, i, width, o
+        memset(self.v, 0, sizeof(self.v))
+        memset(&self.c, 0, sizeof(self.c))
+        dt = _mat(W, &self.v[0], DT_FLOAT, "W", -1, -1, True, False)
+        i, width = self.v[0].shape[0], self.v[0].shape[1]
+        buf_get(b, &self.v[1], dt, width, False)
+        _mat(z, &self.v[2], dt, "z", -1, width, True, True)
+        n = self.v[2].shape[0]
+        _mat(out, &self.v[3], dt, "out", n, -1, True, True)
+        o = self.v[3].shape[1]
+        if o < 1 or width % o:
+            raise ValueError(f"out must have a width dividing {width}, got {o}")
+        buf_get(argmax, &self.v[4], DT_I64, n * o, True)
+        _mat(dz, &self.v[5], dt, "dz", n, width, True, True)
+        _mat(dz2, &self.v[6], dt, "dz2", n, width, True, True)
+        _mat(dx, &self.v[7], dt, "dx", n, i, False, True)
+        _mat(dW, &self.v[8], dt, "dW", i, width, False, True)
+        buf_get(db, &self.v[9], dt, width, True)
+        if db is not None and n and width:
+            self.c.part = <double*>malloc(<size_t>((n + ROWBLOCK - 1) // ROWBLOCK) * width
+                                          * sizeof(double))
+            if self.c.part == NULL:
+                raise MemoryError()
+        self.c.n, self.c.i, self.c.width, self.c.o, self.c.k, self.c.dt = n, i, width, o, width // o, dt
+        self.c.W, self.c.b, self.c.z = self.v[0].buf, self.v[1].buf, self.v[2].buf
+        self.c.op.out, self.c.argmax = self.v[3].buf, <int64_t*>self.v[4].buf
+        self.c.dz, self.c.dz2, self.c.op.dx = self.v[5].buf, self.v[6].buf, self.v[7].buf
+        self.c.dW, self.c.db = self.v[8].buf, self.v[9].buf
+        self.c.op.fwd = _maxout_op_fwd
+        self.c.op.bwd = _maxout_op_bwd
+
+    def __dealloc__(self):
+        free(self.c.part)
+        buf_release(self.v, 10)
 
     def address(self):
         return <size_t>&self.c.op

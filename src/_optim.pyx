@@ -6,6 +6,7 @@ Effective gradient, per element, in the array's dtype (scalars rounded to it, as
 Reductions accumulate in double over fixed BLOCK-element chunks combined in order: the result does
 not depend on the thread count.
 """
+cimport numpy as cnp
 from cython.parallel cimport prange
 from cython cimport floating
 from libc.math cimport sqrt, sqrtf, pow, fabs
@@ -15,6 +16,8 @@ from libc.stdlib cimport malloc, free
 from _act cimport buf_get, buf_release, DT_F32, DT_FLOAT
 
 include "_parallel.pxi"
+
+cnp.import_array()
 
 cdef enum:
     BLOCK = 4096          # elements per parallel work item / reduction chunk
@@ -642,6 +645,10 @@ cdef class BoundUpdate:
     """``bind_update(rule, ws, gs, states, wds, hyper)``: see ``dlfast.kernels.bind_update``.
     Arrays must already be validated (C-contiguous, one dtype, shapes, writeable, disjoint)."""
     cdef readonly object rule, arrays
+    cdef tuple held                 # ws and state arrays (writeable checks of take)
+    cdef size_t* starts             # their [start, end) byte spans, sorted (overlap tests)
+    cdef size_t* ends
+    cdef Py_ssize_t nspans
     cdef int code, is_double
     cdef Py_ssize_t nk, nitems, work
     cdef char** w
@@ -697,8 +704,58 @@ cdef class BoundUpdate:
                 it += 1
                 lo += BLOCK
         self.first[nk] = it
+        self.held = tuple(ws) + tuple(a for st in states for a in st[:nstate])
+        spans = sorted((<size_t>_data(a), <size_t>a.nbytes) for a in self.held if a.size)
+        self.nspans = len(spans)
+        self.starts = <size_t*>malloc((self.nspans + 1) * sizeof(size_t))
+        self.ends = <size_t*>malloc((self.nspans + 1) * sizeof(size_t))
+        if self.starts == NULL or self.ends == NULL:
+            raise MemoryError()
+        for k, (p0, nb) in enumerate(spans):
+            self.starts[k], self.ends[k] = p0, p0 + nb
+
+    def take(self, list gs):
+        """-1 and the next sumsq()/update() read gs, when every gs[k] is an ndarray of ws[k]'s
+        shape and dtype, C-contiguous, sharing no memory with a bound array, and every bound
+        array is writeable; else the index of the first that is not (nothing taken)."""
+        cdef Py_ssize_t k, lo, hi, mid
+        cdef size_t p0, p1
+        cdef cnp.ndarray g, w
+        if len(gs) != self.nk:
+            return 0
+        for k in range(len(self.held)):
+            if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>self.held[k]):
+                return 0
+        ws = self.arrays[0]
+        for k in range(self.nk):
+            if not isinstance(gs[k], cnp.ndarray):
+                return k
+            g, w = gs[k], ws[k]
+            if (cnp.PyArray_TYPE(g) != cnp.PyArray_TYPE(w) or not cnp.PyArray_IS_C_CONTIGUOUS(g)
+                    or not cnp.PyArray_SAMESHAPE(g, w)):
+                return k
+            if cnp.PyArray_SIZE(g) == 0:
+                continue
+            p0 = <size_t>cnp.PyArray_DATA(g)
+            p1 = p0 + <size_t>cnp.PyArray_NBYTES(g)
+            lo, hi = 0, self.nspans          # the last span starting before p1 is the one to test
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if self.starts[mid] < p1:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo > 0 and self.ends[lo - 1] > p0:
+                return k
+        for k in range(self.nk):
+            g = gs[k]
+            self.g[k] = <char*>cnp.PyArray_DATA(g) if cnp.PyArray_SIZE(g) else <char*>_EMPTY
+        self.arrays = (ws, tuple(gs), self.arrays[2])
+        return -1
 
     def __dealloc__(self):
+        free(self.starts)
+        free(self.ends)
         free(self.w)
         free(self.g)
         free(self.s1)

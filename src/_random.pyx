@@ -4,6 +4,7 @@ u_i = (mix64(mix64(seed) + (counter + i + 1) * 0x9E3779B97F4A7C15) >> 11) * 2^-5
 mix64 = SplitMix64's finaliser; bit-identical to ``numpy_kernels.uniform01`` for any thread count.
 Every element is independent: the loops are C (below), vectorised and cloned per instruction set.
 """
+from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport ceil
 from libc.stdint cimport uint64_t, uint8_t
@@ -254,6 +255,101 @@ cdef class DropoutOp:
 
     def set_counter(self, counter):
         """The next forward draws the mask of ``counter`` (as ``dropout_mask``)."""
+        self.c.base = <uint64_t>counter + 1
+
+    def __dealloc__(self):
+        buf_release(self.v, 3)
+
+    def address(self):
+        return <size_t>&self.c.op
+
+
+ctypedef struct _RReLUC:
+    dlf_op op           # first: the program sees a dlf_op*
+    void* slopes
+    Py_ssize_t n
+    uint64_t key, base
+    double lower, span
+    int dt
+
+
+cdef inline void _leaky(floating* y, const floating* x, const floating* s, Py_ssize_t lo,
+                        Py_ssize_t hi) noexcept nogil:
+    """y = x if x > 0 else s * x (as prelu_forward with per-element slopes)."""
+    cdef Py_ssize_t i
+    cdef floating v
+    for i in range(lo, hi):
+        v = x[i]
+        y[i] = v if v > 0 else s[i] * v
+
+
+cdef inline void _leaky_dx(floating* dx, const floating* g, const floating* x,
+                           const floating* s, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """dx = g if x > 0 else s * g (as prelu_backward with per-element slopes)."""
+    cdef Py_ssize_t i
+    for i in range(lo, hi):
+        dx[i] = g[i] if x[i] > 0 else s[i] * g[i]
+
+
+cdef void _leaky_all(floating* y, const floating* x, const floating* s, const floating* g,
+                     Py_ssize_t n) noexcept nogil:
+    """g NULL: y = leaky(x); else y = leaky_dx(g), in fixed blocks."""
+    cdef int nt = _threads(n)
+    cdef Py_ssize_t b, lo
+    for b in prange(_nblocks(n), schedule="static", num_threads=nt, use_threads_if=nt > 1):
+        lo = b * BLOCK
+        if g == NULL:
+            _leaky(y, x, s, lo, min(lo + BLOCK, n))
+        else:
+            _leaky_dx(y, g, x, s, lo, min(lo + BLOCK, n))
+
+
+cdef int _rrelu_op_fwd(dlf_op* p, const void* x) noexcept nogil:
+    cdef _RReLUC* s = <_RReLUC*>p
+    _rand_items(1, s.slopes, NULL, s.n, s.dt, s.key, s.base, s.lower, s.span, 0)
+    if s.dt == DT_F32:
+        _leaky_all(<float*>s.op.out, <const float*>x, <const float*>s.slopes, NULL, s.n)
+    else:
+        _leaky_all(<double*>s.op.out, <const double*>x, <const double*>s.slopes, NULL, s.n)
+    return 0
+
+
+cdef int _rrelu_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept nogil:
+    cdef _RReLUC* s = <_RReLUC*>p
+    if s.op.dx == NULL:
+        return 0
+    if s.dt == DT_F32:
+        _leaky_all(<float*>s.op.dx, <const float*>x, <const float*>s.slopes,
+                   <const float*>dout, s.n)
+    else:
+        _leaky_all(<double*>s.op.dx, <const double*>x, <const double*>s.slopes,
+                   <const double*>dout, s.n)
+    return 0
+
+
+cdef class RReLUOp:
+    """The ``rrelu`` op (dlfast.kernels.OPS): ``random_uniform(slopes, lower, upper, seed,
+    counter)``, ``prelu_forward(x, slopes, out)``; ``prelu_backward(dout, x, slopes, dx, None)``
+    (dx None: no backward) of fixed arrays; ``set_counter`` before each forward."""
+    cdef _RReLUC c
+    cdef Py_buffer v[3]
+
+    def __cinit__(self, slopes, out, dx, lower, upper, seed):
+        memset(self.v, 0, sizeof(self.v))
+        memset(&self.c, 0, sizeof(self.c))
+        self.c.dt = buf_get(out, &self.v[0], DT_FLOAT, -1, True)
+        self.c.n = self.v[0].len // self.v[0].itemsize
+        buf_get(slopes, &self.v[1], self.c.dt, self.c.n, True)
+        buf_get(dx, &self.v[2], self.c.dt, self.c.n, True)
+        self.c.key = _mix64(<uint64_t>seed)
+        self.c.lower = lower
+        self.c.span = <double>upper - self.c.lower
+        self.c.op.out, self.c.slopes, self.c.op.dx = self.v[0].buf, self.v[1].buf, self.v[2].buf
+        self.c.op.fwd = _rrelu_op_fwd
+        self.c.op.bwd = _rrelu_op_bwd
+
+    def set_counter(self, counter):
+        """The next forward draws the slopes of ``counter`` (as ``random_uniform``)."""
         self.c.base = <uint64_t>counter + 1
 
     def __dealloc__(self):

@@ -16,7 +16,7 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
-from _op cimport dlf_loss_op, DLF_OP_ERR_LABELS
+from _op cimport dlf_op, dlf_loss_op, DLF_OP_ERR_LABELS
 from _act cimport (exp_shift_sum, exp_shift_sum_d, row_max, CHEAP, aligned_doubles, buf_get,
                    buf_release, line_doubles, DT_F32, DT_I64, DT_FLOAT)
 
@@ -279,22 +279,23 @@ cdef int _xent_op_fwd(dlf_loss_op* p, const void* logits, double* loss) noexcept
 cdef int _xent_op_bwd(dlf_loss_op* p) noexcept nogil:
     cdef _XentC* s = <_XentC*>p
     if s.dt == DT_F32:
-        _xent_back(<const float*>s.probs, s.op.labels, <float*>s.op.dlogits, s.n, s.c, 1.0)
+        _xent_back(<const float*>s.probs, s.op.labels, <float*>s.op.dlogits, s.n, s.c,
+                   s.op.weight)
     else:
-        _xent_back(<const double*>s.probs, s.op.labels, <double*>s.op.dlogits, s.n, s.c, 1.0)
+        _xent_back(<const double*>s.probs, s.op.labels, <double*>s.op.dlogits, s.n, s.c,
+                   s.op.weight)
     return 0
 
 
 cdef class SoftmaxXentOp:
-    """``softmax_xent_forward(logits, labels, probs)`` and ``softmax_xent_backward(probs,
-    labels, dlogits, 1.0)`` of fixed arrays (probs: (N, C), N, C >= 1; labels: the int64 (N,)
-    buffer the chain fills each step): the loss of a compiled chain (dlfast_op.h). A label
-    outside [0, C) makes the forward return DLF_OP_ERR_LABELS, and ``check_labels()`` raise the
-    kernels' ValueError. ``address()`` is the ``dlf_loss_op*``."""
+    """The ``softmax_xent`` op (dlfast.kernels.OPS): ``softmax_xent_forward(logits, labels,
+    probs)`` and ``softmax_xent_backward(probs, labels, dlogits, weight)`` of fixed arrays (probs:
+    (N, C), N, C >= 1; labels: the int64 (N,) buffer the program fills each step). A label outside
+    [0, C) makes the forward return DLF_OP_ERR_LABELS. ``address()`` is the ``dlf_loss_op*``."""
     cdef _XentC c
     cdef Py_buffer v[3]
 
-    def __cinit__(self, probs, labels, dlogits):
+    def __cinit__(self, probs, labels, dlogits, double weight):
         cdef Py_ssize_t n, c
         memset(self.v, 0, sizeof(self.v))
         memset(&self.c, 0, sizeof(self.c))
@@ -312,17 +313,65 @@ cdef class SoftmaxXentOp:
         self.c.scratch = aligned_doubles(self.c.cap * line_doubles(c))
         self.c.probs, self.c.op.labels = self.v[0].buf, <int64_t*>self.v[1].buf
         self.c.op.dlogits = self.v[2].buf
+        self.c.op.n, self.c.op.classes, self.c.op.weight = n, c, weight
         self.c.op.fwd = _xent_op_fwd
         self.c.op.bwd = _xent_op_bwd
-
-    def check_labels(self):
-        """The kernels' ValueError if a label in the buffer lies outside [0, C)."""
-        _check_labels(self.c.op.labels, self.c.n, self.c.c)
 
     def __dealloc__(self):
         free(self.c.rowloss)
         free(self.c.scratch)
         buf_release(self.v, 3)
+
+    def address(self):
+        return <size_t>&self.c.op
+
+
+ctypedef struct _SoftmaxC:
+    dlf_op op           # first: the program sees a dlf_op*
+    Py_ssize_t n, c
+    int dt
+
+
+cdef int _softmax_op_fwd(dlf_op* p, const void* x) noexcept nogil:
+    cdef _SoftmaxC* s = <_SoftmaxC*>p
+    if s.dt == DT_F32:
+        _softmax(<const float*>x, <float*>s.op.out, s.n, s.c)
+    else:
+        _softmax(<const double*>x, <double*>s.op.out, s.n, s.c)
+    return 0
+
+
+cdef int _softmax_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept nogil:
+    cdef _SoftmaxC* s = <_SoftmaxC*>p
+    if s.op.dx == NULL:
+        return 0
+    if s.dt == DT_F32:
+        _softmax_back(<const float*>dout, <const float*>s.op.out, <float*>s.op.dx, s.n, s.c)
+    else:
+        _softmax_back(<const double*>dout, <const double*>s.op.out, <double*>s.op.dx, s.n, s.c)
+    return 0
+
+
+cdef class SoftmaxOp:
+    """The ``softmax`` op (dlfast.kernels.OPS): ``softmax_forward(x, out)`` and
+    ``softmax_backward(dout, out, dx)`` (dx None: no backward) of fixed arrays (out: (N, C))."""
+    cdef _SoftmaxC c
+    cdef Py_buffer v[2]
+
+    def __cinit__(self, out, dx):
+        memset(self.v, 0, sizeof(self.v))
+        memset(&self.c, 0, sizeof(self.c))
+        self.c.dt = _get_2d(out, &self.v[0], DT_FLOAT, True)
+        self.c.n, self.c.c = self.v[0].shape[0], self.v[0].shape[1]
+        if self.c.c < 1:
+            raise ValueError("out must have at least one column (class)")
+        buf_get(dx, &self.v[1], self.c.dt, self.c.n * self.c.c, True)
+        self.c.op.out, self.c.op.dx = self.v[0].buf, self.v[1].buf
+        self.c.op.fwd = _softmax_op_fwd
+        self.c.op.bwd = _softmax_op_bwd
+
+    def __dealloc__(self):
+        buf_release(self.v, 2)
 
     def address(self):
         return <size_t>&self.c.op

@@ -1,5 +1,5 @@
 """Compiled activation, PReLU, Maxout, softmax and softmax cross-entropy kernels
-(dlfast._backends._activations / _softmax) against the NumPy backend, through dlfast.kernels:
+(dlfast._backends._activations / _dense / _softmax) against the NumPy backend, through dlfast.kernels:
 float32/float64, 0-d to 3-d shapes, batch 1 / odd batches, width 1 and wide arrays (threads
 start), non-contiguous / Fortran / read-only inputs, in-place activation, special values
 (inf, NaN, saturation), optional outputs, and 1 vs 2 threads bit-identical."""
@@ -79,7 +79,8 @@ def values(shape, dtype, seed, scale=3.0, special=False):
 
 @pytest.mark.parametrize("mod,names", [
     ("_activations", ["activation_forward", "activation_backward", "prelu_forward",
-                      "prelu_backward", "maxout_forward", "maxout_backward"]),
+                      "prelu_backward"]),
+    ("_dense", ["dense_forward", "dense_backward", "maxout_forward", "maxout_backward"]),
     ("_softmax", ["softmax_forward", "softmax_backward", "softmax_xent_forward",
                   "softmax_xent_backward"])])
 def test_signatures_match_numpy_backend(mod, names):

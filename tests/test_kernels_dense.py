@@ -303,9 +303,8 @@ def test_gemm_blas_stays_single_threaded_under_threadpool_limits():
 
 
 def test_raw_dense_module_rejects_bad_arrays():
-    """The compiled module's own entry points (called by the wrappers, and with ``check=False``
-    by trusted layer calls) take arrays through the buffer protocol and check every shape and
-    dtype themselves: a bad call is an exception, never a read or write out of bounds."""
+    """The compiled module's own entry points (called by the wrappers) take arrays through the
+    buffer protocol and check every shape and dtype themselves: a bad call is an exception, never a read or write out of bounds."""
     if "cython" not in dlfast.available_backends():
         pytest.skip("compiled backend not built")
     from dlfast._backends import _dense as D

@@ -126,19 +126,19 @@ def test_labels_validated(backend):
 
 @pytest.mark.parametrize("bad", [4, -1, np.iinfo(np.int64).max, np.iinfo(np.int64).min])
 @pytest.mark.parametrize("row", [0, 6])
-def test_unchecked_loss_kernels_still_check_the_label_range(backend, bad, row):
-    """check=False trusts the labels' dtype and shape, never their range: an out-of-range label
-    would index outside a row (the compiled kernels read and write through it)."""
+def test_backend_loss_kernels_check_the_label_range(backend, bad, row):
+    """The backends' own loss kernels (called unchecked, as the training engine's ops do) check
+    the labels' range: an out-of-range label would index outside a row."""
     logits = np.zeros((7, 4), np.float32)
     labels = np.array([1, 0, 3, 2, 1, 0, 3], np.int64)
     labels[row] = bad
     probs = np.full_like(logits, 7.0)
     with pytest.raises(ValueError, match=rf"labels must lie in \[0, 4\), got {bad} in row {row}"):
-        K.softmax_xent_forward(logits, labels, probs, check=False)
+        dlfast._config.active().softmax_xent_forward(logits, labels, probs)
     assert (probs == 7.0).all()                     # raised before writing
     dl = np.full_like(logits, 7.0)
     with pytest.raises(ValueError, match=rf"got {bad} in row {row}"):
-        K.softmax_xent_backward(probs, labels, dl, 1.0, check=False)
+        dlfast._config.active().softmax_xent_backward(probs, labels, dl, 1.0)
     assert (dl == 7.0).all()
 
 

@@ -6,7 +6,7 @@ Builds the extension modules of the source tree ``--src`` (default: this reposit
 ``-fsanitize=address -fno-omit-frame-pointer`` (CMake flags, in an isolated build folder; the
 development install is not touched), installs the wheel into a private folder, and runs the kernel
 tests (default ``tests/test_kernels_*.py``, ``tests/test_fuzz_kernels.py`` and
-``tests/test_bound_step.py``, the compiled chain, of this repository)
+``tests/test_engine.py``, the compiled training-step programs, of this repository)
 in a child interpreter with::
 
     LD_PRELOAD=$(gcc -print-file-name=libasan.so)   ASan runtime loaded before CPython
@@ -65,7 +65,7 @@ def main(argv=None):
     pytest_args = [a if a.startswith("-") or not os.path.exists(a.split("::")[0]) else os.path.abspath(a)
                    for a in pytest_args]            # the child runs in the work folder
     tests = pytest_args or sorted(glob.glob(os.path.join(ROOT, "tests", "test_kernels_*.py"))) \
-        + [os.path.join(ROOT, "tests", n) for n in ("test_fuzz_kernels.py", "test_bound_step.py")]
+        + [os.path.join(ROOT, "tests", n) for n in ("test_fuzz_kernels.py", "test_engine.py")]
     log = os.path.join(work, "asan-log")
     for old in glob.glob(log + ".*"):
         os.remove(old)

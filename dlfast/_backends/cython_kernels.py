@@ -1,11 +1,11 @@
 """The compiled backend: gathers the primitives of the private extension modules built from
 ``src/_*.pyx`` under the names of ``dlfast.kernels.KERNELS``.
 
-Module map (one ``.pyx`` each): ``_dense`` (affine + activation, GEMMs), ``_activations``
-(elementwise activations, PReLU, Maxout), ``_softmax`` (softmax, softmax cross-entropy),
+Module map (one ``.pyx`` each): ``_dense`` (affine + activation, Maxout, GEMMs), ``_activations``
+(elementwise activations, PReLU), ``_softmax`` (softmax, softmax cross-entropy),
 ``_batchnorm``, ``_random`` (counter-based generator: dropout, uniform, Bernoulli), ``_optim``
 (optimiser updates, norms, penalties, max-norm), ``_rbm`` (contrastive-divergence update).
-``_info`` reports OpenMP and threads.
+``_info`` reports OpenMP and threads; ``_program`` runs a training step's ops.
 """
 import ctypes
 import importlib
@@ -136,10 +136,13 @@ def threads_for(work):
     return _info.threads_for(work)
 
 
-# Bound training steps (dlfast._bound): the ops a layer binds its arrays into, by kind, and the
-# chain that runs them with no Python between the kernels (src/dlfast_op.h, src/_step.pyx).
-_step = importlib.import_module("dlfast._backends._step")
-CHAIN_OPS = {"dense": _mods[0].DenseOp, "activation": _mods[1].ActivationOp,
-             "softmax_xent": _mods[2].SoftmaxXentOp, "batchnorm": _mods[3].BatchNormOp,
-             "dropout": _mods[4].DropoutOp}
-Chain = _step.Chain
+# The training engine's ops (dlfast.kernels.OPS: one compiled class each, src/dlfast_op.h) and the
+# program that runs a step's ops with the GIL released once (src/_program.pyx).
+from .numpy_kernels import LayerOp  # noqa: E402  (a layer's own forward/backward: Python)
+
+OPS = {"dense": _mods[0].DenseOp, "maxout": _mods[0].MaxoutOp,
+       "activation": _mods[1].ActivationOp, "prelu": _mods[1].PReLUOp,
+       "softmax": _mods[2].SoftmaxOp, "softmax_xent": _mods[2].SoftmaxXentOp,
+       "batchnorm": _mods[3].BatchNormOp, "dropout": _mods[4].DropoutOp,
+       "rrelu": _mods[4].RReLUOp, "layer": LayerOp}
+Program = importlib.import_module("dlfast._backends._program").Program

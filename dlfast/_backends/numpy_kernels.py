@@ -3,6 +3,8 @@
 Arguments arrive validated by ``dlfast.kernels`` (dtypes agree, shapes fit, outputs are
 C-contiguous, writeable and do not overlap inputs). See ``dlfast.kernels`` for the formulas.
 """
+import bisect
+
 import numpy as np
 
 NAME = "numpy"
@@ -374,6 +376,27 @@ class BoundUpdate:
     def __init__(self, rule, ws, gs, states, wds, hyper):
         self.rule, self.arrays = rule, (tuple(ws), tuple(gs), tuple(tuple(s) for s in states))
         self.wds, self.hyper = tuple(wds), hyper
+        held = [a for a in (*ws, *(a for st in states for a in st)) if a.size]
+        spans = sorted((a.__array_interface__["data"][0], a.nbytes) for a in held)
+        self._starts = [s for s, _ in spans]
+        self._ends = [s + n for s, n in spans]
+        self._held = held
+
+    def take(self, gs):
+        ws, _, states = self.arrays
+        if len(gs) != len(ws) or not all(a.flags.writeable for a in self._held):
+            return 0
+        for k, (g, w) in enumerate(zip(gs, ws)):
+            if not (type(g) is np.ndarray and g.dtype == w.dtype and g.shape == w.shape
+                    and g.flags.c_contiguous):
+                return k
+            if g.size:
+                lo = g.__array_interface__["data"][0]
+                i = bisect.bisect_left(self._starts, lo + g.nbytes) - 1
+                if i >= 0 and self._ends[i] > lo:
+                    return k
+        self.arrays = (ws, tuple(gs), states)
+        return -1
 
     def set_hyper(self, hyper):
         self.hyper = hyper
@@ -404,3 +427,188 @@ class BoundUpdate:
 
 def bind_update(rule, ws, gs, states, wds, hyper):
     return BoundUpdate(rule, ws, gs, states, wds, hyper)
+
+
+# ----------------------------------------------------------------------------- ops and programs
+# dlfast.kernels.OPS documents each op; the engine (dlfast._engine) validates their arrays once
+# and runs them every step through a Program.
+from ..kernels import OPS as _OPS  # noqa: E402
+
+
+class _Op:
+    """The arrays and settings of one op (names: ``dlfast.kernels.OPS[kind]``)."""
+    kind = None
+    counter = 0
+
+    def __init__(self, *args):
+        names = _OPS[self.kind][0] + _OPS[self.kind][1]
+        for name, a in zip(names, args, strict=True):
+            setattr(self, name, a)
+
+    def set_counter(self, counter):
+        self.counter = counter
+
+
+class DenseOp(_Op):
+    kind = "dense"
+
+    def forward(self, x):
+        dense_forward(x, self.W, self.b, self.out, self.activation, self.alpha)
+
+    def backward(self, x, dout):
+        dense_backward(dout, x, self.W, self.out, self.dz, self.dx, self.dW, self.db,
+                       self.activation, self.alpha)
+
+
+class ActivationOp(_Op):
+    kind = "activation"
+
+    def forward(self, x):
+        activation_forward(x, self.out, self.activation, self.alpha)
+
+    def backward(self, x, dout):
+        if self.dx is not None:
+            activation_backward(dout, self.out, self.dx, self.activation, self.alpha)
+
+
+class PReLUOp(_Op):
+    kind = "prelu"
+
+    def forward(self, x):
+        prelu_forward(x, self.slope, self.out)
+
+    def backward(self, x, dout):
+        prelu_backward(dout, x, self.slope, self.dx, self.dslope)
+
+
+class RReLUOp(_Op):
+    kind = "rrelu"
+
+    def forward(self, x):
+        random_uniform(self.slopes, self.lower, self.upper, self.seed, self.counter)
+        prelu_forward(x, self.slopes, self.out)
+
+    def backward(self, x, dout):
+        if self.dx is not None:
+            prelu_backward(dout, x, self.slopes, self.dx, None)
+
+
+class MaxoutOp(_Op):
+    kind = "maxout"
+
+    def forward(self, x):
+        dense_forward(x, self.W, self.b, self.z, "identity", 0.0)
+        maxout_forward(self.z, self.out, self.argmax)
+
+    def backward(self, x, dout):
+        maxout_backward(dout, self.argmax, self.dz)
+        dense_backward(self.dz, x, self.W, self.z, self.dz2, self.dx, self.dW, self.db,
+                       "identity", 0.0)
+
+
+class SoftmaxOp(_Op):
+    kind = "softmax"
+
+    def forward(self, x):
+        softmax_forward(x, self.out)
+
+    def backward(self, x, dout):
+        if self.dx is not None:
+            softmax_backward(dout, self.out, self.dx)
+
+
+class BatchNormOp(_Op):
+    kind = "batchnorm"
+
+    def forward(self, x):
+        batchnorm_forward_train(x, self.gamma, self.beta, self.out, self.xhat, self.mean,
+                                self.invstd, self.running_mean, self.running_var, self.momentum,
+                                self.eps, self.unbiased)
+
+    def backward(self, x, dout):
+        batchnorm_backward(dout, self.xhat, self.gamma, self.invstd, self.dx, self.dgamma,
+                           self.dbeta, True)
+
+
+class DropoutOp(_Op):
+    kind = "dropout"
+
+    def forward(self, x):
+        dropout_mask(self.mask, self.p, self.seed, self.counter)
+        dropout_apply(x, self.mask, self.scale, self.out)
+
+    def backward(self, x, dout):
+        if self.dx is not None:
+            dropout_apply(dout, self.mask, self.scale, self.dx)
+
+
+class SoftmaxXentOp(_Op):
+    kind = "softmax_xent"
+
+    def forward(self, logits):
+        return softmax_xent_forward(logits, self.labels, self.probs)
+
+    def backward(self):
+        softmax_xent_backward(self.probs, self.labels, self.dlogits, self.weight)
+
+
+class LayerOp:
+    """A layer without a kernel pair: its own (checked) ``forward``/``backward``, results copied
+    into the op's ``out`` and ``dx``."""
+
+    def __init__(self, layer, out, dx):
+        self.layer, self.out, self.dx = layer, out, dx
+
+    def forward(self, x):
+        np.copyto(self.out, self.layer.forward(x, True))
+
+    def backward(self, x, dout):
+        d = self.layer.backward(dout, self.dx is not None)
+        if self.dx is not None:
+            np.copyto(self.dx, d)
+
+
+OPS = {c.kind: c for c in (DenseOp, ActivationOp, PReLUOp, RReLUOp, MaxoutOp, SoftmaxOp,
+                           BatchNormOp, DropoutOp, SoftmaxXentOp)}
+OPS["layer"] = LayerOp
+
+
+class Program:
+    """``dlfast.kernels.Program`` on this backend: the same steps, one Python call each."""
+
+    def __init__(self, steps, losses, x_shape, dtype, written):
+        self.steps, self.losses = tuple(steps), tuple(losses)
+        self.x_shape, self.written = tuple(x_shape), tuple(written)
+        self.values = np.zeros(len(self.losses))
+
+    def readonly(self):
+        """Index of the first written array that is not writeable, or -1."""
+        return next((i for i, a in enumerate(self.written) if not a.flags.writeable), -1)
+
+    def accepts(self, x):
+        return not any(np.may_share_memory(x, a) for a in self.written)
+
+    def load_labels(self, labels):
+        for lop, t in zip(self.losses, labels, strict=True):
+            _check_labels(t, lop.probs.shape[1])
+        for lop, t in zip(self.losses, labels):
+            lop.labels[...] = t
+
+    def run(self, x):
+        total = 0.0
+        for code, op, src, dsrc, w in self.steps:
+            if code == 0:                                   # FWD
+                op.forward(x if src is None else src)
+            elif code == 1:                                 # BWD
+                op.backward(x if src is None else src, dsrc)
+            elif code == 2:                                 # LOSS
+                v = op.forward(src)
+                self.values[w] = v
+                total += op.weight * v
+            elif code == 3:                                 # LOSS_BWD
+                op.backward()
+            elif code == 4:                                 # COPY: op <- src
+                np.copyto(op, src)
+            else:                                           # ADD: op += src
+                np.add(op, src, out=op)
+        return total

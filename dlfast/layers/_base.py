@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import functools
-import types
+from typing import NamedTuple
 
 import numpy as np
 
-from .. import _config
+from .. import kernels
 from .. import init as _init
 from .._validation import FLOAT_DTYPES, finite_array, float_array, real, resolve_dtype
 
-__all__ = ["Layer", "activation_code"]
+__all__ = ["Layer", "Pair", "activation_code"]
 
 _ACT_ALIASES = {None: "identity", "none": "identity", "linear": "identity",
                 "identity": "identity", "relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh",
@@ -44,11 +44,53 @@ def _init_spec(spec):
     return spec
 
 
-def chain_op(impl, kind, *args):
-    """The compiled op ``kind`` of backend ``impl`` bound to these arrays (``CHAIN_OPS`` of the
-    compiled backend: src/dlfast_op.h), or None when the backend has none."""
-    ops = getattr(impl, "CHAIN_OPS", None)
-    return None if ops is None else ops[kind](*args)
+class WatchedDict(dict):
+    """A dict whose changes (an entry set, replaced or removed) count as a change of settings:
+    layers' ``params`` and ``grads``, which the training engine's plans bind (``STATE``)."""
+
+    def _changed(self):
+        STATE[0] += 1
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self._changed()
+
+    def __delitem__(self, key):
+        super().__delitem__(key)
+        self._changed()
+
+    def _mutator(name):
+        def method(self, *args, **kwargs):
+            out = getattr(dict, name)(self, *args, **kwargs)
+            self._changed()
+            return out
+        method.__name__ = name
+        return method
+
+    update = _mutator("update")
+    pop = _mutator("pop")
+    popitem = _mutator("popitem")
+    clear = _mutator("clear")
+    setdefault = _mutator("setdefault")
+    __ior__ = _mutator("__ior__")
+    del _mutator
+
+
+# Every change of a layer's settings or arrays (any attribute set but those in _STEP_STATE, any
+# change of its params/grads dicts) advances STATE[0]: a training plan made at another value
+# checks again whether what it baked in still holds (dlfast._engine).
+STATE = [0]
+_U64 = 1 << 64
+_STEP_STATE = frozenset({"_fwd", "counter", "loss"})     # what a step itself changes
+
+
+class Pair(NamedTuple):
+    """A layer's kernel pair for the training engine: op ``kind`` (``dlfast.kernels.OPS``) with
+    its arrays and settings ``args``, and ``rec``, the layer's forward record after a step
+    (its ``"x"`` entry, when present, is set to the step's input)."""
+    kind: str
+    args: dict
+    rec: dict
 
 
 class Layer:
@@ -56,17 +98,29 @@ class Layer:
 
     stochastic = False
     check_finite = True
-    _trust = types.MappingProxyType({})     # (layers unpickled from before trusted calls)
 
     def __init__(self, dtype=None, trainable=True):
         self._dtype_given = dtype is not None
         self.dtype = resolve_dtype(np.float32 if dtype is None else dtype)
         self.trainable = bool(trainable)
-        self.params = {}
-        self.grads = {}
+        self.params = WatchedDict()
+        self.grads = WatchedDict()
         self._ws = {}
         self._fwd = None          # state of the last forward
-        self._trust = {}          # slot -> record of the last validated kernel call (_untrusted)
+
+    def __setattr__(self, name, value):
+        if name in ("params", "grads") and type(value) is dict:
+            value = WatchedDict(value)
+        object.__setattr__(self, name, value)
+        if name not in _STEP_STATE:
+            STATE[0] += 1
+
+    def __setstate__(self, state):
+        for k in ("params", "grads"):
+            if type(state.get(k)) is dict:
+                state[k] = WatchedDict(state[k])
+        self.__dict__.update(state)
+        STATE[0] += 1
 
     # ---------------------------------------------------------------- workspaces
     def _buf(self, key, shape, dtype=None):
@@ -116,82 +170,24 @@ class Layer:
                              f"got {dout.shape}")
         return dout
 
+    def _take_counter(self, size):
+        """Stochastic layers: the counter of this step's draw of ``size`` values, an int in
+        [0, 2**64) (checked as the kernels check it); it advances by ``size`` unless
+        ``hold_rng``."""
+        c = self.counter
+        k = c if type(c) is int and 0 <= c < _U64 else kernels._u64("counter", c)
+        if not self.hold_rng:
+            self.__dict__["counter"] = c + size
+        return k
+
     def _grad(self, key):
         return self.grads[key] if self.trainable else None
 
-    # ---------------------------------------------------------------- trusted kernel calls
-    # A kernel call may skip its argument checks (``check=False``) when it cannot fail them: the
-    # last validated call in the same slot ran on the same backend with the same ``held`` arrays
-    # (persistent state: params, gradients, running statistics; by identity), the same
-    # ``settings`` (by type and value) and arrays of the same shapes and dtypes, and now every
-    # array is C-contiguous and every output is writeable, owns its memory and shares none with
-    # another argument. Checks of array contents (labels, running_var >= 0) are not covered.
-    def _untrusted(self, slot, ins, outs, held=(), settings=()):
-        """None when this call may skip the kernel checks, else the record for ``_validated``.
-        ``ins``: input arrays; ``outs``: outputs and in-place arrays (None entries skipped)."""
-        key = [_config.active().__name__, *map(id, held), *settings, *map(type, settings)]
-        ok = True
-        ids = set()
-        for o in outs:
-            if o is None:
-                key.append(None)
-                continue
-            key += (o.shape, o.dtype)
-            if o.base is not None or not o.flags.carray or id(o) in ids:
-                ok = False
-            ids.add(id(o))
-        for a in ins:
-            if a is None:
-                key.append(None)
-                continue
-            key += (a.shape, a.dtype)
-            if not a.flags.c_contiguous or id(a) in ids or a.base is not None and any(
-                    o is not None and np.may_share_memory(a, o) for o in outs):
-                ok = False
-        last = self._trust.get(slot)
-        if ok and last is not None and last[0] == key:
-            return None
-        return key, held                # held keeps the arrays whose ids are in key alive
-
-    def _validated(self, slot, record):
-        """After a validated call: trust the next calls like it (``record`` from ``_untrusted``)."""
-        if record is not None:
-            if "_trust" not in self.__dict__:
-                self._trust = {}
-            self._trust[slot] = record
-
-    def __getstate__(self):
-        """Copies and pickles drop the trust records: their keys hold ``id``s of this object's
-        arrays, so the copy validates its first call in every slot again."""
-        state = self.__dict__.copy()
-        state.pop("_trust", None)
-        return state
-
-    # ---------------------------------------------------------------- bound training steps
-    # A net replays a validated training step with the kernels unchecked (``dlfast._bound``):
-    # ``_bind_train`` returns ``(fwd, bwd, outs)`` built from the state the last training forward
-    # and backward left (workspaces, ``_fwd``): ``fwd(x) -> out`` (also sets ``_fwd``),
-    # ``bwd(dout) -> dx`` (the input of the last ``fwd``; dx is None unless ``need_dx``), and
-    # ``outs``, the arrays they write. They hold every array they use; they stay valid while
-    # ``_bind_key()`` (ids of those arrays and the settings they baked in) and the input shape and
-    # dtype do not change.
-    def _bind_key(self):
-        """What the bound calls depend on, beyond the input's shape and dtype."""
+    # ---------------------------------------------------------------- the training engine
+    def kernel_pair(self, x_shape, need_dx):
+        """The ``Pair`` the training engine runs for a training step on inputs of ``x_shape``
+        (dx None unless ``need_dx``), or None: the engine calls ``forward``/``backward``."""
         return None
-
-    def _bind_train(self, impl, need_dx):
-        """``(fwd, bwd, outs)`` or ``(fwd, bwd, outs, (op, rec))`` on the kernels of backend
-        module ``impl``, or None: no bound form. ``op``: the same calls as one compiled op
-        (``chain_op``; None on a backend without them), ``rec``: the forward record the step
-        leaves in ``_fwd``."""
-        return None
-
-    def _bindable(self, binder="_bind_train", methods=("forward", "backward")):
-        """True when ``methods`` are those of the class that defines ``binder`` (a subclass
-        overriding one of them is never bound)."""
-        cls = type(self)
-        owner = next((c for c in cls.__mro__ if binder in c.__dict__), Layer)
-        return owner is not Layer and all(getattr(cls, m) is getattr(owner, m) for m in methods)
 
     # ---------------------------------------------------------------- interface
     def forward(self, x, train=True):

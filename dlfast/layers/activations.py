@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import kernels
 from .._validation import float_array, positive_int, real, seed_value
-from ._base import _DEFAULT_ALPHA, chain_op, Layer, activation_code
+from ._base import _DEFAULT_ALPHA, Layer, Pair, activation_code
 
 __all__ = ["Activation", "Identity", "ReLU", "Sigmoid", "Tanh", "LeakyReLU", "ELU", "PReLU",
            "RReLU", "Softmax"]
@@ -18,14 +18,10 @@ class Activation(Layer):
         super().__init__(dtype)
         self.activation, self.alpha = activation_code(activation, alpha)
 
-    # Kernel calls skip their checks when trusted (Layer._untrusted).
     def forward(self, x, train=True):
         x = self._check_x(x, ndim=None)
         out = self._buf("out", x.shape)
-        act = (self.activation, self.alpha)
-        new = self._untrusted("fwd", (x,), (out,), (), act)
-        kernels.activation_forward(x, out, *act, check=new is not None)
-        self._validated("fwd", new)
+        kernels.activation_forward(x, out, self.activation, self.alpha)
         self._fwd = {"out": out}
         return out
 
@@ -34,33 +30,14 @@ class Activation(Layer):
         if not compute_dx:
             return None
         out = self._fwd["out"]
-        dx = self._buf("dx", out.shape)
-        act = (self.activation, self.alpha)
-        new = self._untrusted("bwd", (dout, out), (dx,), (), act)
-        kernels.activation_backward(dout, out, dx, *act, check=new is not None)
-        self._validated("bwd", new)
-        return dx
+        return kernels.activation_backward(dout, out, self._buf("dx", out.shape),
+                                           self.activation, self.alpha)
 
-    def _bind_key(self):
-        return (self.activation, self.alpha)
-
-    def _bind_train(self, impl, need_dx):
-        rec = self._fwd
-        out = rec["out"]
-        dx = self._buf("dx", out.shape) if need_dx else None
-        act, alpha = self.activation, float(self.alpha)
-        fk, bk = impl.activation_forward, impl.activation_backward
-
-        def fwd(x):
-            fk(x, out, act, alpha)
-            self._fwd = rec
-            return out
-
-        def bwd(dout):
-            if dx is not None:
-                bk(dout, out, dx, act, alpha)
-            return dx
-        return fwd, bwd, (out, dx), (chain_op(impl, "activation", out, dx, act, alpha), rec)
+    def kernel_pair(self, x_shape, need_dx):
+        rec = {"out": self._buf("out", x_shape)}
+        return Pair("activation", dict(out=rec["out"], dx=self._buf("dx", x_shape) if need_dx
+                                       else None, activation=self.activation, alpha=self.alpha),
+                    rec)
 
     def _config(self):
         return {"activation": self.activation,
@@ -134,10 +111,7 @@ class PReLU(Layer):
             raise ValueError(f"x must have {self.num_parameters} features for a PReLU with "
                              f"num_parameters={self.num_parameters}, got shape {x.shape}")
         out = self._buf("out", x.shape)
-        slope = self.params["slope"]            # trusted calls: see Layer._untrusted
-        new = self._untrusted("fwd", (x, slope), (out,), (slope,))
-        kernels.prelu_forward(x, slope, out, check=new is not None)
-        self._validated("fwd", new)
+        kernels.prelu_forward(x, self.params["slope"], out)
         self._fwd = {"x": x, "out": out}
         return out
 
@@ -145,11 +119,14 @@ class PReLU(Layer):
         dout = self._check_dout(dout)
         x = self._fwd["x"]
         dx = self._buf("dx", x.shape) if compute_dx else None
-        slope, ds = self.params["slope"], self._grad("slope")
-        new = self._untrusted("bwd", (dout, x, slope), (dx, ds), (slope, ds))
-        kernels.prelu_backward(dout, x, slope, dx, ds, check=new is not None)
-        self._validated("bwd", new)
+        kernels.prelu_backward(dout, x, self.params["slope"], dx, self._grad("slope"))
         return dx
+
+    def kernel_pair(self, x_shape, need_dx):
+        rec = {"x": None, "out": self._buf("out", x_shape)}
+        return Pair("prelu", dict(slope=self.params["slope"], out=rec["out"],
+                                  dx=self._buf("dx", x_shape) if need_dx else None,
+                                  dslope=self._grad("slope")), rec)
 
     def _config(self):
         return {"num_parameters": self.num_parameters, "init": self.init,
@@ -184,9 +161,8 @@ class RReLU(Layer):
                                  f"{x.shape}, got {slopes.shape}")
         else:
             slopes = self._buf("slopes", x.shape)
-            kernels.random_uniform(slopes, self.lower, self.upper, self.seed, self.counter)
-            if not self.hold_rng:
-                self.counter += slopes.size
+            kernels.random_uniform(slopes, self.lower, self.upper, self.seed,
+                                   self._take_counter(slopes.size))
         out = self._buf("out", x.shape)
         kernels.prelu_forward(x, slopes, out)
         self._fwd = {"x": x, "out": out, "slopes": slopes}
@@ -200,6 +176,14 @@ class RReLU(Layer):
         dx = self._buf("dx", x.shape)
         kernels.prelu_backward(dout, x, self._fwd["slopes"], dx, None)
         return dx
+
+    def kernel_pair(self, x_shape, need_dx):
+        if self.fixed_slopes is not None:
+            return None                 # given slopes: checked per step by forward
+        rec = {"x": None, "out": self._buf("out", x_shape), "slopes": self._buf("slopes", x_shape)}
+        return Pair("rrelu", dict(slopes=rec["slopes"], out=rec["out"],
+                                  dx=self._buf("dx", x_shape) if need_dx else None,
+                                  lower=self.lower, upper=self.upper, seed=self.seed), rec)
 
     def _buffers(self):
         return {"seed": np.uint64(self.seed), "counter": np.uint64(self.counter)}
@@ -227,3 +211,8 @@ class Softmax(Layer):
             return None
         y = self._fwd["out"]
         return kernels.softmax_backward(dout, y, self._buf("dx", y.shape))
+
+    def kernel_pair(self, x_shape, need_dx):
+        rec = {"out": self._buf("out", x_shape)}
+        return Pair("softmax", dict(out=rec["out"],
+                                    dx=self._buf("dx", x_shape) if need_dx else None), rec)

@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import kernels
 from .._validation import positive_int, real
-from ._base import chain_op, Layer
+from ._base import Layer, Pair
 
 __all__ = ["BatchNorm"]
 
@@ -60,17 +60,13 @@ class BatchNorm(Layer):
         out, xhat = self._buf("out", x.shape), self._buf("xhat", x.shape)
         invstd = self._buf("invstd", (f,))
         g, b = self.params["gamma"], self.params["beta"]
-        rm, rv = self.running_mean, self.running_var
-        if train:       # trusted calls: see Layer._untrusted
-            mean = self._buf("mean", (f,))
-            st = (self.kernel_momentum, self.eps, self.unbiased)
-            new = self._untrusted("fwd", (x, g, b), (out, xhat, mean, invstd, rm, rv),
-                                  (g, b, rm, rv), st)
-            kernels.batchnorm_forward_train(x, g, b, out, xhat, mean, invstd, rm, rv, *st,
-                                            check=new is not None)
-            self._validated("fwd", new)
-        else:           # always checked: running_var must be >= 0
-            kernels.batchnorm_forward_eval(x, g, b, rm, rv, self.eps, out, xhat, invstd)
+        if train:
+            kernels.batchnorm_forward_train(x, g, b, out, xhat, self._buf("mean", (f,)), invstd,
+                                            self.running_mean, self.running_var,
+                                            self.kernel_momentum, self.eps, self.unbiased)
+        else:
+            kernels.batchnorm_forward_eval(x, g, b, self.running_mean, self.running_var, self.eps,
+                                           out, xhat, invstd)
         self._fwd = {"out": out, "xhat": xhat, "invstd": invstd, "train": bool(train)}
         return out
 
@@ -78,43 +74,24 @@ class BatchNorm(Layer):
         dout = self._check_dout(dout)
         f = self._fwd
         dx = self._buf("dx", dout.shape) if compute_dx else None
-        g, dg, db = self.params["gamma"], self._grad("gamma"), self._grad("beta")
-        new = self._untrusted("bwd", (dout, f["xhat"], g, f["invstd"]), (dx, dg, db), (g, dg, db),
-                              (f["train"],))
-        kernels.batchnorm_backward(dout, f["xhat"], g, f["invstd"], dx, dg, db, f["train"],
-                                   check=new is not None)
-        self._validated("bwd", new)
+        kernels.batchnorm_backward(dout, f["xhat"], self.params["gamma"], f["invstd"], dx,
+                                   self._grad("gamma"), self._grad("beta"), f["train"])
         return dx
 
-    def _bind_key(self):
-        p, g = self.params, self.grads
-        return (id(p["gamma"]), id(p["beta"]), id(g["gamma"]), id(g["beta"]),
-                id(self.running_mean), id(self.running_var), self.kernel_momentum, self.eps,
-                self.unbiased, self.trainable)
-
-    def _bind_train(self, impl, need_dx):
-        rec = self._fwd
-        if not rec["train"]:
-            return None
-        out, xhat, invstd = rec["out"], rec["xhat"], rec["invstd"]
-        mean = self._buf("mean", invstd.shape)
-        g, b = self.params["gamma"], self.params["beta"]
-        dg, db = self._grad("gamma"), self._grad("beta")
-        rm, rv = self.running_mean, self.running_var
-        dx = self._buf("dx", out.shape) if need_dx else None
-        st = (float(self.kernel_momentum), float(self.eps), bool(self.unbiased))
-        fk, bk = impl.batchnorm_forward_train, impl.batchnorm_backward
-
-        def fwd(x):
-            fk(x, g, b, out, xhat, mean, invstd, rm, rv, *st)
-            self._fwd = rec
-            return out
-
-        def bwd(dout):
-            bk(dout, xhat, g, invstd, dx, dg, db, True)
-            return dx
-        op = chain_op(impl, "batchnorm", g, b, out, xhat, mean, invstd, rm, rv, dx, dg, db, *st)
-        return fwd, bwd, (out, xhat, mean, invstd, rm, rv, dx, dg, db), (op, rec)
+    def kernel_pair(self, x_shape, need_dx):
+        if len(x_shape) == 2 and x_shape[0] < 2:
+            raise ValueError(f"BatchNorm in training mode needs a batch of at least 2 rows, got "
+                             f"{x_shape[0]} (the batch variance of one row is undefined)")
+        f = self.num_features
+        rec = {"out": self._buf("out", x_shape), "xhat": self._buf("xhat", x_shape),
+               "invstd": self._buf("invstd", (f,)), "train": True}
+        return Pair("batchnorm", dict(
+            gamma=self.params["gamma"], beta=self.params["beta"], out=rec["out"],
+            xhat=rec["xhat"], mean=self._buf("mean", (f,)), invstd=rec["invstd"],
+            running_mean=self.running_mean, running_var=self.running_var,
+            dx=self._buf("dx", x_shape) if need_dx else None, dgamma=self._grad("gamma"),
+            dbeta=self._grad("beta"), momentum=self.kernel_momentum, eps=self.eps,
+            unbiased=self.unbiased), rec)
 
     def _buffers(self):
         return {"running_mean": self.running_mean, "running_var": self.running_var}

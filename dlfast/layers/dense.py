@@ -6,7 +6,7 @@ import numpy as np
 from .. import init as _init
 from .. import kernels
 from .._validation import make_rng, positive_int
-from ._base import _DEFAULT_ALPHA, chain_op, Layer, _init_spec, activation_code
+from ._base import _DEFAULT_ALPHA, Layer, Pair, _init_spec, activation_code
 
 __all__ = ["Dense", "Maxout"]
 
@@ -39,16 +39,11 @@ class Dense(Layer):
             self.params["b"] = np.zeros(self.out_features, self.dtype)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
 
-    # Kernel calls skip their checks when trusted (Layer._untrusted): same W, b, gradients,
-    # activation and alpha, shapes as in the last validated call, no overlap.
     def forward(self, x, train=True):
         x = self._check_x(x, self.in_features)
         out = self._buf("out", (x.shape[0], self.out_features))
-        W, b = self.params["W"], self.params.get("b")
-        act = (self.activation, self.alpha)
-        new = self._untrusted("fwd", (x, W, b), (out,), (W, b), act)
-        kernels.dense_forward(x, W, b, out, *act, check=new is not None)
-        self._validated("fwd", new)
+        kernels.dense_forward(x, self.params["W"], self.params.get("b"), out, self.activation,
+                              self.alpha)
         self._fwd = {"x": x, "out": out}
         return out
 
@@ -56,42 +51,19 @@ class Dense(Layer):
         dout = self._check_dout(dout)
         x, out = self._fwd["x"], self._fwd["out"]
         dx = self._buf("dx", x.shape) if compute_dx else None
-        dz = self._buf("dz", out.shape)
-        dW = self._grad("W")
-        db = self._grad("b") if "b" in self.params else None
-        W = self.params["W"]
-        act = (self.activation, self.alpha)
-        new = self._untrusted("bwd", (dout, x, W, out), (dz, dx, dW, db), (W, dW, db), act)
-        kernels.dense_backward(dout, x, W, out, dz, dx, dW, db, *act, check=new is not None)
-        self._validated("bwd", new)
+        kernels.dense_backward(dout, x, self.params["W"], out, self._buf("dz", out.shape), dx,
+                               self._grad("W"), self._grad("b") if "b" in self.params else None,
+                               self.activation, self.alpha)
         return dx
 
-    def _bind_key(self):
-        p, g = self.params, self.grads
-        return (id(p["W"]), id(p.get("b")), id(g["W"]), id(g.get("b")), self.activation,
-                self.alpha, self.trainable)
-
-    def _bind_train(self, impl, need_dx):
-        rec = self._fwd
-        out, W, b = rec["out"], self.params["W"], self.params.get("b")
-        dW = self._grad("W")
-        db = self._grad("b") if b is not None else None
-        dz = self._buf("dz", out.shape)
-        dx = self._buf("dx", rec["x"].shape) if need_dx else None
-        act, alpha = self.activation, float(self.alpha)
-        fk, bk = impl.dense_forward, impl.dense_backward
-
-        def fwd(x):
-            fk(x, W, b, out, act, alpha)
-            rec["x"] = x
-            self._fwd = rec
-            return out
-
-        def bwd(dout):
-            bk(dout, rec["x"], W, out, dz, dx, dW, db, act, alpha)
-            return dx
-        op = chain_op(impl, "dense", W, b, out, dz, dx, dW, db, act, alpha)
-        return fwd, bwd, (out, dz, dx, dW, db), (op, rec)
+    def kernel_pair(self, x_shape, need_dx):
+        n, o = x_shape[0], self.out_features
+        out = self._buf("out", (n, o))
+        return Pair("dense", dict(
+            W=self.params["W"], b=self.params.get("b"), out=out, dz=self._buf("dz", (n, o)),
+            dx=self._buf("dx", x_shape) if need_dx else None, dW=self._grad("W"),
+            db=self._grad("b") if "b" in self.params else None, activation=self.activation,
+            alpha=self.alpha), {"x": None, "out": out})
 
     def _config(self):
         return {"in_features": self.in_features, "out_features": self.out_features,
@@ -144,6 +116,18 @@ class Maxout(Layer):
                                dx, self._grad("W"),
                                self._grad("b") if "b" in self.params else None, "identity")
         return dx
+
+    def kernel_pair(self, x_shape, need_dx):
+        n = x_shape[0]
+        width = self.out_features * self.pieces
+        rec = {"x": None, "z": self._buf("z", (n, width)),
+               "out": self._buf("out", (n, self.out_features)),
+               "argmax": self._buf("argmax", (n, self.out_features), np.int64)}
+        return Pair("maxout", dict(
+            W=self.params["W"], b=self.params.get("b"), z=rec["z"], out=rec["out"],
+            argmax=rec["argmax"], dz=self._buf("dz", (n, width)), dz2=self._buf("dz2", (n, width)),
+            dx=self._buf("dx", x_shape) if need_dx else None, dW=self._grad("W"),
+            db=self._grad("b") if "b" in self.params else None), rec)
 
     def _config(self):
         return {"in_features": self.in_features, "out_features": self.out_features,

@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import kernels
 from .._validation import real, seed_value
-from ._base import chain_op, Layer
+from ._base import Layer, Pair
 
 __all__ = ["Dropout"]
 
@@ -48,14 +48,12 @@ class Dropout(Layer):
         self.hold_rng = False
         self.fixed_mask = None
 
-    # Kernel calls skip their checks when trusted (Layer._untrusted; dropout_mask also needs a
-    # counter that is an int in [0, 2**64)).
     def forward(self, x, train=True, mask=None):
         x = self._check_x(x, ndim=None)
         out = self._buf("out", x.shape)
         if not train:
             scale = 1.0 if self.inverted else 1.0 - self.p
-            self._apply("fwd", x, None, scale, out)
+            kernels.dropout_apply(x, None, scale, out)
             self._fwd = {"out": out, "mask": None, "scale": scale}
             return out
         if mask is None:
@@ -64,23 +62,14 @@ class Dropout(Layer):
             mask = _as_mask(mask, x.shape)
         else:
             mask = self._buf("mask", x.shape, np.uint8)
-            c = self.counter
-            new = self._untrusted("mask", (), (mask,), (), (self.p, self.seed))
-            trusted = new is None and type(c) is int and 0 <= c < _U64
-            kernels.dropout_mask(mask, self.p, self.seed, c, check=not trusted)
-            self._validated("mask", new)
-            if not self.hold_rng:
-                self.counter += mask.size
-        scale = 1.0 / (1.0 - self.p) if self.inverted else 1.0
-        self._apply("fwd", x, mask, scale, out)
+            kernels.dropout_mask(mask, self.p, self.seed, self._take_counter(mask.size))
+        scale = self._scale()
+        kernels.dropout_apply(x, mask, scale, out)
         self._fwd = {"out": out, "mask": mask, "scale": scale}
         return out
 
-    def _apply(self, slot, x, mask, scale, out):
-        new = self._untrusted(slot, (x, mask), (out,), (), (scale,))
-        kernels.dropout_apply(x, mask, scale, out, check=new is not None)
-        self._validated(slot, new)
-        return out
+    def _scale(self):
+        return 1.0 / (1.0 - self.p) if self.inverted else 1.0
 
     @property
     def mask(self):
@@ -92,42 +81,16 @@ class Dropout(Layer):
         if not compute_dx:
             return None
         f = self._fwd
-        return self._apply("bwd", dout, f["mask"], f["scale"], self._buf("dx", dout.shape))
+        return kernels.dropout_apply(dout, f["mask"], f["scale"], self._buf("dx", dout.shape))
 
-    def _bind_key(self):
-        return (self.p, self.inverted, self.seed, id(self.fixed_mask))
-
-    def _bind_train(self, impl, need_dx):
-        out, scale = self._fwd["out"], self._fwd["scale"]
-        if self.fixed_mask is not None or self._fwd["mask"] is None:
-            return None
-        mask = self._buf("mask", out.shape, np.uint8)       # (the last mask may be a caller's)
-        rec = {"out": out, "mask": mask, "scale": scale}
-        dx = self._buf("dx", out.shape) if need_dx else None
-        p, seed, size = float(self.p), self.seed, mask.size
-        mk, ak = impl.dropout_mask, impl.dropout_apply
-
-        def fwd(x):
-            mk(mask, p, seed, self._take_counter(size))
-            ak(x, mask, scale, out)
-            self._fwd = rec
-            return out
-
-        def bwd(dout):
-            if dx is not None:
-                ak(dout, mask, scale, dx)
-            return dx
-        op = chain_op(impl, "dropout", out, mask, dx, p, seed, scale)
-        return fwd, bwd, (out, mask, dx), (op, rec)
-
-    def _take_counter(self, size):
-        """The counter of a bound step's mask (an int in [0, 2**64), checked as
-        ``dropout_mask`` checks it); the layer's counter advances by ``size`` unless hold_rng."""
-        c = self.counter
-        k = c if type(c) is int and 0 <= c < _U64 else kernels._u64("counter", c)
-        if not self.hold_rng:
-            self.counter = c + size
-        return k
+    def kernel_pair(self, x_shape, need_dx):
+        if self.fixed_mask is not None:
+            return None                 # a given mask: checked per step by forward
+        rec = {"out": self._buf("out", x_shape), "mask": self._buf("mask", x_shape, np.uint8),
+               "scale": self._scale()}
+        return Pair("dropout", dict(out=rec["out"], mask=rec["mask"],
+                                    dx=self._buf("dx", x_shape) if need_dx else None, p=self.p,
+                                    seed=self.seed, scale=rec["scale"]), rec)
 
     def _buffers(self):
         return {"seed": np.uint64(self.seed), "counter": np.uint64(self.counter)}

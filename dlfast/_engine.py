@@ -1,0 +1,277 @@
+"""The training engine: every training step of every net runs as a plan.
+
+    plan = Plan(graph, x_shape, dtype)       once per (net, input shape, dtype, backend, settings)
+    loss = plan.run(x, targets)              every step
+
+A graph is a trunk of layers and one or more heads, each a list of layers, a loss layer and a
+weight: ``Sequential`` is ``(layers, [([], loss, 1.0)])``, ``MultiTaskNet`` is
+``(trunk, [(head_h, loss_h, w_h), ...])``; the step's loss is ``sum_h w_h * L_h``.
+
+Making a plan asks every layer for its kernel pair (``Layer.kernel_pair``: an op kind of
+``dlfast.kernels.OPS``, the layer's arrays and settings) and makes the ops with
+``kernels.make_op`` (which validates them); a layer without one (or whose class overrides the
+forward/backward of the class that declares it) runs its own checked ``forward``/``backward``
+as a ``layer`` op. It then checks that no array the step writes overlaps another array of the
+step, and schedules the program (``dlfast.kernels.PROGRAM_DOC``)::
+
+    forward:  trunk ops; per head: head ops, loss h
+    backward: per head: loss h backward (scaled by w_h), head ops backward, summed at the trunk
+              output; trunk ops backward
+    backward of a path stops at its first trainable layer with parameters (no input gradient
+    below it), unless the trunk needs the heads' input gradients.
+
+A run checks what may change between steps and costs little to check: the input (shape,
+dtype, C-contiguous and finite: the net's ``_check_x``; no memory shared with an array the step
+writes), the labels (converted to int64 indices; their range is checked before any op runs),
+that every array the step writes is still writeable (arrays bound by the ops cannot be resized),
+and ``STATE``: any change of a layer's settings or arrays since the plan was made (an attribute
+set, a params/grads entry replaced) makes the net build a new plan. Then the backend's program
+runs: on the compiled backend one call, with the GIL released once; on the NumPy backend the
+same steps as Python calls. Afterwards each layer's forward record (``_fwd``) is the plan's, so
+``Dropout.mask`` and the loss's ``probs`` describe the step.
+
+A plan serves one thread at a time: ``run`` holds the net's lock.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from . import _config, kernels
+from ._validation import labels_to_indices
+from .layers._base import STATE, Layer
+
+__all__ = ["Plan", "Plans"]
+
+_I64 = np.dtype(np.int64)
+
+
+def _uses_pair(layer):
+    """The layer's kernel pair is its forward/backward: the class that declares ``kernel_pair``
+    also defines the ``forward`` and ``backward`` in effect."""
+    cls = type(layer)
+    owner = next((c for c in cls.__mro__ if "kernel_pair" in c.__dict__), Layer)
+    return owner is not Layer and all(getattr(cls, m) is getattr(owner, m)
+                                      for m in ("forward", "backward"))
+
+
+def _span(a):
+    """[start, end) byte addresses of a C-contiguous array."""
+    start = a.__array_interface__["data"][0]
+    return start, start + a.nbytes
+
+
+def _check_disjoint(written, read):
+    """ValueError when an array the step writes overlaps another array of the step."""
+    spans = sorted((*_span(a), name) for name, a in written if a.nbytes)
+    for (s0, e0, n0), (s1, e1, n1) in zip(spans, spans[1:]):
+        if s1 < e0:
+            raise ValueError(f"{n1} overlaps {n0}: arrays a training step writes must not share "
+                             f"memory")
+    for name, a in read:
+        s, e = _span(a)
+        for s0, e0, n0 in spans:
+            if s < e0 and s0 < e:
+                raise ValueError(f"{name} overlaps {n0}, which a training step writes")
+
+
+class Plan:
+    """A training step of ``graph`` for inputs of ``x_shape`` and ``dtype`` on the active
+    backend (see the module docstring)."""
+
+    def __init__(self, graph, x_shape, dtype):
+        trunk, heads = graph
+        self.impl = impl = _config.active()
+        self.state = STATE[0]
+        self.graph = (tuple(trunk), tuple((tuple(h), loss, w) for h, loss, w in heads))
+        self.key = (impl, tuple(x_shape))
+        self.dtype = dt = np.dtype(dtype)
+        self._written, self._read = [], []
+        self._recs, self._xrecs, self._drops, self._losses = [], [], [], []
+        fwd, bwd = [], []
+        need_trunk = any(l.trainable and l.params for l in trunk)
+        out, shape, trunk_ops = self._segment(trunk, "", None, tuple(x_shape), False, fwd)
+        acc, n_heads = None, len(heads)
+        head_steps = []
+        for j, (layers, loss, weight) in enumerate(heads):
+            where = f"head {j} " if n_heads > 1 else ""
+            h_out, h_shape, ops = self._segment(layers, where, out, shape, need_trunk, fwd)
+            pair = loss.kernel_pair(h_shape, weight)
+            lop = self._make(pair, h_shape, f"{where}loss")
+            fwd.append((kernels.LOSS, lop, h_out, None, j))
+            self._losses.append((loss, lop, pair.rec, h_shape[1]))
+            head_steps.append((lop, ops, pair.args["dlogits"]))
+        for lop, ops, d in head_steps:
+            bwd.append((kernels.LOSS_BWD, lop, None, None, 0))
+            d = self._backward(ops, d, bwd)
+            if need_trunk and n_heads > 1:
+                if acc is None:
+                    acc = np.empty(shape, dt)
+                    self._written.append(("the heads' gradient sum", acc))
+                    bwd.append((kernels.COPY, acc, d, None, 0))
+                else:
+                    bwd.append((kernels.ADD, acc, d, None, 0))
+            elif need_trunk:
+                acc = d
+        if need_trunk:
+            self._backward(trunk_ops, acc, bwd)
+        _check_disjoint(self._written, self._read)
+        self.grads = None           # set by the net: its gradient items, which the plan fixes
+        self.steps = tuple(fwd + bwd)
+        self.program = impl.Program(self.steps, [lop for _, lop, _, _ in self._losses],
+                                    x_shape, dt, [a for _, a in self._written])
+        self._n = x_shape[0]
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ making the plan
+    def _segment(self, layers, where, src, shape, need_input_grad, fwd):
+        """Ops of ``layers`` on inputs ``src`` (None: the step's x) of ``shape``: their forward
+        steps go to ``fwd``; returns (output array, its shape, [(op, src, runs backward)])."""
+        first = next((i for i, l in enumerate(layers) if l.trainable and l.params), None)
+        ops = []
+        for i, layer in enumerate(layers):
+            runs_bwd = need_input_grad or (first is not None and i >= first)
+            need_dx = need_input_grad or (first is not None and i > first)
+            name = f"{where}layer {i} ({type(layer).__name__})"
+            pair = layer.kernel_pair(shape, need_dx) if _uses_pair(layer) else None
+            if pair is None:
+                op, out, dx = self._layer_op(layer, name, src, shape, need_dx)
+            else:
+                op = self._make(pair, shape, name)
+                out, dx = pair.args["out"], pair.args["dx"]
+                rec = pair.rec
+                if "x" in rec:
+                    rec["x"] = src
+                    if src is None:
+                        self._xrecs.append(rec)
+                self._recs.append((layer.__dict__, rec))
+                if pair.kind in ("dropout", "rrelu"):
+                    size = (pair.args["mask"] if pair.kind == "dropout" else pair.args["slopes"]).size
+                    self._drops.append((layer, op, size))
+            fwd.append((kernels.FWD, op, src, None, 0))
+            ops.append((op, src, runs_bwd, dx))
+            src, shape = out, out.shape
+        return src, shape, ops
+
+    def _make(self, pair, shape, name):
+        try:
+            op = kernels.make_op(pair.kind, shape, self.dtype, **pair.args)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{name}: {exc}") from None
+        names, _ = kernels.OPS[pair.kind]
+        for k in names:
+            a = pair.args[k]
+            if a is not None:
+                (self._read if k in kernels.OP_INPUTS else self._written).append((f"{name} {k}", a))
+        return op
+
+    def _layer_op(self, layer, name, src, shape, need_dx):
+        """A ``layer`` op: the layer's own forward/backward; its output shape comes from one
+        eval-mode forward of zeros."""
+        probe = layer.forward(np.zeros(shape, self.dtype), False)
+        if not isinstance(probe, np.ndarray) or probe.dtype != self.dtype:
+            raise TypeError(f"{name}: forward must return a {self.dtype.name} array, got "
+                            f"{getattr(probe, 'dtype', type(probe).__name__)}")
+        out = np.empty(probe.shape, self.dtype)
+        dx = np.empty(shape, self.dtype) if need_dx else None
+        self._written += [(f"{name} out", out)] + ([(f"{name} dx", dx)] if need_dx else [])
+        return self.impl.OPS["layer"](layer, out, dx), out, dx
+
+    def _backward(self, ops, d, bwd):
+        """Backward steps of ``ops`` (last first) from dL/d(output) ``d``; returns dL/d(input)
+        of the segment (None when its first layer computes none)."""
+        for op, src, runs_bwd, dx in reversed(ops):
+            if not runs_bwd:
+                break
+            bwd.append((kernels.BWD, op, src, d, 0))
+            d = dx
+        return d
+
+    # ------------------------------------------------------------------ running it
+    @property
+    def values(self):
+        """The heads' losses L_h of the last run (float64 array)."""
+        return self.program.values
+
+    def current(self, graph):
+        """True while nothing the plan baked in has changed (see the module docstring)."""
+        return (self.state == STATE[0] and self.key[0] is _config.active()
+                and graph[0] == self.graph[0] and len(graph[1]) == len(self.graph[1])
+                and all(h[0] == g[0] and h[1] is g[1] and h[2] == g[2]
+                        for h, g in zip(graph[1], self.graph[1])))
+
+    def labels(self, targets):
+        """One int64 index array per head (``targets``: one label array per head)."""
+        out = []
+        n = self._n
+        for (loss, lop, rec, c), t in zip(self._losses, targets):
+            if not (type(t) is np.ndarray and t.dtype == _I64 and t.shape == (n,)):
+                t = labels_to_indices(t, n, c)
+            out.append(t)
+        return out
+
+    def run(self, x, targets):
+        """Forward, losses and backward of one step on x (checked by the net) with one label
+        array per head; returns ``sum_h w_h * L_h`` (``values``: the L_h)."""
+        program = self.program
+        if not program.accepts(x):
+            raise ValueError("x shares memory with an array the training step writes (a layer's "
+                             "output or gradient buffer); pass a copy")
+        labels = self.labels(targets)
+        if not self._lock.acquire(blocking=False):
+            self._lock.acquire()            # another thread runs this net: wait for it
+        try:
+            bad = program.readonly()
+            if bad >= 0:
+                raise ValueError(f"{self._written[bad][0]} is not writeable; a training step "
+                                 f"writes it")
+            try:
+                program.load_labels(labels)
+            except ValueError:
+                for (loss, _, _, c), t in zip(self._losses, targets):
+                    labels_to_indices(t, self._n, c)    # the message naming the labels
+                raise
+            for layer, op, size in self._drops:
+                op.set_counter(layer._take_counter(size))
+            total = program.run(x)
+            for d, rec in self._recs:
+                d["_fwd"] = rec
+            for rec in self._xrecs:
+                rec["x"] = x
+            values = program.values
+            for j, (loss, lop, rec, _) in enumerate(self._losses):
+                d = loss.__dict__
+                d["_fwd"] = rec
+                d["loss"] = float(values[j])
+        finally:
+            self._lock.release()
+        return total
+
+
+class Plans:
+    """A net's plans: at most ``keep`` (one per backend and input shape), the latest first."""
+
+    __slots__ = ("_plans", "keep")
+
+    def __init__(self, keep=2):
+        self._plans, self.keep = [], keep
+
+    def get(self, graph, x):
+        """The current plan for this graph and x (made when there is none)."""
+        impl = _config.active()
+        for i, p in enumerate(self._plans):
+            if p.key[1] == x.shape and p.key[0] is impl:
+                if p.current(graph):
+                    if i:
+                        self._plans.insert(0, self._plans.pop(i))
+                    return p
+                del self._plans[i]
+                break
+        p = Plan(graph, x.shape, x.dtype)
+        self._plans.insert(0, p)
+        del self._plans[self.keep:]
+        return p
+
+    def clear(self):
+        self._plans.clear()

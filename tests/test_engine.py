@@ -1,0 +1,471 @@
+"""The training engine (dlfast._engine): every net's training step runs as a plan, made once and
+run every step. Its results equal a plain checked step written here (every layer's checked
+forward, the loss, every checked backward) bit for bit, on both backends, float32 and float64,
+1 and 2 threads, for every layer kind; a change of anything the plan baked in makes a new plan;
+bad input is rejected before anything changes."""
+import copy
+import pickle
+import threading
+
+import numpy as np
+import pytest
+
+import dlfast
+from dlfast import _engine, optim
+from dlfast.layers import (ELU, Activation, BatchNorm, Dense, Dropout, Layer, LeakyReLU, Maxout,
+                           PReLU, ReLU, RReLU, Sigmoid, Softmax, SoftmaxCrossEntropy, Tanh)
+from dlfast.net import MLP, MultiTaskNet, Sequential
+
+CONFIGS = [dict(batchnorm=True, dropout=0.3), dict(), dict(activation="elu", dropout=0.2),
+           dict(activation="tanh", batchnorm=True, weight_decay=1e-3),
+           dict(activation="prelu", prelu_per_feature=True), dict(activation="prelu"),
+           dict(activation="rrelu", dropout=0.2), dict(activation="maxout", maxout_pieces=3),
+           dict(activation="sigmoid", batchnorm=True, bn_momentum_convention="textbook",
+                dropout=0.4, dropout_inverted=False)]
+IDS = ["bn-dropout", "plain", "elu-dropout", "tanh-bn-wd", "prelu-features", "prelu", "rrelu",
+       "maxout", "textbook"]
+
+
+@pytest.fixture
+def plans(monkeypatch):
+    """Counts the plans made."""
+    count = [0]
+    real = _engine.Plan.__init__
+
+    def init(self, *args, **kwargs):
+        count[0] += 1
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(_engine.Plan, "__init__", init)
+    return count
+
+
+def _data(n=24, f=7, c=4, dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, f)).astype(dtype), rng.integers(0, c, n)
+
+
+def _backprop(layers, d, need_dx):
+    first = next((i for i, l in enumerate(layers) if l.trainable and l.params), None)
+    stop = 0 if need_dx else first
+    if stop is None:
+        return None
+    for i in range(len(layers) - 1, stop - 1, -1):
+        d = layers[i].backward(d, compute_dx=need_dx or i > stop)
+    return d
+
+
+def checked_step(net, x, t):
+    """The training step written plainly: checked layer calls only. Returns (loss, grads)."""
+    if isinstance(net, MultiTaskNet):
+        h = x
+        for l in net.trunk:
+            h = l.forward(h, True)
+        total, acc = 0.0, None
+        outs = {}
+        for name, hl in net.heads.items():
+            y = h
+            for l in hl:
+                y = l.forward(y, True)
+            outs[name] = y
+        for name in net.heads:
+            total += net.loss_weights[name] * net.loss_layers[name].forward(outs[name], t[name])
+        need_trunk = any(l.trainable and l.params for l in net.trunk)
+        for name, hl in net.heads.items():
+            d = _backprop(hl, net.loss_layers[name].backward(net.loss_weights[name]), need_trunk)
+            if need_trunk:
+                acc = d.copy() if acc is None else acc + d
+        if need_trunk:
+            _backprop(net.trunk, acc, False)
+        return total, {k: v.copy() for k, v in net.grads.items()}
+    h = x
+    for l in net.layers:
+        h = l.forward(h, True)
+    loss = net.loss_layer.forward(h, t)
+    _backprop(net.layers, net.loss_layer.backward(1.0), False)
+    return loss, {k: v.copy() for k, v in net.grads.items()}
+
+
+def _records(net):
+    layers = net.layers if not isinstance(net, MultiTaskNet) else net.layers
+    losses = [net.loss_layer] if not isinstance(net, MultiTaskNet) else list(net.loss_layers.values())
+    out = {}
+    for i, layer in enumerate([*layers, *losses]):
+        for k, v in (layer._fwd or {}).items():
+            if isinstance(v, np.ndarray):
+                out[f"r{i}.{k}"] = v.copy()
+    return out
+
+
+def _compare(a, b, x, t, oa=None, ob=None, records=True):
+    """One engine step of a and one checked step of b (then each optimiser): the same loss,
+    gradients, state (parameters, running statistics, counters) and layer records."""
+    la, ga = a.loss_and_gradient(x, t)
+    lb, gb = checked_step(b, x, t)
+    lb += b.penalty()
+    b._finish_grads(gb)
+    assert la == lb
+    assert ga.keys() == gb.keys()
+    for k in ga:
+        np.testing.assert_array_equal(ga[k], gb[k], err_msg=k)
+    if records:
+        ra, rb = _records(a), _records(b)
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            np.testing.assert_array_equal(ra[k], rb[k], err_msg=k)
+    if oa is not None:
+        oa.update(a.params, ga)
+        ob.update(b.params, gb)
+    sa, sb = a.state_dict(), b.state_dict()
+    for k in sa:
+        np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
+
+
+def _threads(request):
+    return getattr(request, "param", 0)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("kw", CONFIGS, ids=IDS)
+def test_engine_step_equals_checked_step(backend, dtype, kw, threads, plans):
+    a = MLP(13, [11, 9], 5, seed=1, dtype=dtype, **kw)
+    b = copy.deepcopy(a)
+    oa, ob = optim.Adam(lr=0.01), optim.Adam(lr=0.01)
+    data, labels = _data(n=4 * 10, f=13, c=5, dtype=dtype)
+    dlfast.set_num_threads(threads)
+    for i in range(4):
+        _compare(a, b, data[10 * i:10 * i + 10], labels[10 * i:10 * i + 10], oa, ob)
+    assert plans[0] == 1
+    if kw.get("dropout") or kw.get("activation") == "rrelu":
+        assert [l.counter for l in a.layers if l.stochastic] == \
+               [l.counter for l in b.layers if l.stochastic]
+
+
+def test_compiled_plans_run_compiled_ops_only():
+    """On the compiled backend every layer kind of dlfast runs as a compiled op: one program
+    call per step, no Python between the kernels."""
+    if "cython" not in dlfast.available_backends():
+        pytest.skip("compiled backend not built")
+    x, t = _data(n=10, f=13, c=5)
+    with dlfast.use_backend("cython"):
+        for kw in CONFIGS:
+            net = MLP(13, [11, 9], 5, seed=1, **kw)
+            net.loss_and_gradient(x, t)
+            plan = net._plans._plans[0]
+            assert type(plan.program).__name__ == "Program" and not hasattr(plan.program, "steps")
+            kinds = {type(s[1]).__name__ for s in plan.steps}
+            assert "LayerOp" not in kinds, kw
+        net = Sequential([Dense(13, 8, seed=0), Softmax(), Dense(8, 5, seed=1)])
+        net.loss_and_gradient(x, t)
+        assert "LayerOp" not in {type(s[1]).__name__ for s in net._plans._plans[0].steps}
+
+
+def _random_stack(rng, dtype, f_in, n_out):
+    """A random chain of layers of every kind (some frozen, some activations fused)."""
+    acts = [None, "relu", "tanh", "sigmoid", "leaky_relu", "elu"]
+    layers, width = [], f_in
+    for _ in range(int(rng.integers(1, 4))):
+        out = int(rng.integers(2, 9))
+        if rng.random() < 0.2:
+            layers.append(Maxout(width, out, int(rng.integers(1, 4)), dtype=dtype,
+                                 seed=int(rng.integers(1000)), trainable=bool(rng.random() < 0.8)))
+        else:
+            layers.append(Dense(width, out, acts[int(rng.integers(len(acts)))], dtype=dtype,
+                                seed=int(rng.integers(1000)),
+                                trainable=bool(rng.random() < 0.8)))
+        width = out
+        for extra in rng.permutation(6)[:int(rng.integers(0, 4))]:
+            if extra == 0:
+                layers.append(BatchNorm(width, momentum=float(rng.uniform(0.05, 0.5)),
+                                        dtype=dtype, trainable=bool(rng.random() < 0.8)))
+            elif extra == 1:
+                layers.append(Activation(acts[int(rng.integers(1, len(acts)))], dtype=dtype))
+            elif extra == 2:
+                layers.append(Dropout(float(rng.uniform(0.0, 0.8)), dtype=dtype,
+                                      seed=int(rng.integers(1000))))
+            elif extra == 3:
+                layers.append(PReLU(width if rng.random() < 0.5 else 1, dtype=dtype,
+                                    trainable=bool(rng.random() < 0.8)))
+            elif extra == 4:
+                layers.append(RReLU(seed=int(rng.integers(1000)), dtype=dtype))
+            else:
+                layers.append(Softmax(dtype=dtype))
+    layers.append(Dense(width, n_out, dtype=dtype, seed=int(rng.integers(1000))))
+    return layers
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_random_stacks_equal_checked_steps(backend, dtype, seed):
+    """Random layer chains (every kind, frozen layers, in any order) give the checked steps'
+    results bit for bit, and the state (running statistics, counters) follows."""
+    rng = np.random.default_rng(seed)
+    a = Sequential(_random_stack(rng, dtype, 5, 3), seed=seed)
+    b = copy.deepcopy(a)
+    x, t = _data(n=18, f=5, c=3, dtype=dtype, seed=seed)
+    oa, ob = optim.Momentum(lr=0.05), optim.Momentum(lr=0.05)
+    for i in range(3):
+        _compare(a, b, x[6 * i:6 * i + 6], t[6 * i:6 * i + 6], oa, ob)
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_multitask_equals_checked_steps(backend, dtype, frozen, plans):
+    def make():
+        trunk = [Dense(7, 6, "relu", seed=0, dtype=dtype), BatchNorm(6, dtype=dtype),
+                 Dropout(0.3, seed=4, dtype=dtype), Dense(6, 5, "tanh", seed=1, dtype=dtype)]
+        heads = {"a": [Dense(5, 3, seed=2, dtype=dtype)],
+                 "b": [PReLU(5, dtype=dtype), Dense(5, 4, seed=3, dtype=dtype)]}
+        return MultiTaskNet(trunk, heads, loss_weights={"a": 0.7, "b": 1.3}, seed=5)
+    a = make()
+    if frozen:
+        a.freeze(upto=2)
+    b = copy.deepcopy(a)
+    x, ta = _data(n=24, f=7, c=3, dtype=dtype)
+    tb = np.random.default_rng(1).integers(0, 4, 24)
+    oa, ob = optim.SGD(lr=0.1), optim.SGD(lr=0.1)
+    for i in range(3):
+        s = slice(8 * i, 8 * i + 8)
+        _compare(a, b, x[s], {"a": ta[s], "b": tb[s]}, oa, ob)
+    assert a.losses.keys() == {"a", "b"} and plans[0] == 1
+    a.loss_weights["a"] = 2.0                       # a weight is baked in: a new plan
+    b.loss_weights["a"] = 2.0
+    _compare(a, b, x[:8], {"a": ta[:8], "b": tb[:8]})
+    assert plans[0] == 2
+
+
+class Scale(Layer):
+    """A layer with only forward/backward (no kernel pair): out = 2 x."""
+
+    def forward(self, x, train=True):
+        self._fwd = {"out": x * 2}
+        return self._fwd["out"]
+
+    def backward(self, dout, compute_dx=True):
+        return dout * 2 if compute_dx else None
+
+
+class Doubled(ReLU):
+    """Overrides forward: the engine must not run ReLU's kernel pair for it."""
+
+    def forward(self, x, train=True):
+        return super().forward(x * 2, train)
+
+    def backward(self, dout, compute_dx=True):
+        d = super().backward(dout, compute_dx)
+        return None if d is None else d * 2
+
+
+@pytest.mark.parametrize("middle", [Scale, Doubled])
+def test_layers_without_a_kernel_pair_run_their_own_calls(backend, dtype, middle):
+    """A layer with only forward/backward (or a subclass overriding them) runs in the plan as a
+    ``layer`` op: the checked step's results."""
+    def make():
+        return Sequential([Dense(7, 5, seed=0, dtype=dtype), middle(dtype=dtype),
+                           Dense(5, 4, seed=1, dtype=dtype)])
+    a = make()
+    b = copy.deepcopy(a)
+    x, t = _data(dtype=dtype)
+    for _ in range(3):
+        _compare(a, b, x, t, records=False)
+    kinds = {type(s[1]).__name__ for s in a._plans._plans[0].steps}
+    assert "LayerOp" in kinds
+
+
+def test_errors_in_a_python_layer_propagate(backend):
+    class Broken(Scale):
+        def forward(self, x, train=True):
+            if train:
+                raise ArithmeticError("broken forward")
+            return super().forward(x, train)
+    net = Sequential([Dense(7, 5, seed=0), Broken(), Dense(5, 4, seed=1)])
+    x, t = _data()
+    for _ in range(2):
+        with pytest.raises(ArithmeticError, match="broken forward"):
+            net.loss_and_gradient(x, t)
+
+
+def test_changes_make_a_new_plan(backend, plans):
+    net = MLP(7, [6, 5], 4, batchnorm=True, dropout=0.5, seed=0)
+    dense, bn, act, drop = net.layers[:4]
+    ref = copy.deepcopy(net)
+    x, t = _data()
+    x, t = x[:8], t[:8]
+    _compare(net, ref, x, t)
+    _compare(net, ref, x, t)
+    assert plans[0] == 1
+    changes = [
+        lambda n: n.layers[0].params.__setitem__("W", n.layers[0].params["W"].copy()),
+        lambda n: n.layers[0].grads.__setitem__("b", n.layers[0].grads["b"].copy()),
+        lambda n: setattr(n.layers[1], "running_var", n.layers[1].running_var.copy()),
+        lambda n: setattr(n.layers[1], "eps", 1e-3),
+        lambda n: setattr(n.layers[2], "activation", "tanh"),
+        lambda n: setattr(n.layers[3], "p", 0.25),
+        lambda n: setattr(n.layers[3], "seed", 5),
+        lambda n: n.freeze(1),
+        lambda n: n.unfreeze(),
+        lambda n: n.layers.__setitem__(2, Activation("elu")),
+        lambda n: setattr(n.layers[-1], "__class__", type("Sub", (Dense,), {})),
+    ]
+    for i, change in enumerate(changes):
+        change(net)
+        change(ref)
+        before = plans[0]
+        _compare(net, ref, x, t)
+        assert plans[0] == before + 1, f"change {i}: a new plan"
+        _compare(net, ref, x, t)
+        assert plans[0] == before + 1, f"change {i}: then it is kept"
+        _, grads = net.loss_and_gradient(x, t)
+        ref.loss_and_gradient(x, t)
+        now = net.grads                             # the step's dict holds the net's arrays
+        assert grads.keys() == now.keys() and all(grads[k] is now[k] for k in now), i
+    before = plans[0]
+    net.loss_and_gradient(x[:5], t[:5])             # another batch size: another plan
+    net.loss_and_gradient(x, t)                     # back: the kept plan
+    net.loss_and_gradient(x[:5], t[:5])
+    assert plans[0] == before + 1
+    other = "cython" if dlfast.get_backend() == "numpy" else "numpy"
+    if other in dlfast.available_backends():
+        with dlfast.use_backend(other):
+            net.loss_and_gradient(x, t)
+        assert plans[0] == before + 2
+
+
+def test_bad_input_is_rejected_before_anything_changes(backend):
+    net = MLP(4, [4], 3, batchnorm=True, dropout=0.5, seed=0)
+    x, t = _data(f=4, c=3)
+    x, t = x[:6], t[:6]
+    net.loss_and_gradient(x, t)
+    before = {k: v.copy() for k, v in net.state_dict().items()}
+
+    def unchanged():
+        now = net.state_dict()
+        for k in before:
+            np.testing.assert_array_equal(now[k], before[k], err_msg=k)
+
+    bad = x.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(ValueError, match="x"):
+        net.loss_and_gradient(bad, t)
+    for bad_t in (np.array([0, 1, 2, 3, 0, 1]), np.array([0, 1, -1, 2, 0, 1])):
+        with pytest.raises(ValueError, match=r"t labels must lie in \[0, 3\)"):
+            net.loss_and_gradient(x, bad_t)
+    with pytest.raises(ValueError, match="labels"):
+        net.loss_and_gradient(x, t[:5])
+    with pytest.raises(TypeError):
+        net.loss_and_gradient(x, t.astype(np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        net.loss_and_gradient(x.astype(np.float64), t)
+    unchanged()                                     # no running statistic, counter or grad moved
+    out0 = net.layers[0]._fwd["out"]                # an array the step writes, or a view of it
+    for bad in (out0, out0[:]):
+        with pytest.raises(ValueError, match="shares memory"):
+            net.loss_and_gradient(bad, t)
+    unchanged()
+    g = net.layers[0].grads["W"]
+    g.flags.writeable = False
+    with pytest.raises(ValueError, match=r"layer 0 \(Dense\) dW is not writeable"):
+        net.loss_and_gradient(x, t)
+    g.flags.writeable = True
+    unchanged()
+    loss, _ = net.loss_and_gradient(x, t)
+    assert np.isfinite(loss)
+
+
+def test_every_label_form(backend):
+    """int64 indices (copied into the loss's own buffer), other int dtypes, strided views and
+    one-hot rows give the checked step's results; the step keeps no reference to t."""
+    x, t = _data(n=12, f=5, c=3)
+    x = x[:6]
+    t = t[:6].copy()
+    forms = [t, t.astype(np.int32), t.astype(np.uint8), np.repeat(t, 2)[::2],
+             np.eye(3, dtype=np.float32)[t], np.eye(3, dtype=np.int64)[t]]
+    a = MLP(5, [4], 3, batchnorm=True, seed=1)
+    b = copy.deepcopy(a)
+    oa, ob = optim.SGD(lr=0.1), optim.SGD(lr=0.1)
+    for form in forms + forms:
+        _compare(a, b, x, form, oa, ob, records=False)
+    a.loss_and_gradient(x, t)
+    labels = a.loss_layer._fwd["labels"].copy()
+    t[:] = (t + 1) % 3                              # the caller's t changes after the step
+    np.testing.assert_array_equal(a.loss_layer._fwd["labels"], labels)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copies_drop_the_plans(backend, how):
+    net = MLP(7, [6], 4, batchnorm=True, dropout=0.3, seed=0)
+    x, t = _data()
+    net.loss_and_gradient(x, t)
+    c = copy.deepcopy(net) if how == "deepcopy" else pickle.loads(pickle.dumps(net))
+    assert "_plans" not in c.__dict__
+    la, ga = c.loss_and_gradient(x, t)
+    lb, gb = net.loss_and_gradient(x, t)
+    assert la == lb
+    for k in ga:
+        assert ga[k] is not gb[k]
+        np.testing.assert_array_equal(ga[k], gb[k])
+    mine = [{k: v.copy() for k, v in d.items()} for d in (net.params, net.grads)]
+    c.loss_and_gradient(x * 2, t)                   # c's plan writes only c's arrays
+    for d, m in zip((net.params, net.grads), mine):
+        for k, v in d.items():
+            np.testing.assert_array_equal(v, m[k], err_msg=k)
+
+
+@pytest.mark.parametrize("first", ["batchnorm", "dropout", "activation", "prelu"])
+def test_plans_from_a_layer_without_weights(backend, first):
+    def stack():
+        head = {"batchnorm": BatchNorm(7), "dropout": Dropout(0.3, seed=5),
+                "activation": Activation("tanh"), "prelu": PReLU(7)}[first]
+        return Sequential([head, Dense(7, 5, "relu", seed=1), Dropout(0.2, seed=2),
+                           Dense(5, 3, seed=3)], seed=0)
+    a = stack()
+    b = copy.deepcopy(a)
+    oa, ob = optim.SGD(lr=0.1), optim.SGD(lr=0.1)
+    x, t = _data(n=18, f=7, c=3)
+    for i in range(3):
+        _compare(a, b, x[6 * i:6 * i + 6], t[6 * i:6 * i + 6], oa, ob)
+    program = a._plans._plans[0].program
+    out0 = a.layers[0]._fwd["out"]
+    assert not program.accepts(out0) and not program.accepts(out0[2:])
+    assert program.accepts(x[:6].copy()) and program.accepts(x[:6])
+
+
+def test_one_net_from_two_threads_is_serialised(backend):
+    """Two threads stepping one net take turns: every step's result is a whole step's."""
+    net = MLP(20, [16], 4, batchnorm=True, seed=0)
+    x, t = _data(n=32, f=20, c=4)
+    net.loss_and_gradient(x, t)
+    expect = checked_step(copy.deepcopy(net), x, t)[0]
+    bad, errors = [], []
+
+    def work():
+        try:
+            for _ in range(200):
+                loss, _ = net.loss_and_gradient(x, t)
+                if loss != expect and abs(loss - expect) > 0.5:    # BN running stats move only
+                    bad.append(loss)
+        except Exception as exc:        # pragma: no cover - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors and not bad
+    la, _ = net.loss_and_gradient(x, t)
+    assert la == pytest.approx(expect)
+
+
+@pytest.mark.parametrize("kind", [ReLU, Sigmoid, Tanh, LeakyReLU, ELU])
+def test_activation_layers_fuse_nothing_but_match(backend, kind):
+    a = Sequential([Dense(7, 6, seed=0), kind(), Dense(6, 4, seed=1)])
+    b = copy.deepcopy(a)
+    x, t = _data()
+    for _ in range(2):
+        _compare(a, b, x, t)
+
+
+def test_a_layer_twice_in_a_net_is_refused():
+    d = Dense(5, 5, seed=0)
+    with pytest.raises(ValueError, match="appears twice"):
+        Sequential([d, ReLU(), d])
+    loss = SoftmaxCrossEntropy()
+    assert Sequential([Dense(5, 3, seed=0)], loss=loss).loss_layer is loss

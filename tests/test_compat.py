@@ -295,7 +295,11 @@ def test_net_matches_textbook_formulas_step_by_step(digits, use_bn, use_dropout,
         loss_ref, g_ref = ref.loss_grad(xb, tb, masks)
         assert sorted(grads) == sorted(g_ref)
         for k in g_ref:
-            np.testing.assert_allclose(grads[k], g_ref[k], rtol=1e-9, atol=1e-12, err_msg=k)
+            # a bias feeding batch norm has a true gradient of 0: its value is rounding noise of
+            # the sum over the batch (|g| ~ 1e-13 here), compared to within that noise
+            noise = use_bn and k in ("b1", "b2")
+            np.testing.assert_allclose(grads[k], g_ref[k], rtol=1e-9,
+                                       atol=1e-11 if noise else 1e-12, err_msg=k)
         # the train-mode loss with the same masks (streams rewound and held) and statistics
         net.load_state_dict(before)
         with hold_rng(net.net):
@@ -304,7 +308,9 @@ def test_net_matches_textbook_formulas_step_by_step(digits, use_bn, use_dropout,
         opt.update(net.params, grads)
         ref_opt.update(ref.p, g_ref)
         for k in ref.p:
-            np.testing.assert_allclose(net.params[k], ref.p[k], rtol=1e-9, atol=1e-12, err_msg=k)
+            noise = use_bn and k in ("b1", "b2")     # moved by rounding noise only (above)
+            np.testing.assert_allclose(net.params[k], ref.p[k], rtol=1e-9,
+                                       atol=1e-11 if noise else 1e-12, err_msg=k)
     if use_bn:
         for k in (1, 2):
             bn = net.layers[f"BatchNorm{k}"]

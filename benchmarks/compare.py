@@ -29,6 +29,10 @@ PyTorch is optional (``pip install torch==2.13.0``): without it its column is sk
 """
 from __future__ import annotations
 
+import _machine
+
+_machine.unpin_openblas()       # before NumPy loads its OpenBLAS (see _machine)
+
 import argparse
 import json
 import math
@@ -520,7 +524,8 @@ def meta(args):
             "python": platform.python_version(), "numpy": np.__version__,
             "dlfast": dlfast.__version__, "torch": torch.__version__ if torch else None,
             "machine": platform.machine(), "cpu_count": os.cpu_count(),
-            "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None}
+            "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            **_machine.info()}
     try:
         with open("/proc/cpuinfo") as f:
             info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
@@ -593,7 +598,7 @@ def main(argv=None):
         builders.append(lambda: adam_big_cases(10 ** 7, args.threads, have_torch))
     load = os.getloadavg()[0]
     print(f"# dlfast compare: float32, {args.threads} threads, {args.rounds} rounds, "
-          f"load avg {load:.2f}", flush=True)
+          f"load avg {load:.2f}\n# {_machine.describe()}", flush=True)
     if load > (os.cpu_count() or 1) - args.threads + 0.5:
         print(f"# WARNING: load average {load:.2f} on {os.cpu_count()} CPUs: other processes "
               f"compete for the cores; multi-threaded figures will be noisy", flush=True)

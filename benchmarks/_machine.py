@@ -1,0 +1,78 @@
+"""What every benchmark of this folder does first, and says about the machine.
+
+``unpin_openblas()`` removes OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE from this process's
+environment; call it before NumPy (or anything that loads an OpenBLAS) is imported. Some
+environments pin OpenBLAS to old kernels with them (to dodge faults of old OpenBLAS builds), which
+makes NumPy's matmul, the NumPy backend and the GEMM probes slower than the CPU allows. Tests and CI
+keep the pin: only the benchmarks' own processes drop it.
+
+``describe()`` is the line every table prints: the CPU model, the instruction set dlfast's
+kernels use, the kernels each BLAS runs (threadpoolctl), and what was unpinned.
+"""
+import os
+
+PINS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+_removed = {}
+
+
+def unpin_openblas():
+    """Drop the OpenBLAS pins from this process's environment (returns what was removed)."""
+    for k in PINS:
+        if k in os.environ:
+            _removed[k] = os.environ.pop(k)
+    return dict(_removed)
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def isa():
+    """The widest vector instruction set of the CPU that dlfast's compiled loops are cloned for."""
+    flags = cpu_flags()
+    for name, flag in (("AVX-512", "avx512f"), ("AVX2", "avx2"), ("SSE4.2", "sse4_2")):
+        if flag in flags:
+            return name
+    return "baseline"
+
+
+def blas_kernels():
+    """[(library, internal API, version, kernels it runs, threads)] of the loaded BLAS libraries."""
+    from threadpoolctl import threadpool_info
+    return [(os.path.basename(i.get("filepath", "?")), i.get("internal_api"), i.get("version"),
+             i.get("architecture"), i.get("num_threads"))
+            for i in threadpool_info() if i.get("user_api") == "blas"]
+
+
+def describe():
+    import dlfast
+    gemm = getattr(dlfast._config.active(), "SGEMM", "-")
+    blas = "; ".join(f"{lib} {ver} {arch} kernels" for lib, _, ver, arch, _ in blas_kernels())
+    unpinned = ", ".join(f"{k}={v}" for k, v in _removed.items()) or "none were set"
+    return (f"CPU: {cpu_model()} ({os.cpu_count()} CPUs, {isa()}); dlfast float32 GEMM: {gemm}; "
+            f"BLAS: {blas}; OpenBLAS pins removed: {unpinned}")
+
+
+def info():
+    """The same as a dict (for JSON files)."""
+    return {"cpu": cpu_model(), "isa": isa(), "blas": blas_kernels(),
+            "openblas_pins_removed": dict(_removed)}

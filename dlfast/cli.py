@@ -349,6 +349,15 @@ def _prepare_reuse(args, model, x):
     return {"cache_frozen": args.cache_frozen, "transform": transform}
 
 
+def _resume(trainer, args):
+    """``--resume PATH`` (``--allow-nonfinite``: also a checkpoint holding NaN or inf)."""
+    from .checkpoint import NonFiniteCheckpointError, restore_checkpoint
+    try:
+        restore_checkpoint(trainer, args.resume, allow_nonfinite=args.allow_nonfinite)
+    except NonFiniteCheckpointError as exc:
+        raise _CLIError(f"{exc} (command line: --allow-nonfinite)") from None
+
+
 def _run_train(args):
     from . import kernels  # noqa: F401  (selects the backend before timing)
     from .train import EarlyStopping, Trainer
@@ -382,9 +391,11 @@ def _run_train(args):
     meta = {"title": title, "command": sys.argv[1:] if args.argv is None else args.argv,
             "args": {k: v for k, v in vars(args).items() if k not in ("func", "argv")},
             "source": source, "backend": dlfast.get_backend()}
+    if args.resume is not None:
+        _resume(trainer, args)
     t0 = time.perf_counter()
     try:
-        trainer.fit(x, t, resume=args.resume)
+        trainer.fit(x, t)
     except KeyboardInterrupt:
         meta.update(interrupted=True, epochs_done=trainer.epoch, steps_done=trainer.step)
         paths = _write_outputs(out, model, trainer, meta)
@@ -499,6 +510,8 @@ def _configure_train(p):
                    help="what --checkpoint-every counts (default: epoch)")
     g.add_argument("--resume", metavar="PATH",
                    help="continue the run saved in this checkpoint (same options and data)")
+    g.add_argument("--allow-nonfinite", action="store_true",
+                   help="--resume also from a checkpoint whose weights hold NaN or inf")
 
 
 register("train", _run_train, "train an MLP on digits or MNIST", _configure_train)

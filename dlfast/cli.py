@@ -3,7 +3,7 @@
 Subcommands live in one registry: a new one is a function ``run(args) -> exit code`` plus one
 ``register(name, run, help, configure)`` call, where ``configure(parser)`` adds its arguments.
 
-    dlfast train [options]     train an MLP on the embedded digits (or MNIST with --data-dir)
+    dlfast train [options]     train an MLP on the embedded digits (or --dataset mnist ...)
     dlfast info [--json]       backend, dtype, threads, OpenMP, BLAS, available backends
     dlfast tune [options]      random / TPE search of lr and weight decay (see dlfast.tune)
 
@@ -233,11 +233,19 @@ def split_data(x, t, test_fraction, seed):
 
 
 def _load_data(args, dtype):
+    """``(source, x_train, t_train, x_test, t_test)`` of ``--dataset`` (default: mnist with
+    ``--data-dir``, else digits); mnist / fashion-mnist without ``--data-dir`` are downloaded once
+    into the data folder (``dlfast.datasets.fetch``)."""
     from . import datasets
+    name = args.dataset or ("mnist" if args.data_dir else "digits")
+    if name != "digits":
+        title = datasets._SOURCES[name][0]
+        kw = dict(dtype=dtype, download=args.data_dir is None, progress=not args.no_progress)
+        x, t = datasets.load_idx_dataset(name, args.data_dir, "train", **kw)
+        x_test, t_test = datasets.load_idx_dataset(name, args.data_dir, "t10k", **kw)
+        return (f"{title} ({args.data_dir})" if args.data_dir else title), x, t, x_test, t_test
     if args.data_dir:
-        x, t = datasets.load_mnist(args.data_dir, "train", dtype=dtype)
-        x_test, t_test = datasets.load_mnist(args.data_dir, "t10k", dtype=dtype)
-        return f"MNIST ({args.data_dir})", x, t, x_test, t_test
+        raise _CLIError("--data-dir does not apply to --dataset digits (the digits are embedded)")
     x, t = datasets.load_digits(dtype=dtype)
     x_train, t_train, x_test, t_test = split_data(x, t, args.test_split, args.seed)
     return "digits", x_train, t_train, x_test, t_test
@@ -494,8 +502,13 @@ def _configure_train(p):
                    help="fraction of the training data held out for validation (default: 0.1)")
     g.add_argument("--test-split", type=_fraction, default=0.2,
                    help="digits: fraction held out as the test set (default: 0.2)")
+    from .datasets import DATASETS
+    g.add_argument("--dataset", choices=DATASETS,
+                   help="digits (embedded, the default), or mnist / fashion-mnist: downloaded "
+                        "once into $DLFAST_DATA (default: the user's cache folder + dlfast)")
     g.add_argument("--data-dir", metavar="DIR",
-                   help="folder with MNIST IDX files (train-*/t10k-*[.gz]) instead of digits")
+                   help="read the IDX files (train-*/t10k-*[.gz]) of --dataset (default: mnist) "
+                        "from this folder instead; nothing is downloaded")
     g.add_argument("--backend", choices=("numpy", "cython"), help="kernel backend (default: best available)")
     g.add_argument("--threads", type=_nonneg_int, help="threads for kernels and BLAS (0 = default)")
     g.add_argument("--seed", type=_nonneg_int, default=0, help="weights, splits, shuffling (default: 0)")

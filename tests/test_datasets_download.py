@@ -19,8 +19,9 @@ import urllib.request
 import numpy as np
 import pytest
 
-
+from dlfast import cli
 from dlfast import datasets as D
+from dlfast import experiments as E
 
 from test_datasets import idx_bytes
 
@@ -365,3 +366,85 @@ def test_importing_datasets_does_not_import_tqdm():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["False"]
+
+
+# ============================================================================ command line
+def _cli(tmp_path, *args):
+    return cli.main(["train", "--hidden", "8", "--epochs", "1", "--batch-size", "10",
+                     "--no-progress", "--backend", "numpy", "--out", str(tmp_path / "o"), *args])
+
+
+def test_cli_dataset_mnist_downloads_once_then_uses_the_cache(server, tmp_path, monkeypatch,
+                                                              capsys):
+    monkeypatch.setenv("DLFAST_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("DLFAST_MNIST_MIRRORS", server.url)
+    monkeypatch.setattr(D, "_SOURCES", {**D._SOURCES, "mnist": D._SOURCES["mnist"][:3]
+                                        + (md5s(server.files),)})    # the test files' sums
+    assert _cli(tmp_path, "--dataset", "mnist") == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "on MNIST" in out and "60 training rows" in out and "20 test rows" in out
+    assert len(server.hits) == 4
+    assert _listing(tmp_path / "data" / "mnist") == sorted(FILES)
+    server.mode = "404"
+    assert _cli(tmp_path, "--dataset", "mnist") == 0                   # cache hit
+    assert len(server.hits) == 4
+
+
+def test_cli_dataset_offline_is_a_clean_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DLFAST_DATA", str(tmp_path / "data"))
+    url = _closed_port_url()
+    monkeypatch.setenv("DLFAST_FASHION_MNIST_MIRRORS", url)
+    monkeypatch.setattr(D, "time", types.SimpleNamespace(sleep=lambda s: None))
+    assert _cli(tmp_path, "--dataset", "fashion-mnist") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("dlfast train: error: could not download the Fashion-MNIST file")
+    assert url + "train-images-idx3-ubyte.gz" in err
+    assert str(tmp_path / "data" / "fashion-mnist") in err
+
+
+def test_cli_data_dir_reads_a_user_folder_without_downloading(server, tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for name, data in server.files.items():
+        (folder / name).write_bytes(data)
+    assert _cli(tmp_path, "--dataset", "fashion-mnist", "--data-dir", str(folder)) == 0
+    assert f"on Fashion-MNIST ({folder})" in capsys.readouterr().out
+    assert _cli(tmp_path, "--data-dir", str(tmp_path / "empty")) == 1     # no download there
+    err = capsys.readouterr().err
+    assert "does not exist" in err and server.hits == []
+    assert _cli(tmp_path, "--dataset", "digits", "--data-dir", str(folder)) == 1
+    assert "--data-dir does not apply to --dataset digits" in capsys.readouterr().err
+
+
+def test_cli_dataset_choices(capsys):
+    with pytest.raises(SystemExit) as ei:
+        cli.main(["train", "--dataset", "cifar10"])
+    assert ei.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def _place(folder, files):
+    folder.mkdir(parents=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+
+
+def test_experiment_on_mnist_from_the_data_folder(server, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DLFAST_DATA", str(tmp_path / "data"))
+    _place(tmp_path / "data" / "mnist", server.files)               # a cache hit: no download
+    r = E.run("batchnorm", tmp_path / "o", quick=True, verbose=False, dataset="mnist")
+    assert r["dataset"] == "mnist" and "MNIST images" in r["title"]
+    assert server.hits == []
+    assert cli.main(["experiment", "multitask", "--quick", "--dataset", "mnist",
+                     "--out", str(tmp_path / "o2")]) == 0
+    assert "multi-task learning on MNIST" in capsys.readouterr().out
+
+
+def test_experiment_dataset_errors(tmp_path, capsys):
+    assert E.uses_data("overfit") and not E.uses_data("optimizers-path")
+    with pytest.raises(ValueError, match="dataset must be one of digits, mnist, fashion-mnist"):
+        E.run("overfit", tmp_path, quick=True, verbose=False, dataset="cifar10")
+    with pytest.raises(ValueError, match="'init-histograms' uses no data set"):
+        E.run("init-histograms", tmp_path, quick=True, verbose=False, dataset="mnist")
+    assert cli.main(["experiment", "optimizers-path", "--dataset", "mnist",
+                     "--out", str(tmp_path)]) == 1
+    assert "--dataset does not apply to experiment 'optimizers-path'" in capsys.readouterr().err

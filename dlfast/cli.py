@@ -370,6 +370,8 @@ def _run_train(args):
     from . import kernels  # noqa: F401  (selects the backend before timing)
     from .train import EarlyStopping, Trainer
     _apply_backend(args)
+    if args.allow_nonfinite and args.resume is None:
+        raise _CLIError("--allow-nonfinite needs --resume PATH")
     import dlfast
     dtype = np.dtype(args.dtype)
     out = os.path.abspath(args.out)
@@ -527,7 +529,7 @@ def _configure_train(p):
                    help="--resume also from a checkpoint whose weights hold NaN or inf")
 
 
-register("train", _run_train, "train an MLP on digits or MNIST", _configure_train)
+register("train", _run_train, "train an MLP on the digits, MNIST or Fashion-MNIST", _configure_train)
 register("info", _run_info, "backend, dtype, threads, OpenMP and BLAS in use", _configure_info)
 
 from .experiments import _cli_configure as _configure_experiment, _cli_run as _run_experiment  # noqa: E402

@@ -309,9 +309,8 @@ def _transfer(url, target, digest, timeout, progress):
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         exc.close()
-        why = f"HTTP {exc.code} {exc.reason}"
-        raise (_NextMirror if 400 <= exc.code < 500 and exc.code not in (408, 429) else _Retry)(why) \
-            from None
+        permanent = 400 <= exc.code < 500 and exc.code not in (408, 429)
+        raise (_NextMirror if permanent else _Retry)(f"HTTP {exc.code} {exc.reason}") from None
     except (OSError, http.client.HTTPException) as exc:
         raise _Retry(_why(exc, timeout)) from None
     folder, file = os.path.split(target)

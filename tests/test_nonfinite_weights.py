@@ -138,3 +138,5 @@ def test_cli_resume_refuses_nonfinite_checkpoint_unless_allowed(tmp_path, capsys
     out = capsys.readouterr()
     assert "'model.W2'" not in out.err
     assert (rc == 0 and "nan" in out.out) or (rc == 1 and "non-finite" in out.err), out
+    assert cli.main(common + ["--allow-nonfinite"]) == 1
+    assert "--allow-nonfinite needs --resume PATH" in capsys.readouterr().err

@@ -17,6 +17,10 @@ File layout (``numpy.savez``, no pickles): ``__format__`` = "dlfast-checkpoint",
 ``__class__``/``__config__`` (as ``dlfast.io``), ``__json__`` (everything that is not an array; an
 array is a reference ``{"__array__": "aN"}``) and the arrays ``aN``.
 
+Loading (``restore_checkpoint``, ``load_checkpoint_model``) refuses a checkpoint whose model state,
+optimiser state or early-stopping weights hold NaN or inf (``NonFiniteCheckpointError`` names the
+array) unless ``allow_nonfinite=True``.
+
 Atomic write: temporary file in the target folder -> flush -> ``os.fsync`` -> ``os.replace`` ->
 fsync of the folder. A crash at any point leaves the previous checkpoint intact and no temporary
 file behind (removed on failure; a SIGKILL may leave a ``.tmp-ckpt-*`` file, never a damaged
@@ -30,10 +34,11 @@ import tempfile
 
 import numpy as np
 
-from .io import atomic_savez, check_version, read_npz
+from .io import NonFiniteWeightsError, atomic_savez, check_finite, check_version, read_npz
 
-__all__ = ["Checkpoint", "CheckpointError", "save_checkpoint", "read_checkpoint",
-           "restore_checkpoint", "load_checkpoint_model", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["Checkpoint", "CheckpointError", "NonFiniteCheckpointError", "save_checkpoint",
+           "read_checkpoint", "restore_checkpoint", "load_checkpoint_model", "FORMAT",
+           "FORMAT_VERSION"]
 
 FORMAT = "dlfast-checkpoint"
 FORMAT_VERSION = 1
@@ -42,6 +47,11 @@ FORMAT_VERSION = 1
 class CheckpointError(ValueError):
     """A checkpoint file that is missing, truncated, foreign, damaged, or does not fit the
     Trainer (other architecture, optimiser, schedule ...). The message names the file."""
+
+
+class NonFiniteCheckpointError(CheckpointError, NonFiniteWeightsError):
+    """A checkpoint whose weights or optimiser state hold NaN or inf (``allow_nonfinite=True``
+    loads it on purpose)."""
 
 
 # ============================================================================ (de)serialisation
@@ -171,10 +181,37 @@ def read_checkpoint(path):
     return cls, config, state
 
 
-def load_checkpoint_model(path):
-    """The model stored in a checkpoint, rebuilt (class, config, state) on its own."""
+def _arrays(obj, name):
+    """``(dotted name, array)`` for every ndarray / numpy scalar nested in ``obj``."""
+    if isinstance(obj, (np.ndarray, np.generic)):
+        yield name, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _arrays(v, f"{name}.{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _arrays(v, f"{name}.{i}")
+
+
+def _flag(allow_nonfinite):
+    if not isinstance(allow_nonfinite, bool):
+        raise TypeError(f"allow_nonfinite must be True or False, got {allow_nonfinite!r}")
+
+
+def _check_finite(path, state, allow_nonfinite, parts=("model", "optimizer", "early_stopping")):
+    if not allow_nonfinite:
+        for part in parts:
+            check_finite(_arrays(state.get(part), part), os.fspath(path), "checkpoint file",
+                         NonFiniteCheckpointError)
+
+
+def load_checkpoint_model(path, allow_nonfinite=False):
+    """The model stored in a checkpoint, rebuilt (class, config, state) on its own;
+    ``NonFiniteCheckpointError`` if its state holds NaN or inf, unless ``allow_nonfinite``."""
     from .io import _classes
+    _flag(allow_nonfinite)
     cls, config, state = read_checkpoint(path)
+    _check_finite(path, state, allow_nonfinite, ("model",))
     classes = _classes()
     if cls not in classes:
         raise CheckpointError(f"checkpoint file {path!r} holds an unknown model class {cls!r}")
@@ -194,12 +231,15 @@ def _set_rng(rng, st, path, what):
         raise CheckpointError(f"checkpoint file {path!r}: bad {what} generator state ({exc})") from None
 
 
-def restore_checkpoint(trainer, path):
+def restore_checkpoint(trainer, path, allow_nonfinite=False):
     """Load ``path`` into ``trainer`` (model, optimiser, schedule, counters, history, generators).
-    All-or-nothing for the model and optimiser; ``CheckpointError`` names what does not fit.
+    All-or-nothing for the model and optimiser; ``CheckpointError`` names what does not fit, a
+    ``NonFiniteCheckpointError`` the array holding NaN or inf (unless ``allow_nonfinite``).
     The early-stopping state is applied by ``fit`` after ``on_train_begin``."""
+    _flag(allow_nonfinite)
     path = os.fspath(path)
     cls, config, st = read_checkpoint(path)
+    _check_finite(path, st, allow_nonfinite)
     model = trainer.model
     if cls != type(model).__name__ or config != json.loads(json.dumps(model.config(),
                                                                        sort_keys=True)):

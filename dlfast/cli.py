@@ -3,7 +3,7 @@
 Subcommands live in one registry: a new one is a function ``run(args) -> exit code`` plus one
 ``register(name, run, help, configure)`` call, where ``configure(parser)`` adds its arguments.
 
-    dlfast train [options]     train an MLP on the embedded digits (or MNIST with --data-dir)
+    dlfast train [options]     train an MLP on the embedded digits (or --dataset mnist ...)
     dlfast info [--json]       backend, dtype, threads, OpenMP, BLAS, available backends
     dlfast tune [options]      random / TPE search of lr and weight decay (see dlfast.tune)
 
@@ -233,11 +233,19 @@ def split_data(x, t, test_fraction, seed):
 
 
 def _load_data(args, dtype):
+    """``(source, x_train, t_train, x_test, t_test)`` of ``--dataset`` (default: mnist with
+    ``--data-dir``, else digits); mnist / fashion-mnist without ``--data-dir`` are downloaded once
+    into the data folder (``dlfast.datasets.fetch``)."""
     from . import datasets
+    name = args.dataset or ("mnist" if args.data_dir else "digits")
+    if name != "digits":
+        title = datasets._SOURCES[name][0]
+        kw = dict(dtype=dtype, download=args.data_dir is None, progress=not args.no_progress)
+        x, t = datasets.load_idx_dataset(name, args.data_dir, "train", **kw)
+        x_test, t_test = datasets.load_idx_dataset(name, args.data_dir, "t10k", **kw)
+        return (f"{title} ({args.data_dir})" if args.data_dir else title), x, t, x_test, t_test
     if args.data_dir:
-        x, t = datasets.load_mnist(args.data_dir, "train", dtype=dtype)
-        x_test, t_test = datasets.load_mnist(args.data_dir, "t10k", dtype=dtype)
-        return f"MNIST ({args.data_dir})", x, t, x_test, t_test
+        raise _CLIError("--data-dir does not apply to --dataset digits (the digits are embedded)")
     x, t = datasets.load_digits(dtype=dtype)
     x_train, t_train, x_test, t_test = split_data(x, t, args.test_split, args.seed)
     return "digits", x_train, t_train, x_test, t_test
@@ -349,10 +357,21 @@ def _prepare_reuse(args, model, x):
     return {"cache_frozen": args.cache_frozen, "transform": transform}
 
 
+def _resume(trainer, args):
+    """``--resume PATH`` (``--allow-nonfinite``: also a checkpoint holding NaN or inf)."""
+    from .checkpoint import NonFiniteCheckpointError, restore_checkpoint
+    try:
+        restore_checkpoint(trainer, args.resume, allow_nonfinite=args.allow_nonfinite)
+    except NonFiniteCheckpointError as exc:
+        raise _CLIError(f"{exc} (command line: --allow-nonfinite)") from None
+
+
 def _run_train(args):
     from . import kernels  # noqa: F401  (selects the backend before timing)
     from .train import EarlyStopping, Trainer
     _apply_backend(args)
+    if args.allow_nonfinite and args.resume is None:
+        raise _CLIError("--allow-nonfinite needs --resume PATH")
     import dlfast
     dtype = np.dtype(args.dtype)
     out = os.path.abspath(args.out)
@@ -382,9 +401,11 @@ def _run_train(args):
     meta = {"title": title, "command": sys.argv[1:] if args.argv is None else args.argv,
             "args": {k: v for k, v in vars(args).items() if k not in ("func", "argv")},
             "source": source, "backend": dlfast.get_backend()}
+    if args.resume is not None:
+        _resume(trainer, args)
     t0 = time.perf_counter()
     try:
-        trainer.fit(x, t, resume=args.resume)
+        trainer.fit(x, t)
     except KeyboardInterrupt:
         meta.update(interrupted=True, epochs_done=trainer.epoch, steps_done=trainer.step)
         paths = _write_outputs(out, model, trainer, meta)
@@ -483,8 +504,13 @@ def _configure_train(p):
                    help="fraction of the training data held out for validation (default: 0.1)")
     g.add_argument("--test-split", type=_fraction, default=0.2,
                    help="digits: fraction held out as the test set (default: 0.2)")
+    from .datasets import DATASETS
+    g.add_argument("--dataset", choices=DATASETS,
+                   help="digits (embedded, the default), or mnist / fashion-mnist: downloaded "
+                        "once into $DLFAST_DATA (default: the user's cache folder + dlfast)")
     g.add_argument("--data-dir", metavar="DIR",
-                   help="folder with MNIST IDX files (train-*/t10k-*[.gz]) instead of digits")
+                   help="read the IDX files (train-*/t10k-*[.gz]) of --dataset (default: mnist) "
+                        "from this folder instead; nothing is downloaded")
     g.add_argument("--backend", choices=("numpy", "cython"), help="kernel backend (default: best available)")
     g.add_argument("--threads", type=_nonneg_int, help="threads for kernels and BLAS (0 = default)")
     g.add_argument("--seed", type=_nonneg_int, default=0, help="weights, splits, shuffling (default: 0)")
@@ -499,9 +525,11 @@ def _configure_train(p):
                    help="what --checkpoint-every counts (default: epoch)")
     g.add_argument("--resume", metavar="PATH",
                    help="continue the run saved in this checkpoint (same options and data)")
+    g.add_argument("--allow-nonfinite", action="store_true",
+                   help="--resume also from a checkpoint whose weights hold NaN or inf")
 
 
-register("train", _run_train, "train an MLP on digits or MNIST", _configure_train)
+register("train", _run_train, "train an MLP on the digits, MNIST or Fashion-MNIST", _configure_train)
 register("info", _run_info, "backend, dtype, threads, OpenMP and BLAS in use", _configure_info)
 
 from .experiments import _cli_configure as _configure_experiment, _cli_run as _run_experiment  # noqa: E402

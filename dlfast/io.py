@@ -11,6 +11,8 @@ File layout (``numpy.savez``, no pickles)::
     state.NAME   each entry of model.state_dict() (params, BN running statistics, RNG state)
 
 Writes are atomic: a temporary file in the target folder, flushed and fsynced, then ``os.replace``.
+``load_model`` refuses a file whose floating-point arrays hold NaN or inf (``NonFiniteWeightsError``
+names the array) unless ``allow_nonfinite=True``.
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ import zipfile
 
 import numpy as np
 
-__all__ = ["save_model", "load_model", "read_metadata", "ModelFileError", "FORMAT", "FORMAT_VERSION",
-           "save", "load"]
+__all__ = ["save_model", "load_model", "read_metadata", "ModelFileError", "NonFiniteWeightsError",
+           "FORMAT", "FORMAT_VERSION", "save", "load"]
 
 FORMAT = "dlfast-model"
 FORMAT_VERSION = 1
@@ -31,6 +33,28 @@ _PREFIX = "state."
 
 class ModelFileError(ValueError):
     """A model file that is missing, truncated, foreign, of another format version, or damaged."""
+
+
+class NonFiniteWeightsError(ModelFileError):
+    """A model or checkpoint file with NaN or inf in a floating-point array (a net with such
+    weights predicts NaN); ``allow_nonfinite=True`` loads it on purpose."""
+
+
+def check_finite(arrays, path, noun, error=NonFiniteWeightsError):
+    """Raise ``error`` naming the first floating-point array of ``arrays`` (an iterable of
+    ``(name, array)``) that holds NaN or inf."""
+    for name, a in arrays:
+        a = np.asarray(a)
+        if a.dtype.kind not in "fc" or a.size == 0:
+            continue
+        bad = ~np.isfinite(a)
+        if bad.any():
+            n_nan = int(np.count_nonzero(np.isnan(a)))
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise error(f"{noun} {path!r}: array {name!r} holds {n_nan} NaN and "
+                        f"{int(np.count_nonzero(bad)) - n_nan} inf of its {a.size} values (first "
+                        f"at index {first}); a net with such weights predicts NaN. Pass "
+                        f"allow_nonfinite=True to load it anyway")
 
 
 def _classes():
@@ -155,8 +179,12 @@ def _loads(path, data, key):
         raise ModelFileError(f"model file {path!r}: {key} is not valid JSON ({exc})") from None
 
 
-def load_model(path):
-    """Rebuild the model saved by ``save_model`` (same class, config, dtype and state)."""
+def load_model(path, allow_nonfinite=False):
+    """Rebuild the model saved by ``save_model`` (same class, config, dtype and state).
+    ``NonFiniteWeightsError`` if an array of its state holds NaN or inf, unless
+    ``allow_nonfinite``."""
+    if not isinstance(allow_nonfinite, bool):
+        raise TypeError(f"allow_nonfinite must be True or False, got {allow_nonfinite!r}")
     path, data = _read(path)
     cls_name = str(data["__class__"])
     classes = _classes()
@@ -172,6 +200,8 @@ def load_model(path):
         raise ModelFileError(f"model file {path!r}: cannot rebuild {cls_name} from its config "
                              f"({type(exc).__name__}: {exc})") from None
     state = {k[len(_PREFIX):]: v for k, v in data.items() if k.startswith(_PREFIX)}
+    if not allow_nonfinite:
+        check_finite(state.items(), path, "model file")
     try:
         model.load_state_dict(state)
     except (TypeError, ValueError, KeyError) as exc:

@@ -1,14 +1,16 @@
 """The classic experiments of the textbook, on dlfast: ``dlfast experiment NAME`` or
 ``dlfast.experiments.run(NAME, out_dir)``.
 
-Each experiment is ``run(out_dir, quick=False, seed=0, backend=None, progress=False) -> dict``
-registered by name; it writes ``<out_dir>/<name>.png`` and returns::
+Each experiment is ``run(out_dir, quick=False, seed=0, backend=None, progress=False,
+dataset=None) -> dict`` registered by name; it writes ``<out_dir>/<name>.png`` and returns::
 
     {"name", "title", "columns": [...], "rows": [{column: value}, ...], "png": path, ...}
 
 plus experiment-specific data (curves, histograms ...). ``quick`` is a reduced budget (tests,
 CI); ``seed`` fixes every weight, batch order and dropout mask; ``backend`` ("numpy" |
-"cython") is used for the run only. ``format_table(result)`` renders the rows.
+"cython") is used for the run only; ``dataset`` ("digits", the default, "mnist" or
+"fashion-mnist", downloaded once: ``dlfast.datasets``) is the data of the experiments that train
+on data (all but optimizers-path and init-histograms). ``format_table(result)`` renders the rows.
 
 =================== ==================================================================
 optimizers-path     SGD ... Adam minimising x^2/20 + y^2 from (-7, 2): paths on the contours
@@ -32,38 +34,55 @@ import numbers
 import os
 import sys
 
-__all__ = ["EXPERIMENTS", "register", "run", "format_table", "names"]
+__all__ = ["EXPERIMENTS", "register", "run", "format_table", "names", "uses_data"]
 
 EXPERIMENTS = {}      # name -> (run function, one-line description)
+_NO_DATA = set()      # the experiments that take no dataset
 
 _MODULES = ("optimizers_path", "optimizers", "init_histograms", "init_compare", "batchnorm",
             "overfit", "hyperparams", "multitask", "augment", "pretrain")
 
 
-def register(name, description):
-    """Decorator: register ``run(out_dir, quick, seed, backend, progress)`` as experiment ``name``.
-    The wrapper validates the arguments, creates ``out_dir``, selects ``backend`` for the run and
-    adds ``name`` to the result."""
+def register(name, description, uses_data=True):
+    """Decorator: register ``run(out_dir, quick, seed, progress, dataset)`` as experiment
+    ``name`` (``uses_data=False``: ``run(out_dir, quick, seed, progress)``, no data set). The
+    wrapper validates the arguments, creates ``out_dir``, selects ``backend`` for the run and adds
+    ``name`` (and ``dataset``) to the result."""
 
     def deco(fn):
         @functools.wraps(fn)
-        def wrapper(out_dir, quick=False, seed=0, backend=None, progress=False):
+        def wrapper(out_dir, quick=False, seed=0, backend=None, progress=False, dataset=None):
             if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
                 raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+            extra = ()
+            if not uses_data:
+                if dataset is not None:
+                    raise ValueError(f"experiment {name!r} uses no data set; dataset must be None, "
+                                     f"got {dataset!r}")
+            else:
+                from ..datasets import DATASETS
+                dataset = "digits" if dataset is None else dataset
+                if dataset not in DATASETS:
+                    raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
+                extra = (dataset,)
             out_dir = os.fspath(out_dir)
             os.makedirs(out_dir, exist_ok=True)
             import dlfast
             if backend is None:
-                result = fn(out_dir, bool(quick), int(seed), bool(progress))
+                result = fn(out_dir, bool(quick), int(seed), bool(progress), *extra)
             else:
                 with dlfast.use_backend(backend):
-                    result = fn(out_dir, bool(quick), int(seed), bool(progress))
+                    result = fn(out_dir, bool(quick), int(seed), bool(progress), *extra)
             result.setdefault("name", name)
+            if uses_data:
+                result.setdefault("dataset", dataset)
             return result
 
         if name in EXPERIMENTS:
             raise ValueError(f"experiment {name!r} is already registered")
         EXPERIMENTS[name] = (wrapper, description)
+        if not uses_data:
+            _NO_DATA.add(name)
         return wrapper
 
     return deco
@@ -78,6 +97,14 @@ def names():
     """The registered experiment names."""
     _load_all()
     return list(EXPERIMENTS)
+
+
+def uses_data(name):
+    """Whether experiment ``name`` trains on a data set (and so takes ``dataset``)."""
+    _load_all()
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
+    return name not in _NO_DATA
 
 
 def _fmt(v):
@@ -112,13 +139,15 @@ def format_table(result):
     return "\n".join(lines)
 
 
-def run(name, out_dir="out", quick=False, seed=0, backend=None, progress=False, verbose=True):
-    """Run experiment ``name``; prints its table (and the PNG path) when ``verbose``."""
+def run(name, out_dir="out", quick=False, seed=0, backend=None, progress=False, verbose=True,
+        dataset=None):
+    """Run experiment ``name`` (on ``dataset``, default the digits, if it uses data); prints its
+    table (and the PNG path) when ``verbose``."""
     _load_all()
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
     result = EXPERIMENTS[name][0](out_dir, quick=quick, seed=seed, backend=backend,
-                                  progress=progress)
+                                  progress=progress, dataset=dataset)
     if verbose:
         print(format_table(result))
         print(f"figure: {result['png']}")
@@ -136,6 +165,10 @@ def _cli_configure(p):
     p.add_argument("--backend", choices=("numpy", "cython"), default=None,
                    help="kernel backend for the run (default: the active one)")
     p.add_argument("--progress", action="store_true", help="progress bars on stderr")
+    from ..datasets import DATASETS
+    p.add_argument("--dataset", choices=DATASETS,
+                   help="the data of the experiments that train on data (default: digits; mnist "
+                        "and fashion-mnist are downloaded once, see dlfast train --dataset)")
 
 
 def _cli_run(args):
@@ -148,6 +181,9 @@ def _cli_run(args):
         raise ValueError(f"unknown experiment {args.name!r}; choose one of {', '.join(EXPERIMENTS)}")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.dataset is not None and not uses_data(args.name):
+        raise ValueError(f"--dataset does not apply to experiment {args.name!r} (it uses no data "
+                         f"set)")
     run(args.name, args.out, quick=args.quick, seed=args.seed, backend=args.backend,
-        progress=args.progress)
+        progress=args.progress, dataset=args.dataset)
     return 0

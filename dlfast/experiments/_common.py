@@ -1,4 +1,4 @@
-"""Shared pieces of the experiments: figures (Agg canvas, no pyplot), the digits split, and a
+"""Shared pieces of the experiments: figures (Agg canvas, no pyplot), the data split, and a
 training run that records per-step losses (``dlfast.train.Trainer`` + a step callback)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from ..datasets import load_digits, train_test_split
+from ..datasets import load_digits, load_idx_dataset, train_test_split
 from ..train import LambdaCallback, NonFiniteError, Trainer
 
 
@@ -33,11 +33,22 @@ def save(fig, out_dir, name, title=None):
     return path
 
 
-def digits(seed, test_fraction=0.25, n_train=None):
-    """``(x_train, t_train, x_test, t_test)`` of the embedded digits (float32 in [0, 1]),
-    a stratified split fixed by ``seed``; ``n_train`` keeps a stratified subset of the train part."""
-    x, t = load_digits()
-    xtr, ttr, xte, tte = train_test_split(x, t, test_fraction, seed=seed, stratify=True)
+#: How titles name each data set, and its samples.
+TITLES = {"digits": ("the digits", "digits"), "mnist": ("MNIST", "MNIST images"),
+          "fashion-mnist": ("Fashion-MNIST", "Fashion-MNIST images")}
+
+
+def data(dataset, seed, test_fraction=0.25, n_train=None, progress=False):
+    """``(x_train, t_train, x_test, t_test)``, float32 in [0, 1]: the embedded digits split in a
+    stratified way fixed by ``seed`` (``test_fraction`` held out), or the train and t10k files of
+    "mnist" / "fashion-mnist" (downloaded once, ``progress``: tqdm bars); ``n_train`` keeps a
+    stratified subset of the train part."""
+    if dataset == "digits":
+        x, t = load_digits()
+        xtr, ttr, xte, tte = train_test_split(x, t, test_fraction, seed=seed, stratify=True)
+    else:
+        xtr, ttr = load_idx_dataset(dataset, kind="train", download=True, progress=progress)
+        xte, tte = load_idx_dataset(dataset, kind="t10k", download=True, progress=progress)
     if n_train is not None and n_train < len(xtr):
         xtr, ttr, _, _ = train_test_split(xtr, ttr, 1.0 - n_train / len(xtr), seed=seed + 1,
                                           stratify=True)

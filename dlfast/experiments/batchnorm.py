@@ -12,15 +12,15 @@ from . import _common, register
 
 
 @register("batchnorm", "with vs without batch norm over a grid of initial weight scales")
-def run(out_dir, quick, seed, progress):
+def run(out_dir, quick, seed, progress, dataset):
     scales = np.logspace(0, -4, num=5 if quick else 16)
     epochs = 10 if quick else 20
-    xtr, ttr, _, _ = _common.digits(seed, n_train=1000)
+    xtr, ttr, _, _ = _common.data(dataset, seed, n_train=1000, progress=progress)
     rows, curves = [], {}
     for w in scales:
         accs = {}
         for bn in (True, False):
-            net = MLP(64, [100] * 5, 10, activation="relu", weight_init=float(w), batchnorm=bn,
+            net = MLP(xtr.shape[1], [100] * 5, 10, activation="relu", weight_init=float(w), batchnorm=bn,
                       seed=seed)
             hist, _ = _common.train(net, optim.SGD(lr=0.01), xtr, ttr, epochs, 100, seed, progress,
                                     allow_divergence=True)
@@ -50,7 +50,7 @@ def run(out_dir, quick, seed, progress):
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
     png = _common.save(fig, out_dir, "batchnorm", "training accuracy per epoch")
-    return {"title": f"batch norm vs none, MLP [100]*5 ReLU, 1000 digits, SGD lr 0.01, "
+    return {"title": f"batch norm vs none, MLP [100]*5 ReLU, 1000 {_common.TITLES[dataset][1]}, SGD lr 0.01, "
                      f"{epochs} epochs",
             "columns": ["weight std", "train acc with BN", "train acc without BN", "BN better",
                         "diverged without BN"],

@@ -19,15 +19,15 @@ def make_objective(xtr, ttr, xva, tva, epochs):
     """The picklable ``tune.Objective``: ``objective(params, seed) -> {"score": validation
     accuracy, "curve", "train_accuracy", ...}``."""
     return tune.make_objective(
-        tune.MLPBuilder(64, [100] * 5, 10, activation="relu", weight_init="he"),
+        tune.MLPBuilder(xtr.shape[1], [100] * 5, 10, activation="relu", weight_init="he"),
         tune.OptimizerBuilder("sgd"), xtr, ttr, x_val=xva, t_val=tva, epochs=epochs,
         batch_size=100)
 
 
 @register("hyperparams", "random search of lr and weight decay, best five, narrowed and again")
-def run(out_dir, quick, seed, progress):
+def run(out_dir, quick, seed, progress, dataset):
     n_trials, epochs = (8, 10) if quick else (50, 50)
-    x, t, _, _ = _common.digits(seed, n_train=500)
+    x, t, _, _ = _common.data(dataset, seed, n_train=500, progress=progress)
     xtr, ttr, xva, tva = train_val_split(x, t, 0.2, seed=seed, stratify=True)
     fn = make_objective(xtr, ttr, xva, tva, epochs)
     first = tune.random_search(fn, SPACE, n_trials, seed=seed)

@@ -13,12 +13,12 @@ INITS = {"std 0.01": 0.01, "Xavier": "xavier", "He": "he"}
 
 
 @register("init", "training curves for std 0.01, Xavier and He (ReLU net)")
-def run(out_dir, quick, seed, progress):
+def run(out_dir, quick, seed, progress, dataset):
     epochs = 15 if quick else 100
-    xtr, ttr, xte, tte = _common.digits(seed)
+    xtr, ttr, xte, tte = _common.data(dataset, seed, progress=progress)
     curves, rows = {}, []
     for name, init in INITS.items():
-        net = MLP(64, [100] * 4, 10, activation="relu", weight_init=init, seed=seed)
+        net = MLP(xtr.shape[1], [100] * 4, 10, activation="relu", weight_init=init, seed=seed)
         hist, steps = _common.train(net, optim.SGD(lr=0.01), xtr, ttr, epochs, 128, seed,
                                     progress, x_val=xte, t_val=tte)
         curves[name] = steps

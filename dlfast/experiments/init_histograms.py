@@ -37,7 +37,8 @@ def _saturated(a, activation):
     return float(np.mean(a <= 0.0))          # ReLU: dead units
 
 
-@register("init-histograms", "activation histograms per layer for 4 inits x 3 activations")
+@register("init-histograms", "activation histograms per layer for 4 inits x 3 activations",
+          uses_data=False)
 def run(out_dir, quick, seed, progress):
     n_inputs = 300 if quick else N_INPUTS
     rows, stds = [], {}

@@ -21,12 +21,13 @@ OPTIMIZERS = {
 
 
 @register("optimizers", "optimisers training an MLP [100]*4 on the digits: loss curves")
-def run(out_dir, quick, seed, progress):
+def run(out_dir, quick, seed, progress, dataset):
     epochs = 8 if quick else 60
-    xtr, ttr, xte, tte = _common.digits(seed)
+    xtr, ttr, xte, tte = _common.data(dataset, seed, progress=progress)
+    where = _common.TITLES[dataset][0]
     curves, rows = {}, []
     for name, make in OPTIMIZERS.items():
-        net = MLP(64, [100] * 4, 10, activation="relu", weight_init="he", seed=seed)
+        net = MLP(xtr.shape[1], [100] * 4, 10, activation="relu", weight_init="he", seed=seed)
         hist, steps = _common.train(net, make(), xtr, ttr, epochs, 128, seed, progress,
                                     x_val=xte, t_val=tte)
         curves[name] = steps
@@ -43,8 +44,8 @@ def run(out_dir, quick, seed, progress):
     ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    png = _common.save(fig, out_dir, "optimizers", "MLP [100]*4 on the digits")
-    return {"title": f"optimisers on the digits, MLP [100]*4 ReLU, {epochs} epochs of batch 128",
+    png = _common.save(fig, out_dir, "optimizers", f"MLP [100]*4 on {where}")
+    return {"title": f"optimisers on {where}, MLP [100]*4 ReLU, {epochs} epochs of batch 128",
             "columns": ["optimizer", "steps", "final loss (last 10 batches)", "train loss",
                         "test accuracy"],
             "rows": rows, "png": png, "curves": curves}

@@ -38,7 +38,8 @@ def path(optimizer, steps, start=START):
     return np.array(pts)
 
 
-@register("optimizers-path", "SGD/Momentum/Nesterov/AdaGrad/RMSProp/Adam on x^2/20 + y^2")
+@register("optimizers-path", "SGD/Momentum/Nesterov/AdaGrad/RMSProp/Adam on x^2/20 + y^2",
+          uses_data=False)
 def run(out_dir, quick, seed, progress):
     steps = 30
     paths, rows = {}, []

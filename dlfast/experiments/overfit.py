@@ -15,12 +15,12 @@ SETTINGS = {"none": {}, "weight decay 0.1": {"weight_decay": 0.1}, "dropout 0.2"
 
 
 @register("overfit", "train vs validation accuracy: none, weight decay, dropout (300 samples)")
-def run(out_dir, quick, seed, progress):
+def run(out_dir, quick, seed, progress, dataset):
     epochs = 100 if quick else 200
-    xtr, ttr, xte, tte = _common.digits(seed, n_train=300)
+    xtr, ttr, xte, tte = _common.data(dataset, seed, n_train=300, progress=progress)
     rows, curves = [], {}
     for name, kw in SETTINGS.items():
-        net = MLP(64, [100] * 6, 10, activation="relu", weight_init="he", seed=seed, **kw)
+        net = MLP(xtr.shape[1], [100] * 6, 10, activation="relu", weight_init="he", seed=seed, **kw)
         hist, _ = _common.train(net, optim.SGD(lr=0.01), xtr, ttr, epochs, 100, seed, progress,
                                 x_val=xte, t_val=tte)
         curves[name] = (hist.accuracy, hist.val_accuracy)
@@ -40,7 +40,7 @@ def run(out_dir, quick, seed, progress):
         ax.grid(True, alpha=0.3)
         ax.legend()
     png = _common.save(fig, out_dir, "overfit", "300 training samples, MLP [100]*6")
-    return {"title": f"overfitting, 300 training digits, MLP [100]*6, {epochs} epochs "
+    return {"title": f"overfitting, 300 training {_common.TITLES[dataset][1]}, MLP [100]*6, {epochs} epochs "
                      f"(accuracies averaged over the last 10% of epochs)",
             "columns": ["regularisation", "train acc", "validation acc", "gap", "loss gap"],
             "rows": rows, "png": png, "curves": curves}

@@ -16,12 +16,12 @@ INITS = ("xavier", "he", "rbm")
 
 
 @register("pretrain", "deep sigmoid net: RBM pre-training vs Xavier / He init (training curves)")
-def run(out_dir, quick, seed, progress):
+def run(out_dir, quick, seed, progress, dataset):
     epochs, rbm_epochs = (5, 4) if quick else (40, 15)
-    xtr, ttr, xte, tte = _common.digits(seed)
+    xtr, ttr, xte, tte = _common.data(dataset, seed, progress=progress)
     rows, curves, recon = [], {}, None
     for init in INITS:
-        net = MLP(64, [100] * 4, 10, activation="sigmoid",
+        net = MLP(xtr.shape[1], [100] * 4, 10, activation="sigmoid",
                   weight_init="he" if init == "he" else "xavier", seed=seed)
         note = ""
         if init == "rbm":
@@ -52,7 +52,7 @@ def run(out_dir, quick, seed, progress):
     axes[0, 2].grid(True, alpha=0.3)
     axes[0, 2].legend()
     png = _common.save(fig, out_dir, "pretrain", "MLP [100]*4 sigmoid, SGD lr 0.1")
-    return {"title": f"RBM pre-training, MLP [100]*4 sigmoid on the digits, SGD lr 0.1, {epochs} "
+    return {"title": f"RBM pre-training, MLP [100]*4 sigmoid on {_common.TITLES[dataset][0]}, SGD lr 0.1, {epochs} "
                      f"epochs (RBMs: CD-1, {rbm_epochs} epochs per layer)",
             "columns": ["init", "train loss", "val acc", "best val acc",
                         "RBM recon. error (first->last epoch)"],

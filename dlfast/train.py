@@ -406,6 +406,22 @@ class Trainer:
         return (self.callbacks + ([self.early_stopping] if self.early_stopping is not None else [])
                 + ([self.checkpoint] if self.checkpoint is not None else []))
 
+    def _hooked(self, hook):
+        """True when a callback defines ``hook`` (other than the no-op of ``Callback``)."""
+        return any(callable(getattr(cb, hook, None)) and (
+            hook in vars(cb) or getattr(type(cb), hook, None) is not getattr(Callback, hook))
+            for cb in self._all_callbacks())
+
+    def _rows(self, x, idx):
+        """``x[idx]`` gathered into a buffer kept per batch size (no allocation per step)."""
+        bufs = self.__dict__.setdefault("_row_bufs", {})
+        buf = bufs.get(len(idx))
+        if buf is None or buf.shape[1:] != x.shape[1:] or buf.dtype != x.dtype:
+            if len(bufs) >= 2:
+                bufs.clear()
+            buf = bufs[len(idx)] = np.empty((len(idx), *x.shape[1:]), x.dtype)
+        return np.take(x, idx, axis=0, out=buf, mode="clip")     # idx: valid row indices
+
     def _call(self, hook, *args):
         for cb in self._all_callbacks():
             fn = getattr(cb, hook, None)
@@ -663,10 +679,11 @@ class Trainer:
         ep = self._ep = {"batches": batches, "k": k0, "loss_sum": loss_sum, "rows": rows,
                          "n": _n("x", x), "transform_rng": transform_rng, "done": False}
         k = k0
+        step_hooks = self._hooked("on_step_end")
         for k, idx in enumerate(batches[k0:], k0 + 1):
             if self.schedule_per == "step":
                 self._set_lr(self.step)
-            xb, tb = x[idx], _take(t, idx)
+            xb, tb = self._rows(x, idx), _take(t, idx)
             loss, grads = model.loss_and_gradient(xb, tb)
             if not math.isfinite(loss):
                 self._raise_nonfinite_loss(loss, k)
@@ -690,8 +707,9 @@ class Trainer:
                 bar.update(1)
                 if k % 10 == 1:
                     bar.set_postfix_str(f"batch_loss={loss:.4f} {self._post}", refresh=False)
-            self._call("on_step_end", self.step, {"loss": loss, "epoch": epoch, "batch": k,
-                                                  "lr": float(opt.lr)})
+            if step_hooks:
+                self._call("on_step_end", self.step, {"loss": loss, "epoch": epoch, "batch": k,
+                                                      "lr": float(opt.lr)})
             if self._sigint:
                 raise KeyboardInterrupt
             if self.stop_training:

@@ -17,9 +17,9 @@ __all__ = ["available_backends", "get_backend", "get_num_threads", "set_backend"
            "set_num_threads", "use_backend", "__version__"]
 
 #: The public submodules, each imported by its first ``dlfast.<name>``.
-SUBMODULES = ("augment", "checkpoint", "cli", "compat", "datasets", "experiments", "gradcheck",
-              "init", "io", "kernels", "layers", "net", "optim", "plotting", "pretrain",
-              "regularizers", "schedules", "train", "tune")
+SUBMODULES = ("augment", "callbacks", "checkpoint", "cli", "compat", "datasets", "experiments",
+              "gradcheck", "init", "io", "kernels", "layers", "net", "optim", "plotting",
+              "pretrain", "regularizers", "schedules", "train", "tune")
 
 
 def __getattr__(name):

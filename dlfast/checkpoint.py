@@ -34,6 +34,9 @@ import tempfile
 
 import numpy as np
 
+from . import kernels
+from ._validation import positive_int
+from .callbacks import NonFiniteError
 from .io import NonFiniteWeightsError, atomic_savez, check_finite, check_version, read_npz
 
 __all__ = ["Checkpoint", "CheckpointError", "NonFiniteCheckpointError", "save_checkpoint",
@@ -98,44 +101,7 @@ def _atomic_write(path, arrays):
                  write=lambda f, a: _write_arrays(f, a))    # looked up per call: patchable
 
 
-def _rng_state(obj):
-    rng = getattr(obj, "rng", None)
-    return rng.bit_generator.state if isinstance(rng, np.random.Generator) else None
-
-
 # ============================================================================ save
-def trainer_state(trainer):
-    """Everything (except the model's class/config) a checkpoint stores, as a nested dict."""
-    es = trainer.early_stopping
-    sched = trainer.schedule
-    ep = getattr(trainer, "_ep", None)
-    mid = ep is not None and not ep.get("done", False)
-    state = {
-        "model": trainer.model.state_dict(),
-        "optimizer": trainer.optimizer.state_dict() if callable(
-            getattr(trainer.optimizer, "state_dict", None)) else None,
-        "optimizer_class": type(trainer.optimizer).__name__,
-        "lr": float(trainer.optimizer.lr),
-        "schedule": sched.state_dict() if callable(getattr(sched, "state_dict", None)) else None,
-        "schedule_class": None if sched is None else type(sched).__name__,
-        "early_stopping": None if es is None else {
-            "best": float(es.best), "best_epoch": int(es.best_epoch), "wait": int(es.wait),
-            "stopped_epoch": int(es.stopped_epoch), "best_state": es._best_state},
-        "epoch": int(trainer.epoch), "step": int(trainer.step),
-        "last_epoch": int(getattr(trainer, "_last_epoch", trainer.epoch)),
-        "stop_training": bool(trainer.stop_training), "stop_reason": trainer.stop_reason,
-        "history": trainer.history.as_dict(),
-        "seed": int(trainer.seed),
-        "shuffle_rng": trainer._shuffle_rng.bit_generator.state,
-        "transform_rng": (ep["transform_rng"] if mid else _rng_state(trainer.transform)),
-        "mid_epoch": None if not mid else {
-            "order": np.concatenate(ep["batches"]), "k": int(ep["k"]),
-            "loss_sum": float(ep["loss_sum"]),
-            "rows": int(ep["rows"]), "n": int(ep["n"])},
-    }
-    return state
-
-
 def save_checkpoint(trainer, path):
     """Write the trainer's complete state to ``path`` atomically; returns the path."""
     from .io import _classes, _json
@@ -146,7 +112,7 @@ def save_checkpoint(trainer, path):
         raise TypeError(f"model class {cls} cannot be checkpointed; supported: {sorted(_classes())}")
     from . import __version__
     arrays = {}
-    meta = _pack(trainer_state(trainer), arrays)
+    meta = _pack(trainer.state_dict(), arrays)
     arrays.update({"__format__": np.array(FORMAT), "__version__": np.array(FORMAT_VERSION),
                    "__class__": np.array(cls),
                    "__config__": np.array(_json("model.config()", model.config())),
@@ -224,18 +190,10 @@ def load_checkpoint_model(path, allow_nonfinite=False):
     return model
 
 
-def _set_rng(rng, st, path, what):
-    try:
-        rng.bit_generator.state = st
-    except (TypeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint file {path!r}: bad {what} generator state ({exc})") from None
-
-
 def restore_checkpoint(trainer, path, allow_nonfinite=False):
-    """Load ``path`` into ``trainer`` (model, optimiser, schedule, counters, history, generators).
-    All-or-nothing for the model and optimiser; ``CheckpointError`` names what does not fit, a
-    ``NonFiniteCheckpointError`` the array holding NaN or inf (unless ``allow_nonfinite``).
-    The early-stopping state is applied by ``fit`` after ``on_train_begin``."""
+    """Load ``path`` into ``trainer`` (``Trainer.load_state_dict``: model, optimiser, schedule,
+    counters, history, generators). ``CheckpointError`` names what does not fit, a
+    ``NonFiniteCheckpointError`` the array holding NaN or inf (unless ``allow_nonfinite``)."""
     _flag(allow_nonfinite)
     path = os.fspath(path)
     cls, config, st = read_checkpoint(path)
@@ -246,70 +204,11 @@ def restore_checkpoint(trainer, path, allow_nonfinite=False):
         raise CheckpointError(f"checkpoint file {path!r} is for a different architecture: {cls} "
                               f"{config} (the trainer's model is {type(model).__name__} "
                               f"{model.config()})")
-    opt = trainer.optimizer
-    if st.get("optimizer_class") != type(opt).__name__:
-        raise CheckpointError(f"checkpoint file {path!r} is for optimizer "
-                              f"{st.get('optimizer_class')!r}, the trainer uses {type(opt).__name__!r}")
-    sched = trainer.schedule
-    if st.get("schedule_class") != (None if sched is None else type(sched).__name__):
-        raise CheckpointError(f"checkpoint file {path!r} is for schedule "
-                              f"{st.get('schedule_class')!r}, the trainer uses "
-                              f"{None if sched is None else type(sched).__name__!r}")
-    if (st.get("early_stopping") is None) != (trainer.early_stopping is None):
-        raise CheckpointError(f"checkpoint file {path!r}: early stopping is "
-                              f"{'absent' if st.get('early_stopping') is None else 'present'} in "
-                              f"the checkpoint but not in the trainer (or vice versa)")
-    if (st.get("transform_rng") is None) != (_rng_state(trainer.transform) is None):
-        raise CheckpointError(f"checkpoint file {path!r}: the transform generator state does not "
-                              f"fit the trainer's transform")
-    old_model = model.state_dict()
-    old_opt = opt.state_dict() if st["optimizer"] is not None else None
     try:
-        model.load_state_dict(st["model"])
-        if st["optimizer"] is not None:
-            opt.load_state_dict(st["optimizer"], model.params)
-        opt.lr = st["lr"]
-        if st["schedule"] is not None:
-            sched.load_state_dict(st["schedule"])
+        trainer.load_state_dict(st)
     except (TypeError, ValueError, KeyError) as exc:
-        model.load_state_dict(old_model)
-        if old_opt is not None:
-            opt.load_state_dict(old_opt)
-        raise CheckpointError(f"checkpoint file {path!r} does not fit the trainer "
-                              f"({type(exc).__name__}: {exc})") from None
-    ss = np.random.SeedSequence(st["seed"])
-    trainer.seed = ss.entropy
-    trainer._split_ss, _ = ss.spawn(2)
-    _set_rng(trainer._shuffle_rng, st["shuffle_rng"], path, "shuffle")
-    if st["transform_rng"] is not None:
-        _set_rng(trainer.transform.rng, st["transform_rng"], path, "transform")
-    trainer.epoch, trainer.step = int(st["epoch"]), int(st["step"])
-    trainer._resume_last_epoch = int(st["last_epoch"])
-    trainer._resume_stop = (bool(st["stop_training"]), st["stop_reason"])
-    from .train import History
-    h = History()
-    for k, v in st["history"].items():
-        if k in History.KEYS:
-            setattr(h, k, list(v))
-    trainer.history = h
-    trainer._resume_es = st["early_stopping"]
-    mid = st["mid_epoch"]
-    if mid is not None:
-        order, bounds = np.asarray(mid["order"]), trainer._bounds(int(mid["n"]))
-        if order.shape != (int(mid["n"]),) or not 0 <= int(mid["k"]) <= len(bounds) - 1:
-            raise CheckpointError(f"checkpoint file {path!r}: damaged mid-epoch state (order of "
-                                  f"shape {order.shape} for {mid['n']} rows, {mid['k']} steps done)")
-        mid = {"batches": [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])], "k": int(mid["k"]),
-               "loss_sum": float(mid["loss_sum"]), "rows": int(mid["rows"]), "n": int(mid["n"])}
-    trainer._resume_ep = mid
+        raise CheckpointError(f"checkpoint file {path!r}: {exc}") from None
     return trainer
-
-
-def _apply_early_stopping(trainer, es_state):
-    es = trainer.early_stopping
-    es.best, es.best_epoch = es_state["best"], es_state["best_epoch"]
-    es.wait, es.stopped_epoch = es_state["wait"], es_state["stopped_epoch"]
-    es._best_state = es_state["best_state"]
 
 
 # ============================================================================ callback
@@ -320,7 +219,6 @@ class Checkpoint:
     ``path.{keep-1}``. ``last_saved``: (epoch, global step) of the last write (None before)."""
 
     def __init__(self, path, every=1, per="epoch", keep=1):
-        from ._validation import positive_int
         self.path = os.fspath(path)
         if isinstance(every, bool):
             raise TypeError("every must be an integer, got bool")
@@ -362,8 +260,6 @@ class Checkpoint:
     def save(self, trainer, epoch=None, k=None):
         """Write the checkpoint; a non-finite parameter raises ``NonFiniteError`` (naming the
         epoch, step in the epoch and parameter) instead, keeping the last good checkpoint."""
-        from . import kernels
-        from .train import NonFiniteError
         for name, p in trainer.model.params.items():
             if p.size and not kernels.all_finite(p):
                 kept = (f"the last good checkpoint {self.path!r} (epoch {self.last_saved[0]}, "

@@ -28,7 +28,7 @@ from . import regularizers as R
 from ._validation import (derive_seed, finite_array, float_array, labels_to_indices, make_rng,
                           nonneg_int, positive_int, real, resolve_dtype, seed_value)
 
-__all__ = ["Sequential", "MLP", "MultiTaskNet", "load", "reuse"]
+__all__ = ["Sequential", "MLP", "MultiTaskNet", "reuse"]
 
 
 # ============================================================================ helpers
@@ -575,12 +575,6 @@ class MultiTaskNet(_Net):
 
 
 # ============================================================================ reuse
-def load(path):
-    """The model saved by ``dlfast.io.save_model`` at ``path`` (``dlfast.io.load_model``)."""
-    from .io import load_model
-    return load_model(path)
-
-
 def reuse(model, k, frozen=True):
     """Copies of the lower layers of ``model`` up to its ``k``-th parametrised layer, plus the
     parameter-free layers (activation, dropout) that directly follow it; ``frozen``: the copies

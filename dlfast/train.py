@@ -1,4 +1,4 @@
-"""Training loop: ``Trainer``, ``History``, callbacks and ``EarlyStopping``.
+"""Training loop: ``Trainer`` (its ``History``, callbacks and ``EarlyStopping``: ``dlfast.callbacks``).
 
 One epoch = one pass over the training set in shuffled mini-batches (the Trainer's own seeded
 ``numpy.random.Generator``); per step::
@@ -36,177 +36,11 @@ import time
 import numpy as np
 
 from ._validation import labels_to_indices, positive_int, real
+from .callbacks import (Callback, EarlyStopping, History, LambdaCallback, NonFiniteError,
+                        StopTraining, _is_stop)
 
 __all__ = ["Trainer", "History", "Callback", "LambdaCallback", "EarlyStopping", "StopTraining",
            "NonFiniteError"]
-
-
-class StopTraining(Exception):
-    """Raised by a callback hook to end training (after the current epoch's metrics)."""
-
-
-class NonFiniteError(FloatingPointError):
-    """The loss or a gradient became NaN/inf. Attributes ``epoch``, ``step`` (1-based step within
-    the epoch), ``global_step``, ``param`` (parameter name or None) and ``what`` ("loss",
-    "gradient", or "parameter" from ``dlfast.checkpoint.Checkpoint``)."""
-
-    def __init__(self, message, epoch, step, global_step, param=None, what="loss"):
-        super().__init__(message)
-        self.epoch, self.step, self.global_step = epoch, step, global_step
-        self.param, self.what = param, what
-
-
-# ============================================================================ history
-class History:
-    """Per-epoch records, one list per key (index i = epoch ``epoch[i]``):
-
-    ``epoch``, ``loss``/``accuracy`` (training set, eval mode), ``val_loss``/``val_accuracy``
-    (validation set; empty lists without one), ``batch_loss`` (mean train-mode mini-batch loss),
-    ``lr`` (learning rate at the end of the epoch), ``time`` (seconds of the epoch, evaluation
-    included), ``steps`` (optimiser steps in the epoch)."""
-
-    KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "batch_loss", "lr", "time",
-            "steps")
-
-    def __init__(self):
-        for k in self.KEYS:
-            setattr(self, k, [])
-
-    def append(self, logs):
-        """Add one epoch's ``logs`` (keys of ``KEYS``; missing val_* keys are skipped)."""
-        for k in self.KEYS:
-            if k in logs and logs[k] is not None:
-                getattr(self, k).append(logs[k])
-
-    def as_dict(self):
-        """``{key: list}`` (copies) for every key in ``KEYS``."""
-        return {k: list(getattr(self, k)) for k in self.KEYS}
-
-    def __len__(self):
-        return len(self.epoch)
-
-    def __getitem__(self, key):
-        if key not in self.KEYS:
-            raise KeyError(f"History has no {key!r}; keys are {self.KEYS}")
-        return getattr(self, key)
-
-    def best(self, monitor="val_loss", mode="auto"):
-        """``(epoch, value)`` of the best ``monitor`` value (min for losses, max for accuracies)."""
-        vals = self[monitor]
-        if not vals:
-            raise ValueError(f"History has no {monitor!r} values")
-        mode = _mode(monitor, mode)
-        i = int(np.argmin(vals) if mode == "min" else np.argmax(vals))
-        return self.epoch[i], vals[i]
-
-    def __repr__(self):
-        if not self.epoch:
-            return "History(0 epochs)"
-        last = {k: getattr(self, k)[-1] for k in ("loss", "accuracy", "val_loss", "val_accuracy")
-                if getattr(self, k)}
-        return f"History({len(self)} epochs, last: " + ", ".join(f"{k}={v:.4g}" for k, v in
-                                                                 last.items()) + ")"
-
-
-def _mode(monitor, mode):
-    if mode == "auto":
-        return "max" if "acc" in monitor else "min"
-    if mode not in ("min", "max"):
-        raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
-    return mode
-
-
-# ============================================================================ callbacks
-class Callback:
-    """Base class with no-op hooks (subclassing is optional: any object with some hooks works)."""
-
-    def on_train_begin(self, trainer):
-        pass
-
-    def on_epoch_begin(self, trainer, epoch):
-        pass
-
-    def on_step_end(self, trainer, step, logs):
-        pass
-
-    def on_epoch_end(self, trainer, epoch, logs):
-        pass
-
-    def on_train_end(self, trainer, history):
-        pass
-
-
-class LambdaCallback(Callback):
-    """Hooks from functions: ``LambdaCallback(on_epoch_end=lambda trainer, epoch, logs: ...)``."""
-
-    _HOOKS = ("on_train_begin", "on_epoch_begin", "on_step_end", "on_epoch_end", "on_train_end")
-
-    def __init__(self, **hooks):
-        for name, fn in hooks.items():
-            if name not in self._HOOKS:
-                raise TypeError(f"unknown hook {name!r}; hooks are {self._HOOKS}")
-            if not callable(fn):
-                raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
-            setattr(self, name, fn)
-
-
-class EarlyStopping(Callback):
-    """Stop after ``patience`` epochs without an improvement of ``monitor`` by more than
-    ``min_delta`` (improvement: ``value < best - min_delta`` for "min", ``value > best + min_delta``
-    for "max"; mode "auto" = max for accuracies, min otherwise). With ``restore_best`` the model's
-    state (``state_dict``) of the best epoch is restored when training ends.
-    After training: ``best``, ``best_epoch``, ``stopped_epoch`` (0 if it never fired)."""
-
-    def __init__(self, patience, min_delta=0.0, restore_best=True, monitor="val_loss", mode="auto"):
-        if isinstance(patience, bool):
-            raise TypeError("patience must be an integer, got bool")
-        self.patience = positive_int("patience", patience)
-        self.min_delta = real("min_delta", min_delta, 0.0)
-        self.restore_best = bool(restore_best)
-        if not isinstance(monitor, str) or monitor not in History.KEYS:
-            raise ValueError(f"monitor must be one of {History.KEYS}, got {monitor!r}")
-        self.monitor = monitor
-        self.mode = _mode(monitor, mode)
-        self._reset()
-
-    def _reset(self):
-        self.best = math.inf if self.mode == "min" else -math.inf
-        self.best_epoch = 0
-        self.wait = 0
-        self.stopped_epoch = 0
-        self._best_state = None
-
-    def on_train_begin(self, trainer):
-        if self.monitor.startswith("val_") and not trainer.has_validation:
-            raise ValueError(f"EarlyStopping monitors {self.monitor!r} but there is no validation "
-                             f"set; pass x_val/t_val to fit or val_split= to the Trainer")
-        self._reset()
-
-    def _improved(self, value):
-        if self.mode == "min":
-            return value < self.best - self.min_delta
-        return value > self.best + self.min_delta
-
-    def on_epoch_end(self, trainer, epoch, logs):
-        value = logs[self.monitor]
-        if self._improved(value):
-            self.best, self.best_epoch, self.wait = value, epoch, 0
-            if self.restore_best:
-                self._best_state = trainer.model.state_dict()
-            return False
-        self.wait += 1
-        if self.wait >= self.patience:
-            self.stopped_epoch = epoch
-            return True
-        return False
-
-    def on_train_end(self, trainer, history):
-        if self.restore_best and self._best_state is not None and self.best_epoch != trainer.epoch:
-            trainer.model.load_state_dict(self._best_state)
-
-    def __repr__(self):
-        return (f"EarlyStopping(patience={self.patience}, min_delta={self.min_delta}, "
-                f"monitor={self.monitor!r}, restore_best={self.restore_best})")
 
 
 # ============================================================================ helpers
@@ -229,8 +63,9 @@ def _take(a, idx):
     return a[idx]
 
 
-def _is_stop(r):
-    return r is True or (isinstance(r, str) and r == "stop")
+def _rng_state(obj):
+    rng = getattr(obj, "rng", None)
+    return rng.bit_generator.state if isinstance(rng, np.random.Generator) else None
 
 
 def _mean_acc(a):
@@ -578,6 +413,102 @@ class Trainer:
         signal.signal(signal.SIGINT, handler)
         return previous
 
+    # ---------------------------------------------------------------- state
+    def state_dict(self):
+        """Everything a checkpoint keeps (``dlfast.checkpoint``), as a nested dict: the model's
+        and optimiser's state dicts, the schedule's, early stopping's, the counters, the history,
+        the seed and generator states, and mid-epoch the epoch's batch order and progress."""
+        es, sched, opt = self.early_stopping, self.schedule, self.optimizer
+        ep = self._ep
+        mid = ep is not None and not ep.get("done", False)
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": opt.state_dict() if callable(getattr(opt, "state_dict", None)) else None,
+            "optimizer_class": type(opt).__name__,
+            "lr": float(opt.lr),
+            "schedule": sched.state_dict() if callable(getattr(sched, "state_dict", None)) else None,
+            "schedule_class": None if sched is None else type(sched).__name__,
+            "early_stopping": None if es is None else {
+                "best": float(es.best), "best_epoch": int(es.best_epoch), "wait": int(es.wait),
+                "stopped_epoch": int(es.stopped_epoch), "best_state": es._best_state},
+            "epoch": int(self.epoch), "step": int(self.step),
+            "last_epoch": int(getattr(self, "_last_epoch", self.epoch)),
+            "stop_training": bool(self.stop_training), "stop_reason": self.stop_reason,
+            "history": self.history.as_dict(),
+            "seed": int(self.seed),
+            "shuffle_rng": self._shuffle_rng.bit_generator.state,
+            "transform_rng": ep["transform_rng"] if mid else _rng_state(self.transform),
+            "mid_epoch": None if not mid else {
+                "order": np.concatenate(ep["batches"]), "k": int(ep["k"]),
+                "loss_sum": float(ep["loss_sum"]), "rows": int(ep["rows"]), "n": int(ep["n"])},
+        }
+
+    def load_state_dict(self, state):
+        """Restore ``state_dict()`` output; the next ``fit`` (same data) continues that run up to
+        its target epoch, bit-identically. All-or-nothing for the model and optimiser; a
+        ValueError names what does not fit this trainer (optimiser, schedule, early stopping,
+        transform)."""
+        st, opt, sched = state, self.optimizer, self.schedule
+        if st.get("optimizer_class") != type(opt).__name__:
+            raise ValueError(f"the state is for optimizer {st.get('optimizer_class')!r}, the "
+                             f"trainer uses {type(opt).__name__!r}")
+        if st.get("schedule_class") != (None if sched is None else type(sched).__name__):
+            raise ValueError(f"the state is for schedule {st.get('schedule_class')!r}, the "
+                             f"trainer uses {None if sched is None else type(sched).__name__!r}")
+        if (st.get("early_stopping") is None) != (self.early_stopping is None):
+            raise ValueError(f"early stopping is {'absent' if st.get('early_stopping') is None else 'present'} "
+                             f"in the state but not in the trainer (or vice versa)")
+        if (st.get("transform_rng") is None) != (_rng_state(self.transform) is None):
+            raise ValueError("the transform generator state does not fit the trainer's transform")
+        mid = st["mid_epoch"]
+        if mid is not None:
+            order, bounds = np.asarray(mid["order"]), self._bounds(int(mid["n"]))
+            if order.shape != (int(mid["n"]),) or not 0 <= int(mid["k"]) <= len(bounds) - 1:
+                raise ValueError(f"damaged mid-epoch state (order of shape {order.shape} for "
+                                 f"{mid['n']} rows, {mid['k']} steps done)")
+            mid = {"batches": [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
+                   "k": int(mid["k"]), "loss_sum": float(mid["loss_sum"]),
+                   "rows": int(mid["rows"]), "n": int(mid["n"])}
+        model = self.model
+        old_model = model.state_dict()
+        old_opt = opt.state_dict() if st["optimizer"] is not None else None
+        try:
+            model.load_state_dict(st["model"])
+            if st["optimizer"] is not None:
+                opt.load_state_dict(st["optimizer"], model.params)
+            opt.lr = st["lr"]
+            if st["schedule"] is not None:
+                sched.load_state_dict(st["schedule"])
+            ss = np.random.SeedSequence(st["seed"])
+            self._shuffle_rng.bit_generator.state = st["shuffle_rng"]
+            if st["transform_rng"] is not None:
+                self.transform.rng.bit_generator.state = st["transform_rng"]
+        except (TypeError, ValueError, KeyError) as exc:
+            model.load_state_dict(old_model)
+            if old_opt is not None:
+                opt.load_state_dict(old_opt)
+            raise ValueError(f"the state does not fit the trainer ({type(exc).__name__}: "
+                             f"{exc})") from None
+        self.seed = ss.entropy
+        self._split_ss, _ = ss.spawn(2)
+        self.epoch, self.step = int(st["epoch"]), int(st["step"])
+        self._resume_last_epoch = int(st["last_epoch"])
+        self._resume_stop = (bool(st["stop_training"]), st["stop_reason"])
+        h = History()
+        for k, v in st["history"].items():
+            if k in History.KEYS:
+                setattr(h, k, list(v))
+        self.history = h
+        self._resume_es = st["early_stopping"]      # applied by fit after on_train_begin
+        self._resume_ep = mid
+        return self
+
+    def _apply_early_stopping(self, es_state):
+        es = self.early_stopping
+        es.best, es.best_epoch = es_state["best"], es_state["best_epoch"]
+        es.wait, es.stopped_epoch = es_state["wait"], es_state["stopped_epoch"]
+        es._best_state = es_state["best_state"]
+
     # ---------------------------------------------------------------- fit
     def resume(self, path):
         """Load the checkpoint ``path`` (``dlfast.checkpoint``); the next ``fit`` (same data)
@@ -621,8 +552,7 @@ class Trainer:
         try:
             self._call("on_train_begin")
             if self._resume_es is not None:
-                from .checkpoint import _apply_early_stopping
-                _apply_early_stopping(self, self._resume_es)
+                self._apply_early_stopping(self._resume_es)
                 self._resume_es = None
             if self._resume_stop is not None:
                 self.stop_training, self.stop_reason = self._resume_stop

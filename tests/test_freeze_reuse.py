@@ -1,11 +1,11 @@
-"""Freezing skips backward work, reuse of saved nets (net.load / net.reuse), shape errors,
+"""Freezing skips backward work, reuse of saved nets (io.load_model / net.reuse), shape errors,
 and Trainer(cache_frozen=True) equals the uncached path."""
 import numpy as np
 import pytest
 
 import dlfast.layers as L
 from dlfast import kernels, net as N, optim
-from dlfast.io import save_model
+from dlfast.io import load_model, save_model
 from dlfast.train import Trainer
 
 
@@ -65,7 +65,7 @@ def test_load_and_reuse(tmp_path):
     m = N.MLP(20, [16, 12], 4, seed=3)
     p = tmp_path / "m.npz"
     save_model(m, p)
-    old = N.load(p)
+    old = load_model(p)
     np.testing.assert_array_equal(old.params["W1"], m.params["W1"])
     lower = N.reuse(old, 2)
     assert [type(l).__name__ for l in lower] == ["Dense", "Dense"]

@@ -253,9 +253,9 @@ def prelu_backward(dout, x, slope, dx, dslope):
                   _mode(slope, x))
 
 
-# ---------------------------------------------------------------------------- bound op
+# ---------------------------------------------------------------------------- op (dlfast.kernels.OPS)
 ctypedef struct _ActivationC:
-    dlf_op op           # first: the chain sees a dlf_op*
+    dlf_op op           # first: the program sees a dlf_op*
     Py_ssize_t n
     int code, dt
     double alpha
@@ -285,7 +285,7 @@ cdef int _act_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept nogil:
 
 cdef class ActivationOp:
     """``activation_forward(x, out, ...)`` and ``activation_backward(dout, out, dx, ...)`` of
-    fixed arrays (dx None: no backward): an op of a compiled chain (dlfast_op.h). The same checks
+    fixed arrays (dx None: no backward): an op of a training step (dlfast_op.h). The same checks
     as the two kernels, once; ``address()`` is the ``dlf_op*``."""
     cdef _ActivationC c
     cdef Py_buffer v[2]

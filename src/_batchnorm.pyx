@@ -588,9 +588,9 @@ cdef inline void _bwd_block(const floating* dout, const floating* xhat, const fl
         _bdx(dx, dout, xhat, c, sb, sg, 0, n, f, j0, j1, <double>n, batch)
 
 
-# ---------------------------------------------------------------------------- bound op
+# ---------------------------------------------------------------------------- op (dlfast.kernels.OPS)
 ctypedef struct _BatchNormC:
-    dlf_op op           # first: the chain sees a dlf_op*
+    dlf_op op           # first: the program sees a dlf_op*
     const void* gamma
     const void* beta
     void* xhat
@@ -636,7 +636,7 @@ cdef int _bn_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept nogil:
 cdef class BatchNormOp:
     """``batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd, running_mean,
     running_var, momentum, eps, unbiased)`` and ``batchnorm_backward(dout, xhat, gamma, invstd,
-    dx, dgamma, dbeta, True)`` of fixed arrays (out: (N, F), N >= 2): an op of a compiled chain
+    dx, dgamma, dbeta, True)`` of fixed arrays (out: (N, F), N >= 2): an op of a training step
     (dlfast_op.h). The same checks as the two kernels, once; ``address()`` is the ``dlf_op*``."""
     cdef _BatchNormC c
     cdef Py_buffer v[11]

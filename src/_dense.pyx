@@ -425,9 +425,9 @@ def dense_backward(dout, x, W, out, dz, dx, dW, db, activation, alpha):
         buf_release(v, 8)
 
 
-# ---------------------------------------------------------------------------- bound op
+# ---------------------------------------------------------------------------- op (dlfast.kernels.OPS)
 ctypedef struct _DenseC:
-    dlf_op op           # first: the chain sees a dlf_op*
+    dlf_op op           # first: the program sees a dlf_op*
     const void* W
     const void* b
     void* dz
@@ -462,41 +462,47 @@ cdef int _dense_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept nogi
     return 0
 
 
+cdef int _dense_fill(_DenseC* c, Py_buffer* v, W, b, out, dz, dx, dW, db, activation,
+                     double alpha) except -1:
+    """Acquire the arrays of a dense op into v[0..7) and fill c (the checks of the kernels)."""
+    cdef int dt, n, i, o
+    c.code = act_code(activation)
+    c.alpha = alpha
+    dt = _mat(W, &v[0], DT_FLOAT, "W", -1, -1, True, False)
+    i, o = v[0].shape[0], v[0].shape[1]
+    buf_get(b, &v[1], dt, o, False)
+    _mat(out, &v[2], dt, "out", -1, o, True, True)
+    n = v[2].shape[0]
+    if c.code != ACT_IDENTITY and dz is None:
+        raise ValueError(f"dz is needed with the {activation} activation")
+    _mat(dz, &v[3], dt, "dz", n, o, False, True)
+    _mat(dx, &v[4], dt, "dx", n, i, False, True)
+    _mat(dW, &v[5], dt, "dW", i, o, False, True)
+    buf_get(db, &v[6], dt, o, True)
+    if db is not None and n and o:
+        c.part = <double*>malloc(<size_t>((n + ROWBLOCK - 1) // ROWBLOCK) * o * sizeof(double))
+        if c.part == NULL:
+            raise MemoryError()
+    c.n, c.i, c.o, c.dt = n, i, o, dt
+    c.W, c.b = v[0].buf, v[1].buf
+    c.op.out, c.dz, c.op.dx = v[2].buf, v[3].buf, v[4].buf
+    c.dW, c.db = v[5].buf, v[6].buf
+    c.op.fwd = _dense_op_fwd
+    c.op.bwd = _dense_op_bwd
+    return 0
+
+
 cdef class DenseOp:
-    """``dense_forward(x, W, b, out, ...)`` and ``dense_backward(dout, x, W, out, dz, dx, dW, db,
-    ...)`` of fixed arrays for inputs x of ``n`` rows: an op of a compiled chain (dlfast_op.h).
+    """The ``dense`` op (dlfast.kernels.OPS): ``dense_forward(x, W, b, out, ...)`` and
+    ``dense_backward(dout, x, W, out, dz, dx, dW, db, ...)`` of fixed arrays (src/dlfast_op.h).
     The same checks as the two kernels, once; ``address()`` is the ``dlf_op*``."""
     cdef _DenseC c
     cdef Py_buffer v[7]
 
     def __cinit__(self, W, b, out, dz, dx, dW, db, activation, alpha):
-        cdef int dt, n, i, o
         memset(self.v, 0, sizeof(self.v))
         memset(&self.c, 0, sizeof(self.c))
-        self.c.code = act_code(activation)
-        self.c.alpha = alpha
-        dt = _mat(W, &self.v[0], DT_FLOAT, "W", -1, -1, True, False)
-        i, o = self.v[0].shape[0], self.v[0].shape[1]
-        buf_get(b, &self.v[1], dt, o, False)
-        _mat(out, &self.v[2], dt, "out", -1, o, True, True)
-        n = self.v[2].shape[0]
-        if self.c.code != ACT_IDENTITY and dz is None:
-            raise ValueError(f"dz is needed with the {activation} activation")
-        _mat(dz, &self.v[3], dt, "dz", n, o, False, True)
-        _mat(dx, &self.v[4], dt, "dx", n, i, False, True)
-        _mat(dW, &self.v[5], dt, "dW", i, o, False, True)
-        buf_get(db, &self.v[6], dt, o, True)
-        if db is not None and n and o:
-            self.c.part = <double*>malloc(<size_t>((n + ROWBLOCK - 1) // ROWBLOCK) * o
-                                          * sizeof(double))
-            if self.c.part == NULL:
-                raise MemoryError()
-        self.c.n, self.c.i, self.c.o, self.c.dt = n, i, o, dt
-        self.c.W, self.c.b = self.v[0].buf, self.v[1].buf
-        self.c.op.out, self.c.dz, self.c.op.dx = self.v[2].buf, self.v[3].buf, self.v[4].buf
-        self.c.dW, self.c.db = self.v[5].buf, self.v[6].buf
-        self.c.op.fwd = _dense_op_fwd
-        self.c.op.bwd = _dense_op_bwd
+        _dense_fill(&self.c, self.v, W, b, out, dz, dx, dW, db, activation, alpha)
 
     def __dealloc__(self):
         free(self.c.part)
@@ -504,7 +510,6 @@ cdef class DenseOp:
 
     def address(self):
         return <size_t>&self.c.op
-
 
 
 # ---------------------------------------------------------------------------- maxout
@@ -600,44 +605,29 @@ def maxout_backward(dout, argmax, dz):
 
 ctypedef struct _MaxoutC:
     dlf_op op           # first: the program sees a dlf_op*
-    const void* W
-    const void* b
-    void* z
+    _DenseC dense       # z = x @ W + b; its backward from dz (dz2: its own dz workspace)
     int64_t* argmax
     void* dz
-    void* dz2
-    void* dW
-    void* db
-    double* part
-    int n, i, width, o, k, dt
+    Py_ssize_t n, o, k
 
 
 cdef int _maxout_op_fwd(dlf_op* p, const void* x) noexcept nogil:
     cdef _MaxoutC* s = <_MaxoutC*>p
-    if s.dt == DT_F32:
-        _fwd(<const float*>x, <const float*>s.W, <const float*>s.b, <float*>s.z, s.n, s.i,
-             s.width, ACT_IDENTITY, 0)
-        _maxout_fwd(<const float*>s.z, <float*>s.op.out, s.argmax, s.n, s.o, s.k)
+    _dense_op_fwd(&s.dense.op, x)
+    if s.dense.dt == DT_F32:
+        _maxout_fwd(<const float*>s.dense.op.out, <float*>s.op.out, s.argmax, s.n, s.o, s.k)
     else:
-        _fwd(<const double*>x, <const double*>s.W, <const double*>s.b, <double*>s.z, s.n, s.i,
-             s.width, ACT_IDENTITY, 0)
-        _maxout_fwd(<const double*>s.z, <double*>s.op.out, s.argmax, s.n, s.o, s.k)
+        _maxout_fwd(<const double*>s.dense.op.out, <double*>s.op.out, s.argmax, s.n, s.o, s.k)
     return 0
 
 
 cdef int _maxout_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept nogil:
     cdef _MaxoutC* s = <_MaxoutC*>p
-    if s.dt == DT_F32:
+    if s.dense.dt == DT_F32:
         _maxout_bwd(<const float*>dout, s.argmax, <float*>s.dz, s.n, s.o, s.k)
-        _bwd(<const float*>s.dz, <const float*>x, <const float*>s.W, <const float*>s.z,
-             <float*>s.dz2, <float*>s.op.dx, <float*>s.dW, <float*>s.db, s.part, s.n, s.i,
-             s.width, ACT_IDENTITY, 0)
     else:
         _maxout_bwd(<const double*>dout, s.argmax, <double*>s.dz, s.n, s.o, s.k)
-        _bwd(<const double*>s.dz, <const double*>x, <const double*>s.W, <const double*>s.z,
-             <double*>s.dz2, <double*>s.op.dx, <double*>s.dW, <double*>s.db, s.part, s.n, s.i,
-             s.width, ACT_IDENTITY, 0)
-    return 0
+    return _dense_op_bwd(&s.dense.op, x, s.dz)
 
 
 cdef class MaxoutOp:
@@ -648,39 +638,25 @@ cdef class MaxoutOp:
     cdef Py_buffer v[10]
 
     def __cinit__(self, W, b, z, out, argmax, dz, dz2, dx, dW, db):
-        cdef int dt, n, i, width, o
+        cdef Py_ssize_t n, width, o
         memset(self.v, 0, sizeof(self.v))
         memset(&self.c, 0, sizeof(self.c))
-        dt = _mat(W, &self.v[0], DT_FLOAT, "W", -1, -1, True, False)
-        i, width = self.v[0].shape[0], self.v[0].shape[1]
-        buf_get(b, &self.v[1], dt, width, False)
-        _mat(z, &self.v[2], dt, "z", -1, width, True, True)
-        n = self.v[2].shape[0]
-        _mat(out, &self.v[3], dt, "out", n, -1, True, True)
-        o = self.v[3].shape[1]
+        _dense_fill(&self.c.dense, self.v, W, b, z, dz2, dx, dW, db, "identity", 0.0)
+        n, width = self.c.dense.n, self.c.dense.o
+        _mat(out, &self.v[7], self.c.dense.dt, "out", n, -1, True, True)
+        o = self.v[7].shape[1]
         if o < 1 or width % o:
             raise ValueError(f"out must have a width dividing {width}, got {o}")
-        buf_get(argmax, &self.v[4], DT_I64, n * o, True)
-        _mat(dz, &self.v[5], dt, "dz", n, width, True, True)
-        _mat(dz2, &self.v[6], dt, "dz2", n, width, True, True)
-        _mat(dx, &self.v[7], dt, "dx", n, i, False, True)
-        _mat(dW, &self.v[8], dt, "dW", i, width, False, True)
-        buf_get(db, &self.v[9], dt, width, True)
-        if db is not None and n and width:
-            self.c.part = <double*>malloc(<size_t>((n + ROWBLOCK - 1) // ROWBLOCK) * width
-                                          * sizeof(double))
-            if self.c.part == NULL:
-                raise MemoryError()
-        self.c.n, self.c.i, self.c.width, self.c.o, self.c.k, self.c.dt = n, i, width, o, width // o, dt
-        self.c.W, self.c.b, self.c.z = self.v[0].buf, self.v[1].buf, self.v[2].buf
-        self.c.op.out, self.c.argmax = self.v[3].buf, <int64_t*>self.v[4].buf
-        self.c.dz, self.c.dz2, self.c.op.dx = self.v[5].buf, self.v[6].buf, self.v[7].buf
-        self.c.dW, self.c.db = self.v[8].buf, self.v[9].buf
+        buf_get(argmax, &self.v[8], DT_I64, n * o, True)
+        _mat(dz, &self.v[9], self.c.dense.dt, "dz", n, width, True, True)
+        self.c.n, self.c.o, self.c.k = n, o, width // o
+        self.c.op.out, self.c.argmax, self.c.dz = self.v[7].buf, <int64_t*>self.v[8].buf, self.v[9].buf
+        self.c.op.dx = self.c.dense.op.dx
         self.c.op.fwd = _maxout_op_fwd
         self.c.op.bwd = _maxout_op_bwd
 
     def __dealloc__(self):
-        free(self.c.part)
+        free(self.c.dense.part)
         buf_release(self.v, 10)
 
     def address(self):

@@ -1,4 +1,5 @@
-"""Counter-based random numbers: dropout masks, uniform and Bernoulli samples, dropout apply.
+"""Counter-based random numbers: dropout masks, uniform and Bernoulli samples, dropout apply, and the
+dropout and RReLU ops.
 
 u_i = (mix64(mix64(seed) + (counter + i + 1) * 0x9E3779B97F4A7C15) >> 11) * 2^-53 (uint64 wrap-around),
 mix64 = SplitMix64's finaliser; bit-identical to ``numpy_kernels.uniform01`` for any thread count.
@@ -205,9 +206,9 @@ cdef inline void _apply_range(void* o, const void* x, const uint8_t* m, Py_ssize
         dlf_applyd(<double*>o, <const double*>x, m, lo, hi, scale)
 
 
-# ---------------------------------------------------------------------------- bound op
+# ---------------------------------------------------------------------------- op (dlfast.kernels.OPS)
 ctypedef struct _DropoutC:
-    dlf_op op           # first: the chain sees a dlf_op*
+    dlf_op op           # first: the program sees a dlf_op*
     uint8_t* mask
     Py_ssize_t n
     uint64_t key, base
@@ -233,7 +234,7 @@ cdef int _drop_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept nogil
 cdef class DropoutOp:
     """``dropout_mask(mask, p, seed, counter)`` then ``dropout_apply(x, mask, scale, out)``, and
     ``dropout_apply(dout, mask, scale, dx)`` (dx None: no backward), of fixed arrays: an op of a
-    compiled chain (dlfast_op.h); ``set_counter`` before each forward. The same checks as the
+    training step (dlfast_op.h); ``set_counter`` before each forward. The same checks as the
     kernels, once; ``address()`` is the ``dlf_op*``."""
     cdef _DropoutC c
     cdef Py_buffer v[3]

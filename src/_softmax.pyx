@@ -248,9 +248,9 @@ cdef void _xent_back(const floating* probs, const int64_t* labels, floating* dl,
             _xent_back_row(probs + r * c, labels[r], dl + r * c, c, k)
 
 
-# ---------------------------------------------------------------------------- bound op
+# ---------------------------------------------------------------------------- op (dlfast.kernels.OPS)
 ctypedef struct _XentC:
-    dlf_loss_op op      # first: the chain sees a dlf_loss_op*
+    dlf_loss_op op      # first: the program sees a dlf_loss_op*
     void* probs
     double* rowloss
     double* scratch     # a row of lines per thread, for up to cap threads

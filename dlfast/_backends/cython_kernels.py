@@ -3,7 +3,7 @@
 
 Module map (one ``.pyx`` each): ``_dense`` (affine + activation, Maxout, GEMMs), ``_activations``
 (elementwise activations, PReLU), ``_softmax`` (softmax, softmax cross-entropy),
-``_batchnorm``, ``_random`` (counter-based generator: dropout, uniform, Bernoulli), ``_optim``
+``_batchnorm``, ``_random`` (counter-based generator: dropout, uniform, Bernoulli, RReLU), ``_optim``
 (optimiser updates, norms, penalties, max-norm), ``_rbm`` (contrastive-divergence update).
 ``_info`` reports OpenMP and threads; ``_program`` runs a training step's ops.
 """

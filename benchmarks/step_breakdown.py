@@ -1,20 +1,27 @@
 #!/usr/bin/env python
-"""Where the time of one bound training step goes: a timer around each bound kernel call of
-``Sequential.loss_and_gradient`` (``dlfast._bound``), the input check, the loss, and the
-optimiser update, summed per layer type over many steps of the ``compare.py`` model.
+"""Where the time of one training step goes: each step of the plan's program timed inside the
+program (``Program.run(x, times)``: a clock around every op call, no Python between them on the
+compiled backend), summed per layer type, plus the net's checks around the program and the
+optimiser update, over many steps of the ``compare.py`` model.
 
     python benchmarks/step_breakdown.py --config bn_adam --batch 100
-    python benchmarks/step_breakdown.py --config sgd --batch 1 --steps 2000
+    python benchmarks/step_breakdown.py --config sgd --batch 1 --steps 20000
 
-The timed calls are the bound step's Python calls (``BoundStep._fwd`` ...), one per layer; the
-compiled backend runs the same kernels as one compiled chain (``src/_step.pyx``), whose plain
-step time (no timers) is printed last. Timers add ~0.1 us per call.
+The last line is the plain step (``loss_and_gradient`` + ``update``, no clocks); the clocks add
+~0.05 us per program step.
 """
-import argparse
-import time
+import _machine
 
-import dlfast
-from compare import HIDDEN, MLP, N_IN, N_OUT, Batches, optim
+_machine.unpin_openblas()
+
+import argparse  # noqa: E402
+import re  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import dlfast  # noqa: E402
+from compare import HIDDEN, MLP, N_IN, N_OUT, Batches, optim  # noqa: E402
 
 
 def main(argv=None):
@@ -36,49 +43,49 @@ def main(argv=None):
     opt = optim.Adam(lr=1e-3) if bn else optim.SGD(lr=0.01)
     data = Batches(a.batch)
     clock = time.perf_counter
-    acc = {}
     with dlfast.use_backend(a.backend):
         for _ in range(20):
             x, t = data.next()
             _, g = net.loss_and_gradient(x, t)
             opt.update(net.params, g)
-        step = net._bound
-        if step is None or not step.runnable:
-            raise SystemExit("this net has no bound step")
-        names = [type(layer).__name__ for layer in net.layers]
-        bwd_names = names[::-1][:len(step._bwd)]
-
-        def timed(key, fn, *args):
-            t0 = clock()
-            out = fn(*args)
-            acc[key] = acc.get(key, 0.0) + clock() - t0
-            return out
-
+        plan = net._plans._plans[0]
+        program = plan.program
+        times = np.zeros(len(plan.steps))
+        around = update = 0.0
         for _ in range(a.steps):
             x, t = data.next()
-            y = timed("input check", net._check_x, x)
-            for name, f in zip(names, step._fwd):
-                y = timed(f"{name} forward", f, y)
-            timed("loss forward", step._loss_fwd, y, t)
-            d = timed("loss backward", step._loss_bwd)
-            for name, b in zip(bwd_names, step._bwd):
-                d = timed(f"{name} backward", b, d)
-            g = timed("grads (+ regulariser)", lambda: net._finish_grads(dict(step.grads)))
-            timed(f"{type(opt).__name__}.update", opt.update, net.params, g)
+            t0 = clock()
+            xc = net._check_x(x)
+            assert program.accepts(xc) and program.readonly() < 0
+            program.load_labels(plan.labels((t,)))
+            for layer, op, size in plan._drops:
+                op.set_counter(layer._take_counter(size))
+            t1 = clock()
+            program.run(xc, times)
+            t2 = clock()
+            g = net._finish_grads(dict(plan.grads))
+            opt.update(net.params, g)
+            t3 = clock()
+            around += t1 - t0
+            update += t3 - t2
         t0 = clock()
         for _ in range(a.steps):
             x, t = data.next()
             _, g = net.loss_and_gradient(x, t)
             opt.update(net.params, g)
         plain = (clock() - t0) / a.steps
-        chain = getattr(step, "_chain", None) is not None
+    acc = {}
+    for name, v in zip(plan.step_names(), times):
+        key = re.sub(r"^(head \d+ )?layer \d+ ", "", name)      # per layer type
+        acc[key] = acc.get(key, 0.0) + v
+    acc["checks, labels, counters (Python)"] = around
+    acc[f"{type(opt).__name__}.update (+ grads dict)"] = update
     total = sum(acc.values())
-    print(f"# {a.config} batch {a.batch} backend {a.backend} threads {a.threads}, {a.steps} steps:"
-          f" {total / a.steps * 1e6:.1f} us/step")
+    print(f"# {a.config} batch {a.batch} backend {a.backend} threads {a.threads}, {a.steps} "
+          f"steps: {total / a.steps * 1e6:.1f} us/step timed\n# {_machine.describe()}")
     for key, v in sorted(acc.items(), key=lambda kv: -kv[1]):
-        print(f"{key:26s} {v / a.steps * 1e6:9.1f} us  {100 * v / total:5.1f}%")
-    print(f"# plain steps ({'compiled chain' if chain else 'bound calls'}, no timers): "
-          f"{plain * 1e6:.1f} us/step")
+        print(f"{key:40s} {v / a.steps * 1e6:9.1f} us  {100 * v / total:5.1f}%")
+    print(f"# plain steps (loss_and_gradient + update, no clocks): {plain * 1e6:.1f} us/step")
 
 
 if __name__ == "__main__":

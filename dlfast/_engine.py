@@ -89,6 +89,7 @@ class Plan:
         self.dtype = dt = np.dtype(dtype)
         self._written, self._read = [], []
         self._recs, self._xrecs, self._drops, self._losses = [], [], [], []
+        self._names = {}
         fwd, bwd = [], []
         need_trunk = any(l.trainable and l.params for l in trunk)
         out, shape, trunk_ops = self._segment(trunk, "", None, tuple(x_shape), False, fwd)
@@ -99,6 +100,7 @@ class Plan:
             h_out, h_shape, ops = self._segment(layers, where, out, shape, need_trunk, fwd)
             pair = loss.kernel_pair(h_shape, weight)
             lop = self._make(pair, h_shape, f"{where}loss")
+            self._names[id(lop)] = f"{where}loss ({type(loss).__name__})"
             fwd.append((kernels.LOSS, lop, h_out, None, j))
             self._losses.append((loss, lop, pair.rec, h_shape[1]))
             head_steps.append((lop, ops, pair.args["dlogits"]))
@@ -150,6 +152,7 @@ class Plan:
                     size = (pair.args["mask"] if pair.kind == "dropout" else pair.args["slopes"]).size
                     self._drops.append((layer, op, size))
             fwd.append((kernels.FWD, op, src, None, 0))
+            self._names[id(op)] = name
             ops.append((op, src, runs_bwd, dx))
             src, shape = out, out.shape
         return src, shape, ops
@@ -187,6 +190,14 @@ class Plan:
             bwd.append((kernels.BWD, op, src, d, 0))
             d = dx
         return d
+
+    def step_names(self):
+        """A readable name for each program step ("layer 2 (BatchNorm) forward", ...)."""
+        kinds = {kernels.FWD: "forward", kernels.BWD: "backward", kernels.LOSS: "forward",
+                 kernels.LOSS_BWD: "backward", kernels.COPY: "heads' gradient sum",
+                 kernels.ADD: "heads' gradient sum"}
+        return [f"{self._names[id(s[1])]} {kinds[s[0]]}" if s[0] <= kernels.LOSS_BWD
+                else kinds[s[0]] for s in self.steps]
 
     # ------------------------------------------------------------------ running it
     @property

@@ -819,7 +819,9 @@ PROGRAM_DOC = """Program(steps, losses, x_shape, dtype, written):
     (ADD, dst, src, None, 0)       dst += src
 load_labels(labels): one int64 (N,) array per loss op, each label checked to lie in [0, C)
     (ValueError: nothing copied) and copied into the op's ``labels``;
-run(x) -> total (x: x_shape, dtype, C-contiguous); ``values``: the losses of the last run;
+run(x, times=None) -> total (x: x_shape, dtype, C-contiguous); ``values``: the losses of the
+    last run; ``times``: a float64 array of one entry per step, to which each step's seconds are
+    added (for profiles);
 readonly() -> index of the first written array that is not writeable, or -1;
 accepts(x) -> x shares no memory with any written array."""
 

@@ -9,6 +9,7 @@ from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE,
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 import numpy as np
 
@@ -45,16 +46,24 @@ cdef int _py_call(void* prog, Py_ssize_t k) noexcept with gil:
         return DLF_OP_ERR_PYTHON
 
 
+cdef inline double _now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + 1e-9 * ts.tv_nsec
+
+
 cdef int _run(_Step* steps, Py_ssize_t nsteps, const void* x, double* values, double* total,
-              int dt, void* prog) noexcept nogil:
+              int dt, void* prog, double* times) noexcept nogil:
     cdef Py_ssize_t k, i
     cdef _Step* s
     cdef const void* src
     cdef dlf_op* op
     cdef dlf_loss_op* lop
-    cdef double v
+    cdef double v, t0 = 0.0
     cdef int err = 0
     for k in range(nsteps):
+        if times != NULL:
+            t0 = _now()
         s = &steps[k]
         src = x if s.src == NULL else s.src
         if s.code == FWD or s.code == BWD:
@@ -81,6 +90,8 @@ cdef int _run(_Step* steps, Py_ssize_t nsteps, const void* x, double* values, do
         else:
             for i in range(s.n):
                 (<double*>s.dst)[i] += (<const double*>s.src)[i]
+        if times != NULL:
+            times[k] += _now() - t0
         if err:
             return err
     return 0
@@ -220,13 +231,23 @@ cdef class Program:
                 finally:
                     PyBuffer_Release(&vl)
 
-    def run(self, x):
+    def run(self, x, times=None):
         """One step on x (C-contiguous, x_shape, dtype) with the labels loaded; returns
-        sum_j weight_j * L_j (``values``: the L_j)."""
+        sum_j weight_j * L_j (``values``: the L_j). ``times``: float64 (nsteps,), each step's
+        seconds added."""
         cdef Py_buffer vx
         cdef int err = 0
         cdef double total = 0.0
         cdef cnp.ndarray values = self.values
+        cdef double* tp = NULL
+        cdef cnp.ndarray tarr
+        if times is not None:
+            tarr = times
+            if (tarr.dtype != np.float64 or tarr.ndim != 1 or tarr.shape[0] != self.nsteps
+                    or not cnp.PyArray_ISCARRAY(tarr)):
+                raise ValueError(f"times must be a writeable C-contiguous float64 array of "
+                                 f"{self.nsteps} elements")
+            tp = <double*>cnp.PyArray_DATA(tarr)
         if self.busy:
             raise RuntimeError("this training step is running in another thread")
         memset(&vx, 0, sizeof(vx))
@@ -236,7 +257,7 @@ cdef class Program:
             self.x = x
             with nogil:
                 err = _run(self.steps, self.nsteps, vx.buf, <double*>cnp.PyArray_DATA(values),
-                           &total, self.dt, <void*>self)
+                           &total, self.dt, <void*>self, tp)
         finally:
             self.busy = False
             self.x = None

@@ -4,6 +4,7 @@ Arguments arrive validated by ``dlfast.kernels`` (dtypes agree, shapes fit, outp
 C-contiguous, writeable and do not overlap inputs). See ``dlfast.kernels`` for the formulas.
 """
 import bisect
+from time import perf_counter as _clock
 
 import numpy as np
 
@@ -594,9 +595,11 @@ class Program:
         for lop, t in zip(self.losses, labels):
             lop.labels[...] = t
 
-    def run(self, x):
+    def run(self, x, times=None):
         total = 0.0
-        for code, op, src, dsrc, w in self.steps:
+        for k, (code, op, src, dsrc, w) in enumerate(self.steps):
+            if times is not None:
+                t0 = _clock()
             if code == 0:                                   # FWD
                 op.forward(x if src is None else src)
             elif code == 1:                                 # BWD
@@ -611,4 +614,6 @@ class Program:
                 np.copyto(op, src)
             else:                                           # ADD: op += src
                 np.add(op, src, out=op)
+            if times is not None:
+                times[k] += _clock() - t0
         return total

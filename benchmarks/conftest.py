@@ -14,10 +14,14 @@ pyproject's testpaths is ``tests``).
 """
 import os
 
-import numpy as np
-import pytest
+import _machine
 
-import dlfast
+_machine.unpin_openblas()       # this process only, before NumPy loads its OpenBLAS
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import dlfast  # noqa: E402
 
 BACKENDS = dlfast.available_backends()
 FULL = pytest.mark.bench_full
@@ -33,6 +37,10 @@ def pytest_addoption(parser):
                 help="run the full size grid (params marked bench_full)")
     g.addoption("--bench-threads", type=int, default=int(os.environ.get("DLFAST_BENCH_THREADS", 2)),
                 help="threads for dlfast, BLAS and torch (default 2)")
+
+
+def pytest_report_header(config):
+    return _machine.describe()
 
 
 def pytest_configure(config):

@@ -85,6 +85,8 @@ class Plan:
         self.impl = impl = _config.active()
         self.state = STATE[0]
         self.graph = (tuple(trunk), tuple((tuple(h), loss, w) for h, loss, w in heads))
+        if self.graph != graph:
+            raise TypeError("graph must be (trunk tuple, ((head tuple, loss, weight), ...))")
         self.key = (impl, tuple(x_shape))
         self.dtype = dt = np.dtype(dtype)
         self._written, self._read = [], []
@@ -205,12 +207,10 @@ class Plan:
         """The heads' losses L_h of the last run (float64 array)."""
         return self.program.values
 
-    def current(self, graph):
-        """True while nothing the plan baked in has changed (see the module docstring)."""
-        return (self.state == STATE[0] and self.key[0] is _config.active()
-                and graph[0] == self.graph[0] and len(graph[1]) == len(self.graph[1])
-                and all(h[0] == g[0] and h[1] is g[1] and h[2] == g[2]
-                        for h, g in zip(graph[1], self.graph[1])))
+    def current(self, graph, impl):
+        """True while nothing the plan baked in has changed (see the module docstring): ``graph``
+        compares as tuples (layers and loss layers by identity, loss weights by value)."""
+        return self.state == STATE[0] and self.key[0] is impl and graph == self.graph
 
     def labels(self, targets):
         """One int64 index array per head (``targets``: one label array per head)."""
@@ -273,7 +273,7 @@ class Plans:
         impl = _config.active()
         for i, p in enumerate(self._plans):
             if p.key[1] == x.shape and p.key[0] is impl:
-                if p.current(graph):
+                if p.current(graph, impl):
                     if i:
                         self._plans.insert(0, self._plans.pop(i))
                     return p

@@ -5,7 +5,7 @@ Subcommands live in one registry: a new one is a function ``run(args) -> exit co
 
     dlfast train [options]     train an MLP on the embedded digits (or --dataset mnist ...)
     dlfast info [--json]       backend, dtype, threads, OpenMP, BLAS, available backends
-    dlfast tune [options]      random / TPE search of lr and weight decay (see dlfast.tune)
+    dlfast tune [options]      random / TPE search of train options, local or on Dask (dlfast.tune)
 
 Exit codes: 0 success, 1 runtime error (bad data, diverged training ...), 2 bad arguments,
 130 interrupted by Ctrl-C (``train`` saves the model first and says where).
@@ -537,8 +537,8 @@ register("experiment", _run_experiment, "run a classic experiment (--list): tabl
          _configure_experiment)
 
 from .tune import _cli_configure as _configure_tune, _cli_run as _run_tune  # noqa: E402
-register("tune", _run_tune, "hyperparameter search of lr and weight decay on the digits "
-         "(Best-k table, PNG, JSON)", _configure_tune)
+register("tune", _run_tune, "hyperparameter search of dlfast train options on the digits, on "
+         "local processes or a Dask cluster (Best-k table, PNG, JSON)", _configure_tune)
 
 
 # ============================================================================ entry point

@@ -259,5 +259,9 @@ def test_cli_tune(tmp_path, capsys):
     lo = min(t["params"]["lr"] for t in r1)
     assert all(t["params"]["lr"] >= lo * (1 - 1e-12) for t in data["rounds"][1]["trials"])
     assert (tmp_path / "tune.png").stat().st_size > 1000
-    assert main(["tune", "--n-trials", "0", "--out", str(tmp_path)]) == 1
-    assert main(["tune", "--lr", "0", "1", "--out", str(tmp_path)]) == 1
+    # bad arguments are usage errors (exit code 2) naming the option
+    for bad, says in ((["--n-trials", "0"], "--n-trials: expected a positive integer"),
+                      (["--lr", "0", "1"], "--lr: --lr (lr=log:0.0:1.0): LogUniform needs low > 0")):
+        with pytest.raises(SystemExit) as e:
+            main(["tune", *bad, "--out", str(tmp_path)])
+        assert e.value.code == 2 and says in capsys.readouterr().err

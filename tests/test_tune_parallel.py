@@ -78,4 +78,6 @@ def test_cli_tune_workers_and_tpe(tmp_path, capsys):
     trials = json.load(open(tmp_path / "trials.json"))["rounds"][0]["trials"]
     assert sorted(t["index"] for t in trials) == [0, 1, 2, 3]
     assert all(t["error"] is None and 0 <= t["score"] <= 1 for t in trials)
-    assert main(["tune", "--workers", "0", "--out", str(tmp_path)]) == 1
+    with pytest.raises(SystemExit) as e:
+        main(["tune", "--workers", "0", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--workers: expected a positive integer" in capsys.readouterr().err

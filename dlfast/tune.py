@@ -439,7 +439,7 @@ class OptimizerBuilder:
         return optim.get(self.name, lr=params["lr"], **self.kwargs)
 
 
-# ============================================================================ `dlfast train` options
+# ==================================================================== `dlfast train` options
 # Options of `dlfast train` that are not training settings: a search cannot vary them.
 _NOT_SEARCHABLE = frozenset({"val_split", "test_split", "data_dir", "dataset", "backend", "threads",
                              "seed", "out", "no_progress", "checkpoint", "checkpoint_every",
@@ -540,7 +540,8 @@ def parse_param(text):
         close = difflib.get_close_matches(flag, ["--" + d.replace("_", "-") for d in actions], 1)
         raise ValueError(f"{flag} is not a dlfast train option"
                          + (f" (did you mean {close[0]}?)" if close else "")
-                         + "; searchable: " + ", ".join(sorted(d.replace("_", "-") for d in actions)))
+                         + "; searchable: "
+                         + ", ".join(sorted(d.replace("_", "-") for d in actions)))
     action = actions[dest]
     kind = _option_kind(action)
     expected = _EXPECTED.get(kind) or f"choice:A,B,... of {', '.join(map(str, action.choices))}"
@@ -715,7 +716,8 @@ def _tcp_address(address):
     """(host, port) of a ``[tcp://]HOST:PORT`` address, (None, None) for another protocol;
     ValueError if it has no port."""
     if not isinstance(address, str):
-        raise TypeError(f"address must be a string like tcp://HOST:PORT, got {type(address).__name__}")
+        raise TypeError(f"address must be a string like tcp://HOST:PORT, "
+                        f"got {type(address).__name__}")
     scheme, sep, rest = address.strip().partition("://")
     if not sep:
         scheme, rest = "tcp", address.strip()
@@ -863,7 +865,8 @@ def _cli_configure(p):
     g = p.add_argument_group("search space (lr and weight decay are searched unless given)")
     g.add_argument("--param", action=_SpaceAction, dest="space", metavar="NAME=SPEC",
                    help="search dlfast train option NAME (repeatable): log:LOW:HIGH, "
-                        "uniform:LOW:HIGH, int:LOW:HIGH or choice:A,B,C; e.g. dropout=uniform:0:0.5, "
+                        "uniform:LOW:HIGH, int:LOW:HIGH or choice:A,B,C; e.g. "
+                        "dropout=uniform:0:0.5, "
                         "hidden=choice:100,100x100, batchnorm=choice:true,false, "
                         "optimizer=choice:sgd,adam")
     g.add_argument("--lr", nargs=2, type=float, action=_SpaceAction, dest="space", const="lr",
@@ -878,7 +881,8 @@ def _cli_configure(p):
                    help="hidden sizes (default 100 100)")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="(default sgd)")
     g = p.add_argument_group("search")
-    g.add_argument("--n-trials", type=_positive_int, default=16, help="trials per round (default 16)")
+    g.add_argument("--n-trials", type=_positive_int, default=16,
+                   help="trials per round (default 16)")
     g.add_argument("--rounds", type=_positive_int, default=1,
                    help="rounds; each later one searches the range of the previous best k")
     g.add_argument("-k", type=_positive_int, default=5,
@@ -900,7 +904,8 @@ def _cli_configure(p):
 
 def _describe(name, d):
     if isinstance(d, Choice):
-        return f"{name} in {{{', '.join(_fmt(v) for v in d.options)}}}"
+        opts = (f"{v:.3g}" if isinstance(v, float) else str(v) for v in d.options)
+        return f"{name} in {{{', '.join(opts)}}}"
     kind = {LogUniform: " (log)", IntUniform: " (int)"}.get(type(d), "")
     return f"{name} in [{d.low:.3g}, {d.high:.3g}]{kind}"
 

@@ -261,7 +261,135 @@ def test_cli_tune(tmp_path, capsys):
     assert (tmp_path / "tune.png").stat().st_size > 1000
     # bad arguments are usage errors (exit code 2) naming the option
     for bad, says in ((["--n-trials", "0"], "--n-trials: expected a positive integer"),
-                      (["--lr", "0", "1"], "--lr: --lr (lr=log:0.0:1.0): LogUniform needs low > 0")):
+                      (["--lr", "0", "1"], "--lr (lr=log:0.0:1.0): LogUniform needs low > 0")):
         with pytest.raises(SystemExit) as e:
             main(["tune", *bad, "--out", str(tmp_path)])
         assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- --param: dlfast train options
+def test_parse_param_kinds():
+    from dlfast.tune import parse_param
+    assert parse_param("lr=log:1e-4:1") == ("lr", LogUniform(1e-4, 1.0))
+    assert parse_param("weight-decay=log:1e-8:1e-2") == ("weight_decay", LogUniform(1e-8, 1e-2))
+    assert parse_param("--dropout=uniform:0:0.5") == ("dropout", Uniform(0.0, 0.5))
+    assert parse_param("batch_size=int:16:128") == ("batch_size", IntUniform(16, 128))
+    assert parse_param("hidden=choice:100, 100x100,200x50") == \
+        ("hidden", Choice(["100", "100x100", "200x50"]))
+    assert parse_param("batchnorm=choice:true,False") == ("batchnorm", Choice([True, False]))
+    assert parse_param("optimizer=choice:sgd,adam") == ("optimizer", Choice(["sgd", "adam"]))
+    assert parse_param("schedule=choice:none,step")[1].options == ["none", "step"]
+    assert parse_param("momentum=choice:0.5,0.9") == ("momentum", Choice([0.5, 0.9]))
+    assert parse_param("epochs=choice:5,10") == ("epochs", Choice([5, 10]))
+    assert parse_param("init=choice:he,xavier") == ("init", Choice(["he", "xavier"]))
+
+
+@pytest.mark.parametrize("text, says", [
+    ("hiden=choice:100", "--hiden is not a dlfast train option (did you mean --hidden?)"),
+    ("out=choice:a", "--out cannot be searched"),
+    ("seed=int:0:3", "--seed cannot be searched"),
+    ("lr", "expected NAME=SPEC"),
+    ("lr=", "expected NAME=SPEC"),
+    ("lr=grid:1:2", "unknown kind 'grid'"),
+    ("lr=log:1", "needs LOW:HIGH"),
+    ("lr=log:a:b", "are not numbers"),
+    ("lr=log:0:1", "LogUniform needs low > 0"),
+    ("lr=uniform:2:1", "low must be <= high"),
+    ("dropout=uniform:0:1.5", "expected a dropout probability in [0, 1)"),
+    ("batch-size=log:16:64", "log: does not apply to an integer option; expected int:LOW:HIGH"),
+    ("batch-size=int:0:64", "expected a positive integer, got 0"),
+    ("batch-size=int:1.5:64", "are not integers"),
+    ("hidden=uniform:1:2", "expected choice:A,B,... where each is a list of layer sizes"),
+    ("hidden=choice:100,10x0", "'10x0' is not a list of layer sizes"),
+    ("batchnorm=choice:yes", "'yes' is not true or false; expected choice:true,false"),
+    ("activation=choice:relu,foo", "'foo' is not one of relu"),
+    ("optimizer=uniform:0:1", "expected choice:A,B,... of sgd, momentum"),
+    ("optimizer=choice:", "empty option"),
+    ("optimizer=choice:sgd,,adam", "empty option"),
+    ("init=choice:he,hee", "unknown initialiser 'hee'"),
+])
+def test_parse_param_errors_name_the_option_and_what_it_expects(text, says):
+    from dlfast.tune import parse_param
+    with pytest.raises(ValueError) as e:
+        parse_param(text)
+    assert says in str(e.value)
+    name = text.partition("=")[0]
+    if "=" in text and text.partition("=")[2]:
+        assert f"--{name}" in str(e.value)
+
+
+def test_train_objective_builds_the_train_configuration():
+    from dlfast.cli import build_parser
+    from dlfast.datasets import load_digits
+    from dlfast.tune import TrainObjective
+    x, t = load_digits()
+    fn = TrainObjective(x[:300], t[:300], x[300:400], t[300:400],
+                        options={"optimizer": "sgd", "epochs": 2, "batch_size": 50})
+    params = {"hidden": "24x16", "batchnorm": True, "dropout": 0.25, "lr": 0.05,
+              "optimizer": "momentum", "momentum": 0.8, "schedule": "step", "step_size": 1}
+    got = vars(fn.config(params, seed=5))
+    want = vars(build_parser().parse_args(
+        ["train", "--optimizer", "momentum", "--epochs", "2", "--batch-size", "50", "--hidden",
+         "24", "16", "--batchnorm", "--dropout", "0.25", "--lr", "0.05", "--momentum", "0.8",
+         "--schedule", "step", "--step-size", "1", "--seed", "5"]))
+    assert got == {k: v for k, v in want.items() if k not in ("command", "func")}
+    # an optimiser option the trial's optimiser does not take is left out of that trial
+    assert fn.config({**params, "optimizer": "adam"}, seed=5).momentum is None
+    r = fn(params, seed=5)
+    assert r == fn(params, seed=5) and 0 <= r["score"] <= 1 and r["epochs"] == 2
+    assert r["score"] == r["curve"][-1]
+    assert fn({**params, "optimizer": "adam"}, seed=5)["score"] >= 0
+    with pytest.raises(KeyError, match="'rate' is not a dlfast train option"):
+        fn({"rate": 0.1}, seed=0)
+    with pytest.raises(KeyError, match="not dlfast train options: rate"):
+        TrainObjective(x[:10], t[:10], x[:10], t[:10], options={"rate": 1})
+    # a failed trial (e.g. --cache-frozen without --freeze) is recorded, the search goes on
+    trials = random_search(fn, {"cache_frozen": Choice([True])}, 2, seed=0)
+    assert all(t.error and "--cache-frozen needs --freeze" in t.error for t in trials)
+
+
+def test_cli_tune_params(tmp_path, capsys):
+    import json
+
+    from dlfast.cli import main
+    rc = main(["tune", "--n-trials", "4", "--epochs", "2", "--hidden", "16", "--seed", "2",
+               "--param", "hidden=choice:16,16x8", "--param", "batchnorm=choice:true,false",
+               "--param", "dropout=uniform:0:0.4", "--param", "optimizer=choice:sgd,momentum",
+               "--param", "momentum=uniform:0.5:0.9", "--param", "batch-size=int:32:64",
+               "--lr", "1e-2", "0.5", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "Best-4 of 4 trials" in out
+    assert "round 1: lr in [0.01, 0.5] (log), weight_decay in [1e-08, 0.01] (log), hidden in " \
+           "{16, 16x8}, batchnorm in {True, False}, dropout in [0, 0.4]" in out
+    data = json.load(open(tmp_path / "trials.json"))
+    trials = data["rounds"][0]["trials"]
+    assert sorted(t["index"] for t in trials) == [0, 1, 2, 3]
+    for t in trials:
+        p = t["params"]
+        assert list(p) == ["lr", "weight_decay", "hidden", "batchnorm", "dropout", "optimizer",
+                           "momentum", "batch_size"]
+        assert p["hidden"] in ("16", "16x8") and isinstance(p["batchnorm"], bool)
+        assert 32 <= p["batch_size"] <= 64 and t["error"] is None
+    assert data["space"][0] == "hidden=Choice(['16', '16x8'])"
+    # a fixed value: a one-option choice; an optimiser option no searched optimiser takes: error
+    assert main(["tune", "--n-trials", "1", "--epochs", "1", "--param", "lr=choice:0.1",
+                 "--param", "weight-decay=choice:0", "--out", str(tmp_path)]) == 0
+    assert "lr in {0.1}, weight_decay in {0}" in capsys.readouterr().out
+    assert main(["tune", "--param", "beta1=uniform:0.8:0.9", "--out", str(tmp_path)]) == 1
+    assert "--param beta1 applies to --optimizer adam, adamw; this search uses sgd" in \
+        capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--param", "dropout=uniform:0:2"], "argument --param: --dropout (dropout=uniform:0:2)"),
+    (["--param", "nope=choice:1"], "argument --param: --nope is not a dlfast train option"),
+    (["--lr", "1", "2", "--param", "lr=log:1:2"], "--lr is searched twice"),
+    (["--scheduler", "localhost"], "argument --scheduler: expected a scheduler address"),
+    (["--scheduler", "tcp://127.0.0.1:8786", "--workers", "2"], "not allowed with argument"),
+    (["--optimizer", "lbfgs"], "argument --optimizer: invalid choice"),
+])
+def test_cli_tune_usage_errors(args, says, tmp_path, capsys):
+    from dlfast.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["tune", *args, "--out", str(tmp_path)])
+    assert e.value.code == 2 and says in capsys.readouterr().err

@@ -443,7 +443,7 @@ class OptimizerBuilder:
 # Options of `dlfast train` that are not training settings: a search cannot vary them.
 _NOT_SEARCHABLE = frozenset({"val_split", "test_split", "data_dir", "dataset", "backend", "threads",
                              "seed", "out", "no_progress", "checkpoint", "checkpoint_every",
-                             "checkpoint_per", "resume", "help"})
+                             "checkpoint_per", "resume", "allow_nonfinite", "help"})
 
 
 def _train_parser():

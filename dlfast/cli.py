@@ -92,6 +92,22 @@ def _positive_float(s):
     return v
 
 
+def _init(s):
+    """An initialiser name of dlfast.init, or a float: the std of a normal initialiser."""
+    try:
+        v = float(s)
+    except ValueError:
+        from . import init
+        try:
+            init.get(s)
+        except ValueError as exc:                   # names the choices
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return s
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"a float initialiser is a std > 0, got {s}")
+    return v
+
+
 def _dropout(s):
     v = _nonneg_float(s)
     if v >= 1.0:
@@ -443,7 +459,7 @@ def _configure_train(p):
                    help="hidden layer sizes (default: 100 100)")
     g.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="(default: relu)")
     g.add_argument("--alpha", type=_nonneg_float, help="slope of leaky_relu / scale of elu")
-    g.add_argument("--init", default="he",
+    g.add_argument("--init", type=_init, default="he",
                    help="weight initialiser: he, he_uniform, xavier, xavier_uniform, lecun, "
                         "orthogonal, normal, uniform, zeros ... or a float std (default: he)")
     g.add_argument("--batchnorm", action="store_true", help="batch normalisation after each hidden Dense")

@@ -133,12 +133,22 @@ def test_corrupt_mnist_file_is_a_clean_error(tmp_path, capsys):
 # ============================================================================ arguments
 @pytest.mark.parametrize("args", [["--dropout", "1.5"], ["--epochs", "0"], ["--val-split", "1"],
                                   ["--activation", "swish"], ["--hidden"], ["--lr", "-1"],
-                                  ["--optimizer", "lbfgs"]])
+                                  ["--optimizer", "lbfgs"], ["--init", "bogus"], ["--init", "-1"],
+                                  ["--init", "nan"]])
 def test_bad_arguments_exit_2(args, capsys):
     with pytest.raises(SystemExit) as ei:
         cli.main(["train", *args])
     assert ei.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_init_takes_a_name_or_a_float_std(tmp_path, capsys):
+    from dlfast.io import load_model
+    rc = cli.main(["train", "--init", "0.05", "--epochs", "1", "--hidden", "8", "--no-progress",
+                   "--out", str(tmp_path)])
+    assert rc == 0
+    w = load_model(tmp_path / "model.npz").params["W1"]
+    assert 0.03 < float(w.std()) < 0.07
 
 
 def test_flag_for_another_optimizer_is_an_error(tmp_path, capsys):

@@ -661,3 +661,45 @@ cdef class MaxoutOp:
 
     def address(self):
         return <size_t>&self.c.op
+
+
+# ---------------------------------------------------------------------------- shared GEMM entry
+# The GEMMs above for other kernel modules (_conv), through the function types of _gemm.pxd:
+# each wrapper reads this module's BLAS choice at call time (_set_gemm_blas, _set_own_sgemm).
+cdef void _gemm_f32(char ta, char tb, int m, int n, int k, const float* a, int lda,
+                    const float* b, int ldb, float* c, int ldc) noexcept nogil:
+    _gemm(ta, tb, m, n, k, a, lda, b, ldb, c, ldc)
+
+
+cdef void _gemm_f64(char ta, char tb, int m, int n, int k, const double* a, int lda,
+                    const double* b, int ldb, double* c, int ldc) noexcept nogil:
+    _gemm(ta, tb, m, n, k, a, lda, b, ldb, c, ldc)
+
+
+cdef void _gemm_acc_f32(char ta, char tb, int m, int n, int k, const float* a, int lda,
+                        const float* b, int ldb, float* c, int ldc) noexcept nogil:
+    """Row-major C += op(A) @ op(B) (BLAS sgemm, beta 1)."""
+    cdef float one = 1
+    if m == 0 or n == 0 or k == 0:
+        return
+    sgemm(&tb, &ta, &n, &m, &k, &one, <float*>b, &ldb, <float*>a, &lda, &one, c, &ldc)
+
+
+cdef void _gemm_acc_f64(char ta, char tb, int m, int n, int k, const double* a, int lda,
+                        const double* b, int ldb, double* c, int ldc) noexcept nogil:
+    """Row-major C += op(A) @ op(B) (BLAS dgemm, beta 1)."""
+    cdef double one = 1
+    if m == 0 or n == 0 or k == 0:
+        return
+    dgemm(&tb, &ta, &n, &m, &k, &one, <double*>b, &ldb, <double*>a, &lda, &one, c, &ldc)
+
+
+cdef void _pin_blas_entry() noexcept nogil:
+    _pin_blas()
+
+
+def _gemm_entries():
+    """Addresses (gemm f32, gemm f64, gemm_acc f32, gemm_acc f64, pin) of the functions that
+    _gemm.pxd types; valid while this module is loaded (for good, once imported)."""
+    return (<size_t><void*>_gemm_f32, <size_t><void*>_gemm_f64, <size_t><void*>_gemm_acc_f32,
+            <size_t><void*>_gemm_acc_f64, <size_t><void*>_pin_blas_entry)

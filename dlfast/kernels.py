@@ -52,6 +52,8 @@ __all__ = [
     "sumsq", "all_finite", "penalty", "penalty_grad", "max_norm",
     "sgd_update", "momentum_update", "nesterov_update", "adagrad_update", "rmsprop_update",
     "adam_update", "bind_update", "rbm_cd_update",
+    "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
+    "avgpool2d_forward", "avgpool2d_backward",
 ]
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "elu", "sigmoid", "tanh")
@@ -935,3 +937,225 @@ def make_op(kind, x_shape, dtype, **kw):
         raise TypeError(f"dtype must be float32 or float64, got {dt.name}")
     arrays, s = _op_arrays(kind, tuple(x_shape), dt, kw, {k: kw[k] for k in settings})
     return _impl().OPS[kind](*(arrays[k] for k in names), *(s[k] for k in settings))
+
+
+# ============================================================================ convolution and pooling
+# NCHW (as PyTorch): x (N, C, H, W). kernel, stride, pad: an int (both axes) or a pair (h, w).
+#   OH = (H + 2*ph - KH) // sh + 1,   OW = (W + 2*pw - KW) // sw + 1
+# xp = x zero-padded by ph rows and pw columns on each side; a window that does not fit drops the
+# last rows/columns (floor, PyTorch's ceil_mode=False). Convolution is cross-correlation (no flip).
+# The helpers below give the shapes a caller allocates once per input shape.
+__all__ += ["conv2d_output_shape", "conv2d_workspace_shape", "pool2d_output_shape"]
+
+_I31 = 2 ** 31
+
+
+def _pair(name, v, lo):
+    """An int >= lo or a pair of them (tuple or list) as a tuple (h, w); bools are refused."""
+    items = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    if len(items) != 2:
+        raise ValueError(f"{name} must be an int or a pair (h, w), got {v!r}")
+    out = []
+    for e in items:
+        if isinstance(e, (bool, np.bool_)):
+            raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
+        try:
+            e = operator.index(e)
+        except TypeError:
+            raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}") from None
+        if not lo <= e < _I31:
+            raise ValueError(f"{name} must be {'positive' if lo else 'non-negative'} "
+                             f"(in [{lo}, 2**31)), got {v!r}")
+        out.append(e)
+    return tuple(out)
+
+
+def _shape4(name, shape):
+    try:
+        shape = tuple(operator.index(d) for d in shape)
+    except TypeError:
+        raise TypeError(f"{name} must be a tuple of 4 ints, got {shape!r}") from None
+    if len(shape) != 4 or min(shape) < 0:
+        raise ValueError(f"{name} must be 4 non-negative ints, got {shape!r}")
+    return shape
+
+
+def _out_hw(h, w, kernel, stride, pad, what):
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
+    if kh > h + 2 * ph or kw > w + 2 * pw:
+        raise ValueError(f"{what} ({kh}, {kw}) is larger than the padded input "
+                         f"({h + 2 * ph}, {w + 2 * pw}) (H, W = {h}, {w}; pad {pad})")
+    return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+
+def _conv_geometry(x_shape, W_shape, stride, pad):
+    """((N, C, H, W), (F, KH, KW), stride, pad, (OH, OW)), validated."""
+    n, c, h, w = x_shape
+    f, wc, kh, kw = W_shape
+    if wc != c:
+        raise ValueError(f"W must have shape (F, {c}, KH, KW) to match the {c} channels of x "
+                         f"{tuple(x_shape)}, got {tuple(W_shape)}")
+    if kh < 1 or kw < 1:
+        raise ValueError(f"W must have a kernel of at least 1x1, got shape {tuple(W_shape)}")
+    stride, pad = _pair("stride", stride, 1), _pair("pad", pad, 0)
+    return (n, c, h, w), (f, kh, kw), stride, pad, _out_hw(h, w, (kh, kw), stride, pad,
+                                                            "the kernel")
+
+
+def conv2d_output_shape(x_shape, W_shape, stride=1, pad=0):
+    """(N, F, OH, OW): the shape of ``conv2d_forward``'s out (and of ``dout``)."""
+    (n, *_), (f, *_), _, _, (oh, ow) = _conv_geometry(_shape4("x_shape", x_shape),
+                                                      _shape4("W_shape", W_shape), stride, pad)
+    return n, f, oh, ow
+
+
+def conv2d_workspace_shape(x_shape, W_shape, stride=1, pad=0):
+    """(N, C*KH*KW, OH*OW): the shape of ``col`` and ``dcol`` (same dtype as x)."""
+    (n, c, _, _), (_, kh, kw), _, _, (oh, ow) = _conv_geometry(
+        _shape4("x_shape", x_shape), _shape4("W_shape", W_shape), stride, pad)
+    return n, c * kh * kw, oh * ow
+
+
+def _conv_args(x, W, stride, pad):
+    x = _float_in("x", x, 4)
+    W = _float_in("W", W, 4, x.dtype)
+    (n, c, h, w), (f, kh, kw), stride, pad, (oh, ow) = _conv_geometry(x.shape, W.shape, stride,
+                                                                      pad)
+    return x, W, stride, pad, (n, f, oh, ow), (n, c * kh * kw, oh * ow)
+
+
+def conv2d_forward(x, W, b, out, col, stride=1, pad=0):
+    """``out[n, f, i, j] = b[f] + sum_{c,kh,kw} W[f, c, kh, kw] * xp[n, c, i*sh + kh, j*sw + kw]``;
+    x (N, C, H, W), W (F, C, KH, KW), b (F,) or None, out (N, F, OH, OW).
+
+    ``col`` (workspace, ``conv2d_workspace_shape``) receives im2col(x), which
+    ``conv2d_backward`` reads: ``col[n, (c*KH + kh)*KW + kw, i*OW + j] = xp[n, c, i*sh + kh,
+    j*sw + kw]``, so that ``out[n] = W.reshape(F, -1) @ col[n] + b[:, None]`` (as (F, OH*OW))."""
+    x, W, stride, pad, oshape, wshape = _conv_args(x, W, stride, pad)
+    if b is not None:
+        b = _float_in("b", b, 1, x.dtype)
+        _shape_is("b", b, (W.shape[0],))
+    out = _out("out", out, oshape, x.dtype)
+    col = _out("col", col, wshape, x.dtype)
+    _disjoint([("out", out), ("col", col)], [("x", x), ("W", W), ("b", b)])
+    _impl().conv2d_forward(x, W, b, out, col, stride, pad)
+    return out
+
+
+def conv2d_backward(dout, x, W, col, dcol, dx, dW, db, stride=1, pad=0):
+    """Gradients of ``conv2d_forward`` from ``dout`` = dL/dout (N, F, OH, OW); W2 = W.reshape(F, -1):
+
+    ``dW = sum_n dout[n] @ col[n].T`` (as (F, C, KH, KW)), ``db = sum_{n,i,j} dout[n, :, i, j]``,
+    ``dcol[n] = W2.T @ dout[n]`` and ``dx = col2im(dcol)``: ``dx[n, c, h, w] = sum dcol[n,
+    (c*KH + kh)*KW + kw, i*OW + j]`` over ``i*sh + kh - ph = h``, ``j*sw + kw - pw = w``
+    (overlapping windows add). Reads ``col`` as ``conv2d_forward`` left it for this x, W, stride,
+    pad. dx, dW, db may be None (skipped); ``dcol`` (workspace, col's shape) may be None when dx
+    is, ``col`` when dW is."""
+    x, W, stride, pad, oshape, wshape = _conv_args(x, W, stride, pad)
+    dt = x.dtype
+    dout = _float_in("dout", dout, 4, dt)
+    _shape_is("dout", dout, oshape)
+    if col is None and dW is not None:
+        raise TypeError(f"col is required for dW (conv2d_forward's workspace of shape {wshape})")
+    if col is not None:
+        col = _float_in("col", col, 3, dt)
+        _shape_is("col", col, wshape)
+    dcol = _out("dcol", dcol, wshape, dt, optional=dx is None)
+    dx = _out("dx", dx, x.shape, dt, optional=True)
+    dW = _out("dW", dW, W.shape, dt, optional=True)
+    db = _out("db", db, (W.shape[0],), dt, optional=True)
+    _disjoint([("dcol", dcol), ("dx", dx), ("dW", dW), ("db", db)],
+              [("dout", dout), ("x", x), ("W", W), ("col", col)])
+    _impl().conv2d_backward(dout, x, W, col, dcol, dx, dW, db, stride, pad)
+
+
+def pool2d_output_shape(x_shape, kernel, stride=None, pad=0):
+    """(N, C, OH, OW): the shape of a pool's out (and of max pooling's argmax)."""
+    n, c, h, w = _shape4("x_shape", x_shape)
+    kernel, stride, pad = _pool_settings(kernel, stride, pad)
+    return (n, c) + _pool_hw(h, w, kernel, stride, pad)
+
+
+def _pool_settings(kernel, stride, pad):
+    kernel = _pair("kernel", kernel, 1)
+    stride = kernel if stride is None else _pair("stride", stride, 1)
+    pad = _pair("pad", pad, 0)
+    if pad[0] > kernel[0] // 2 or pad[1] > kernel[1] // 2:
+        raise ValueError(f"pad must be at most half the window (kernel // 2 = "
+                         f"{(kernel[0] // 2, kernel[1] // 2)}), got pad {pad} for kernel {kernel}")
+    return kernel, stride, pad
+
+
+def _pool_hw(h, w, kernel, stride, pad):
+    if h < 1 or w < 1:
+        raise ValueError(f"x must have H >= 1 and W >= 1 for pooling, got H, W = {h}, {w}")
+    return _out_hw(h, w, kernel, stride, pad, "the window")
+
+
+def _pool_args(name, x, kernel, stride, pad, dtype=None):
+    """x (or dx) validated as (N, C, H, W); returns (x, settings..., out shape)."""
+    kernel, stride, pad = _pool_settings(kernel, stride, pad)
+    if name == "dx":                      # the output that carries x's shape
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"dx must be a numpy.ndarray, got {type(x).__name__}")
+        if x.ndim != 4:
+            raise ValueError(f"dx must be 4-D (N, C, H, W), got shape {x.shape}")
+        x = _out("dx", x, x.shape, dtype)
+    else:
+        x = _float_in(name, x, 4)
+    n, c, h, w = x.shape
+    return x, kernel, stride, pad, (n, c) + _pool_hw(h, w, kernel, stride, pad)
+
+
+def maxpool2d_forward(x, out, argmax, kernel, stride=None, pad=0):
+    """``out[n, c, i, j] = max`` of x over the window rows ``i*sh - ph + [0, KH)``, columns
+    ``j*sw - pw + [0, KW)``, clipped to x (padding never wins); ``argmax`` (int64, out's shape)
+    ``= h*W + w`` of the first maximum in row-major window order, a NaN winning (as np.argmax).
+    stride defaults to the window; pad <= kernel // 2."""
+    x, kernel, stride, pad, oshape = _pool_args("x", x, kernel, stride, pad)
+    out = _out("out", out, oshape, x.dtype)
+    argmax = _out("argmax", argmax, oshape, np.dtype(np.int64))
+    _disjoint([("out", out), ("argmax", argmax)], [("x", x)])
+    _impl().maxpool2d_forward(x, out, argmax, kernel, stride, pad)
+    return out
+
+
+def maxpool2d_backward(dout, argmax, dx, kernel, stride=None, pad=0):
+    """``dx = 0``, then ``dx[n, c].flat[argmax[n, c, i, j]] += dout[n, c, i, j]`` (overlapping
+    windows add); dx (N, C, H, W) as x, argmax as ``maxpool2d_forward`` wrote it (in [0, H*W))."""
+    dout = _float_in("dout", dout, 4)
+    dx, kernel, stride, pad, oshape = _pool_args("dx", dx, kernel, stride, pad, dout.dtype)
+    _shape_is("dout", dout, oshape)
+    if not isinstance(argmax, np.ndarray) or argmax.dtype != np.int64:
+        raise TypeError(f"argmax must be an int64 array, got {_dtype_name(argmax)}")
+    _shape_is("argmax", argmax, oshape)
+    argmax = np.ascontiguousarray(argmax)
+    hw = dx.shape[2] * dx.shape[3]
+    if argmax.size and (argmax.min() < 0 or argmax.max() >= hw):
+        raise ValueError(f"argmax values must lie in [0, {hw}) (H*W), got values in "
+                         f"[{argmax.min()}, {argmax.max()}]")
+    _disjoint([("dx", dx)], [("dout", dout), ("argmax", argmax)])
+    _impl().maxpool2d_backward(dout, argmax, dx, kernel, stride, pad)
+    return dx
+
+
+def avgpool2d_forward(x, out, kernel, stride=None, pad=0, count_include_pad=True):
+    """``out[n, c, i, j] = (sum of the window's cells inside x) / d`` (sum in float64), with
+    ``d = KH*KW`` (padded zeros count), or with ``count_include_pad=False`` the number of the
+    window's cells inside x. stride defaults to the window; pad <= kernel // 2."""
+    x, kernel, stride, pad, oshape = _pool_args("x", x, kernel, stride, pad)
+    out = _out("out", out, oshape, x.dtype)
+    _disjoint([("out", out)], [("x", x)])
+    _impl().avgpool2d_forward(x, out, kernel, stride, pad, bool(count_include_pad))
+    return out
+
+
+def avgpool2d_backward(dout, dx, kernel, stride=None, pad=0, count_include_pad=True):
+    """``dx = 0``, then each window adds ``dout[n, c, i, j] / d(i, j)`` (d as the forward's,
+    divided in dout's dtype) to each of its cells inside x, windows in (kh, kw), i, j order."""
+    dout = _float_in("dout", dout, 4)
+    dx, kernel, stride, pad, oshape = _pool_args("dx", dx, kernel, stride, pad, dout.dtype)
+    _shape_is("dout", dout, oshape)
+    _disjoint([("dx", dx)], [("dout", dout)])
+    _impl().avgpool2d_backward(dout, dx, kernel, stride, pad, bool(count_include_pad))
+    return dx

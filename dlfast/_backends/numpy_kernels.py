@@ -617,3 +617,117 @@ class Program:
             if times is not None:
                 times[k] += _clock() - t0
         return total
+
+
+# ----------------------------------------------------------------------------- convolution, pooling
+# NCHW; kernel, stride, pad arrive as (h, w) pairs. A "tap" (i, j) of a window is its cell
+# (i, j); _tap is the view of every window's tap: a[..., i + oh*sh, j + ow*sw] over (OH, OW).
+def _pad(x, pad):
+    ph, pw = pad
+    n, c, h, w = x.shape
+    xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), x.dtype)
+    xp[:, :, ph:ph + h, pw:pw + w] = x
+    return xp
+
+
+def _tap(a, i, j, ohw, stride):
+    (oh, ow), (sh, sw) = ohw, stride
+    return a[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+
+
+def conv2d_forward(x, W, b, out, col, stride, pad):
+    n, c, _, _ = x.shape
+    f, _, kh, kw = W.shape
+    ohw = out.shape[2:]
+    xp = _pad(x, pad)
+    col6 = col.reshape(n, c, kh, kw, *ohw)            # col[n, (c, i, j), (oh, ow)]
+    for i in range(kh):
+        for j in range(kw):
+            col6[:, :, i, j] = _tap(xp, i, j, ohw, stride)
+    np.matmul(W.reshape(f, c * kh * kw), col, out=out.reshape(n, f, ohw[0] * ohw[1]))
+    if b is not None:
+        out += b[:, None, None]
+
+
+def conv2d_backward(dout, x, W, col, dcol, dx, dW, db, stride, pad):
+    n, c, h, w = x.shape
+    f, _, kh, kw = W.shape
+    ohw = dout.shape[2:]
+    d2 = dout.reshape(n, f, ohw[0] * ohw[1])
+    if db is not None:
+        db[...] = dout.sum(axis=(0, 2, 3), dtype=np.float64)
+    if dW is not None:                                # sum_n dout_n @ col_n.T
+        dW.reshape(f, c * kh * kw)[...] = np.tensordot(d2, col, axes=([0, 2], [0, 2]))
+    if dx is not None:
+        np.matmul(W.reshape(f, c * kh * kw).T, d2, out=dcol)
+        ph, pw = pad
+        dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dx.dtype)
+        dc6 = dcol.reshape(n, c, kh, kw, *ohw)
+        for i in range(kh):                           # col2im: the taps in (i, j) order
+            for j in range(kw):
+                t = _tap(dxp, i, j, ohw, stride)
+                t += dc6[:, :, i, j]
+        dx[...] = dxp[:, :, ph:ph + h, pw:pw + w]
+
+
+def _taps_inside(hw, ohw, kernel, stride, pad):
+    """(OH, OW, KH*KW) arrays over the taps in row-major order: inside x?, and h*W + w."""
+    (h, w), (oh, ow), (kh, kw), (sh, sw), (ph, pw) = hw, ohw, kernel, stride, pad
+    r = np.arange(oh)[:, None, None] * sh - ph + np.repeat(np.arange(kh), kw)[None, None, :]
+    s = np.arange(ow)[None, :, None] * sw - pw + np.tile(np.arange(kw), kh)[None, None, :]
+    return (r >= 0) & (r < h) & (s >= 0) & (s < w), r * w + s
+
+
+def maxpool2d_forward(x, out, argmax, kernel, stride, pad):
+    ohw = out.shape[2:]
+    xp = _pad(x, pad)
+    vals = np.stack([_tap(xp, i, j, ohw, stride) for i in range(kernel[0])
+                     for j in range(kernel[1])], axis=-1)            # (N, C, OH, OW, taps)
+    inside, plane = _taps_inside(x.shape[2:], ohw, kernel, stride, pad)
+    nan = np.isnan(vals) & inside
+    top = np.where(inside, vals, -np.inf).max(axis=-1, keepdims=True)
+    # the first NaN inside x if any, else the first inside cell equal to the maximum
+    hit = np.where(nan.any(axis=-1, keepdims=True), nan, inside & (vals == top))
+    t = np.argmax(hit, axis=-1)[..., None]
+    out[...] = np.take_along_axis(vals, t, axis=-1)[..., 0]
+    argmax[...] = np.take_along_axis(np.broadcast_to(plane, hit.shape), t, axis=-1)[..., 0]
+
+
+def maxpool2d_backward(dout, argmax, dx, kernel, stride, pad):
+    n, c, h, w = dx.shape
+    planes, m = n * c, dout.shape[2] * dout.shape[3]
+    dx[...] = 0
+    idx = argmax.reshape(planes, m) + (np.arange(planes) * (h * w))[:, None]
+    np.add.at(dx.reshape(-1), idx.reshape(-1), dout.reshape(-1))   # in output order
+
+
+def _avg_divisor(hw, ohw, kernel, stride, pad, count_include_pad):
+    """d(i, j) of every window (OH, OW), float64."""
+    if count_include_pad:
+        return np.full(ohw, float(kernel[0] * kernel[1]))
+    inside, _ = _taps_inside(hw, ohw, kernel, stride, pad)
+    return inside.sum(axis=-1).astype(np.float64)
+
+
+def avgpool2d_forward(x, out, kernel, stride, pad, count_include_pad):
+    ohw = out.shape[2:]
+    xp = _pad(x, pad)
+    s = np.zeros(out.shape, np.float64)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            s += _tap(xp, i, j, ohw, stride)
+    out[...] = s / _avg_divisor(x.shape[2:], ohw, kernel, stride, pad, count_include_pad)
+
+
+def avgpool2d_backward(dout, dx, kernel, stride, pad, count_include_pad):
+    n, c, h, w = dx.shape
+    ph, pw = pad
+    ohw = dout.shape[2:]
+    d = _avg_divisor((h, w), ohw, kernel, stride, pad, count_include_pad).astype(dout.dtype)
+    g = dout / d
+    dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dx.dtype)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            t = _tap(dxp, i, j, ohw, stride)
+            t += g
+    dx[...] = dxp[:, :, ph:ph + h, pw:pw + w]

@@ -6,6 +6,7 @@ Module map (one ``.pyx`` each): ``_dense`` (affine + activation, Maxout, GEMMs),
 ``_batchnorm``, ``_random`` (counter-based generator: dropout, uniform, Bernoulli, RReLU), ``_optim``
 (optimiser updates, norms, penalties, max-norm), ``_rbm`` (contrastive-divergence update).
 ``_info`` reports OpenMP and threads; ``_program`` runs a training step's ops.
+``_conv``: convolution and pooling (its GEMMs run on ``_dense``'s BLAS entry, ``src/_gemm.pxd``).
 """
 import ctypes
 import importlib
@@ -14,7 +15,8 @@ import os
 from ..kernels import KERNELS
 
 NAME = "cython"
-MODULES = ("_dense", "_activations", "_softmax", "_batchnorm", "_random", "_optim", "_rbm")
+MODULES = ("_dense", "_activations", "_softmax", "_batchnorm", "_random", "_optim", "_rbm",
+           "_conv")
 
 _info = importlib.import_module("dlfast._backends._info")
 _mods = [importlib.import_module(f"dlfast._backends.{m}") for m in MODULES]

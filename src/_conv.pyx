@@ -1,0 +1,758 @@
+"""Convolution and pooling over NCHW arrays (formulas: dlfast.kernels).
+
+conv2d forward   per image n: col_n = im2col(x_n) (C*KH*KW, OH*OW); out_n = W2 @ col_n + b  (GEMM)
+conv2d backward  dx_n = col2im(dcol_n), dcol_n = W2.T @ dout_n  (GEMM; overlapping windows summed)
+                 dW = sum_n dout_n @ col_n.T   (fixed column blocks of dW; images added in order)
+                 db[f] = sum_{n, p} dout[n, f, p]   (double, fixed order)
+pools            one (n, c) plane per work item
+
+W2 = W viewed as (F, C*KH*KW); row r = (c*KH + kh)*KW + kw of col_n holds, at column
+p = oh*OW + ow, x_n[c, oh*sh - ph + kh, ow*sw - pw + kw] (0 outside x).
+
+Determinism: every GEMM is one single-threaded call (_dense's BLAS entry, _gemm.pxd) on a block
+that depends on the shapes and on P (the processors at import, _dense.gemm_parts()) only, never on
+the thread count; work items write disjoint outputs; sums run in a fixed order. So 1 and N
+threads give the same bits.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t
+from libc.string cimport memset, memcpy
+
+from _act cimport CHEAP, buf_get, buf_release, DT_F32, DT_FLOAT, DT_I64
+from _gemm cimport gemm_f32_t, gemm_f64_t, pin_t
+
+include "_parallel.pxi"
+
+import importlib
+
+cdef extern from *:
+    """
+    #include "dlfast_clones.h"
+    /* sum_i x[i] in double: eight interleaved partial sums, combined pairwise (fixed order) */
+    #define DLF_SUM8(NAME, T)                                                                 \\
+    DLF_CLONES static double NAME(const T* x, long n) {                                       \\
+        double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                               \\
+        long i, l;                                                                            \\
+        for (i = 0; i + 8 <= n; i += 8)                                                       \\
+            for (l = 0; l < 8; l++) s[l] += (double)x[i + l];                                 \\
+        for (; i < n; i++) s[0] += (double)x[i];                                              \\
+        return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));             \\
+    }
+    DLF_SUM8(dlf_sum8f, float)
+    DLF_SUM8(dlf_sum8d, double)
+    """
+    double dlf_sum8f(const float*, long) noexcept nogil
+    double dlf_sum8d(const double*, long) noexcept nogil
+
+
+# ---------------------------------------------------------------------------- GEMM entry
+cdef gemm_f32_t _sgemm = NULL
+cdef gemm_f64_t _dgemm = NULL
+cdef gemm_f32_t _sgemm_acc = NULL
+cdef gemm_f64_t _dgemm_acc = NULL
+cdef pin_t _pin = NULL
+cdef Py_ssize_t _PARTS = 1
+
+
+cdef _bind_gemm():
+    global _sgemm, _dgemm, _sgemm_acc, _dgemm_acc, _pin, _PARTS
+    dense = importlib.import_module("dlfast._backends._dense")
+    cdef size_t a0, a1, a2, a3, a4
+    a0, a1, a2, a3, a4 = dense._gemm_entries()
+    _sgemm, _dgemm = <gemm_f32_t>a0, <gemm_f64_t>a1
+    _sgemm_acc, _dgemm_acc = <gemm_f32_t>a2, <gemm_f64_t>a3
+    _pin = <pin_t>a4
+    _PARTS = dense.gemm_parts()
+
+
+_bind_gemm()
+
+
+def gemm_parts():
+    """P, the block-count target of the GEMMs (as _dense.gemm_parts())."""
+    return _PARTS
+
+
+cdef inline void _gemm(char ta, char tb, int m, int n, int k, const floating* a, int lda,
+                       const floating* b, int ldb, floating* c, int ldc) noexcept nogil:
+    """Row-major C(m, n) = op(A) @ op(B) (_gemm.pxd); k >= 1."""
+    if floating is float:
+        _sgemm(ta, tb, m, n, k, a, lda, b, ldb, c, ldc)
+    else:
+        _dgemm(ta, tb, m, n, k, a, lda, b, ldb, c, ldc)
+
+
+cdef inline void _gemm_acc(char ta, char tb, int m, int n, int k, const floating* a, int lda,
+                           const floating* b, int ldb, floating* c, int ldc) noexcept nogil:
+    """Row-major C(m, n) += op(A) @ op(B)."""
+    if floating is float:
+        _sgemm_acc(ta, tb, m, n, k, a, lda, b, ldb, c, ldc)
+    else:
+        _dgemm_acc(ta, tb, m, n, k, a, lda, b, ldb, c, ldc)
+
+
+cdef inline double _sum(const floating* x, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        return dlf_sum8f(x, n)
+    else:
+        return dlf_sum8d(x, n)
+
+
+# ---------------------------------------------------------------------------- geometry
+ctypedef struct _Geo:
+    Py_ssize_t N, C, H, W, F, KH, KW, sh, sw, ph, pw, OH, OW
+    Py_ssize_t HW, OHW, K        # H*W, OH*OW, K = C*KH*KW (rows of col_n)
+
+
+cdef Py_ssize_t _INT_MAX = 2147483647
+
+
+cdef _Geo _geometry(Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t F,
+                    Py_ssize_t KH, Py_ssize_t KW, object kernel_name, object stride,
+                    object pad) except *:
+    """Validated geometry; OH, OW from the padded input (ValueError if the kernel is larger)."""
+    cdef _Geo g
+    cdef Py_ssize_t sh, sw, ph, pw
+    sh, sw = stride
+    ph, pw = pad
+    if not (1 <= sh <= _INT_MAX and 1 <= sw <= _INT_MAX):
+        raise ValueError(f"stride must be positive, got {tuple(stride)}")
+    if not (0 <= ph <= _INT_MAX and 0 <= pw <= _INT_MAX):
+        raise ValueError(f"pad must be non-negative, got {tuple(pad)}")
+    if KH < 1 or KW < 1:
+        raise ValueError(f"{kernel_name} must be at least 1x1, got ({KH}, {KW})")
+    if KH > H + 2 * ph or KW > W + 2 * pw:
+        raise ValueError(f"{kernel_name} ({KH}, {KW}) is larger than the padded input "
+                         f"({H + 2 * ph}, {W + 2 * pw})")
+    g.N, g.C, g.H, g.W, g.F, g.KH, g.KW = N, C, H, W, F, KH, KW
+    g.sh, g.sw, g.ph, g.pw = sh, sw, ph, pw
+    g.OH = (H + 2 * ph - KH) // sh + 1
+    g.OW = (W + 2 * pw - KW) // sw + 1
+    g.HW, g.OHW, g.K = H * W, g.OH * g.OW, C * KH * KW
+    return g
+
+
+cdef inline void _ow_range(const _Geo* g, Py_ssize_t kw, Py_ssize_t* lo,
+                           Py_ssize_t* hi) noexcept nogil:
+    """[lo, hi): the ow whose input column ow*sw - pw + kw lies in [0, W) (lo >= hi: none)."""
+    cdef Py_ssize_t a = g.pw - kw, top = g.W - 1 + g.pw - kw
+    lo[0] = 0 if a <= 0 else (a + g.sw - 1) // g.sw
+    hi[0] = 0 if top < 0 else top // g.sw + 1
+    if hi[0] > g.OW:
+        hi[0] = g.OW
+
+
+cdef int _arr(object a, Py_buffer* v, int dt, str name, tuple shape, bint out) except -2:
+    """Acquire a (None gives v.buf = NULL) into v: C-contiguous, dtype dt (DT_FLOAT: either float),
+    exactly ``shape`` (entries -1: any size), writeable if out. Returns its dtype."""
+    try:
+        dt = buf_get(a, v, dt, -1, out)
+    except TypeError as e:
+        raise TypeError(f"{name}: {e}") from None
+    if a is None:
+        return dt
+    got = tuple(v.shape[k] for k in range(v.ndim))
+    if len(got) != len(shape) or any(s >= 0 and s != d for s, d in zip(shape, got)):
+        raise ValueError(f"{name} must have shape "
+                         f"{tuple(s if s >= 0 else 'any' for s in shape)}, got {got}")
+    return dt
+
+
+cdef int _gemm_dims_ok(const _Geo* g) except -1:
+    if g.F > _INT_MAX or g.K > _INT_MAX or g.OHW > _INT_MAX:
+        raise ValueError("a GEMM dimension (filters, C*KH*KW or OH*OW) exceeds the BLAS int "
+                         "limit")
+    return 0
+
+
+cdef inline Py_ssize_t _img_cols(const _Geo* g) noexcept nogil:
+    """Columns of out_n / dcol_n per GEMM block: all OH*OW when the batch has at least P
+    images, else about OH*OW / ceil(P / N) rounded up to 16 (so a small batch still fills P
+    cores; shape and P alone decide it)."""
+    cdef Py_ssize_t per, c
+    if g.N >= _PARTS or _PARTS <= 1:
+        return g.OHW
+    per = (_PARTS + g.N - 1) // g.N
+    c = (g.OHW + per - 1) // per
+    c = (c + 15) // 16 * 16
+    return c if c < g.OHW else g.OHW
+
+
+cdef inline Py_ssize_t _w_cols(const _Geo* g) noexcept nogil:
+    """Columns of dW (of K) per block: max(16, roundup4(ceil(K / P))) (as _dense's row blocks)."""
+    cdef Py_ssize_t c = (g.K + _PARTS - 1) // _PARTS
+    c = (c + 3) // 4 * 4
+    return c if c > 16 else 16
+
+
+# ---------------------------------------------------------------------------- im2col / col2im
+cdef void _im2col(const floating* x, floating* col, const _Geo* g, Py_ssize_t p0,
+                  Py_ssize_t p1) noexcept nogil:
+    """Columns [p0, p1) of col_n (K, OH*OW) from the image x_n (C, H, W)."""
+    cdef Py_ssize_t c, kh, kw, p, oh, ow0, ow1, ih, lo, hi, a, b, ow, off
+    cdef floating* row
+    cdef const floating* xr
+    for c in range(g.C):
+        for kh in range(g.KH):
+            for kw in range(g.KW):
+                row = col + ((c * g.KH + kh) * g.KW + kw) * g.OHW
+                _ow_range(g, kw, &lo, &hi)
+                off = kw - g.pw
+                p = p0
+                while p < p1:
+                    oh = p // g.OW
+                    ow0 = p - oh * g.OW
+                    ow1 = min(g.OW, ow0 + (p1 - p))
+                    ih = oh * g.sh - g.ph + kh
+                    if ih < 0 or ih >= g.H or lo >= hi:
+                        memset(row + p, 0, (ow1 - ow0) * sizeof(floating))
+                    else:
+                        xr = x + (c * g.H + ih) * g.W
+                        a = max(ow0, lo)
+                        b = min(ow1, hi)
+                        if a >= b:
+                            memset(row + p, 0, (ow1 - ow0) * sizeof(floating))
+                        else:
+                            if a > ow0:
+                                memset(row + p, 0, (a - ow0) * sizeof(floating))
+                            if g.sw == 1:
+                                memcpy(row + p + (a - ow0), xr + a + off,
+                                       (b - a) * sizeof(floating))
+                            else:
+                                for ow in range(a, b):
+                                    row[p + ow - ow0] = xr[ow * g.sw + off]
+                            if b < ow1:
+                                memset(row + p + (b - ow0), 0, (ow1 - b) * sizeof(floating))
+                    p += ow1 - ow0
+
+
+cdef void _col2im(const floating* col, floating* dx, const _Geo* g, Py_ssize_t c0,
+                  Py_ssize_t c1) noexcept nogil:
+    """Channels [c0, c1) of dx_n (C, H, W) = the sum over the windows of col_n (K, OH*OW):
+    zeroed, then added in the order (kh, kw), oh, ow."""
+    cdef Py_ssize_t c, kh, kw, oh, ow, ih, lo, hi, off
+    cdef const floating* row
+    cdef floating* dr
+    memset(dx + c0 * g.HW, 0, (c1 - c0) * g.HW * sizeof(floating))
+    for c in range(c0, c1):
+        for kh in range(g.KH):
+            for kw in range(g.KW):
+                row = col + ((c * g.KH + kh) * g.KW + kw) * g.OHW
+                _ow_range(g, kw, &lo, &hi)
+                if lo >= hi:
+                    continue
+                off = kw - g.pw
+                for oh in range(g.OH):
+                    ih = oh * g.sh - g.ph + kh
+                    if ih < 0 or ih >= g.H:
+                        continue
+                    dr = dx + (c * g.H + ih) * g.W + off
+                    if g.sw == 1:
+                        for ow in range(lo, hi):
+                            dr[ow] = dr[ow] + row[oh * g.OW + ow]
+                    else:
+                        for ow in range(lo, hi):
+                            dr[ow * g.sw] = dr[ow * g.sw] + row[oh * g.OW + ow]
+
+
+# ---------------------------------------------------------------------------- conv2d forward
+cdef void _conv_fwd(const floating* x, const floating* Wt, const floating* b, floating* out,
+                    floating* col, const _Geo* g) noexcept nogil:
+    cdef Py_ssize_t cols = _img_cols(g), nb = (g.OHW + cols - 1) // cols, it
+    cdef int nt = _threads(g.N * g.F * g.OHW * g.K // 16 + g.N * g.K * g.OHW // CHEAP)
+    if g.N == 0 or g.F == 0:
+        return
+    _pin()
+    if nt == 1:
+        for it in range(g.N * nb):
+            _fwd_item(x, Wt, b, out, col, g, it // nb, (it % nb) * cols, cols)
+    else:
+        for it in prange(g.N * nb, num_threads=nt, schedule="static"):
+            _fwd_item(x, Wt, b, out, col, g, it // nb, (it % nb) * cols, cols)
+
+
+cdef void _fwd_item(const floating* x, const floating* Wt, const floating* b, floating* out,
+                    floating* col, const _Geo* g, Py_ssize_t n, Py_ssize_t p0,
+                    Py_ssize_t cols) noexcept nogil:
+    """Columns [p0, p0 + cols) of image n: im2col, GEMM, bias."""
+    cdef Py_ssize_t p1 = min(p0 + cols, g.OHW), f, p
+    cdef floating* o = out + n * g.F * g.OHW
+    cdef floating* cn = col + n * g.K * g.OHW
+    cdef floating bf
+    if g.K == 0:
+        for f in range(g.F):
+            memset(o + f * g.OHW + p0, 0, (p1 - p0) * sizeof(floating))
+    else:
+        _im2col(x + n * g.C * g.HW, cn, g, p0, p1)
+        _gemm(c'N', c'N', <int>g.F, <int>(p1 - p0), <int>g.K, Wt, <int>g.K, cn + p0,
+              <int>g.OHW, o + p0, <int>g.OHW)
+    if b != NULL:
+        for f in range(g.F):
+            bf = b[f]
+            for p in range(p0, p1):
+                o[f * g.OHW + p] = o[f * g.OHW + p] + bf
+
+
+def conv2d_forward(x, W, b, out, col, stride, pad):
+    """out = conv(x, W) + b and col = im2col(x); x (N, C, H, W), W (F, C, KH, KW), b (F,) or
+    None, out (N, F, OH, OW), col (N, C*KH*KW, OH*OW); stride, pad: (h, w) pairs."""
+    cdef Py_buffer v[5]
+    cdef int dt
+    cdef _Geo g
+    memset(v, 0, sizeof(v))
+    try:
+        dt = _arr(x, &v[0], DT_FLOAT, "x", (-1, -1, -1, -1), False)
+        _arr(W, &v[1], dt, "W", (-1, v[0].shape[1], -1, -1), False)
+        g = _geometry(v[0].shape[0], v[0].shape[1], v[0].shape[2], v[0].shape[3],
+                      v[1].shape[0], v[1].shape[2], v[1].shape[3], "the kernel", stride, pad)
+        _gemm_dims_ok(&g)
+        _arr(b, &v[2], dt, "b", (g.F,), False)
+        _arr(out, &v[3], dt, "out", (g.N, g.F, g.OH, g.OW), True)
+        _arr(col, &v[4], dt, "col", (g.N, g.K, g.OHW), True)
+        with nogil:
+            if dt == DT_F32:
+                _conv_fwd(<const float*>v[0].buf, <const float*>v[1].buf,
+                          <const float*>v[2].buf, <float*>v[3].buf, <float*>v[4].buf, &g)
+            else:
+                _conv_fwd(<const double*>v[0].buf, <const double*>v[1].buf,
+                          <const double*>v[2].buf, <double*>v[3].buf, <double*>v[4].buf, &g)
+    finally:
+        buf_release(v, 5)
+
+
+# ---------------------------------------------------------------------------- direct forward
+# (experiment: the direct loop, timed against im2col + GEMM by benchmarks/conv_kernels.py)
+cdef void _direct_item(const floating* x, const floating* Wt, const floating* b,
+                       floating* out, const _Geo* g, Py_ssize_t n, Py_ssize_t f) noexcept nogil:
+    cdef floating* o = out + (n * g.F + f) * g.OHW
+    cdef Py_ssize_t c, kh, kw, oh, ow, ih, lo, hi, off, p
+    cdef floating w
+    cdef floating* orow
+    cdef const floating* xr
+    for p in range(g.OHW):
+        o[p] = b[f] if b != NULL else 0
+    for c in range(g.C):
+        for kh in range(g.KH):
+            for kw in range(g.KW):
+                w = Wt[((f * g.C + c) * g.KH + kh) * g.KW + kw]
+                _ow_range(g, kw, &lo, &hi)
+                off = kw - g.pw
+                for oh in range(g.OH):
+                    ih = oh * g.sh - g.ph + kh
+                    if ih < 0 or ih >= g.H:
+                        continue
+                    xr = x + ((n * g.C + c) * g.H + ih) * g.W + off
+                    orow = o + oh * g.OW
+                    if g.sw == 1:
+                        for ow in range(lo, hi):
+                            orow[ow] = orow[ow] + w * xr[ow]
+                    else:
+                        for ow in range(lo, hi):
+                            orow[ow] = orow[ow] + w * xr[ow * g.sw]
+
+
+cdef void _direct_fwd(const floating* x, const floating* Wt, const floating* b, floating* out,
+                      const _Geo* g) noexcept nogil:
+    cdef Py_ssize_t it
+    cdef int nt = _threads(g.N * g.F * g.OHW * g.K // 16)
+    if nt == 1:
+        for it in range(g.N * g.F):
+            _direct_item(x, Wt, b, out, g, it // g.F, it % g.F)
+    else:
+        for it in prange(g.N * g.F, num_threads=nt, schedule="static"):
+            _direct_item(x, Wt, b, out, g, it // g.F, it % g.F)
+
+
+def _conv2d_forward_direct(x, W, b, out, stride, pad):
+    """conv2d_forward's out by the direct loop (no col): an experiment kept for the benchmark."""
+    cdef Py_buffer v[4]
+    cdef int dt
+    cdef _Geo g
+    memset(v, 0, sizeof(v))
+    try:
+        dt = _arr(x, &v[0], DT_FLOAT, "x", (-1, -1, -1, -1), False)
+        _arr(W, &v[1], dt, "W", (-1, v[0].shape[1], -1, -1), False)
+        g = _geometry(v[0].shape[0], v[0].shape[1], v[0].shape[2], v[0].shape[3],
+                      v[1].shape[0], v[1].shape[2], v[1].shape[3], "the kernel", stride, pad)
+        _arr(b, &v[2], dt, "b", (g.F,), False)
+        _arr(out, &v[3], dt, "out", (g.N, g.F, g.OH, g.OW), True)
+        with nogil:
+            if dt == DT_F32:
+                _direct_fwd(<const float*>v[0].buf, <const float*>v[1].buf,
+                            <const float*>v[2].buf, <float*>v[3].buf, &g)
+            else:
+                _direct_fwd(<const double*>v[0].buf, <const double*>v[1].buf,
+                            <const double*>v[2].buf, <double*>v[3].buf, &g)
+    finally:
+        buf_release(v, 4)
+
+
+# ---------------------------------------------------------------------------- conv2d backward
+cdef void _conv_bwd(const floating* dout, const floating* Wt, const floating* col,
+                    floating* dcol, floating* dx, floating* dW, floating* db,
+                    const _Geo* g) noexcept nogil:
+    cdef Py_ssize_t cols, nb, it, wc, nbw
+    cdef int nt
+    _pin()
+    if dx != NULL and g.N and g.C and g.HW:
+        if g.F == 0:
+            memset(dx, 0, g.N * g.C * g.HW * sizeof(floating))
+        else:
+            cols = _img_cols(g)
+            nb = (g.OHW + cols - 1) // cols
+            nt = _threads(g.N * g.F * g.OHW * g.K // 16 + g.N * g.K * g.OHW // CHEAP)
+            if nb == 1:
+                # one item per image: dcol_n while in cache goes straight to col2im
+                if nt == 1:
+                    for it in range(g.N):
+                        _dx_image(dout, Wt, dcol, dx, g, it)
+                else:
+                    for it in prange(g.N, num_threads=nt, schedule="static"):
+                        _dx_image(dout, Wt, dcol, dx, g, it)
+            else:
+                # a batch below P: column blocks of the GEMMs, then col2im by channel
+                if nt == 1:
+                    for it in range(g.N * nb):
+                        _dcol_block(dout, Wt, dcol, g, it // nb, (it % nb) * cols, cols)
+                    for it in range(g.N * g.C):
+                        _col2im(dcol + (it // g.C) * g.K * g.OHW, dx + (it // g.C) * g.C * g.HW,
+                                g, it % g.C, it % g.C + 1)
+                else:
+                    for it in prange(g.N * nb, num_threads=nt, schedule="static"):
+                        _dcol_block(dout, Wt, dcol, g, it // nb, (it % nb) * cols, cols)
+                    for it in prange(g.N * g.C, num_threads=nt, schedule="static"):
+                        _col2im(dcol + (it // g.C) * g.K * g.OHW, dx + (it // g.C) * g.C * g.HW,
+                                g, it % g.C, it % g.C + 1)
+    if dW != NULL and g.F and g.K:
+        wc = _w_cols(g)
+        nbw = (g.K + wc - 1) // wc
+        nt = _threads(g.N * g.F * g.OHW * g.K // 16)
+        if nt == 1:
+            for it in range(nbw):
+                _dw_block(dout, col, dW, g, it * wc, wc)
+        else:
+            for it in prange(nbw, num_threads=nt, schedule="static"):
+                _dw_block(dout, col, dW, g, it * wc, wc)
+    if db != NULL and g.F:
+        nt = _threads(g.N * g.F * g.OHW // CHEAP)
+        if nt == 1:
+            for it in range(g.F):
+                _db_one(dout, db, g, it)
+        else:
+            for it in prange(g.F, num_threads=nt, schedule="static"):
+                _db_one(dout, db, g, it)
+
+
+cdef void _dx_image(const floating* dout, const floating* Wt, floating* dcol, floating* dx,
+                    const _Geo* g, Py_ssize_t n) noexcept nogil:
+    cdef floating* dc = dcol + n * g.K * g.OHW
+    _gemm(c'T', c'N', <int>g.K, <int>g.OHW, <int>g.F, Wt, <int>g.K, dout + n * g.F * g.OHW,
+          <int>g.OHW, dc, <int>g.OHW)
+    _col2im(dc, dx + n * g.C * g.HW, g, 0, g.C)
+
+
+cdef void _dcol_block(const floating* dout, const floating* Wt, floating* dcol, const _Geo* g,
+                      Py_ssize_t n, Py_ssize_t p0, Py_ssize_t cols) noexcept nogil:
+    cdef Py_ssize_t p1 = min(p0 + cols, g.OHW)
+    _gemm(c'T', c'N', <int>g.K, <int>(p1 - p0), <int>g.F, Wt, <int>g.K,
+          dout + n * g.F * g.OHW + p0, <int>g.OHW, dcol + n * g.K * g.OHW + p0, <int>g.OHW)
+
+
+cdef void _dw_block(const floating* dout, const floating* col, floating* dW, const _Geo* g,
+                    Py_ssize_t c0, Py_ssize_t wc) noexcept nogil:
+    """Columns [c0, c0 + wc) of dW (F, K) = sum_n dout_n (F, OHW) @ col_n[c0:c1].T, n in order."""
+    cdef Py_ssize_t c1 = min(c0 + wc, g.K), f, n
+    for f in range(g.F):
+        memset(dW + f * g.K + c0, 0, (c1 - c0) * sizeof(floating))
+    for n in range(g.N):
+        _gemm_acc(c'N', c'T', <int>g.F, <int>(c1 - c0), <int>g.OHW, dout + n * g.F * g.OHW,
+                  <int>g.OHW, col + (n * g.K + c0) * g.OHW, <int>g.OHW, dW + c0, <int>g.K)
+
+
+cdef void _db_one(const floating* dout, floating* db, const _Geo* g,
+                  Py_ssize_t f) noexcept nogil:
+    cdef double s = 0
+    cdef Py_ssize_t n
+    for n in range(g.N):
+        s = s + _sum(dout + (n * g.F + f) * g.OHW, g.OHW)
+    db[f] = <floating>s
+
+
+def conv2d_backward(dout, x, W, col, dcol, dx, dW, db, stride, pad):
+    """dx = col2im(W2.T @ dout_n) (via dcol), dW = sum_n dout_n @ col_n.T, db = sum dout over
+    n, oh, ow; dx, dW, db None to skip (dcol may be None when dx is). col: conv2d_forward's."""
+    cdef Py_buffer v[8]
+    cdef int dt
+    cdef _Geo g
+    memset(v, 0, sizeof(v))
+    try:
+        dt = _arr(x, &v[1], DT_FLOAT, "x", (-1, -1, -1, -1), False)
+        _arr(W, &v[2], dt, "W", (-1, v[1].shape[1], -1, -1), False)
+        g = _geometry(v[1].shape[0], v[1].shape[1], v[1].shape[2], v[1].shape[3],
+                      v[2].shape[0], v[2].shape[2], v[2].shape[3], "the kernel", stride, pad)
+        _gemm_dims_ok(&g)
+        _arr(dout, &v[0], dt, "dout", (g.N, g.F, g.OH, g.OW), False)
+        if dx is not None and dcol is None:
+            raise ValueError("dcol (the workspace of dx) is required when dx is wanted")
+        if dW is not None and col is None:
+            raise ValueError("col (written by conv2d_forward) is required when dW is wanted")
+        _arr(col, &v[3], dt, "col", (g.N, g.K, g.OHW), False)
+        _arr(dcol, &v[4], dt, "dcol", (g.N, g.K, g.OHW), True)
+        _arr(dx, &v[5], dt, "dx", (g.N, g.C, g.H, g.W), True)
+        _arr(dW, &v[6], dt, "dW", (g.F, g.C, g.KH, g.KW), True)
+        _arr(db, &v[7], dt, "db", (g.F,), True)
+        with nogil:
+            if dt == DT_F32:
+                _conv_bwd(<const float*>v[0].buf, <const float*>v[2].buf,
+                          <const float*>v[3].buf, <float*>v[4].buf, <float*>v[5].buf,
+                          <float*>v[6].buf, <float*>v[7].buf, &g)
+            else:
+                _conv_bwd(<const double*>v[0].buf, <const double*>v[2].buf,
+                          <const double*>v[3].buf, <double*>v[4].buf, <double*>v[5].buf,
+                          <double*>v[6].buf, <double*>v[7].buf, &g)
+    finally:
+        buf_release(v, 8)
+
+
+# ---------------------------------------------------------------------------- pooling
+cdef _Geo _pool_geometry(Py_buffer* vx, object kernel, object stride, object pad) except *:
+    cdef Py_ssize_t kh, kw, ph, pw
+    kh, kw = kernel
+    ph, pw = pad
+    if kh < 1 or kw < 1:
+        raise ValueError(f"the window must be at least 1x1, got {tuple(kernel)}")
+    if vx.shape[2] < 1 or vx.shape[3] < 1:
+        raise ValueError(f"x must have H, W >= 1 for pooling, got "
+                         f"{tuple(vx.shape[k] for k in range(4))}")
+    if ph > kh // 2 or pw > kw // 2:
+        raise ValueError(f"pad must be at most half the window, got pad {tuple(pad)} for window "
+                         f"{tuple(kernel)}")
+    return _geometry(vx.shape[0], vx.shape[1], vx.shape[2], vx.shape[3], vx.shape[1], kh, kw,
+                     "the window", stride, pad)
+
+
+cdef inline void _hw_clip(const _Geo* g, Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t* h0,
+                          Py_ssize_t* h1, Py_ssize_t* w0, Py_ssize_t* w1) noexcept nogil:
+    """The window of output (oh, ow), clipped to x: rows [h0, h1), columns [w0, w1)."""
+    cdef Py_ssize_t hs = oh * g.sh - g.ph, ws = ow * g.sw - g.pw
+    h0[0] = hs if hs > 0 else 0
+    h1[0] = min(hs + g.KH, g.H)
+    w0[0] = ws if ws > 0 else 0
+    w1[0] = min(ws + g.KW, g.W)
+
+
+cdef void _maxpool_plane(const floating* x, floating* out, int64_t* arg,
+                         const _Geo* g) noexcept nogil:
+    cdef Py_ssize_t oh, ow, h, w, h0, h1, w0, w1, best_i
+    cdef floating best, v
+    for oh in range(g.OH):
+        for ow in range(g.OW):
+            _hw_clip(g, oh, ow, &h0, &h1, &w0, &w1)
+            best_i = h0 * g.W + w0
+            best = x[best_i]
+            for h in range(h0, h1):
+                for w in range(w0, w1):
+                    v = x[h * g.W + w]
+                    # a larger value, or the first NaN (then nothing replaces it)
+                    if v > best or (v != v and best == best):
+                        best = v
+                        best_i = h * g.W + w
+            out[oh * g.OW + ow] = best
+            arg[oh * g.OW + ow] = best_i
+
+
+cdef void _maxpool_fwd(const floating* x, floating* out, int64_t* arg,
+                       const _Geo* g) noexcept nogil:
+    cdef Py_ssize_t it
+    cdef int nt = _threads(g.N * g.C * g.OHW * g.KH * g.KW // CHEAP)
+    if nt == 1:
+        for it in range(g.N * g.C):
+            _maxpool_plane(x + it * g.HW, out + it * g.OHW, arg + it * g.OHW, g)
+    else:
+        for it in prange(g.N * g.C, num_threads=nt, schedule="static"):
+            _maxpool_plane(x + it * g.HW, out + it * g.OHW, arg + it * g.OHW, g)
+
+
+def maxpool2d_forward(x, out, argmax, kernel, stride, pad):
+    """out = max over each window of x (padding never wins); argmax (int64) = h*W + w of the
+    first maximum in row-major window order (a NaN wins). kernel, stride, pad: (h, w) pairs."""
+    cdef Py_buffer v[3]
+    cdef int dt
+    cdef _Geo g
+    memset(v, 0, sizeof(v))
+    try:
+        dt = _arr(x, &v[0], DT_FLOAT, "x", (-1, -1, -1, -1), False)
+        g = _pool_geometry(&v[0], kernel, stride, pad)
+        _arr(out, &v[1], dt, "out", (g.N, g.C, g.OH, g.OW), True)
+        _arr(argmax, &v[2], DT_I64, "argmax", (g.N, g.C, g.OH, g.OW), True)
+        with nogil:
+            if dt == DT_F32:
+                _maxpool_fwd(<const float*>v[0].buf, <float*>v[1].buf, <int64_t*>v[2].buf, &g)
+            else:
+                _maxpool_fwd(<const double*>v[0].buf, <double*>v[1].buf, <int64_t*>v[2].buf, &g)
+    finally:
+        buf_release(v, 3)
+
+
+cdef Py_ssize_t _maxpool_bwd_plane(const floating* dout, const int64_t* arg, floating* dx,
+                                   const _Geo* g) noexcept nogil:
+    """dx plane = 0, then dx[argmax[o]] += dout[o] in output order; returns the count of
+    indices outside [0, H*W) (skipped)."""
+    cdef Py_ssize_t o, bad = 0
+    cdef int64_t a
+    memset(dx, 0, g.HW * sizeof(floating))
+    for o in range(g.OHW):
+        a = arg[o]
+        if a < 0 or a >= g.HW:
+            bad += 1
+        else:
+            dx[a] = dx[a] + dout[o]
+    return bad
+
+
+cdef Py_ssize_t _maxpool_bwd(const floating* dout, const int64_t* arg, floating* dx,
+                             const _Geo* g) noexcept nogil:
+    cdef Py_ssize_t it, bad = 0
+    cdef int nt = _threads(g.N * g.C * (g.HW + g.OHW) // CHEAP)
+    if nt == 1:
+        for it in range(g.N * g.C):
+            bad += _maxpool_bwd_plane(dout + it * g.OHW, arg + it * g.OHW, dx + it * g.HW, g)
+    else:
+        for it in prange(g.N * g.C, num_threads=nt, schedule="static"):
+            bad += _maxpool_bwd_plane(dout + it * g.OHW, arg + it * g.OHW, dx + it * g.HW, g)
+    return bad
+
+
+def maxpool2d_backward(dout, argmax, dx, kernel, stride, pad):
+    """dx = 0, then dx[n, c].flat[argmax[n, c, oh, ow]] += dout[n, c, oh, ow]."""
+    cdef Py_buffer v[3]
+    cdef int dt
+    cdef _Geo g
+    cdef Py_ssize_t bad = 0
+    memset(v, 0, sizeof(v))
+    try:
+        dt = _arr(dx, &v[2], DT_FLOAT, "dx", (-1, -1, -1, -1), True)
+        g = _pool_geometry(&v[2], kernel, stride, pad)
+        _arr(dout, &v[0], dt, "dout", (g.N, g.C, g.OH, g.OW), False)
+        _arr(argmax, &v[1], DT_I64, "argmax", (g.N, g.C, g.OH, g.OW), False)
+        with nogil:
+            if dt == DT_F32:
+                bad = _maxpool_bwd(<const float*>v[0].buf, <const int64_t*>v[1].buf,
+                                   <float*>v[2].buf, &g)
+            else:
+                bad = _maxpool_bwd(<const double*>v[0].buf, <const int64_t*>v[1].buf,
+                                   <double*>v[2].buf, &g)
+    finally:
+        buf_release(v, 3)
+    if bad:
+        raise ValueError(f"argmax values must lie in [0, {g.HW}) (H*W); {bad} did not "
+                         f"(their gradient was dropped)")
+
+
+cdef inline Py_ssize_t _avg_div(const _Geo* g, Py_ssize_t oh, Py_ssize_t ow,
+                                bint include_pad) noexcept nogil:
+    cdef Py_ssize_t h0, h1, w0, w1
+    if include_pad:
+        return g.KH * g.KW
+    _hw_clip(g, oh, ow, &h0, &h1, &w0, &w1)
+    return (h1 - h0) * (w1 - w0)
+
+
+cdef void _avgpool_plane(const floating* x, floating* out, const _Geo* g,
+                         bint include_pad) noexcept nogil:
+    cdef Py_ssize_t oh, ow, h, w, h0, h1, w0, w1
+    cdef double s
+    for oh in range(g.OH):
+        for ow in range(g.OW):
+            _hw_clip(g, oh, ow, &h0, &h1, &w0, &w1)
+            s = 0
+            for h in range(h0, h1):
+                for w in range(w0, w1):
+                    s = s + x[h * g.W + w]
+            out[oh * g.OW + ow] = <floating>(s / <double>_avg_div(g, oh, ow, include_pad))
+
+
+cdef void _avgpool_fwd(const floating* x, floating* out, const _Geo* g,
+                       bint include_pad) noexcept nogil:
+    cdef Py_ssize_t it
+    cdef int nt = _threads(g.N * g.C * g.OHW * g.KH * g.KW // CHEAP)
+    if nt == 1:
+        for it in range(g.N * g.C):
+            _avgpool_plane(x + it * g.HW, out + it * g.OHW, g, include_pad)
+    else:
+        for it in prange(g.N * g.C, num_threads=nt, schedule="static"):
+            _avgpool_plane(x + it * g.HW, out + it * g.OHW, g, include_pad)
+
+
+def avgpool2d_forward(x, out, kernel, stride, pad, count_include_pad):
+    """out = (sum of the window's cells, in double) / (KH*KW, or the count of cells inside x
+    when count_include_pad is false)."""
+    cdef Py_buffer v[2]
+    cdef int dt
+    cdef _Geo g
+    cdef bint inc = count_include_pad
+    memset(v, 0, sizeof(v))
+    try:
+        dt = _arr(x, &v[0], DT_FLOAT, "x", (-1, -1, -1, -1), False)
+        g = _pool_geometry(&v[0], kernel, stride, pad)
+        _arr(out, &v[1], dt, "out", (g.N, g.C, g.OH, g.OW), True)
+        with nogil:
+            if dt == DT_F32:
+                _avgpool_fwd(<const float*>v[0].buf, <float*>v[1].buf, &g, inc)
+            else:
+                _avgpool_fwd(<const double*>v[0].buf, <double*>v[1].buf, &g, inc)
+    finally:
+        buf_release(v, 2)
+
+
+cdef void _avgpool_bwd_plane(const floating* dout, floating* dx, const _Geo* g,
+                             bint include_pad) noexcept nogil:
+    """dx plane = 0, then for (kh, kw) in order, every window adds dout / divisor to its cell."""
+    cdef Py_ssize_t kh, kw, oh, ow, ih, lo, hi, off
+    cdef floating* dr
+    memset(dx, 0, g.HW * sizeof(floating))
+    for kh in range(g.KH):
+        for kw in range(g.KW):
+            _ow_range(g, kw, &lo, &hi)
+            off = kw - g.pw
+            for oh in range(g.OH):
+                ih = oh * g.sh - g.ph + kh
+                if ih < 0 or ih >= g.H:
+                    continue
+                dr = dx + ih * g.W + off
+                for ow in range(lo, hi):
+                    dr[ow * g.sw] = dr[ow * g.sw] + dout[oh * g.OW + ow] / <floating>_avg_div(
+                        g, oh, ow, include_pad)
+
+
+cdef void _avgpool_bwd(const floating* dout, floating* dx, const _Geo* g,
+                       bint include_pad) noexcept nogil:
+    cdef Py_ssize_t it
+    cdef int nt = _threads(g.N * g.C * (g.HW + g.OHW * g.KH * g.KW) // CHEAP)
+    if nt == 1:
+        for it in range(g.N * g.C):
+            _avgpool_bwd_plane(dout + it * g.OHW, dx + it * g.HW, g, include_pad)
+    else:
+        for it in prange(g.N * g.C, num_threads=nt, schedule="static"):
+            _avgpool_bwd_plane(dout + it * g.OHW, dx + it * g.HW, g, include_pad)
+
+
+def avgpool2d_backward(dout, dx, kernel, stride, pad, count_include_pad):
+    """dx = 0, then each window's cells inside x get dout / divisor (as the forward's)."""
+    cdef Py_buffer v[2]
+    cdef int dt
+    cdef _Geo g
+    cdef bint inc = count_include_pad
+    memset(v, 0, sizeof(v))
+    try:
+        dt = _arr(dx, &v[1], DT_FLOAT, "dx", (-1, -1, -1, -1), True)
+        g = _pool_geometry(&v[1], kernel, stride, pad)
+        _arr(dout, &v[0], dt, "dout", (g.N, g.C, g.OH, g.OW), False)
+        with nogil:
+            if dt == DT_F32:
+                _avgpool_bwd(<const float*>v[0].buf, <float*>v[1].buf, &g, inc)
+            else:
+                _avgpool_bwd(<const double*>v[0].buf, <double*>v[1].buf, &g, inc)
+    finally:
+        buf_release(v, 2)

@@ -143,13 +143,17 @@ cdef inline void _ow_range(const _Geo* g, Py_ssize_t kw, Py_ssize_t* lo,
         hi[0] = g.OW
 
 
-cdef int _arr(object a, Py_buffer* v, int dt, str name, tuple shape, bint out) except -2:
-    """Acquire a (None gives v.buf = NULL) into v: C-contiguous, dtype dt (DT_FLOAT: either float),
-    exactly ``shape`` (entries -1: any size), writeable if out. Returns its dtype."""
+cdef int _arr(object a, Py_buffer* v, int dt, str name, tuple shape, bint out,
+              bint required=True) except -2:
+    """Acquire a into v: C-contiguous, dtype dt (DT_FLOAT: either float), exactly ``shape``
+    (entries -1: any size), writeable if out. Returns its dtype. None (v.buf = NULL) only when
+    not required."""
+    if a is None and required:
+        raise TypeError(f"{name} must be an array, got None")
     try:
         dt = buf_get(a, v, dt, -1, out)
-    except TypeError as e:
-        raise TypeError(f"{name}: {e}") from None
+    except (TypeError, ValueError, BufferError) as e:    # dtype; not C-contiguous or writeable
+        raise type(e)(f"{name}: {e}") from None
     if a is None:
         return dt
     got = tuple(v.shape[k] for k in range(v.ndim))
@@ -171,8 +175,8 @@ cdef inline Py_ssize_t _img_cols(const _Geo* g) noexcept nogil:
     images, else about OH*OW / ceil(P / N) rounded up to 16 (so a small batch still fills P
     cores; shape and P alone decide it)."""
     cdef Py_ssize_t per, c
-    if g.N >= _PARTS or _PARTS <= 1:
-        return g.OHW
+    if g.N >= _PARTS or _PARTS <= 1 or g.N < 1 or g.OHW < 1:
+        return g.OHW if g.OHW > 0 else 1
     per = (_PARTS + g.N - 1) // g.N
     c = (g.OHW + per - 1) // per
     c = (c + 15) // 16 * 16
@@ -261,7 +265,7 @@ cdef void _conv_fwd(const floating* x, const floating* Wt, const floating* b, fl
                     floating* col, const _Geo* g) noexcept nogil:
     cdef Py_ssize_t cols = _img_cols(g), nb = (g.OHW + cols - 1) // cols, it
     cdef int nt = _threads(g.N * g.F * g.OHW * g.K // 16 + g.N * g.K * g.OHW // CHEAP)
-    if g.N == 0 or g.F == 0:
+    if g.N == 0:
         return
     _pin()
     if nt == 1:
@@ -307,7 +311,7 @@ def conv2d_forward(x, W, b, out, col, stride, pad):
         g = _geometry(v[0].shape[0], v[0].shape[1], v[0].shape[2], v[0].shape[3],
                       v[1].shape[0], v[1].shape[2], v[1].shape[3], "the kernel", stride, pad)
         _gemm_dims_ok(&g)
-        _arr(b, &v[2], dt, "b", (g.F,), False)
+        _arr(b, &v[2], dt, "b", (g.F,), False, False)
         _arr(out, &v[3], dt, "out", (g.N, g.F, g.OH, g.OW), True)
         _arr(col, &v[4], dt, "col", (g.N, g.K, g.OHW), True)
         with nogil:
@@ -375,7 +379,7 @@ def _conv2d_forward_direct(x, W, b, out, stride, pad):
         _arr(W, &v[1], dt, "W", (-1, v[0].shape[1], -1, -1), False)
         g = _geometry(v[0].shape[0], v[0].shape[1], v[0].shape[2], v[0].shape[3],
                       v[1].shape[0], v[1].shape[2], v[1].shape[3], "the kernel", stride, pad)
-        _arr(b, &v[2], dt, "b", (g.F,), False)
+        _arr(b, &v[2], dt, "b", (g.F,), False, False)
         _arr(out, &v[3], dt, "out", (g.N, g.F, g.OH, g.OW), True)
         with nogil:
             if dt == DT_F32:
@@ -497,11 +501,11 @@ def conv2d_backward(dout, x, W, col, dcol, dx, dW, db, stride, pad):
             raise ValueError("dcol (the workspace of dx) is required when dx is wanted")
         if dW is not None and col is None:
             raise ValueError("col (written by conv2d_forward) is required when dW is wanted")
-        _arr(col, &v[3], dt, "col", (g.N, g.K, g.OHW), False)
-        _arr(dcol, &v[4], dt, "dcol", (g.N, g.K, g.OHW), True)
-        _arr(dx, &v[5], dt, "dx", (g.N, g.C, g.H, g.W), True)
-        _arr(dW, &v[6], dt, "dW", (g.F, g.C, g.KH, g.KW), True)
-        _arr(db, &v[7], dt, "db", (g.F,), True)
+        _arr(col, &v[3], dt, "col", (g.N, g.K, g.OHW), False, False)
+        _arr(dcol, &v[4], dt, "dcol", (g.N, g.K, g.OHW), True, False)
+        _arr(dx, &v[5], dt, "dx", (g.N, g.C, g.H, g.W), True, False)
+        _arr(dW, &v[6], dt, "dW", (g.F, g.C, g.KH, g.KW), True, False)
+        _arr(db, &v[7], dt, "db", (g.F,), True, False)
         with nogil:
             if dt == DT_F32:
                 _conv_bwd(<const float*>v[0].buf, <const float*>v[2].buf,

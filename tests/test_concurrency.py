@@ -50,6 +50,16 @@ def _big_call(name, dt=np.dtype(np.float32)):
         big = np.full(32_000_000, 0.5, dt)
     if name.startswith("maxout"):
         mo, arg = np.empty((n, f // 2), dt), rng.integers(0, 2, (n, f // 2))
+    if name.startswith("conv2d"):                        # DeepConvNet's 16 -> 16 3x3 conv
+        X, Wc = A.reshape(-1)[:32 * 16 * 28 * 28].reshape(32, 16, 28, 28), B[:16, :144].copy()
+        Wc = Wc.reshape(16, 16, 3, 3)
+        cout, col = np.empty((32, 16, 28, 28), dt), np.empty((32, 144, 784), dt)
+        K.conv2d_forward(X, Wc, None, cout, col, 1, 1)
+    if name.endswith("pool2d_forward") or name.endswith("pool2d_backward"):
+        X = A.reshape(-1)[:400 * 30 * 24 * 24].reshape(400, 30, 24, 24)
+        pout, parg = np.empty((400, 30, 12, 12), dt), np.empty((400, 30, 12, 12), np.int64)
+        pdx = O.reshape(-1)[:X.size].reshape(X.shape)
+        K.maxpool2d_forward(X, pout, parg, 2)
     calls = {
         "dense_forward": lambda: K.dense_forward(x, W, None, out, "tanh"),
         "dense_backward": lambda: K.dense_backward(out, x, W, out, np.empty_like(out),
@@ -86,6 +96,14 @@ def _big_call(name, dt=np.dtype(np.float32)):
         "adam_update": lambda: K.adam_update(w, g, s1, s2, lr=1e-3, step=1),
         "bind_update": lambda: K.bind_update("adam", [w, w2], [g, g2], [(s1, s2), (s3, s4)],
                                              [0.0, 0.1]).update(1e-3),
+        "conv2d_forward": lambda: K.conv2d_forward(X, Wc, None, cout, col, 1, 1),
+        "conv2d_backward": lambda: K.conv2d_backward(cout, X, Wc, col, np.empty_like(col),
+                                                     np.empty_like(X), np.empty_like(Wc),
+                                                     np.empty(16, dt), 1, 1),
+        "maxpool2d_forward": lambda: K.maxpool2d_forward(X, pout, parg, 2),
+        "maxpool2d_backward": lambda: K.maxpool2d_backward(pout, parg, pdx, 2),
+        "avgpool2d_forward": lambda: K.avgpool2d_forward(X, pout, 3, 2, 1),
+        "avgpool2d_backward": lambda: K.avgpool2d_backward(pout, pdx, 3, 2, 1),
         "rbm_cd_update": lambda: K.rbm_cd_update(A[:1000, :1500], B[:1000, :500], B[1000:2000, :1500],
                                                  A[1000:2000, :500], H[:1500, :500].copy(),
                                                  np.zeros(1500, dt), np.zeros(500, dt), 1e-3),

@@ -239,6 +239,58 @@ def build(name, draw, rng, dt):
             c.scalars.update(step=draw(st.sampled_from([1, 2, 1000])), eps_hat=opt(),
                              decoupled_wd=opt(), beta1=draw(st.sampled_from([0.0, 0.9])),
                              beta2=draw(st.sampled_from([0.0, 0.999])))
+    elif name in ("conv2d_forward", "conv2d_backward"):
+        n, cc, f = draw(st.integers(0, 3)), draw(st.integers(0, 3)), draw(st.integers(0, 3))
+        h, w = draw(st.integers(0, 6)), draw(st.integers(0, 6))
+        if draw(st.integers(0, 9)) == 0:              # one past the parallel threshold
+            n, cc, f, h, w = draw(st.integers(1, 4)), 8, 8, 24, 24
+        ws = (f, cc, draw(st.sampled_from([1, 1, 2, 2, 3, 3, 0])), draw(st.integers(1, 3)))
+        c.scalars.update(stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+                         pad=(draw(st.integers(0, 2)), draw(st.integers(0, 2))))
+        try:
+            oshape = K.conv2d_output_shape((n, cc, h, w), ws, **c.scalars)
+            cshape = K.conv2d_workspace_shape((n, cc, h, w), ws, **c.scalars)
+        except ValueError:                            # kernel larger than the padded input
+            oshape, cshape = (n, f, 1, 1), (n, cc * ws[2] * ws[3], 1)
+        c.add("in", "x", r(n, cc, h, w)), c.add("in", "W", r(*ws))
+        if name == "conv2d_forward":
+            c.add("in", "b", r(f) if opt() else None)
+            c.add("out", "out", r(*oshape)), c.add("work", "col", r(*cshape))
+        else:
+            c.add("in", "dout", r(*oshape)), c.add("in", "col", r(*cshape))
+            wx = opt()
+            c.add("work", "dcol", r(*cshape) if wx or opt() else None)
+            c.add("out", "dx", r(n, cc, h, w) if wx else None)
+            c.add("out", "dW", r(*ws) if opt() else None)
+            c.add("out", "db", r(f) if opt() else None)
+    elif name in ("maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward",
+                  "avgpool2d_backward"):
+        n, cc = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+        h, w = draw(st.sampled_from([1, 2, 3, 4, 5, 6, 0])), draw(st.integers(1, 6))
+        if draw(st.integers(0, 9)) == 0:              # one past the parallel threshold
+            n, cc, h, w = draw(st.integers(1, 4)), 30, 24, 24
+        kern = (draw(st.sampled_from([1, 2, 2, 3, 3, 0])), draw(st.integers(1, 3)))
+        pad = tuple(draw(st.integers(0, max(k, 0) // 2)) for k in kern)
+        if draw(st.integers(0, 7)) == 0:              # more than half the window
+            pad = (pad[0] + 1, pad[1])
+        c.scalars.update(kernel=kern, pad=pad,
+                         stride=None if opt() else (draw(st.integers(1, 3)),
+                                                    draw(st.integers(1, 3))))
+        if name.startswith("avg"):
+            c.scalars["count_include_pad"] = opt()
+        try:
+            oshape = K.pool2d_output_shape((n, cc, h, w), kern, c.scalars["stride"],
+                                           c.scalars["pad"])
+        except ValueError:                            # window too large, pad > window // 2, H = 0
+            oshape = (n, cc, 1, 1)
+        if name.endswith("forward"):
+            c.add("in", "x", r(n, cc, h, w)), c.add("out", "out", r(*oshape))
+            if name.startswith("max"):
+                c.add("out", "argmax", rng.integers(-5, 5, oshape).astype(np.int64))
+        else:
+            c.add("in", "dout", r(*oshape)), c.add("out", "dx", r(n, cc, h, w))
+            if name.startswith("max"):
+                c.add("int", "argmax", rng.integers(0, max(h * w, 1), oshape).astype(np.int64))
     else:
         return None                                   # a kernel without a builder: test fails
     return c

@@ -41,9 +41,73 @@ cdef extern from *:
     }
     DLF_SUM8(dlf_sum8f, float)
     DLF_SUM8(dlf_sum8d, double)
+
+    /* One tap of a max-pool output row, columns [lo, hi): candidate x[ow*sw] at plane index
+       at0 + ow*sw. It wins when the column has no value yet (at < 0), is larger, or is the first
+       NaN (a NaN best keeps its place: NaN > . and NaN == NaN are false). Branch-free. */
+    #define DLF_MAXTAP(NAME, T)                                                               \
+    DLF_CLONES static void NAME(T* best, int64_t* at, const T* x, long sw, long lo, long hi,  \
+                                int64_t at0) {                                                \
+        long ow;                                                                              \
+        if (sw == 1) {                                                                        \
+            for (ow = lo; ow < hi; ow++) {                                                    \
+                T v = x[ow], b = best[ow];                                                    \
+                int take = (at[ow] < 0) | (v > b) | ((v != v) & (b == b));                    \
+                best[ow] = take ? v : b;                                                      \
+                at[ow] = take ? at0 + ow : at[ow];                                            \
+            }                                                                                 \
+        } else {                                                                              \
+            for (ow = lo; ow < hi; ow++) {                                                    \
+                T v = x[ow * sw], b = best[ow];                                               \
+                int take = (at[ow] < 0) | (v > b) | ((v != v) & (b == b));                    \
+                best[ow] = take ? v : b;                                                      \
+                at[ow] = take ? at0 + ow * sw : at[ow];                                       \
+            }                                                                                 \
+        }                                                                                     \
+    }
+    DLF_MAXTAP(dlf_maxtapf, float)
+    DLF_MAXTAP(dlf_maxtapd, double)
+
+    /* One tap of an average-pool output row: acc[ow] += x[ow*sw], ow in [lo, hi) (double) */
+    #define DLF_SUMTAP(NAME, T)                                                               \
+    DLF_CLONES static void NAME(double* acc, const T* x, long sw, long lo, long hi) {         \
+        long ow;                                                                              \
+        if (sw == 1) for (ow = lo; ow < hi; ow++) acc[ow] += (double)x[ow];                   \
+        else for (ow = lo; ow < hi; ow++) acc[ow] += (double)x[ow * sw];                      \
+    }
+    DLF_SUMTAP(dlf_sumtapf, float)
+    DLF_SUMTAP(dlf_sumtapd, double)
+
+    /* dx[ow*sw] += g[ow] / d, ow in [lo, hi) (the division in T, as the oracle's) */
+    #define DLF_DIVADD(NAME, T)                                                               \
+    DLF_CLONES static void NAME(T* dx, const T* g, long sw, long lo, long hi, T d) {          \
+        long ow;                                                                              \
+        if (sw == 1) for (ow = lo; ow < hi; ow++) dx[ow] = dx[ow] + g[ow] / d;                \
+        else for (ow = lo; ow < hi; ow++) dx[ow * sw] = dx[ow * sw] + g[ow] / d;              \
+    }
+    DLF_DIVADD(dlf_divaddf, float)
+    DLF_DIVADD(dlf_divaddd, double)
+
+    /* dx[ow*sw] += c[ow], ow in [lo, hi) (col2im's rows) */
+    #define DLF_ADDROW(NAME, T)                                                               \
+    DLF_CLONES static void NAME(T* dx, const T* c, long sw, long lo, long hi) {               \
+        long ow;                                                                              \
+        if (sw == 1) for (ow = lo; ow < hi; ow++) dx[ow] = dx[ow] + c[ow];                    \
+        else for (ow = lo; ow < hi; ow++) dx[ow * sw] = dx[ow * sw] + c[ow];                  \
+    }
+    DLF_ADDROW(dlf_addrowf, float)
+    DLF_ADDROW(dlf_addrowd, double)
     """
     double dlf_sum8f(const float*, long) noexcept nogil
     double dlf_sum8d(const double*, long) noexcept nogil
+    void dlf_maxtapf(float*, int64_t*, const float*, long, long, long, int64_t) noexcept nogil
+    void dlf_maxtapd(double*, int64_t*, const double*, long, long, long, int64_t) noexcept nogil
+    void dlf_sumtapf(double*, const float*, long, long, long) noexcept nogil
+    void dlf_sumtapd(double*, const double*, long, long, long) noexcept nogil
+    void dlf_divaddf(float*, const float*, long, long, long, float) noexcept nogil
+    void dlf_divaddd(double*, const double*, long, long, long, double) noexcept nogil
+    void dlf_addrowf(float*, const float*, long, long, long) noexcept nogil
+    void dlf_addrowd(double*, const double*, long, long, long) noexcept nogil
 
 
 # ---------------------------------------------------------------------------- GEMM entry
@@ -235,7 +299,7 @@ cdef void _col2im(const floating* col, floating* dx, const _Geo* g, Py_ssize_t c
                   Py_ssize_t c1) noexcept nogil:
     """Channels [c0, c1) of dx_n (C, H, W) = the sum over the windows of col_n (K, OH*OW):
     zeroed, then added in the order (kh, kw), oh, ow."""
-    cdef Py_ssize_t c, kh, kw, oh, ow, ih, lo, hi, off
+    cdef Py_ssize_t c, kh, kw, oh, ih, lo, hi, off
     cdef const floating* row
     cdef floating* dr
     memset(dx + c0 * g.HW, 0, (c1 - c0) * g.HW * sizeof(floating))
@@ -252,12 +316,10 @@ cdef void _col2im(const floating* col, floating* dx, const _Geo* g, Py_ssize_t c
                     if ih < 0 or ih >= g.H:
                         continue
                     dr = dx + (c * g.H + ih) * g.W + off
-                    if g.sw == 1:
-                        for ow in range(lo, hi):
-                            dr[ow] = dr[ow] + row[oh * g.OW + ow]
+                    if floating is float:
+                        dlf_addrowf(dr, row + oh * g.OW, g.sw, lo, hi)
                     else:
-                        for ow in range(lo, hi):
-                            dr[ow * g.sw] = dr[ow * g.sw] + row[oh * g.OW + ow]
+                        dlf_addrowd(dr, row + oh * g.OW, g.sw, lo, hi)
 
 
 # ---------------------------------------------------------------------------- conv2d forward
@@ -548,22 +610,28 @@ cdef inline void _hw_clip(const _Geo* g, Py_ssize_t oh, Py_ssize_t ow, Py_ssize_
 
 cdef void _maxpool_plane(const floating* x, floating* out, int64_t* arg,
                          const _Geo* g) noexcept nogil:
-    cdef Py_ssize_t oh, ow, h, w, h0, h1, w0, w1, best_i
-    cdef floating best, v
+    """One (n, c) plane, tap-major: each output row takes the window taps (kh, kw) in
+    row-major order over all its columns at once (the same winner as scanning each window)."""
+    cdef Py_ssize_t oh, ow, kh, kw, ih, lo, hi
+    cdef floating* o
+    cdef int64_t* a
     for oh in range(g.OH):
+        o = out + oh * g.OW
+        a = arg + oh * g.OW
         for ow in range(g.OW):
-            _hw_clip(g, oh, ow, &h0, &h1, &w0, &w1)
-            best_i = h0 * g.W + w0
-            best = x[best_i]
-            for h in range(h0, h1):
-                for w in range(w0, w1):
-                    v = x[h * g.W + w]
-                    # a larger value, or the first NaN (then nothing replaces it)
-                    if v > best or (v != v and best == best):
-                        best = v
-                        best_i = h * g.W + w
-            out[oh * g.OW + ow] = best
-            arg[oh * g.OW + ow] = best_i
+            a[ow] = -1
+        for kh in range(g.KH):
+            ih = oh * g.sh - g.ph + kh
+            if ih < 0 or ih >= g.H:
+                continue
+            for kw in range(g.KW):
+                _ow_range(g, kw, &lo, &hi)
+                if floating is float:
+                    dlf_maxtapf(o, a, x + ih * g.W + kw - g.pw, g.sw, lo, hi,
+                                ih * g.W + kw - g.pw)
+                else:
+                    dlf_maxtapd(o, a, x + ih * g.W + kw - g.pw, g.sw, lo, hi,
+                                ih * g.W + kw - g.pw)
 
 
 cdef void _maxpool_fwd(const floating* x, floating* out, int64_t* arg,
@@ -663,18 +731,40 @@ cdef inline Py_ssize_t _avg_div(const _Geo* g, Py_ssize_t oh, Py_ssize_t ow,
     return (h1 - h0) * (w1 - w0)
 
 
+cdef enum:
+    AVGCOLS = 256      # output columns per chunk of the average pool's double accumulators
+
+
 cdef void _avgpool_plane(const floating* x, floating* out, const _Geo* g,
                          bint include_pad) noexcept nogil:
-    cdef Py_ssize_t oh, ow, h, w, h0, h1, w0, w1
-    cdef double s
+    """One (n, c) plane: per chunk of an output row, the taps (kh, kw) in row-major order add
+    into double accumulators (cells outside x skipped), then out = sum / divisor."""
+    cdef double acc[AVGCOLS]
+    cdef Py_ssize_t oh, ow, c0, c1, kh, kw, ih, lo, hi, off
     for oh in range(g.OH):
-        for ow in range(g.OW):
-            _hw_clip(g, oh, ow, &h0, &h1, &w0, &w1)
-            s = 0
-            for h in range(h0, h1):
-                for w in range(w0, w1):
-                    s = s + x[h * g.W + w]
-            out[oh * g.OW + ow] = <floating>(s / <double>_avg_div(g, oh, ow, include_pad))
+        c0 = 0
+        while c0 < g.OW:
+            c1 = min(c0 + AVGCOLS, g.OW)
+            memset(acc, 0, (c1 - c0) * sizeof(double))
+            for kh in range(g.KH):
+                ih = oh * g.sh - g.ph + kh
+                if ih < 0 or ih >= g.H:
+                    continue
+                for kw in range(g.KW):
+                    _ow_range(g, kw, &lo, &hi)
+                    lo = max(lo, c0)
+                    hi = min(hi, c1)
+                    if lo >= hi:
+                        continue
+                    off = ih * g.W + kw - g.pw + c0 * g.sw
+                    if floating is float:
+                        dlf_sumtapf(acc, x + off, g.sw, lo - c0, hi - c0)
+                    else:
+                        dlf_sumtapd(acc, x + off, g.sw, lo - c0, hi - c0)
+            for ow in range(c0, c1):
+                out[oh * g.OW + ow] = <floating>(acc[ow - c0] /
+                                                 <double>_avg_div(g, oh, ow, include_pad))
+            c0 = c1
 
 
 cdef void _avgpool_fwd(const floating* x, floating* out, const _Geo* g,
@@ -725,9 +815,15 @@ cdef void _avgpool_bwd_plane(const floating* dout, floating* dx, const _Geo* g,
                 if ih < 0 or ih >= g.H:
                     continue
                 dr = dx + ih * g.W + off
-                for ow in range(lo, hi):
-                    dr[ow * g.sw] = dr[ow * g.sw] + dout[oh * g.OW + ow] / <floating>_avg_div(
-                        g, oh, ow, include_pad)
+                if include_pad:
+                    if floating is float:
+                        dlf_divaddf(dr, dout + oh * g.OW, g.sw, lo, hi, g.KH * g.KW)
+                    else:
+                        dlf_divaddd(dr, dout + oh * g.OW, g.sw, lo, hi, g.KH * g.KW)
+                else:
+                    for ow in range(lo, hi):
+                        dr[ow * g.sw] = dr[ow * g.sw] + dout[oh * g.OW + ow] / <floating>_avg_div(
+                            g, oh, ow, False)
 
 
 cdef void _avgpool_bwd(const floating* dout, floating* dx, const _Geo* g,

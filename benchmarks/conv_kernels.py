@@ -1,0 +1,190 @@
+#!/usr/bin/env python
+"""Convolution and pooling kernels: dlfast-compiled vs dlfast-NumPy, and the compiled conv forward
+as im2col + GEMM (``conv2d_forward``) vs a direct loop (``_conv._conv2d_forward_direct``).
+
+Shapes (NCHW, float32 by default): the book's SimpleConvNet conv (C=1, 28x28, 30 filters 5x5,
+stride 1, pad 0) and DeepConvNet's 3x3 pad-1 convs (1->16 and 16->16 on 28x28, 16->32 and 32->32
+on 14x14, 32->64 and 64->64 on 7x7), each at batch 1 and 100; 2x2 stride-2 max and average pooling
+on SimpleConvNet's (30, 24, 24) and DeepConvNet's (16, 28, 28) maps. ``bwd`` = dx, dW and db.
+
+Timing: each implementation runs blocks of calls (sized at calibration to ``--block-ms``); each
+round times one block of every implementation in a rotating order (interleaved, so the load of a
+shared machine falls on all alike), after a ``--settle-ms`` pause and one untimed call; figures are
+medians over ``--rounds`` rounds of the time per call, ratios medians of the per-round ratios.
+
+    python benchmarks/conv_kernels.py                      # threads 1 and 2, batches 1 and 100
+    python benchmarks/conv_kernels.py --threads 2 --rounds 15 --only conv
+"""
+import os
+
+# before NumPy loads OpenBLAS: no inherited core-type or cache-size overrides
+for _var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+    os.environ.pop(_var, None)
+
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import dlfast  # noqa: E402
+from dlfast import kernels as K  # noqa: E402
+
+CONVS = [  # name, (C, H, W), F, kernel, stride, pad
+    ("simple 1->30 5x5 28", (1, 28, 28), 30, 5, 1, 0),
+    ("deep 1->16 3x3 28", (1, 28, 28), 16, 3, 1, 1),
+    ("deep 16->16 3x3 28", (16, 28, 28), 16, 3, 1, 1),
+    ("deep 16->32 3x3 14", (16, 14, 14), 32, 3, 1, 1),
+    ("deep 32->32 3x3 14", (32, 14, 14), 32, 3, 1, 1),
+    ("deep 32->64 3x3 7", (32, 7, 7), 64, 3, 1, 1),
+    ("deep 64->64 3x3 7", (64, 7, 7), 64, 3, 1, 1),
+]
+POOLS = [  # name, (C, H, W), kernel, stride
+    ("simple pool 30x24x24 2x2", (30, 24, 24), 2, 2),
+    ("deep pool 16x28x28 2x2", (16, 28, 28), 2, 2),
+]
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown"
+
+
+def on(backend, fn):
+    """fn run under the given backend."""
+    def call():
+        with dlfast.use_backend(backend):
+            fn()
+    return call
+
+
+def conv_cases(batch, dt):
+    from dlfast._backends import _conv
+    rng = np.random.default_rng(0)
+    for name, (c, h, w), f, k, s, p in CONVS:
+        x = rng.standard_normal((batch, c, h, w)).astype(dt)
+        W = (rng.standard_normal((f, c, k, k)) / np.sqrt(c * k * k)).astype(dt)
+        b = np.zeros(f, dt)
+        out = np.empty(K.conv2d_output_shape(x.shape, W.shape, s, p), dt)
+        col = np.empty(K.conv2d_workspace_shape(x.shape, W.shape, s, p), dt)
+        dout = rng.standard_normal(out.shape).astype(dt)
+        dcol, dx, dW, db = np.empty_like(col), np.empty_like(x), np.empty_like(W), np.empty_like(b)
+        K.conv2d_forward(x, W, b, out, col, s, p)
+
+        def fwd(x=x, W=W, b=b, out=out, col=col, s=s, p=p):
+            K.conv2d_forward(x, W, b, out, col, s, p)
+
+        def bwd(dout=dout, x=x, W=W, col=col, dcol=dcol, dx=dx, dW=dW, db=db, s=s, p=p):
+            K.conv2d_backward(dout, x, W, col, dcol, dx, dW, db, s, p)
+
+        def direct(x=x, W=W, b=b, out=out, s=s, p=p):
+            _conv._conv2d_forward_direct(x, W, b, out, (s, s), (p, p))
+
+        yield f"{name} b{batch}", "conv fwd", {"numpy": on("numpy", fwd), "cython": on("cython", fwd),
+                                               "direct": direct}
+        yield f"{name} b{batch}", "conv bwd", {"numpy": on("numpy", bwd), "cython": on("cython", bwd)}
+
+
+def pool_cases(batch, dt):
+    rng = np.random.default_rng(1)
+    for name, (c, h, w), k, s in POOLS:
+        x = rng.standard_normal((batch, c, h, w)).astype(dt)
+        out = np.empty(K.pool2d_output_shape(x.shape, k, s), dt)
+        arg = np.empty(out.shape, np.int64)
+        dout = rng.standard_normal(out.shape).astype(dt)
+        dx = np.empty_like(x)
+        K.maxpool2d_forward(x, out, arg, k, s)
+        ops = {
+            "maxpool fwd": lambda x=x, out=out, arg=arg, k=k, s=s: K.maxpool2d_forward(x, out, arg, k, s),
+            "maxpool bwd": lambda dout=dout, arg=arg, dx=dx, k=k, s=s: K.maxpool2d_backward(dout, arg, dx, k, s),
+            "avgpool fwd": lambda x=x, out=out, k=k, s=s: K.avgpool2d_forward(x, out, k, s),
+            "avgpool bwd": lambda dout=dout, dx=dx, k=k, s=s: K.avgpool2d_backward(dout, dx, k, s),
+        }
+        for op, fn in ops.items():
+            yield f"{name} b{batch}", op, {"numpy": on("numpy", fn), "cython": on("cython", fn)}
+
+
+def per_call(fn, reps):
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t0) / reps
+
+
+def measure(impls, rounds, block_ms, settle_ms):
+    """{impl: [seconds per call, one per round]}; blocks sized once, order rotated per round."""
+    reps = {}
+    for name, fn in impls.items():
+        fn()
+        t = min(per_call(fn, 1) for _ in range(3))
+        reps[name] = max(1, int(block_ms / 1e3 / max(t, 1e-7)))
+    names = list(impls)
+    times = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            time.sleep(settle_ms / 1e3)
+            impls[n]()
+            times[n].append(per_call(impls[n], reps[n]))
+    return times
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", default="1,2", help="thread counts to run, comma-separated")
+    ap.add_argument("--batches", default="1,100")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--block-ms", type=float, default=20.0)
+    ap.add_argument("--settle-ms", type=float, default=20.0)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--only", choices=["conv", "pool"], help="one kind of case")
+    args = ap.parse_args()
+    from threadpoolctl import threadpool_limits
+    with dlfast.use_backend("cython"):       # registers the backend: set_num_threads reaches it
+        from dlfast._backends import _conv, cython_kernels
+    dt = np.dtype(args.dtype)
+    print(f"cpu: {cpu_model()}; {os.cpu_count()} logical CPUs; load average "
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"numpy {np.__version__}; dlfast GEMM BLAS: {cython_kernels.GEMM_BLAS}, float32 GEMM: "
+          f"{cython_kernels.SGEMM}; GEMM block target P = {_conv.gemm_parts()}; dtype {dt.name}; "
+          f"{args.rounds} rounds, blocks of ~{args.block_ms:g} ms")
+    for nt in (int(t) for t in args.threads.split(",")):
+        dlfast.set_num_threads(nt)
+        with threadpool_limits(limits=nt, user_api="blas"):   # NumPy's matmul on as many
+            print(f"\n== {nt} thread{'s' if nt > 1 else ''} (medians, ms per call)")
+            print(f"{'case':<30} {'op':<12} {'numpy':>9} {'cython':>9} {'direct':>9} "
+                  f"{'np/cy':>7} {'direct/cy':>9}")
+            for batch in (int(b) for b in args.batches.split(",")):
+                cases = []
+                if args.only in (None, "conv"):
+                    cases += list(conv_cases(batch, dt))
+                if args.only in (None, "pool"):
+                    cases += list(pool_cases(batch, dt))
+                for case, op, impls in cases:
+                    t = measure(impls, args.rounds, args.block_ms, args.settle_ms)
+                    med = {n: statistics.median(v) * 1e3 for n, v in t.items()}
+                    ratio = {n: statistics.median(a / c for a, c in zip(v, t["cython"]))
+                             for n, v in t.items()}
+                    d = f"{med['direct']:9.3f}" if "direct" in med else " " * 9
+                    dr = f"{ratio['direct']:9.2f}" if "direct" in ratio else " " * 9
+                    print(f"{case:<30} {op:<12} {med['numpy']:9.3f} {med['cython']:9.3f} {d} "
+                          f"{ratio['numpy']:7.2f} {dr}", flush=True)
+    dlfast.set_num_threads(0)
+
+
+if __name__ == "__main__":
+    main()

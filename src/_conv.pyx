@@ -29,11 +29,13 @@ import importlib
 cdef extern from *:
     """
     #include "dlfast_clones.h"
+    typedef Py_ssize_t dlf_ix;
+
     /* sum_i x[i] in double: eight interleaved partial sums, combined pairwise (fixed order) */
     #define DLF_SUM8(NAME, T)                                                                 \\
-    DLF_CLONES static double NAME(const T* x, long n) {                                       \\
+    DLF_CLONES static double NAME(const T* x, dlf_ix n) {                                     \\
         double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                               \\
-        long i, l;                                                                            \\
+        dlf_ix i, l;                                                                          \\
         for (i = 0; i + 8 <= n; i += 8)                                                       \\
             for (l = 0; l < 8; l++) s[l] += (double)x[i + l];                                 \\
         for (; i < n; i++) s[0] += (double)x[i];                                              \\
@@ -42,72 +44,177 @@ cdef extern from *:
     DLF_SUM8(dlf_sum8f, float)
     DLF_SUM8(dlf_sum8d, double)
 
-    /* One tap of a max-pool output row, columns [lo, hi): candidate x[ow*sw] at plane index
-       at0 + ow*sw. It wins when the column has no value yet (at < 0), is larger, or is the first
-       NaN (a NaN best keeps its place: NaN > . and NaN == NaN are false). Branch-free. */
-    #define DLF_MAXTAP(NAME, T)                                                               \
-    DLF_CLONES static void NAME(T* best, int64_t* at, const T* x, long sw, long lo, long hi,  \
-                                int64_t at0) {                                                \
-        long ow;                                                                              \
-        if (sw == 1) {                                                                        \
-            for (ow = lo; ow < hi; ow++) {                                                    \
-                T v = x[ow], b = best[ow];                                                    \
-                int take = (at[ow] < 0) | (v > b) | ((v != v) & (b == b));                    \
-                best[ow] = take ? v : b;                                                      \
-                at[ow] = take ? at0 + ow : at[ow];                                            \
-            }                                                                                 \
-        } else {                                                                              \
-            for (ow = lo; ow < hi; ow++) {                                                    \
-                T v = x[ow * sw], b = best[ow];                                               \
-                int take = (at[ow] < 0) | (v > b) | ((v != v) & (b == b));                    \
-                best[ow] = take ? v : b;                                                      \
-                at[ow] = take ? at0 + ow * sw : at[ow];                                       \
-            }                                                                                 \
-        }                                                                                     \
-    }
-    DLF_MAXTAP(dlf_maxtapf, float)
-    DLF_MAXTAP(dlf_maxtapd, double)
+    /* The statements with S = 1 (a constant: vectorisable) when sw == 1, else with S = sw */
+    #define DLF_BY_STRIDE(S, sw, ...) do { if ((sw) == 1) { const dlf_ix S = 1; __VA_ARGS__ } \\
+                                           else { const dlf_ix S = (sw); __VA_ARGS__ } } while (0)
 
-    /* One tap of an average-pool output row: acc[ow] += x[ow*sw], ow in [lo, hi) (double) */
-    #define DLF_SUMTAP(NAME, T)                                                               \
-    DLF_CLONES static void NAME(double* acc, const T* x, long sw, long lo, long hi) {         \
-        long ow;                                                                              \
-        if (sw == 1) for (ow = lo; ow < hi; ow++) acc[ow] += (double)x[ow];                   \
-        else for (ow = lo; ow < hi; ow++) acc[ow] += (double)x[ow * sw];                      \
+    /* [lo, hi): the output columns ow whose input column ow*sw - pw + kw lies in [0, W) */
+    static inline void dlf_ow_range(dlf_ix W, dlf_ix OW, dlf_ix sw, dlf_ix pw, dlf_ix kw,
+                                    dlf_ix* lo, dlf_ix* hi) {
+        dlf_ix a = pw - kw, top = W - 1 + pw - kw;
+        *lo = a <= 0 ? 0 : (a + sw - 1) / sw;
+        *hi = top < 0 ? 0 : top / sw + 1;
+        if (*hi > OW) *hi = OW;
     }
-    DLF_SUMTAP(dlf_sumtapf, float)
-    DLF_SUMTAP(dlf_sumtapd, double)
 
-    /* dx[ow*sw] += g[ow] / d, ow in [lo, hi) (the division in T, as the oracle's) */
-    #define DLF_DIVADD(NAME, T)                                                               \
-    DLF_CLONES static void NAME(T* dx, const T* g, long sw, long lo, long hi, T d) {          \
-        long ow;                                                                              \
-        if (sw == 1) for (ow = lo; ow < hi; ow++) dx[ow] = dx[ow] + g[ow] / d;                \
-        else for (ow = lo; ow < hi; ow++) dx[ow * sw] = dx[ow * sw] + g[ow] / d;              \
+    /* Max pooling of one (H, W) plane into out, at (OH, OW), tap-major: each output row takes the
+       window taps (kh, kw) in row-major order over all its columns at once. A candidate wins when
+       its column has none yet (at < 0), is larger, or is the first NaN (a NaN best stays: NaN > .
+       and NaN == NaN are false): each window's first maximum, without branches. */
+    #define DLF_MAXPOOL(NAME, T)                                                              \\
+    DLF_CLONES static void NAME(const T* x, T* out, int64_t* at, dlf_ix H, dlf_ix W, dlf_ix OH,\\
+                                dlf_ix OW, dlf_ix KH, dlf_ix KW, dlf_ix sh, dlf_ix sw, dlf_ix ph,\\
+                                dlf_ix pw) {                                                  \\
+        dlf_ix oh, ow, kh, kw, lo, hi;                                                        \\
+        for (oh = 0; oh < OH; oh++) {                                                         \\
+            T* o = out + oh * OW;                                                             \\
+            int64_t* a = at + oh * OW;                                                        \\
+            for (ow = 0; ow < OW; ow++) a[ow] = -1;                                           \\
+            for (kh = 0; kh < KH; kh++) {                                                     \\
+                dlf_ix ih = oh * sh - ph + kh;                                                \\
+                if (ih < 0 || ih >= H) continue;                                              \\
+                for (kw = 0; kw < KW; kw++) {                                                 \\
+                    dlf_ix c0 = ih * W + kw - pw;      /* column ow's plane index: c0 + ow*sw */\\
+                    dlf_ow_range(W, OW, sw, pw, kw, &lo, &hi);                                \\
+                    DLF_BY_STRIDE(S, sw, for (ow = lo; ow < hi; ow++) {                       \\
+                        T v = x[c0 + ow * S], b = o[ow];                                      \\
+                        int take = (a[ow] < 0) | (v > b) | ((v != v) & (b == b));             \\
+                        o[ow] = take ? v : b;                                                 \\
+                        a[ow] = take ? c0 + ow * S : a[ow];                                   \\
+                    });                                                                       \\
+                }                                                                             \\
+            }                                                                                 \\
+        }                                                                                     \\
     }
-    DLF_DIVADD(dlf_divaddf, float)
-    DLF_DIVADD(dlf_divaddd, double)
+    DLF_MAXPOOL(dlf_maxpoolf, float)
+    DLF_MAXPOOL(dlf_maxpoold, double)
 
-    /* dx[ow*sw] += c[ow], ow in [lo, hi) (col2im's rows) */
-    #define DLF_ADDROW(NAME, T)                                                               \
-    DLF_CLONES static void NAME(T* dx, const T* c, long sw, long lo, long hi) {               \
-        long ow;                                                                              \
-        if (sw == 1) for (ow = lo; ow < hi; ow++) dx[ow] = dx[ow] + c[ow];                    \
-        else for (ow = lo; ow < hi; ow++) dx[ow * sw] = dx[ow * sw] + c[ow];                  \
+    /* Average pooling of one plane: per chunk of DLF_AVGCOLS output columns, the taps in row-major
+       order add into double sums (cells outside x skipped), then out = sum / d, with d = KH*KW
+       (incl) or the count of the window's cells inside x. */
+    #define DLF_AVGCOLS 256
+    #define DLF_AVGPOOL(NAME, T)                                                              \\
+    DLF_CLONES static void NAME(const T* x, T* out, dlf_ix H, dlf_ix W, dlf_ix OH, dlf_ix OW, \\
+                                dlf_ix KH, dlf_ix KW, dlf_ix sh, dlf_ix sw, dlf_ix ph, dlf_ix pw,\\
+                                int incl) {                                                   \\
+        double acc[DLF_AVGCOLS];                                                              \\
+        dlf_ix oh, ow, kh, kw, lo, hi, c0, c1;                                                \\
+        for (oh = 0; oh < OH; oh++) {                                                         \\
+            dlf_ix hs = oh * sh - ph;                                                         \\
+            dlf_ix rows = (hs + KH < H ? hs + KH : H) - (hs > 0 ? hs : 0);                    \\
+            for (c0 = 0; c0 < OW; c0 = c1) {                                                  \\
+                c1 = c0 + DLF_AVGCOLS < OW ? c0 + DLF_AVGCOLS : OW;                           \\
+                for (ow = 0; ow < c1 - c0; ow++) acc[ow] = 0;                                 \\
+                for (kh = 0; kh < KH; kh++) {                                                 \\
+                    dlf_ix ih = hs + kh;                                                      \\
+                    if (ih < 0 || ih >= H) continue;                                          \\
+                    for (kw = 0; kw < KW; kw++) {                                             \\
+                        const T* xr = x + ih * W + kw - pw;                                   \\
+                        dlf_ow_range(W, OW, sw, pw, kw, &lo, &hi);                            \\
+                        if (lo < c0) lo = c0;                                                 \\
+                        if (hi > c1) hi = c1;                                                 \\
+                        DLF_BY_STRIDE(S, sw, for (ow = lo; ow < hi; ow++)                     \\
+                                                 acc[ow - c0] += (double)xr[ow * S];);        \\
+                    }                                                                         \\
+                }                                                                             \\
+                for (ow = c0; ow < c1; ow++) {                                                \\
+                    dlf_ix ws = ow * sw - pw;                                                 \\
+                    dlf_ix cols = (ws + KW < W ? ws + KW : W) - (ws > 0 ? ws : 0);            \\
+                    double d = incl ? (double)(KH * KW) : (double)(rows * cols);              \\
+                    out[oh * OW + ow] = (T)(acc[ow - c0] / d);                                \\
+                }                                                                             \\
+            }                                                                                 \\
+        }                                                                                     \\
     }
-    DLF_ADDROW(dlf_addrowf, float)
-    DLF_ADDROW(dlf_addrowd, double)
+    DLF_AVGPOOL(dlf_avgpoolf, float)
+    DLF_AVGPOOL(dlf_avgpoold, double)
+
+    /* Its backward on one plane: dx = 0, then for the taps (kh, kw) in order, every window adds
+       g / d (divided in T) to its cell inside x. */
+    #define DLF_AVGPOOL_BWD(NAME, T)                                                          \\
+    DLF_CLONES static void NAME(const T* g, T* dx, dlf_ix H, dlf_ix W, dlf_ix OH, dlf_ix OW,  \\
+                                dlf_ix KH, dlf_ix KW, dlf_ix sh, dlf_ix sw, dlf_ix ph, dlf_ix pw,\\
+                                int incl) {                                                   \\
+        dlf_ix oh, ow, kh, kw, lo, hi, i;                                                     \\
+        for (i = 0; i < H * W; i++) dx[i] = 0;                                                \\
+        for (kh = 0; kh < KH; kh++)                                                           \\
+            for (kw = 0; kw < KW; kw++) {                                                     \\
+                dlf_ow_range(W, OW, sw, pw, kw, &lo, &hi);                                    \\
+                for (oh = 0; oh < OH; oh++) {                                                 \\
+                    dlf_ix hs = oh * sh - ph, ih = hs + kh;                                   \\
+                    dlf_ix rows = (hs + KH < H ? hs + KH : H) - (hs > 0 ? hs : 0);            \\
+                    const T* gr = g + oh * OW;                                                \\
+                    T* dr = dx + ih * W + kw - pw;                                            \\
+                    if (ih < 0 || ih >= H) continue;                                          \\
+                    if (incl) {                                                               \\
+                        T d = (T)(KH * KW);                                                   \\
+                        DLF_BY_STRIDE(S, sw, for (ow = lo; ow < hi; ow++)                     \\
+                                                 dr[ow * S] = dr[ow * S] + gr[ow] / d;);      \\
+                    } else {                                                                  \\
+                        for (ow = lo; ow < hi; ow++) {                                        \\
+                            dlf_ix ws = ow * sw - pw;                                         \\
+                            dlf_ix cols = (ws + KW < W ? ws + KW : W) - (ws > 0 ? ws : 0);    \\
+                            dr[ow * sw] = dr[ow * sw] + gr[ow] / (T)(rows * cols);            \\
+                        }                                                                     \\
+                    }                                                                         \\
+                }                                                                             \\
+            }                                                                                 \\
+    }
+    DLF_AVGPOOL_BWD(dlf_avgpool_bwdf, float)
+    DLF_AVGPOOL_BWD(dlf_avgpool_bwdd, double)
+
+    /* col2im of channels [c0, c1) of one image: dx (C, H, W) zeroed there, then each row
+       (c, kh, kw) of col (K, OH*OW) added into its cells, in the order (kh, kw), oh, ow. */
+    #define DLF_COL2IM(NAME, T)                                                               \\
+    DLF_CLONES static void NAME(const T* col, T* dx, dlf_ix c0, dlf_ix c1, dlf_ix H, dlf_ix W,\\
+                                dlf_ix OH, dlf_ix OW, dlf_ix KH, dlf_ix KW, dlf_ix sh, dlf_ix sw,\\
+                                dlf_ix ph, dlf_ix pw) {                                       \\
+        dlf_ix c, kh, kw, oh, ow, lo, hi, i;                                                  \\
+        for (i = c0 * H * W; i < c1 * H * W; i++) dx[i] = 0;                                  \\
+        for (c = c0; c < c1; c++)                                                             \\
+            for (kh = 0; kh < KH; kh++)                                                       \\
+                for (kw = 0; kw < KW; kw++) {                                                 \\
+                    const T* row = col + ((c * KH + kh) * KW + kw) * OH * OW;                 \\
+                    dlf_ow_range(W, OW, sw, pw, kw, &lo, &hi);                                \\
+                    for (oh = 0; oh < OH; oh++) {                                             \\
+                        dlf_ix ih = oh * sh - ph + kh;                                        \\
+                        const T* cr = row + oh * OW;                                          \\
+                        T* dr = dx + (c * H + ih) * W + kw - pw;                              \\
+                        if (ih < 0 || ih >= H) continue;                                      \\
+                        DLF_BY_STRIDE(S, sw, for (ow = lo; ow < hi; ow++)                     \\
+                                                 dr[ow * S] = dr[ow * S] + cr[ow];);          \\
+                    }                                                                         \\
+                }                                                                             \\
+    }
+    DLF_COL2IM(dlf_col2imf, float)
+    DLF_COL2IM(dlf_col2imd, double)
     """
-    double dlf_sum8f(const float*, long) noexcept nogil
-    double dlf_sum8d(const double*, long) noexcept nogil
-    void dlf_maxtapf(float*, int64_t*, const float*, long, long, long, int64_t) noexcept nogil
-    void dlf_maxtapd(double*, int64_t*, const double*, long, long, long, int64_t) noexcept nogil
-    void dlf_sumtapf(double*, const float*, long, long, long) noexcept nogil
-    void dlf_sumtapd(double*, const double*, long, long, long) noexcept nogil
-    void dlf_divaddf(float*, const float*, long, long, long, float) noexcept nogil
-    void dlf_divaddd(double*, const double*, long, long, long, double) noexcept nogil
-    void dlf_addrowf(float*, const float*, long, long, long) noexcept nogil
-    void dlf_addrowd(double*, const double*, long, long, long) noexcept nogil
+    double dlf_sum8f(const float*, Py_ssize_t) noexcept nogil
+    double dlf_sum8d(const double*, Py_ssize_t) noexcept nogil
+    void dlf_maxpoolf(const float*, float*, int64_t*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                      Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                      Py_ssize_t) noexcept nogil
+    void dlf_maxpoold(const double*, double*, int64_t*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                      Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                      Py_ssize_t) noexcept nogil
+    void dlf_avgpoolf(const float*, float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                      Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                      int) noexcept nogil
+    void dlf_avgpoold(const double*, double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                      Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                      int) noexcept nogil
+    void dlf_avgpool_bwdf(const float*, float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                          Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                          Py_ssize_t, int) noexcept nogil
+    void dlf_avgpool_bwdd(const double*, double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                          Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                          Py_ssize_t, Py_ssize_t, int) noexcept nogil
+    void dlf_col2imf(const float*, float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                     Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                     Py_ssize_t, Py_ssize_t) noexcept nogil
+    void dlf_col2imd(const double*, double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                     Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                     Py_ssize_t, Py_ssize_t) noexcept nogil
 
 
 # ---------------------------------------------------------------------------- GEMM entry
@@ -295,31 +402,14 @@ cdef void _im2col(const floating* x, floating* col, const _Geo* g, Py_ssize_t p0
                     p += ow1 - ow0
 
 
-cdef void _col2im(const floating* col, floating* dx, const _Geo* g, Py_ssize_t c0,
-                  Py_ssize_t c1) noexcept nogil:
+cdef inline void _col2im(const floating* col, floating* dx, const _Geo* g, Py_ssize_t c0,
+                         Py_ssize_t c1) noexcept nogil:
     """Channels [c0, c1) of dx_n (C, H, W) = the sum over the windows of col_n (K, OH*OW):
-    zeroed, then added in the order (kh, kw), oh, ow."""
-    cdef Py_ssize_t c, kh, kw, oh, ih, lo, hi, off
-    cdef const floating* row
-    cdef floating* dr
-    memset(dx + c0 * g.HW, 0, (c1 - c0) * g.HW * sizeof(floating))
-    for c in range(c0, c1):
-        for kh in range(g.KH):
-            for kw in range(g.KW):
-                row = col + ((c * g.KH + kh) * g.KW + kw) * g.OHW
-                _ow_range(g, kw, &lo, &hi)
-                if lo >= hi:
-                    continue
-                off = kw - g.pw
-                for oh in range(g.OH):
-                    ih = oh * g.sh - g.ph + kh
-                    if ih < 0 or ih >= g.H:
-                        continue
-                    dr = dx + (c * g.H + ih) * g.W + off
-                    if floating is float:
-                        dlf_addrowf(dr, row + oh * g.OW, g.sw, lo, hi)
-                    else:
-                        dlf_addrowd(dr, row + oh * g.OW, g.sw, lo, hi)
+    zeroed, then added in the order (kh, kw), oh, ow (dlf_col2im)."""
+    if floating is float:
+        dlf_col2imf(col, dx, c0, c1, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw)
+    else:
+        dlf_col2imd(col, dx, c0, c1, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw)
 
 
 # ---------------------------------------------------------------------------- conv2d forward
@@ -598,40 +688,12 @@ cdef _Geo _pool_geometry(Py_buffer* vx, object kernel, object stride, object pad
                      "the window", stride, pad)
 
 
-cdef inline void _hw_clip(const _Geo* g, Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t* h0,
-                          Py_ssize_t* h1, Py_ssize_t* w0, Py_ssize_t* w1) noexcept nogil:
-    """The window of output (oh, ow), clipped to x: rows [h0, h1), columns [w0, w1)."""
-    cdef Py_ssize_t hs = oh * g.sh - g.ph, ws = ow * g.sw - g.pw
-    h0[0] = hs if hs > 0 else 0
-    h1[0] = min(hs + g.KH, g.H)
-    w0[0] = ws if ws > 0 else 0
-    w1[0] = min(ws + g.KW, g.W)
-
-
-cdef void _maxpool_plane(const floating* x, floating* out, int64_t* arg,
-                         const _Geo* g) noexcept nogil:
-    """One (n, c) plane, tap-major: each output row takes the window taps (kh, kw) in
-    row-major order over all its columns at once (the same winner as scanning each window)."""
-    cdef Py_ssize_t oh, ow, kh, kw, ih, lo, hi
-    cdef floating* o
-    cdef int64_t* a
-    for oh in range(g.OH):
-        o = out + oh * g.OW
-        a = arg + oh * g.OW
-        for ow in range(g.OW):
-            a[ow] = -1
-        for kh in range(g.KH):
-            ih = oh * g.sh - g.ph + kh
-            if ih < 0 or ih >= g.H:
-                continue
-            for kw in range(g.KW):
-                _ow_range(g, kw, &lo, &hi)
-                if floating is float:
-                    dlf_maxtapf(o, a, x + ih * g.W + kw - g.pw, g.sw, lo, hi,
-                                ih * g.W + kw - g.pw)
-                else:
-                    dlf_maxtapd(o, a, x + ih * g.W + kw - g.pw, g.sw, lo, hi,
-                                ih * g.W + kw - g.pw)
+cdef inline void _maxpool_plane(const floating* x, floating* out, int64_t* arg,
+                                const _Geo* g) noexcept nogil:
+    if floating is float:
+        dlf_maxpoolf(x, out, arg, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw)
+    else:
+        dlf_maxpoold(x, out, arg, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw)
 
 
 cdef void _maxpool_fwd(const floating* x, floating* out, int64_t* arg,
@@ -722,49 +784,14 @@ def maxpool2d_backward(dout, argmax, dx, kernel, stride, pad):
                          f"(their gradient was dropped)")
 
 
-cdef inline Py_ssize_t _avg_div(const _Geo* g, Py_ssize_t oh, Py_ssize_t ow,
+cdef inline void _avgpool_plane(const floating* x, floating* out, const _Geo* g,
                                 bint include_pad) noexcept nogil:
-    cdef Py_ssize_t h0, h1, w0, w1
-    if include_pad:
-        return g.KH * g.KW
-    _hw_clip(g, oh, ow, &h0, &h1, &w0, &w1)
-    return (h1 - h0) * (w1 - w0)
-
-
-cdef enum:
-    AVGCOLS = 256      # output columns per chunk of the average pool's double accumulators
-
-
-cdef void _avgpool_plane(const floating* x, floating* out, const _Geo* g,
-                         bint include_pad) noexcept nogil:
-    """One (n, c) plane: per chunk of an output row, the taps (kh, kw) in row-major order add
-    into double accumulators (cells outside x skipped), then out = sum / divisor."""
-    cdef double acc[AVGCOLS]
-    cdef Py_ssize_t oh, ow, c0, c1, kh, kw, ih, lo, hi, off
-    for oh in range(g.OH):
-        c0 = 0
-        while c0 < g.OW:
-            c1 = min(c0 + AVGCOLS, g.OW)
-            memset(acc, 0, (c1 - c0) * sizeof(double))
-            for kh in range(g.KH):
-                ih = oh * g.sh - g.ph + kh
-                if ih < 0 or ih >= g.H:
-                    continue
-                for kw in range(g.KW):
-                    _ow_range(g, kw, &lo, &hi)
-                    lo = max(lo, c0)
-                    hi = min(hi, c1)
-                    if lo >= hi:
-                        continue
-                    off = ih * g.W + kw - g.pw + c0 * g.sw
-                    if floating is float:
-                        dlf_sumtapf(acc, x + off, g.sw, lo - c0, hi - c0)
-                    else:
-                        dlf_sumtapd(acc, x + off, g.sw, lo - c0, hi - c0)
-            for ow in range(c0, c1):
-                out[oh * g.OW + ow] = <floating>(acc[ow - c0] /
-                                                 <double>_avg_div(g, oh, ow, include_pad))
-            c0 = c1
+    if floating is float:
+        dlf_avgpoolf(x, out, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw,
+                     include_pad)
+    else:
+        dlf_avgpoold(x, out, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw,
+                     include_pad)
 
 
 cdef void _avgpool_fwd(const floating* x, floating* out, const _Geo* g,
@@ -800,30 +827,14 @@ def avgpool2d_forward(x, out, kernel, stride, pad, count_include_pad):
         buf_release(v, 2)
 
 
-cdef void _avgpool_bwd_plane(const floating* dout, floating* dx, const _Geo* g,
-                             bint include_pad) noexcept nogil:
-    """dx plane = 0, then for (kh, kw) in order, every window adds dout / divisor to its cell."""
-    cdef Py_ssize_t kh, kw, oh, ow, ih, lo, hi, off
-    cdef floating* dr
-    memset(dx, 0, g.HW * sizeof(floating))
-    for kh in range(g.KH):
-        for kw in range(g.KW):
-            _ow_range(g, kw, &lo, &hi)
-            off = kw - g.pw
-            for oh in range(g.OH):
-                ih = oh * g.sh - g.ph + kh
-                if ih < 0 or ih >= g.H:
-                    continue
-                dr = dx + ih * g.W + off
-                if include_pad:
-                    if floating is float:
-                        dlf_divaddf(dr, dout + oh * g.OW, g.sw, lo, hi, g.KH * g.KW)
-                    else:
-                        dlf_divaddd(dr, dout + oh * g.OW, g.sw, lo, hi, g.KH * g.KW)
-                else:
-                    for ow in range(lo, hi):
-                        dr[ow * g.sw] = dr[ow * g.sw] + dout[oh * g.OW + ow] / <floating>_avg_div(
-                            g, oh, ow, False)
+cdef inline void _avgpool_bwd_plane(const floating* dout, floating* dx, const _Geo* g,
+                                    bint include_pad) noexcept nogil:
+    if floating is float:
+        dlf_avgpool_bwdf(dout, dx, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw,
+                         include_pad)
+    else:
+        dlf_avgpool_bwdd(dout, dx, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw,
+                         include_pad)
 
 
 cdef void _avgpool_bwd(const floating* dout, floating* dx, const _Geo* g,

@@ -31,6 +31,12 @@ cdef extern from *:
     #include "dlfast_clones.h"
     typedef Py_ssize_t dlf_ix;
 
+    /* Every clone gives the same bits: no contraction to FMA (as src/_act.pxd) */
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC push_options
+    #pragma GCC optimize("fp-contract=off")
+    #endif
+
     /* sum_i x[i] in double: eight interleaved partial sums, combined pairwise (fixed order) */
     #define DLF_SUM8(NAME, T)                                                                 \\
     DLF_CLONES static double NAME(const T* x, dlf_ix n) {                                     \\
@@ -188,7 +194,37 @@ cdef extern from *:
     }
     DLF_COL2IM(dlf_col2imf, float)
     DLF_COL2IM(dlf_col2imd, double)
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC pop_options
+    #endif
+
+    /* (experiment) the direct loop of one output plane (n, f): o = bias + sum_{c,kh,kw} w * x */
+    #define DLF_DIRECT(NAME, T)                                                               \\
+    DLF_CLONES static void NAME(const T* x, const T* w, T bias, T* o, dlf_ix C, dlf_ix H,     \\
+                                dlf_ix W, dlf_ix OH, dlf_ix OW, dlf_ix KH, dlf_ix KW, dlf_ix sh,\\
+                                dlf_ix sw, dlf_ix ph, dlf_ix pw) {                            \\
+        dlf_ix c, kh, kw, oh, ow, lo, hi, p;                                                  \\
+        for (p = 0; p < OH * OW; p++) o[p] = bias;                                            \\
+        for (c = 0; c < C; c++)                                                               \\
+            for (kh = 0; kh < KH; kh++)                                                       \\
+                for (kw = 0; kw < KW; kw++) {                                                 \\
+                    T wv = w[(c * KH + kh) * KW + kw];                                        \\
+                    dlf_ow_range(W, OW, sw, pw, kw, &lo, &hi);                                \\
+                    for (oh = 0; oh < OH; oh++) {                                             \\
+                        dlf_ix ih = oh * sh - ph + kh;                                        \\
+                        if (ih < 0 || ih >= H) continue;                                      \\
+                        const T* xr = x + (c * H + ih) * W + kw - pw;                         \\
+                        T* orow = o + oh * OW;                                                \\
+                        DLF_BY_STRIDE(S, sw, for (ow = lo; ow < hi; ow++)                     \\
+                                                 orow[ow] += wv * xr[ow * S];);               \\
+                    }                                                                         \\
+                }                                                                             \\
+    }
+    DLF_DIRECT(dlf_directf, float)
+    DLF_DIRECT(dlf_directd, double)
     """
+    void dlf_ow_range(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t*,
+                      Py_ssize_t*) noexcept nogil
     double dlf_sum8f(const float*, Py_ssize_t) noexcept nogil
     double dlf_sum8d(const double*, Py_ssize_t) noexcept nogil
     void dlf_maxpoolf(const float*, float*, int64_t*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
@@ -215,6 +251,12 @@ cdef extern from *:
     void dlf_col2imd(const double*, double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                      Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                      Py_ssize_t, Py_ssize_t) noexcept nogil
+    void dlf_directf(const float*, const float*, float, float*, Py_ssize_t, Py_ssize_t,
+                     Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                     Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void dlf_directd(const double*, const double*, double, double*, Py_ssize_t, Py_ssize_t,
+                     Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                     Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept nogil
 
 
 # ---------------------------------------------------------------------------- GEMM entry
@@ -307,11 +349,7 @@ cdef _Geo _geometry(Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_s
 cdef inline void _ow_range(const _Geo* g, Py_ssize_t kw, Py_ssize_t* lo,
                            Py_ssize_t* hi) noexcept nogil:
     """[lo, hi): the ow whose input column ow*sw - pw + kw lies in [0, W) (lo >= hi: none)."""
-    cdef Py_ssize_t a = g.pw - kw, top = g.W - 1 + g.pw - kw
-    lo[0] = 0 if a <= 0 else (a + g.sw - 1) // g.sw
-    hi[0] = 0 if top < 0 else top // g.sw + 1
-    if hi[0] > g.OW:
-        hi[0] = g.OW
+    dlf_ow_range(g.W, g.OW, g.sw, g.pw, kw, lo, hi)
 
 
 cdef int _arr(object a, Py_buffer* v, int dt, str name, tuple shape, bint out,
@@ -479,33 +517,16 @@ def conv2d_forward(x, W, b, out, col, stride, pad):
 
 # ---------------------------------------------------------------------------- direct forward
 # (experiment: the direct loop, timed against im2col + GEMM by benchmarks/conv_kernels.py)
-cdef void _direct_item(const floating* x, const floating* Wt, const floating* b,
-                       floating* out, const _Geo* g, Py_ssize_t n, Py_ssize_t f) noexcept nogil:
-    cdef floating* o = out + (n * g.F + f) * g.OHW
-    cdef Py_ssize_t c, kh, kw, oh, ow, ih, lo, hi, off, p
-    cdef floating w
-    cdef floating* orow
-    cdef const floating* xr
-    for p in range(g.OHW):
-        o[p] = b[f] if b != NULL else 0
-    for c in range(g.C):
-        for kh in range(g.KH):
-            for kw in range(g.KW):
-                w = Wt[((f * g.C + c) * g.KH + kh) * g.KW + kw]
-                _ow_range(g, kw, &lo, &hi)
-                off = kw - g.pw
-                for oh in range(g.OH):
-                    ih = oh * g.sh - g.ph + kh
-                    if ih < 0 or ih >= g.H:
-                        continue
-                    xr = x + ((n * g.C + c) * g.H + ih) * g.W + off
-                    orow = o + oh * g.OW
-                    if g.sw == 1:
-                        for ow in range(lo, hi):
-                            orow[ow] = orow[ow] + w * xr[ow]
-                    else:
-                        for ow in range(lo, hi):
-                            orow[ow] = orow[ow] + w * xr[ow * g.sw]
+cdef inline void _direct_item(const floating* x, const floating* Wt, const floating* b,
+                              floating* out, const _Geo* g, Py_ssize_t n,
+                              Py_ssize_t f) noexcept nogil:
+    cdef floating bias = b[f] if b != NULL else 0
+    if floating is float:
+        dlf_directf(x + n * g.C * g.HW, Wt + f * g.K, bias, out + (n * g.F + f) * g.OHW, g.C,
+                    g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw)
+    else:
+        dlf_directd(x + n * g.C * g.HW, Wt + f * g.K, bias, out + (n * g.F + f) * g.OHW, g.C,
+                    g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw)
 
 
 cdef void _direct_fwd(const floating* x, const floating* Wt, const floating* b, floating* out,

@@ -1,6 +1,8 @@
 #!/usr/bin/env python
-"""Convolution and pooling kernels: dlfast-compiled vs dlfast-NumPy, and the compiled conv forward
-as im2col + GEMM (``conv2d_forward``) vs a direct loop (``_conv._conv2d_forward_direct``).
+"""Convolution and pooling kernels: dlfast-compiled vs dlfast-NumPy; and, on a build that has the
+direct-loop experiment ``_conv._conv2d_forward_direct`` (``git log -S _conv2d_forward_direct``:
+added, measured, removed), the compiled conv forward as im2col + GEMM vs that direct loop (the
+figures that chose im2col + GEMM are in benchmarks/README.md).
 
 Shapes (NCHW, float32 by default): the book's SimpleConvNet conv (C=1, 28x28, 30 filters 5x5,
 stride 1, pad 0) and DeepConvNet's 3x3 pad-1 convs (1->16 and 16->16 on 28x28, 16->32 and 32->32
@@ -48,11 +50,15 @@ POOLS = [  # name, (C, H, W), kernel, stride
 
 
 def cpu_model():
+    """The model name, with family/model/stepping (a VM may report a bare "AMD EPYC")."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            info = dict(ln.split(":", 1) for ln in f.read().split("\n\n")[0].splitlines()
+                        if ":" in ln)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        if "model name" in info:
+            return (f"{info['model name']} (family {info.get('cpu family', '?')}, model "
+                    f"{info.get('model', '?')}, stepping {info.get('stepping', '?')})")
     except OSError:
         pass
     try:
@@ -92,12 +98,14 @@ def conv_cases(batch, dt):
         def bwd(dout=dout, x=x, W=W, col=col, dcol=dcol, dx=dx, dW=dW, db=db, s=s, p=p):
             K.conv2d_backward(dout, x, W, col, dcol, dx, dW, db, s, p)
 
-        def direct(x=x, W=W, b=b, out=out, s=s, p=p):
-            _conv._conv2d_forward_direct(x, W, b, out, (s, s), (p, p))
-
-        yield f"{name} b{batch}", "conv fwd", {"numpy": on("numpy", fwd), "cython": on("cython", fwd),
-                                               "direct": direct}
-        yield f"{name} b{batch}", "conv bwd", {"numpy": on("numpy", bwd), "cython": on("cython", bwd)}
+        impls = {"numpy": on("numpy", fwd), "cython": on("cython", fwd)}
+        if hasattr(_conv, "_conv2d_forward_direct"):
+            def direct(x=x, W=W, b=b, out=out, s=s, p=p):
+                _conv._conv2d_forward_direct(x, W, b, out, (s, s), (p, p))
+            impls["direct"] = direct
+        yield f"{name} b{batch}", "conv fwd", impls
+        yield f"{name} b{batch}", "conv bwd", {"numpy": on("numpy", bwd),
+                                               "cython": on("cython", bwd)}
 
 
 def pool_cases(batch, dt):
@@ -110,8 +118,10 @@ def pool_cases(batch, dt):
         dx = np.empty_like(x)
         K.maxpool2d_forward(x, out, arg, k, s)
         ops = {
-            "maxpool fwd": lambda x=x, out=out, arg=arg, k=k, s=s: K.maxpool2d_forward(x, out, arg, k, s),
-            "maxpool bwd": lambda dout=dout, arg=arg, dx=dx, k=k, s=s: K.maxpool2d_backward(dout, arg, dx, k, s),
+            "maxpool fwd": lambda x=x, out=out, arg=arg, k=k, s=s:
+                K.maxpool2d_forward(x, out, arg, k, s),
+            "maxpool bwd": lambda dout=dout, arg=arg, dx=dx, k=k, s=s:
+                K.maxpool2d_backward(dout, arg, dx, k, s),
             "avgpool fwd": lambda x=x, out=out, k=k, s=s: K.avgpool2d_forward(x, out, k, s),
             "avgpool bwd": lambda dout=dout, dx=dx, k=k, s=s: K.avgpool2d_backward(dout, dx, k, s),
         }

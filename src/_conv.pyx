@@ -197,31 +197,6 @@ cdef extern from *:
     #if defined(__GNUC__) && !defined(__clang__)
     #pragma GCC pop_options
     #endif
-
-    /* (experiment) the direct loop of one output plane (n, f): o = bias + sum_{c,kh,kw} w * x */
-    #define DLF_DIRECT(NAME, T)                                                               \\
-    DLF_CLONES static void NAME(const T* x, const T* w, T bias, T* o, dlf_ix C, dlf_ix H,     \\
-                                dlf_ix W, dlf_ix OH, dlf_ix OW, dlf_ix KH, dlf_ix KW, dlf_ix sh,\\
-                                dlf_ix sw, dlf_ix ph, dlf_ix pw) {                            \\
-        dlf_ix c, kh, kw, oh, ow, lo, hi, p;                                                  \\
-        for (p = 0; p < OH * OW; p++) o[p] = bias;                                            \\
-        for (c = 0; c < C; c++)                                                               \\
-            for (kh = 0; kh < KH; kh++)                                                       \\
-                for (kw = 0; kw < KW; kw++) {                                                 \\
-                    T wv = w[(c * KH + kh) * KW + kw];                                        \\
-                    dlf_ow_range(W, OW, sw, pw, kw, &lo, &hi);                                \\
-                    for (oh = 0; oh < OH; oh++) {                                             \\
-                        dlf_ix ih = oh * sh - ph + kh;                                        \\
-                        if (ih < 0 || ih >= H) continue;                                      \\
-                        const T* xr = x + (c * H + ih) * W + kw - pw;                         \\
-                        T* orow = o + oh * OW;                                                \\
-                        DLF_BY_STRIDE(S, sw, for (ow = lo; ow < hi; ow++)                     \\
-                                                 orow[ow] += wv * xr[ow * S];);               \\
-                    }                                                                         \\
-                }                                                                             \\
-    }
-    DLF_DIRECT(dlf_directf, float)
-    DLF_DIRECT(dlf_directd, double)
     """
     void dlf_ow_range(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t*,
                       Py_ssize_t*) noexcept nogil
@@ -251,12 +226,6 @@ cdef extern from *:
     void dlf_col2imd(const double*, double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                      Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                      Py_ssize_t, Py_ssize_t) noexcept nogil
-    void dlf_directf(const float*, const float*, float, float*, Py_ssize_t, Py_ssize_t,
-                     Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                     Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept nogil
-    void dlf_directd(const double*, const double*, double, double*, Py_ssize_t, Py_ssize_t,
-                     Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                     Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept nogil
 
 
 # ---------------------------------------------------------------------------- GEMM entry
@@ -513,56 +482,6 @@ def conv2d_forward(x, W, b, out, col, stride, pad):
                           <const double*>v[2].buf, <double*>v[3].buf, <double*>v[4].buf, &g)
     finally:
         buf_release(v, 5)
-
-
-# ---------------------------------------------------------------------------- direct forward
-# (experiment: the direct loop, timed against im2col + GEMM by benchmarks/conv_kernels.py)
-cdef inline void _direct_item(const floating* x, const floating* Wt, const floating* b,
-                              floating* out, const _Geo* g, Py_ssize_t n,
-                              Py_ssize_t f) noexcept nogil:
-    cdef floating bias = b[f] if b != NULL else 0
-    if floating is float:
-        dlf_directf(x + n * g.C * g.HW, Wt + f * g.K, bias, out + (n * g.F + f) * g.OHW, g.C,
-                    g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw)
-    else:
-        dlf_directd(x + n * g.C * g.HW, Wt + f * g.K, bias, out + (n * g.F + f) * g.OHW, g.C,
-                    g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw)
-
-
-cdef void _direct_fwd(const floating* x, const floating* Wt, const floating* b, floating* out,
-                      const _Geo* g) noexcept nogil:
-    cdef Py_ssize_t it
-    cdef int nt = _threads(g.N * g.F * g.OHW * g.K // 16)
-    if nt == 1:
-        for it in range(g.N * g.F):
-            _direct_item(x, Wt, b, out, g, it // g.F, it % g.F)
-    else:
-        for it in prange(g.N * g.F, num_threads=nt, schedule="static"):
-            _direct_item(x, Wt, b, out, g, it // g.F, it % g.F)
-
-
-def _conv2d_forward_direct(x, W, b, out, stride, pad):
-    """conv2d_forward's out by the direct loop (no col): an experiment kept for the benchmark."""
-    cdef Py_buffer v[4]
-    cdef int dt
-    cdef _Geo g
-    memset(v, 0, sizeof(v))
-    try:
-        dt = _arr(x, &v[0], DT_FLOAT, "x", (-1, -1, -1, -1), False)
-        _arr(W, &v[1], dt, "W", (-1, v[0].shape[1], -1, -1), False)
-        g = _geometry(v[0].shape[0], v[0].shape[1], v[0].shape[2], v[0].shape[3],
-                      v[1].shape[0], v[1].shape[2], v[1].shape[3], "the kernel", stride, pad)
-        _arr(b, &v[2], dt, "b", (g.F,), False, False)
-        _arr(out, &v[3], dt, "out", (g.N, g.F, g.OH, g.OW), True)
-        with nogil:
-            if dt == DT_F32:
-                _direct_fwd(<const float*>v[0].buf, <const float*>v[1].buf,
-                            <const float*>v[2].buf, <float*>v[3].buf, &g)
-            else:
-                _direct_fwd(<const double*>v[0].buf, <const double*>v[1].buf,
-                            <const double*>v[2].buf, <double*>v[3].buf, &g)
-    finally:
-        buf_release(v, 4)
 
 
 # ---------------------------------------------------------------------------- conv2d backward

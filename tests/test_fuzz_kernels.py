@@ -266,13 +266,15 @@ def build(name, draw, rng, dt):
     elif name in ("maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward",
                   "avgpool2d_backward"):
         n, cc = draw(st.integers(0, 3)), draw(st.integers(0, 3))
-        h, w = draw(st.sampled_from([1, 2, 3, 4, 5, 6, 0])), draw(st.integers(1, 6))
-        if draw(st.integers(0, 9)) == 0:              # one past the parallel threshold
-            n, cc, h, w = draw(st.integers(1, 4)), 30, 24, 24
         kern = (draw(st.sampled_from([1, 2, 2, 3, 3, 0])), draw(st.integers(1, 3)))
         pad = tuple(draw(st.integers(0, max(k, 0) // 2)) for k in kern)
+        h, w = (draw(st.integers(max(1, k - 2 * q), 6)) for k, q in zip(kern, pad))
+        if draw(st.integers(0, 7)) == 0:              # any size: too small for the window, or 0
+            h, w = draw(st.integers(0, 6)), draw(st.integers(0, 6))
         if draw(st.integers(0, 7)) == 0:              # more than half the window
             pad = (pad[0] + 1, pad[1])
+        if draw(st.integers(0, 9)) == 0:              # one past the parallel threshold
+            n, cc, h, w = draw(st.integers(1, 4)), 30, 24, 24
         c.scalars.update(kernel=kern, pad=pad,
                          stride=None if opt() else (draw(st.integers(1, 3)),
                                                     draw(st.integers(1, 3))))

@@ -940,7 +940,8 @@ def make_op(kind, x_shape, dtype, **kw):
 
 
 # ============================================================================ convolution and pooling
-# NCHW (as PyTorch): x (N, C, H, W). kernel, stride, pad: an int (both axes) or a pair (h, w).
+# NCHW (as PyTorch): x (N, C, H, W). kernel (KH, KW), stride (sh, sw), pad (ph, pw): each an int
+# (both axes) or a pair (h, w); a conv's kernel is W's (KH, KW).
 #   OH = (H + 2*ph - KH) // sh + 1,   OW = (W + 2*pw - KW) // sw + 1
 # xp = x zero-padded by ph rows and pw columns on each side; a window that does not fit drops the
 # last rows/columns (floor, PyTorch's ceil_mode=False). Convolution is cross-correlation (no flip).
@@ -1048,9 +1049,9 @@ def conv2d_backward(dout, x, W, col, dcol, dx, dW, db, stride=1, pad=0):
     ``dW = sum_n dout[n] @ col[n].T`` (as (F, C, KH, KW)), ``db = sum_{n,i,j} dout[n, :, i, j]``,
     ``dcol[n] = W2.T @ dout[n]`` and ``dx = col2im(dcol)``: ``dx[n, c, h, w] = sum dcol[n,
     (c*KH + kh)*KW + kw, i*OW + j]`` over ``i*sh + kh - ph = h``, ``j*sw + kw - pw = w``
-    (overlapping windows add). Reads ``col`` as ``conv2d_forward`` left it for this x, W, stride,
-    pad. dx, dW, db may be None (skipped); ``dcol`` (workspace, col's shape) may be None when dx
-    is, ``col`` when dW is."""
+    (overlapping windows add). dW sums in the dtype (GEMMs, images in order), db in float64.
+    Reads ``col`` as ``conv2d_forward`` left it for this x, W, stride, pad. dx, dW, db may be None
+    (skipped); ``dcol`` (workspace, col's shape) may be None when dx is, ``col`` when dW is."""
     x, W, stride, pad, oshape, wshape = _conv_args(x, W, stride, pad)
     dt = x.dtype
     dout = _float_in("dout", dout, 4, dt)
@@ -1110,8 +1111,8 @@ def _pool_args(name, x, kernel, stride, pad, dtype=None):
 def maxpool2d_forward(x, out, argmax, kernel, stride=None, pad=0):
     """``out[n, c, i, j] = max`` of x over the window rows ``i*sh - ph + [0, KH)``, columns
     ``j*sw - pw + [0, KW)``, clipped to x (padding never wins); ``argmax`` (int64, out's shape)
-    ``= h*W + w`` of the first maximum in row-major window order, a NaN winning (as np.argmax).
-    stride defaults to the window; pad <= kernel // 2."""
+    ``= h*W + w``, the flat index in x[n, c] (as PyTorch's) of the first maximum in row-major
+    window order, a NaN winning (as np.argmax). stride defaults to the window; pad <= kernel // 2."""
     x, kernel, stride, pad, oshape = _pool_args("x", x, kernel, stride, pad)
     out = _out("out", out, oshape, x.dtype)
     argmax = _out("argmax", argmax, oshape, np.dtype(np.int64))

@@ -19,14 +19,12 @@ medians over ``--rounds`` rounds of the time per call, ratios medians of the per
 """
 import os
 
-# before NumPy loads OpenBLAS: no inherited core-type or cache-size overrides
-for _var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
-    os.environ.pop(_var, None)
+import _machine
+
+_machine.unpin_openblas()       # OPENBLAS_CORETYPE, OPENBLAS_L2_SIZE: gone before NumPy loads
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -50,25 +48,25 @@ POOLS = [  # name, (C, H, W), kernel, stride
 
 
 def cpu_model():
-    """The model name, with family/model/stepping (a VM may report a bare "AMD EPYC")."""
+    """The model name with family/model/stepping (a VM may report a bare "AMD EPYC"), from
+    /proc/cpuinfo, else lscpu's "Model name"."""
     try:
         with open("/proc/cpuinfo") as f:
-            info = dict(ln.split(":", 1) for ln in f.read().split("\n\n")[0].splitlines()
-                        if ":" in ln)
-        info = {k.strip(): v.strip() for k, v in info.items()}
+            first = f.read().split("\n\n")[0]
+        info = {k.strip(): v.strip() for k, v in
+                (ln.split(":", 1) for ln in first.splitlines() if ":" in ln)}
         if "model name" in info:
             return (f"{info['model name']} (family {info.get('cpu family', '?')}, model "
                     f"{info.get('model', '?')}, stepping {info.get('stepping', '?')})")
     except OSError:
         pass
+    import subprocess
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
+        return next(ln.split(":", 1)[1].strip() for ln in out.splitlines()
+                    if ln.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        return _machine.cpu_model()
 
 
 def on(backend, fn):
@@ -167,11 +165,12 @@ def main():
     with dlfast.use_backend("cython"):       # registers the backend: set_num_threads reaches it
         from dlfast._backends import _conv, cython_kernels
     dt = np.dtype(args.dtype)
-    print(f"cpu: {cpu_model()}; {os.cpu_count()} logical CPUs; load average "
-          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    print(f"numpy {np.__version__}; dlfast GEMM BLAS: {cython_kernels.GEMM_BLAS}, float32 GEMM: "
-          f"{cython_kernels.SGEMM}; GEMM block target P = {_conv.gemm_parts()}; dtype {dt.name}; "
-          f"{args.rounds} rounds, blocks of ~{args.block_ms:g} ms")
+    print(f"cpu: {cpu_model()}; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    with dlfast.use_backend("cython"):
+        print(f"# {_machine.describe()}")
+    print(f"numpy {np.__version__}; dlfast GEMM BLAS: {cython_kernels.GEMM_BLAS}; GEMM block "
+          f"target P = {_conv.gemm_parts()}; dtype {dt.name}; {args.rounds} rounds, blocks of "
+          f"~{args.block_ms:g} ms")
     for nt in (int(t) for t in args.threads.split(",")):
         dlfast.set_num_threads(nt)
         with threadpool_limits(limits=nt, user_api="blas"):   # NumPy's matmul on as many

@@ -4,7 +4,8 @@ conv2d forward   per image n: col_n = im2col(x_n) (C*KH*KW, OH*OW); out_n = W2 @
 conv2d backward  dx_n = col2im(dcol_n), dcol_n = W2.T @ dout_n  (GEMM; overlapping windows summed)
                  dW = sum_n dout_n @ col_n.T   (fixed column blocks of dW; images added in order)
                  db[f] = sum_{n, p} dout[n, f, p]   (double, fixed order)
-pools            one (n, c) plane per work item
+pools            one (n, c) plane per work item; each output row takes the window taps (kh, kw) in
+                 row-major order over all its columns (branch-free max, double sums), vectorised
 
 W2 = W viewed as (F, C*KH*KW); row r = (c*KH + kh)*KW + kw of col_n holds, at column
 p = oh*OW + ow, x_n[c, oh*sh - ph + kh, ow*sw - pw + kw] (0 outside x).

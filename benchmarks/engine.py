@@ -9,8 +9,9 @@ Model: the MLP 784 -> [100]x4 -> 10 (ReLU, He init), float32. ``bn_adam`` = batc
 * ``textbook`` ``dlfast.compat``: ``MultiLayerNetExtend`` + compat ``Adam``/``SGD``, the same loop
 * ``kernels``  the step's compiled program and fused update called directly (no Python around
                them): ``engine`` minus ``kernels`` is the Python time of a step
-* ``trainer``  ``Trainer.fit`` for 4 epochs of 2,000 shuffled rows, against ``engine`` over the
-               same shuffled batches (gathered with ``x[idx]``, as the Trainer does)
+* ``trainer``  ``Trainer.fit`` (``eval_train=False``: no per-epoch pass over the training set)
+               for 4 epochs of 2,000 shuffled rows, against ``engine`` over the same shuffled
+               batches (gathered with ``x[idx]``, as the Trainer does)
 
 and, at batch 100 with Adam, nets the engine runs next to a Sequential doing the same arithmetic:
 a MultiTaskNet (trunk [100]x4, two 10-class heads) against a Sequential with one 20-unit head; an
@@ -107,7 +108,7 @@ def trainer_case(config, batch, rows=2000, epochs=4):
     x, t = mnist_like(rows, seed=3)
     net_t, opt_t = _mlp(bn), _opt(bn)
     trainer = Trainer(net_t, opt_t, epochs=epochs, batch_size=batch, progress=False, seed=0,
-                      handle_interrupt=False)
+                      handle_interrupt=False, eval_train=False)
     net_e, opt_e = _mlp(bn), _opt(bn)
     rng = np.random.default_rng(0)
 

@@ -34,8 +34,6 @@ A plan serves one thread at a time: ``run`` holds the net's lock.
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from . import _config, kernels
@@ -123,10 +121,12 @@ class Plan:
         _check_disjoint(self._written, self._read)
         self.grads = None           # set by the net: its gradient items, which the plan fixes
         self.steps = tuple(fwd + bwd)
-        self.program = impl.Program(self.steps, [lop for _, lop, _, _ in self._losses],
-                                    x_shape, dt, [a for _, a in self._written])
         self._n = x_shape[0]
-        self._lock = threading.Lock()
+        hooks = (tuple(n for n, _ in self._written), tuple(self._drops), tuple(self._recs),
+                 tuple(self._xrecs), tuple((loss.__dict__, rec) for loss, _, rec, _ in self._losses),
+                 self._convert)
+        self.program = impl.Program(self.steps, [lop for _, lop, _, _ in self._losses],
+                                    x_shape, dt, [a for _, a in self._written], hooks)
 
     # ------------------------------------------------------------------ making the plan
     def _segment(self, layers, where, src, shape, need_input_grad, fwd):
@@ -212,51 +212,27 @@ class Plan:
         compares as tuples (layers and loss layers by identity, loss weights by value)."""
         return self.state == STATE[0] and self.key[0] is impl and graph == self.graph
 
+    def _convert(self, j, t):
+        """Head j's labels as int64 indices (``labels_to_indices``: its errors name t)."""
+        return labels_to_indices(t, self._n, self._losses[j][3])
+
     def labels(self, targets):
         """One int64 index array per head (``targets``: one label array per head)."""
-        out = []
-        n = self._n
-        for (loss, lop, rec, c), t in zip(self._losses, targets):
-            if not (type(t) is np.ndarray and t.dtype == _I64 and t.shape == (n,)):
-                t = labels_to_indices(t, n, c)
-            out.append(t)
-        return out
+        return [t if type(t) is np.ndarray and t.dtype == _I64 and t.shape == (self._n,)
+                else self._convert(j, t) for j, t in enumerate(targets)]
+
+    def fits(self, graph, x):
+        """``current`` and made for x's shape (x: anything the net was given)."""
+        return (self.state == STATE[0] and graph == self.graph and self.key[0] is _config.active()
+                and getattr(x, "shape", None) == self.key[1])
 
     def run(self, x, targets):
         """Forward, losses and backward of one step on x (checked by the net) with one label
         array per head; returns ``sum_h w_h * L_h`` (``values``: the L_h)."""
-        program = self.program
-        if not program.accepts(x):
-            raise ValueError("x shares memory with an array the training step writes (a layer's "
-                             "output or gradient buffer); pass a copy")
-        labels = self.labels(targets)
-        if not self._lock.acquire(blocking=False):
-            self._lock.acquire()            # another thread runs this net: wait for it
-        try:
-            bad = program.readonly()
-            if bad >= 0:
-                raise ValueError(f"{self._written[bad][0]} is not writeable; a training step "
-                                 f"writes it")
-            try:
-                program.load_labels(labels)
-            except ValueError:
-                for (loss, _, _, c), t in zip(self._losses, targets):
-                    labels_to_indices(t, self._n, c)    # the message naming the labels
-                raise
-            for layer, op, size in self._drops:
-                op.set_counter(layer._take_counter(size))
-            total = program.run(x)
-            for d, rec in self._recs:
-                d["_fwd"] = rec
-            for rec in self._xrecs:
-                rec["x"] = x
-            values = program.values
-            for j, (loss, lop, rec, _) in enumerate(self._losses):
-                d = loss.__dict__
-                d["_fwd"] = rec
-                d["loss"] = float(values[j])
-        finally:
-            self._lock.release()
+        total = self.program.step(x, targets)
+        if total is None:
+            raise ValueError(f"x must be a finite C-contiguous {self.dtype.name} array of shape "
+                             f"{self.key[1]}")
         return total
 
 

@@ -158,6 +158,10 @@ class EarlyStopping(Callback):
         if self.monitor.startswith("val_") and not trainer.has_validation:
             raise ValueError(f"EarlyStopping monitors {self.monitor!r} but there is no validation "
                              f"set; pass x_val/t_val to fit or val_split= to the Trainer")
+        if self.monitor in ("loss", "accuracy") and not getattr(trainer, "eval_train", True):
+            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which Trainer("
+                             f"eval_train=False) does not measure; monitor 'batch_loss' or a "
+                             f"validation metric")
         self._reset()
 
     def _improved(self, value):

@@ -141,6 +141,7 @@ class _Net:
         """Copies and pickles drop the plans (they hold this net's arrays)."""
         state = self.__dict__.copy()
         state.pop("_plans", None)
+        state.pop("_plan", None)
         return state
 
     def _graph(self):
@@ -155,18 +156,25 @@ class _Net:
         """One train-mode forward and one backward: ``(loss, grads)`` (grads are the layers'
         buffers, overwritten by the next step). The step runs the net's plan for x's shape
         (``dlfast._engine``), made at the first step and whenever a setting changes."""
-        loss, grads = self._step(self._graph(), self._check_x(x), self._targets_of(t))
+        loss, grads = self._step(self._graph(), x, self._targets_of(t))
         return loss + self.penalty(), self._finish_grads(grads)
 
     def _step(self, graph, x, targets):
-        """The training engine's step of ``graph`` on checked x: (data loss, gradient dict)."""
-        plans = self.__dict__.get("_plans")
-        if plans is None:
-            plans = self.__dict__["_plans"] = _engine.Plans()
-        plan = plans.get(graph, x)
-        if plan.grads is None:
-            plan.grads = tuple(self.grads.items())
-        loss = plan.run(x, targets)
+        """The training engine's step of ``graph``: (data loss, gradient dict). The last plan runs
+        x as it is when it fits (``Program.step`` checks it); otherwise x is checked
+        (``_check_x``) and the plan for its shape is found or made."""
+        d = self.__dict__
+        plan = d.get("_plan")
+        loss = plan.program.step(x, targets) if plan is not None and plan.fits(graph, x) else None
+        if loss is None:
+            x = self._check_x(x)
+            plans = d.get("_plans")
+            if plans is None:
+                plans = d["_plans"] = _engine.Plans()
+            plan = d["_plan"] = plans.get(graph, x)
+            if plan.grads is None:
+                plan.grads = tuple(self.grads.items())
+            loss = plan.run(x, targets)
         self._after_step(plan)
         return loss, dict(plan.grads)
 

@@ -47,11 +47,10 @@ from __future__ import annotations
 import fnmatch
 import math
 import numbers
-import operator
 
 import numpy as np
 
-from . import kernels
+from . import _config, kernels
 
 __all__ = ["NonFiniteGradientError", "UnknownParameterError", "Optimizer", "SGD", "Momentum", "Nesterov", "AdaGrad",
            "RMSProp", "Adam", "AdamW", "OPTIMIZERS", "get", "default_decay_filter"]
@@ -293,16 +292,10 @@ class Optimizer:
                         self._hyper_key(), bound)
 
     def _fused_update(self, b, params, grads):
-        """The fused update of binding ``b``; False (nothing changed) when it does not apply."""
-        if (b.impl is not kernels._impl() or self.state is not b.state or len(grads) != len(b.names)
+        """The fused update of binding ``b`` (``BoundUpdate.step`` checks the arrays: O(K));
+        False (nothing changed) when it does not apply or a gradient is not finite."""
+        if (b.impl is not _config.active() or self.state is not b.state
                 or self._wd_key() != b.wd_key or not self._fast_ready()):
-            return False
-        try:
-            gs = [grads[k] for k in b.names]
-            if not (all(map(operator.is_, map(params.get, b.names), b.ws))
-                    and all(map(operator.is_, map(b.state.get, b.names), b.sts))):
-                return False
-        except (KeyError, TypeError, AttributeError):
             return False
         bound = b.bound
         hyper = self._hyper_key()
@@ -312,20 +305,19 @@ class Optimizer:
                 return False                    # another rule: bind again
             bound.set_hyper(**spec[1])
             b.hyper_key = hyper
-        if not self._counters_agree(b.sts) or bound._b.take(gs) >= 0:
+        if not self._counters_agree(b.sts):
             return False
-        grad_scale = 1.0
-        if self.check_finite or self.clip_norm is not None:
-            total = bound._b.sumsq()
-            if not math.isfinite(total):
-                return False                    # the validated path finds the bad gradient
-            norm = math.sqrt(total)
-            self.last_grad_norm = norm
-            if self.clip_norm is not None and norm > self.clip_norm:
-                grad_scale = self.clip_norm / (norm + _CLIP_EPS)
-        clip_value = math.inf if self.clip_value is None else self.clip_value
+        norm = self.check_finite or self.clip_norm is not None
+        n = bound._b.step(b.names, params, grads, self.state, b.sts, self._lr, norm,
+                          self.clip_norm or 0.0, _CLIP_EPS,
+                          math.inf if self.clip_value is None else self.clip_value,
+                          float(self._next_step(b.sts)))
+        if not n >= 0.0:                        # does not apply, or the validated path finds
+            return False                        # the bad gradient (nothing changed)
+        if norm:
+            self.last_grad_norm = n
         self.steps += 1
-        bound._b.update(self._lr, grad_scale, clip_value, float(self._advance(b.sts)))
+        self._advance(b.sts)
         return True
 
     def _bind_spec(self, sts):
@@ -341,9 +333,12 @@ class Optimizer:
         """False when per-parameter counters differ (Adam's t): no fused update then."""
         return True
 
-    def _advance(self, sts):
-        """Advance the per-parameter counters of a fused update; return its ``step``."""
+    def _next_step(self, sts):
+        """The ``step`` of the next fused update (Adam's t)."""
         return 1
+
+    def _advance(self, sts):
+        """Advance the per-parameter counters after a fused update."""
 
     def _fast_ready(self):
         """False when the state must change structure first (the validated path does that)."""
@@ -697,11 +692,13 @@ class Adam(Optimizer):
         t = sts[0]["step"]
         return all(st["step"] == t for st in sts)
 
+    def _next_step(self, sts):
+        return sts[0]["step"] + 1
+
     def _advance(self, sts):
         t = sts[0]["step"] + 1
         for st in sts:
             st["step"] = t
-        return t
 
     def _step(self, w, g, st, wd, gs, cv):
         st["step"] += 1

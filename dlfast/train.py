@@ -131,8 +131,7 @@ class _FrozenCache:
 
     def loss_and_gradient(self, h, t):
         m = self.model
-        loss, grads = m._step((tuple(self.upper), (((), self.loss_layer, 1.0),)), m._check_x(h),
-                              (t,))
+        loss, grads = m._step((tuple(self.upper), (((), self.loss_layer, 1.0),)), h, (t,))
         return loss + m.penalty(), m._finish_grads(grads)
 
     def apply_constraints(self):
@@ -148,7 +147,10 @@ class Trainer:
     default "val_loss" with a validation set, else "loss"); ``early_stopping``: an ``EarlyStopping``
     or an int patience; ``val_split``: fraction of the training data held out for validation
     (``stratify`` per class); ``callbacks``; ``progress``: tqdm bar on stderr; ``seed``: the
-    shuffling/splitting generator (int or None); ``eval_batch_size``: rows per evaluation chunk.
+    shuffling/splitting generator (int or None); ``eval_batch_size``: rows per evaluation chunk;
+    ``eval_train`` (default True): measure the loss and accuracy of the whole training set after
+    each epoch (False: only ``batch_loss``, the mean of the epoch's step losses, is logged for
+    the training set; ``loss``/``accuracy`` stay empty, saving a forward pass over it).
     ``cache_frozen``: compute the frozen lower layers' outputs for the training and validation
     sets once per ``fit`` and train the upper layers on them (see ``_FrozenCache`` for when this
     is allowed). ``transform``: ``x -> x'`` (same shape and dtype, e.g. ``dlfast.augment.Augment``)
@@ -165,7 +167,7 @@ class Trainer:
                  schedule_per="epoch", schedule_monitor=None, early_stopping=None, val_split=None,
                  stratify=False, callbacks=(), progress=True, seed=None, shuffle=True,
                  eval_batch_size=1024, handle_interrupt=True, cache_frozen=False, transform=None,
-                 checkpoint=None):
+                 checkpoint=None, eval_train=True):
         for attr in ("params", "loss_and_gradient", "state_dict", "load_state_dict"):
             if not hasattr(model, attr):
                 raise TypeError(f"model must be a dlfast net (needs {attr}), got {type(model).__name__}")
@@ -177,6 +179,9 @@ class Trainer:
         self.epochs = positive_int("epochs", epochs)
         self.batch_size = positive_int("batch_size", batch_size)
         self.eval_batch_size = positive_int("eval_batch_size", eval_batch_size)
+        if not isinstance(eval_train, (bool, np.bool_)):
+            raise TypeError(f"eval_train must be True or False, got {type(eval_train).__name__}")
+        self.eval_train = bool(eval_train)
         if schedule is not None and not callable(schedule) and not callable(getattr(schedule, "step", None)):
             raise TypeError(f"schedule must be callable (t -> lr) or have step(metric), "
                             f"got {type(schedule).__name__}")
@@ -648,21 +653,25 @@ class Trainer:
         if bar is not None and skipped > 0:
             bar.total -= skipped
         logs = {"epoch": epoch, "batch_loss": loss_sum / max(rows, 1), "steps": k}
-        logs["loss"], logs["accuracy"] = self.evaluate(x_fit, t, model)
+        if self.eval_train:
+            logs["loss"], logs["accuracy"] = self.evaluate(x_fit, t, model)
         if self.has_validation:
             logs["val_loss"], logs["val_accuracy"] = self.evaluate(self._xv_fit, self.t_val, model)
         self.epoch = epoch
         ep["done"] = True
         if self.schedule is not None and self._metric_schedule():
-            monitor = self.schedule_monitor or ("val_loss" if self.has_validation else "loss")
+            monitor = self.schedule_monitor or ("val_loss" if self.has_validation else
+                                                "loss" if self.eval_train else "batch_loss")
             if monitor not in logs:
-                raise ValueError(f"schedule_monitor {monitor!r} is not available (no validation set?)")
+                raise ValueError(f"schedule_monitor {monitor!r} is not available (no validation "
+                                 f"set, or eval_train=False?)")
             opt.lr = float(self.schedule.step(logs[monitor]))
         logs["lr"] = float(opt.lr)
         logs["time"] = time.perf_counter() - t0
         self.history.append(logs)
         if bar is not None:
-            post = f"loss={logs['loss']:.4f} acc={logs['accuracy']:.4f}"
+            post = (f"loss={logs['loss']:.4f} acc={logs['accuracy']:.4f}" if self.eval_train
+                    else f"batch_loss={logs['batch_loss']:.4f}")
             if self.has_validation:
                 post += f" val_loss={logs['val_loss']:.4f} val_acc={logs['val_accuracy']:.4f}"
             self._post = post

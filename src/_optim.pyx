@@ -7,6 +7,9 @@ Reductions accumulate in double over fixed BLOCK-element chunks combined in orde
 not depend on the thread count.
 """
 cimport numpy as cnp
+from cpython.dict cimport PyDict_GetItem
+from cpython.list cimport PyList_New
+from cpython.ref cimport PyObject
 from cython.parallel cimport prange
 from cython cimport floating
 from libc.math cimport sqrt, sqrtf, pow, fabs
@@ -645,6 +648,7 @@ cdef class BoundUpdate:
     """``bind_update(rule, ws, gs, states, wds, hyper)``: see ``dlfast.kernels.bind_update``.
     Arrays must already be validated (C-contiguous, one dtype, shapes, writeable, disjoint)."""
     cdef readonly object rule, arrays
+    cdef list grads                 # the gradients of the last take
     cdef tuple held                 # ws and state arrays (writeable checks of take)
     cdef size_t* starts             # their [start, end) byte spans, sorted (overlap tests)
     cdef size_t* ends
@@ -714,10 +718,49 @@ cdef class BoundUpdate:
         for k, (p0, nb) in enumerate(spans):
             self.starts[k], self.ends[k] = p0, p0 + nb
 
+    def step(self, tuple names, params, grads, state, tuple sts, double lr, bint norm,
+             double clip_norm, double clip_eps, double clip_value, double step):
+        """One optimiser step with this binding, its checks in C: -1.0 when it does not apply
+        (params, grads or state not exact dicts, grads' keys not ``names``, params[names[k]]
+        not ws[k], state[names[k]] not sts[k], a gradient that ``take`` refuses); NaN when
+        ``norm`` and the sum of squares is not finite (nothing updated); else update(lr,
+        grad_scale, clip_value, step) with grad_scale = clip_norm / (n + clip_eps) when
+        0 < clip_norm < n, n = sqrt(sumsq()) (when ``norm``), and return n (0.0 without
+        ``norm``)."""
+        cdef Py_ssize_t k
+        cdef double total, n = 0.0, gs = 1.0
+        if type(params) is not dict or type(grads) is not dict or type(state) is not dict:
+            return -1.0
+        if len(<dict>grads) != self.nk or len(names) != self.nk or len(sts) != self.nk:
+            return -1.0
+        ws = self.arrays[0]
+        gl = PyList_New(0)
+        for k in range(self.nk):
+            name = names[k]
+            g = PyDict_GetItem(grads, name)
+            if (g == NULL or PyDict_GetItem(params, name) != <PyObject*>ws[k]
+                    or PyDict_GetItem(state, name) != <PyObject*>sts[k]):
+                return -1.0
+            gl.append(<object>g)
+        if self._take(gl) >= 0:
+            return -1.0
+        if norm:
+            total = self._sumsq()
+            if not (total - total == 0.0):
+                return float("nan")
+            n = sqrt(total)
+            if clip_norm > 0.0 and n > clip_norm:
+                gs = clip_norm / (n + clip_eps)
+        self._update(lr, gs, clip_value, step)
+        return n
+
     def take(self, list gs):
         """-1 and the next sumsq()/update() read gs, when every gs[k] is an ndarray of ws[k]'s
         shape and dtype, C-contiguous, sharing no memory with a bound array, and every bound
         array is writeable; else the index of the first that is not (nothing taken)."""
+        return self._take(gs)
+
+    cdef Py_ssize_t _take(self, list gs) except -2:
         cdef Py_ssize_t k, lo, hi, mid
         cdef size_t p0, p1
         cdef cnp.ndarray g, w
@@ -750,7 +793,7 @@ cdef class BoundUpdate:
         for k in range(self.nk):
             g = gs[k]
             self.g[k] = <char*>cnp.PyArray_DATA(g) if cnp.PyArray_SIZE(g) else <char*>_EMPTY
-        self.arrays = (ws, tuple(gs), self.arrays[2])
+        self.grads = gs                 # keeps them alive while bound
         return -1
 
     def __dealloc__(self):
@@ -772,6 +815,13 @@ cdef class BoundUpdate:
 
     def sumsq(self):
         """sum_k sumsq(g_k) (float64; the single-tensor sums added in order)."""
+        return self._sumsq()
+
+    def update(self, double lr, double grad_scale, double clip_value, double step):
+        """Every tensor's rule update with these scalars (step: Adam's t)."""
+        self._update(lr, grad_scale, clip_value, step)
+
+    cdef double _sumsq(self) noexcept:
         cdef double out = 0.0
         with nogil:
             if self.is_double:
@@ -782,8 +832,8 @@ cdef class BoundUpdate:
                              self.first, self.nk, self.nitems, self.work, self.part, &out)
         return out
 
-    def update(self, double lr, double grad_scale, double clip_value, double step):
-        """Every tensor's rule update with these scalars (step: Adam's t)."""
+    cdef void _update(self, double lr, double grad_scale, double clip_value,
+                      double step) noexcept:
         with nogil:
             if self.is_double:
                 _bound_update(<double*>NULL, self.code, self.w, self.g, self.s1, self.s2, self.wd,

@@ -6,6 +6,8 @@ GIL taken for it.
 cimport numpy as cnp
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_STRIDES,
                              PyBUF_FORMAT)
+from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
+                               PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK, NOWAIT_LOCK)
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
@@ -97,6 +99,25 @@ cdef int _run(_Step* steps, Py_ssize_t nsteps, const void* x, double* values, do
     return 0
 
 
+cdef extern from *:
+    """
+    #include <float.h>
+    #include <math.h>
+    static int dlf_finite_f(const float* p, Py_ssize_t n) {
+        int bad = 0;
+        for (Py_ssize_t i = 0; i < n; i++) bad |= !(fabsf(p[i]) <= FLT_MAX);
+        return !bad;
+    }
+    static int dlf_finite_d(const double* p, Py_ssize_t n) {
+        int bad = 0;
+        for (Py_ssize_t i = 0; i < n; i++) bad |= !(fabs(p[i]) <= DBL_MAX);
+        return !bad;
+    }
+    """
+    bint dlf_finite_f(const float* p, Py_ssize_t n) noexcept nogil
+    bint dlf_finite_d(const double* p, Py_ssize_t n) noexcept nogil
+
+
 cdef size_t _address(a) except? 0:
     """The first byte of a C-contiguous array (through the buffer protocol)."""
     cdef Py_buffer v
@@ -107,37 +128,55 @@ cdef size_t _address(a) except? 0:
 
 
 cdef class Program:
-    """``Program(steps, losses, x_shape, dtype, written)``: see dlfast.kernels.PROGRAM_DOC."""
+    """``Program(steps, losses, x_shape, dtype, written, hooks)``: see
+    dlfast.kernels.PROGRAM_DOC."""
     cdef _Step* steps
     cdef Py_ssize_t nsteps, n, count, nwritten
     cdef dlf_loss_op** losses
-    cdef int nlosses, dt
+    cdef int nlosses, dt, typenum, ndim
+    cdef cnp.npy_intp shape[8]
     cdef size_t* spans              # [start, end) of every written array
-    cdef bint busy
+    cdef double* vals               # the losses of the last run
+    cdef PyThread_type_lock lock    # one step at a time
     cdef object keep                # the ops and arrays the pointers point into
     cdef list py                    # Python op steps: (code, op, src, dsrc)
     cdef tuple written
+    cdef tuple names, drops, recs, xrecs, loss_recs
+    cdef object convert
     cdef object x                   # the step's x while it runs (for Python ops)
     cdef public object error
-    cdef readonly object values
 
-    def __cinit__(self, steps, losses, x_shape, dtype, written):
+    def __cinit__(self, steps, losses, x_shape, dtype, written, hooks=None):
         cdef Py_ssize_t k
         cdef _Step* s
         steps, losses, written = list(steps), list(losses), tuple(written)
+        if hooks is None:
+            hooks = ((), (), (), (), tuple((({}, None)) for _ in losses), None)
+        self.names, self.drops, self.recs, self.xrecs, self.loss_recs, self.convert = (
+            tuple(hooks[0]), tuple(hooks[1]), tuple(hooks[2]), tuple(hooks[3]), tuple(hooks[4]),
+            hooks[5])
+        self.ndim = len(x_shape)
+        if not 1 <= self.ndim <= 8:
+            raise ValueError(f"x_shape must have 1 to 8 dimensions, got {tuple(x_shape)}")
+        for k in range(self.ndim):
+            self.shape[k] = x_shape[k]
+        self.typenum = np.dtype(dtype).num
         self.keep = (steps, losses)
         self.written = written
         self.py = []
         self.n, self.count = x_shape[0], int(np.prod(x_shape))
         self.dt = 0 if np.dtype(dtype) == np.float32 else 1
-        self.values = np.zeros(len(losses))
         self.nsteps, self.nlosses, self.nwritten = len(steps), len(losses), len(written)
         self.steps = <_Step*>malloc(max(self.nsteps, 1) * sizeof(_Step))
         self.losses = <dlf_loss_op**>malloc(max(self.nlosses, 1) * sizeof(dlf_loss_op*))
         self.spans = <size_t*>malloc(max(2 * self.nwritten, 1) * sizeof(size_t))
-        if self.steps == NULL or self.losses == NULL or self.spans == NULL:
+        self.vals = <double*>malloc(max(self.nlosses, 1) * sizeof(double))
+        self.lock = PyThread_allocate_lock()
+        if (self.steps == NULL or self.losses == NULL or self.spans == NULL or self.vals == NULL
+                or self.lock == NULL):
             raise MemoryError()
         memset(self.steps, 0, max(self.nsteps, 1) * sizeof(_Step))
+        memset(self.vals, 0, max(self.nlosses, 1) * sizeof(double))
         for k, a in enumerate(written):
             self.spans[2 * k] = _address(a)
             self.spans[2 * k + 1] = self.spans[2 * k] + a.nbytes
@@ -167,6 +206,14 @@ cdef class Program:
         free(self.steps)
         free(self.losses)
         free(self.spans)
+        free(self.vals)
+        if self.lock != NULL:
+            PyThread_free_lock(self.lock)
+
+    @property
+    def values(self):
+        """The losses of the last run (float64 array)."""
+        return np.array([self.vals[j] for j in range(self.nlosses)])
 
     def _py_step(self, Py_ssize_t k):
         code, op, src, dsrc = self.py[k]
@@ -175,23 +222,19 @@ cdef class Program:
         else:
             op.backward(self.x if src is None else src, dsrc)
 
-    def readonly(self):
-        """Index of the first written array that is not writeable, or -1."""
+    cdef Py_ssize_t _readonly(self):
         cdef Py_ssize_t k
         for k in range(self.nwritten):
             if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>self.written[k]):
                 return k
         return -1
 
-    def accepts(self, x):
-        """x shares no memory with an array the step writes (the bounds test of
-        ``numpy.may_share_memory``)."""
-        cdef Py_buffer v
-        cdef size_t lo, hi
+    def readonly(self):
+        """Index of the first written array that is not writeable, or -1."""
+        return self._readonly()
+
+    cdef bint _accepts(self, size_t lo, size_t hi) noexcept:
         cdef Py_ssize_t k
-        PyObject_GetBuffer(x, &v, PyBUF_SIMPLE)
-        lo, hi = <size_t>v.buf, <size_t>v.buf + <size_t>v.len
-        PyBuffer_Release(&v)
         if hi == lo:
             return True
         for k in range(self.nwritten):
@@ -199,46 +242,145 @@ cdef class Program:
                 return False
         return True
 
+    def accepts(self, x):
+        """x shares no memory with an array the step writes (the bounds test of
+        ``numpy.may_share_memory``)."""
+        cdef Py_buffer v
+        PyObject_GetBuffer(x, &v, PyBUF_SIMPLE)
+        lo, hi = <size_t>v.buf, <size_t>v.buf + <size_t>v.len
+        PyBuffer_Release(&v)
+        return self._accepts(lo, hi)
+
+    cdef int _labels_fast(self, list labels) except -1:
+        """Copy int64 (N,) arrays (any stride) into the label buffers; 1 when one lies outside
+        [0, C) (nothing copied), else 0."""
+        cdef Py_ssize_t r, j, stride
+        cdef int64_t t
+        cdef const char* p
+        cdef dlf_loss_op* lop
+        cdef cnp.ndarray a
+        for copy in range(2):
+            for j in range(self.nlosses):
+                lop = self.losses[j]
+                a = labels[j]
+                p = <const char*>cnp.PyArray_DATA(a)
+                stride = cnp.PyArray_STRIDES(a)[0]
+                for r in range(lop.n):
+                    t = (<const int64_t*>(p + r * stride))[0]
+                    if copy:
+                        lop.labels[r] = t
+                    elif t < 0 or t >= lop.classes:
+                        return 1
+        return 0
+
     def load_labels(self, labels):
         """Copy one int64 (N,) array per loss (any stride) into its label buffer, each label
         checked to lie in [0, C) first (ValueError: nothing copied)."""
-        cdef Py_buffer vl
-        cdef Py_ssize_t r, j, stride
-        cdef int64_t t
-        cdef const char* f
-        cdef dlf_loss_op* lop
+        cdef Py_ssize_t j, r
+        labels = list(labels)
         if len(labels) != self.nlosses:
             raise ValueError(f"expected {self.nlosses} label arrays, got {len(labels)}")
-        for copy in (False, True):
+        for j in range(self.nlosses):
+            a = labels[j]
+            if not (isinstance(a, cnp.ndarray) and a.dtype == np.int64 and a.ndim == 1
+                    and a.shape[0] == self.losses[j].n):
+                raise TypeError(f"labels must be int64 of shape ({self.losses[j].n},)")
+        if self._labels_fast(labels):
             for j in range(self.nlosses):
-                lop = self.losses[j]
-                PyObject_GetBuffer(labels[j], &vl, PyBUF_STRIDES | PyBUF_FORMAT)
-                try:
-                    f = vl.format
-                    if f[0] == b"@" or f[0] == b"=":
-                        f += 1
-                    if (vl.ndim != 1 or vl.shape[0] != lop.n or vl.itemsize != 8
-                            or not (f[0] == b"l" or f[0] == b"q") or f[1] != 0):
-                        raise TypeError(f"labels must be int64 of shape ({lop.n},)")
-                    stride = vl.strides[0]
-                    for r in range(lop.n):
-                        t = (<const int64_t*>(<const char*>vl.buf + r * stride))[0]
-                        if copy:
-                            lop.labels[r] = t
-                        elif t < 0 or t >= lop.classes:
-                            raise ValueError(f"labels must lie in [0, {lop.classes}), got {t} "
-                                             f"in row {r}")
-                finally:
-                    PyBuffer_Release(&vl)
+                for r in range(self.losses[j].n):
+                    if not 0 <= labels[j][r] < self.losses[j].classes:
+                        raise ValueError(f"labels must lie in [0, {self.losses[j].classes}), got "
+                                         f"{labels[j][r]} in row {r}")
+
+    cdef double _run(self, const void* xp, double* times) except? -1.0:
+        cdef int err
+        cdef double total = 0.0
+        with nogil:
+            err = _run(self.steps, self.nsteps, xp, self.vals, &total, self.dt, <void*>self, times)
+        if err == DLF_OP_ERR_PYTHON:
+            exc, self.error = self.error, None
+            raise exc
+        if err == DLF_OP_ERR_MEMORY:
+            raise MemoryError()
+        if err:
+            raise RuntimeError(f"training step error {err}")
+        return total
+
+    cdef int _check_x(self, x) except -1:
+        """0 when x is an ndarray of x_shape and dtype, C-contiguous and finite, else 1."""
+        cdef cnp.ndarray xa
+        cdef Py_ssize_t k
+        cdef bint ok
+        if type(x) is not np.ndarray:
+            return 1
+        xa = x
+        if (cnp.PyArray_TYPE(xa) != self.typenum or cnp.PyArray_NDIM(xa) != self.ndim
+                or not cnp.PyArray_IS_C_CONTIGUOUS(xa)):
+            return 1
+        for k in range(self.ndim):
+            if cnp.PyArray_DIMS(xa)[k] != self.shape[k]:
+                return 1
+        with nogil:
+            ok = (dlf_finite_f(<const float*>cnp.PyArray_DATA(xa), self.count) if self.dt == 0
+                  else dlf_finite_d(<const double*>cnp.PyArray_DATA(xa), self.count))
+        return 0 if ok else 1
+
+    def step(self, x, targets):
+        """The whole training step (dlfast.kernels.PROGRAM_DOC's ``step``); None when x is not an
+        ndarray of x_shape and dtype, C-contiguous and finite."""
+        cdef Py_ssize_t k, j
+        cdef size_t lo
+        cdef double total
+        if self._check_x(x):
+            return None
+        lo = <size_t>cnp.PyArray_DATA(<cnp.ndarray>x)
+        if not self._accepts(lo, lo + <size_t>cnp.PyArray_NBYTES(<cnp.ndarray>x)):
+            raise ValueError("x shares memory with an array the training step writes (a layer's "
+                             "output or gradient buffer); pass a copy")
+        labels = list(targets)
+        if len(labels) != self.nlosses:
+            raise ValueError(f"expected {self.nlosses} label arrays, got {len(labels)}")
+        for j in range(self.nlosses):
+            t = labels[j]
+            if not (type(t) is np.ndarray and cnp.PyArray_TYPE(<cnp.ndarray>t) == cnp.NPY_INT64
+                    and cnp.PyArray_NDIM(<cnp.ndarray>t) == 1
+                    and cnp.PyArray_DIMS(<cnp.ndarray>t)[0] == self.losses[j].n):
+                labels[j] = self.convert(j, t)
+        if not PyThread_acquire_lock(self.lock, NOWAIT_LOCK):
+            with nogil:                             # another thread runs this step: wait
+                PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        try:
+            k = self._readonly()
+            if k >= 0:
+                raise ValueError(f"{self.names[k]} is not writeable; a training step writes it")
+            if self._labels_fast(labels):
+                for j in range(self.nlosses):
+                    self.convert(j, targets[j])     # the message naming the labels
+                self.load_labels(labels)            # (labels converted by convert: its message)
+            for layer, op, size in self.drops:
+                op.set_counter(layer._take_counter(size))
+            self.x = x
+            try:
+                total = self._run(cnp.PyArray_DATA(<cnp.ndarray>x), NULL)
+            finally:
+                self.x = None
+            for d, rec in self.recs:
+                (<dict>d)["_fwd"] = rec
+            for rec in self.xrecs:
+                (<dict>rec)["x"] = x
+            for j in range(self.nlosses):
+                d, rec = self.loss_recs[j]
+                (<dict>d)["_fwd"] = rec
+                (<dict>d)["loss"] = self.vals[j]
+        finally:
+            PyThread_release_lock(self.lock)
+        return total
 
     def run(self, x, times=None):
         """One step on x (C-contiguous, x_shape, dtype) with the labels loaded; returns
         sum_j weight_j * L_j (``values``: the L_j). ``times``: float64 (nsteps,), each step's
         seconds added."""
         cdef Py_buffer vx
-        cdef int err = 0
-        cdef double total = 0.0
-        cdef cnp.ndarray values = self.values
         cdef double* tp = NULL
         cdef cnp.ndarray tarr
         if times is not None:
@@ -248,25 +390,15 @@ cdef class Program:
                 raise ValueError(f"times must be a writeable C-contiguous float64 array of "
                                  f"{self.nsteps} elements")
             tp = <double*>cnp.PyArray_DATA(tarr)
-        if self.busy:
-            raise RuntimeError("this training step is running in another thread")
         memset(&vx, 0, sizeof(vx))
-        self.busy = True
-        try:
-            buf_get(x, &vx, self.dt, self.count, False)
-            self.x = x
+        buf_get(x, &vx, self.dt, self.count, False)
+        if not PyThread_acquire_lock(self.lock, NOWAIT_LOCK):
             with nogil:
-                err = _run(self.steps, self.nsteps, vx.buf, <double*>cnp.PyArray_DATA(values),
-                           &total, self.dt, <void*>self, tp)
+                PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        self.x = x
+        try:
+            return self._run(vx.buf, tp)
         finally:
-            self.busy = False
             self.x = None
+            PyThread_release_lock(self.lock)
             buf_release(&vx, 1)
-        if err == DLF_OP_ERR_PYTHON:
-            exc, self.error = self.error, None
-            raise exc
-        if err == DLF_OP_ERR_MEMORY:
-            raise MemoryError()
-        if err:
-            raise RuntimeError(f"training step error {err}")
-        return total

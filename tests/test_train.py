@@ -49,6 +49,27 @@ def test_learns_a_tiny_problem(dtype):
     assert net.accuracy(x, t) == pytest.approx(h.accuracy[-1])
 
 
+def test_eval_train_false_skips_the_training_set_metrics_only():
+    """eval_train=False: the same training (evaluation changes no state), only batch_loss logged
+    for the training set; monitors of the unmeasured metrics are refused."""
+    x, t = blobs()
+    runs = []
+    for ev in (True, False):
+        net = small_net(batchnorm=True, dropout=0.2)
+        tr = Trainer(net, PlainSGD(0.1), epochs=3, batch_size=16, progress=False, seed=0,
+                     eval_train=ev)
+        runs.append((net, tr.fit(x, t)))
+    (a, ha), (b, hb) = runs
+    for k, v in a.state_dict().items():
+        np.testing.assert_array_equal(v, b.state_dict()[k], err_msg=k)
+    assert ha.batch_loss == hb.batch_loss and len(ha.loss) == 3 and hb.loss == hb.accuracy == []
+    with pytest.raises(ValueError, match="eval_train=False"):
+        Trainer(small_net(), PlainSGD(0.1), epochs=2, progress=False, eval_train=False,
+                early_stopping=EarlyStopping(1, monitor="loss")).fit(x, t)
+    with pytest.raises(TypeError, match="eval_train"):
+        Trainer(small_net(), PlainSGD(0.1), eval_train="no")
+
+
 def test_counters_history_and_batches():
     x, t = blobs(n=100)
     seen = []

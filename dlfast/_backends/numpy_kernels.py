@@ -4,6 +4,8 @@ Arguments arrive validated by ``dlfast.kernels`` (dtypes agree, shapes fit, outp
 C-contiguous, writeable and do not overlap inputs). See ``dlfast.kernels`` for the formulas.
 """
 import bisect
+import math
+import threading
 from time import perf_counter as _clock
 
 import numpy as np
@@ -383,6 +385,32 @@ class BoundUpdate:
         self._ends = [s + n for s, n in spans]
         self._held = held
 
+    def step(self, names, params, grads, state, sts, lr, norm, clip_norm, clip_eps, clip_value,
+             step):
+        if not (type(params) is dict and type(grads) is dict and type(state) is dict):
+            return -1.0
+        ws = self.arrays[0]
+        if len(grads) != len(ws) or len(names) != len(ws) or len(sts) != len(ws):
+            return -1.0
+        gs = []
+        for name, w, st in zip(names, ws, sts):
+            g = grads.get(name)
+            if g is None or params.get(name) is not w or state.get(name) is not st:
+                return -1.0
+            gs.append(g)
+        if self.take(gs) >= 0:
+            return -1.0
+        n, scale = 0.0, 1.0
+        if norm:
+            total = self.sumsq()
+            if not math.isfinite(total):
+                return math.nan
+            n = math.sqrt(total)
+            if 0.0 < clip_norm < n:
+                scale = clip_norm / (n + clip_eps)
+        self.update(lr, scale, clip_value, step)
+        return n
+
     def take(self, gs):
         ws, _, states = self.arrays
         if len(gs) != len(ws) or not all(a.flags.writeable for a in self._held):
@@ -577,10 +605,48 @@ OPS["layer"] = LayerOp
 class Program:
     """``dlfast.kernels.Program`` on this backend: the same steps, one Python call each."""
 
-    def __init__(self, steps, losses, x_shape, dtype, written):
+    def __init__(self, steps, losses, x_shape, dtype, written, hooks=None):
         self.steps, self.losses = tuple(steps), tuple(losses)
         self.x_shape, self.written = tuple(x_shape), tuple(written)
+        self.dtype, self.hooks = np.dtype(dtype), hooks
         self.values = np.zeros(len(self.losses))
+        self._lock = threading.Lock()
+
+    def step(self, x, targets):
+        if not (type(x) is np.ndarray and x.dtype == self.dtype and x.shape == self.x_shape
+                and x.flags.c_contiguous and all_finite(x)):
+            return None
+        if not self.accepts(x):
+            raise ValueError("x shares memory with an array the training step writes (a layer's "
+                             "output or gradient buffer); pass a copy")
+        names, drops, recs, xrecs, loss_recs, convert = self.hooks
+        labels = list(targets)
+        if len(labels) != len(self.losses):
+            raise ValueError(f"expected {len(self.losses)} label arrays, got {len(labels)}")
+        for j, (lop, t) in enumerate(zip(self.losses, labels)):
+            if not (type(t) is np.ndarray and t.dtype == np.int64 and t.shape == lop.labels.shape):
+                labels[j] = convert(j, t)
+        with self._lock:
+            k = self.readonly()
+            if k >= 0:
+                raise ValueError(f"{names[k]} is not writeable; a training step writes it")
+            try:
+                self.load_labels(labels)
+            except ValueError:
+                for j, t in enumerate(targets):
+                    convert(j, t)                           # the message naming the labels
+                raise
+            for layer, op, size in drops:
+                op.set_counter(layer._take_counter(size))
+            total = self.run(x)
+            for d, rec in recs:
+                d["_fwd"] = rec
+            for rec in xrecs:
+                rec["x"] = x
+            for (d, rec), v in zip(loss_recs, self.values):
+                d["_fwd"] = rec
+                d["loss"] = float(v)
+        return total
 
     def readonly(self):
         """Index of the first written array that is not writeable, or -1."""

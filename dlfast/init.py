@@ -4,7 +4,8 @@ Every initialiser is called as ``fn(shape, rng=None, dtype=np.float32, **params)
 array. ``rng``: a ``numpy.random.Generator``, an int seed, or None (fresh OS entropy). Samples are
 drawn in float64 and rounded to ``dtype``, so one seed gives the same weights in float32 and float64
 (up to rounding). Fans: ``shape = (fan_in, fan_out)``; a 1-D shape (n,) has fan_in = fan_out = n;
-for more axes fan_in = prod(shape[:-1]), fan_out = shape[-1].
+a convolution's W (F, C, *kernel) (3 axes or more) has fan_in = C*prod(kernel),
+fan_out = F*prod(kernel) (as PyTorch).
 
 ======================== =========================================================
 zeros / ones / constant  all equal to value
@@ -55,7 +56,10 @@ def fans(shape):
     shape = _shape(shape)
     if len(shape) == 1:
         return shape[0], shape[0]
-    return math.prod(shape[:-1]), shape[-1]
+    if len(shape) == 2:
+        return shape
+    k = math.prod(shape[2:])
+    return shape[1] * k, shape[0] * k
 
 
 def _positive_fan(fan, what, shape):
@@ -165,13 +169,15 @@ kaiming_uniform = he_uniform
 def orthogonal(shape, gain=1.0, rng=None, dtype=np.float32):
     """gain * Q with Q from the QR decomposition of a (max, min) standard-normal matrix, columns
     multiplied by sign(diag R) (Saxe et al. 2014). For shape (r, c): W^T W = gain^2 I when r >= c,
-    W W^T = gain^2 I when r < c. More than 2 axes: reshaped from (prod(shape[:-1]), shape[-1])."""
+    W W^T = gain^2 I when r < c. A convolution's W (F, C, *kernel): Q of shape (fan_in, F),
+    transposed: the F filters (rows of W.reshape(F, -1)) orthonormal (times gain) when
+    F <= fan_in."""
     shape = _shape(shape)
     gain = real("gain", gain, 0.0)
     dt = resolve_dtype(dtype)
     if len(shape) < 2:
         raise ValueError(f"orthogonal needs a shape with at least 2 axes, got {shape}")
-    r, c = fans(shape)
+    r, c = (shape[0], shape[1]) if len(shape) == 2 else (math.prod(shape[1:]), shape[0])
     if r == 0 or c == 0:
         return np.zeros(shape, dt)
     a = make_rng(rng).standard_normal((max(r, c), min(r, c)))
@@ -180,6 +186,8 @@ def orthogonal(shape, gain=1.0, rng=None, dtype=np.float32):
     d[d == 0] = 1.0
     q *= d
     if r < c:
+        q = q.T
+    if len(shape) > 2:                  # (fan_in, F) -> (F, C, *kernel)
         q = q.T
     return (gain * q).reshape(shape).astype(dt)
 

@@ -98,7 +98,27 @@ def test_gains_table():
 def test_fans():
     assert init.fans((3, 5)) == (3, 5)
     assert init.fans(7) == (7, 7)
-    assert init.fans((2, 3, 4, 5)) == (24, 5)
+    assert init.fans((2, 3, 4, 5)) == (3 * 4 * 5, 2 * 4 * 5)     # conv W (F, C, KH, KW)
+    assert init.fans((6, 2, 3)) == (2 * 3, 6 * 3)
+
+
+def test_conv_weights_scale_with_their_fans():
+    """A conv W (F, C, KH, KW): He std sqrt(2 / (C*KH*KW)), Xavier sqrt(2 / ((C + F)*KH*KW))."""
+    w = init.he_normal((64, 8, 5, 5), rng=0, dtype=np.float64)
+    assert w.std() == pytest.approx(math.sqrt(2 / 200), rel=0.03)
+    w = init.xavier_uniform((64, 8, 5, 5), rng=0, dtype=np.float64)
+    assert np.abs(w).max() <= math.sqrt(6 / (72 * 25))
+    assert np.abs(w).max() > 0.95 * math.sqrt(6 / (72 * 25))
+
+
+@pytest.mark.parametrize("shape", [(6, 2, 3, 3), (30, 1, 5, 5)])
+def test_orthogonal_conv_filters(shape):
+    w = init.orthogonal(shape, rng=1, dtype=np.float64).reshape(shape[0], -1)
+    f, k = w.shape
+    if f <= k:
+        np.testing.assert_allclose(w @ w.T, np.eye(f), atol=1e-12)
+    else:
+        np.testing.assert_allclose(w.T @ w, np.eye(k), atol=1e-12)
 
 
 def test_seeds_and_generators():

@@ -367,6 +367,8 @@ def softmax_xent_backward(probs, labels, dlogits, scale=1.0):
 
 
 # ============================================================================ batch normalisation
+# x is (N, F), or (N, C, *S) (e.g. NCHW images): statistics per feature / channel j over the
+# M = N * prod(S) values x[n, j, *s] (PyTorch's BatchNorm1d/2d). mean ... are (F,) or (C,).
 def _bn_vec(name, a, f, dt, out=False, optional=False):
     if out:
         return _out(name, a, (f,), dt, optional=optional)
@@ -375,13 +377,21 @@ def _bn_vec(name, a, f, dt, out=False, optional=False):
     return a
 
 
+def _bn_x(name, a, dt=None):
+    """x (or dout) as (N, F) or (N, C, *S), C-contiguous; returns (a, N, F, M)."""
+    a = _float_in(name, a, None, dt)
+    if a.ndim < 2:
+        raise ValueError(f"{name} must be (N, F) or (N, C, H, W) (ndim >= 2), got shape {a.shape}")
+    return a, a.shape[0], a.shape[1], a.shape[0] * math.prod(a.shape[2:])
+
+
 def batchnorm_stats(x, mean, var):
-    """Per feature of x (N, F), N >= 1: ``mean = sum_n x / N``, ``var = sum_n (x - mean)^2 / N``
-    (biased; two-pass, float64 accumulation: no E[x^2] - E[x]^2 cancellation)."""
-    x = _float_in("x", x, 2)
-    n, f = x.shape
-    if n < 1:
-        raise ValueError("x must have at least one row")
+    """Per feature j of x (N, F) (per channel of x (N, C, *S)), over its M >= 1 values:
+    ``mean = sum x / M``, ``var = sum (x - mean)^2 / M`` (biased; two-pass, float64
+    accumulation: no E[x^2] - E[x]^2 cancellation)."""
+    x, n, f, m = _bn_x("x", x)
+    if m < 1:
+        raise ValueError(f"x must have at least one value per feature, got shape {x.shape}")
     mean = _bn_vec("mean", mean, f, x.dtype, out=True)
     var = _bn_vec("var", var, f, x.dtype, out=True)
     _disjoint([("mean", mean), ("var", var)], [("x", x)])
@@ -390,26 +400,29 @@ def batchnorm_stats(x, mean, var):
 
 def batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd, running_mean=None,
                             running_var=None, momentum=0.1, eps=1e-5, unbiased=True):
-    """Training-mode batch norm over the batch axis of x (N, F), N >= 2::
+    """Training-mode batch norm of x (N, F) (or (N, C, *S), per channel), M >= 2 values per
+    feature (M = N, or N*prod(S))::
 
         mean, var = batchnorm_stats(x);  invstd = 1 / sqrt(var + eps)
         xhat = (x - mean) * invstd;      out = gamma * xhat + beta
         running_mean = (1 - momentum) * running_mean + momentum * mean
-        running_var  = (1 - momentum) * running_var  + momentum * var * (N / (N - 1) if unbiased else 1)
+        running_var  = (1 - momentum) * running_var  + momentum * var * (M / (M - 1) if unbiased else 1)
 
     ``xhat``, ``mean``, ``invstd`` are kept for the backward pass; running arrays are updated in
     place (skipped when None).
     """
-    x = _float_in("x", x, 2)
-    n, f = x.shape
-    if n < 2:
-        raise ValueError(f"batch norm in training mode needs a batch of at least 2 rows, got {n} "
-                         f"(the batch variance is undefined for one row)")
+    x, n, f, m = _bn_x("x", x)
+    if m < 2:
+        if x.ndim == 2:
+            raise ValueError(f"batch norm in training mode needs a batch of at least 2 rows, got "
+                             f"{n} (the batch variance is undefined for one row)")
+        raise ValueError(f"batch norm in training mode needs at least 2 values per channel "
+                         f"(N*H*W >= 2), got x of shape {x.shape}")
     dt = x.dtype
     gamma = _bn_vec("gamma", gamma, f, dt)
     beta = _bn_vec("beta", beta, f, dt)
-    out = _out("out", out, (n, f), dt)
-    xhat = _out("xhat", xhat, (n, f), dt)
+    out = _out("out", out, x.shape, dt)
+    xhat = _out("xhat", xhat, x.shape, dt)
     mean = _bn_vec("mean", mean, f, dt, out=True)
     invstd = _bn_vec("invstd", invstd, f, dt, out=True)
     running_mean = _bn_vec("running_mean", running_mean, f, dt, out=True, optional=True)
@@ -425,10 +438,10 @@ def batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd, running_mea
 
 
 def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, out, xhat, invstd):
-    """Eval-mode batch norm: ``invstd = 1/sqrt(running_var + eps)``,
-    ``xhat = (x - running_mean) * invstd``, ``out = gamma * xhat + beta``. Any N >= 0."""
-    x = _float_in("x", x, 2)
-    n, f = x.shape
+    """Eval-mode batch norm of x (N, F) (or (N, C, *S), per channel):
+    ``invstd = 1/sqrt(running_var + eps)``, ``xhat = (x - running_mean) * invstd``,
+    ``out = gamma * xhat + beta``. Any N >= 0."""
+    x, n, f, _ = _bn_x("x", x)
     dt = x.dtype
     gamma = _bn_vec("gamma", gamma, f, dt)
     beta = _bn_vec("beta", beta, f, dt)
@@ -437,8 +450,8 @@ def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, out, 
     if f and running_var.min() < 0:
         raise ValueError("running_var must be >= 0")
     eps = _real("eps", eps, 0.0, math.inf, lo_open=True, hi_open=True)
-    out = _out("out", out, (n, f), dt)
-    xhat = _out("xhat", xhat, (n, f), dt)
+    out = _out("out", out, x.shape, dt)
+    xhat = _out("xhat", xhat, x.shape, dt)
     invstd = _bn_vec("invstd", invstd, f, dt, out=True)
     _disjoint([("out", out), ("xhat", xhat), ("invstd", invstd)],
               [("x", x), ("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
@@ -448,18 +461,18 @@ def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, out, 
 
 
 def batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta, batch_stats=True):
-    """``dbeta = sum_n dout``, ``dgamma = sum_n dout * xhat``, and
-    ``dx = gamma * invstd / N * (N * dout - dbeta - xhat * dgamma)`` when the forward used the
-    batch statistics (``batch_stats=True``), else ``dx = gamma * invstd * dout``.
-    dx, dgamma, dbeta may be None."""
-    dout = _float_in("dout", dout, 2)
-    n, f = dout.shape
+    """Sums over the M values of each feature (channel) j: ``dbeta = sum dout``,
+    ``dgamma = sum dout * xhat``; ``dx = gamma * invstd / M * (M * dout - dbeta - xhat * dgamma)``
+    when the forward used the batch statistics (``batch_stats=True``), else
+    ``dx = gamma * invstd * dout``. dout, xhat, dx (N, F) or (N, C, *S); dx, dgamma, dbeta may
+    be None."""
+    dout, n, f, _ = _bn_x("dout", dout)
     dt = dout.dtype
-    xhat = _float_in("xhat", xhat, 2, dt)
-    _shape_is("xhat", xhat, (n, f))
+    xhat = _float_in("xhat", xhat, None, dt)
+    _shape_is("xhat", xhat, dout.shape)
     gamma = _bn_vec("gamma", gamma, f, dt)
     invstd = _bn_vec("invstd", invstd, f, dt)
-    dx = _out("dx", dx, (n, f), dt, optional=True)
+    dx = _out("dx", dx, dout.shape, dt, optional=True)
     dgamma = _bn_vec("dgamma", dgamma, f, dt, out=True, optional=True)
     dbeta = _bn_vec("dbeta", dbeta, f, dt, out=True, optional=True)
     _disjoint([("dx", dx), ("dgamma", dgamma), ("dbeta", dbeta)],
@@ -785,7 +798,14 @@ def bind_update(rule, ws, gs, states, wds, *, mu=0.9, rho=0.99, eps=None, eps_in
 # softmax       softmax_forward(x, out)                      softmax_backward(dout, out, dx)
 # batchnorm     batchnorm_forward_train(x, gamma, beta, out, batchnorm_backward(dout, xhat, gamma,
 #               xhat, mean, invstd, running_mean,             invstd, dx, dgamma, dbeta, True)
-#               running_var, momentum, eps, unbiased)
+#               running_var, momentum, eps, unbiased)        (x (N, F) or (N, C, H, W))
+# conv2d        conv2d_forward(x, W, b, out, col, stride,    conv2d_backward(dout, x, W, col, dcol,
+#               pad)                                          dx, dW, db, stride, pad)
+# maxpool2d     maxpool2d_forward(x, out, argmax, kernel,    maxpool2d_backward(dout, argmax, dx,
+#               stride, pad)                                  kernel, stride, pad)
+# avgpool2d     avgpool2d_forward(x, out, kernel, stride,    avgpool2d_backward(dout, dx, kernel,
+#               pad, count_include_pad)                       stride, pad, count_include_pad)
+# flatten       out[...] = x.reshape(N, -1) (a copy)         dx[...] = dout.reshape(x.shape)
 # dropout       dropout_mask(mask, p, seed, counter);        dropout_apply(dout, mask, scale, dx)
 #               dropout_apply(x, mask, scale, out)
 # softmax_xent  L = softmax_xent_forward(x, labels, probs)   softmax_xent_backward(probs, labels,
@@ -794,8 +814,10 @@ def bind_update(rule, ws, gs, states, wds, *, mu=0.9, rho=0.99, eps=None, eps_in
 #               a kernel pair: its own checked calls)
 #
 # A backward with dx None computes no input gradient; the kernels' other optional outputs
-# (dW, db, dgamma, dbeta, dslope) likewise. rrelu and dropout take their counter per step
-# (``op.set_counter(c)``, an int in [0, 2**64)).
+# (dW, db, dgamma, dbeta, dslope) likewise; conv2d's dcol (dx's workspace) is None with dx.
+# rrelu and dropout take their counter per step (``op.set_counter(c)``, an int in [0, 2**64)).
+# The setting ``x_shape`` (conv2d and the pools: their output does not fix H, W) is the input
+# shape, filled in by ``make_op``.
 OPS = {
     "dense": (("W", "b", "out", "dz", "dx", "dW", "db"), ("activation", "alpha")),
     "activation": (("out", "dx"), ("activation", "alpha")),
@@ -807,6 +829,10 @@ OPS = {
                    "running_var", "dx", "dgamma", "dbeta"), ("momentum", "eps", "unbiased")),
     "dropout": (("out", "mask", "dx"), ("p", "seed", "scale")),
     "softmax_xent": (("probs", "labels", "dlogits"), ("weight",)),
+    "conv2d": (("W", "b", "out", "col", "dcol", "dx", "dW", "db"), ("x_shape", "stride", "pad")),
+    "maxpool2d": (("out", "argmax", "dx"), ("x_shape", "kernel", "stride", "pad")),
+    "avgpool2d": (("out", "dx"), ("x_shape", "kernel", "stride", "pad", "count_include_pad")),
+    "flatten": (("out", "dx"), ()),
 }
 OP_INPUTS = frozenset({"W", "b", "gamma", "beta", "slope"})     # arrays an op only reads
 
@@ -906,14 +932,15 @@ def _op_arrays(kind, xs, dt, a, s):
             s = dict(s, p=_real("p", s["p"], 0.0, 1.0, hi_open=True), seed=_u64("seed", s["seed"]),
                      scale=_real("scale", s["scale"]))
     elif kind == "batchnorm":
-        if len(xs) != 2 or xs[0] < 2:
-            raise ValueError(f"batch norm in training mode needs inputs (N, F) with N >= 2 rows, "
-                             f"got shape {xs} (the batch variance is undefined for one row)")
-        n, f = xs
+        if len(xs) < 2 or xs[0] * math.prod(xs[2:]) < 2:
+            raise ValueError(f"batch norm in training mode needs inputs (N, F) with N >= 2 rows "
+                             f"or (N, C, H, W) with N*H*W >= 2, got shape {xs} (the batch "
+                             f"variance is undefined for one value)")
+        f = xs[1]
         arrays = {k: h(k, a[k], (f,), dt) for k in ("gamma", "beta")}
         ins = list(arrays.items())
         for k in ("out", "xhat", "dx"):
-            arrays[k] = h(k, a[k], (n, f), dt, True, k == "dx")
+            arrays[k] = h(k, a[k], xs, dt, True, k == "dx")
         for k in ("mean", "invstd", "running_mean", "running_var", "dgamma", "dbeta"):
             arrays[k] = h(k, a[k], (f,), dt, True, k not in ("mean", "invstd"))
         s = dict(s, momentum=_real("momentum", s["momentum"], 0.0, 1.0),
@@ -927,6 +954,14 @@ def _op_arrays(kind, xs, dt, a, s):
                   "dlogits": h("dlogits", a["dlogits"], xs, dt, True)}
         ins = []
         s = dict(s, weight=_real("weight", s["weight"]))
+    elif kind in ("conv2d", "maxpool2d", "avgpool2d"):
+        arrays, ins, s = _conv_op_arrays(kind, xs, dt, a, s)
+    elif kind == "flatten":
+        if len(xs) < 2:
+            raise ValueError(f"a flatten op needs inputs (N, ...) of 2 or more axes, got shape {xs}")
+        arrays = {"out": h("out", a["out"], (xs[0], math.prod(xs[1:])), dt, True),
+                  "dx": h("dx", a["dx"], xs, dt, True, True)}
+        ins = []
     else:
         raise ValueError(f"unknown op kind {kind!r}; expected one of {', '.join(OPS)}")
     read = {k for k, _ in ins}
@@ -938,13 +973,19 @@ def make_op(kind, x_shape, dtype, **kw):
     """Op ``kind`` (``OPS``) of the active backend, its arrays validated for inputs of
     ``x_shape`` and ``dtype`` (shapes, dtypes, C-contiguous, outputs writeable and disjoint)."""
     names, settings = OPS[kind] if kind in OPS else ((), ())
-    missing = sorted((set(names) | set(settings)) - set(kw))
+    if "x_shape" in kw:
+        raise TypeError("x_shape is make_op's argument, not an op's")
+    missing = sorted((set(names) | set(settings) - {"x_shape"}) - set(kw))
     if kind in OPS and (missing or set(kw) - set(names) - set(settings)):
-        raise TypeError(f"op {kind!r} takes {names + settings}, got {sorted(kw)}")
+        given = tuple(k for k in names + settings if k != "x_shape")
+        raise TypeError(f"op {kind!r} takes {given}, got {sorted(kw)}")
     dt = np.dtype(dtype)
     if dt not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dt.name}")
-    arrays, s = _op_arrays(kind, tuple(x_shape), dt, kw, {k: kw[k] for k in settings})
+    x_shape = tuple(x_shape)
+    if "x_shape" in settings:
+        kw["x_shape"] = x_shape
+    arrays, s = _op_arrays(kind, x_shape, dt, kw, {k: kw[k] for k in settings})
     return _impl().OPS[kind](*(arrays[k] for k in names), *(s[k] for k in settings))
 
 
@@ -1169,3 +1210,35 @@ def avgpool2d_backward(dout, dx, kernel, stride=None, pad=0, count_include_pad=T
     _disjoint([("dx", dx)], [("dout", dout)])
     _impl().avgpool2d_backward(dout, dx, kernel, stride, pad, bool(count_include_pad))
     return dx
+
+
+def _conv_op_arrays(kind, xs, dt, a, s):
+    """``_op_arrays`` of the conv2d, maxpool2d and avgpool2d ops (see ``make_op``)."""
+    h = _held
+    if len(xs) != 4:
+        raise ValueError(f"a {kind} op needs 4-D inputs (N, C, H, W), got shape {xs}")
+    if kind == "conv2d":
+        W = a["W"]
+        if not isinstance(W, np.ndarray) or W.ndim != 4:
+            raise ValueError(f"W must be 4-D (F, C, KH, KW), got "
+                             f"{getattr(W, 'shape', type(W).__name__)}")
+        _, (f, _, _), stride, pad, (oh, ow) = _conv_geometry(xs, W.shape, s["stride"], s["pad"])
+        W = h("W", W, W.shape, dt)
+        wshape = (xs[0], xs[1] * W.shape[2] * W.shape[3], oh * ow)
+        arrays = {"W": W, "b": h("b", a["b"], (f,), dt, optional=True),
+                  "out": h("out", a["out"], (xs[0], f, oh, ow), dt, True),
+                  "col": h("col", a["col"], wshape, dt, True),
+                  "dcol": h("dcol", a["dcol"], wshape, dt, True, a["dx"] is None),
+                  "dx": h("dx", a["dx"], xs, dt, True, True),
+                  "dW": h("dW", a["dW"], W.shape, dt, True, True),
+                  "db": h("db", a["db"], (f,), dt, True, True)}
+        return arrays, [("W", W), ("b", arrays["b"])], dict(x_shape=xs, stride=stride, pad=pad)
+    kernel, stride, pad = _pool_settings(s["kernel"], s["stride"], s["pad"])
+    oshape = xs[:2] + _pool_hw(xs[2], xs[3], kernel, stride, pad)
+    arrays = {"out": h("out", a["out"], oshape, dt, True), "dx": h("dx", a["dx"], xs, dt, True, True)}
+    out = dict(x_shape=xs, kernel=kernel, stride=stride, pad=pad)
+    if kind == "maxpool2d":
+        arrays["argmax"] = h("argmax", a["argmax"], oshape, dt, True, dtype=np.dtype(np.int64))
+    else:
+        out["count_include_pad"] = bool(s["count_include_pad"])
+    return arrays, [], out

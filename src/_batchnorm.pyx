@@ -1,4 +1,4 @@
-"""Batch normalisation over the batch axis of x (N, F), row-major.
+"""Batch normalisation over the batch axis of x (N, F), row-major, or per channel of x (N, C, *S).
 
 Two work decompositions, chosen from the shape only (so results never depend on the thread count):
 * wide (F > NARROW_MAX or N <= RCHUNK): work items are blocks of FBLOCK features; each walks all rows in
@@ -7,6 +7,11 @@ Two work decompositions, chosen from the shape only (so results never depend on 
 * narrow (F <= NARROW_MAX and N > RCHUNK): work items are fixed chunks of RCHUNK rows with per-chunk
   double partial sums, combined in chunk order.
 Statistics are two-pass (mean, then sum (x - mean)^2 / N); no E[x^2] - E[x]^2.
+* planar (x (N, C, *S), S = prod(*S) > 1, e.g. NCHW images): a channel's M = N*S values are N
+  contiguous planes of S. Sums: work items are (channel, chunk of _pimgs(S) images); each adds
+  its planes in image order (each plane: eight interleaved double partials, combined pairwise),
+  and a channel's chunks are combined in chunk order. Elementwise passes: one item per plane.
+  (N, C, *S) with S = 1 is (N, C) in memory and takes the paths above.
 On one thread the same work items run in a plain loop (no OpenMP region). The loops over elements
 are C (below): vectorised, cloned per instruction set, never contracted to FMA (each product and
 sum rounded as in the NumPy backend).
@@ -26,6 +31,7 @@ cdef enum:
     FBLOCK = 64           # features per work item (wide shapes)
     RCHUNK = 256          # rows per work item (narrow shapes)
     NARROW_MAX = 256      # widest F that uses row chunks
+    PCHUNK = 16384        # values per work item of the planar sums (at least one image)
 
 
 cdef extern from *:
@@ -112,6 +118,61 @@ cdef extern from *:
                                                 - xhat[i * f + j] * sg[j]));                   \\
             else                                                                               \\
                 for (j = j0; j < j1; j++) dx[i * f + j] = (T)(c[j] * dout[i * f + j]);         \\
+    }                                                                                          \\
+    /* Planar (N, C, S) data: one plane of len contiguous values per (n, c). */              \\
+    /* sum_i x[i] in double: eight interleaved partials, combined pairwise */                  \\
+    DLF_CLONES static double dlf_bnp_sum##S(const T* x, long len) {                            \\
+        double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                                \\
+        long i, l;                                                                             \\
+        for (i = 0; i + 8 <= len; i += 8)                                                      \\
+            for (l = 0; l < 8; l++) a[l] += (double)x[i + l];                                  \\
+        for (; i < len; i++) a[0] += (double)x[i];                                             \\
+        return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));              \\
+    }                                                                                          \\
+    /* sum_i (x[i] - mu)^2, the same order */                                                  \\
+    DLF_CLONES static double dlf_bnp_sqdev##S(const T* x, long len, double mu) {               \\
+        double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                                \\
+        long i, l;                                                                             \\
+        for (i = 0; i + 8 <= len; i += 8)                                                      \\
+            for (l = 0; l < 8; l++) { double d = x[i + l] - mu; a[l] += d * d; }               \\
+        for (; i < len; i++) { double d = x[i] - mu; a[0] += d * d; }                          \\
+        return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));              \\
+    }                                                                                          \\
+    /* *sb = sum_i dout[i], *sg = sum_i dout[i] * xhat[i], the same order */                   \\
+    DLF_CLONES static void dlf_bnp_bsums##S(const T* dout, const T* xhat, long len,            \\
+                                             double* sb, double* sg) {                         \\
+        double b[8] = {0, 0, 0, 0, 0, 0, 0, 0}, g[8] = {0, 0, 0, 0, 0, 0, 0, 0};               \\
+        long i, l;                                                                             \\
+        for (i = 0; i + 8 <= len; i += 8)                                                      \\
+            for (l = 0; l < 8; l++) {                                                          \\
+                double d = dout[i + l];                                                        \\
+                b[l] += d;                                                                     \\
+                g[l] += d * xhat[i + l];                                                       \\
+            }                                                                                  \\
+        for (; i < len; i++) { double d = dout[i]; b[0] += d; g[0] += d * xhat[i]; }           \\
+        *sb = ((b[0] + b[1]) + (b[2] + b[3])) + ((b[4] + b[5]) + (b[6] + b[7]));               \\
+        *sg = ((g[0] + g[1]) + (g[2] + g[3])) + ((g[4] + g[5]) + (g[6] + g[7]));               \\
+    }                                                                                          \\
+    /* xhat = T((x - mu) * inv) (double); out = gamma * xhat + beta (T) */                     \\
+    DLF_CLONES static void dlf_bnp_norm##S(const T* x, T* __restrict xhat, T* __restrict out, \\
+                                            T gamma, T beta, double mu, double inv, long len) { \\
+        long i;                                                                                \\
+        for (i = 0; i < len; i++) {                                                            \\
+            T xh = (T)((x[i] - mu) * inv);                                                     \\
+            xhat[i] = xh;                                                                      \\
+            out[i] = gamma * xh + beta;                                                        \\
+        }                                                                                      \\
+    }                                                                                          \\
+    /* dx = T(c * ((dm * dout - sb) - xhat * sg)) (batch), T(c * dout) (not) */                \\
+    DLF_CLONES static void dlf_bnp_dx##S(T* __restrict dx, const T* dout, const T* xhat,      \\
+                                          double c, double sb, double sg, long len, double dm, \\
+                                          int batch) {                                         \\
+        long i;                                                                                \\
+        if (batch)                                                                             \\
+            for (i = 0; i < len; i++)                                                          \\
+                dx[i] = (T)(c * ((dm * dout[i] - sb) - xhat[i] * sg));                         \\
+        else                                                                                   \\
+            for (i = 0; i < len; i++) dx[i] = (T)(c * dout[i]);                                \\
     }
     DLF_BN(f, float)
     DLF_BN(d, double)
@@ -137,6 +198,20 @@ cdef extern from *:
                     const double*, long, long, long, long, long, double, int) noexcept nogil
     void dlf_bn_dxd(double*, const double*, const double*, const double*, const double*,
                     const double*, long, long, long, long, long, double, int) noexcept nogil
+    double dlf_bnp_sumf(const float*, long) noexcept nogil
+    double dlf_bnp_sumd(const double*, long) noexcept nogil
+    double dlf_bnp_sqdevf(const float*, long, double) noexcept nogil
+    double dlf_bnp_sqdevd(const double*, long, double) noexcept nogil
+    void dlf_bnp_bsumsf(const float*, const float*, long, double*, double*) noexcept nogil
+    void dlf_bnp_bsumsd(const double*, const double*, long, double*, double*) noexcept nogil
+    void dlf_bnp_normf(const float*, float*, float*, float, float, double, double,
+                       long) noexcept nogil
+    void dlf_bnp_normd(const double*, double*, double*, double, double, double, double,
+                       long) noexcept nogil
+    void dlf_bnp_dxf(float*, const float*, const float*, double, double, double, long, double,
+                     int) noexcept nogil
+    void dlf_bnp_dxd(double*, const double*, const double*, double, double, double, long, double,
+                     int) noexcept nogil
 
 
 # ---------------------------------------------------------------------------- element loops
@@ -198,12 +273,221 @@ cdef inline bint _narrow(Py_ssize_t n, Py_ssize_t f) noexcept nogil:
     return f <= NARROW_MAX and n > RCHUNK
 
 
-cdef int _get_x(object x, Py_buffer* v, bint out) except -2:
-    """buf_get of a 2-D float array."""
+cdef int _get_x(object x, Py_buffer* v, bint out, Py_ssize_t* n, Py_ssize_t* f,
+                Py_ssize_t* s) except -2:
+    """buf_get of a float array (N, F) or (N, C, *S): n = N, f = F (C), s = prod(S) (1 for 2-D)."""
     cdef int dt = buf_get(x, v, DT_FLOAT, -1, out)
-    if v.ndim != 2:
-        raise ValueError(f"expected a 2-D array, got {v.ndim}-D")
+    cdef int k
+    if v.ndim < 2:
+        raise ValueError(f"expected an array (N, F) or (N, C, *S), got {v.ndim}-D")
+    n[0], f[0], s[0] = v.shape[0], v.shape[1], 1
+    for k in range(2, v.ndim):
+        s[0] *= v.shape[k]
     return dt
+
+
+cdef inline Py_ssize_t _fwd_doubles(Py_ssize_t n, Py_ssize_t f, Py_ssize_t s) noexcept nogil:
+    """Work buffer of a training forward (and of batchnorm_stats), in doubles."""
+    if s == 1:
+        return (2 + (_nrc(n) if _narrow(n, f) else 0)) * line_doubles(f)
+    return 2 * line_doubles(f) + f * _pnk(n, s)
+
+
+cdef inline Py_ssize_t _bwd_doubles(Py_ssize_t n, Py_ssize_t f, Py_ssize_t s) noexcept nogil:
+    """Work buffer of a backward (at least a training forward's), in doubles."""
+    if s == 1:
+        return (3 + (2 * _nrc(n) if _narrow(n, f) else 0)) * line_doubles(f)
+    return 2 * line_doubles(f) + 2 * f * _pnk(n, s)
+
+
+# ---------------------------------------------------------------------------- planar (N, C, S)
+cdef inline Py_ssize_t _pimgs(Py_ssize_t s) noexcept nogil:
+    """Images per work item of the planar sums: max(1, PCHUNK // S)."""
+    return PCHUNK // s if s < PCHUNK else 1
+
+
+cdef inline Py_ssize_t _pnk(Py_ssize_t n, Py_ssize_t s) noexcept nogil:
+    """Work items (chunks of images) per channel of the planar sums."""
+    cdef Py_ssize_t r = _pimgs(s)
+    return (n + r - 1) // r
+
+
+cdef inline double _psum(const floating* x, Py_ssize_t s, const double* mu,
+                         Py_ssize_t c) noexcept nogil:
+    """sum x (mu NULL) or sum (x - mu[c])^2 over one plane of s values."""
+    if floating is float:
+        return dlf_bnp_sumf(x, s) if mu == NULL else dlf_bnp_sqdevf(x, s, mu[c])
+    else:
+        return dlf_bnp_sumd(x, s) if mu == NULL else dlf_bnp_sqdevd(x, s, mu[c])
+
+
+cdef void _pitem(const floating* x, const floating* xhat, Py_ssize_t n, Py_ssize_t f,
+                 Py_ssize_t s, Py_ssize_t it, Py_ssize_t nk, const double* mu, double* part,
+                 double* part2) noexcept nogil:
+    """Work item it (channel it // nk, images of chunk it % nk), planes in image order:
+    part[it] = the sum of _psum over its planes; with xhat (backward): part[it] = sum dout,
+    part2[it] = sum dout * xhat (x is dout)."""
+    cdef Py_ssize_t c = it // nk, r = _pimgs(s), i, i1, p
+    cdef double a = 0.0, g = 0.0, pa, pg
+    i1 = min((it % nk + 1) * r, n)
+    for i in range((it % nk) * r, i1):
+        p = (i * f + c) * s
+        if xhat == NULL:
+            a = a + _psum(x + p, s, mu, c)
+        else:
+            if floating is float:
+                dlf_bnp_bsumsf(x + p, xhat + p, s, &pa, &pg)
+            else:
+                dlf_bnp_bsumsd(x + p, xhat + p, s, &pa, &pg)
+            a = a + pa
+            g = g + pg
+    part[it] = a
+    if xhat != NULL:
+        part2[it] = g
+
+
+cdef void _pcombine(const double* part, Py_ssize_t f, Py_ssize_t nk, double* out,
+                    double m) noexcept nogil:
+    """out[c] = (sum over k in order of part[c * nk + k]) / m."""
+    cdef Py_ssize_t c, k
+    cdef double a
+    for c in range(f):
+        a = 0.0
+        for k in range(nk):
+            a = a + part[c * nk + k]
+        out[c] = a / m
+
+
+cdef void _psums(const floating* x, const floating* xhat, Py_ssize_t n, Py_ssize_t f,
+                 Py_ssize_t s, const double* mu, double* part, double* part2,
+                 int nt) noexcept nogil:
+    """Every work item of the planar sums (_pitem) into part (and part2)."""
+    cdef Py_ssize_t nk = _pnk(n, s), it
+    if nt == 1:
+        for it in range(f * nk):
+            _pitem(x, xhat, n, f, s, it, nk, mu, part, part2)
+    else:
+        for it in prange(f * nk, schedule="static", num_threads=nt):
+            _pitem(x, xhat, n, f, s, it, nk, mu, part, part2)
+
+
+cdef void _pstats(const floating* x, Py_ssize_t n, Py_ssize_t f, Py_ssize_t s, double* mu,
+                  double* var, double* part, int nt) noexcept nogil:
+    """mu, var (length f) of planar x over its M = n*s values per channel (part: f * nk)."""
+    cdef Py_ssize_t nk = _pnk(n, s)
+    _psums(x, <const floating*>NULL, n, f, s, <const double*>NULL, part, NULL, nt)
+    _pcombine(part, f, nk, mu, <double>(n * s))
+    _psums(x, <const floating*>NULL, n, f, s, mu, part, NULL, nt)
+    _pcombine(part, f, nk, var, <double>(n * s))
+
+
+cdef inline void _pnorm_plane(const floating* x, floating* xhat, floating* out,
+                              const floating* gamma, const floating* beta, const double* mu,
+                              const double* inv, Py_ssize_t f, Py_ssize_t s,
+                              Py_ssize_t p) noexcept nogil:
+    """Plane p = n*f + c: xhat = (x - mu[c]) * inv[c], out = gamma[c] * xhat + beta[c]."""
+    cdef Py_ssize_t c = p % f
+    if floating is float:
+        dlf_bnp_normf(x + p * s, xhat + p * s, out + p * s, gamma[c], beta[c], mu[c], inv[c], s)
+    else:
+        dlf_bnp_normd(x + p * s, xhat + p * s, out + p * s, gamma[c], beta[c], mu[c], inv[c], s)
+
+
+cdef void _pnorm(const floating* x, floating* xhat, floating* out, const floating* gamma,
+                 const floating* beta, const double* mu, const double* inv, Py_ssize_t n,
+                 Py_ssize_t f, Py_ssize_t s, int nt) noexcept nogil:
+    cdef Py_ssize_t p
+    if nt == 1:
+        for p in range(n * f):
+            _pnorm_plane(x, xhat, out, gamma, beta, mu, inv, f, s, p)
+    else:
+        for p in prange(n * f, schedule="static", num_threads=nt):
+            _pnorm_plane(x, xhat, out, gamma, beta, mu, inv, f, s, p)
+
+
+cdef inline void _pdx_plane(floating* dx, const floating* dout, const floating* xhat,
+                            const floating* gamma, const floating* invstd, const double* sb,
+                            const double* sg, Py_ssize_t f, Py_ssize_t s, Py_ssize_t p,
+                            double dm, bint batch) noexcept nogil:
+    """Plane p = n*f + c of dx, coefficient k / M (batch) or k, k = gamma[c] * invstd[c]."""
+    cdef Py_ssize_t c = p % f
+    cdef double k = <double>gamma[c] * <double>invstd[c]
+    if batch:
+        k = k / dm
+    if floating is float:
+        dlf_bnp_dxf(dx + p * s, dout + p * s, xhat + p * s, k, sb[c], sg[c], s, dm, batch)
+    else:
+        dlf_bnp_dxd(dx + p * s, dout + p * s, xhat + p * s, k, sb[c], sg[c], s, dm, batch)
+
+
+cdef void _pfwd_train(const floating* x, const floating* gamma, const floating* beta,
+                      floating* out, floating* xhat, floating* mean, floating* invstd,
+                      floating* rm, floating* rv, Py_ssize_t n, Py_ssize_t f, Py_ssize_t s,
+                      double momentum, double eps, bint unbiased, double* buf) noexcept nogil:
+    """The training forward of planar x; buf: mu, var -> invstd (line_doubles(f) each), part."""
+    cdef int nt = _threads(n * f * s)
+    cdef Py_ssize_t fp = line_doubles(f), m = n * s
+    cdef double vfac = (<double>m / <double>(m - 1)) if (unbiased and m > 1) else 1.0
+    _pstats(x, n, f, s, buf, buf + fp, buf + 2 * fp, nt)
+    _fwd_feat(mean, invstd, rm, rv, buf, f, 0, f, momentum, eps, unbiased, vfac)
+    _pnorm(x, xhat, out, gamma, beta, buf, buf + fp, n, f, s, nt)
+
+
+cdef void _pbwd(const floating* dout, const floating* xhat, const floating* gamma,
+                const floating* invstd, floating* dx, floating* dgamma, floating* dbeta,
+                Py_ssize_t n, Py_ssize_t f, Py_ssize_t s, bint batch,
+                double* buf) noexcept nogil:
+    """The backward of planar data; buf: sb, sg (line_doubles(f) each), 2 * f * nk partials."""
+    cdef int nt = _threads(n * f * s)
+    cdef Py_ssize_t fp = line_doubles(f), nk = _pnk(n, s), j, p
+    cdef bint sums = dgamma != NULL or dbeta != NULL or (dx != NULL and batch)
+    cdef double* sb = buf
+    cdef double* sg = buf + fp
+    cdef double dm = <double>(n * s)
+    if sums:
+        _psums(dout, xhat, n, f, s, <const double*>NULL, buf + 2 * fp, buf + 2 * fp + f * nk,
+               nt)
+        _pcombine(buf + 2 * fp, f, nk, sb, 1.0)
+        _pcombine(buf + 2 * fp + f * nk, f, nk, sg, 1.0)
+    else:
+        for j in range(f):
+            sb[j] = 0.0
+            sg[j] = 0.0
+    if dx != NULL:
+        if nt == 1:
+            for p in range(n * f):
+                _pdx_plane(dx, dout, xhat, gamma, invstd, sb, sg, f, s, p, dm, batch)
+        else:
+            for p in prange(n * f, schedule="static", num_threads=nt):
+                _pdx_plane(dx, dout, xhat, gamma, invstd, sb, sg, f, s, p, dm, batch)
+    for j in range(f):
+        if dbeta != NULL:
+            dbeta[j] = <floating>sb[j]
+        if dgamma != NULL:
+            dgamma[j] = <floating>sg[j]
+
+
+cdef inline void _fwd_train_nd(const floating* x, const floating* gamma, const floating* beta,
+                               floating* out, floating* xhat, floating* mean, floating* invstd,
+                               floating* rm, floating* rv, Py_ssize_t n, Py_ssize_t f,
+                               Py_ssize_t s, double momentum, double eps, bint unbiased,
+                               double* buf) noexcept nogil:
+    if s == 1:
+        _fwd_train(x, gamma, beta, out, xhat, mean, invstd, rm, rv, n, f, momentum, eps,
+                   unbiased, buf)
+    else:
+        _pfwd_train(x, gamma, beta, out, xhat, mean, invstd, rm, rv, n, f, s, momentum, eps,
+                    unbiased, buf)
+
+
+cdef inline void _bwd_nd(const floating* dout, const floating* xhat, const floating* gamma,
+                         const floating* invstd, floating* dx, floating* dgamma, floating* dbeta,
+                         Py_ssize_t n, Py_ssize_t f, Py_ssize_t s, bint batch,
+                         double* buf) noexcept nogil:
+    if s == 1:
+        _bwd(dout, xhat, gamma, invstd, dx, dgamma, dbeta, n, f, batch, buf)
+    else:
+        _pbwd(dout, xhat, gamma, invstd, dx, dgamma, dbeta, n, f, s, batch, buf)
 
 
 cdef void _colstats(const floating* x, Py_ssize_t n, Py_ssize_t f, Py_ssize_t j0, Py_ssize_t j1,
@@ -254,36 +538,39 @@ cdef void _rowstats(const floating* x, Py_ssize_t n, Py_ssize_t f, double* mu, d
 
 # ---------------------------------------------------------------------------- statistics
 def batchnorm_stats(x, mean, var):
-    """mean = sum_n x / N, var = sum_n (x - mean)^2 / N per feature (N >= 1; double, two-pass)."""
+    """mean = sum x / M, var = sum (x - mean)^2 / M per feature (channel) over its M values
+    (M >= 1; double, two-pass)."""
     cdef Py_buffer v[3]
     cdef double* buf = NULL
-    cdef Py_ssize_t n, f
+    cdef Py_ssize_t n, f, s
     cdef int dt
     memset(v, 0, sizeof(v))
     try:
-        dt = _get_x(x, &v[0], False)
-        n = v[0].shape[0]
-        f = v[0].shape[1]
+        dt = _get_x(x, &v[0], False, &n, &f, &s)
         buf_get(mean, &v[1], dt, f, True)
         buf_get(var, &v[2], dt, f, True)
-        if n == 0 or f == 0:
+        if n * s == 0 or f == 0:
             return
-        buf = aligned_doubles((2 + (_nrc(n) if _narrow(n, f) else 0)) * line_doubles(f))
+        buf = aligned_doubles(_fwd_doubles(n, f, s))
         with nogil:
             if dt == DT_F32:
-                _stats(<const float*>v[0].buf, <float*>v[1].buf, <float*>v[2].buf, n, f, buf)
+                _stats(<const float*>v[0].buf, <float*>v[1].buf, <float*>v[2].buf, n, f, s, buf)
             else:
-                _stats(<const double*>v[0].buf, <double*>v[1].buf, <double*>v[2].buf, n, f, buf)
+                _stats(<const double*>v[0].buf, <double*>v[1].buf, <double*>v[2].buf, n, f, s,
+                       buf)
     finally:
         free(buf)
         buf_release(v, 3)
 
 
 cdef void _stats(const floating* x, floating* mean, floating* var, Py_ssize_t n, Py_ssize_t f,
-                 double* buf) noexcept nogil:
-    cdef int nt = _threads(n * f)
+                 Py_ssize_t s, double* buf) noexcept nogil:
+    cdef int nt = _threads(n * f * s)
     cdef Py_ssize_t b, fp = line_doubles(f)
-    if _narrow(n, f):
+    if s > 1:
+        _pstats(x, n, f, s, buf, buf + fp, buf + 2 * fp, nt)
+        _stats_out(mean, var, buf, f, 0, f)
+    elif _narrow(n, f):
         _rowstats(x, n, f, buf, buf + fp, buf + 2 * fp, nt)
         _stats_out(mean, var, buf, f, 0, f)
     elif nt == 1:
@@ -318,40 +605,39 @@ cdef inline floating _running(floating r, double momentum, double stat) noexcept
 
 def batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd, running_mean, running_var,
                             double momentum, double eps, bint unbiased):
-    """Training batch norm (N >= 2): mean, var = batch stats; invstd = 1/sqrt(var + eps);
-    xhat = (x - mean) * invstd; out = gamma * xhat + beta; running_* (if given) updated in place
-    with momentum (running var unbiased by N/(N-1) when ``unbiased``)."""
+    """Training batch norm (M >= 2 values per feature): mean, var = batch stats;
+    invstd = 1/sqrt(var + eps); xhat = (x - mean) * invstd; out = gamma * xhat + beta; running_*
+    (if given) updated in place with momentum (running var unbiased by M/(M-1) when
+    ``unbiased``)."""
     cdef Py_buffer v[9]
     cdef double* buf = NULL
-    cdef Py_ssize_t n, f
+    cdef Py_ssize_t n, f, s
     cdef int dt
     memset(v, 0, sizeof(v))
     try:
-        dt = _get_x(x, &v[0], False)
-        n = v[0].shape[0]
-        f = v[0].shape[1]
+        dt = _get_x(x, &v[0], False, &n, &f, &s)
         buf_get(gamma, &v[1], dt, f, False)
         buf_get(beta, &v[2], dt, f, False)
-        buf_get(out, &v[3], dt, n * f, True)
-        buf_get(xhat, &v[4], dt, n * f, True)
+        buf_get(out, &v[3], dt, n * f * s, True)
+        buf_get(xhat, &v[4], dt, n * f * s, True)
         buf_get(mean, &v[5], dt, f, True)
         buf_get(invstd, &v[6], dt, f, True)
         buf_get(running_mean, &v[7], dt, f, True)
         buf_get(running_var, &v[8], dt, f, True)
-        if n == 0 or f == 0:
+        if n * s == 0 or f == 0:
             return
-        buf = aligned_doubles((2 + (_nrc(n) if _narrow(n, f) else 0)) * line_doubles(f))
+        buf = aligned_doubles(_fwd_doubles(n, f, s))
         with nogil:
             if dt == DT_F32:
-                _fwd_train(<const float*>v[0].buf, <const float*>v[1].buf,
-                           <const float*>v[2].buf, <float*>v[3].buf, <float*>v[4].buf,
-                           <float*>v[5].buf, <float*>v[6].buf, <float*>v[7].buf,
-                           <float*>v[8].buf, n, f, momentum, eps, unbiased, buf)
+                _fwd_train_nd(<const float*>v[0].buf, <const float*>v[1].buf,
+                              <const float*>v[2].buf, <float*>v[3].buf, <float*>v[4].buf,
+                              <float*>v[5].buf, <float*>v[6].buf, <float*>v[7].buf,
+                              <float*>v[8].buf, n, f, s, momentum, eps, unbiased, buf)
             else:
-                _fwd_train(<const double*>v[0].buf, <const double*>v[1].buf,
-                           <const double*>v[2].buf, <double*>v[3].buf, <double*>v[4].buf,
-                           <double*>v[5].buf, <double*>v[6].buf, <double*>v[7].buf,
-                           <double*>v[8].buf, n, f, momentum, eps, unbiased, buf)
+                _fwd_train_nd(<const double*>v[0].buf, <const double*>v[1].buf,
+                              <const double*>v[2].buf, <double*>v[3].buf, <double*>v[4].buf,
+                              <double*>v[5].buf, <double*>v[6].buf, <double*>v[7].buf,
+                              <double*>v[8].buf, n, f, s, momentum, eps, unbiased, buf)
     finally:
         free(buf)
         buf_release(v, 9)
@@ -412,19 +698,17 @@ def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, double eps
     """invstd = 1/sqrt(running_var + eps); xhat = (x - running_mean) * invstd; out = gamma*xhat + beta."""
     cdef Py_buffer v[8]
     cdef double* buf = NULL
-    cdef Py_ssize_t n, f
+    cdef Py_ssize_t n, f, s
     cdef int dt
     memset(v, 0, sizeof(v))
     try:
-        dt = _get_x(x, &v[0], False)
-        n = v[0].shape[0]
-        f = v[0].shape[1]
+        dt = _get_x(x, &v[0], False, &n, &f, &s)
         buf_get(gamma, &v[1], dt, f, False)
         buf_get(beta, &v[2], dt, f, False)
         buf_get(running_mean, &v[3], dt, f, False)
         buf_get(running_var, &v[4], dt, f, False)
-        buf_get(out, &v[5], dt, n * f, True)
-        buf_get(xhat, &v[6], dt, n * f, True)
+        buf_get(out, &v[5], dt, n * f * s, True)
+        buf_get(xhat, &v[6], dt, n * f * s, True)
         buf_get(invstd, &v[7], dt, f, True)
         if f == 0:
             return
@@ -434,12 +718,12 @@ def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, double eps
                 _fwd_eval(<const float*>v[0].buf, <const float*>v[1].buf,
                           <const float*>v[2].buf, <const float*>v[3].buf,
                           <const float*>v[4].buf, <float*>v[5].buf, <float*>v[6].buf,
-                          <float*>v[7].buf, n, f, eps, buf)
+                          <float*>v[7].buf, n, f, s, eps, buf)
             else:
                 _fwd_eval(<const double*>v[0].buf, <const double*>v[1].buf,
                           <const double*>v[2].buf, <const double*>v[3].buf,
                           <const double*>v[4].buf, <double*>v[5].buf, <double*>v[6].buf,
-                          <double*>v[7].buf, n, f, eps, buf)
+                          <double*>v[7].buf, n, f, s, eps, buf)
     finally:
         free(buf)
         buf_release(v, 8)
@@ -447,16 +731,18 @@ def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, double eps
 
 cdef void _fwd_eval(const floating* x, const floating* gamma, const floating* beta,
                     const floating* rmean, const floating* rvar, floating* out, floating* xhat,
-                    floating* invstd, Py_ssize_t n, Py_ssize_t f, double eps,
+                    floating* invstd, Py_ssize_t n, Py_ssize_t f, Py_ssize_t s, double eps,
                     double* buf) noexcept nogil:
     """buf (regions of line_doubles(f) doubles): running_mean in double, invstd in double."""
-    cdef int nt = _threads(n * f)
+    cdef int nt = _threads(n * f * s)
     cdef Py_ssize_t i, j, fp = line_doubles(f)
     for j in range(f):
         buf[j] = <double>rmean[j]
         buf[fp + j] = 1.0 / sqrt(<double>rvar[j] + eps)
         invstd[j] = <floating>buf[fp + j]
-    if nt == 1:
+    if s > 1:
+        _pnorm(x, xhat, out, gamma, beta, buf, buf + fp, n, f, s, nt)
+    elif nt == 1:
         _norm(x, xhat, out, gamma, beta, buf, buf + fp, 0, n, f, 0, f)
     else:
         for i in prange(n, schedule="static", num_threads=nt):
@@ -465,26 +751,25 @@ cdef void _fwd_eval(const floating* x, const floating* gamma, const floating* be
 
 # ---------------------------------------------------------------------------- backward
 def batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta, bint batch_stats):
-    """dbeta = sum_n dout; dgamma = sum_n dout * xhat (double); dx = gamma*invstd/N *
-    (N*dout - dbeta - xhat*dgamma) with batch statistics, else dx = gamma*invstd*dout."""
+    """Over the M values of each feature (channel): dbeta = sum dout; dgamma = sum dout * xhat
+    (double); dx = gamma*invstd/M * (M*dout - dbeta - xhat*dgamma) with batch statistics, else
+    dx = gamma*invstd*dout."""
     cdef Py_buffer v[7]
     cdef double* buf = NULL
-    cdef Py_ssize_t n, f, j
+    cdef Py_ssize_t n, f, s, j
     cdef int dt
     memset(v, 0, sizeof(v))
     try:
-        dt = _get_x(dout, &v[0], False)
-        n = v[0].shape[0]
-        f = v[0].shape[1]
-        buf_get(xhat, &v[1], dt, n * f, False)
+        dt = _get_x(dout, &v[0], False, &n, &f, &s)
+        buf_get(xhat, &v[1], dt, n * f * s, False)
         buf_get(gamma, &v[2], dt, f, False)
         buf_get(invstd, &v[3], dt, f, False)
-        buf_get(dx, &v[4], dt, n * f, True)
+        buf_get(dx, &v[4], dt, n * f * s, True)
         buf_get(dgamma, &v[5], dt, f, True)
         buf_get(dbeta, &v[6], dt, f, True)
         if f == 0:
             return
-        if n == 0:                               # empty batch: zero sums, no dx rows
+        if n * s == 0:                           # no values: zero sums, no dx
             for j in range(f):
                 if dt == DT_F32:
                     if v[6].buf != NULL:
@@ -497,16 +782,16 @@ def batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta, bint batch_
                     if v[5].buf != NULL:
                         (<double*>v[5].buf)[j] = 0
             return
-        buf = aligned_doubles((3 + (2 * _nrc(n) if _narrow(n, f) else 0)) * line_doubles(f))
+        buf = aligned_doubles(_bwd_doubles(n, f, s))
         with nogil:
             if dt == DT_F32:
-                _bwd(<const float*>v[0].buf, <const float*>v[1].buf, <const float*>v[2].buf,
-                     <const float*>v[3].buf, <float*>v[4].buf, <float*>v[5].buf,
-                     <float*>v[6].buf, n, f, batch_stats, buf)
+                _bwd_nd(<const float*>v[0].buf, <const float*>v[1].buf, <const float*>v[2].buf,
+                        <const float*>v[3].buf, <float*>v[4].buf, <float*>v[5].buf,
+                        <float*>v[6].buf, n, f, s, batch_stats, buf)
             else:
-                _bwd(<const double*>v[0].buf, <const double*>v[1].buf, <const double*>v[2].buf,
-                     <const double*>v[3].buf, <double*>v[4].buf, <double*>v[5].buf,
-                     <double*>v[6].buf, n, f, batch_stats, buf)
+                _bwd_nd(<const double*>v[0].buf, <const double*>v[1].buf,
+                        <const double*>v[2].buf, <const double*>v[3].buf, <double*>v[4].buf,
+                        <double*>v[5].buf, <double*>v[6].buf, n, f, s, batch_stats, buf)
     finally:
         free(buf)
         buf_release(v, 7)
@@ -601,7 +886,7 @@ ctypedef struct _BatchNormC:
     void* dgamma
     void* dbeta
     double* buf         # work buffer, sized for the forward and the backward
-    Py_ssize_t n, f
+    Py_ssize_t n, f, s  # out (N, F), or (N, C, *S) with s = prod(S)
     int dt
     bint unbiased
     double momentum, eps
@@ -610,55 +895,57 @@ ctypedef struct _BatchNormC:
 cdef int _bn_op_fwd(dlf_op* p, const void* x) noexcept nogil:
     cdef _BatchNormC* s = <_BatchNormC*>p
     if s.dt == DT_F32:
-        _fwd_train(<const float*>x, <const float*>s.gamma, <const float*>s.beta,
-                   <float*>s.op.out, <float*>s.xhat, <float*>s.mean, <float*>s.invstd,
-                   <float*>s.rm, <float*>s.rv, s.n, s.f, s.momentum, s.eps, s.unbiased, s.buf)
+        _fwd_train_nd(<const float*>x, <const float*>s.gamma, <const float*>s.beta,
+                      <float*>s.op.out, <float*>s.xhat, <float*>s.mean, <float*>s.invstd,
+                      <float*>s.rm, <float*>s.rv, s.n, s.f, s.s, s.momentum, s.eps, s.unbiased,
+                      s.buf)
     else:
-        _fwd_train(<const double*>x, <const double*>s.gamma, <const double*>s.beta,
-                   <double*>s.op.out, <double*>s.xhat, <double*>s.mean, <double*>s.invstd,
-                   <double*>s.rm, <double*>s.rv, s.n, s.f, s.momentum, s.eps, s.unbiased, s.buf)
+        _fwd_train_nd(<const double*>x, <const double*>s.gamma, <const double*>s.beta,
+                      <double*>s.op.out, <double*>s.xhat, <double*>s.mean, <double*>s.invstd,
+                      <double*>s.rm, <double*>s.rv, s.n, s.f, s.s, s.momentum, s.eps,
+                      s.unbiased, s.buf)
     return 0
 
 
 cdef int _bn_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept nogil:
     cdef _BatchNormC* s = <_BatchNormC*>p
     if s.dt == DT_F32:
-        _bwd(<const float*>dout, <const float*>s.xhat, <const float*>s.gamma,
-             <const float*>s.invstd, <float*>s.op.dx, <float*>s.dgamma, <float*>s.dbeta, s.n,
-             s.f, True, s.buf)
+        _bwd_nd(<const float*>dout, <const float*>s.xhat, <const float*>s.gamma,
+                <const float*>s.invstd, <float*>s.op.dx, <float*>s.dgamma, <float*>s.dbeta, s.n,
+                s.f, s.s, True, s.buf)
     else:
-        _bwd(<const double*>dout, <const double*>s.xhat, <const double*>s.gamma,
-             <const double*>s.invstd, <double*>s.op.dx, <double*>s.dgamma, <double*>s.dbeta,
-             s.n, s.f, True, s.buf)
+        _bwd_nd(<const double*>dout, <const double*>s.xhat, <const double*>s.gamma,
+                <const double*>s.invstd, <double*>s.op.dx, <double*>s.dgamma,
+                <double*>s.dbeta, s.n, s.f, s.s, True, s.buf)
     return 0
 
 
 cdef class BatchNormOp:
     """``batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd, running_mean,
     running_var, momentum, eps, unbiased)`` and ``batchnorm_backward(dout, xhat, gamma, invstd,
-    dx, dgamma, dbeta, True)`` of fixed arrays (out: (N, F), N >= 2): an op of a training step
-    (dlfast_op.h). The same checks as the two kernels, once; ``address()`` is the ``dlf_op*``."""
+    dx, dgamma, dbeta, True)`` of fixed arrays (out: (N, F), or (N, C, *S) per channel; M >= 2
+    values per feature): an op of a training step (dlfast_op.h). The same checks as the two
+    kernels, once; ``address()`` is the ``dlf_op*``."""
     cdef _BatchNormC c
     cdef Py_buffer v[11]
 
     def __cinit__(self, gamma, beta, out, xhat, mean, invstd, running_mean, running_var, dx,
                   dgamma, dbeta, double momentum, double eps, bint unbiased):
-        cdef Py_ssize_t n, f, fp
+        cdef Py_ssize_t n, f, s
         cdef int dt
         memset(self.v, 0, sizeof(self.v))
         memset(&self.c, 0, sizeof(self.c))
-        dt = _get_x(out, &self.v[0], True)
-        n, f = self.v[0].shape[0], self.v[0].shape[1]
-        if n < 2 or f < 1:
-            raise ValueError(f"out must have at least 2 rows and 1 column, got shape ({n}, {f})")
-        for k, a, ln, w in ((1, gamma, f, False), (2, beta, f, False), (3, xhat, n * f, True),
-                            (4, mean, f, True), (5, invstd, f, True), (6, running_mean, f, True),
-                            (7, running_var, f, True), (8, dx, n * f, True), (9, dgamma, f, True),
-                            (10, dbeta, f, True)):
+        dt = _get_x(out, &self.v[0], True, &n, &f, &s)
+        if n * s < 2 or f < 1:
+            raise ValueError(f"out must have at least 2 values per feature and 1 feature, got "
+                             f"shape {tuple(out.shape)}")
+        for k, a, ln, w in ((1, gamma, f, False), (2, beta, f, False),
+                            (3, xhat, n * f * s, True), (4, mean, f, True), (5, invstd, f, True),
+                            (6, running_mean, f, True), (7, running_var, f, True),
+                            (8, dx, n * f * s, True), (9, dgamma, f, True), (10, dbeta, f, True)):
             buf_get(a, &self.v[k], dt, ln, w)
-        fp = line_doubles(f)
-        self.c.buf = aligned_doubles((3 + (2 * _nrc(n) if _narrow(n, f) else 0)) * fp)
-        self.c.n, self.c.f, self.c.dt = n, f, dt
+        self.c.buf = aligned_doubles(_bwd_doubles(n, f, s))
+        self.c.n, self.c.f, self.c.s, self.c.dt = n, f, s, dt
         self.c.momentum, self.c.eps, self.c.unbiased = momentum, eps, unbiased
         self.c.op.out = self.v[0].buf
         self.c.gamma, self.c.beta, self.c.xhat = self.v[1].buf, self.v[2].buf, self.v[3].buf

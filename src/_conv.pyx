@@ -22,6 +22,7 @@ from libc.string cimport memset, memcpy
 
 from _act cimport CHEAP, buf_get, buf_release, DT_F32, DT_FLOAT, DT_I64
 from _gemm cimport gemm_f32_t, gemm_f64_t, pin_t
+from _op cimport dlf_op
 
 include "_parallel.pxi"
 
@@ -614,19 +615,23 @@ def conv2d_backward(dout, x, W, col, dcol, dx, dW, db, stride, pad):
 
 # ---------------------------------------------------------------------------- pooling
 cdef _Geo _pool_geometry(Py_buffer* vx, object kernel, object stride, object pad) except *:
+    return _pool_geo(vx.shape[0], vx.shape[1], vx.shape[2], vx.shape[3], kernel, stride, pad)
+
+
+cdef _Geo _pool_geo(Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, object kernel,
+                    object stride, object pad) except *:
+    """Validated geometry of pooling x (N, C, H, W)."""
     cdef Py_ssize_t kh, kw, ph, pw
     kh, kw = kernel
     ph, pw = pad
     if kh < 1 or kw < 1:
         raise ValueError(f"the window must be at least 1x1, got {tuple(kernel)}")
-    if vx.shape[2] < 1 or vx.shape[3] < 1:
-        raise ValueError(f"x must have H, W >= 1 for pooling, got "
-                         f"{tuple(vx.shape[k] for k in range(4))}")
+    if H < 1 or W < 1:
+        raise ValueError(f"x must have H, W >= 1 for pooling, got {(N, C, H, W)}")
     if ph > kh // 2 or pw > kw // 2:
         raise ValueError(f"pad must be at most half the window, got pad {tuple(pad)} for window "
                          f"{tuple(kernel)}")
-    return _geometry(vx.shape[0], vx.shape[1], vx.shape[2], vx.shape[3], vx.shape[1], kh, kw,
-                     "the window", stride, pad)
+    return _geometry(N, C, H, W, C, kh, kw, "the window", stride, pad)
 
 
 cdef inline void _maxpool_plane(const floating* x, floating* out, int64_t* arg,
@@ -808,3 +813,229 @@ def avgpool2d_backward(dout, dx, kernel, stride, pad, count_include_pad):
                 _avgpool_bwd(<const double*>v[0].buf, <double*>v[1].buf, &g, inc)
     finally:
         buf_release(v, 2)
+
+
+# ---------------------------------------------------------------------------- ops (dlfast.kernels.OPS)
+# The kernels above bound to fixed arrays for inputs of x_shape (src/dlfast_op.h): the same
+# checks as the kernels, once; ``address()`` is the ``dlf_op*`` the program runs.
+ctypedef struct _ConvC:
+    dlf_op op           # first: the program sees a dlf_op*
+    _Geo g
+    const void* W
+    const void* b
+    void* col
+    void* dcol
+    void* dW
+    void* db
+    int dt
+
+
+cdef int _conv_op_fwd(dlf_op* p, const void* x) noexcept nogil:
+    cdef _ConvC* s = <_ConvC*>p
+    if s.dt == DT_F32:
+        _conv_fwd(<const float*>x, <const float*>s.W, <const float*>s.b, <float*>s.op.out,
+                  <float*>s.col, &s.g)
+    else:
+        _conv_fwd(<const double*>x, <const double*>s.W, <const double*>s.b, <double*>s.op.out,
+                  <double*>s.col, &s.g)
+    return 0
+
+
+cdef int _conv_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept nogil:
+    cdef _ConvC* s = <_ConvC*>p
+    if s.dt == DT_F32:
+        _conv_bwd(<const float*>dout, <const float*>s.W, <const float*>s.col, <float*>s.dcol,
+                  <float*>s.op.dx, <float*>s.dW, <float*>s.db, &s.g)
+    else:
+        _conv_bwd(<const double*>dout, <const double*>s.W, <const double*>s.col,
+                  <double*>s.dcol, <double*>s.op.dx, <double*>s.dW, <double*>s.db, &s.g)
+    return 0
+
+
+cdef class Conv2DOp:
+    """The ``conv2d`` op: ``conv2d_forward(x, W, b, out, col, stride, pad)`` and
+    ``conv2d_backward(dout, x, W, col, dcol, dx, dW, db, stride, pad)`` of fixed arrays, x of
+    ``x_shape`` (b, dx, dW, db: None to skip; dcol None only when dx is)."""
+    cdef _ConvC c
+    cdef Py_buffer v[8]
+
+    def __cinit__(self, W, b, out, col, dcol, dx, dW, db, x_shape, stride, pad):
+        cdef int dt
+        cdef Py_ssize_t n, ch, h, w
+        memset(self.v, 0, sizeof(self.v))
+        memset(&self.c, 0, sizeof(self.c))
+        n, ch, h, w = x_shape
+        dt = _arr(W, &self.v[0], DT_FLOAT, "W", (-1, ch, -1, -1), False)
+        self.c.g = _geometry(n, ch, h, w, self.v[0].shape[0], self.v[0].shape[2],
+                             self.v[0].shape[3], "the kernel", stride, pad)
+        _gemm_dims_ok(&self.c.g)
+        g = (self.c.g.N, self.c.g.F, self.c.g.OH, self.c.g.OW, self.c.g.K, self.c.g.OHW)
+        _arr(b, &self.v[1], dt, "b", (g[1],), False, False)
+        _arr(out, &self.v[2], dt, "out", g[:4], True)
+        _arr(col, &self.v[3], dt, "col", (g[0], g[4], g[5]), True)
+        if dx is not None and dcol is None:
+            raise ValueError("dcol (the workspace of dx) is required when dx is wanted")
+        _arr(dcol, &self.v[4], dt, "dcol", (g[0], g[4], g[5]), True, False)
+        _arr(dx, &self.v[5], dt, "dx", (n, ch, h, w), True, False)
+        _arr(dW, &self.v[6], dt, "dW", tuple(W.shape), True, False)
+        _arr(db, &self.v[7], dt, "db", (g[1],), True, False)
+        self.c.dt = dt
+        self.c.W, self.c.b, self.c.op.out, self.c.col = (self.v[0].buf, self.v[1].buf,
+                                                         self.v[2].buf, self.v[3].buf)
+        self.c.dcol, self.c.op.dx, self.c.dW, self.c.db = (self.v[4].buf, self.v[5].buf,
+                                                           self.v[6].buf, self.v[7].buf)
+        self.c.op.fwd = _conv_op_fwd
+        self.c.op.bwd = _conv_op_bwd
+
+    def __dealloc__(self):
+        buf_release(self.v, 8)
+
+    def address(self):
+        return <size_t>&self.c.op
+
+
+ctypedef struct _PoolC:
+    dlf_op op           # first: the program sees a dlf_op*
+    _Geo g
+    int64_t* argmax     # max pooling
+    int dt
+    bint include_pad    # average pooling
+
+
+cdef int _maxpool_op_fwd(dlf_op* p, const void* x) noexcept nogil:
+    cdef _PoolC* s = <_PoolC*>p
+    if s.dt == DT_F32:
+        _maxpool_fwd(<const float*>x, <float*>s.op.out, s.argmax, &s.g)
+    else:
+        _maxpool_fwd(<const double*>x, <double*>s.op.out, s.argmax, &s.g)
+    return 0
+
+
+cdef int _maxpool_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept nogil:
+    # argmax is the forward's: every index lies in [0, H*W)
+    cdef _PoolC* s = <_PoolC*>p
+    if s.op.dx == NULL:
+        return 0
+    if s.dt == DT_F32:
+        _maxpool_bwd(<const float*>dout, s.argmax, <float*>s.op.dx, &s.g)
+    else:
+        _maxpool_bwd(<const double*>dout, s.argmax, <double*>s.op.dx, &s.g)
+    return 0
+
+
+cdef int _avgpool_op_fwd(dlf_op* p, const void* x) noexcept nogil:
+    cdef _PoolC* s = <_PoolC*>p
+    if s.dt == DT_F32:
+        _avgpool_fwd(<const float*>x, <float*>s.op.out, &s.g, s.include_pad)
+    else:
+        _avgpool_fwd(<const double*>x, <double*>s.op.out, &s.g, s.include_pad)
+    return 0
+
+
+cdef int _avgpool_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept nogil:
+    cdef _PoolC* s = <_PoolC*>p
+    if s.op.dx == NULL:
+        return 0
+    if s.dt == DT_F32:
+        _avgpool_bwd(<const float*>dout, <float*>s.op.dx, &s.g, s.include_pad)
+    else:
+        _avgpool_bwd(<const double*>dout, <double*>s.op.dx, &s.g, s.include_pad)
+    return 0
+
+
+cdef int _pool_fill(_PoolC* c, Py_buffer* v, out, dx, x_shape, kernel, stride, pad) except -1:
+    """Acquire out (v[0]) and dx (v[1]) of a pool op for inputs of x_shape; fill c.g, c.dt."""
+    cdef Py_ssize_t n, ch, h, w
+    n, ch, h, w = x_shape
+    c.g = _pool_geo(n, ch, h, w, kernel, stride, pad)
+    c.dt = _arr(out, &v[0], DT_FLOAT, "out", (n, ch, c.g.OH, c.g.OW), True)
+    _arr(dx, &v[1], c.dt, "dx", (n, ch, h, w), True, False)
+    c.op.out, c.op.dx = v[0].buf, v[1].buf
+    return 0
+
+
+cdef class MaxPool2DOp:
+    """The ``maxpool2d`` op: ``maxpool2d_forward(x, out, argmax, kernel, stride, pad)`` and
+    ``maxpool2d_backward(dout, argmax, dx, kernel, stride, pad)`` of fixed arrays, x of
+    ``x_shape`` (dx None: no backward)."""
+    cdef _PoolC c
+    cdef Py_buffer v[3]
+
+    def __cinit__(self, out, argmax, dx, x_shape, kernel, stride, pad):
+        memset(self.v, 0, sizeof(self.v))
+        memset(&self.c, 0, sizeof(self.c))
+        _pool_fill(&self.c, self.v, out, dx, x_shape, kernel, stride, pad)
+        _arr(argmax, &self.v[2], DT_I64, "argmax", tuple(out.shape), True)
+        self.c.argmax = <int64_t*>self.v[2].buf
+        self.c.op.fwd = _maxpool_op_fwd
+        self.c.op.bwd = _maxpool_op_bwd
+
+    def __dealloc__(self):
+        buf_release(self.v, 3)
+
+    def address(self):
+        return <size_t>&self.c.op
+
+
+cdef class AvgPool2DOp:
+    """The ``avgpool2d`` op: ``avgpool2d_forward(x, out, kernel, stride, pad,
+    count_include_pad)`` and ``avgpool2d_backward(dout, dx, ...)`` of fixed arrays, x of
+    ``x_shape`` (dx None: no backward)."""
+    cdef _PoolC c
+    cdef Py_buffer v[2]
+
+    def __cinit__(self, out, dx, x_shape, kernel, stride, pad, count_include_pad):
+        memset(self.v, 0, sizeof(self.v))
+        memset(&self.c, 0, sizeof(self.c))
+        _pool_fill(&self.c, self.v, out, dx, x_shape, kernel, stride, pad)
+        self.c.include_pad = bool(count_include_pad)
+        self.c.op.fwd = _avgpool_op_fwd
+        self.c.op.bwd = _avgpool_op_bwd
+
+    def __dealloc__(self):
+        buf_release(self.v, 2)
+
+    def address(self):
+        return <size_t>&self.c.op
+
+
+ctypedef struct _FlattenC:
+    dlf_op op           # first: the program sees a dlf_op*
+    size_t nbytes
+
+
+cdef int _flatten_op_fwd(dlf_op* p, const void* x) noexcept nogil:
+    cdef _FlattenC* s = <_FlattenC*>p
+    memcpy(s.op.out, x, s.nbytes)
+    return 0
+
+
+cdef int _flatten_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept nogil:
+    cdef _FlattenC* s = <_FlattenC*>p
+    if s.op.dx != NULL:
+        memcpy(s.op.dx, dout, s.nbytes)
+    return 0
+
+
+cdef class FlattenOp:
+    """The ``flatten`` op: ``out = x.reshape(N, -1)`` and ``dx = dout.reshape(x.shape)``, copied
+    into fixed arrays (dx None: no backward)."""
+    cdef _FlattenC c
+    cdef Py_buffer v[2]
+
+    def __cinit__(self, out, dx):
+        cdef int dt
+        memset(self.v, 0, sizeof(self.v))
+        memset(&self.c, 0, sizeof(self.c))
+        dt = buf_get(out, &self.v[0], DT_FLOAT, -1, True)
+        buf_get(dx, &self.v[1], dt, self.v[0].len // self.v[0].itemsize, True)
+        self.c.nbytes = self.v[0].len
+        self.c.op.out, self.c.op.dx = self.v[0].buf, self.v[1].buf
+        self.c.op.fwd = _flatten_op_fwd
+        self.c.op.bwd = _flatten_op_bwd
+
+    def __dealloc__(self):
+        buf_release(self.v, 2)
+
+    def address(self):
+        return <size_t>&self.c.op

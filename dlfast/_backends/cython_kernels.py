@@ -146,5 +146,7 @@ OPS = {"dense": _mods[0].DenseOp, "maxout": _mods[0].MaxoutOp,
        "activation": _mods[1].ActivationOp, "prelu": _mods[1].PReLUOp,
        "softmax": _mods[2].SoftmaxOp, "softmax_xent": _mods[2].SoftmaxXentOp,
        "batchnorm": _mods[3].BatchNormOp, "dropout": _mods[4].DropoutOp,
-       "rrelu": _mods[4].RReLUOp, "layer": LayerOp}
+       "rrelu": _mods[4].RReLUOp, "conv2d": _mods[7].Conv2DOp,
+       "maxpool2d": _mods[7].MaxPool2DOp, "avgpool2d": _mods[7].AvgPool2DOp,
+       "flatten": _mods[7].FlattenOp, "layer": LayerOp}
 Program = importlib.import_module("dlfast._backends._program").Program

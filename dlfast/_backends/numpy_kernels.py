@@ -211,53 +211,70 @@ def softmax_xent_backward(probs, labels, dlogits, scale):
 
 
 # ----------------------------------------------------------------------------- batch norm
+# x (N, F), or (N, C, *S) viewed as (N, C, S): the statistics of channel j over axes 0 and 2.
+def _bn_view(a):
+    """(a viewed as (N, C, S), the reduction axes) for an array of ndim > 2, else (a, 0)."""
+    if a is None or a.ndim == 2:
+        return a, 0
+    return a.reshape(a.shape[0], a.shape[1], -1), (0, 2)
+
+
+def _bn_vec(v, axes):
+    """A per-feature vector broadcast against the (N, C, S) view when axes == (0, 2)."""
+    return v if axes == 0 else v[:, None]
+
+
 def batchnorm_stats(x, mean, var):
+    x, axes = _bn_view(x)
     x64 = x.astype(np.float64)
-    mu = x64.mean(axis=0)
+    mu = x64.mean(axis=axes)
     mean[...] = mu
-    var[...] = ((x64 - mu) ** 2).mean(axis=0)
+    var[...] = ((x64 - _bn_vec(mu, axes)) ** 2).mean(axis=axes)
 
 
 def batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd, running_mean, running_var,
                             momentum, eps, unbiased):
-    n = x.shape[0]
+    (x, axes), (out, _), (xhat, _) = _bn_view(x), _bn_view(out), _bn_view(xhat)
+    m = x.shape[0] * (x.shape[2] if axes else 1)
     x64 = x.astype(np.float64)
-    mu = x64.mean(axis=0)
-    var = ((x64 - mu) ** 2).mean(axis=0)
+    mu = x64.mean(axis=axes)
+    var = ((x64 - _bn_vec(mu, axes)) ** 2).mean(axis=axes)
     inv = 1.0 / np.sqrt(var + eps)
     mean[...] = mu
     invstd[...] = inv
-    xhat[...] = (x64 - mu) * inv
-    np.multiply(gamma, xhat, out=out)
-    out += beta
+    xhat[...] = (x64 - _bn_vec(mu, axes)) * _bn_vec(inv, axes)
+    np.multiply(_bn_vec(gamma, axes), xhat, out=out)
+    out += _bn_vec(beta, axes)
     if running_mean is not None:
         running_mean[...] = (1 - momentum) * running_mean + momentum * mu
     if running_var is not None:
-        v = var * (n / (n - 1)) if unbiased else var
+        v = var * (m / (m - 1)) if unbiased else var
         running_var[...] = (1 - momentum) * running_var + momentum * v
 
 
 def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, out, xhat, invstd):
+    (x, axes), (out, _), (xhat, _) = _bn_view(x), _bn_view(out), _bn_view(xhat)
     inv = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
     invstd[...] = inv
-    xhat[...] = (x.astype(np.float64) - running_mean) * inv
-    np.multiply(gamma, xhat, out=out)
-    out += beta
+    xhat[...] = (x.astype(np.float64) - _bn_vec(running_mean, axes)) * _bn_vec(inv, axes)
+    np.multiply(_bn_vec(gamma, axes), xhat, out=out)
+    out += _bn_vec(beta, axes)
 
 
 def batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta, batch_stats):
+    (dout, axes), (xhat, _), (dx, _) = _bn_view(dout), _bn_view(xhat), _bn_view(dx)
     d64 = dout.astype(np.float64)
-    sb = d64.sum(axis=0)
-    sg = (d64 * xhat).sum(axis=0)
+    sb = d64.sum(axis=axes)
+    sg = (d64 * xhat).sum(axis=axes)
     if dbeta is not None:
         dbeta[...] = sb
     if dgamma is not None:
         dgamma[...] = sg
     if dx is not None:
-        n = dout.shape[0]
-        k = gamma.astype(np.float64) * invstd
+        m = dout.shape[0] * (dout.shape[2] if axes else 1)
+        k = _bn_vec(gamma.astype(np.float64) * invstd, axes)
         if batch_stats:
-            dx[...] = k / n * (n * d64 - sb - xhat * sg)
+            dx[...] = k / m * (m * d64 - _bn_vec(sb, axes) - xhat * _bn_vec(sg, axes))
         else:
             dx[...] = k * d64
 
@@ -581,6 +598,52 @@ class SoftmaxXentOp(_Op):
         softmax_xent_backward(self.probs, self.labels, self.dlogits, self.weight)
 
 
+class Conv2DOp(_Op):
+    kind = "conv2d"
+
+    def forward(self, x):
+        conv2d_forward(x, self.W, self.b, self.out, self.col, self.stride, self.pad)
+
+    def backward(self, x, dout):
+        conv2d_backward(dout, x, self.W, self.col, self.dcol, self.dx, self.dW, self.db,
+                        self.stride, self.pad)
+
+
+class MaxPool2DOp(_Op):
+    kind = "maxpool2d"
+
+    def forward(self, x):
+        maxpool2d_forward(x, self.out, self.argmax, self.kernel, self.stride, self.pad)
+
+    def backward(self, x, dout):
+        if self.dx is not None:
+            maxpool2d_backward(dout, self.argmax, self.dx, self.kernel, self.stride, self.pad)
+
+
+class AvgPool2DOp(_Op):
+    kind = "avgpool2d"
+
+    def forward(self, x):
+        avgpool2d_forward(x, self.out, self.kernel, self.stride, self.pad,
+                          self.count_include_pad)
+
+    def backward(self, x, dout):
+        if self.dx is not None:
+            avgpool2d_backward(dout, self.dx, self.kernel, self.stride, self.pad,
+                               self.count_include_pad)
+
+
+class FlattenOp(_Op):
+    kind = "flatten"
+
+    def forward(self, x):
+        self.out[...] = x.reshape(self.out.shape)
+
+    def backward(self, x, dout):
+        if self.dx is not None:
+            self.dx[...] = dout.reshape(self.dx.shape)
+
+
 class LayerOp:
     """A layer without a kernel pair: its own (checked) ``forward``/``backward``, results copied
     into the op's ``out`` and ``dx``."""
@@ -598,7 +661,8 @@ class LayerOp:
 
 
 OPS = {c.kind: c for c in (DenseOp, ActivationOp, PReLUOp, RReLUOp, MaxoutOp, SoftmaxOp,
-                           BatchNormOp, DropoutOp, SoftmaxXentOp)}
+                           BatchNormOp, DropoutOp, SoftmaxXentOp, Conv2DOp, MaxPool2DOp,
+                           AvgPool2DOp, FlattenOp)}
 OPS["layer"] = LayerOp
 
 

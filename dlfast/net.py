@@ -49,29 +49,95 @@ def _as_layers(layers, what):
     return out
 
 
+_RESET = -1          # _io's out width of a layer whose output width is not known (Flatten)
+_NDIM = {2: "2-D (N, features)", 4: "4-D (N, C, H, W)"}
+
+
+def _io(layer):
+    """``(in ndims, in width, out ndim, out width)`` a layer fixes: the input ndims it accepts
+    (a tuple; None: any), the width of axis 1 it expects (features of 2-D, channels of 4-D) and
+    those of its output; None: any / unchanged (``_RESET``: unknown)."""
+    if isinstance(layer, (L.Dense, L.Maxout)):
+        return (2,), layer.in_features, 2, layer.out_features
+    if isinstance(layer, L.Conv2D):
+        return (4,), layer.in_channels, 4, layer.out_channels
+    if isinstance(layer, (L.MaxPool2D, L.AvgPool2D)):
+        return (4,), None, 4, None
+    if isinstance(layer, L.Flatten):
+        return (2, 3, 4), None, 2, _RESET
+    if isinstance(layer, L.BatchNorm):
+        return (2, 4), layer.num_features, None, layer.num_features
+    if isinstance(layer, L.PReLU):
+        n = layer.num_parameters if layer.num_parameters > 1 else None
+        return (2,), n, 2, n
+    if isinstance(layer, (L.RReLU, L.Softmax)):
+        return (2,), None, 2, None
+    return None, None, None, None
+
+
 def _io_features(layer):
     """``(in, out)`` feature counts a layer fixes (None where any width fits)."""
-    if isinstance(layer, (L.Dense, L.Maxout)):
-        return layer.in_features, layer.out_features
-    if isinstance(layer, L.BatchNorm):
-        return layer.num_features, layer.num_features
-    if isinstance(layer, L.PReLU) and layer.num_parameters > 1:
-        return layer.num_parameters, layer.num_parameters
-    return None, None
+    _, fin, _, fout = _io(layer)
+    return fin, (None if fout == _RESET else fout)
 
 
 def _check_chain(layers, what):
-    """ValueError naming both layers when a layer's input width differs from the output width
-    of the nearest layer below it that fixes one."""
-    prev = None                                  # (index, layer, out features)
+    """ValueError naming both layers when a layer's input differs from what the layers below it
+    output, where that is known: 2-D vs 4-D, the feature or channel count, and a Dense after a
+    Flatten of C channels (its width must be a multiple of C)."""
+    nd = width = flat = None            # (index, layer, value) of the nearest layer fixing it
     for i, l in enumerate(layers):
-        fin, fout = _io_features(l)
-        if fin is not None and prev is not None and prev[2] != fin:
-            j, pl, pout = prev
-            raise ValueError(f"{what}: layer {j} ({pl!r}) outputs {pout} features but layer {i} "
-                             f"({l!r}) expects {fin} inputs")
-        if fout is not None:
-            prev = (i, l, fout)
+        ind, fin, fout_nd, fout = _io(l)
+        if ind is not None and nd is not None and nd[2] not in ind:
+            j, pl, d = nd
+            fix = ("put a Flatten() between them" if d == 4 else
+                   "layers on images (N, C, H, W) come before the Flatten")
+            raise ValueError(f"{what}: layer {j} ({pl!r}) outputs {_NDIM[d]} but layer {i} "
+                             f"({l!r}) takes {' or '.join(_NDIM.get(k, f'{k}-D') for k in ind)} "
+                             f"input; {fix}")
+        if fin is not None and width is not None and width[2] != fin:
+            j, pl, pout = width
+            unit = ("channels", "channels") if nd is not None and nd[2] == 4 else \
+                   ("features", "inputs")
+            raise ValueError(f"{what}: layer {j} ({pl!r}) outputs {pout} {unit[0]} but layer {i} "
+                             f"({l!r}) expects {fin} {unit[1]}")
+        if fin is not None and flat is not None and fin % flat[2]:
+            j, pl, c = flat
+            raise ValueError(f"{what}: layer {j} ({pl!r}) flattens {c} channels into C*H*W "
+                             f"features (a multiple of {c}) but layer {i} ({l!r}) expects {fin} "
+                             f"inputs")
+        if fout_nd is not None:
+            if isinstance(l, L.Flatten):
+                flat = (i, l, width[2]) if width is not None and nd is not None and nd[2] == 4 \
+                    else None
+            else:
+                flat = None
+            nd = (i, l, fout_nd)
+        if fout == _RESET:
+            width = None
+        elif fout is not None:
+            width = (i, l, fout)
+            flat = None
+
+
+_NDIMS = {}           # layer class -> (in ndims, out ndim) of _io (they depend on the class only)
+
+
+def _input_ndims(paths):
+    """The ndims a net's input may have: those every path's layers accept up to the first layer
+    that fixes its output ndim (2-D when no layer constrains it)."""
+    allowed = None
+    for layers in paths:
+        for l in layers:
+            e = _NDIMS.get(type(l))
+            if e is None:
+                e = _NDIMS[type(l)] = _io(l)[::2]
+            ind, out_nd = e
+            if ind is not None:
+                allowed = ind if allowed is None else tuple(d for d in allowed if d in ind)
+            if out_nd is not None:
+                break
+    return allowed or (2,)
 
 
 def _unify_dtype(layers, dtype):
@@ -167,7 +233,7 @@ class _Net:
         plan = d.get("_plan")
         loss = plan.program.step(x, targets) if plan is not None and plan.fits(graph, x) else None
         if loss is None:
-            x = self._check_x(x)
+            x = self._check_x(x, graph)
             plans = d.get("_plans")
             if plans is None:
                 plans = d["_plans"] = _engine.Plans()
@@ -196,10 +262,14 @@ class _Net:
             layer.check_finite = False          # the net checks its input once
 
     # ---------------------------------------------------------------- inputs
-    def _check_x(self, x):
-        if not (type(x) is np.ndarray and x.dtype == self.dtype and x.ndim == 2
+    def _check_x(self, x, graph=None):
+        """x as the input of the net (or of ``graph``, default ``_graph()``): the net's dtype,
+        C-contiguous, finite, 2-D (N, features) or 4-D (N, C, H, W) as its first layers take."""
+        trunk, heads = self._graph() if graph is None else graph
+        nd = _input_ndims(tuple(trunk) + tuple(h) for h, _, _ in heads)
+        if not (type(x) is np.ndarray and x.dtype == self.dtype and x.ndim in nd
                 and x.flags.c_contiguous):
-            x = float_array("x", x, self.dtype, ndim=2)         # (raises, or makes it so)
+            x = float_array("x", x, self.dtype, ndim=nd)        # (raises, or makes it so)
         if self.check_finite and x.size and not _config.active().all_finite(x):
             finite_array("x", x)                                # raises
         return x

@@ -118,7 +118,7 @@ class _FrozenCache:
         for s in range(0, x.shape[0], chunk):
             h = _forward(self.lower, x[s:s + chunk], False)
             if out is None:
-                out = np.empty((x.shape[0], h.shape[1]), h.dtype)
+                out = np.empty((x.shape[0],) + h.shape[1:], h.dtype)
             out[s:s + chunk] = h
         return out
 

@@ -5,6 +5,10 @@ workspaces. Workspaces (outputs, gradients) are allocated once per batch shape (
 shapes are kept) and reused: **the array a forward or backward call returns is overwritten by the
 layer's next call with the same batch shape** — copy it if you need to keep it.
 
+Dense-like layers take x (N, features); ``Conv2D``, ``MaxPool2D``, ``AvgPool2D`` take images
+(N, C, H, W) and ``Flatten`` turns them into rows; ``BatchNorm``, ``Dropout`` and the activation
+layers (``Activation``, ``ReLU`` ...) take either (BatchNorm normalises per channel of images).
+
 Common to every layer:
 
 * ``dtype`` (float32 by default, or float64): inputs must have exactly this dtype (a mismatch is a
@@ -30,17 +34,19 @@ from ._base import _DEFAULT_ALPHA, Layer, _init_spec, activation_code
 from .activations import (ELU, Activation, Identity, LeakyReLU, PReLU, ReLU, RReLU, Sigmoid,
                           Softmax, Tanh)
 from .batchnorm import BatchNorm
+from .conv import AvgPool2D, Conv2D, Flatten, MaxPool2D
 from .dense import Dense, Maxout
 from .dropout import Dropout
 from .loss import SoftmaxCrossEntropy
 
 __all__ = ["Layer", "Dense", "Activation", "ReLU", "Sigmoid", "Tanh", "LeakyReLU", "ELU",
            "Identity", "PReLU", "RReLU", "Maxout", "Softmax", "BatchNorm", "Dropout",
-           "SoftmaxCrossEntropy", "activation_code", "from_config"]
+           "SoftmaxCrossEntropy", "Conv2D", "MaxPool2D", "AvgPool2D", "Flatten",
+           "activation_code", "from_config"]
 
 _CLASSES = {c.__name__: c for c in (Dense, Maxout, Activation, Identity, ReLU, Sigmoid, Tanh,
                                     LeakyReLU, ELU, PReLU, RReLU, Softmax, BatchNorm, Dropout,
-                                    SoftmaxCrossEntropy)}
+                                    SoftmaxCrossEntropy, Conv2D, MaxPool2D, AvgPool2D, Flatten)}
 
 
 def from_config(cfg):

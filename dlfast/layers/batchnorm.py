@@ -11,12 +11,15 @@ __all__ = ["BatchNorm"]
 
 
 class BatchNorm(Layer):
-    """Batch normalisation over the batch axis of x (N, F): params "gamma" (1) and "beta" (0),
-    running statistics ``running_mean`` (0) and ``running_var`` (``running_var_init``, 1).
+    """Batch normalisation over the batch axis of x (N, F), or per channel of images
+    x (N, C, H, W) over N, H, W (``num_features`` = C, PyTorch's BatchNorm2d): params "gamma" (1)
+    and "beta" (0), running statistics ``running_mean`` (0) and ``running_var``
+    (``running_var_init``, 1).
 
     train: ``y = gamma * (x - mean) / sqrt(var + eps) + beta`` with the biased batch var, and
     ``running = (1 - m) * running + m * stat`` (running var from the unbiased var when
-    ``unbiased``). eval: the running statistics. A batch of one row in training is an error.
+    ``unbiased``; M/(M-1) with M = N*H*W values per channel). eval: the running statistics.
+    Training on one value per feature (a batch of one row) is an error.
 
     ``momentum_convention="pytorch"`` (default): m = momentum (0.1). ``"textbook"`` (also
     ``textbook=True``, which further defaults momentum to 0.9 and ``unbiased`` to False):
@@ -51,12 +54,34 @@ class BatchNorm(Layer):
         """Weight of the new batch statistic in the running average."""
         return self.momentum if self.momentum_convention == "pytorch" else 1.0 - self.momentum
 
-    def forward(self, x, train=True):
-        x = self._check_x(x, self.num_features)
-        n, f = x.shape
-        if train and n < 2:
+    def _check_shape(self, shape):
+        """x (N, F) or (N, C, H, W) with F (C) = num_features."""
+        f = self.num_features
+        if len(shape) not in (2, 4):
+            raise ValueError(f"x must be 2-D (N, {f}) or 4-D (N, {f}, H, W) for BatchNorm, got "
+                             f"shape {tuple(shape)}")
+        if shape[1] != f:
+            what = "features (columns)" if len(shape) == 2 else "channels (axis 1)"
+            raise ValueError(f"x must have {f} {what} for BatchNorm(num_features={f}), got "
+                             f"shape {tuple(shape)}")
+
+    def _check_train_shape(self, shape, hint=""):
+        if len(shape) == 2 and shape[0] < 2:
             raise ValueError(f"BatchNorm in training mode needs a batch of at least 2 rows, got "
-                             f"{n} (the batch variance of one row is undefined); use train=False")
+                             f"{shape[0]} (the batch variance of one row is undefined){hint}")
+        if len(shape) == 4 and shape[0] * shape[2] * shape[3] < 2:
+            raise ValueError(f"BatchNorm in training mode needs at least 2 values per channel "
+                             f"(N*H*W >= 2), got x of shape {tuple(shape)}{hint}")
+
+    def forward(self, x, train=True):
+        if isinstance(x, np.ndarray) and x.ndim != 2:
+            self._check_shape(x.shape)
+            x = self._check_x(x, ndim=4)
+        else:
+            x = self._check_x(x, self.num_features)
+        f = self.num_features
+        if train:
+            self._check_train_shape(x.shape, "; use train=False")
         out, xhat = self._buf("out", x.shape), self._buf("xhat", x.shape)
         invstd = self._buf("invstd", (f,))
         g, b = self.params["gamma"], self.params["beta"]
@@ -79,9 +104,8 @@ class BatchNorm(Layer):
         return dx
 
     def kernel_pair(self, x_shape, need_dx):
-        if len(x_shape) == 2 and x_shape[0] < 2:
-            raise ValueError(f"BatchNorm in training mode needs a batch of at least 2 rows, got "
-                             f"{x_shape[0]} (the batch variance of one row is undefined)")
+        self._check_shape(x_shape)
+        self._check_train_shape(x_shape)
         f = self.num_features
         rec = {"out": self._buf("out", x_shape), "xhat": self._buf("xhat", x_shape),
                "invstd": self._buf("invstd", (f,)), "train": True}

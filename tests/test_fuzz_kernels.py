@@ -40,6 +40,7 @@ BAD_DTYPES = (np.int32, np.int64, np.bool_, np.float16, np.complex64, np.complex
 LAYOUTS = ("C", "F", "strided", "neg", "readonly", "broadcast")
 VALUES = ("normal", "normal", "huge", "tiny", "nan", "inf", "zeros")
 GUARD = 7
+BN_SPATIAL = st.sampled_from([(), (), (3, 2), (1, 4), (2, 1, 3)])   # batch norm: x (N, C, *S)
 
 
 # ============================================================================ case builders
@@ -76,6 +77,7 @@ def build(name, draw, rng, dt):
     c = Case(name)
     r = lambda *s: _rand(rng, s, dt)  # noqa: E731
     opt = lambda: draw(st.booleans())  # noqa: E731
+    sp = draw(BN_SPATIAL) if name.startswith("batchnorm_") else ()
     if name == "dense_forward":
         n, i = _sizes(draw)
         o = draw(st.integers(0, 5))
@@ -143,11 +145,11 @@ def build(name, draw, rng, dt):
             c.scalars["scale"] = draw(st.sampled_from([1.0, 0.5, 3.0]))
     elif name == "batchnorm_stats":
         n, f = _sizes(draw, min_n=1)
-        c.add("in", "x", r(n, f)), c.add("out", "mean", r(f)), c.add("out", "var", r(f))
+        c.add("in", "x", r(n, f, *sp)), c.add("out", "mean", r(f)), c.add("out", "var", r(f))
     elif name == "batchnorm_forward_train":
         n, f = _sizes(draw, min_n=2)
-        c.add("in", "x", r(n, f)), c.add("in", "gamma", r(f)), c.add("in", "beta", r(f))
-        for k, s in (("out", (n, f)), ("xhat", (n, f)), ("mean", (f,)), ("invstd", (f,))):
+        c.add("in", "x", r(n, f, *sp)), c.add("in", "gamma", r(f)), c.add("in", "beta", r(f))
+        for k, s in (("out", (n, f, *sp)), ("xhat", (n, f, *sp)), ("mean", (f,)), ("invstd", (f,))):
             c.add("out", k, r(*s))
         if opt():
             c.add("io", "running_mean", r(f)), c.add("io", "running_var", np.abs(r(f)))
@@ -160,15 +162,15 @@ def build(name, draw, rng, dt):
             c.add("in", k, r(f))
         c.arrays["running_var"] = np.abs(c.arrays["running_var"])
         c.nonneg.add("running_var")
-        c.add("in", "x", r(n, f))
-        for k, s in (("out", (n, f)), ("xhat", (n, f)), ("invstd", (f,))):
+        c.add("in", "x", r(n, f, *sp))
+        for k, s in (("out", (n, f, *sp)), ("xhat", (n, f, *sp)), ("invstd", (f,))):
             c.add("out", k, r(*s))
         c.scalars["eps"] = draw(st.sampled_from([1e-5, 1e-3]))
     elif name == "batchnorm_backward":
         n, f = _sizes(draw)
-        c.add("in", "dout", r(n, f)), c.add("in", "xhat", r(n, f))
+        c.add("in", "dout", r(n, f, *sp)), c.add("in", "xhat", r(n, f, *sp))
         c.add("in", "gamma", r(f)), c.add("in", "invstd", np.abs(r(f)))
-        c.add("out", "dx", r(n, f) if opt() else None)
+        c.add("out", "dx", r(n, f, *sp) if opt() else None)
         c.add("out", "dgamma", r(f) if opt() else None), c.add("out", "dbeta", r(f) if opt() else None)
         c.scalars["batch_stats"] = opt()
     elif name in ("dropout_mask", "random_uniform", "bernoulli_sample", "dropout_apply"):

@@ -83,7 +83,9 @@ def _close(name, ref, got, dt):
 
 # ============================================================================ layers
 LAYERS = ("Dense", "Maxout", "Activation", "Identity", "ReLU", "Sigmoid", "Tanh", "LeakyReLU",
-          "ELU", "PReLU", "RReLU", "Softmax", "BatchNorm", "Dropout", "SoftmaxCrossEntropy")
+          "ELU", "PReLU", "RReLU", "Softmax", "BatchNorm", "Dropout", "SoftmaxCrossEntropy",
+          "Conv2D", "MaxPool2D", "AvgPool2D", "Flatten")
+IMAGES = ("Conv2D", "MaxPool2D", "AvgPool2D", "Flatten")    # x (N, C, H, W); BatchNorm: either
 
 
 def test_every_public_layer_is_fuzzed():
@@ -106,14 +108,19 @@ def _make_layer(name, f, o, dt, opts):
         return L(seed=5, dtype=dt)
     if name == "BatchNorm":
         return L(f, dtype=dt)
+    if name == "Conv2D":
+        return L(f, o, opts["kernel"], stride=opts["stride"], padding=opts["pad"], dtype=dt,
+                 seed=3)
+    if name in ("MaxPool2D", "AvgPool2D"):
+        return L(opts["kernel"], stride=opts["stride"], padding=opts["pad"], dtype=dt)
     return L(dtype=dt)
 
 
 def _layer_run(name, backend, f, o, dt, opts, x, t, train, dout_seed):
     """forward + backward on one backend: ('ok', outputs) or (exception type name, None)."""
     with dlfast.use_backend(backend):
-        layer = _make_layer(name, f, o, dt, opts)
         try:
+            layer = _make_layer(name, f, o, dt, opts)
             if name == "SoftmaxCrossEntropy":
                 res = {"loss": layer.forward(x, t)}
                 res["dx"] = layer.backward(1.0).copy()
@@ -138,9 +145,13 @@ def test_fuzz_layer(name, fuzz_counter):
         f = draw(st.integers(1, 5))
         o = draw(st.integers(1, 4))
         opts = {"act": draw(st.sampled_from([None, "relu", "sigmoid", "tanh", "leaky_relu", "elu"])),
-                "pieces": draw(st.integers(1, 3)), "per_feature": draw(st.booleans())}
+                "pieces": draw(st.integers(1, 3)), "per_feature": draw(st.booleans()),
+                "kernel": draw(st.sampled_from([1, 2, 3, (2, 1)])),
+                "stride": draw(st.sampled_from([1, 2, (1, 2)])), "pad": draw(st.integers(0, 1))}
         rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
-        x0 = rng.standard_normal((n, f)).astype(dt)
+        image = name in IMAGES or (name in ("BatchNorm", "Dropout", "ReLU") and draw(st.booleans()))
+        shape = (n, f, draw(st.integers(0, 5)), draw(st.integers(1, 5))) if image else (n, f)
+        x0 = rng.standard_normal(shape).astype(dt)
         x, bad = _variant(draw, x0)
         t = rng.integers(0, f, n)
         if draw(st.integers(0, 7)) == 0 and n:

@@ -178,3 +178,101 @@ def test_batchnorm_tall_narrow_batches(shape, dtype):
         return [mean, var, out, xhat, m2, invstd, rm, rv, dx, dg, db, dx2]
 
     check(*on_all(fn), f64_floor=np.sqrt(n))
+
+
+# ============================================================================ (N, C, *S): per channel
+def _channel_ref(x, gamma, beta, eps):
+    """Plain float64 batch norm of x (N, C, *S) over every axis but 1."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    b = (1, -1) + (1,) * (x.ndim - 2)
+    x64 = x.astype(np.float64)
+    mu, var = x64.mean(axes), x64.var(axes)
+    xhat = (x64 - mu.reshape(b)) / np.sqrt(var.reshape(b) + eps)
+    return mu, var, xhat, gamma.reshape(b) * xhat + beta.reshape(b)
+
+
+# planes of 1 (the 2-D paths), 2, 30 and 64 values; PCHUNK / S images per work item (S = 64: 256
+# images, so 600 images are 3 items per channel); (300, 4, 8, 8) and (40, 70, 9, 11) start threads
+@pytest.mark.parametrize("shape", [(5, 3, 1, 1), (2, 3, 1, 2), (1, 2, 5, 6), (7, 1, 4, 4),
+                                   (300, 4, 8, 8), (600, 2, 8, 8), (40, 70, 9, 11), (3, 5, 7),
+                                   (2, 3, 2, 2, 2)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batchnorm_per_channel_of_images(shape, dtype):
+    """x (N, C, H, W) (any ndim >= 3): statistics per channel over N and the spatial axes (as
+    PyTorch's BatchNorm2d); both backends agree, 1 and 2 threads bit for bit, and the values
+    match a plain float64 computation; the running variance is unbiased by M / (M - 1)."""
+    rng = np.random.default_rng(sum(shape))
+    c = shape[1]
+    x = (rng.standard_normal(shape) * 2 + rng.standard_normal((1, c) + (1,) * (len(shape) - 2))
+         * 5).astype(dtype)
+    gamma = (rng.standard_normal(c) + 1).astype(dtype)
+    beta = rng.standard_normal(c).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    rm0, rv0 = rng.standard_normal(c).astype(dtype), (rng.random(c) + 0.5).astype(dtype)
+
+    def fn():
+        mean, var = np.empty(c, dtype), np.empty(c, dtype)
+        K.batchnorm_stats(x, mean, var)
+        out, xhat = np.full(shape, np.nan, dtype), np.full(shape, np.nan, dtype)
+        m2, invstd = np.empty(c, dtype), np.empty(c, dtype)
+        rm, rv = rm0.copy(), rv0.copy()
+        K.batchnorm_forward_train(x, gamma, beta, out, xhat, m2, invstd, rm, rv, momentum=0.3)
+        dx, dg, db = np.empty(shape, dtype), np.empty(c, dtype), np.empty(c, dtype)
+        K.batchnorm_backward(dout, xhat, gamma, invstd, dx, dg, db)
+        dx2 = np.empty(shape, dtype)
+        K.batchnorm_backward(dout, xhat, gamma, invstd, dx2, None, None, batch_stats=False)
+        oe, he, ie = np.empty(shape, dtype), np.empty(shape, dtype), np.empty(c, dtype)
+        K.batchnorm_forward_eval(x, gamma, beta, rm, rv, 1e-3, oe, he, ie)
+        return [mean, var, out, xhat, m2, invstd, rm, rv, dx, dg, db, dx2, oe, he, ie]
+
+    ref, one, two = on_all(fn)
+    m = x.size // c
+    check(ref, one, two, f64_floor=np.sqrt(m))
+    mu, var, xhat, out = _channel_ref(x, gamma, beta, 1e-5)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(ref[0], mu, rtol=tol, atol=tol * 10)
+    np.testing.assert_allclose(ref[1], var, rtol=tol * 10, atol=tol)
+    np.testing.assert_allclose(ref[2], out, rtol=tol * 10, atol=tol * 10)
+    np.testing.assert_allclose(ref[6], 0.7 * rm0 + 0.3 * mu, rtol=tol * 10, atol=tol)
+    np.testing.assert_allclose(ref[7], 0.7 * rv0 + 0.3 * var * m / (m - 1), rtol=tol * 10)
+    # dbeta, dgamma: sums over the channel's M values
+    axes = (0,) + tuple(range(2, x.ndim))
+    np.testing.assert_allclose(ref[10], dout.astype(np.float64).sum(axes), rtol=tol * 10,
+                               atol=tol * np.sqrt(m))
+
+
+def test_batchnorm_on_images_equals_batchnorm_on_pixel_rows(backend):
+    """BN of x (N, C, H, W) is BN of the (N*H*W, C) rows of its pixels (float64)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 3, 4, 5)) * 3 + 1
+    rows = np.ascontiguousarray(x.transpose(0, 2, 3, 1).reshape(-1, 3))
+    gamma, beta = rng.standard_normal(3) + 1, rng.standard_normal(3)
+
+    def run(a):
+        out, xhat = np.empty_like(a), np.empty_like(a)
+        mean, invstd, rm, rv = (np.zeros(3) for _ in range(4))
+        K.batchnorm_forward_train(a, gamma, beta, out, xhat, mean, invstd, rm, rv)
+        d = np.cos(out)
+        dx, dg, db = np.empty_like(a), np.empty(3), np.empty(3)
+        K.batchnorm_backward(d, xhat, gamma, invstd, dx, dg, db)
+        return out, dx, mean, invstd, rm, rv, dg, db
+
+    img, flat = run(x), run(rows)
+    back = lambda a: a.reshape(6, 4, 5, 3).transpose(0, 3, 1, 2)    # noqa: E731
+    np.testing.assert_allclose(img[0], back(flat[0]), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(img[1], back(flat[1]), rtol=1e-10, atol=1e-12)
+    for a, b in zip(img[2:], flat[2:]):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12)
+
+
+def test_batchnorm_images_need_two_values_per_channel(backend):
+    x = np.ones((1, 2, 1, 1))
+    v = lambda: np.zeros(2)     # noqa: E731
+    with pytest.raises(ValueError, match=r"at least 2 values per channel \(N\*H\*W >= 2\)"):
+        K.batchnorm_forward_train(x, v() + 1, v(), np.empty_like(x), np.empty_like(x), v(), v())
+    x = np.ones((1, 2, 1, 2))                                   # one image of 2 pixels: fine
+    out = np.empty_like(x)
+    K.batchnorm_forward_train(x, v() + 1, v(), out, np.empty_like(x), v(), v())
+    np.testing.assert_array_equal(out, 0.0)
+    with pytest.raises(ValueError, match=r"x must be \(N, F\) or \(N, C, H, W\)"):
+        K.batchnorm_stats(np.ones(3), v(), v())

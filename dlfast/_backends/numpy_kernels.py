@@ -216,7 +216,7 @@ def _bn_view(a):
     """(a viewed as (N, C, S), the reduction axes) for an array of ndim > 2, else (a, 0)."""
     if a is None or a.ndim == 2:
         return a, 0
-    return a.reshape(a.shape[0], a.shape[1], -1), (0, 2)
+    return a.reshape(a.shape[0], a.shape[1], math.prod(a.shape[2:])), (0, 2)
 
 
 def _bn_vec(v, axes):

@@ -12,8 +12,9 @@ import pytest
 
 import dlfast
 from dlfast import _engine, optim
-from dlfast.layers import (ELU, Activation, BatchNorm, Dense, Dropout, Layer, LeakyReLU, Maxout,
-                           PReLU, ReLU, RReLU, Sigmoid, Softmax, SoftmaxCrossEntropy, Tanh)
+from dlfast.layers import (ELU, Activation, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Flatten,
+                           Layer, LeakyReLU, MaxPool2D, Maxout, PReLU, ReLU, RReLU, Sigmoid, Softmax,
+                           SoftmaxCrossEntropy, Tanh)
 from dlfast.net import MLP, MultiTaskNet, Sequential
 
 CONFIGS = [dict(batchnorm=True, dropout=0.3), dict(), dict(activation="elu", dropout=0.2),
@@ -158,6 +159,116 @@ def test_compiled_plans_run_compiled_ops_only():
         net = Sequential([Dense(13, 8, seed=0), Softmax(), Dense(8, 5, seed=1)])
         net.loss_and_gradient(x, t)
         assert "LayerOp" not in {type(s[1]).__name__ for s in net._plans._plans[0].steps}
+
+
+# Nets on images: (layers(dtype), image shape (C, H, W)). Every image layer kind, BN and dropout
+# on 4-D, strides, padding, frozen and parameter-free first layers; "wide" starts threads.
+CONV_NETS = {
+    "simple-convnet": (lambda dt: [
+        Conv2D(1, 4, 3, padding=1, seed=1, dtype=dt), ReLU(), MaxPool2D(2), Flatten(),
+        Dense(64, 10, "relu", seed=2, dtype=dt), Dense(10, 5, seed=3, dtype=dt)], (1, 8, 8)),
+    "bn-dropout-pools": (lambda dt: [
+        Conv2D(2, 4, 3, seed=1, dtype=dt), BatchNorm(4, dtype=dt), Activation("tanh"),
+        Dropout(0.3, seed=7), AvgPool2D(2, stride=1, padding=1),
+        Conv2D(4, 3, (2, 3), stride=(2, 1), padding=(1, 0), seed=2, dtype=dt), ReLU(),
+        MaxPool2D(3, stride=2, padding=1), Flatten(), BatchNorm(12, dtype=dt),
+        Dense(12, 5, seed=3, dtype=dt)], (2, 7, 6)),
+    "frozen-conv": (lambda dt: [
+        Conv2D(1, 3, 3, seed=1, dtype=dt, trainable=False), ReLU(),
+        AvgPool2D(2, padding=1, count_include_pad=False), Conv2D(3, 2, 2, seed=2, dtype=dt),
+        Flatten(), Dense(18, 5, seed=3, dtype=dt)], (1, 8, 8)),
+    "pool-first": (lambda dt: [
+        MaxPool2D(2), Conv2D(2, 3, 2, bias=False, seed=1, dtype=dt), Activation("elu"),
+        Flatten(), Dropout(0.2, seed=4), Dense(12, 5, seed=3, dtype=dt)], (2, 6, 6)),
+    "bn-flatten-first": (lambda dt: [
+        BatchNorm(2, dtype=dt), Flatten(), Dense(24, 5, seed=3, dtype=dt)], (2, 3, 4)),
+    "wide": (lambda dt: [
+        Conv2D(3, 8, 3, padding=1, seed=1, dtype=dt), BatchNorm(8, dtype=dt), ReLU(),
+        MaxPool2D(2), Conv2D(8, 8, 3, padding=1, seed=2, dtype=dt), AvgPool2D(2), Flatten(),
+        Dense(128, 5, seed=3, dtype=dt)], (3, 16, 16)),
+}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name", sorted(CONV_NETS))
+def test_conv_engine_step_equals_checked_step(backend, dtype, name, threads, plans):
+    """Nets on images (N, C, H, W): the engine's step is the checked step, bit for bit."""
+    make, image = CONV_NETS[name]
+    a = Sequential(make(dtype), seed=1)
+    b = copy.deepcopy(a)
+    n = 40 if name == "wide" else 8
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4 * n,) + image).astype(dtype)
+    t = rng.integers(0, 5, 4 * n)
+    oa, ob = optim.Adam(lr=0.01), optim.Adam(lr=0.01)
+    dlfast.set_num_threads(threads)
+    for i in range(4):
+        _compare(a, b, x[n * i:n * i + n], t[n * i:n * i + n], oa, ob)
+    assert plans[0] == 1
+    assert [l.counter for l in a.layers if l.stochastic] == \
+           [l.counter for l in b.layers if l.stochastic]
+
+
+def test_compiled_conv_plans_run_compiled_ops_only():
+    """On the compiled backend the image layers (and BN, dropout on 4-D) run as compiled ops."""
+    if "cython" not in dlfast.available_backends():
+        pytest.skip("compiled backend not built")
+    seen = set()
+    with dlfast.use_backend("cython"):
+        for name, (make, image) in CONV_NETS.items():
+            net = Sequential(make(np.float32), seed=0)
+            x = np.random.default_rng(0).standard_normal((6,) + image).astype(np.float32)
+            net.loss_and_gradient(x, np.arange(6) % 5)
+            plan = net._plans._plans[0]
+            assert type(plan.program).__name__ == "Program" and not hasattr(plan.program, "steps")
+            kinds = {type(s[1]).__name__ for s in plan.steps}
+            assert "LayerOp" not in kinds, name
+            seen |= kinds
+    assert {"Conv2DOp", "MaxPool2DOp", "AvgPool2DOp", "FlattenOp", "BatchNormOp",
+            "DropoutOp"} <= seen
+
+
+@pytest.mark.parametrize("name", ["wide", "bn-dropout-pools"])
+def test_conv_training_is_the_same_on_1_and_2_threads(name):
+    """Five compiled engine steps + Adam updates: identical parameters and statistics."""
+    if "cython" not in dlfast.available_backends():
+        pytest.skip("compiled backend not built")
+    make, image = CONV_NETS[name]
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((40,) + image).astype(np.float32)
+    t = rng.integers(0, 5, 40)
+    states = []
+    with dlfast.use_backend("cython"):
+        for threads in (1, 2):
+            dlfast.set_num_threads(threads)
+            net, opt = Sequential(make(np.float32), seed=3), optim.Adam(lr=0.01)
+            for _ in range(5):
+                _, g = net.loss_and_gradient(x, t)
+                opt.update(net.params, g)
+            states.append(net.state_dict())
+    for k in states[0]:
+        assert states[0][k].tobytes() == states[1][k].tobytes(), k
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_multitask_conv_trunk_equals_checked_steps(backend, dtype, frozen):
+    def make():
+        trunk = [Conv2D(1, 3, 3, padding=1, seed=0, dtype=dtype), BatchNorm(3, dtype=dtype),
+                 ReLU(), MaxPool2D(2), Flatten()]
+        heads = {"a": [Dense(48, 3, seed=2, dtype=dtype)],
+                 "b": [Dropout(0.2, seed=6), Dense(48, 4, seed=3, dtype=dtype)]}
+        return MultiTaskNet(trunk, heads, loss_weights={"a": 0.5, "b": 1.5}, seed=5)
+    a = make()
+    if frozen:
+        a.freeze(upto=1)
+    b = copy.deepcopy(a)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((18, 1, 8, 8)).astype(dtype)
+    ta, tb = rng.integers(0, 3, 18), rng.integers(0, 4, 18)
+    oa, ob = optim.SGD(lr=0.1), optim.SGD(lr=0.1)
+    for i in range(3):
+        s = slice(6 * i, 6 * i + 6)
+        _compare(a, b, x[s], {"a": ta[s], "b": tb[s]}, oa, ob)
 
 
 def _random_stack(rng, dtype, f_in, n_out):

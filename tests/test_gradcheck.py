@@ -140,3 +140,15 @@ def test_layer_gradient_check_restores_bn_running_stats():
     layer_gradient_check(bn, np.random.default_rng(0).standard_normal((6, 5)))
     np.testing.assert_array_equal(bn.running_mean, 0.0)
     np.testing.assert_array_equal(bn.running_var, 1.0)
+
+
+def test_gradient_check_of_a_convnet(backend):
+    """Every parameter of a small convnet (conv, BN on images, pools, dropout, flatten, dense)."""
+    from dlfast.net import Sequential
+    net = Sequential([L.Conv2D(2, 3, 3, padding=1, dtype=F64, seed=0), L.BatchNorm(3, dtype=F64),
+                      L.ReLU(), L.MaxPool2D(2), L.Conv2D(3, 2, 2, dtype=F64, seed=1),
+                      L.AvgPool2D(2, stride=1), L.Flatten(), L.Dropout(0.3),
+                      L.Dense(2, 3, dtype=F64, seed=2)], seed=4)
+    x = np.random.default_rng(3).standard_normal((5, 2, 6, 6))
+    errors = gradient_check(net, x, np.array([0, 1, 2, 0, 1]))
+    assert set(errors) == set(net.grads) and max(errors.values()) < 1e-6, errors

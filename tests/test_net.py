@@ -356,3 +356,107 @@ def test_cross_backend_mlp_agrees():
         np.testing.assert_allclose(res["numpy"][1][k], res["cython"][1][k], rtol=1e-10,
                                    atol=1e-13)
     np.testing.assert_allclose(res["numpy"][2], res["cython"][2], rtol=1e-12, atol=1e-12)
+
+
+# ============================================================================ nets on images
+def _convnet(dtype=np.float32, **kw):
+    return Sequential([L.Conv2D(1, 4, 3, padding=1, seed=0, dtype=dtype), L.BatchNorm(4, dtype=dtype),
+                       L.ReLU(), L.MaxPool2D(2), L.Flatten(), L.Dropout(0.2),
+                       L.Dense(64, 10, "relu", seed=1, dtype=dtype), L.Dense(10, 3, seed=2, dtype=dtype)],
+                      seed=3, **kw)
+
+
+def _images(n=12, seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 1, 8, 8)).astype(dtype), rng.integers(0, 3, n)
+
+
+def test_convnet_takes_images(backend):
+    net = _convnet()
+    x, t = _images()
+    assert net.predict(x).shape == (12, 3)
+    loss, grads = net.loss_and_gradient(x, t)
+    assert np.isfinite(loss) and set(grads) == set(net.params)
+    assert grads["0.W"].shape == (4, 1, 3, 3)
+    assert 0 <= net.accuracy(x, t) <= 1
+    assert net.loss(x, t) > 0
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (np.zeros((12, 64), np.float32), r"x must be 4-D, got shape \(12, 64\)"),
+    (np.zeros((12, 8, 8), np.float32), r"x must be 4-D, got shape \(12, 8, 8\)"),
+    (np.zeros((12, 2, 8, 8), np.float32), r"x must have 1 channels \(axis 1\) for Conv2D"),
+    (np.zeros((12, 1, 6, 8), np.float32), r"layer 6 \(Dense\): W must have shape \(48, "),
+    (np.zeros((12, 1, 8, 8)), r"x has dtype float64 but the model is float32"),
+])
+def test_convnet_rejects_bad_images(backend, bad, msg):
+    net = _convnet()
+    with pytest.raises((ValueError, TypeError), match=msg):
+        net.loss_and_gradient(bad, np.zeros(12, np.int64))
+
+
+def test_input_ndim_follows_the_first_layers():
+    x2 = np.zeros((3, 8), np.float32)
+    x4 = np.zeros((3, 2, 2, 2), np.float32)
+    assert Sequential([L.Flatten(), L.Dense(8, 2)]).predict(x4).shape == (3, 2)
+    assert Sequential([L.Flatten(), L.Dense(8, 2)]).predict(x2).shape == (3, 2)
+    assert Sequential([L.BatchNorm(2), L.Conv2D(2, 2, 1), L.Flatten(),
+                       L.Dense(8, 2)]).predict(x4).shape == (3, 2)
+    with pytest.raises(ValueError, match=r"x must be 2-D, got shape \(3, 2, 2, 2\)"):
+        Sequential([L.ReLU(), L.Dense(8, 2)]).predict(x4)      # 2-D nets: as before
+    with pytest.raises(ValueError, match=r"x must be 2-D, got shape"):
+        MLP(8, [4], 2).predict(x4)
+
+
+@pytest.mark.parametrize("layers, msg", [
+    (lambda: [L.Conv2D(1, 6, 3), L.Dense(6, 3)],
+     r"layer 0 \(Conv2D.*\) outputs 4-D \(N, C, H, W\) but layer 1 \(Dense.*\) takes 2-D "
+     r"\(N, features\) input; put a Flatten\(\) between them"),
+    (lambda: [L.Conv2D(1, 6, 3), L.ReLU(), L.Dense(6, 3)], r"layer 0 .* layer 2 \(Dense"),
+    (lambda: [L.Dense(4, 6), L.Conv2D(6, 3, 3)], r"outputs 2-D \(N, features\) but layer 1 "
+                                                 r"\(Conv2D.*\) takes 4-D"),
+    (lambda: [L.Conv2D(1, 6, 3), L.MaxPool2D(2), L.Conv2D(5, 3, 3)],
+     r"layer 0 \(Conv2D.*\) outputs 6 channels but layer 2 \(Conv2D.*\) expects 5 channels"),
+    (lambda: [L.Conv2D(1, 6, 3), L.BatchNorm(5)], r"outputs 6 channels but layer 1 \(BatchNorm"),
+    (lambda: [L.Conv2D(1, 6, 3), L.MaxPool2D(2), L.Flatten(), L.Dense(100, 10)],
+     r"layer 2 \(Flatten\(\)\) flattens 6 channels into C\*H\*W features \(a multiple of 6\) but "
+     r"layer 3 \(Dense.*\) expects 100 inputs"),
+    (lambda: [L.Flatten(), L.Dense(96, 10), L.BatchNorm(9)],
+     r"layer 1 \(Dense.*\) outputs 10 features but layer 2 \(BatchNorm.*\) expects 9 inputs"),
+    (lambda: [L.Conv2D(1, 6, 3), L.Flatten(), L.PReLU()], None),
+    (lambda: [L.Conv2D(1, 6, 3), L.Softmax()], r"layer 1 \(Softmax.*\) takes 2-D"),
+])
+def test_chains_of_image_layers_are_checked(layers, msg):
+    if msg is None:
+        Sequential(layers())
+        return
+    with pytest.raises(ValueError, match=msg):
+        Sequential(layers())
+
+
+def test_convnet_config_save_load_and_reuse(tmp_path, backend):
+    from dlfast import io
+    net = _convnet()
+    x, t = _images()
+    net.loss_and_gradient(x, t)
+    path = io.save_model(net, tmp_path / "m.npz")
+    back = io.load_model(path)
+    assert [type(l).__name__ for l in back.layers] == [type(l).__name__ for l in net.layers]
+    np.testing.assert_array_equal(back.predict(x), net.predict(x))
+    from dlfast.net import reuse
+    low = reuse(net, 2)                                     # conv + BN (+ the ReLU, pool ...)
+    assert isinstance(low[0], L.Conv2D) and not low[0].trainable
+    net2 = Sequential(low + [L.Flatten(), L.Dense(64, 3, seed=5)])
+    assert net2.predict(x).shape == (12, 3)
+
+
+def test_convnet_trains_with_frozen_cached_features(backend):
+    from dlfast import optim
+    from dlfast.train import Trainer
+    net = Sequential([L.Conv2D(1, 4, 3, padding=1, seed=0), L.ReLU(), L.MaxPool2D(2),
+                      L.Flatten(), L.Dense(64, 3, seed=1)], seed=3)
+    net.freeze(1)
+    x, t = _images(60)
+    hist = Trainer(net, optim.Adam(lr=0.01), epochs=3, batch_size=20, seed=0, progress=False,
+                   cache_frozen=True, val_split=None).fit(x, t)
+    assert len(hist.loss) == 3 and hist.loss[-1] < hist.loss[0]

@@ -46,7 +46,7 @@ def _rows(r, key):
 
 def test_registry_has_all_experiments():
     assert E.names() == ["optimizers-path", "optimizers", "init-histograms", "init", "batchnorm",
-                         "overfit", "hyperparams", "multitask", "augment", "pretrain"]
+                         "overfit", "hyperparams", "multitask", "augment", "pretrain", "convnet"]
     with pytest.raises(ValueError, match="unknown experiment"):
         E.run("nope", "/tmp")
     with pytest.raises(ValueError, match="seed"):
@@ -184,3 +184,15 @@ def test_seed_reproducible(tmp_path):
     a = E.run("multitask", tmp_path / "a", quick=True, seed=3, verbose=False)
     b = E.run("multitask", tmp_path / "b", quick=True, seed=3, verbose=False)
     assert a["rows"] == b["rows"]
+
+
+def test_convnet(results, out):
+    """SimpleConvNet on the digits (padding 2): it learns within the quick budget, and its
+    filters move."""
+    r = results("convnet")
+    _check_result(r, out)
+    assert [row["epoch"] for row in r["rows"]] == [1, 2, 3] and r["padding"] == 2
+    assert r["rows"][-1]["test accuracy"] > 0.85
+    assert r["rows"][-1]["train loss"] < r["rows"][0]["train loss"]
+    assert r["filters_before"].shape == r["filters_after"].shape == (30, 1, 5, 5)
+    assert not np.array_equal(r["filters_before"], r["filters_after"])

@@ -23,6 +23,7 @@ hyperparams         random search of lr and weight decay (``dlfast.tune``), then
 multitask           shared trunk + two heads (digit, digit >= 5) vs two separate nets
 augment             200 training digits: validation accuracy with vs without augmentation
 pretrain            deep sigmoid net: greedy RBM pre-training vs Xavier / He init
+convnet             SimpleConvNet (conv 30 5x5, max pool, dense 100): accuracy, filters
 =================== ==================================================================
 """
 from __future__ import annotations
@@ -40,7 +41,7 @@ EXPERIMENTS = {}      # name -> (run function, one-line description)
 _NO_DATA = set()      # the experiments that take no dataset
 
 _MODULES = ("optimizers_path", "optimizers", "init_histograms", "init_compare", "batchnorm",
-            "overfit", "hyperparams", "multitask", "augment", "pretrain")
+            "overfit", "hyperparams", "multitask", "augment", "pretrain", "convnet")
 
 
 def register(name, description, uses_data=True):

@@ -112,6 +112,8 @@ class Augment:
         if not isinstance(x, np.ndarray) or x.dtype not in FLOAT_DTYPES:
             raise TypeError(f"x must be a float32/float64 array, got "
                             f"{getattr(x, 'dtype', type(x).__name__)}")
+        if x.ndim == 4 and x.shape[1] == 1:         # one-channel images (N, 1, H, W)
+            x = x.reshape(x.shape[0], *x.shape[2:])
         if x.ndim == 3:
             if self.shape is not None and x.shape[1:] != self.shape:
                 raise ValueError(f"x has images of shape {x.shape[1:]} but shape={self.shape}")
@@ -124,10 +126,12 @@ class Augment:
                 raise ValueError(f"shape={self.shape} has {self.shape[0] * self.shape[1]} pixels "
                                  f"but x has {x.shape[1]} features")
             return x.reshape(x.shape[0], *self.shape)
-        raise ValueError(f"x must be (N, H, W) images or (N, H*W) with shape=, got ndim {x.ndim}")
+        raise ValueError(f"x must be (N, H, W) or (N, 1, H, W) images, or (N, H*W) with shape=, "
+                         f"got shape {x.shape}")
 
     def __call__(self, x):
-        """A new augmented copy of x ((N, H, W), or (N, H*W) with ``shape``), same dtype."""
+        """A new augmented copy of x ((N, H, W), (N, 1, H, W), or (N, H*W) with ``shape``), same
+        shape and dtype."""
         img = self._images(x)
         if not np.all(np.isfinite(img)):
             raise ValueError("x must be finite (found NaN or inf)")

@@ -3,7 +3,8 @@
 Subcommands live in one registry: a new one is a function ``run(args) -> exit code`` plus one
 ``register(name, run, help, configure)`` call, where ``configure(parser)`` adds its arguments.
 
-    dlfast train [options]     train an MLP on the embedded digits (or --dataset mnist ...)
+    dlfast train [options]     train an MLP (or --arch: a convnet) on the embedded digits (or
+                               --dataset mnist ...)
     dlfast info [--json]       backend, dtype, threads, OpenMP, BLAS, available backends
     dlfast tune [options]      random / TPE search of train options, local or on Dask (dlfast.tune)
 
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
 
@@ -106,6 +108,47 @@ def _init(s):
     if not (v > 0 and v != float("inf")):
         raise argparse.ArgumentTypeError(f"a float initialiser is a std > 0, got {s}")
     return v
+
+
+ARCH_HELP = ("conv:FxK[sS][pP]  F filters of KxK, stride S (1), zero padding P (0);  "
+             "pool:K[sS]  max pooling of KxK, stride S (K);  avgpool:K[sS]  average pooling;  "
+             "dense:N  a hidden Dense of N units")
+_ARCH_ITEM = {"conv": re.compile(r"(\d+)x(\d+)(?:s(\d+))?(?:p(\d+))?"),
+              "pool": re.compile(r"(\d+)(?:s(\d+))?"), "avgpool": re.compile(r"(\d+)(?:s(\d+))?"),
+              "dense": re.compile(r"(\d+)")}
+
+
+def parse_arch(spec):
+    """``--arch`` items, e.g. "conv:30x5,pool:2,dense:100" -> [("conv", (30, 5, 1, 0)),
+    ("pool", (2, 2)), ("dense", (100,))]: conv (filters, kernel, stride, padding), pool /
+    avgpool (window, stride), dense (units); image items (conv, pools) come first."""
+    items = []
+    for part in str(spec).split(","):
+        kind, _, arg = part.strip().partition(":")
+        kind = kind.lower()
+        m = _ARCH_ITEM[kind].fullmatch(arg.strip()) if kind in _ARCH_ITEM else None
+        if m is None:
+            raise ValueError(f"--arch item {part.strip()!r} is not one of: {ARCH_HELP}")
+        v = [int(g) if g is not None else None for g in m.groups()]
+        if kind == "conv":
+            v = [v[0], v[1], 1 if v[2] is None else v[2], 0 if v[3] is None else v[3]]
+        elif kind != "dense":
+            v = [v[0], v[0] if v[1] is None else v[1]]
+        if min(v[:3] if kind == "conv" else v) < 1:
+            raise ValueError(f"--arch item {part.strip()!r}: sizes must be positive")
+        if kind != "dense" and any(k == "dense" for k, _ in items):
+            raise ValueError(f"--arch item {part.strip()!r}: conv and pool items come before the "
+                             f"dense items")
+        items.append((kind, tuple(v)))
+    return items
+
+
+def _arch(s):
+    try:
+        parse_arch(s)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return s.replace(" ", "")
 
 
 def _dropout(s):
@@ -291,6 +334,7 @@ def _make_optimizer(args):
 
 
 def _make_model(args, n_in, n_out, dtype):
+    """The MLP of the options, or with ``--arch`` the convnet on images (1, s, s), s*s = n_in."""
     from . import regularizers as R
     from .net import MLP
     wd = 0.0 if args.optimizer == "adamw" else args.weight_decay
@@ -305,8 +349,84 @@ def _make_model(args, n_in, n_out, dtype):
         kwargs["max_norm"] = args.max_norm
     if args.alpha is not None:
         kwargs["alpha"] = args.alpha
+    if getattr(args, "arch", None):
+        return _make_convnet(args, n_in, n_out, dtype, kwargs)
     return MLP(n_in, args.hidden, n_out, activation=args.activation, weight_init=args.init,
                batchnorm=args.batchnorm, dropout=args.dropout, seed=args.seed, dtype=dtype, **kwargs)
+
+
+_ARCH_ACTIVATIONS = ("relu", "leaky_relu", "elu", "sigmoid", "tanh", "identity")
+
+
+def _image_side(n_in):
+    s = int(round(n_in ** 0.5))
+    if s * s != n_in:
+        raise _CLIError(f"--arch needs square images; the data has {n_in} features per row")
+    return s
+
+
+def _make_convnet(args, n_in, n_out, dtype, kwargs):
+    """``Sequential`` of the ``--arch`` items on images (1, s, s): each conv and dense followed by
+    [BatchNorm] and the activation, each dense by [Dropout]; Flatten before the first dense; a
+    Dense of n_out closes."""
+    from . import kernels
+    from . import layers as L
+    from . import regularizers as R
+    from .net import Sequential
+    if args.activation not in _ARCH_ACTIVATIONS:
+        raise _CLIError(f"--activation {args.activation} does not apply to --arch (choose "
+                        f"{', '.join(_ARCH_ACTIVATIONS)})")
+    if args.hidden != [100, 100]:
+        raise _CLIError("--hidden does not apply with --arch (give dense:N items)")
+    act, alpha = args.activation, kwargs.get("alpha")
+    rng = np.random.default_rng(args.seed)
+    side = _image_side(n_in)
+    shape = (1, 1, side, side)
+    layers, width = [], None
+
+    def after(n):                                   # [BatchNorm] -> activation
+        if args.batchnorm:
+            layers.append(L.BatchNorm(n, dtype=dtype))
+        if act != "identity":
+            layers.append(L.Activation(act, alpha, dtype=dtype))
+
+    for i, (kind, v) in enumerate(parse_arch(args.arch)):
+        try:
+            if kind == "conv":
+                f, k, st, pad = v
+                c = shape[1]
+                shape = kernels.conv2d_output_shape(shape, (f, c, k, k), st, pad)
+                layers.append(L.Conv2D(c, f, k, st, pad, weight_init=args.init, dtype=dtype,
+                                       rng=rng))
+                after(f)
+            elif kind in ("pool", "avgpool"):
+                shape = kernels.pool2d_output_shape(shape, v[0], v[1])
+                layers.append((L.MaxPool2D if kind == "pool" else L.AvgPool2D)(v[0], v[1],
+                                                                               dtype=dtype))
+            else:
+                if width is None:
+                    layers.append(L.Flatten(dtype=dtype))
+                    width = shape[1] * shape[2] * shape[3]
+                layers.append(L.Dense(width, v[0], None, weight_init=args.init, dtype=dtype,
+                                      rng=rng))
+                after(v[0])
+                width = v[0]
+                if args.dropout:
+                    layers.append(L.Dropout(args.dropout, dtype=dtype))
+        except ValueError as exc:
+            item = args.arch.split(",")[i]
+            raise _CLIError(f"--arch item {item!r} on inputs (C, H, W) = {shape[1:]}: {exc}") \
+                from None
+    if width is None:
+        layers.append(L.Flatten(dtype=dtype))
+        width = shape[1] * shape[2] * shape[3]
+    layers.append(L.Dense(width, n_out, None, weight_init=args.init, dtype=dtype, rng=rng))
+    reg = kwargs.get("regularizer")
+    if reg is None and kwargs.get("weight_decay"):
+        reg = R.L2(kwargs["weight_decay"])
+    return Sequential(layers, regularizer=reg, max_norm=kwargs.get("max_norm"), dtype=dtype,
+                      seed=args.seed)
+
 
 
 def _make_schedule(args, lr0):
@@ -358,6 +478,8 @@ def _prepare_reuse(args, model, x):
     --augment; returns the extra Trainer keywords."""
     if args.cache_frozen and not args.freeze:
         raise _CLIError("--cache-frozen needs --freeze K")
+    if args.pretrain == "rbm" and getattr(args, "arch", None):
+        raise _CLIError("--pretrain rbm does not apply to --arch (RBMs pre-train Dense layers)")
     if args.pretrain == "rbm" and args.resume is None:
         from .pretrain import rbm_pretrain
         hist = rbm_pretrain(model, x, args.pretrain_epochs, lr=args.pretrain_lr,
@@ -369,7 +491,7 @@ def _prepare_reuse(args, model, x):
     transform = None
     if args.augment:
         from .augment import for_images
-        transform = for_images(x.shape[1], seed=args.seed)
+        transform = for_images(int(np.prod(x.shape[1:])), seed=args.seed)
     return {"cache_frozen": args.cache_frozen, "transform": transform}
 
 
@@ -394,7 +516,11 @@ def _run_train(args):
     os.makedirs(out, exist_ok=True)
     source, x, t, x_test, t_test = _load_data(args, dtype)
     n_out = int(max(t.max(), t_test.max())) + 1
-    model = _make_model(args, x.shape[1], n_out, dtype)
+    n_in = x.shape[1]
+    model = _make_model(args, n_in, n_out, dtype)
+    if args.arch:                                   # rows of s*s pixels -> images (1, s, s)
+        side = _image_side(n_in)
+        x, x_test = (a.reshape(len(a), 1, side, side) for a in (x, x_test))
     extras = _prepare_reuse(args, model, x)
     opt = _make_optimizer(args)
     schedule = _make_schedule(args, float(opt.lr))
@@ -405,9 +531,12 @@ def _run_train(args):
                       schedule_per=args.schedule_per, early_stopping=es, val_split=args.val_split,
                       stratify=True, progress=not args.no_progress, seed=args.seed,
                       checkpoint=_make_checkpoint(args), **extras)
-    arch = "-".join(str(v) for v in [x.shape[1], *args.hidden, n_out])
-    title = f"MLP {arch} {args.activation} on {source}, {args.optimizer}"
-    print(f"dlfast train: MLP {arch} ({args.activation}, init {args.init}"
+    if args.arch:
+        kind, arch = "ConvNet", f"{'x'.join(map(str, x.shape[1:]))},{args.arch},{n_out}"
+    else:
+        kind, arch = "MLP", "-".join(str(v) for v in [n_in, *args.hidden, n_out])
+    title = f"{kind} {arch} {args.activation} on {source}, {args.optimizer}"
+    print(f"dlfast train: {kind} {arch} ({args.activation}, init {args.init}"
           + (", batchnorm" if args.batchnorm else "") + (f", dropout {args.dropout}" if args.dropout else "")
           + f") on {source}: {x.shape[0]} training rows (validation {args.val_split:g} of them), "
           f"{x_test.shape[0]} test rows")
@@ -457,6 +586,13 @@ def _configure_train(p):
     g = p.add_argument_group("model")
     g.add_argument("--hidden", type=_positive_int, nargs="+", default=[100, 100], metavar="N",
                    help="hidden layer sizes (default: 100 100)")
+    g.add_argument("--arch", type=_arch, metavar="ITEMS",
+                   help="a convnet on the images instead of the MLP (rows of s*s pixels become "
+                        "1 x s x s images), comma-separated items: " + ARCH_HELP + ". Each conv "
+                        "and dense is followed by [--batchnorm] and --activation, each dense by "
+                        "[--dropout]; a Flatten goes before the first dense, a Dense of the "
+                        "classes closes. E.g. conv:30x5p2,pool:2,dense:100 (the digits' "
+                        "SimpleConvNet); --hidden does not apply")
     g.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="(default: relu)")
     g.add_argument("--alpha", type=_nonneg_float, help="slope of leaky_relu / scale of elu")
     g.add_argument("--init", type=_init, default="he",
@@ -545,7 +681,8 @@ def _configure_train(p):
                    help="--resume also from a checkpoint whose weights hold NaN or inf")
 
 
-register("train", _run_train, "train an MLP on the digits, MNIST or Fashion-MNIST", _configure_train)
+register("train", _run_train, "train an MLP or a convnet (--arch) on the digits, MNIST or "
+         "Fashion-MNIST", _configure_train)
 register("info", _run_info, "backend, dtype, threads, OpenMP and BLAS in use", _configure_info)
 
 from .experiments import _cli_configure as _configure_experiment, _cli_run as _run_experiment  # noqa: E402

@@ -1,6 +1,7 @@
 """The dlfast command: `dlfast train` with a small budget, Ctrl-C, `dlfast info`, argument errors."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -188,3 +189,55 @@ def test_split_data_is_a_stratified_partition():
     assert np.all(np.abs(np.bincount(t_te) - 0.2 * np.bincount(t)) <= 0.5)
     again = cli.split_data(np.hstack([ids, x]), t, 0.2, 0)
     np.testing.assert_array_equal(again[2], x_te)
+
+
+# ============================================================================ train --arch
+def test_parse_arch():
+    assert cli.parse_arch("conv:30x5,pool:2,dense:100") == [
+        ("conv", (30, 5, 1, 0)), ("pool", (2, 2)), ("dense", (100,))]
+    assert cli.parse_arch("conv:16x3s2p1, avgpool:3s2") == [("conv", (16, 3, 2, 1)),
+                                                           ("avgpool", (3, 2))]
+    for bad, msg in [("conv:30", "is not one of"), ("conv:0x3", "positive"),
+                     ("dense:10,pool:2", "come before the dense"), ("lstm:4", "is not one of"),
+                     ("", "is not one of")]:
+        with pytest.raises(ValueError, match=msg):
+            cli.parse_arch(bad)
+
+
+def test_train_a_convnet_on_the_digits(tmp_path, capsys):
+    out = tmp_path / "conv"
+    rc = cli.main(["train", "--arch", "conv:6x3p1,pool:2,dense:32", "--batchnorm", "--dropout",
+                   "0.1", "--epochs", "3", "--no-progress", "--out", str(out), "--augment"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "ConvNet 1x8x8,conv:6x3p1,pool:2,dense:32,10" in text
+    model = io.load_model(out / "model.npz")
+    assert [type(l).__name__ for l in model.layers] == [
+        "Conv2D", "BatchNorm", "Activation", "MaxPool2D", "Flatten", "Dense", "BatchNorm",
+        "Activation", "Dropout", "Dense"]
+    meta = io.read_metadata(out / "model.npz")
+    x, t = load_digits()
+    _, _, x_te, t_te = cli.split_data(x, t, 0.2, 0)
+    acc = model.accuracy(x_te.reshape(-1, 1, 8, 8), t_te)
+    assert acc == pytest.approx(meta["final"]["test"]["accuracy"]) and acc > 0.5
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--arch", "conv:4x9"], r"--arch item 'conv:4x9' on inputs \(C, H, W\) = \(1, 8, 8\): the "
+                             r"kernel \(9, 9\) is larger than the padded input"),
+    (["--arch", "conv:4x3,pool:7"], r"--arch item 'pool:7' .*\(4, 6, 6\).*window \(7, 7\) is "
+                                    r"larger"),
+    (["--arch", "conv:4x3", "--activation", "maxout"], "does not apply to --arch"),
+    (["--arch", "conv:4x3", "--hidden", "5"], "--hidden does not apply with --arch"),
+    (["--arch", "conv:4x3", "--pretrain", "rbm"], "--pretrain rbm does not apply to --arch"),
+])
+def test_bad_arch_options_are_clean_errors(tmp_path, capsys, args, msg):
+    rc = cli.main(["train", *args, "--epochs", "1", "--no-progress", "--out", str(tmp_path)])
+    assert rc == 1
+    assert re.search(msg, capsys.readouterr().err)
+
+
+def test_arch_is_documented_in_help(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--arch ITEMS" in text and "conv:FxK[sS][pP]" in text and "pool:K[sS]" in text

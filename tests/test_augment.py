@@ -76,12 +76,19 @@ def test_flattened_with_shape():
     np.testing.assert_array_equal(y.reshape(4, 8, 8), Augment(shift=1, seed=2)(x))
 
 
+def test_one_channel_images():
+    x = _imgs(4, 8, 8)
+    y = Augment(shift=1, seed=2)(x.reshape(4, 1, 8, 8))
+    assert y.shape == (4, 1, 8, 8)
+    np.testing.assert_array_equal(y[:, 0], Augment(shift=1, seed=2)(x))
+
+
 def test_errors():
     with pytest.raises(ValueError, match="no image shape"):
         Augment(shift=1)(np.zeros((3, 64), np.float32))
     with pytest.raises(ValueError, match="63 features"):
         Augment(shape=(8, 8))(np.zeros((3, 63), np.float32))
-    with pytest.raises(ValueError, match="ndim 4"):
+    with pytest.raises(ValueError, match=r"\(N, 1, H, W\) images.*got shape \(2, 3, 3, 3\)"):
         Augment()(np.zeros((2, 3, 3, 3), np.float32))
     with pytest.raises(TypeError, match="float32/float64"):
         Augment()(np.zeros((2, 3, 3), np.int64))

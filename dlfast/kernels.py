@@ -971,14 +971,12 @@ def _op_arrays(kind, xs, dt, a, s):
 
 def make_op(kind, x_shape, dtype, **kw):
     """Op ``kind`` (``OPS``) of the active backend, its arrays validated for inputs of
-    ``x_shape`` and ``dtype`` (shapes, dtypes, C-contiguous, outputs writeable and disjoint)."""
+    ``x_shape`` and ``dtype`` (shapes, dtypes, C-contiguous, outputs writeable and disjoint).
+    ``kw``: the kind's arrays and settings, but ``x_shape``, which is filled in here."""
     names, settings = OPS[kind] if kind in OPS else ((), ())
-    if "x_shape" in kw:
-        raise TypeError("x_shape is make_op's argument, not an op's")
-    missing = sorted((set(names) | set(settings) - {"x_shape"}) - set(kw))
-    if kind in OPS and (missing or set(kw) - set(names) - set(settings)):
-        given = tuple(k for k in names + settings if k != "x_shape")
-        raise TypeError(f"op {kind!r} takes {given}, got {sorted(kw)}")
+    own = tuple(k for k in names + settings if k != "x_shape")
+    if kind in OPS and set(kw) != set(own):
+        raise TypeError(f"op {kind!r} takes {own}, got {sorted(kw)}")
     dt = np.dtype(dtype)
     if dt not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dt.name}")

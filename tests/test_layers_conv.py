@@ -313,3 +313,53 @@ def test_cross_backend_layers_agree():
         np.testing.assert_allclose(d0, d1, rtol=1e-11, atol=1e-12, err_msg=name)
         for k in g0:
             np.testing.assert_allclose(g0[k], g1[k], rtol=1e-11, atol=1e-12, err_msg=name)
+
+
+# ============================================================================ ops (make_op)
+def _conv_arrays(xs=XS, f=4, k=3, pad=1, need_dx=True, dtype=F64):
+    from dlfast import kernels as K
+    W = _x((f, xs[1], k, k), 1, dtype)
+    ws = K.conv2d_workspace_shape(xs, W.shape, 1, pad)
+    return dict(W=W, b=np.zeros(f, dtype), out=np.empty(K.conv2d_output_shape(xs, W.shape, 1, pad),
+                                                        dtype),
+                col=np.empty(ws, dtype), dcol=np.empty(ws, dtype) if need_dx else None,
+                dx=np.empty(xs, dtype) if need_dx else None, dW=np.empty_like(W),
+                db=np.zeros(f, dtype), stride=1, pad=pad)
+
+
+def test_make_op_validates_the_image_ops(backend):
+    from dlfast import kernels as K
+    K.make_op("conv2d", XS, F64, **_conv_arrays())
+    K.make_op("conv2d", XS, F64, **_conv_arrays(need_dx=False))
+    bad = [
+        (dict(_conv_arrays(), dcol=None), TypeError, r"dcol is required \(an output array"),
+        (dict(_conv_arrays(), W=_x((4, 3, 3, 3))), ValueError,
+         r"W must have shape \(F, 2, KH, KW\) to match the 2 channels"),
+        (dict(_conv_arrays(), pad=-1), ValueError, "pad must be non-negative"),
+        (dict(_conv_arrays(), out=np.empty((3, 4, 7, 5))), ValueError, r"out must have shape"),
+        (dict(_conv_arrays(), col=_conv_arrays()["W"]), ValueError, "col must have shape"),
+        ({k: v for k, v in _conv_arrays().items() if k != "pad"}, TypeError,
+         r"op 'conv2d' takes \('W', 'b', 'out', 'col', 'dcol', 'dx', 'dW', 'db', 'stride', 'pad'\)"),
+    ]
+    for kw, exc, msg in bad:
+        with pytest.raises(exc, match=msg):
+            K.make_op("conv2d", XS, F64, **kw)
+    with pytest.raises(ValueError, match=r"a conv2d op needs 4-D inputs"):
+        K.make_op("conv2d", (3, 84), F64, **_conv_arrays())
+    ps = K.pool2d_output_shape(XS, 2)
+    pool = dict(out=np.empty(ps), argmax=np.empty(ps, np.int64), dx=np.empty(XS), kernel=2,
+                stride=None, pad=0)
+    K.make_op("maxpool2d", XS, F64, **pool)
+    with pytest.raises(TypeError, match="argmax must have dtype int64"):
+        K.make_op("maxpool2d", XS, F64, **dict(pool, argmax=np.empty(ps)))
+    with pytest.raises(ValueError, match=r"the window \(8, 8\) is larger"):
+        K.make_op("maxpool2d", XS, F64, **dict(pool, kernel=8))
+    with pytest.raises(ValueError, match="pad must be at most half the window"):
+        K.make_op("avgpool2d", XS, F64, out=np.empty(ps), dx=None, kernel=2, stride=None, pad=2,
+                  count_include_pad=True)
+    flat = dict(out=np.empty((3, 84)), dx=np.empty(XS))
+    K.make_op("flatten", XS, F64, **flat)
+    with pytest.raises(ValueError, match=r"out must have shape \(3, 84\)"):
+        K.make_op("flatten", XS, F64, **dict(flat, out=np.empty((3, 83))))
+    with pytest.raises(ValueError, match="output out overlaps dx"):
+        K.make_op("flatten", XS, F64, out=flat["dx"].reshape(3, 84), dx=flat["dx"])

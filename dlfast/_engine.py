@@ -78,7 +78,7 @@ class Plan:
     """A training step of ``graph`` for inputs of ``x_shape`` and ``dtype`` on the active
     backend (see the module docstring)."""
 
-    def __init__(self, graph, x_shape, dtype):
+    def __init__(self, graph, x_shape, dtype, grads=()):
         trunk, heads = graph
         self.impl = impl = _config.active()
         self.state = STATE[0]
@@ -90,6 +90,7 @@ class Plan:
         self._written, self._read = [], []
         self._recs, self._xrecs, self._drops, self._losses = [], [], [], []
         self._names = {}
+        self._grad_ops = {}                     # id(gradient array) -> (op, its name)
         fwd, bwd = [], []
         need_trunk = any(l.trainable and l.params for l in trunk)
         out, shape, trunk_ops = self._segment(trunk, "", None, tuple(x_shape), False, fwd)
@@ -119,12 +120,14 @@ class Plan:
         if need_trunk:
             self._backward(trunk_ops, acc, bwd)
         _check_disjoint(self._written, self._read)
-        self.grads = None           # set by the net: its gradient items, which the plan fixes
         self.steps = tuple(fwd + bwd)
         self._n = x_shape[0]
+        self.grads = tuple(grads)               # the net's (name, gradient array) items
+        slots = [self._grad_ops.get(id(a)) for _, a in self.grads]
+        self.fresh = all(s is not None for s in slots)    # gradient(): written straight to new arrays
         hooks = (tuple(n for n, _ in self._written), tuple(self._drops), tuple(self._recs),
                  tuple(self._xrecs), tuple((loss.__dict__, rec) for loss, _, rec, _ in self._losses),
-                 self._convert)
+                 self._convert, tuple(op.slot(k) for op, k in slots) if self.fresh else ())
         self.program = impl.Program(self.steps, [lop for _, lop, _, _ in self._losses],
                                     x_shape, dt, [a for _, a in self._written], hooks)
 
@@ -169,6 +172,8 @@ class Plan:
             a = pair.args[k]
             if a is not None:
                 (self._read if k in kernels.OP_INPUTS else self._written).append((f"{name} {k}", a))
+                if k in kernels.OP_GRADS:
+                    self._grad_ops[id(a)] = (op, k)
         return op
 
     def _layer_op(self, layer, name, src, shape, need_dx):
@@ -226,10 +231,10 @@ class Plan:
         return (self.state == STATE[0] and graph == self.graph and self.key[0] is _config.active()
                 and getattr(x, "shape", None) == self.key[1])
 
-    def run(self, x, targets):
+    def run(self, x, targets, fresh=None):
         """Forward, losses and backward of one step on x (checked by the net) with one label
         array per head; returns ``sum_h w_h * L_h`` (``values``: the L_h)."""
-        total = self.program.step(x, targets)
+        total = self.program.step(x, targets, fresh)
         if total is None:
             raise ValueError(f"x must be a finite C-contiguous {self.dtype.name} array of shape "
                              f"{self.key[1]}")
@@ -244,8 +249,9 @@ class Plans:
     def __init__(self, keep=2):
         self._plans, self.keep = [], keep
 
-    def get(self, graph, x):
-        """The current plan for this graph and x (made when there is none)."""
+    def get(self, graph, x, grads=()):
+        """The current plan for this graph and x (made when there is none; ``grads``: the net's
+        (name, gradient array) items, which the plan fixes)."""
         impl = _config.active()
         for i, p in enumerate(self._plans):
             if p.key[1] == x.shape and p.key[0] is impl:
@@ -255,7 +261,7 @@ class Plans:
                     return p
                 del self._plans[i]
                 break
-        p = Plan(graph, x.shape, x.dtype)
+        p = Plan(graph, x.shape, x.dtype, grads)
         self._plans.insert(0, p)
         del self._plans[self.keep:]
         return p

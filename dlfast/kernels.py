@@ -835,6 +835,7 @@ OPS = {
     "flatten": (("out", "dx"), ()),
 }
 OP_INPUTS = frozenset({"W", "b", "gamma", "beta", "slope"})     # arrays an op only reads
+OP_GRADS = frozenset({"dW", "db", "dgamma", "dbeta", "dslope"})  # its parameter gradients
 
 # Program steps: (code, a, b, c, d)
 FWD, BWD, LOSS, LOSS_BWD, COPY, ADD = range(6)
@@ -852,15 +853,18 @@ run(x, times=None) -> total (x: x_shape, dtype, C-contiguous); ``values``: the l
     added (for profiles);
 readonly() -> index of the first written array that is not writeable, or -1;
 accepts(x) -> x shares no memory with any written array;
-step(x, targets) -> total: the whole training step (the engine's per-step protocol), or None
+step(x, targets, fresh=None) -> total: the whole training step (the engine's per-step protocol), or None
     when x is not an ndarray of x_shape and dtype, C-contiguous and finite (the caller then
     checks x, naming what is wrong). With hooks = (names, drops, recs, xrecs, loss_recs,
-    convert): x shares no memory with a written array (ValueError); targets[j] is used as
+    convert, gslots): x shares no memory with a written array (ValueError); targets[j] is used as
     is when int64 (N,), else ``convert(j, t)`` (its errors name t); then, one thread at a time:
     every written array writeable (ValueError naming names[k]); load_labels (out of range:
     ``convert`` raises naming t); ``op.set_counter(layer._take_counter(size))`` for (layer, op,
-    size) in drops; run(x); ``d["_fwd"] = rec`` for (d, rec) in recs, ``rec["x"] = x`` for rec in
-    xrecs, and ``d["_fwd"], d["loss"] = rec, values[j]`` for (d, rec) = loss_recs[j]."""
+    size) in drops; run(x) — with ``fresh`` (new C-contiguous arrays, one per gslots entry, of its
+    gradient's shape and dtype), the ops write those gradients there for this run instead
+    (gslots[k] = ``op.slot(name)`` of the op writing gradient k); ``d["_fwd"] = rec`` for (d, rec)
+    in recs, ``rec["x"] = x`` for rec in xrecs, and ``d["_fwd"], d["loss"] = rec, values[j]`` for
+    (d, rec) = loss_recs[j]."""
 
 
 def _held(name, a, shape, dt, write=False, optional=False, dtype=None):

@@ -225,24 +225,35 @@ class _Net:
         loss, grads = self._step(self._graph(), x, self._targets_of(t))
         return loss + self.penalty(), self._finish_grads(grads)
 
-    def _step(self, graph, x, targets):
+    def _step(self, graph, x, targets, fresh=False):
         """The training engine's step of ``graph``: (data loss, gradient dict). The last plan runs
         x as it is when it fits (``Program.step`` checks it); otherwise x is checked
-        (``_check_x``) and the plan for its shape is found or made."""
+        (``_check_x``) and the plan for its shape is found or made. ``fresh``: the gradients are
+        new arrays (written there by the step when the plan can, else copies)."""
         d = self.__dict__
         plan = d.get("_plan")
-        loss = plan.program.step(x, targets) if plan is not None and plan.fits(graph, x) else None
+        out = None
+        if plan is not None and plan.fits(graph, x):
+            if fresh and plan.fresh:
+                out = [np.empty_like(a) for _, a in plan.grads]
+            loss = plan.program.step(x, targets, out)
+        else:
+            loss = None
         if loss is None:
             x = self._check_x(x, graph)
             plans = d.get("_plans")
             if plans is None:
                 plans = d["_plans"] = _engine.Plans()
-            plan = d["_plan"] = plans.get(graph, x)
-            if plan.grads is None:
-                plan.grads = tuple(self.grads.items())
-            loss = plan.run(x, targets)
+            plan = d["_plan"] = plans.get(graph, x, tuple(self.grads.items()))
+            if fresh and plan.fresh and out is None:
+                out = [np.empty_like(a) for _, a in plan.grads]
+            loss = plan.run(x, targets, out)
         self._after_step(plan)
-        return loss, dict(plan.grads)
+        if not fresh:
+            return loss, dict(plan.grads)
+        if out is None:
+            return loss, {k: a.copy() for k, a in plan.grads}
+        return loss, {k: a for (k, _), a in zip(plan.grads, out)}
 
     def _after_step(self, plan):
         pass
@@ -292,9 +303,12 @@ class _Net:
         return grads
 
     def gradient(self, x, t):
-        """Gradients of ``loss(x, t, train=True)`` (new arrays), keyed like ``params``."""
-        _, grads = self.loss_and_gradient(x, t)
-        return {k: v.copy() for k, v in grads.items()}
+        """Gradients of ``loss(x, t, train=True)`` (new arrays), keyed like ``params``. When every
+        gradient comes from a kernel pair, the step writes them straight into the new arrays and
+        the layers' own gradient buffers keep the last ``loss_and_gradient``'s; else they are
+        copies of those buffers."""
+        _, grads = self._step(self._graph(), x, self._targets_of(t), fresh=True)
+        return self._finish_grads(grads)
 
     def apply_constraints(self):
         """Max-norm on the trainable weight matrices (no-op without ``max_norm``)."""

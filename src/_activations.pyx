@@ -374,5 +374,12 @@ cdef class PReLUOp:
         free(self.c.part)
         buf_release(self.v, 4)
 
+    def slot(self, name):
+        """Address of the pointer field of the gradient output ``name`` (a program points it at
+        another array for one step: dlfast.kernels.PROGRAM_DOC)."""
+        if name == "dslope":
+            return <size_t>&self.c.dslope
+        raise KeyError(name)
+
     def address(self):
         return <size_t>&self.c.op

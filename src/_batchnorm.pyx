@@ -959,5 +959,14 @@ cdef class BatchNormOp:
         free(self.c.buf)
         buf_release(self.v, 11)
 
+    def slot(self, name):
+        """Address of the pointer field of the gradient output ``name`` (a program points it at
+        another array for one step: dlfast.kernels.PROGRAM_DOC)."""
+        if name == "dgamma":
+            return <size_t>&self.c.dgamma
+        if name == "dbeta":
+            return <size_t>&self.c.dbeta
+        raise KeyError(name)
+
     def address(self):
         return <size_t>&self.c.op

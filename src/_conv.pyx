@@ -890,6 +890,15 @@ cdef class Conv2DOp:
     def __dealloc__(self):
         buf_release(self.v, 8)
 
+    def slot(self, name):
+        """Address of the pointer field of the gradient output ``name`` (a program points it at
+        another array for one step: dlfast.kernels.PROGRAM_DOC)."""
+        if name == "dW":
+            return <size_t>&self.c.dW
+        if name == "db":
+            return <size_t>&self.c.db
+        raise KeyError(name)
+
     def address(self):
         return <size_t>&self.c.op
 

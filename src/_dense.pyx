@@ -508,6 +508,15 @@ cdef class DenseOp:
         free(self.c.part)
         buf_release(self.v, 7)
 
+    def slot(self, name):
+        """Address of the pointer field of the gradient output ``name`` (a program points it at
+        another array for one step: dlfast.kernels.PROGRAM_DOC)."""
+        if name == "dW":
+            return <size_t>&self.c.dW
+        if name == "db":
+            return <size_t>&self.c.db
+        raise KeyError(name)
+
     def address(self):
         return <size_t>&self.c.op
 
@@ -658,6 +667,15 @@ cdef class MaxoutOp:
     def __dealloc__(self):
         free(self.c.dense.part)
         buf_release(self.v, 10)
+
+    def slot(self, name):
+        """Address of the pointer field of the gradient output ``name`` (a program points it at
+        another array for one step: dlfast.kernels.PROGRAM_DOC)."""
+        if name == "dW":
+            return <size_t>&self.c.dense.dW
+        if name == "db":
+            return <size_t>&self.c.dense.db
+        raise KeyError(name)
 
     def address(self):
         return <size_t>&self.c.op

@@ -143,6 +143,9 @@ cdef class Program:
     cdef tuple written
     cdef tuple names, drops, recs, xrecs, loss_recs
     cdef object convert
+    cdef void*** gslots             # pointer fields of the gradient outputs (step's fresh)
+    cdef void** gsaved
+    cdef Py_ssize_t ngrads
     cdef object x                   # the step's x while it runs (for Python ops)
     cdef public object error
 
@@ -151,10 +154,18 @@ cdef class Program:
         cdef _Step* s
         steps, losses, written = list(steps), list(losses), tuple(written)
         if hooks is None:
-            hooks = ((), (), (), (), tuple((({}, None)) for _ in losses), None)
+            hooks = ((), (), (), (), tuple((({}, None)) for _ in losses), None, ())
         self.names, self.drops, self.recs, self.xrecs, self.loss_recs, self.convert = (
             tuple(hooks[0]), tuple(hooks[1]), tuple(hooks[2]), tuple(hooks[3]), tuple(hooks[4]),
             hooks[5])
+        gs = tuple(hooks[6])
+        self.ngrads = len(gs)
+        self.gslots = <void***>malloc(max(self.ngrads, 1) * sizeof(void**))
+        self.gsaved = <void**>malloc(max(self.ngrads, 1) * sizeof(void*))
+        if self.gslots == NULL or self.gsaved == NULL:
+            raise MemoryError()
+        for k in range(self.ngrads):
+            self.gslots[k] = <void**><size_t>gs[k]
         self.ndim = len(x_shape)
         if not 1 <= self.ndim <= 8:
             raise ValueError(f"x_shape must have 1 to 8 dimensions, got {tuple(x_shape)}")
@@ -207,6 +218,8 @@ cdef class Program:
         free(self.losses)
         free(self.spans)
         free(self.vals)
+        free(self.gslots)
+        free(self.gsaved)
         if self.lock != NULL:
             PyThread_free_lock(self.lock)
 
@@ -325,7 +338,7 @@ cdef class Program:
                   else dlf_finite_d(<const double*>cnp.PyArray_DATA(xa), self.count))
         return 0 if ok else 1
 
-    def step(self, x, targets):
+    def step(self, x, targets, fresh=None):
         """The whole training step (dlfast.kernels.PROGRAM_DOC's ``step``); None when x is not an
         ndarray of x_shape and dtype, C-contiguous and finite."""
         cdef Py_ssize_t k, j
@@ -360,10 +373,20 @@ cdef class Program:
             for layer, op, size in self.drops:
                 op.set_counter(layer._take_counter(size))
             self.x = x
+            if fresh is not None:
+                if len(fresh) != self.ngrads:
+                    raise ValueError(f"fresh must hold {self.ngrads} arrays, got {len(fresh)}")
+                for k in range(self.ngrads):
+                    self.gsaved[k] = self.gslots[k][0]
+                for k in range(self.ngrads):
+                    self.gslots[k][0] = cnp.PyArray_DATA(<cnp.ndarray>fresh[k])
             try:
                 total = self._run(cnp.PyArray_DATA(<cnp.ndarray>x), NULL)
             finally:
                 self.x = None
+                if fresh is not None:
+                    for k in range(self.ngrads):
+                        self.gslots[k][0] = self.gsaved[k]
             for d, rec in self.recs:
                 (<dict>d)["_fwd"] = rec
             for rec in self.xrecs:

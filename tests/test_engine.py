@@ -580,3 +580,50 @@ def test_a_layer_twice_in_a_net_is_refused():
         Sequential([d, ReLU(), d])
     loss = SoftmaxCrossEntropy()
     assert Sequential([Dense(5, 3, seed=0)], loss=loss).loss_layer is loss
+
+
+class PyScale(Layer):
+    """A layer with a parameter and only forward/backward: out = x * s, ds = sum(dout * x)."""
+
+    def __init__(self, dtype=None):
+        super().__init__(dtype)
+        self.params["s"] = np.full(1, 1.5, self.dtype)
+        self.grads["s"] = np.zeros(1, self.dtype)
+
+    def forward(self, x, train=True):
+        self._fwd = {"x": x}
+        return x * self.params["s"]
+
+    def backward(self, dout, compute_dx=True):
+        self.grads["s"][0] = np.sum(dout * self._fwd["x"])
+        return dout * self.params["s"] if compute_dx else None
+
+
+@pytest.mark.parametrize("middle", [None, Scale, PyScale])
+def test_gradient_returns_new_arrays_written_by_the_step(backend, dtype, middle):
+    """net.gradient: the step's gradients in new arrays (straight from the ops when every
+    gradient has an op slot, else copies), equal to loss_and_gradient's bit for bit; the layers'
+    own gradient buffers are left as they were."""
+    def make():
+        mid = [] if middle is None else [middle(dtype=dtype)]
+        return Sequential([Dense(7, 6, "relu", seed=0, dtype=dtype), BatchNorm(6, dtype=dtype),
+                           PReLU(6, dtype=dtype), *mid, Dense(6, 4, seed=1, dtype=dtype)],
+                          regularizer={"type": "L2", "lam": 0.01}, seed=2)
+    a = make()
+    b = copy.deepcopy(a)
+    x, t = _data(dtype=dtype)
+    for _ in range(3):
+        own = {k: v.copy() for k, v in a.grads.items()}
+        ga = a.gradient(x, t)
+        _, gb = b.loss_and_gradient(x, t)
+        assert ga.keys() == gb.keys()
+        for k in ga:
+            assert ga[k] is not a.grads[k] and ga[k].flags.owndata
+            np.testing.assert_array_equal(ga[k], gb[k], err_msg=k)
+            if middle is not PyScale:
+                np.testing.assert_array_equal(a.grads[k], own[k], err_msg=k)
+    assert a._plan.fresh == (middle is not PyScale)     # PyScale's gradient: copies
+    kept = {k: v.copy() for k, v in ga.items()}
+    a.gradient(x * 2, t)                            # the returned arrays are the caller's
+    for k in ga:
+        np.testing.assert_array_equal(ga[k], kept[k])

@@ -478,7 +478,7 @@ def bind_update(rule, ws, gs, states, wds, hyper):
 # ----------------------------------------------------------------------------- ops and programs
 # dlfast.kernels.OPS documents each op; the engine (dlfast._engine) validates their arrays once
 # and runs them every step through a Program.
-from ..kernels import OPS as _OPS  # noqa: E402
+from ..kernels import OP_GRADS as _OP_GRADS, OPS as _OPS  # noqa: E402
 
 
 class _Op:
@@ -493,6 +493,12 @@ class _Op:
 
     def set_counter(self, counter):
         self.counter = counter
+
+    def slot(self, name):
+        """The attribute of the gradient output ``name`` (PROGRAM_DOC: ``step``'s ``fresh``)."""
+        if name not in _OP_GRADS or not hasattr(self, name):
+            raise KeyError(name)
+        return self, name
 
 
 class DenseOp(_Op):
@@ -676,14 +682,14 @@ class Program:
         self.values = np.zeros(len(self.losses))
         self._lock = threading.Lock()
 
-    def step(self, x, targets):
+    def step(self, x, targets, fresh=None):
         if not (type(x) is np.ndarray and x.dtype == self.dtype and x.shape == self.x_shape
                 and x.flags.c_contiguous and all_finite(x)):
             return None
         if not self.accepts(x):
             raise ValueError("x shares memory with an array the training step writes (a layer's "
                              "output or gradient buffer); pass a copy")
-        names, drops, recs, xrecs, loss_recs, convert = self.hooks
+        names, drops, recs, xrecs, loss_recs, convert, gslots = self.hooks
         labels = list(targets)
         if len(labels) != len(self.losses):
             raise ValueError(f"expected {len(self.losses)} label arrays, got {len(labels)}")
@@ -702,7 +708,17 @@ class Program:
                 raise
             for layer, op, size in drops:
                 op.set_counter(layer._take_counter(size))
-            total = self.run(x)
+            if fresh is None:
+                total = self.run(x)
+            else:
+                saved = [getattr(op, k) for op, k in gslots]
+                for (op, k), a in zip(gslots, fresh, strict=True):
+                    setattr(op, k, a)
+                try:
+                    total = self.run(x)
+                finally:
+                    for (op, k), a in zip(gslots, saved):
+                        setattr(op, k, a)
             for d, rec in recs:
                 d["_fwd"] = rec
             for rec in xrecs:

@@ -1,6 +1,6 @@
 """dlfast.compat against the textbook ("Deep Learning from Scratch", common/*.py): a textbook-style
-script learns, and a plain-NumPy re-implementation of the textbook formulas (below) agrees step by
-step for batch norm, dropout and every optimiser."""
+script learns, and a plain-NumPy re-implementation of the textbook formulas (below, written here
+from the book's equations) agrees step by step for batch norm, dropout and every optimiser."""
 import io
 import contextlib
 import math
@@ -76,9 +76,7 @@ class RefNet:
         y = y - y.max(axis=1, keepdims=True)
         p = np.exp(y) / np.exp(y).sum(axis=1, keepdims=True)
         n = x.shape[0]
-        # exact cross-entropy: the textbook's "+ 1e-7" inside the log is replaced by the stable
-        # logsumexp form in dlfast (a difference of about 1e-7 / p)
-        loss = -np.sum(np.log(p[np.arange(n), t])) / n
+        loss = -np.sum(np.log(p[np.arange(n), t] + 1e-7)) / n      # the textbook's loss
         loss += sum(0.5 * self.lam * np.sum(self.p[f"W{k}"] ** 2) for k in range(1, self.n_hidden + 2))
         d = p.copy()
         d[np.arange(n), t] -= 1
@@ -133,12 +131,12 @@ class RefOpt:
             elif kind == "momentum":
                 self.s[k] = self.kw.get("momentum", 0.9) * self.s[k] - lr * g
                 params[k] += self.s[k]
-            elif kind == "nesterov":
+            elif kind == "nesterov":       # the book's form since its "Fix Nesterov" commit
                 mu = self.kw.get("momentum", 0.9)
-                self.s[k] *= mu
-                self.s[k] -= lr * g
                 params[k] += mu * mu * self.s[k]
                 params[k] -= (1 + mu) * lr * g
+                self.s[k] *= mu
+                self.s[k] -= lr * g
             elif kind == "adagrad":
                 self.s[k] += g * g
                 params[k] -= lr * g / (np.sqrt(self.s[k]) + 1e-7)
@@ -228,11 +226,12 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="weight_init_std"):
         MultiLayerNet(4, [3], 2, weight_init_std=-1.0)
     net = MultiLayerNet(4, [3], 2)
-    x = np.zeros((2, 4), np.float32)
+    x = np.zeros((2, 4))
     with pytest.raises(ValueError, match="unknown optimizer"):
         Trainer(net, x, np.zeros(2, int), x, np.zeros(2, int), optimizer="lbfgs")
-    with pytest.raises(ValueError, match="NaN"):
-        net.predict(np.full((2, 4), np.nan))
+    with pytest.warns(compat.NonFiniteWarning, match="input of MultiLayerNet"):
+        y = net.predict(np.full((2, 4), np.nan))        # NaN propagates, as in NumPy
+    assert np.all(np.isnan(y))
     with pytest.raises(ValueError, match="decay_rate"):
         RMSprop(decay_rate=1.5)
 
@@ -248,7 +247,8 @@ def test_weights_are_the_textbooks_draws(std):
     for k in ref:
         np.testing.assert_array_equal(net.params[k], ref[k])
     assert net.params["W1"].dtype == np.float64
-    net32 = MultiLayerNet(6, [5, 4], 3)
+    assert MultiLayerNet(6, [5, 4], 3).params["W1"].dtype == np.float64      # the book's default
+    net32 = MultiLayerNet(6, [5, 4], 3, dtype=np.float32)
     assert net32.params["W1"].dtype == np.float32
 
 
@@ -321,7 +321,7 @@ def test_net_matches_textbook_formulas_step_by_step(digits, use_bn, use_dropout,
     np.testing.assert_allclose(net.predict(x[:40]), y_ref, rtol=1e-9, atol=1e-9)
     loss_eval = net.loss(x[:40], t[:40])
     p = compat.softmax(y_ref)
-    want = -np.mean(np.log(p[np.arange(40), t[:40]])) + sum(
+    want = -np.mean(np.log(p[np.arange(40), t[:40]] + 1e-7)) + sum(
         0.5 * 0.01 * np.sum(ref.p[f"W{k}"] ** 2) for k in (1, 2, 3))
     assert loss_eval == pytest.approx(want, rel=1e-9)
 
@@ -409,7 +409,7 @@ def test_works_with_dlfast_trainer_and_gradcheck(digits):
     from dlfast.train import Trainer as DTrainer
     x, t = digits
     np.random.seed(0)
-    net = MultiLayerNet(64, [40], 10)
+    net = MultiLayerNet(64, [40], 10, dtype=np.float32)     # dlfast's Trainer wants x's dtype
     tr = DTrainer(net, DAdam(lr=0.01), epochs=3, batch_size=64, progress=False, seed=0)
     h = tr.fit(x[:1000], t[:1000], x[1000:], t[1000:])
     assert h.val_accuracy[-1] > 0.85

@@ -1,0 +1,263 @@
+"""The book's ``MultiLayerNet``/``MultiLayerNetExtend`` on ``dlfast.net.MLP``: every training
+step runs in dlfast's training engine (one plan, compiled), with the book's numerical forms.
+
+The MLP's layers get subclasses that add the book's attribute names (``W``, ``b``, ``dW``,
+``db``, ``x``; ``gamma``, ``beta``, ``dgamma``, ``dbeta``, ``xn``, ``std``; ``mask``,
+``dropout_ratio``) and, for batch norm, the book's one-row batch; their steps are the same ops.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import numpy as np
+
+from .. import kernels
+from .. import layers as L
+from .._validation import resolve_dtype
+from ..gradcheck import hold_rng
+from ..net import MLP
+from ._nonfinite import warn_once
+from .gradient import numerical_gradient
+from .layers import SoftmaxWithLoss
+
+_BN_EPS = 1e-6                 # the book writes 10e-7
+
+
+def book_std(weight_init_std, fan_in):
+    """The book's weight scale: 'relu'/'he' -> sqrt(2/fan_in), 'sigmoid'/'xavier' ->
+    sqrt(1/fan_in), a number -> itself."""
+    if isinstance(weight_init_std, str):
+        key = weight_init_std.lower()
+        if key in ("relu", "he"):
+            return math.sqrt(2.0 / fan_in)
+        if key in ("sigmoid", "xavier"):
+            return math.sqrt(1.0 / fan_in)
+        raise ValueError(f"weight_init_std must be 'relu'/'he', 'sigmoid'/'xavier' or a number, "
+                         f"got {weight_init_std!r}")
+    if isinstance(weight_init_std, (bool, np.bool_)) or not isinstance(
+            weight_init_std, (int, float, np.integer, np.floating)):
+        raise TypeError(f"weight_init_std must be 'relu'/'he', 'sigmoid'/'xavier' or a number, "
+                        f"got {type(weight_init_std).__name__}")
+    std = float(weight_init_std)
+    if not (math.isfinite(std) and std >= 0):
+        raise ValueError(f"weight_init_std must be a finite number >= 0, got {std}")
+    return std
+
+
+# ============================================================================ engine layers
+class _BookNames:
+    """``config()`` names the dlfast class, so the layer saves and rebuilds as one."""
+
+    def config(self):
+        cfg = super().config()
+        cfg["type"] = type(self).__mro__[2].__name__
+        return cfg
+
+
+class _Affine(_BookNames, L.Dense):
+    W = property(lambda self: self.params["W"], doc="The weight matrix (in, out).")
+    b = property(lambda self: self.params["b"], doc="The bias (out,).")
+    dW = property(lambda self: self.grads["W"], doc="The last step's dL/dW.")
+    db = property(lambda self: self.grads["b"], doc="The last step's dL/db.")
+    x = property(lambda self: None if self._fwd is None else self._fwd["x"],
+                 doc="The last forward's input.")
+
+
+class _Activation(_BookNames, L.Activation):
+    out = property(lambda self: None if self._fwd is None else self._fwd["out"],
+                   doc="The last forward's output.")
+
+    @property
+    def mask(self):
+        """``x <= 0`` of the last forward (ReLU), or None."""
+        return None if self._fwd is None or self.activation != "relu" else self._fwd["out"] <= 0
+
+
+class _Dropout(_BookNames, L.Dropout):
+    dropout_ratio = property(lambda self: self.p, doc="The drop probability.")
+
+    @property
+    def mask(self):
+        """The last training step's mask (bool, True = kept), or None."""
+        m = None if self._fwd is None else self._fwd["mask"]
+        return None if m is None else m.view(np.bool_)
+
+
+class _BatchNorm(_BookNames, L.BatchNorm):
+    """dlfast's BatchNorm (textbook momentum, biased running var, eps 1e-6) that also trains on a
+    one-row batch as the book does: mean = the row, var = 0, so out = beta and dx = 0; the
+    running statistics move towards (row, 0)."""
+
+    gamma = property(lambda self: self.params["gamma"])
+    beta = property(lambda self: self.params["beta"])
+    dgamma = property(lambda self: self.grads["gamma"])
+    dbeta = property(lambda self: self.grads["beta"])
+    xn = property(lambda self: None if self._fwd is None else self._fwd["xhat"],
+                  doc="The last forward's normalised input.")
+    std = property(lambda self: None if self._fwd is None else 1.0 / self._fwd["invstd"],
+                   doc="sqrt(var + eps) of the last forward.")
+
+    def forward(self, x, train=True):
+        if not (train and isinstance(x, np.ndarray) and x.ndim == 2 and x.shape[0] == 1):
+            return super().forward(x, train)
+        x = self._check_x(x, self.num_features)
+        f = self.num_features
+        out, xhat = self._buf("out", x.shape), self._buf("xhat", x.shape)
+        invstd = self._buf("invstd", (f,))
+        mean = np.ascontiguousarray(x[0])
+        kernels.batchnorm_forward_eval(x, self.params["gamma"], self.params["beta"], mean,
+                                       np.zeros(f, self.dtype), self.eps, out, xhat, invstd)
+        m = self.kernel_momentum
+        self.running_mean[...] = (1.0 - m) * self.running_mean + m * mean
+        self.running_var[...] = (1.0 - m) * self.running_var
+        self._fwd = {"out": out, "xhat": xhat, "invstd": invstd, "train": True}
+        return out
+
+    def backward(self, dout, compute_dx=True):
+        return super().backward(dout, compute_dx)
+
+    def kernel_pair(self, x_shape, need_dx):
+        if x_shape[0] < 2:
+            return None                      # the one-row batch: forward/backward above
+        return super().kernel_pair(x_shape, need_dx)
+
+
+_BOOK_CLASS = {L.Dense: _Affine, L.Activation: _Activation, L.Dropout: _Dropout,
+               L.BatchNorm: _BatchNorm}
+
+
+# ============================================================================ the nets
+class MLPNet:
+    """Shared body of ``MultiLayerNet`` and ``MultiLayerNetExtend``."""
+
+    def _build(self, input_size, hidden_size_list, output_size, activation, weight_init_std,
+               weight_decay_lambda, use_dropout, dropout_ration, use_batchnorm, dtype):
+        self.input_size = input_size
+        self.output_size = output_size
+        self.hidden_size_list = list(hidden_size_list)
+        self.hidden_layer_num = len(self.hidden_size_list)
+        self.weight_decay_lambda = weight_decay_lambda
+        self.weight_init_std = weight_init_std
+        self.activation = activation
+        self.use_dropout = bool(use_dropout)
+        self.dropout_ration = dropout_ration
+        self.use_batchnorm = bool(use_batchnorm)
+        book_std(weight_init_std, 1)            # validate before drawing anything
+
+        def init(shape, rng=None, dtype=np.float64):
+            # the book: weight_init_std * np.random.randn(fan_in, fan_out), the global stream
+            return (book_std(weight_init_std, shape[0]) * np.random.randn(*shape)).astype(dtype)
+
+        self.net = MLP(input_size, self.hidden_size_list, output_size, activation=activation,
+                       weight_init=init, batchnorm=self.use_batchnorm,
+                       dropout=dropout_ration if self.use_dropout else 0.0,
+                       weight_decay=weight_decay_lambda, seed=0, dtype=resolve_dtype(dtype),
+                       bn_momentum=0.9, bn_eps=_BN_EPS, bn_momentum_convention="textbook",
+                       bn_unbiased=False, bn_running_var_init=0.0, dropout_inverted=False)
+        self.net.check_finite = False           # NaN/inf propagate; warned once here instead
+        if self.use_dropout:
+            # dropout masks follow np.random.seed too: the stream seed is drawn from it
+            self.net.set_seed(int(np.random.randint(0, 2 ** 31 - 1)))
+        for layer in self.net.layers:
+            cls = _BOOK_CLASS.get(type(layer))
+            if cls is not None:
+                layer.__class__ = cls
+        self.layers = OrderedDict(
+            (name.replace("Activation", "Activation_function"), layer)
+            for name, layer in zip(self.net.layer_names, self.net.layers))
+        self.last_layer = SoftmaxWithLoss()
+
+    # ---------------------------------------------------------------- dlfast net interface
+    @property
+    def params(self):
+        """name -> the layer's own array (W1, b1, gamma1, beta1, ...)."""
+        return self.net.params
+
+    @property
+    def grads(self):
+        return self.net.grads
+
+    @property
+    def dtype(self):
+        return self.net.dtype
+
+    @property
+    def loss_layer(self):
+        return self.net.loss_layer
+
+    def _x(self, x):
+        x = np.asarray(x)
+        if x.dtype != self.net.dtype:
+            x = x.astype(self.net.dtype)
+        if "input" not in self.__dict__.get("_nonfinite_seen", ()) and x.size \
+                and not kernels.all_finite(x):
+            warn_once(self, "input", stacklevel=4)
+        return x
+
+    def forward(self, x, train=True):
+        """Scores of the last Affine layer (a layer buffer, not copied)."""
+        return self.net.forward(self._x(x), train)
+
+    def loss_and_gradient(self, x, t):
+        """``(loss, grads)`` of one train-mode step (grads are the layers' buffers)."""
+        loss, grads = self.net.loss_and_gradient(self._x(x), t)
+        if not math.isfinite(loss):
+            warn_once(self, "loss", stacklevel=3)
+        return loss, grads
+
+    def penalty(self):
+        return self.net.penalty()
+
+    def apply_constraints(self):
+        self.net.apply_constraints()
+
+    def state_dict(self):
+        return self.net.state_dict()
+
+    def load_state_dict(self, d, strict=True):
+        self.net.load_state_dict(d, strict)
+
+    # ---------------------------------------------------------------- the book's interface
+    def predict(self, x, train_flg=False):
+        """Scores (before the softmax), a new array."""
+        return self.net.predict(self._x(x), train_flg)
+
+    def loss(self, x, t, train_flg=False):
+        """``last_layer.forward(predict(x), t)`` (the book's cross-entropy, + 1e-7 inside the
+        log) + 0.5 * lambda * sum over every W of sum(W^2)."""
+        y = self.net.forward(self._x(x), train_flg)
+        return self.last_layer.forward(y, t) + self.net.penalty()
+
+    def accuracy(self, x, t):
+        """Fraction of rows whose largest score is at t (indices or one-hot rows)."""
+        t = np.asarray(t)
+        if t.ndim != 1:
+            t = np.argmax(t, axis=1)
+        x = self._x(x)
+        y = self.net.forward(x, False)
+        return float(np.sum(np.argmax(y, axis=1) == t)) / float(x.shape[0])
+
+    def gradient(self, x, t):
+        """Gradients (new arrays) of ``loss(x, t, train_flg=True)``, weight decay lambda*W
+        included (the book's cross-entropy and the exact one have the same gradient)."""
+        _, grads = self.loss_and_gradient(x, t)
+        return {k: v.copy() for k, v in grads.items()}
+
+    def numerical_gradient(self, x, t):
+        """Central differences (h = 1e-4) of ``loss(x, t, train_flg=True)`` for every entry of
+        ``params``; dropout masks are held still and the BN running statistics restored."""
+        x = self._x(x)
+        state = self.net.state_dict()
+        try:
+            with hold_rng(self.net):
+                def loss_W(_):
+                    return self.loss(x, t, train_flg=True)
+                return {k: numerical_gradient(loss_W, p) for k, p in self.net.params.items()}
+        finally:
+            self.net.load_state_dict(state)
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(input_size={self.input_size}, hidden_size_list="
+                f"{self.hidden_size_list}, output_size={self.output_size}, "
+                f"activation={self.activation!r}, weight_init_std={self.weight_init_std!r})")

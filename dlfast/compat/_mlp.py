@@ -186,13 +186,14 @@ class MLPNet:
     def loss_layer(self):
         return self.net.loss_layer
 
-    def _x(self, x):
+    def _x(self, x, stacklevel=4):
+        """x in the net's dtype; a first non-finite x warns (at the caller of the caller)."""
         x = np.asarray(x)
         if x.dtype != self.net.dtype:
             x = x.astype(self.net.dtype)
         if "input" not in self.__dict__.get("_nonfinite_seen", ()) and x.size \
                 and not kernels.all_finite(x):
-            warn_once(self, "input", stacklevel=4)
+            warn_once(self, "input", stacklevel=stacklevel)
         return x
 
     def forward(self, x, train=True):
@@ -201,9 +202,12 @@ class MLPNet:
 
     def loss_and_gradient(self, x, t):
         """``(loss, grads)`` of one train-mode step (grads are the layers' buffers)."""
-        loss, grads = self.net.loss_and_gradient(self._x(x), t)
-        if not math.isfinite(loss):
-            warn_once(self, "loss", stacklevel=3)
+        return self._step(x, t)
+
+    def _step(self, x, t):
+        loss, grads = self.net.loss_and_gradient(self._x(x, 5), t)
+        if not math.isfinite(loss):             # one warning per net: its last layer's
+            warn_once(self.last_layer, "loss", stacklevel=4, what=type(self).__name__)
         return loss, grads
 
     def penalty(self):
@@ -241,7 +245,7 @@ class MLPNet:
     def gradient(self, x, t):
         """Gradients (new arrays) of ``loss(x, t, train_flg=True)``, weight decay lambda*W
         included (the book's cross-entropy and the exact one have the same gradient)."""
-        _, grads = self.loss_and_gradient(x, t)
+        _, grads = self._step(x, t)
         return {k: v.copy() for k, v in grads.items()}
 
     def numerical_gradient(self, x, t):

@@ -21,12 +21,13 @@ class NonFiniteWarning(RuntimeWarning):
     """A NaN or infinity reached ``dlfast.compat``; it propagates (no exception)."""
 
 
-def warn_once(owner, kind, stacklevel=3):
-    """Warn about ``kind`` for ``owner`` unless it already did; True when it warned."""
+def warn_once(owner, kind, stacklevel=3, what=None):
+    """Warn about ``kind`` for ``owner`` (named ``what``, default its class) unless it already
+    did; True when it warned."""
     seen = owner.__dict__.setdefault("_nonfinite_seen", set())
     if kind in seen:
         return False
     seen.add(kind)
-    warnings.warn(_MESSAGES[kind].format(what=type(owner).__name__), NonFiniteWarning,
+    warnings.warn(_MESSAGES[kind].format(what=what or type(owner).__name__), NonFiniteWarning,
                   stacklevel=stacklevel)
     return True

@@ -3,7 +3,7 @@
 ``load_pickle`` unpickles with ``SafeUnpickler``, whose ``find_class`` resolves only the globals
 that NumPy arrays, dtypes and scalars need (``numpy.ndarray``, ``numpy.dtype``,
 ``numpy[._]core.multiarray._reconstruct`` / ``scalar``, ``numpy[._]core.numeric._frombuffer``,
-and ``_codecs.encode`` for bytes written by protocol 2); any other global is a
+``_codecs.encode`` for bytes written by protocol 2, and ``complex``); any other global is a
 ``pickle.UnpicklingError`` naming it, raised before anything of it is called. The result must be
 dicts, lists and tuples of NumPy arrays (bool, integer, float or complex) and numbers, with string
 or number keys; anything else is an ``UnpicklingError`` too. ``save_pickle`` writes such an object
@@ -27,6 +27,8 @@ _ALLOWED = {
     "numpy.core.numeric": ("_frombuffer",),
     "numpy._core.numeric": ("_frombuffer",),
     "_codecs": ("encode",),
+    "builtins": ("complex",),
+    "__builtin__": ("complex",),                  # the name protocols 0-2 write
 }
 
 
@@ -51,6 +53,8 @@ class SafeUnpickler(pickle.Unpickler):
         if module == "_codecs":
             import _codecs
             return _codecs.encode
+        if name == "complex":
+            return complex
         return getattr(_numpy_core(module.rsplit(".", 1)[1]), name)
 
 
@@ -89,15 +93,19 @@ def load_pickle(file):
         raise TypeError(f"file must be a path or a binary file object, got {type(file).__name__}")
     try:
         obj = SafeUnpickler(file, encoding="latin1").load()
-    except pickle.UnpicklingError:
-        raise
+    except pickle.UnpicklingError as exc:
+        raise pickle.UnpicklingError(f"{_name(file)}: {exc}") from None
     except (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
             OverflowError, MemoryError) as exc:
-        name = getattr(file, "name", "the file")
-        raise pickle.UnpicklingError(f"{name} is not a readable parameter pickle: "
+        raise pickle.UnpicklingError(f"{_name(file)} is not a readable parameter pickle: "
                                      f"{type(exc).__name__}: {exc}") from None
-    _check(obj)
+    _check(obj, _name(file))
     return obj
+
+
+def _name(file):
+    name = getattr(file, "name", None)
+    return name if isinstance(name, str) else "the file"
 
 
 def save_pickle(obj, file):

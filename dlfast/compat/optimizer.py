@@ -8,7 +8,8 @@ are converted. State (``v``, ``h``, ``m``, ``iter``) is kept per key, allocated 
 update; no weight decay is applied here (the nets add it to the gradients).
 
 NaN and infinity: the first non-finite gradient warns once (``NonFiniteWarning``) and the update
-goes on, propagating them as the book's NumPy arithmetic does; later updates are not checked.
+goes on, propagating them as the book's NumPy arithmetic does; later updates are not checked
+(and NumPy's floating-point warnings of the NumPy backend are silenced).
 """
 from __future__ import annotations
 
@@ -35,12 +36,15 @@ class _BookUpdate:
     def update(self, params, grads):
         """Update ``params`` from ``grads`` (see the module docstring)."""
         ps, gs, scalars = self._arrays(params, grads)
-        try:
-            super().update(ps, gs)
-        except _optim.NonFiniteGradientError:
-            warn_once(self, "gradient")
-            self.check_finite = False            # from now on NaN/inf propagate unchecked
-            super().update(ps, gs)
+        if self.check_finite:
+            try:
+                super().update(ps, gs)
+            except _optim.NonFiniteGradientError:
+                warn_once(self, "gradient")
+                self.check_finite = False        # from now on NaN/inf propagate unchecked
+        if not self.check_finite:
+            with np.errstate(all="ignore"):      # (the NumPy backend's own warnings)
+                super().update(ps, gs)
         for key, kind, w in scalars:
             params[key] = kind(w[()])
 

@@ -50,10 +50,24 @@ def test_two_layer_net_structure_and_draws():
     np.testing.assert_array_equal(net.params["W2"], W2)
     assert list(net.params) == ["W1", "b1", "W2", "b2"]
     assert list(net.layers) == ["Affine1", "Relu1", "Affine2"]
-    assert isinstance(net.layers["Relu1"], Relu) and isinstance(net.lastLayer, SoftmaxWithLoss)
+    assert isinstance(net.lastLayer, SoftmaxWithLoss) and net.last_layer is net.lastLayer
     assert net.layers["Affine1"].W is net.params["W1"] and net.layers["Affine2"].b is net.params["b2"]
-    assert net.last_layer is net.lastLayer
     assert net.params["W1"].dtype == np.float64
+    # the layers (dlfast layers the engine runs) take the book's calls and have its attributes
+    x = np.random.rand(5, 6).astype(np.float32)
+    t = np.array([0, 1, 2, 0, 1])
+    h = x
+    for layer in net.layers.values():
+        h = layer.forward(h)
+    np.testing.assert_allclose(h, net.predict(x), rtol=1e-12)
+    grads = net.gradient(x, t)
+    relu, a1 = net.layers["Relu1"], net.layers["Affine1"]
+    np.testing.assert_array_equal(relu.mask, a1.out <= 0)
+    np.testing.assert_array_equal(a1.dW, grads["W1"])
+    assert a1.x.shape == (5, 6) and grads["W1"] is not a1.dW             # grads are copies
+    W1 = net.params["W1"]
+    compat.SGD(lr=1.0).update(net.params, grads)
+    assert net.layers["Affine1"].W is W1                                 # updated in place
 
 
 def test_two_layer_net_gradient_check_and_learning(digits):

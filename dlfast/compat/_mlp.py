@@ -1,8 +1,10 @@
-"""The book's ``MultiLayerNet``/``MultiLayerNetExtend`` on ``dlfast.net.MLP``: every training
-step runs in dlfast's training engine (one plan, compiled), with the book's numerical forms.
+"""Nets of the book that run on a dlfast net (``self.net``): every ``gradient`` is one step of
+dlfast's training engine (one plan, compiled), with the book's numerical forms.
+``MultiLayerNet``/``MultiLayerNetExtend`` run on ``dlfast.net.MLP``, ``TwoLayerNet`` on a
+``dlfast.net.Sequential``.
 
-The MLP's layers get subclasses that add the book's attribute names (``W``, ``b``, ``dW``,
-``db``, ``x``; ``gamma``, ``beta``, ``dgamma``, ``dbeta``, ``xn``, ``std``; ``mask``,
+The dlfast layers get subclasses that add the book's attribute names (``W``, ``b``, ``dW``,
+``db``, ``x``; ``gamma``, ``beta``, ``dgamma``, ``dbeta``, ``xn``, ``std``; ``mask``, ``out``,
 ``dropout_ratio``) and, for batch norm, the book's one-row batch; their steps are the same ops.
 """
 from __future__ import annotations
@@ -46,25 +48,45 @@ def book_std(weight_init_std, fan_in):
 
 
 # ============================================================================ engine layers
-class _BookNames:
-    """``config()`` names the dlfast class, so the layer saves and rebuilds as one."""
+def _as(a, dtype):
+    """a as an ndarray of dtype (the book's layers take any real input)."""
+    a = np.asarray(a)
+    return a if a.dtype == dtype else a.astype(dtype)
+
+
+class _Book:
+    """The book's calls on a dlfast layer: ``forward``/``backward`` take any real input
+    (converted to the layer's dtype); ``config()`` names the dlfast class, so the layer saves and
+    rebuilds as one. The training engine still runs the layer's kernel pair."""
+
+    def forward(self, x, train=True):
+        return super().forward(_as(x, self.dtype), train)
+
+    def backward(self, dout, compute_dx=True):
+        return super().backward(_as(dout, self.dtype), compute_dx)
+
+    def kernel_pair(self, x_shape, need_dx):
+        return super().kernel_pair(x_shape, need_dx)
 
     def config(self):
         cfg = super().config()
-        cfg["type"] = type(self).__mro__[2].__name__
+        cfg["type"] = next(c for c in type(self).__mro__
+                           if c.__module__.startswith("dlfast.layers")).__name__
         return cfg
 
 
-class _Affine(_BookNames, L.Dense):
+class _Affine(_Book, L.Dense):
     W = property(lambda self: self.params["W"], doc="The weight matrix (in, out).")
     b = property(lambda self: self.params["b"], doc="The bias (out,).")
     dW = property(lambda self: self.grads["W"], doc="The last step's dL/dW.")
     db = property(lambda self: self.grads["b"], doc="The last step's dL/db.")
     x = property(lambda self: None if self._fwd is None else self._fwd["x"],
                  doc="The last forward's input.")
+    out = property(lambda self: None if self._fwd is None else self._fwd["out"],
+                   doc="The last forward's output.")
 
 
-class _Activation(_BookNames, L.Activation):
+class _Activation(_Book, L.Activation):
     out = property(lambda self: None if self._fwd is None else self._fwd["out"],
                    doc="The last forward's output.")
 
@@ -74,7 +96,7 @@ class _Activation(_BookNames, L.Activation):
         return None if self._fwd is None or self.activation != "relu" else self._fwd["out"] <= 0
 
 
-class _Dropout(_BookNames, L.Dropout):
+class _Dropout(_Book, L.Dropout):
     dropout_ratio = property(lambda self: self.p, doc="The drop probability.")
 
     @property
@@ -84,7 +106,7 @@ class _Dropout(_BookNames, L.Dropout):
         return None if m is None else m.view(np.bool_)
 
 
-class _BatchNorm(_BookNames, L.BatchNorm):
+class _BatchNorm(_Book, L.BatchNorm):
     """dlfast's BatchNorm (textbook momentum, biased running var, eps 1e-6) that also trains on a
     one-row batch as the book does: mean = the row, var = 0, so out = beta and dx = 0; the
     running statistics move towards (row, 0)."""
@@ -99,8 +121,9 @@ class _BatchNorm(_BookNames, L.BatchNorm):
                    doc="sqrt(var + eps) of the last forward.")
 
     def forward(self, x, train=True):
-        if not (train and isinstance(x, np.ndarray) and x.ndim == 2 and x.shape[0] == 1):
-            return super().forward(x, train)
+        x = _as(x, self.dtype)
+        if not (train and x.ndim == 2 and x.shape[0] == 1):
+            return L.BatchNorm.forward(self, x, train)
         x = self._check_x(x, self.num_features)
         f = self.num_features
         out, xhat = self._buf("out", x.shape), self._buf("xhat", x.shape)
@@ -128,55 +151,20 @@ _BOOK_CLASS = {L.Dense: _Affine, L.Activation: _Activation, L.Dropout: _Dropout,
 
 
 # ============================================================================ the nets
-class MLPNet:
-    """Shared body of ``MultiLayerNet`` and ``MultiLayerNetExtend``."""
+class EngineNet:
+    """The book's net interface over a dlfast net ``self.net``; ``_names`` maps the book's
+    parameter names to the dlfast net's (None: the same names)."""
 
-    def _build(self, input_size, hidden_size_list, output_size, activation, weight_init_std,
-               weight_decay_lambda, use_dropout, dropout_ration, use_batchnorm, dtype):
-        self.input_size = input_size
-        self.output_size = output_size
-        self.hidden_size_list = list(hidden_size_list)
-        self.hidden_layer_num = len(self.hidden_size_list)
-        self.weight_decay_lambda = weight_decay_lambda
-        self.weight_init_std = weight_init_std
-        self.activation = activation
-        self.use_dropout = bool(use_dropout)
-        self.dropout_ration = dropout_ration
-        self.use_batchnorm = bool(use_batchnorm)
-        book_std(weight_init_std, 1)            # validate before drawing anything
-
-        def init(shape, rng=None, dtype=np.float64):
-            # the book: weight_init_std * np.random.randn(fan_in, fan_out), the global stream
-            return (book_std(weight_init_std, shape[0]) * np.random.randn(*shape)).astype(dtype)
-
-        self.net = MLP(input_size, self.hidden_size_list, output_size, activation=activation,
-                       weight_init=init, batchnorm=self.use_batchnorm,
-                       dropout=dropout_ration if self.use_dropout else 0.0,
-                       weight_decay=weight_decay_lambda, seed=0, dtype=resolve_dtype(dtype),
-                       bn_momentum=0.9, bn_eps=_BN_EPS, bn_momentum_convention="textbook",
-                       bn_unbiased=False, bn_running_var_init=0.0, dropout_inverted=False)
-        self.net.check_finite = False           # NaN/inf propagate; warned once here instead
-        if self.use_dropout:
-            # dropout masks follow np.random.seed too: the stream seed is drawn from it
-            self.net.set_seed(int(np.random.randint(0, 2 ** 31 - 1)))
-        for layer in self.net.layers:
-            cls = _BOOK_CLASS.get(type(layer))
-            if cls is not None:
-                layer.__class__ = cls
-        self.layers = OrderedDict(
-            (name.replace("Activation", "Activation_function"), layer)
-            for name, layer in zip(self.net.layer_names, self.net.layers))
-        self.last_layer = SoftmaxWithLoss()
+    _names = None
 
     # ---------------------------------------------------------------- dlfast net interface
     @property
-    def params(self):
-        """name -> the layer's own array (W1, b1, gamma1, beta1, ...)."""
-        return self.net.params
-
-    @property
     def grads(self):
-        return self.net.grads
+        return self._book(self.net.grads)
+
+    def _book(self, d):
+        """A dict of the dlfast net keyed by the book's names."""
+        return d if self._names is None else {k: d[n] for k, n in self._names.items()}
 
     @property
     def dtype(self):
@@ -187,8 +175,11 @@ class MLPNet:
         return self.net.loss_layer
 
     def _x(self, x, stacklevel=4):
-        """x in the net's dtype; a first non-finite x warns (at the caller of the caller)."""
+        """x as (N, -1) in the net's dtype; a first non-finite x warns (at the caller of the
+        caller)."""
         x = np.asarray(x)
+        if x.ndim > 2:
+            x = x.reshape(x.shape[0], -1)
         if x.dtype != self.net.dtype:
             x = x.astype(self.net.dtype)
         if "input" not in self.__dict__.get("_nonfinite_seen", ()) and x.size \
@@ -208,7 +199,7 @@ class MLPNet:
         loss, grads = self.net.loss_and_gradient(self._x(x, 5), t)
         if not math.isfinite(loss):             # one warning per net: its last layer's
             warn_once(self.last_layer, "loss", stacklevel=4, what=type(self).__name__)
-        return loss, grads
+        return loss, self._book(grads)
 
     def penalty(self):
         return self.net.penalty()
@@ -256,10 +247,57 @@ class MLPNet:
         try:
             with hold_rng(self.net):
                 def loss_W(_):
-                    return self.loss(x, t, train_flg=True)
-                return {k: numerical_gradient(loss_W, p) for k, p in self.net.params.items()}
+                    return EngineNet.loss(self, x, t, True)
+                return {k: numerical_gradient(loss_W, p) for k, p in self.params.items()}
         finally:
             self.net.load_state_dict(state)
+
+
+class MLPNet(EngineNet):
+    """Shared body of ``MultiLayerNet`` and ``MultiLayerNetExtend``."""
+
+    @property
+    def params(self):
+        """name -> the layer's own array (W1, b1, gamma1, beta1, ...)."""
+        return self.net.params
+
+    def _build(self, input_size, hidden_size_list, output_size, activation, weight_init_std,
+               weight_decay_lambda, use_dropout, dropout_ration, use_batchnorm, dtype):
+        self.input_size = input_size
+        self.output_size = output_size
+        self.hidden_size_list = list(hidden_size_list)
+        self.hidden_layer_num = len(self.hidden_size_list)
+        self.weight_decay_lambda = weight_decay_lambda
+        self.weight_init_std = weight_init_std
+        self.activation = activation
+        self.use_dropout = bool(use_dropout)
+        self.dropout_ration = dropout_ration
+        self.use_batchnorm = bool(use_batchnorm)
+        book_std(weight_init_std, 1)            # validate before drawing anything
+
+        def init(shape, rng=None, dtype=np.float64):
+            # the book: weight_init_std * np.random.randn(fan_in, fan_out), the global stream
+            return (book_std(weight_init_std, shape[0]) * np.random.randn(*shape)).astype(dtype)
+
+        self.net = MLP(input_size, self.hidden_size_list, output_size, activation=activation,
+                       weight_init=init, batchnorm=self.use_batchnorm,
+                       dropout=dropout_ration if self.use_dropout else 0.0,
+                       weight_decay=weight_decay_lambda, seed=0, dtype=resolve_dtype(dtype),
+                       bn_momentum=0.9, bn_eps=_BN_EPS, bn_momentum_convention="textbook",
+                       bn_unbiased=False, bn_running_var_init=0.0, dropout_inverted=False)
+        self.net.check_finite = False           # NaN/inf propagate; warned once here instead
+        if self.use_dropout:
+            # dropout masks follow np.random.seed too: the stream seed is drawn from it
+            self.net.set_seed(int(np.random.randint(0, 2 ** 31 - 1)))
+        for layer in self.net.layers:
+            cls = _BOOK_CLASS.get(type(layer))
+            if cls is not None:
+                layer.__class__ = cls
+        self.layers = OrderedDict(
+            (name.replace("Activation", "Activation_function"), layer)
+            for name, layer in zip(self.net.layer_names, self.net.layers))
+        self.last_layer = SoftmaxWithLoss()
+
 
     def __repr__(self):
         return (f"{type(self).__name__}(input_size={self.input_size}, hidden_size_list="

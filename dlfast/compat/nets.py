@@ -8,6 +8,10 @@ the conv nets ``save_params``/``load_params`` (the book's pickle files, read wit
 code: ``dlfast.compat.load_pickle``). Weights are ``scale * np.random.randn(...)`` from the global
 generator in the book's order; ``dtype``: float64 (the book's) or float32.
 
+``TwoLayerNet`` runs on a ``dlfast.net.Sequential`` (its ``layers`` are dlfast layers with the
+book's attribute names: each ``gradient`` is one step of the training engine); the conv nets run
+the book's layer loop on the compat layers (``dlfast.kernels.conv2d_*``/``maxpool2d_*``).
+
 Differences: ``gradient`` skips the input gradient of the first layer (nothing uses it); the
 conv nets' ``accuracy`` counts every row (the book's drops a last partial batch but still divides
 by all rows); sizes of layers after a convolution are computed from its actual output (the
@@ -22,6 +26,8 @@ import numpy as np
 
 from .. import kernels
 from .._validation import positive_int, resolve_dtype
+from ..net import Sequential
+from ._mlp import EngineNet, _Activation, _Affine
 from ._pickle import load_pickle, save_pickle
 from .gradient import numerical_gradient
 from .layers import Affine, Convolution, Dropout, Pooling, Relu, SoftmaxWithLoss
@@ -99,24 +105,29 @@ class _Saving:
 
 
 # ============================================================================ chapter 5
-class TwoLayerNet:
+class TwoLayerNet(EngineNet):
     """Affine -> Relu -> Affine -> SoftmaxWithLoss (the book's chapter-5 net); weights
-    ``weight_init_std * randn``, biases 0."""
+    ``weight_init_std * randn``, biases 0.
+
+    Runs on a ``dlfast.net.Sequential`` (``net``) of dlfast layers with the book's attribute
+    names, so each ``gradient`` is one step of dlfast's training engine; ``params`` holds the
+    layers' own arrays."""
+
+    _names = {"W1": "0.W", "b1": "0.b", "W2": "2.W", "b2": "2.b"}
 
     def __init__(self, input_size, hidden_size, output_size, weight_init_std=0.01, *,
                  dtype=np.float64):
         dt = resolve_dtype(dtype)
-        self.params = {}
-        self.params["W1"] = _randn(weight_init_std, (input_size, hidden_size), dt)
-        self.params["b1"] = np.zeros(hidden_size, dt)
-        self.params["W2"] = _randn(weight_init_std, (hidden_size, output_size), dt)
-        self.params["b2"] = np.zeros(output_size, dt)
-        self.layers = OrderedDict()
-        self.layers["Affine1"] = Affine(self.params["W1"], self.params["b1"])
-        self.layers["Relu1"] = Relu()
-        self.layers["Affine2"] = Affine(self.params["W2"], self.params["b2"])
+        W1 = _randn(weight_init_std, (input_size, hidden_size), dt)
+        W2 = _randn(weight_init_std, (hidden_size, output_size), dt)
+        affine1 = _Affine(input_size, hidden_size, None, weight_init=lambda *a, **k: W1, dtype=dt)
+        affine2 = _Affine(hidden_size, output_size, None, weight_init=lambda *a, **k: W2, dtype=dt)
+        relu = _Activation("relu", dtype=dt)
+        self.net = Sequential([affine1, relu, affine2], dtype=dt, seed=0)
+        self.net.check_finite = False           # NaN/inf propagate; warned once instead
+        self.params = {k: self.net.params[n] for k, n in self._names.items()}
+        self.layers = OrderedDict([("Affine1", affine1), ("Relu1", relu), ("Affine2", affine2)])
         self.lastLayer = SoftmaxWithLoss()
-        self.dtype = dt
 
     @property
     def last_layer(self):
@@ -124,30 +135,20 @@ class TwoLayerNet:
         return self.lastLayer
 
     def predict(self, x):
-        """Scores of the last Affine layer (its buffer)."""
-        for layer in self.layers.values():
-            x = layer.forward(x)
-        return x
+        """Scores of the last Affine layer (a new array)."""
+        return super().predict(x)
 
     def loss(self, x, t):
         """``lastLayer.forward(predict(x), t)``."""
-        return self.lastLayer.forward(self.predict(x), t)
-
-    def accuracy(self, x, t):
-        """Fraction of rows whose largest score is at t (indices or one-hot rows)."""
-        y = self.predict(x)
-        return float(np.sum(np.argmax(y, axis=1) == _labels(t))) / float(np.shape(x)[0])
-
-    def numerical_gradient(self, x, t):
-        """Central differences (h = 1e-4) of ``loss(x, t)`` for every entry of ``params``."""
-        return _numerical(self, x, t)
+        return super().loss(x, t)
 
     def gradient(self, x, t):
         """Backpropagation: ``{'W1': dW, 'b1': db, ...}`` of ``loss(x, t)`` (new arrays)."""
-        self.loss(x, t)
-        _backprop(self.lastLayer, list(self.layers.values()))
-        a1, a2 = self.layers["Affine1"], self.layers["Affine2"]
-        return {"W1": a1.dW, "b1": a1.db, "W2": a2.dW, "b2": a2.db}
+        return super().gradient(x, t)
+
+    def numerical_gradient(self, x, t):
+        """Central differences (h = 1e-4) of ``loss(x, t)`` for every entry of ``params``."""
+        return super().numerical_gradient(x, t)
 
 
 # ============================================================================ chapter 7

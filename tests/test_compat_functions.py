@@ -212,3 +212,51 @@ def test_smooth_curve_shuffle_and_sizes():
     x4s, t4s = U.shuffle_dataset(x4, np.arange(5))
     np.testing.assert_array_equal(x4s[:, 0, 0, 0] // 8, t4s)            # 4-D images too
     assert U.conv_output_size(28, 5) == 24.0 and isinstance(U.conv_output_size(28, 5, 2), float)
+
+
+# ============================================================================ signatures
+_CONV = "{'filter_num': %d, 'filter_size': 3, 'pad': %d, 'stride': 1}"
+BOOK_SIGNATURES = {       # the book's constructors and functions, as inspect.signature shows them
+    "AdaGrad": "(lr=0.01)", "Adam": "(lr=0.001, beta1=0.9, beta2=0.999)", "Affine": "(W, b)",
+    "BatchNormalization": "(gamma, beta, momentum=0.9, running_mean=None, running_var=None)",
+    "Convolution": "(W, b, stride=1, pad=0)",
+    "DeepConvNet": "(input_dim=(1, 28, 28), " + ", ".join(
+        f"conv_param_{i}=" + _CONV % fp for i, fp in
+        enumerate([(16, 1), (16, 1), (32, 1), (32, 2), (64, 1), (64, 1)], 1))
+    + ", hidden_size=50, output_size=10)",
+    "Dropout": "(dropout_ratio=0.5)", "Momentum": "(lr=0.01, momentum=0.9)",
+    "MultiLayerNet": "(input_size, hidden_size_list, output_size, activation='relu', "
+                     "weight_init_std='relu', weight_decay_lambda=0)",
+    "MultiLayerNetExtend": "(input_size, hidden_size_list, output_size, activation='relu', "
+                           "weight_init_std='relu', weight_decay_lambda=0, use_dropout=False, "
+                           "dropout_ration=0.5, use_batchnorm=False)",
+    "Nesterov": "(lr=0.01, momentum=0.9)", "Pooling": "(pool_h, pool_w, stride=2, pad=0)",
+    "RMSprop": "(lr=0.01, decay_rate=0.99)", "Relu": "()", "SGD": "(lr=0.01)", "Sigmoid": "()",
+    "SimpleConvNet": "(input_dim=(1, 28, 28), conv_param={'filter_num': 30, 'filter_size': 5, "
+                     "'pad': 0, 'stride': 1}, hidden_size=100, output_size=10, "
+                     "weight_init_std=0.01)",
+    "SoftmaxWithLoss": "()",
+    "Trainer": "(network, x_train, t_train, x_test, t_test, epochs=20, mini_batch_size=100, "
+               "optimizer='SGD', optimizer_param={'lr': 0.01}, evaluate_sample_num_per_epoch=None, "
+               "verbose=True)",
+    "TwoLayerNet": "(input_size, hidden_size, output_size, weight_init_std=0.01)",
+    "col2im": "(col, input_shape, filter_h, filter_w, stride=1, pad=0)",
+    "conv_output_size": "(input_size, filter_size, stride=1, pad=0)",
+    "cross_entropy_error": "(y, t)", "identity_function": "(x)",
+    "im2col": "(input_data, filter_h, filter_w, stride=1, pad=0)", "numerical_gradient": "(f, x)",
+    "numerical_gradient_2d": "(f, X)", "relu": "(x)", "relu_grad": "(x)",
+    "shuffle_dataset": "(x, t)", "sigmoid": "(x)", "sigmoid_grad": "(x)", "smooth_curve": "(x)",
+    "softmax": "(x)", "softmax_loss": "(X, t)", "step_function": "(x)", "sum_squared_error": "(y, t)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BOOK_SIGNATURES))
+def test_signatures_are_the_books(name):
+    """The book's parameters in its order with its defaults; additions only keyword-only
+    (dtype= of the nets)."""
+    import inspect
+    sig = inspect.signature(getattr(compat, name))
+    book = [p for p in sig.parameters.values() if p.kind != p.KEYWORD_ONLY]
+    extra = [p for p in sig.parameters.values() if p.kind == p.KEYWORD_ONLY]
+    assert str(sig.replace(parameters=book)) == BOOK_SIGNATURES[name]
+    assert [p.name for p in extra] in ([], ["dtype"])

@@ -16,12 +16,12 @@ import numpy as np
 
 from .. import kernels
 from .. import layers as L
-from .._validation import resolve_dtype
+from .._validation import real, resolve_dtype
 from ..gradcheck import hold_rng
 from ..net import MLP
 from ._nonfinite import warn_once
 from .gradient import numerical_gradient
-from .layers import SoftmaxWithLoss
+from .layers import SoftmaxWithLoss, book_arg_max
 
 _BN_EPS = 1e-6                 # the book writes 10e-7
 
@@ -75,15 +75,85 @@ class _Book:
         return cfg
 
 
+def _param(key, doc):
+    """A property for ``params[key]``; setting it (the book's ``layer.W = ...``) replaces the
+    array: kept as given when it has the layer's shape, dtype and C order, else a copy."""
+    def get(self):
+        return self.params[key]
+
+    def put(self, value):
+        old = self.params[key]
+        a = np.asarray(value)
+        if a.shape != old.shape:
+            raise ValueError(f"{key} must have shape {old.shape}, got {a.shape}")
+        if not (a.dtype == self.dtype and a.flags.c_contiguous and a.flags.writeable):
+            a = np.array(a, dtype=self.dtype, order="C")
+        self.params[key] = a
+    return property(get, put, doc=doc)
+
+
+def _grad(key):
+    return property(lambda self: self.grads[key], doc=f"The last step's dL/d{key}.")
+
+
+def _rec(key, doc):
+    return property(lambda self: None if self._fwd is None else self._fwd.get(key), doc=doc)
+
+
 class _Affine(_Book, L.Dense):
-    W = property(lambda self: self.params["W"], doc="The weight matrix (in, out).")
-    b = property(lambda self: self.params["b"], doc="The bias (out,).")
-    dW = property(lambda self: self.grads["W"], doc="The last step's dL/dW.")
-    db = property(lambda self: self.grads["b"], doc="The last step's dL/db.")
-    x = property(lambda self: None if self._fwd is None else self._fwd["x"],
-                 doc="The last forward's input.")
-    out = property(lambda self: None if self._fwd is None else self._fwd["out"],
-                   doc="The last forward's output.")
+    """Dense without activation; like the book's Affine it takes x of any shape (N, ...)
+    as (N, -1) and gives dx in x's shape."""
+
+    W = _param("W", "The weight matrix (in, out).")
+    b = _param("b", "The bias (out,).")
+    dW, db = _grad("W"), _grad("b")
+    x = _rec("x", "The last forward's input (N, in).")
+    out = _rec("out", "The last forward's output.")
+
+    @property
+    def original_x_shape(self):
+        """The shape of the last forward's input as given."""
+        return None if self._fwd is None else self._fwd.get("x_shape", self._fwd["x"].shape)
+
+    def forward(self, x, train=True):
+        x = _as(x, self.dtype)
+        out = L.Dense.forward(self, x.reshape(x.shape[0], -1) if x.ndim > 2 else x, train)
+        self._fwd["x_shape"] = x.shape
+        return out
+
+    def backward(self, dout, compute_dx=True):
+        dx = L.Dense.backward(self, _as(dout, self.dtype), compute_dx)
+        shape = self._fwd.get("x_shape")
+        return dx if dx is None or shape is None else dx.reshape(shape)
+
+    def kernel_pair(self, x_shape, need_dx):
+        return L.Dense.kernel_pair(self, x_shape, need_dx)
+
+
+class _Conv(_Book, L.Conv2D):
+    W = _param("W", "The filters (FN, C, FH, FW).")
+    b = _param("b", "The bias (FN,).")
+    dW, db = _grad("W"), _grad("b")
+    x = _rec("x", "The last forward's input.")
+    col = _rec("col", "The last forward's im2col workspace (N, C*FH*FW, OH*OW).")
+    pad = property(lambda self: self.padding[0] if self.padding[0] == self.padding[1]
+                   else self.padding, doc="The zero padding (an int when square).")
+
+
+class _MaxPool(_Book, L.MaxPool2D):
+    pool_h = property(lambda self: self.kernel_size[0])
+    pool_w = property(lambda self: self.kernel_size[1])
+    pad = property(lambda self: self.padding[0] if self.padding[0] == self.padding[1]
+                   else self.padding, doc="The padding (an int when square).")
+    x = _rec("x", "The last forward's input.")
+
+    @property
+    def arg_max(self):
+        """The book's ``arg_max`` of the last forward (see ``dlfast.compat.layers.Pooling``)."""
+        if self._fwd is None:
+            return None
+        return book_arg_max(self._fwd["argmax"], self._fwd["x"].shape[3], self.pool_w,
+                            self.stride, self.padding)
 
 
 class _Activation(_Book, L.Activation):
@@ -97,7 +167,14 @@ class _Activation(_Book, L.Activation):
 
 
 class _Dropout(_Book, L.Dropout):
-    dropout_ratio = property(lambda self: self.p, doc="The drop probability.")
+    @property
+    def dropout_ratio(self):
+        """The drop probability (``p``)."""
+        return self.p
+
+    @dropout_ratio.setter
+    def dropout_ratio(self, value):
+        self.p = real("dropout_ratio", value, 0.0, 1.0, hi_open=True)
 
     @property
     def mask(self):
@@ -147,15 +224,22 @@ class _BatchNorm(_Book, L.BatchNorm):
 
 
 _BOOK_CLASS = {L.Dense: _Affine, L.Activation: _Activation, L.Dropout: _Dropout,
-               L.BatchNorm: _BatchNorm}
+               L.BatchNorm: _BatchNorm}                      # MLP's layers -> these
 
 
 # ============================================================================ the nets
+def _labels(t):
+    """The book's class indices of shape (N, 1) as (N,) (one-hot rows and (N,) as given)."""
+    t = np.asarray(t)
+    return t[:, 0] if t.ndim == 2 and t.shape[1] == 1 else t
+
+
 class EngineNet:
     """The book's net interface over a dlfast net ``self.net``; ``_names`` maps the book's
     parameter names to the dlfast net's (None: the same names)."""
 
     _names = None
+    _flat_input = True          # x of more axes is taken as (N, -1) (the book's Affine)
 
     # ---------------------------------------------------------------- dlfast net interface
     @property
@@ -178,7 +262,7 @@ class EngineNet:
         """x as (N, -1) in the net's dtype; a first non-finite x warns (at the caller of the
         caller)."""
         x = np.asarray(x)
-        if x.ndim > 2:
+        if x.ndim > 2 and self._flat_input:
             x = x.reshape(x.shape[0], -1)
         if x.dtype != self.net.dtype:
             x = x.astype(self.net.dtype)
@@ -196,7 +280,15 @@ class EngineNet:
         return self._step(x, t)
 
     def _step(self, x, t):
-        loss, grads = self.net.loss_and_gradient(self._x(x, 5), t)
+        """One train-mode step: the engine's, or for a non-finite x (which the engine refuses)
+        the layers' own forward and backward, so that NaN propagates."""
+        x, t, net = self._x(x, 5), _labels(t), self.net
+        if x.size and not kernels.all_finite(x):
+            loss = net.loss_layer.forward(net.forward(x, True), t)
+            net.backward(net.loss_layer.backward())
+            loss, grads = loss + net.penalty(), net._finish_grads()
+        else:
+            loss, grads = net.loss_and_gradient(x, t)
         if not math.isfinite(loss):             # one warning per net: its last layer's
             warn_once(self.last_layer, "loss", stacklevel=4, what=type(self).__name__)
         return loss, self._book(grads)

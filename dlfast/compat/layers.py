@@ -420,6 +420,16 @@ class Convolution(_Buffers):
         return dx
 
 
+def book_arg_max(argmax, width, pool_w, stride, pad):
+    """The book's ``arg_max`` (window positions kh * pool_w + kw, ordered (n, i, j, c)) from
+    ``maxpool2d_forward``'s argmax (flat positions h * width + w in each x[n, c])."""
+    oh, ow = argmax.shape[2], argmax.shape[3]
+    (sh, sw), (ph, pw) = kernels._pair("stride", stride, 1), kernels._pair("pad", pad, 0)
+    kh = argmax // width - (np.arange(oh) * sh - ph)[:, None]
+    kw = argmax % width - (np.arange(ow) * sw - pw)
+    return (kh * pool_w + kw).transpose(0, 2, 3, 1).reshape(-1)
+
+
 class Pooling(_Buffers):
     """Max pooling over pool_h x pool_w windows, step ``stride`` (default 2, as the book's),
     padding ``pad`` (``kernels.maxpool2d_*``; the first maximum of a window wins, NaN wins)."""
@@ -438,13 +448,7 @@ class Pooling(_Buffers):
         maximum inside its window (kh * pool_w + kw)."""
         if self._argmax is None:
             return None
-        a = self._argmax
-        w = self.x.shape[3]
-        oh, ow = a.shape[2], a.shape[3]
-        (sh, sw), (ph, pw) = kernels._pair("stride", self.stride, 1), kernels._pair("pad", self.pad, 0)
-        kh = a // w - (np.arange(oh) * sh - ph)[:, None]
-        kw = a % w - (np.arange(ow) * sw - pw)
-        return (kh * self.pool_w + kw).transpose(0, 2, 3, 1).reshape(-1)
+        return book_arg_max(self._argmax, self.x.shape[3], self.pool_w, self.stride, self.pad)
 
     def forward(self, x):
         x = _float_input("x", x)

@@ -288,9 +288,11 @@ def test_nan_runs_go_on_with_one_warning():
         net.gradient(x, t)
         assert np.isnan(net.accuracy(x, t)) or 0 <= net.accuracy(x, t) <= 1
     ext = MultiLayerNetExtend(4, [5], 3, use_batchnorm=True, use_dropout=True)
-    with pytest.warns(compat.NonFiniteWarning, match="input of MultiLayerNetExtend"):
+    with pytest.warns(compat.NonFiniteWarning) as rec:
         g = ext.gradient(np.full((6, 4), np.nan), t)              # the engine refuses NaN x
     assert np.all(np.isnan(g["W2"]))
+    assert [str(w.message).split(" ")[1] for w in rec] == ["non-finite", "loss"]
+    assert all("MultiLayerNetExtend" in str(w.message) for w in rec)
     conv = SimpleConvNet(input_dim=(1, 6, 6), hidden_size=3,
                          conv_param={"filter_num": 2, "filter_size": 3, "pad": 0, "stride": 1})
     with pytest.warns(compat.NonFiniteWarning) as rec:

@@ -258,18 +258,20 @@ class EngineNet:
     def loss_layer(self):
         return self.net.loss_layer
 
-    def _x(self, x, stacklevel=4):
-        """x as (N, -1) in the net's dtype; a first non-finite x warns (at the caller of the
-        caller)."""
+    def _x(self, x, stacklevel=4, check=False):
+        """x (as (N, -1) for a net of Affine layers) in the net's dtype; a first non-finite x
+        warns (at the caller of the caller). ``check``: return (x, whether x is finite)."""
         x = np.asarray(x)
         if x.ndim > 2 and self._flat_input:
             x = x.reshape(x.shape[0], -1)
         if x.dtype != self.net.dtype:
             x = x.astype(self.net.dtype)
-        if "input" not in self.__dict__.get("_nonfinite_seen", ()) and x.size \
-                and not kernels.all_finite(x):
-            warn_once(self, "input", stacklevel=stacklevel)
-        return x
+        finite = True
+        if check or "input" not in self.__dict__.get("_nonfinite_seen", ()):
+            finite = not x.size or kernels.all_finite(x)
+            if not finite:
+                warn_once(self, "input", stacklevel=stacklevel)
+        return (x, finite) if check else x
 
     def forward(self, x, train=True):
         """Scores of the last Affine layer (a layer buffer, not copied)."""
@@ -282,8 +284,8 @@ class EngineNet:
     def _step(self, x, t):
         """One train-mode step: the engine's, or for a non-finite x (which the engine refuses)
         the layers' own forward and backward, so that NaN propagates."""
-        x, t, net = self._x(x, 5), _labels(t), self.net
-        if x.size and not kernels.all_finite(x):
+        (x, finite), t, net = self._x(x, 5, True), _labels(t), self.net
+        if not finite:
             loss = net.loss_layer.forward(net.forward(x, True), t)
             net.backward(net.loss_layer.backward())
             loss, grads = loss + net.penalty(), net._finish_grads()

@@ -740,6 +740,8 @@ cdef void _fwd_eval(const floating* x, const floating* gamma, const floating* be
         buf[j] = <double>rmean[j]
         buf[fp + j] = 1.0 / sqrt(<double>rvar[j] + eps)
         invstd[j] = <floating>buf[fp + j]
+    if n * s == 0:                              # no values (N = 0, or an empty plane H*W = 0)
+        return
     if s > 1:
         _pnorm(x, xhat, out, gamma, beta, buf, buf + fp, n, f, s, nt)
     elif nt == 1:

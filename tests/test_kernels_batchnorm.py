@@ -276,3 +276,14 @@ def test_batchnorm_images_need_two_values_per_channel(backend):
     np.testing.assert_array_equal(out, 0.0)
     with pytest.raises(ValueError, match=r"x must be \(N, F\) or \(N, C, H, W\)"):
         K.batchnorm_stats(np.ones(3), v(), v())
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 0, 4), (0, 3, 2, 2), (0, 3), (3, 3, 5, 0)])
+def test_batchnorm_eval_of_empty_inputs_touches_no_value(backend, shape):
+    """Eval mode on inputs without values (N = 0 or an empty plane): invstd from the running
+    variance, nothing read or written out of bounds (an empty plane once read N*C values)."""
+    x = np.zeros(shape)
+    rv = np.array([1.0, 3.0, 0.25])
+    out, xhat, invstd = np.empty_like(x), np.empty_like(x), np.empty(3)
+    K.batchnorm_forward_eval(x, np.ones(3), np.zeros(3), np.zeros(3), rv, 1e-5, out, xhat, invstd)
+    np.testing.assert_allclose(invstd, 1 / np.sqrt(rv + 1e-5), rtol=1e-12)

@@ -90,7 +90,7 @@ def _kernels_only(bn, batch):
         opt.update(net.params, grads)
     plan, b = net._plans._plans[0], opt._binding
     program, drops = plan.program, plan._drops
-    program.load_labels(plan.labels((t,)))
+    program.load_targets(*plan.targets((t,)))
     bound = b.bound._b
     lr = opt.lr
 

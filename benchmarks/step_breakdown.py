@@ -57,7 +57,7 @@ def main(argv=None):
             t0 = clock()
             xc = net._check_x(x)
             assert program.accepts(xc) and program.readonly() < 0
-            program.load_labels(plan.labels((t,)))
+            program.load_targets(*plan.targets((t,)))
             for layer, op, size in plan._drops:
                 op.set_counter(layer._take_counter(size))
             t1 = clock()

@@ -54,6 +54,8 @@ __all__ = [
     "adam_update", "bind_update", "rbm_cd_update",
     "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
     "avgpool2d_forward", "avgpool2d_backward",
+    "mse_forward", "mse_backward", "mae_forward", "mae_backward", "huber_forward",
+    "huber_backward", "sigmoid_bce_forward", "sigmoid_bce_backward",
 ]
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "elu", "sigmoid", "tanh")
@@ -340,21 +342,25 @@ def softmax_backward(dout, y, dx):
     return dx
 
 
-def softmax_xent_forward(logits, labels, probs):
-    """``probs = softmax(logits)``; returns ``L = mean_n (logsumexp(logits_n) - logits[n, labels_n])``
-    as a Python float (float64 accumulation; stable for any finite logits). N >= 1."""
+def softmax_xent_forward(logits, labels, probs, w=None):
+    """``probs = softmax(logits)``; returns ``L = sum_n w_n l_n / sum_n w_n`` with
+    ``l_n = logsumexp(logits_n) - logits[n, labels_n]`` (w None: ``mean_n l_n``) as a Python
+    float (float64 accumulation in row order; stable for any finite logits). N >= 1; w: sample
+    weights (``_sample_weights``)."""
     logits = _float_in("logits", logits, 2)
     n, c = logits.shape
     if n == 0 or c == 0:
         raise ValueError(f"logits must be non-empty (N >= 1, C >= 1), got shape {logits.shape}")
     labels = _labels(labels, n, c)
     probs = _out("probs", probs, (n, c), logits.dtype)
-    _disjoint([("probs", probs)], [("logits", logits), ("labels", labels)])
-    return _impl().softmax_xent_forward(logits, labels, probs)
+    w = _sample_weights(w, n)
+    _disjoint([("probs", probs)], [("logits", logits), ("labels", labels), ("w", w)])
+    return _impl().softmax_xent_forward(logits, labels, probs, w)
 
 
-def softmax_xent_backward(probs, labels, dlogits, scale=1.0):
-    """``dlogits = scale * (probs - onehot(labels)) / N``."""
+def softmax_xent_backward(probs, labels, dlogits, scale=1.0, w=None):
+    """``dlogits = k_n * (probs - onehot(labels))`` with ``k_n = scale * w_n / sum_m w_m``
+    (w None: ``k = scale / N``), k_n rounded to the dtype first."""
     probs = _float_in("probs", probs, 2)
     n, c = probs.shape
     if n == 0:
@@ -362,8 +368,150 @@ def softmax_xent_backward(probs, labels, dlogits, scale=1.0):
     labels = _labels(labels, n, c)
     dlogits = _out("dlogits", dlogits, (n, c), probs.dtype)
     scale = _real("scale", scale)
-    _disjoint([("dlogits", dlogits)], [("probs", probs), ("labels", labels)])
-    _impl().softmax_xent_backward(probs, labels, dlogits, scale)
+    w = _sample_weights(w, n)
+    _disjoint([("dlogits", dlogits)], [("probs", probs), ("labels", labels), ("w", w)])
+    _impl().softmax_xent_backward(probs, labels, dlogits, scale, w)
+
+
+# ============================================================================ value losses
+# y, t (N, M), N, M >= 1, one float dtype; w (N,) float64 sample weights or None. Per element,
+# in float64, d = y - t, and per row ``l_n = sum_j e(d_nj) / M`` (sum in j order):
+#
+#   loss         e(d)                                         g(d) = de/dd
+#   mse          d^2            (half=True: l_n = sum_j d^2 / 2)  2d  (half: d, and no / M)
+#   mae          |d|                                          sign(d) (0 at 0)
+#   huber        d^2/2 if |d| <= delta else delta(|d| - delta/2)   clip(d, -delta, delta)
+#   sigmoid_bce  on logits z = y: max(z, 0) - z t + log1p(exp(-|z|))   sigmoid(z) - t
+#
+# L = sum_n w_n l_n / D (sums in row order) with D = sum_n w_n (w None: w_n = 1, D = N);
+# reduction="sum": D = 1. Backward: ``dy_nj = k_n * g(d_nj) / M`` (half: without / M), with
+# ``k_n = scale * w_n / D``, computed in float64 and rounded to the dtype (sigmoid_bce:
+# ``sigmoid(z) - t = (1 - t) - e/(1 + e)`` for z >= 0, else ``e/(1 + e) - t``, e = exp(-|z|)). ``rows`` (optional
+# float64 (N,) output) receives the l_n. t must be finite, and lie in [0, 1] for sigmoid_bce
+# (ValueError naming the row; t and w are checked before anything is written).
+REDUCTIONS = ("mean", "sum")
+
+
+def _sample_weights(w, n):
+    """None, or sample weights: float64 (N,), finite, >= 0, not all 0 (their sum finite);
+    returned C-contiguous. ValueError names the first bad row."""
+    if w is None:
+        return None
+    if not isinstance(w, np.ndarray):
+        raise TypeError(f"w must be a numpy.ndarray of sample weights or None, got "
+                        f"{type(w).__name__}")
+    if w.dtype != np.float64:
+        raise TypeError(f"w must be float64 sample weights, got {w.dtype.name}")
+    if w.shape != (n,):
+        raise ValueError(f"w must have shape ({n},) (one weight per row), got {w.shape}")
+    w = np.ascontiguousarray(w)
+    bad = np.flatnonzero(~(w >= 0) | ~np.isfinite(w))
+    if bad.size:
+        r = int(bad[0])
+        raise ValueError(f"w (sample weights) must be finite and >= 0, got {w[r]} in row {r}")
+    if not w.any():
+        raise ValueError("w (sample weights) must not all be zero")
+    with np.errstate(over="ignore"):
+        total = float(np.sum(w))
+    if not math.isfinite(total):
+        raise ValueError("w (sample weights) must have a finite sum")
+    return w
+
+
+def _value_args(y, t, w, rows, name="y"):
+    """Validated (y, t, w, rows) of a value loss."""
+    y = _float_in(name, y, 2)
+    n, m = y.shape
+    if n == 0 or m == 0:
+        raise ValueError(f"{name} must be non-empty (N >= 1, M >= 1), got shape {y.shape}")
+    t = _float_in("t", t, None, y.dtype)
+    if t.shape != y.shape:
+        raise ValueError(f"t must have the shape of {name} {y.shape}, got {t.shape}")
+    bad = np.flatnonzero(~np.isfinite(t).all(axis=1))
+    if bad.size:
+        raise ValueError(f"t must be finite, got {t[bad[0]].tolist()} in row {bad[0]}")
+    w = _sample_weights(w, n)
+    rows = _out("rows", rows, (n,), np.dtype(np.float64), optional=True)
+    _disjoint([("rows", rows)], [(name, y), ("t", t), ("w", w)])
+    return y, t, w, rows
+
+
+def _reduction(reduction):
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def _value_back(y, t, w, dy, scale, name="y"):
+    y, t, w, _ = _value_args(y, t, w, None, name)
+    dy = _out("dy", dy, y.shape, y.dtype)
+    _disjoint([("dy", dy)], [(name, y), ("t", t), ("w", w)])
+    return y, t, w, dy, _real("scale", scale)
+
+
+def _delta(delta):
+    return _real("delta", delta, 0.0, math.inf, lo_open=True, hi_open=True)
+
+
+def mse_forward(y, t, w=None, rows=None, half=False, reduction="mean"):
+    """Mean squared error: ``l_n = sum_j (y - t)^2 / M`` (``half``: ``sum_j (y - t)^2 / 2``);
+    returns L (see the table above)."""
+    y, t, w, rows = _value_args(y, t, w, rows)
+    return _impl().mse_forward(y, t, w, rows, bool(half), _reduction(reduction))
+
+
+def mse_backward(y, t, w, dy, scale=1.0, half=False, reduction="mean"):
+    """``dy = k_n * 2 (y - t) / M`` (``half``: ``k_n * (y - t)``)."""
+    y, t, w, dy, scale = _value_back(y, t, w, dy, scale)
+    _impl().mse_backward(y, t, w, dy, scale, bool(half), _reduction(reduction))
+
+
+def mae_forward(y, t, w=None, rows=None, reduction="mean"):
+    """Mean absolute error: ``l_n = sum_j |y - t| / M``; returns L."""
+    y, t, w, rows = _value_args(y, t, w, rows)
+    return _impl().mae_forward(y, t, w, rows, _reduction(reduction))
+
+
+def mae_backward(y, t, w, dy, scale=1.0, reduction="mean"):
+    """``dy = k_n * sign(y - t) / M`` (0 where y = t)."""
+    y, t, w, dy, scale = _value_back(y, t, w, dy, scale)
+    _impl().mae_backward(y, t, w, dy, scale, _reduction(reduction))
+
+
+def huber_forward(y, t, w=None, rows=None, delta=1.0, reduction="mean"):
+    """Huber loss: ``l_n = sum_j h(y - t) / M``, ``h(d) = d^2/2`` for ``|d| <= delta``, else
+    ``delta (|d| - delta/2)``; delta > 0. Returns L."""
+    y, t, w, rows = _value_args(y, t, w, rows)
+    return _impl().huber_forward(y, t, w, rows, _delta(delta), _reduction(reduction))
+
+
+def huber_backward(y, t, w, dy, scale=1.0, delta=1.0, reduction="mean"):
+    """``dy = k_n * clip(y - t, -delta, delta) / M``."""
+    y, t, w, dy, scale = _value_back(y, t, w, dy, scale)
+    _impl().huber_backward(y, t, w, dy, scale, _delta(delta), _reduction(reduction))
+
+
+def _unit_targets(t):
+    bad = np.flatnonzero(~((t >= 0) & (t <= 1)).all(axis=1))
+    if bad.size:
+        r = int(bad[0])
+        raise ValueError(f"t (sigmoid_bce targets) must lie in [0, 1], got {t[r].tolist()} in "
+                         f"row {r}")
+
+
+def sigmoid_bce_forward(z, t, w=None, rows=None, reduction="mean"):
+    """Sigmoid binary cross-entropy on logits z (N, M) (M independent labels), stable form:
+    ``l_n = sum_j (max(z, 0) - z t + log1p(exp(-|z|))) / M``, t in [0, 1]; returns L."""
+    z, t, w, rows = _value_args(z, t, w, rows, "z")
+    _unit_targets(t)
+    return _impl().sigmoid_bce_forward(z, t, w, rows, _reduction(reduction))
+
+
+def sigmoid_bce_backward(z, t, w, dz, scale=1.0, reduction="mean"):
+    """``dz = k_n * (sigmoid(z) - t) / M``."""
+    z, t, w, dz, scale = _value_back(z, t, w, dz, scale, "z")
+    _unit_targets(t)
+    _impl().sigmoid_bce_backward(z, t, w, dz, scale, _reduction(reduction))
 
 
 # ============================================================================ batch normalisation
@@ -808,11 +956,17 @@ def bind_update(rule, ws, gs, states, wds, *, mu=0.9, rho=0.99, eps=None, eps_in
 # flatten       out[...] = x.reshape(N, -1) (a copy)         dx[...] = dout.reshape(x.shape)
 # dropout       dropout_mask(mask, p, seed, counter);        dropout_apply(dout, mask, scale, dx)
 #               dropout_apply(x, mask, scale, out)
-# softmax_xent  L = softmax_xent_forward(x, labels, probs)   softmax_xent_backward(probs, labels,
-#               (a loss: forward returns L)                   dlogits, weight)   (backward())
+# softmax_xent  L = softmax_xent_forward(x, labels, probs, w) softmax_xent_backward(probs, labels,
+#               (a loss: forward returns L)                   dlogits, weight, w)   (backward(x))
+# mse           L = mse_forward(x, targets, w, None, half,   mse_backward(x, targets, w, dlogits,
+#               reduction)                                    weight, half, reduction)
+# mae, huber,   L = <kind>_forward(x, targets, w, None,      <kind>_backward(x, targets, w,
+# sigmoid_bce   [delta,] reduction)                           dlogits, weight, [delta,] reduction)
 # layer         out = layer.forward(x)  (a layer without     dx = layer.backward(dout)
 #               a kernel pair: its own checked calls)
 #
+# A loss op's targets (``labels`` or ``targets``) and sample weights ``sw`` are buffers the
+# program fills before each step; w is ``sw`` on a weighted step, else None.
 # A backward with dx None computes no input gradient; the kernels' other optional outputs
 # (dW, db, dgamma, dbeta, dslope) likewise; conv2d's dcol (dx's workspace) is None with dx.
 # rrelu and dropout take their counter per step (``op.set_counter(c)``, an int in [0, 2**64)).
@@ -828,7 +982,11 @@ OPS = {
     "batchnorm": (("gamma", "beta", "out", "xhat", "mean", "invstd", "running_mean",
                    "running_var", "dx", "dgamma", "dbeta"), ("momentum", "eps", "unbiased")),
     "dropout": (("out", "mask", "dx"), ("p", "seed", "scale")),
-    "softmax_xent": (("probs", "labels", "dlogits"), ("weight",)),
+    "softmax_xent": (("probs", "labels", "sw", "dlogits"), ("weight",)),
+    "mse": (("targets", "sw", "dlogits"), ("weight", "half", "reduction")),
+    "mae": (("targets", "sw", "dlogits"), ("weight", "reduction")),
+    "huber": (("targets", "sw", "dlogits"), ("weight", "delta", "reduction")),
+    "sigmoid_bce": (("targets", "sw", "dlogits"), ("weight", "reduction")),
     "conv2d": (("W", "b", "out", "col", "dcol", "dx", "dW", "db"), ("x_shape", "stride", "pad")),
     "maxpool2d": (("out", "argmax", "dx"), ("x_shape", "kernel", "stride", "pad")),
     "avgpool2d": (("out", "dx"), ("x_shape", "kernel", "stride", "pad", "count_include_pad")),
@@ -836,35 +994,43 @@ OPS = {
 }
 OP_INPUTS = frozenset({"W", "b", "gamma", "beta", "slope"})     # arrays an op only reads
 OP_GRADS = frozenset({"dW", "db", "dgamma", "dbeta", "dslope"})  # its parameter gradients
+LOSS_OPS = ("softmax_xent", "mse", "mae", "huber", "sigmoid_bce")  # value losses: all but the first
 
 # Program steps: (code, a, b, c, d)
 FWD, BWD, LOSS, LOSS_BWD, COPY, ADD = range(6)
 PROGRAM_DOC = """Program(steps, losses, x_shape, dtype, written, hooks):
     (FWD, op, src, None, 0)        op.forward(x if src is None else src)
     (BWD, op, src, dsrc, 0)        op.backward(x if src is None else src, dsrc)
-    (LOSS, lop, src, None, j)      values[j] = lop.forward(src); total += lop.weight * values[j]
-    (LOSS_BWD, lop, None, None, 0) lop.backward()
+    (LOSS, lop, src, None, j)      values[j] = lop.forward(y); total += lop.weight * values[j]
+    (LOSS_BWD, lop, src, None, 0)  lop.backward(y)          (y: x if src is None else src)
     (COPY, dst, src, None, 0)      dst[...] = src
     (ADD, dst, src, None, 0)       dst += src
-load_labels(labels): one int64 (N,) array per loss op, each label checked to lie in [0, C)
-    (ValueError: nothing copied) and copied into the op's ``labels``;
+load_targets(targets, weights=None): per loss op, its targets (int64 (N,) labels in [0, C) for
+    softmax_xent; values (N, M) of dtype, or (N,) when M = 1, finite, in [0, 1] for sigmoid_bce;
+    any strides) and sample weights (weights None, or per loss None or float64 (N,): finite,
+    >= 0, a positive finite sum); every one checked first (ValueError naming the row: nothing
+    copied), then copied into the op's ``labels``/``targets`` and ``sw`` buffers; w is ``sw``
+    for a loss given weights, else None (unweighted);
 run(x, times=None) -> total (x: x_shape, dtype, C-contiguous); ``values``: the losses of the
     last run; ``times``: a float64 array of one entry per step, to which each step's seconds are
     added (for profiles);
 readonly() -> index of the first written array that is not writeable, or -1;
 accepts(x) -> x shares no memory with any written array;
-step(x, targets, fresh=None) -> total: the whole training step (the engine's per-step protocol), or None
-    when x is not an ndarray of x_shape and dtype, C-contiguous and finite (the caller then
-    checks x, naming what is wrong). With hooks = (names, drops, recs, xrecs, loss_recs,
-    convert, gslots): x shares no memory with a written array (ValueError); targets[j] is used as
-    is when int64 (N,), else ``convert(j, t)`` (its errors name t); then, one thread at a time:
-    every written array writeable (ValueError naming names[k]); load_labels (out of range:
-    ``convert`` raises naming t); ``op.set_counter(layer._take_counter(size))`` for (layer, op,
-    size) in drops; run(x) — with ``fresh`` (new C-contiguous arrays, one per gslots entry, of its
-    gradient's shape and dtype), the ops write those gradients there for this run instead
-    (gslots[k] = ``op.slot(name)`` of the op writing gradient k); ``d["_fwd"] = rec`` for (d, rec)
-    in recs, ``rec["x"] = x`` for rec in xrecs, and ``d["_fwd"], d["loss"] = rec, values[j]`` for
-    (d, rec) = loss_recs[j]."""
+step(x, targets, weights=None, fresh=None) -> total: the whole training step (the engine's
+    per-step protocol), or None when x is not an ndarray of x_shape and dtype, C-contiguous and
+    finite (the caller then checks x, naming what is wrong). With hooks = (names, drops, recs,
+    xrecs, loss_recs, convert, convert_w, gslots): x shares no memory with a written array
+    (ValueError); targets[j] is used as is when of a form load_targets takes, else
+    ``convert(j, t)`` (its errors name t); weights (None, or one entry per loss: None or sample
+    weights) likewise, else ``convert_w(j, w)``; then, one thread at a time: every written array
+    writeable (ValueError naming names[k]); load_targets (a bad target or weight: ``convert`` or
+    ``convert_w`` raises naming it); ``op.set_counter(layer._take_counter(size))`` for (layer,
+    op, size) in drops; run(x) — with ``fresh`` (new C-contiguous arrays, one per gslots entry,
+    of its gradient's shape and dtype), the ops write those gradients there for this run
+    instead (gslots[k] = ``op.slot(name)`` of the op writing gradient k); ``d["_fwd"] = rec``
+    for (d, rec) in recs, ``rec["x"] = x`` for rec in xrecs, and for (d, rec, sw) =
+    loss_recs[j]: ``rec["sw"] = sw`` (weighted) or None, ``d["_fwd"], d["loss"] = rec,
+    values[j]``."""
 
 
 def _held(name, a, shape, dt, write=False, optional=False, dtype=None):
@@ -950,14 +1116,26 @@ def _op_arrays(kind, xs, dt, a, s):
         s = dict(s, momentum=_real("momentum", s["momentum"], 0.0, 1.0),
                  eps=_real("eps", s["eps"], 0.0, math.inf, lo_open=True, hi_open=True),
                  unbiased=bool(s["unbiased"]))
-    elif kind == "softmax_xent":
+    elif kind in LOSS_OPS:
         if len(xs) != 2 or xs[0] < 1 or xs[1] < 1:
-            raise ValueError(f"logits must be non-empty (N >= 1, C >= 1), got shape {xs}")
-        arrays = {"probs": h("probs", a["probs"], xs, dt, True),
-                  "labels": h("labels", a["labels"], xs[:1], dt, True, dtype=np.dtype(np.int64)),
-                  "dlogits": h("dlogits", a["dlogits"], xs, dt, True)}
+            raise ValueError(f"a {kind} loss needs non-empty 2-D inputs (N >= 1, M >= 1), got "
+                             f"shape {xs}")
+        if kind == "softmax_xent":
+            arrays = {"probs": h("probs", a["probs"], xs, dt, True),
+                      "labels": h("labels", a["labels"], xs[:1], dt, True,
+                                  dtype=np.dtype(np.int64))}
+        else:
+            arrays = {"targets": h("targets", a["targets"], xs, dt, True)}
+        arrays["sw"] = h("sw", a["sw"], xs[:1], dt, True, dtype=np.dtype(np.float64))
+        arrays["dlogits"] = h("dlogits", a["dlogits"], xs, dt, True)
         ins = []
         s = dict(s, weight=_real("weight", s["weight"]))
+        if "reduction" in s:
+            s["reduction"] = _reduction(s["reduction"])
+        if "half" in s:
+            s["half"] = bool(s["half"])
+        if "delta" in s:
+            s["delta"] = _delta(s["delta"])
     elif kind in ("conv2d", "maxpool2d", "avgpool2d"):
         arrays, ins, s = _conv_op_arrays(kind, xs, dt, a, s)
     elif kind == "flatten":

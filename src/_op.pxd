@@ -15,8 +15,12 @@ cdef extern from "dlfast_op.h" nogil:
         void* dx
     ctypedef struct dlf_loss_op:
         int (*fwd)(dlf_loss_op*, const void*, double*) noexcept nogil
-        int (*bwd)(dlf_loss_op*) noexcept nogil
+        int (*bwd)(dlf_loss_op*, const void*) noexcept nogil
         int64_t* labels
+        void* targets
+        double* sw_buf
+        const double* sw
         void* dlogits
-        int64_t n, classes
+        int64_t n, width
+        int unit
         double weight

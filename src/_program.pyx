@@ -17,6 +17,7 @@ import numpy as np
 
 from _op cimport dlf_op, dlf_loss_op, DLF_OP_ERR_LABELS, DLF_OP_ERR_MEMORY, DLF_OP_ERR_PYTHON
 from _act cimport buf_get, buf_release, DT_F32
+from _targets cimport bad_value, DBL_MAX
 
 cnp.import_array()
 
@@ -83,7 +84,7 @@ cdef int _run(_Step* steps, Py_ssize_t nsteps, const void* x, double* values, do
             total[0] += lop.weight * v
         elif s.code == LOSS_BWD:
             lop = <dlf_loss_op*>s.op
-            err = lop.bwd(lop)
+            err = lop.bwd(lop, src)
         elif s.code == COPY:
             memcpy(s.dst, s.src, s.n * (4 if dt == DT_F32 else 8))
         elif dt == DT_F32:              # ADD
@@ -142,7 +143,7 @@ cdef class Program:
     cdef list py                    # Python op steps: (code, op, src, dsrc)
     cdef tuple written
     cdef tuple names, drops, recs, xrecs, loss_recs
-    cdef object convert
+    cdef object convert, convert_w
     cdef void*** gslots             # pointer fields of the gradient outputs (step's fresh)
     cdef void** gsaved
     cdef Py_ssize_t ngrads
@@ -154,11 +155,11 @@ cdef class Program:
         cdef _Step* s
         steps, losses, written = list(steps), list(losses), tuple(written)
         if hooks is None:
-            hooks = ((), (), (), (), tuple((({}, None)) for _ in losses), None, ())
-        self.names, self.drops, self.recs, self.xrecs, self.loss_recs, self.convert = (
-            tuple(hooks[0]), tuple(hooks[1]), tuple(hooks[2]), tuple(hooks[3]), tuple(hooks[4]),
-            hooks[5])
-        gs = tuple(hooks[6])
+            hooks = ((), (), (), (), tuple(({}, {}, None) for _ in losses), None, None, ())
+        (self.names, self.drops, self.recs, self.xrecs, self.loss_recs, self.convert,
+         self.convert_w) = (tuple(hooks[0]), tuple(hooks[1]), tuple(hooks[2]), tuple(hooks[3]),
+                            tuple(hooks[4]), hooks[5], hooks[6])
+        gs = tuple(hooks[7])
         self.ngrads = len(gs)
         self.gslots = <void***>malloc(max(self.ngrads, 1) * sizeof(void**))
         self.gsaved = <void**>malloc(max(self.ngrads, 1) * sizeof(void*))
@@ -264,46 +265,133 @@ cdef class Program:
         PyBuffer_Release(&v)
         return self._accepts(lo, hi)
 
-    cdef int _labels_fast(self, list labels) except -1:
-        """Copy int64 (N,) arrays (any stride) into the label buffers; 1 when one lies outside
-        [0, C) (nothing copied), else 0."""
-        cdef Py_ssize_t r, j, stride
+    cdef int _targets_fast(self, list targets, list weights) except -1:
+        """Check every loss's targets (labels in [0, C), or values finite, in [0, 1] for a
+        ``unit`` loss) and sample weights (finite, >= 0, a positive finite sum), then copy them
+        into the ops' buffers (any strides) and point ``op.sw`` at the weights or NULL. Returns
+        1 when one is bad (nothing copied), else 0. The arrays have the forms ``_fits`` takes."""
+        cdef Py_ssize_t r, c, j, m, s0, s1
         cdef int64_t t
+        cdef double v, wsum
         cdef const char* p
         cdef dlf_loss_op* lop
         cdef cnp.ndarray a
         for copy in range(2):
             for j in range(self.nlosses):
                 lop = self.losses[j]
-                a = labels[j]
+                a = targets[j]
                 p = <const char*>cnp.PyArray_DATA(a)
-                stride = cnp.PyArray_STRIDES(a)[0]
-                for r in range(lop.n):
-                    t = (<const int64_t*>(p + r * stride))[0]
+                s0 = cnp.PyArray_STRIDES(a)[0]
+                if lop.labels != NULL:
+                    for r in range(lop.n):
+                        t = (<const int64_t*>(p + r * s0))[0]
+                        if copy:
+                            lop.labels[r] = t
+                        elif t < 0 or t >= lop.width:
+                            return 1
+                else:
+                    m = lop.width
+                    s1 = cnp.PyArray_STRIDES(a)[1] if cnp.PyArray_NDIM(a) == 2 else 0
+                    for r in range(lop.n):
+                        for c in range(m):
+                            if self.dt == 0:
+                                v = (<const float*>(p + r * s0 + c * s1))[0]
+                                if copy:
+                                    (<float*>lop.targets)[r * m + c] = <float>v
+                            else:
+                                v = (<const double*>(p + r * s0 + c * s1))[0]
+                                if copy:
+                                    (<double*>lop.targets)[r * m + c] = v
+                            if not copy and bad_value(v, lop.unit):
+                                return 1
+                if weights is None or weights[j] is None:
                     if copy:
-                        lop.labels[r] = t
-                    elif t < 0 or t >= lop.classes:
+                        lop.sw = NULL
+                    continue
+                a = weights[j]
+                p = <const char*>cnp.PyArray_DATA(a)
+                s0 = cnp.PyArray_STRIDES(a)[0]
+                wsum = 0.0
+                for r in range(lop.n):
+                    v = (<const double*>(p + r * s0))[0]
+                    if copy:
+                        lop.sw_buf[r] = v
+                    elif not (v >= 0 and v <= DBL_MAX):
                         return 1
+                    wsum = wsum + v
+                if copy:
+                    lop.sw = lop.sw_buf
+                elif not (wsum > 0 and wsum <= DBL_MAX):
+                    return 1
         return 0
 
-    def load_labels(self, labels):
-        """Copy one int64 (N,) array per loss (any stride) into its label buffer, each label
-        checked to lie in [0, C) first (ValueError: nothing copied)."""
+    cdef bint _fits(self, int j, object a) noexcept:
+        """a is an array ``_targets_fast`` takes for loss j: int64 (N,) labels, or values of the
+        program's dtype (N, M) (or (N,) when M = 1); aligned, native byte order."""
+        cdef dlf_loss_op* lop = self.losses[j]
+        cdef cnp.ndarray t
+        if type(a) is not np.ndarray:
+            return False
+        t = a
+        if (cnp.PyArray_NDIM(t) < 1 or cnp.PyArray_DIMS(t)[0] != lop.n
+                or not cnp.PyArray_ISBEHAVED_RO(t)):
+            return False
+        if lop.labels != NULL:
+            return cnp.PyArray_TYPE(t) == cnp.NPY_INT64 and cnp.PyArray_NDIM(t) == 1
+        if cnp.PyArray_TYPE(t) != self.typenum:
+            return False
+        if cnp.PyArray_NDIM(t) == 2:
+            return cnp.PyArray_DIMS(t)[1] == lop.width
+        return cnp.PyArray_NDIM(t) == 1 and lop.width == 1
+
+    cdef bint _fits_w(self, int j, object a) noexcept:
+        """a is float64 (N,) sample weights, aligned, native byte order."""
+        cdef cnp.ndarray w
+        if type(a) is not np.ndarray:
+            return False
+        w = a
+        return (cnp.PyArray_TYPE(w) == cnp.NPY_FLOAT64 and cnp.PyArray_NDIM(w) == 1
+                and cnp.PyArray_DIMS(w)[0] == self.losses[j].n and cnp.PyArray_ISBEHAVED_RO(w))
+
+    def load_targets(self, targets, weights=None):
+        """Copy one target array per loss (int64 (N,) labels, or values (N, M) of the dtype; any
+        strides) and its sample weights (None, or float64 (N,)) into the op's buffers, each
+        checked first (ValueError naming the row: nothing copied)."""
         cdef Py_ssize_t j, r
-        labels = list(labels)
-        if len(labels) != self.nlosses:
-            raise ValueError(f"expected {self.nlosses} label arrays, got {len(labels)}")
+        targets = list(targets)
+        if len(targets) != self.nlosses:
+            raise ValueError(f"expected {self.nlosses} target arrays, got {len(targets)}")
+        weights = None if weights is None else list(weights)
+        if weights is not None and len(weights) != self.nlosses:
+            raise ValueError(f"expected {self.nlosses} sample-weight entries, got {len(weights)}")
         for j in range(self.nlosses):
-            a = labels[j]
-            if not (isinstance(a, cnp.ndarray) and a.dtype == np.int64 and a.ndim == 1
-                    and a.shape[0] == self.losses[j].n):
-                raise TypeError(f"labels must be int64 of shape ({self.losses[j].n},)")
-        if self._labels_fast(labels):
-            for j in range(self.nlosses):
-                for r in range(self.losses[j].n):
-                    if not 0 <= labels[j][r] < self.losses[j].classes:
-                        raise ValueError(f"labels must lie in [0, {self.losses[j].classes}), got "
-                                         f"{labels[j][r]} in row {r}")
+            lop = self.losses[j]
+            if not self._fits(j, targets[j]):
+                raise TypeError(f"targets[{j}] must be " + (
+                    f"int64 labels of shape ({lop.n},)" if lop.labels != NULL else
+                    f"{np.dtype(self.typenum).name} values of shape ({lop.n}, {lop.width})"))
+            if weights is not None and weights[j] is not None and not self._fits_w(j, weights[j]):
+                raise TypeError(f"weights[{j}] must be None or float64 of shape ({lop.n},)")
+        if not self._targets_fast(targets, weights):
+            return
+        for j in range(self.nlosses):
+            lop = self.losses[j]
+            a = np.asarray(targets[j])
+            for r in range(lop.n):
+                if lop.labels != NULL and not 0 <= a[r] < lop.width:
+                    raise ValueError(f"labels must lie in [0, {lop.width}), got {a[r]} in row {r}")
+                if lop.labels == NULL and not (np.all((a[r] >= 0) & (a[r] <= 1)) if lop.unit
+                                               else np.all(np.isfinite(a[r]))):
+                    raise ValueError(f"targets must be {'in [0, 1]' if lop.unit else 'finite'}, "
+                                     f"got {np.atleast_1d(a[r]).tolist()} in row {r}")
+            if weights is None or weights[j] is None:
+                continue
+            w = np.asarray(weights[j])
+            for r in range(lop.n):
+                if not (w[r] >= 0 and np.isfinite(w[r])):
+                    raise ValueError(f"sample weights must be finite and >= 0, got {w[r]} in "
+                                     f"row {r}")
+            raise ValueError("sample weights must not all be zero and must have a finite sum")
 
     cdef double _run(self, const void* xp, double* times) except? -1.0:
         cdef int err
@@ -338,7 +426,7 @@ cdef class Program:
                   else dlf_finite_d(<const double*>cnp.PyArray_DATA(xa), self.count))
         return 0 if ok else 1
 
-    def step(self, x, targets, fresh=None):
+    def step(self, x, targets, weights=None, fresh=None):
         """The whole training step (dlfast.kernels.PROGRAM_DOC's ``step``); None when x is not an
         ndarray of x_shape and dtype, C-contiguous and finite."""
         cdef Py_ssize_t k, j
@@ -350,15 +438,20 @@ cdef class Program:
         if not self._accepts(lo, lo + <size_t>cnp.PyArray_NBYTES(<cnp.ndarray>x)):
             raise ValueError("x shares memory with an array the training step writes (a layer's "
                              "output or gradient buffer); pass a copy")
-        labels = list(targets)
-        if len(labels) != self.nlosses:
-            raise ValueError(f"expected {self.nlosses} label arrays, got {len(labels)}")
+        ts = list(targets)
+        if len(ts) != self.nlosses:
+            raise ValueError(f"expected {self.nlosses} target arrays, got {len(ts)}")
         for j in range(self.nlosses):
-            t = labels[j]
-            if not (type(t) is np.ndarray and cnp.PyArray_TYPE(<cnp.ndarray>t) == cnp.NPY_INT64
-                    and cnp.PyArray_NDIM(<cnp.ndarray>t) == 1
-                    and cnp.PyArray_DIMS(<cnp.ndarray>t)[0] == self.losses[j].n):
-                labels[j] = self.convert(j, t)
+            if not self._fits(j, ts[j]):
+                ts[j] = self.convert(j, ts[j])
+        ws = None
+        if weights is not None:
+            ws = list(weights)
+            if len(ws) != self.nlosses:
+                raise ValueError(f"expected {self.nlosses} sample-weight entries, got {len(ws)}")
+            for j in range(self.nlosses):
+                if ws[j] is not None and not self._fits_w(j, ws[j]):
+                    ws[j] = self.convert_w(j, ws[j])
         if not PyThread_acquire_lock(self.lock, NOWAIT_LOCK):
             with nogil:                             # another thread runs this step: wait
                 PyThread_acquire_lock(self.lock, WAIT_LOCK)
@@ -366,10 +459,12 @@ cdef class Program:
             k = self._readonly()
             if k >= 0:
                 raise ValueError(f"{self.names[k]} is not writeable; a training step writes it")
-            if self._labels_fast(labels):
-                for j in range(self.nlosses):
-                    self.convert(j, targets[j])     # the message naming the labels
-                self.load_labels(labels)            # (labels converted by convert: its message)
+            if self._targets_fast(ts, ws):
+                for j in range(self.nlosses):       # the messages naming t and sample_weight
+                    self.convert(j, targets[j])
+                    if ws is not None and weights[j] is not None:
+                        self.convert_w(j, weights[j])
+                self.load_targets(ts, ws)           # (arrays converted by convert: its message)
             for layer, op, size in self.drops:
                 op.set_counter(layer._take_counter(size))
             self.x = x
@@ -392,7 +487,8 @@ cdef class Program:
             for rec in self.xrecs:
                 (<dict>rec)["x"] = x
             for j in range(self.nlosses):
-                d, rec = self.loss_recs[j]
+                d, rec, sw = self.loss_recs[j]
+                (<dict>rec)["sw"] = sw if self.losses[j].sw != NULL else None
                 (<dict>d)["_fwd"] = rec
                 (<dict>d)["loss"] = self.vals[j]
         finally:
@@ -400,7 +496,7 @@ cdef class Program:
         return total
 
     def run(self, x, times=None):
-        """One step on x (C-contiguous, x_shape, dtype) with the labels loaded; returns
+        """One step on x (C-contiguous, x_shape, dtype) with the targets loaded; returns
         sum_j weight_j * L_j (``values``: the L_j). ``times``: float64 (nsteps,), each step's
         seconds added."""
         cdef Py_buffer vx

@@ -2,9 +2,10 @@
 
 softmax:   out = exp(x - max x) / sum exp(x - max x)           (sum in double)
 backward:  dx = y * (dout - sum_c dout * y)
-xent:      probs = softmax(logits); L = mean_n (log sum exp(logits_n - m_n) + m_n - logits[n, t_n])
+xent:      probs = softmax(logits); l_n = log sum exp(logits_n - m_n) + m_n - logits[n, t_n];
+           L = mean_n l_n, or with sample weights sum_n w_n l_n / sum_n w_n
            (row terms in double, summed in row order: independent of the thread count)
-xent back: dlogits = (probs - onehot(t)) * (scale / N)
+xent back: dlogits = (probs - onehot(t)) * k_n, k_n = (dtype)(scale / N) or (dtype)(scale w_n / sum w)
 Both losses check every label against [0, C) first (ValueError; no element is read or written
 through an out-of-range label, checked call or not).
 On one thread the rows run in a plain loop (no OpenMP region).
@@ -18,7 +19,8 @@ from libc.string cimport memset
 
 from _op cimport dlf_op, dlf_loss_op, DLF_OP_ERR_LABELS
 from _act cimport (exp_shift_sum, exp_shift_sum_d, row_max, CHEAP, aligned_doubles, buf_get,
-                   buf_release, line_doubles, DT_F32, DT_I64, DT_FLOAT)
+                   buf_release, line_doubles, DT_F32, DT_F64, DT_I64, DT_FLOAT)
+from _targets cimport check_weights, weight_sum
 
 include "_parallel.pxi"
 
@@ -138,9 +140,9 @@ cdef int _check_labels(const int64_t* t, Py_ssize_t n, Py_ssize_t c) except -1:
     return 0
 
 
-def softmax_xent_forward(logits, labels, probs):
-    """probs = softmax(logits); returns the batch-mean cross-entropy (float)."""
-    cdef Py_buffer v[3]
+def softmax_xent_forward(logits, labels, probs, w=None):
+    """probs = softmax(logits); returns the batch-mean (or sample-weighted mean) cross-entropy."""
+    cdef Py_buffer v[4]
     cdef Py_ssize_t n, c
     cdef int dt, nt
     cdef double total
@@ -154,9 +156,12 @@ def softmax_xent_forward(logits, labels, probs):
         c = v[0].shape[1]
         buf_get(labels, &v[1], DT_I64, n, False)
         buf_get(probs, &v[2], dt, n * c, True)
+        buf_get(w, &v[3], DT_F64, n, False)
         if c == 0:
             raise ValueError("logits must have at least one column")
         _check_labels(<const int64_t*>v[1].buf, n, c)
+        if w is not None:
+            check_weights(<const double*>v[3].buf, n)
         nt = _threads(n * c * 4)   # a double exp and a division per element: ~4 units of work
         rowloss = <double*>malloc(max(n, 1) * sizeof(double))
         if rowloss == NULL:
@@ -169,11 +174,22 @@ def softmax_xent_forward(logits, labels, probs):
             else:
                 total = _xent(<const double*>v[0].buf, <const int64_t*>v[1].buf,
                               <double*>v[2].buf, n, c, nt, rowloss, scratch)
+            if v[3].buf != NULL:
+                total = _weighted(rowloss, <const double*>v[3].buf, n)
     finally:
         free(rowloss)
         free(scratch)
-        buf_release(v, 3)
-    return total / n
+        buf_release(v, 4)
+    return total if w is not None else total / n
+
+
+cdef inline double _weighted(const double* rowloss, const double* w, Py_ssize_t n) noexcept nogil:
+    """sum_n w_n rowloss_n / sum_n w_n (both in row order)."""
+    cdef Py_ssize_t r
+    cdef double total = 0
+    for r in range(n):
+        total = total + w[r] * rowloss[r]
+    return total / weight_sum(w, n)
 
 
 cdef inline double _xent_row(const floating* x, int64_t t, floating* probs, Py_ssize_t c,
@@ -203,9 +219,9 @@ cdef double _xent(const floating* x, const int64_t* labels, floating* probs, Py_
     return total
 
 
-def softmax_xent_backward(probs, labels, dlogits, double scale):
-    """dlogits = (probs - onehot(labels)) * (scale / N)."""
-    cdef Py_buffer v[3]
+def softmax_xent_backward(probs, labels, dlogits, double scale, w=None):
+    """dlogits = (probs - onehot(labels)) * k_n (k_n: scale / N, or scale * w_n / sum w)."""
+    cdef Py_buffer v[4]
     cdef Py_ssize_t n, c
     cdef int dt
     memset(v, 0, sizeof(v))
@@ -215,16 +231,19 @@ def softmax_xent_backward(probs, labels, dlogits, double scale):
         c = v[0].shape[1]
         buf_get(labels, &v[1], DT_I64, n, False)
         buf_get(dlogits, &v[2], dt, n * c, True)
+        buf_get(w, &v[3], DT_F64, n, False)
         _check_labels(<const int64_t*>v[1].buf, n, c)
+        if w is not None:
+            check_weights(<const double*>v[3].buf, n)
         with nogil:
             if dt == DT_F32:
                 _xent_back(<const float*>v[0].buf, <const int64_t*>v[1].buf, <float*>v[2].buf,
-                           n, c, scale)
+                           n, c, scale, <const double*>v[3].buf)
             else:
                 _xent_back(<const double*>v[0].buf, <const int64_t*>v[1].buf,
-                           <double*>v[2].buf, n, c, scale)
+                           <double*>v[2].buf, n, c, scale, <const double*>v[3].buf)
     finally:
-        buf_release(v, 3)
+        buf_release(v, 4)
 
 
 cdef inline void _xent_back_row(const floating* p, int64_t t, floating* dl, Py_ssize_t c,
@@ -236,16 +255,20 @@ cdef inline void _xent_back_row(const floating* p, int64_t t, floating* dl, Py_s
 
 
 cdef void _xent_back(const floating* probs, const int64_t* labels, floating* dl, Py_ssize_t n,
-                     Py_ssize_t c, double scale) noexcept nogil:
+                     Py_ssize_t c, double scale, const double* w) noexcept nogil:
+    """k_n = (dtype)(scale / n), or with weights w (not NULL) (dtype)(scale * w_n / sum w)."""
     cdef Py_ssize_t r
     cdef floating k = <floating>(scale / n)
+    cdef double den = weight_sum(w, n) if w != NULL else 1.0
     cdef int nt = _threads(n * c // CHEAP)
     if nt == 1:
         for r in range(n):
-            _xent_back_row(probs + r * c, labels[r], dl + r * c, c, k)
+            _xent_back_row(probs + r * c, labels[r], dl + r * c, c,
+                           k if w == NULL else <floating>(scale * w[r] / den))
     else:
         for r in prange(n, num_threads=nt, schedule="static"):
-            _xent_back_row(probs + r * c, labels[r], dl + r * c, c, k)
+            _xent_back_row(probs + r * c, labels[r], dl + r * c, c,
+                           k if w == NULL else <floating>(scale * w[r] / den))
 
 
 # ---------------------------------------------------------------------------- op (dlfast.kernels.OPS)
@@ -272,30 +295,31 @@ cdef int _xent_op_fwd(dlf_loss_op* p, const void* logits, double* loss) noexcept
     else:
         total = _xent(<const double*>logits, s.op.labels, <double*>s.probs, s.n, s.c, nt,
                       s.rowloss, s.scratch)
-    loss[0] = total / s.n
+    loss[0] = total / s.n if s.op.sw == NULL else _weighted(s.rowloss, s.op.sw, s.n)
     return 0
 
 
-cdef int _xent_op_bwd(dlf_loss_op* p) noexcept nogil:
+cdef int _xent_op_bwd(dlf_loss_op* p, const void* logits) noexcept nogil:
     cdef _XentC* s = <_XentC*>p
     if s.dt == DT_F32:
         _xent_back(<const float*>s.probs, s.op.labels, <float*>s.op.dlogits, s.n, s.c,
-                   s.op.weight)
+                   s.op.weight, s.op.sw)
     else:
         _xent_back(<const double*>s.probs, s.op.labels, <double*>s.op.dlogits, s.n, s.c,
-                   s.op.weight)
+                   s.op.weight, s.op.sw)
     return 0
 
 
 cdef class SoftmaxXentOp:
     """The ``softmax_xent`` op (dlfast.kernels.OPS): ``softmax_xent_forward(logits, labels,
-    probs)`` and ``softmax_xent_backward(probs, labels, dlogits, weight)`` of fixed arrays (probs:
-    (N, C), N, C >= 1; labels: the int64 (N,) buffer the program fills each step). A label outside
+    probs, w)`` and ``softmax_xent_backward(probs, labels, dlogits, weight, w)`` of fixed arrays
+    (probs: (N, C), N, C >= 1; labels: the int64 (N,) buffer and sw the float64 (N,) buffer the
+    program fills each step; w = sw or none, as the program sets ``op.sw``). A label outside
     [0, C) makes the forward return DLF_OP_ERR_LABELS. ``address()`` is the ``dlf_loss_op*``."""
     cdef _XentC c
-    cdef Py_buffer v[3]
+    cdef Py_buffer v[4]
 
-    def __cinit__(self, probs, labels, dlogits, double weight):
+    def __cinit__(self, probs, labels, sw, dlogits, double weight):
         cdef Py_ssize_t n, c
         memset(self.v, 0, sizeof(self.v))
         memset(&self.c, 0, sizeof(self.c))
@@ -305,6 +329,9 @@ cdef class SoftmaxXentOp:
             raise ValueError(f"probs must have at least one row and column, got ({n}, {c})")
         buf_get(labels, &self.v[1], DT_I64, n, True)
         buf_get(dlogits, &self.v[2], self.c.dt, n * c, True)
+        buf_get(sw, &self.v[3], DT_F64, n, True)
+        if self.v[3].buf == NULL:
+            raise TypeError("sw is required (a float64 (N,) buffer)")
         self.c.n, self.c.c = n, c
         self.c.cap = max(_threads(n * c * 4), dlfast_omp_max_threads(), _requested_threads, 1)
         self.c.rowloss = <double*>malloc(n * sizeof(double))
@@ -313,14 +340,16 @@ cdef class SoftmaxXentOp:
         self.c.scratch = aligned_doubles(self.c.cap * line_doubles(c))
         self.c.probs, self.c.op.labels = self.v[0].buf, <int64_t*>self.v[1].buf
         self.c.op.dlogits = self.v[2].buf
-        self.c.op.n, self.c.op.classes, self.c.op.weight = n, c, weight
+        self.c.op.targets = NULL
+        self.c.op.sw_buf, self.c.op.sw = <double*>self.v[3].buf, NULL
+        self.c.op.n, self.c.op.width, self.c.op.weight = n, c, weight
         self.c.op.fwd = _xent_op_fwd
         self.c.op.bwd = _xent_op_bwd
 
     def __dealloc__(self):
         free(self.c.rowloss)
         free(self.c.scratch)
-        buf_release(self.v, 3)
+        buf_release(self.v, 4)
 
     def address(self):
         return <size_t>&self.c.op

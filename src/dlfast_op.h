@@ -14,7 +14,7 @@
 #define DLFAST_OP_H
 #include <stdint.h>
 
-#define DLF_OP_ERR_LABELS (-1)     /* a label outside [0, classes) */
+#define DLF_OP_ERR_LABELS (-1)     /* a label outside [0, width) */
 #define DLF_OP_ERR_MEMORY (-2)
 #define DLF_OP_ERR_PYTHON (-3)     /* a Python op raised (the program re-raises it) */
 
@@ -26,15 +26,21 @@ struct dlf_op {
     void* dx;       /* gradient w.r.t. the input; NULL: not computed */
 };
 
-/* A loss of logits and labels (int64, ``n`` rows in [0, classes), filled by the program before
-   each step): fwd gives the loss, bwd writes dlogits = weight * dL/dlogits. */
+/* A loss of a head's output y (N, width) and this step's targets, which the program checks and
+   copies into the op's buffers before each step (nothing runs on a bad target): fwd gives the
+   loss L, bwd writes dlogits = weight * dL/dy. Exactly one of labels and targets is non-NULL.
+   With sample weights w, L = sum_i w_i l_i / sum_i w_i (dlfast.kernels: the value losses). */
 typedef struct dlf_loss_op dlf_loss_op;
 struct dlf_loss_op {
-    int (*fwd)(dlf_loss_op* op, const void* logits, double* loss);
-    int (*bwd)(dlf_loss_op* op);
-    int64_t* labels;
-    void* dlogits;
-    int64_t n, classes;
-    double weight;
+    int (*fwd)(dlf_loss_op* op, const void* y, double* loss);
+    int (*bwd)(dlf_loss_op* op, const void* y);
+    int64_t* labels;        /* label losses: (n,) class indices in [0, width) */
+    void* targets;          /* value losses: (n, width) of y's dtype, C order */
+    double* sw_buf;         /* (n,) float64: the op's sample-weight buffer */
+    const double* sw;       /* this step's sample weights: sw_buf, or NULL (unweighted) */
+    void* dlogits;          /* (n, width) of y's dtype */
+    int64_t n, width;       /* rows; classes (labels) or outputs per row (values) */
+    int unit;               /* value losses: every target must lie in [0, 1] (else finite) */
+    double weight;          /* the head's loss weight */
 };
 #endif

@@ -7,6 +7,7 @@ Module map (one ``.pyx`` each): ``_dense`` (affine + activation, Maxout, GEMMs),
 (optimiser updates, norms, penalties, max-norm), ``_rbm`` (contrastive-divergence update).
 ``_info`` reports OpenMP and threads; ``_program`` runs a training step's ops.
 ``_conv``: convolution and pooling (its GEMMs run on ``_dense``'s BLAS entry, ``src/_gemm.pxd``).
+``_losses``: the value losses (mse, mae, huber, sigmoid_bce) and their ops.
 """
 import ctypes
 import importlib
@@ -16,7 +17,7 @@ from ..kernels import KERNELS
 
 NAME = "cython"
 MODULES = ("_dense", "_activations", "_softmax", "_batchnorm", "_random", "_optim", "_rbm",
-           "_conv")
+           "_conv", "_losses")
 
 _info = importlib.import_module("dlfast._backends._info")
 _mods = [importlib.import_module(f"dlfast._backends.{m}") for m in MODULES]
@@ -148,5 +149,6 @@ OPS = {"dense": _mods[0].DenseOp, "maxout": _mods[0].MaxoutOp,
        "batchnorm": _mods[3].BatchNormOp, "dropout": _mods[4].DropoutOp,
        "rrelu": _mods[4].RReLUOp, "conv2d": _mods[7].Conv2DOp,
        "maxpool2d": _mods[7].MaxPool2DOp, "avgpool2d": _mods[7].AvgPool2DOp,
-       "flatten": _mods[7].FlattenOp, "layer": LayerOp}
+       "flatten": _mods[7].FlattenOp, "mse": _mods[8].MSEOp, "mae": _mods[8].MAEOp,
+       "huber": _mods[8].HuberOp, "sigmoid_bce": _mods[8].SigmoidBCEOp, "layer": LayerOp}
 Program = importlib.import_module("dlfast._backends._program").Program

@@ -190,7 +190,7 @@ def _check_labels(labels, c):
         raise ValueError(f"labels must lie in [0, {c}), got {labels[r]} in row {r}")
 
 
-def softmax_xent_forward(logits, labels, probs):
+def softmax_xent_forward(logits, labels, probs, w=None):
     n = logits.shape[0]
     _check_labels(labels, logits.shape[1])
     x = logits.astype(np.float64)
@@ -199,15 +199,110 @@ def softmax_xent_forward(logits, labels, probs):
     s = e.sum(axis=1, keepdims=True)
     probs[...] = e / s
     rows = np.arange(n)
-    return float(np.mean(np.log(s[:, 0]) + m[:, 0] - x[rows, labels]))
+    terms = np.log(s[:, 0]) + m[:, 0] - x[rows, labels]
+    if w is None:
+        return float(np.mean(terms))
+    return float(np.sum(w * terms) / np.sum(w))
 
 
-def softmax_xent_backward(probs, labels, dlogits, scale):
+def softmax_xent_backward(probs, labels, dlogits, scale, w=None):
     n = probs.shape[0]
     _check_labels(labels, probs.shape[1])
     dlogits[...] = probs
     dlogits[np.arange(n), labels] -= 1
-    dlogits *= dlogits.dtype.type(scale / n)
+    if w is None:
+        dlogits *= dlogits.dtype.type(scale / n)
+    else:
+        dlogits *= (scale * w / np.sum(w)).astype(dlogits.dtype)[:, None]
+
+
+# ----------------------------------------------------------------------------- value losses
+# dlfast.kernels documents the formulas: per-row losses l_n in float64, L = sum w l / D.
+def _check_values(kind, t):
+    bad = np.flatnonzero(~np.isfinite(t).all(axis=1))
+    if bad.size:
+        raise ValueError(f"t must be finite, got {t[bad[0]].tolist()} in row {bad[0]}")
+    if kind == "sigmoid_bce":
+        bad = np.flatnonzero(~((t >= 0) & (t <= 1)).all(axis=1))
+        if bad.size:
+            raise ValueError(f"t (sigmoid_bce targets) must lie in [0, 1], got "
+                             f"{t[bad[0]].tolist()} in row {bad[0]}")
+
+
+def _value_forward(kind, y, t, w, rows, delta=1.0, half=False, reduction="mean"):
+    _check_values(kind, t)
+    n, m = y.shape
+    yd, td = y.astype(np.float64), t.astype(np.float64)
+    if kind == "sigmoid_bce":
+        e = np.maximum(yd, 0.0) - yd * td + np.log1p(np.exp(-np.abs(yd)))
+    else:
+        d = yd - td
+        if kind == "mse":
+            e = d * d
+        elif kind == "mae":
+            e = np.abs(d)
+        else:
+            a = np.abs(d)
+            e = np.where(a <= delta, 0.5 * d * d, delta * (a - 0.5 * delta))
+    s = e.sum(axis=1)
+    l = 0.5 * s if half else s / m
+    if rows is not None:
+        rows[...] = l
+    total = float(np.sum(l if w is None else w * l))
+    if reduction == "sum":
+        return total
+    return total / (n if w is None else float(np.sum(w)))
+
+
+def _value_backward(kind, y, t, w, dy, scale, delta=1.0, half=False, reduction="mean"):
+    _check_values(kind, t)
+    n, m = y.shape
+    yd, td = y.astype(np.float64), t.astype(np.float64)
+    if kind == "sigmoid_bce":
+        e = np.exp(-np.abs(yd))
+        q = e / (1.0 + e)
+        g = np.where(yd >= 0, (1.0 - td) - q, q - td)
+    else:
+        d = yd - td
+        g = {"mse": d, "mae": np.sign(d)}.get(kind)
+        if g is None:
+            g = np.clip(d, -delta, delta)
+    c = 1.0 if half else (2.0 / m if kind == "mse" else 1.0 / m)
+    den = 1.0 if reduction == "sum" else (n if w is None else float(np.sum(w)))
+    k = (scale / den if w is None else scale * w / den) * c
+    dy[...] = (np.reshape(k, (-1, 1)) * g).astype(dy.dtype)
+
+
+def mse_forward(y, t, w, rows, half, reduction):
+    return _value_forward("mse", y, t, w, rows, half=half, reduction=reduction)
+
+
+def mse_backward(y, t, w, dy, scale, half, reduction):
+    _value_backward("mse", y, t, w, dy, scale, half=half, reduction=reduction)
+
+
+def mae_forward(y, t, w, rows, reduction):
+    return _value_forward("mae", y, t, w, rows, reduction=reduction)
+
+
+def mae_backward(y, t, w, dy, scale, reduction):
+    _value_backward("mae", y, t, w, dy, scale, reduction=reduction)
+
+
+def huber_forward(y, t, w, rows, delta, reduction):
+    return _value_forward("huber", y, t, w, rows, delta=delta, reduction=reduction)
+
+
+def huber_backward(y, t, w, dy, scale, delta, reduction):
+    _value_backward("huber", y, t, w, dy, scale, delta=delta, reduction=reduction)
+
+
+def sigmoid_bce_forward(z, t, w, rows, reduction):
+    return _value_forward("sigmoid_bce", z, t, w, rows, reduction=reduction)
+
+
+def sigmoid_bce_backward(z, t, w, dz, scale, reduction):
+    _value_backward("sigmoid_bce", z, t, w, dz, scale, reduction=reduction)
 
 
 # ----------------------------------------------------------------------------- batch norm
@@ -594,14 +689,66 @@ class DropoutOp(_Op):
             dropout_apply(dout, self.mask, self.scale, self.dx)
 
 
-class SoftmaxXentOp(_Op):
+class _LossOp(_Op):
+    """A loss op: ``forward(y) -> L``, ``backward(y)`` writes dlogits; the program fills its
+    target buffer (``labels`` or ``targets``) and ``sw`` and sets ``weighted`` before a step."""
+    weighted = False
+
+    def _w(self):
+        return self.sw if self.weighted else None
+
+
+class SoftmaxXentOp(_LossOp):
     kind = "softmax_xent"
 
     def forward(self, logits):
-        return softmax_xent_forward(logits, self.labels, self.probs)
+        return softmax_xent_forward(logits, self.labels, self.probs, self._w())
 
-    def backward(self):
-        softmax_xent_backward(self.probs, self.labels, self.dlogits, self.weight)
+    def backward(self, logits):
+        softmax_xent_backward(self.probs, self.labels, self.dlogits, self.weight, self._w())
+
+
+class MSEOp(_LossOp):
+    kind = "mse"
+
+    def forward(self, y):
+        return mse_forward(y, self.targets, self._w(), None, self.half, self.reduction)
+
+    def backward(self, y):
+        mse_backward(y, self.targets, self._w(), self.dlogits, self.weight, self.half,
+                     self.reduction)
+
+
+class MAEOp(_LossOp):
+    kind = "mae"
+
+    def forward(self, y):
+        return mae_forward(y, self.targets, self._w(), None, self.reduction)
+
+    def backward(self, y):
+        mae_backward(y, self.targets, self._w(), self.dlogits, self.weight, self.reduction)
+
+
+class HuberOp(_LossOp):
+    kind = "huber"
+
+    def forward(self, y):
+        return huber_forward(y, self.targets, self._w(), None, self.delta, self.reduction)
+
+    def backward(self, y):
+        huber_backward(y, self.targets, self._w(), self.dlogits, self.weight, self.delta,
+                       self.reduction)
+
+
+class SigmoidBCEOp(_LossOp):
+    kind = "sigmoid_bce"
+
+    def forward(self, z):
+        return sigmoid_bce_forward(z, self.targets, self._w(), None, self.reduction)
+
+    def backward(self, z):
+        sigmoid_bce_backward(z, self.targets, self._w(), self.dlogits, self.weight,
+                             self.reduction)
 
 
 class Conv2DOp(_Op):
@@ -667,8 +814,8 @@ class LayerOp:
 
 
 OPS = {c.kind: c for c in (DenseOp, ActivationOp, PReLUOp, RReLUOp, MaxoutOp, SoftmaxOp,
-                           BatchNormOp, DropoutOp, SoftmaxXentOp, Conv2DOp, MaxPool2DOp,
-                           AvgPool2DOp, FlattenOp)}
+                           BatchNormOp, DropoutOp, SoftmaxXentOp, MSEOp, MAEOp, HuberOp,
+                           SigmoidBCEOp, Conv2DOp, MaxPool2DOp, AvgPool2DOp, FlattenOp)}
 OPS["layer"] = LayerOp
 
 
@@ -682,29 +829,40 @@ class Program:
         self.values = np.zeros(len(self.losses))
         self._lock = threading.Lock()
 
-    def step(self, x, targets, fresh=None):
+    def step(self, x, targets, weights=None, fresh=None):
         if not (type(x) is np.ndarray and x.dtype == self.dtype and x.shape == self.x_shape
                 and x.flags.c_contiguous and all_finite(x)):
             return None
         if not self.accepts(x):
             raise ValueError("x shares memory with an array the training step writes (a layer's "
                              "output or gradient buffer); pass a copy")
-        names, drops, recs, xrecs, loss_recs, convert, gslots = self.hooks
-        labels = list(targets)
-        if len(labels) != len(self.losses):
-            raise ValueError(f"expected {len(self.losses)} label arrays, got {len(labels)}")
-        for j, (lop, t) in enumerate(zip(self.losses, labels)):
-            if not (type(t) is np.ndarray and t.dtype == np.int64 and t.shape == lop.labels.shape):
-                labels[j] = convert(j, t)
+        names, drops, recs, xrecs, loss_recs, convert, convert_w, gslots = self.hooks
+        ts = list(targets)
+        if len(ts) != len(self.losses):
+            raise ValueError(f"expected {len(self.losses)} target arrays, got {len(ts)}")
+        for j, t in enumerate(ts):
+            if not self._fits(j, t):
+                ts[j] = convert(j, t)
+        ws = None
+        if weights is not None:
+            ws = list(weights)
+            if len(ws) != len(self.losses):
+                raise ValueError(f"expected {len(self.losses)} sample-weight entries, got "
+                                 f"{len(ws)}")
+            for j, w in enumerate(ws):
+                if w is not None and not self._fits_w(j, w):
+                    ws[j] = convert_w(j, w)
         with self._lock:
             k = self.readonly()
             if k >= 0:
                 raise ValueError(f"{names[k]} is not writeable; a training step writes it")
             try:
-                self.load_labels(labels)
+                self.load_targets(ts, ws)
             except ValueError:
-                for j, t in enumerate(targets):
-                    convert(j, t)                           # the message naming the labels
+                for j, t in enumerate(targets):     # the messages naming t and sample_weight
+                    convert(j, t)
+                    if ws is not None and weights[j] is not None:
+                        convert_w(j, weights[j])
                 raise
             for layer, op, size in drops:
                 op.set_counter(layer._take_counter(size))
@@ -723,10 +881,23 @@ class Program:
                 d["_fwd"] = rec
             for rec in xrecs:
                 rec["x"] = x
-            for (d, rec), v in zip(loss_recs, self.values):
+            for (d, rec, sw), v, lop in zip(loss_recs, self.values, self.losses):
+                rec["sw"] = sw if lop.weighted else None
                 d["_fwd"] = rec
                 d["loss"] = float(v)
         return total
+
+    def _fits(self, j, t):
+        lop = self.losses[j]
+        if type(t) is not np.ndarray or t.ndim < 1 or t.shape[0] != self.x_shape[0]:
+            return False
+        if lop.kind == "softmax_xent":
+            return t.dtype == np.int64 and t.ndim == 1
+        m = lop.targets.shape[1]
+        return t.dtype == self.dtype and (t.shape[1:] == (m,) or (t.ndim == 1 and m == 1))
+
+    def _fits_w(self, j, w):
+        return type(w) is np.ndarray and w.dtype == np.float64 and w.shape == (self.x_shape[0],)
 
     def readonly(self):
         """Index of the first written array that is not writeable, or -1."""
@@ -735,11 +906,48 @@ class Program:
     def accepts(self, x):
         return not any(np.may_share_memory(x, a) for a in self.written)
 
-    def load_labels(self, labels):
-        for lop, t in zip(self.losses, labels, strict=True):
-            _check_labels(t, lop.probs.shape[1])
-        for lop, t in zip(self.losses, labels):
-            lop.labels[...] = t
+    def load_targets(self, targets, weights=None):
+        targets = list(targets)
+        if len(targets) != len(self.losses):
+            raise ValueError(f"expected {len(self.losses)} target arrays, got {len(targets)}")
+        weights = [None] * len(self.losses) if weights is None else list(weights)
+        if len(weights) != len(self.losses):
+            raise ValueError(f"expected {len(self.losses)} sample-weight entries, got "
+                             f"{len(weights)}")
+        for j, (lop, t, w) in enumerate(zip(self.losses, targets, weights)):
+            if not self._fits(j, t):
+                raise TypeError(f"targets[{j}] has the wrong form for a {lop.kind} loss")
+            if w is not None and not self._fits_w(j, w):
+                raise TypeError(f"weights[{j}] must be None or float64 of shape "
+                                f"({self.x_shape[0]},)")
+            if lop.kind == "softmax_xent":
+                _check_labels(t, lop.probs.shape[1])
+            else:
+                t2 = t.reshape(lop.targets.shape)
+                bad = np.flatnonzero(~((t2 >= 0) & (t2 <= 1) if lop.kind == "sigmoid_bce"
+                                       else np.isfinite(t2)).all(axis=1))
+                if bad.size:
+                    raise ValueError(f"targets must be "
+                                     f"{'in [0, 1]' if lop.kind == 'sigmoid_bce' else 'finite'}, "
+                                     f"got {t2[bad[0]].tolist()} in row {bad[0]}")
+            if w is not None:
+                bad = np.flatnonzero(~((w >= 0) & np.isfinite(w)))
+                if bad.size:
+                    raise ValueError(f"sample weights must be finite and >= 0, got {w[bad[0]]} "
+                                     f"in row {bad[0]}")
+                with np.errstate(over="ignore"):
+                    finite = np.isfinite(np.sum(w))
+                if not (w.any() and finite):
+                    raise ValueError("sample weights must not all be zero and must have a "
+                                     "finite sum")
+        for lop, t, w in zip(self.losses, targets, weights):
+            if lop.kind == "softmax_xent":
+                lop.labels[...] = t
+            else:
+                lop.targets[...] = t.reshape(lop.targets.shape)
+            if w is not None:
+                lop.sw[...] = w
+            lop.weighted = w is not None
 
     def run(self, x, times=None):
         total = 0.0
@@ -755,7 +963,7 @@ class Program:
                 self.values[w] = v
                 total += op.weight * v
             elif code == 3:                                 # LOSS_BWD
-                op.backward()
+                op.backward(x if src is None else src)
             elif code == 4:                                 # COPY: op <- src
                 np.copyto(op, src)
             else:                                           # ADD: op += src

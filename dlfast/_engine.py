@@ -1,7 +1,7 @@
 """The training engine: every training step of every net runs as a plan.
 
     plan = Plan(graph, x_shape, dtype)       once per (net, input shape, dtype, backend, settings)
-    loss = plan.run(x, targets)              every step
+    loss = plan.run(x, targets, weights)     every step (weights: None, or per head None / (N,))
 
 A graph is a trunk of layers and one or more heads, each a list of layers, a loss layer and a
 weight: ``Sequential`` is ``(layers, [([], loss, 1.0)])``, ``MultiTaskNet`` is
@@ -22,13 +22,16 @@ step, and schedules the program (``dlfast.kernels.PROGRAM_DOC``)::
 
 A run checks what may change between steps and costs little to check: the input (shape,
 dtype, C-contiguous and finite: the net's ``_check_x``; no memory shared with an array the step
-writes), the labels (converted to int64 indices; their range is checked before any op runs),
+writes), the targets (labels converted to int64 indices, values to (N, M) of the net's dtype;
+the loss's ``targets``) and sample weights (float64; ``sample_weights``), each checked before
+any op runs (labels in range, values finite and in [0, 1] for sigmoid BCE, weights >= 0),
 that every array the step writes is still writeable (arrays bound by the ops cannot be resized),
 and ``STATE``: any change of a layer's settings or arrays since the plan was made (an attribute
 set, a params/grads entry replaced) makes the net build a new plan. Then the backend's program
 runs: on the compiled backend one call, with the GIL released once; on the NumPy backend the
 same steps as Python calls. Afterwards each layer's forward record (``_fwd``) is the plan's, so
-``Dropout.mask`` and the loss's ``probs`` describe the step.
+``Dropout.mask`` and the loss's ``probs`` (and ``sw``: the step's weights or None) describe the
+step.
 
 A plan serves one thread at a time: ``run`` holds the net's lock.
 """
@@ -37,12 +40,10 @@ from __future__ import annotations
 import numpy as np
 
 from . import _config, kernels
-from ._validation import labels_to_indices
+from ._validation import sample_weights
 from .layers._base import STATE, Layer
 
 __all__ = ["Plan", "Plans"]
-
-_I64 = np.dtype(np.int64)
 
 
 def _uses_pair(layer):
@@ -100,13 +101,20 @@ class Plan:
             where = f"head {j} " if n_heads > 1 else ""
             h_out, h_shape, ops = self._segment(layers, where, out, shape, need_trunk, fwd)
             pair = loss.kernel_pair(h_shape, weight)
+            if pair.kind not in kernels.LOSS_OPS:
+                raise TypeError(f"{where}loss ({type(loss).__name__}): kernel_pair must give a "
+                                f"loss op ({', '.join(kernels.LOSS_OPS)}), got {pair.kind!r}")
             lop = self._make(pair, h_shape, f"{where}loss")
             self._names[id(lop)] = f"{where}loss ({type(loss).__name__})"
             fwd.append((kernels.LOSS, lop, h_out, None, j))
-            self._losses.append((loss, lop, pair.rec, h_shape[1]))
-            head_steps.append((lop, ops, pair.args["dlogits"]))
-        for lop, ops, d in head_steps:
-            bwd.append((kernels.LOSS_BWD, lop, None, None, 0))
+            if "x" in pair.rec:
+                pair.rec["x"] = h_out
+                if h_out is None:
+                    self._xrecs.append(pair.rec)
+            self._losses.append((loss, lop, pair.rec, h_shape[1], pair.args["sw"]))
+            head_steps.append((lop, ops, pair.args["dlogits"], h_out))
+        for lop, ops, d, h_out in head_steps:
+            bwd.append((kernels.LOSS_BWD, lop, h_out, None, 0))
             d = self._backward(ops, d, bwd)
             if need_trunk and n_heads > 1:
                 if acc is None:
@@ -126,9 +134,11 @@ class Plan:
         slots = [self._grad_ops.get(id(a)) for _, a in self.grads]
         self.fresh = all(s is not None for s in slots)    # gradient(): written straight to new arrays
         hooks = (tuple(n for n, _ in self._written), tuple(self._drops), tuple(self._recs),
-                 tuple(self._xrecs), tuple((loss.__dict__, rec) for loss, _, rec, _ in self._losses),
-                 self._convert, tuple(op.slot(k) for op, k in slots) if self.fresh else ())
-        self.program = impl.Program(self.steps, [lop for _, lop, _, _ in self._losses],
+                 tuple(self._xrecs),
+                 tuple((loss.__dict__, rec, sw) for loss, _, rec, _, sw in self._losses),
+                 self._convert, self._convert_w,
+                 tuple(op.slot(k) for op, k in slots) if self.fresh else ())
+        self.program = impl.Program(self.steps, [e[1] for e in self._losses],
                                     x_shape, dt, [a for _, a in self._written], hooks)
 
     # ------------------------------------------------------------------ making the plan
@@ -218,23 +228,33 @@ class Plan:
         return self.state == STATE[0] and self.key[0] is impl and graph == self.graph
 
     def _convert(self, j, t):
-        """Head j's labels as int64 indices (``labels_to_indices``: its errors name t)."""
-        return labels_to_indices(t, self._n, self._losses[j][3])
+        """Head j's targets as its loss op takes them (the loss's ``targets``: int64 indices or
+        values of the net's dtype; its errors name t)."""
+        loss, _, _, width, _ = self._losses[j]
+        return loss.targets(t, self._n, width)
 
-    def labels(self, targets):
-        """One int64 index array per head (``targets``: one label array per head)."""
-        return [t if type(t) is np.ndarray and t.dtype == _I64 and t.shape == (self._n,)
-                else self._convert(j, t) for j, t in enumerate(targets)]
+    def _convert_w(self, j, w):
+        """Sample weights as float64 (N,) (``sample_weights``: its errors name sample_weight)."""
+        return sample_weights(w, self._n)
+
+    def targets(self, targets, weights=None):
+        """``(targets, weights)`` in the forms ``program.load_targets`` takes (``targets``: one
+        array per head; ``weights``: None, or one entry per head, None or (N,))."""
+        ts = [self._convert(j, t) for j, t in enumerate(targets)]
+        ws = None if weights is None else [None if w is None else self._convert_w(j, w)
+                                           for j, w in enumerate(weights)]
+        return ts, ws
 
     def fits(self, graph, x):
         """``current`` and made for x's shape (x: anything the net was given)."""
         return (self.state == STATE[0] and graph == self.graph and self.key[0] is _config.active()
                 and getattr(x, "shape", None) == self.key[1])
 
-    def run(self, x, targets, fresh=None):
-        """Forward, losses and backward of one step on x (checked by the net) with one label
-        array per head; returns ``sum_h w_h * L_h`` (``values``: the L_h)."""
-        total = self.program.step(x, targets, fresh)
+    def run(self, x, targets, weights=None, fresh=None):
+        """Forward, losses and backward of one step on x (checked by the net) with one target
+        array per head (and ``weights``: None, or per head None or sample weights (N,));
+        ``fresh``: see ``PROGRAM_DOC``; returns ``sum_h w_h * L_h`` (``values``: the L_h)."""
+        total = self.program.step(x, targets, weights, fresh)
         if total is None:
             raise ValueError(f"x must be a finite C-contiguous {self.dtype.name} array of shape "
                              f"{self.key[1]}")

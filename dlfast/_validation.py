@@ -16,7 +16,7 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _U64 = 1 << 64
 
 __all__ = ["FLOAT_DTYPES", "resolve_dtype", "float_array", "finite_array", "labels_to_indices",
-           "real", "positive_int", "nonneg_int", "seed_value", "make_rng", "derive_seed"]
+           "target_values", "sample_weights", "real", "positive_int", "nonneg_int", "seed_value", "make_rng", "derive_seed"]
 
 
 def resolve_dtype(dtype, name="dtype"):
@@ -102,6 +102,70 @@ def labels_to_indices(t, n, num_classes, name="t"):
             return np.argmax(ones, axis=1).astype(np.int64)
         return np.zeros(0, np.int64)
     raise ValueError(f"{name} must be 1-D class indices or 2-D one-hot rows, got shape {t.shape}")
+
+
+def _first_bad_row(ok):
+    """Index of the first row of the bool (n, ...) array ``ok`` with a False, or -1."""
+    bad = np.flatnonzero(~ok.reshape(ok.shape[0], -1).all(axis=1))
+    return int(bad[0]) if bad.size else -1
+
+
+def target_values(t, n, m, dtype, unit=False, name="t"):
+    """Value targets as a C-contiguous (n, m) array of ``dtype`` (a copy only when needed).
+
+    Accepted: a real (int, bool or float) array of shape (n, m), or (n,) when m == 1, converted
+    to ``dtype``; every value finite, and in [0, 1] when ``unit`` (ValueError naming the row).
+    """
+    if not isinstance(t, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of target values, got "
+                        f"{type(t).__name__}")
+    if t.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers (int, bool or float), got dtype "
+                        f"{t.dtype.name}")
+    if t.ndim == 1 and m == 1 and t.shape[0] == n:
+        t = t.reshape(n, 1)
+    elif t.shape != (n, m):
+        alt = f" or ({n},)" if m == 1 else ""
+        raise ValueError(f"{name} must have shape ({n}, {m}){alt} to match the output, got "
+                         f"{t.shape}")
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(t, dtype=dtype)
+    r = _first_bad_row(np.isfinite(out)) if out.dtype.kind == "f" else -1
+    if r >= 0:
+        raise ValueError(f"{name} must be finite, got {t[r].tolist()} in row {r}"
+                         + (" (too large for " + np.dtype(dtype).name + ")"
+                            if np.isfinite(t[r]).all() else ""))
+    if unit:
+        r = _first_bad_row((out >= 0) & (out <= 1))
+        if r >= 0:
+            raise ValueError(f"{name} must lie in [0, 1] (binary cross-entropy targets), got "
+                             f"{t[r].tolist()} in row {r}")
+    return out
+
+
+def sample_weights(w, n, name="sample_weight"):
+    """None, or per-row weights as C-contiguous float64 (n,): a real array of shape (n,), every
+    weight finite and >= 0 (ValueError naming the row), not all 0, with a finite sum."""
+    if w is None:
+        return None
+    if not isinstance(w, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of per-row weights or None, got "
+                        f"{type(w).__name__}")
+    if w.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {w.dtype.name}")
+    if w.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) (one weight per row), got {w.shape}")
+    out = np.ascontiguousarray(w, dtype=np.float64)
+    r = _first_bad_row(np.isfinite(out) & (out >= 0)) if n else -1
+    if r >= 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {w[r]} in row {r}")
+    if n and not out.any():
+        raise ValueError(f"{name} must not all be zero")
+    with np.errstate(over="ignore"):
+        total = float(np.sum(out))
+    if not math.isfinite(total):
+        raise ValueError(f"{name} must have a finite sum")
+    return out
 
 
 def real(name, v, lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False):

@@ -5,17 +5,22 @@ A net runs a batch down its layers once and the gradient up once; it does no ari
 
 * ``params`` (name -> the layer's own array; optimisers update it in place), ``grads``
   (name -> gradient buffer of the trainable params), ``layers``.
-* ``predict(x, train=False)`` (a copy of the output), ``loss(x, t, train=False)`` (data loss +
-  penalty), ``accuracy(x, t)``, ``gradient(x, t)`` (train-mode forward + backward; a new dict of
-  copies, penalty gradient included) and ``loss_and_gradient(x, t) -> (loss, grads)`` (the same
+* ``predict(x, train=False)`` (a copy of the output), ``loss(x, t, train=False,
+  sample_weight=None)`` (data loss + penalty), ``accuracy(x, t)`` (classification losses),
+  ``r2(x, t)`` (regression losses), ``score(x, t)`` (whichever applies), ``gradient(x, t,
+  sample_weight=None)`` (train-mode forward + backward; a new dict of copies, penalty gradient
+  included) and ``loss_and_gradient(x, t, sample_weight=None) -> (loss, grads)`` (the same
   without copies: the arrays are the layers' buffers, overwritten by the next call).
 * ``apply_constraints()`` (max-norm, call after each update), ``freeze(upto=k)``/``unfreeze()``,
   ``state_dict()``/``load_state_dict(d)`` (params, BN running statistics, dropout/RReLU seeds and
   counters), ``config()`` (constructor kwargs: ``type(net)(**net.config())`` rebuilds it),
   ``set_seed(seed)`` (re-derives every dropout/RReLU seed).
 
-Labels ``t``: class indices (any int dtype) or exact one-hot rows. Inputs must have the net's dtype
-(float32 by default) and be finite (``check_finite = False`` skips the NaN/inf scan of x).
+Targets ``t`` are those of the net's loss (``dlfast.layers.loss``): for softmax cross-entropy class
+indices (any int dtype) or exact one-hot rows; for the value losses (mse, mae, huber, sigmoid_bce)
+numbers of the output's shape. ``sample_weight``: per-row weights (N,) (the loss becomes
+``sum_n w_n l_n / sum_n w_n``). Inputs must have the net's dtype (float32 by default) and be
+finite (``check_finite = False`` skips the NaN/inf scan of x).
 """
 from __future__ import annotations
 
@@ -25,10 +30,10 @@ from . import _config, _engine
 from . import init as _init
 from . import layers as L
 from . import regularizers as R
-from ._validation import (derive_seed, finite_array, float_array, labels_to_indices, make_rng,
-                          nonneg_int, positive_int, real, resolve_dtype, seed_value)
+from ._validation import (derive_seed, finite_array, float_array, make_rng, nonneg_int,
+                          positive_int, real, resolve_dtype, sample_weights, seed_value)
 
-__all__ = ["Sequential", "MLP", "MultiTaskNet", "reuse"]
+__all__ = ["Sequential", "MLP", "MultiTaskNet", "reuse", "r2_score"]
 
 
 # ============================================================================ helpers
@@ -40,7 +45,7 @@ def _as_layers(layers, what):
     out = [L.from_config(l) if isinstance(l, dict) else l for l in layers]
     seen = {}
     for i, l in enumerate(out):
-        if not isinstance(l, L.Layer) or isinstance(l, L.SoftmaxCrossEntropy):
+        if not isinstance(l, L.Layer) or isinstance(l, L.Loss):
             raise TypeError(f"{what}[{i}] must be a dlfast layer (not a loss), got {type(l).__name__}")
         if id(l) in seen:
             raise ValueError(f"{what}[{i}] is {what}[{seen[id(l)]}]: a layer appears twice (it "
@@ -191,6 +196,51 @@ def _regularizer(regularizer, weight_decay):
     return R.L2(weight_decay) if weight_decay else reg
 
 
+def _loss(loss, what, dtype=None):
+    """A loss layer from a Loss, a name or a config dict (``dlfast.layers.loss.get``)."""
+    try:
+        return L.loss.get(loss, dtype)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{what}: {exc}") from None
+
+
+def r2_score(y, t, sample_weight=None):
+    """Coefficient of determination of predictions y against targets t (both (N, M), in
+    float64): per output j ``1 - sum_n w_n (t - y)^2 / sum_n w_n (t - tbar_j)^2`` with tbar_j the
+    weighted mean; an output whose targets are constant scores 1 when predicted exactly, else 0
+    (scikit-learn's ``r2_score``, ``force_finite=True``); the mean over the outputs."""
+    y = np.asarray(y, np.float64).reshape(len(y), -1)
+    t = np.asarray(t, np.float64).reshape(len(t), -1)
+    w = np.ones(len(t)) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    w = w[:, None]
+    tbar = np.sum(w * t, axis=0) / np.sum(w)
+    ss_res = np.sum(w * (t - y) ** 2, axis=0)
+    ss_tot = np.sum(w * (t - tbar) ** 2, axis=0)
+    ok = ss_tot > 0
+    per = np.where(ok, 1.0 - ss_res / np.where(ok, ss_tot, 1.0), np.where(ss_res == 0, 1.0, 0.0))
+    return float(np.mean(per))
+
+
+def _accuracy(loss, y, t, sample_weight=None, name="t"):
+    if loss.TASK != "classify":
+        raise TypeError(f"accuracy applies to classification losses; this net's loss is "
+                        f"{type(loss).__name__} (regression): use r2")
+    n = y.shape[0]
+    right = loss.correct(y, t, name)
+    w = sample_weights(sample_weight, n)
+    if n == 0:
+        return 0.0
+    return float(np.mean(right)) if w is None else float(np.sum(w * right) / np.sum(w))
+
+
+def _r2(loss, y, t, sample_weight=None, name="t"):
+    if loss.TASK != "regress":
+        raise TypeError(f"r2 applies to regression losses; this net's loss is "
+                        f"{type(loss).__name__} (classification): use accuracy")
+    tv = loss.targets(t, y.shape[0], y.shape[1], name)
+    return r2_score(y, tv, sample_weights(sample_weight, y.shape[0]))
+
+
 def _max_norm(c):
     if c is None or isinstance(c, R.MaxNorm):
         return c
@@ -215,17 +265,23 @@ class _Net:
         raise NotImplementedError
 
     def _targets_of(self, t):
-        """The step's labels, one per head of ``_graph()``."""
+        """The step's targets, one per head of ``_graph()``."""
         return (t,)
 
-    def loss_and_gradient(self, x, t):
+    def _weights_of(self, sample_weight):
+        """The step's sample weights: None, or one entry per head of ``_graph()``."""
+        return None if sample_weight is None else (sample_weight,)
+
+    def loss_and_gradient(self, x, t, sample_weight=None):
         """One train-mode forward and one backward: ``(loss, grads)`` (grads are the layers'
         buffers, overwritten by the next step). The step runs the net's plan for x's shape
-        (``dlfast._engine``), made at the first step and whenever a setting changes."""
-        loss, grads = self._step(self._graph(), x, self._targets_of(t))
+        (``dlfast._engine``), made at the first step and whenever a setting changes.
+        ``sample_weight``: None or per-row weights (N,)."""
+        loss, grads = self._step(self._graph(), x, self._targets_of(t),
+                                 self._weights_of(sample_weight))
         return loss + self.penalty(), self._finish_grads(grads)
 
-    def _step(self, graph, x, targets, fresh=False):
+    def _step(self, graph, x, targets, weights=None, fresh=False):
         """The training engine's step of ``graph``: (data loss, gradient dict). The last plan runs
         x as it is when it fits (``Program.step`` checks it); otherwise x is checked
         (``_check_x``) and the plan for its shape is found or made. ``fresh``: the gradients are
@@ -236,7 +292,7 @@ class _Net:
         if plan is not None and plan.fits(graph, x):
             if fresh and plan.fresh:
                 out = [np.empty_like(a) for _, a in plan.grads]
-            loss = plan.program.step(x, targets, out)
+            loss = plan.program.step(x, targets, weights, out)
         else:
             loss = None
         if loss is None:
@@ -247,7 +303,7 @@ class _Net:
             plan = d["_plan"] = plans.get(graph, x, tuple(self.grads.items()))
             if fresh and plan.fresh and out is None:
                 out = [np.empty_like(a) for _, a in plan.grads]
-            loss = plan.run(x, targets, out)
+            loss = plan.run(x, targets, weights, out)
         self._after_step(plan)
         if not fresh:
             return loss, dict(plan.grads)
@@ -302,12 +358,13 @@ class _Net:
             self.regularizer.add_grads(self.params, grads)
         return grads
 
-    def gradient(self, x, t):
-        """Gradients of ``loss(x, t, train=True)`` (new arrays), keyed like ``params``. When every
-        gradient comes from a kernel pair, the step writes them straight into the new arrays and
-        the layers' own gradient buffers keep the last ``loss_and_gradient``'s; else they are
-        copies of those buffers."""
-        _, grads = self._step(self._graph(), x, self._targets_of(t), fresh=True)
+    def gradient(self, x, t, sample_weight=None):
+        """Gradients of ``loss(x, t, train=True, sample_weight)`` (new arrays), keyed like
+        ``params``. When every gradient comes from a kernel pair, the step writes them straight
+        into the new arrays and the layers' own gradient buffers keep the last
+        ``loss_and_gradient``'s; else they are copies of those buffers."""
+        _, grads = self._step(self._graph(), x, self._targets_of(t),
+                              self._weights_of(sample_weight), fresh=True)
         return self._finish_grads(grads)
 
     def apply_constraints(self):
@@ -388,17 +445,15 @@ class _Net:
 
 # ============================================================================ Sequential
 class Sequential(_Net):
-    """Layers in a row and a loss (default ``SoftmaxCrossEntropy``). Params "{i}.{name}"."""
+    """Layers in a row and a loss (default ``SoftmaxCrossEntropy``). Params "{i}.{name}".
+
+    ``loss``: a ``dlfast.layers.Loss``, its name (softmax_xent, mse, mae, huber, sigmoid_bce) or
+    its ``config()``."""
 
     def __init__(self, layers, loss=None, regularizer=None, max_norm=None, dtype=None, seed=None):
         self.layers = _as_layers(layers, "layers")
         _check_chain(self.layers, "layers")
-        if loss is None:
-            loss = L.SoftmaxCrossEntropy()
-        elif isinstance(loss, dict):
-            loss = L.from_config(loss)
-        if not isinstance(loss, L.SoftmaxCrossEntropy):
-            raise TypeError(f"loss must be a SoftmaxCrossEntropy, got {type(loss).__name__}")
+        loss = _loss(loss, "loss")
         self.loss_layer = loss
         loss.check_finite = False
         dt = _unify_dtype(self.layers + [loss], dtype)
@@ -420,24 +475,34 @@ class Sequential(_Net):
         return _backprop(self.layers, dout, compute_dx)
 
     def predict(self, x, train=False):
-        """Network output (before the softmax) for x, as a new array."""
+        """Network output (before the softmax or sigmoid) for x, as a new array."""
         return self.forward(x, train).copy()
 
-    def _data_loss(self, x, t, train):
-        return self.loss_layer.forward(self.forward(x, train), t)
+    def _data_loss(self, x, t, train, sample_weight=None):
+        return self.loss_layer.forward(self.forward(x, train), t, sample_weight)
 
-    def loss(self, x, t, train=False):
-        """Mean cross-entropy of the batch + penalty."""
-        return self._data_loss(x, t, train) + self.penalty()
+    def loss(self, x, t, train=False, sample_weight=None):
+        """The loss of the batch (``loss_layer``: mean or weighted mean over the rows) +
+        penalty."""
+        return self._data_loss(x, t, train, sample_weight) + self.penalty()
 
     def _graph(self):
         return tuple(self.layers), (((), self.loss_layer, 1.0),)
 
-    def accuracy(self, x, t):
-        """Fraction of rows whose argmax output equals the label."""
-        y = self.forward(x, False)
-        labels = labels_to_indices(t, y.shape[0], y.shape[1])
-        return float(np.mean(np.argmax(y, axis=1) == labels)) if len(labels) else 0.0
+    def accuracy(self, x, t, sample_weight=None):
+        """Classification losses: the (weighted) fraction of rows predicted right (softmax:
+        argmax output == label; sigmoid BCE: every label's ``output > 0`` == ``t > 1/2``)."""
+        return _accuracy(self.loss_layer, self.forward(x, False), t, sample_weight)
+
+    def r2(self, x, t, sample_weight=None):
+        """Regression losses: the coefficient of determination R^2 (``r2_score``)."""
+        return _r2(self.loss_layer, self.forward(x, False), t, sample_weight)
+
+    def score(self, x, t, sample_weight=None):
+        """``accuracy`` for a classification loss, ``r2`` for a regression loss."""
+        if self.loss_layer.TASK == "classify":
+            return self.accuracy(x, t, sample_weight)
+        return self.r2(x, t, sample_weight)
 
     def config(self):
         return {"layers": [l.config() for l in self.layers], "loss": self.loss_layer.config(),
@@ -453,8 +518,9 @@ _LAYER_ACTS = ("prelu", "rrelu", "maxout")
 
 class MLP(Sequential):
     """Fully connected net. Per hidden layer k: ``Dense`` (activation fused when no batch norm)
-    -> [``BatchNorm`` -> activation layer] -> [``Dropout``]; then an affine output layer and
-    softmax cross-entropy. Params ``W1, b1, gamma1, beta1, ..., W{L}, b{L}`` (BN running
+    -> [``BatchNorm`` -> activation layer] -> [``Dropout``]; then an affine output layer and the
+    loss (``loss``: softmax_xent (default), mse, mae, huber, sigmoid_bce, a ``Loss`` or its
+    ``config()``). Params ``W1, b1, gamma1, beta1, ..., W{L}, b{L}`` (BN running
     statistics ``running_mean{k}``, ``running_var{k}``; PReLU ``slope{k}``).
 
     ``activation``: relu, sigmoid, tanh, leaky_relu, elu (``alpha``), identity, or the layer
@@ -471,8 +537,9 @@ class MLP(Sequential):
                  dtype=np.float32, regularizer=None, max_norm=None, alpha=None,
                  bn_momentum=None, bn_eps=1e-5, bn_momentum_convention="pytorch",
                  bn_unbiased=None, bn_running_var_init=1.0, dropout_inverted=True,
-                 maxout_pieces=2, prelu_per_feature=False):
+                 maxout_pieces=2, prelu_per_feature=False, loss="softmax_xent"):
         dt = resolve_dtype(dtype)
+        loss_layer = _loss(loss, "loss", dt)
         self.input_size = positive_int("input_size", input_size)
         self.output_size = positive_int("output_size", output_size)
         if isinstance(hidden_sizes, (int, np.integer)):
@@ -496,7 +563,8 @@ class MLP(Sequential):
             bn_eps=bn_eps, bn_momentum_convention=bn_momentum_convention, bn_unbiased=bn_unbiased,
             bn_running_var_init=bn_running_var_init,
             dropout_inverted=bool(dropout_inverted), maxout_pieces=maxout_pieces,
-            prelu_per_feature=bool(prelu_per_feature))
+            prelu_per_feature=bool(prelu_per_feature),
+            loss=loss if isinstance(loss, str) else loss_layer.config())
         rng = make_rng(seed)
         layers, entries, names, streams = [], [], [], {}
 
@@ -541,8 +609,9 @@ class MLP(Sequential):
         add(out, f"Affine{n_out}", {"W": f"W{n_out}", "b": f"b{n_out}"})
         self.layers = layers
         self.layer_names = names
-        self.loss_layer = L.SoftmaxCrossEntropy(dtype=dt)
+        self.loss_layer = loss_layer
         self.loss_layer.check_finite = False
+        _unify_dtype([loss_layer], dt)
         self._stream_ids = streams
         self._setup(layers, entries, _regularizer(regularizer, weight_decay), _max_norm(max_norm), dt)
         self.set_seed(seed)
@@ -562,17 +631,21 @@ class MLP(Sequential):
 
 # ============================================================================ multi-task
 class MultiTaskNet(_Net):
-    """A shared trunk and several softmax cross-entropy heads:
+    """A shared trunk and several heads, each with its loss (default softmax cross-entropy):
     ``loss = sum_h w_h * L_h(head_h(trunk(x)), t_h) + penalty``; the trunk's gradient is the
     sum of the heads' gradients at its output. Params "trunk.{i}.{name}" and "{head}.{i}.{name}".
 
     ``trunk``: list of layers or a Sequential (its loss is unused); ``heads``: dict name -> list
-    of layers or Sequential; ``loss_weights``: dict name -> w_h (default 1). Targets are dicts
-    name -> labels; ``predict`` and ``accuracy`` return dicts keyed by head.
+    of layers or Sequential; ``loss_weights``: dict name -> w_h (default 1); ``losses``: dict
+    name -> a loss (a ``Loss``, its name or config; default softmax_xent), so heads may mix
+    classification and regression. Targets are dicts name -> targets; sample weights an (N,)
+    array (every head) or a dict name -> (N,) (a head left out is unweighted); ``predict``,
+    ``accuracy`` (classification heads), ``r2`` (regression heads) and ``score`` return dicts
+    keyed by head.
     """
 
     def __init__(self, trunk, heads, loss_weights=None, regularizer=None, max_norm=None,
-                 dtype=None, seed=None):
+                 dtype=None, seed=None, losses=None):
         self.trunk = _as_layers(trunk, "trunk")
         if not isinstance(heads, dict) or not heads:
             raise TypeError("heads must be a non-empty dict name -> list of layers")
@@ -593,7 +666,11 @@ class MultiTaskNet(_Net):
         if unknown:
             raise KeyError(f"loss_weights has unknown heads {unknown}; heads are {sorted(self.heads)}")
         self.loss_weights = {h: real(f"loss_weights[{h!r}]", lw.get(h, 1.0), 0.0) for h in self.heads}
-        self.loss_layers = {h: L.SoftmaxCrossEntropy() for h in self.heads}
+        lo = {} if losses is None else dict(losses)
+        unknown = sorted(set(lo) - set(self.heads))
+        if unknown:
+            raise KeyError(f"losses has unknown heads {unknown}; heads are {sorted(self.heads)}")
+        self.loss_layers = {h: _loss(lo.get(h), f"losses[{h!r}]") for h in self.heads}
         for lossl in self.loss_layers.values():
             lossl.check_finite = False
         all_layers = self.trunk + [l for hl in self.heads.values() for l in hl]
@@ -627,15 +704,26 @@ class MultiTaskNet(_Net):
         """dict head -> output (new arrays)."""
         return {h: y.copy() for h, y in self._forward_all(x, train).items()}
 
-    def _data_loss(self, x, t, train):
+    def _head_weights(self, sample_weight):
+        """dict head -> sample weights or None."""
+        if isinstance(sample_weight, dict):
+            unknown = sorted(set(sample_weight) - set(self.heads))
+            if unknown:
+                raise KeyError(f"sample_weight has unknown heads {unknown}; heads are "
+                               f"{sorted(self.heads)}")
+            return {h: sample_weight.get(h) for h in self.heads}
+        return {h: sample_weight for h in self.heads}
+
+    def _data_loss(self, x, t, train, sample_weight=None):
         t = self._targets(t)
+        sw = self._head_weights(sample_weight)
         outs = self._forward_all(x, train)
-        self.losses = {h: self.loss_layers[h].forward(y, t[h]) for h, y in outs.items()}
+        self.losses = {h: self.loss_layers[h].forward(y, t[h], sw[h]) for h, y in outs.items()}
         return sum(self.loss_weights[h] * v for h, v in self.losses.items())
 
-    def loss(self, x, t, train=False):
+    def loss(self, x, t, train=False, sample_weight=None):
         """``sum_h w_h * L_h + penalty``; the per-head losses are left in ``self.losses``."""
-        return self._data_loss(x, t, train) + self.penalty()
+        return self._data_loss(x, t, train, sample_weight) + self.penalty()
 
     def _graph(self):
         return tuple(self.trunk), tuple((tuple(hl), self.loss_layers[h], self.loss_weights[h])
@@ -645,22 +733,47 @@ class MultiTaskNet(_Net):
         t = self._targets(t)
         return [t[h] for h in self.heads]
 
+    def _weights_of(self, sample_weight):
+        if sample_weight is None:
+            return None
+        sw = self._head_weights(sample_weight)
+        return [sw[h] for h in self.heads]
+
     def _after_step(self, plan):
         self.losses = dict(zip(self.heads, plan.values.tolist()))
 
-    def accuracy(self, x, t):
-        """dict head -> accuracy."""
+    def _metric(self, x, t, sample_weight, task):
         t = self._targets(t)
+        sw = self._head_weights(sample_weight)
         out = {}
         for h, y in self._forward_all(x, False).items():
-            lab = labels_to_indices(t[h], y.shape[0], y.shape[1], name=f"t[{h!r}]")
-            out[h] = float(np.mean(np.argmax(y, axis=1) == lab)) if len(lab) else 0.0
+            loss = self.loss_layers[h]
+            if task == "classify" and loss.TASK == "classify":
+                out[h] = _accuracy(loss, y, t[h], sw[h], f"t[{h!r}]")
+            elif task == "regress" and loss.TASK == "regress":
+                out[h] = _r2(loss, y, t[h], sw[h], f"t[{h!r}]")
+            elif task is None:
+                out[h] = (_accuracy if loss.TASK == "classify" else _r2)(loss, y, t[h], sw[h],
+                                                                         f"t[{h!r}]")
         return out
+
+    def accuracy(self, x, t, sample_weight=None):
+        """dict head -> accuracy, for the heads with a classification loss."""
+        return self._metric(x, t, sample_weight, "classify")
+
+    def r2(self, x, t, sample_weight=None):
+        """dict head -> R^2, for the heads with a regression loss."""
+        return self._metric(x, t, sample_weight, "regress")
+
+    def score(self, x, t, sample_weight=None):
+        """dict head -> accuracy (classification heads) or R^2 (regression heads)."""
+        return self._metric(x, t, sample_weight, None)
 
     def config(self):
         return {"trunk": [l.config() for l in self.trunk],
                 "heads": {h: [l.config() for l in hl] for h, hl in self.heads.items()},
                 "loss_weights": dict(self.loss_weights),
+                "losses": {h: l.config() for h, l in self.loss_layers.items()},
                 "regularizer": None if self.regularizer is None else self.regularizer.config(),
                 "max_norm": None if self.max_norm is None else self.max_norm.c,
                 "dtype": self.dtype.name, "seed": self.seed}

@@ -56,7 +56,7 @@ def _backprop(layers, d, need_dx):
     return d
 
 
-def checked_step(net, x, t):
+def checked_step(net, x, t, sw=None):
     """The training step written plainly: checked layer calls only. Returns (loss, grads)."""
     if isinstance(net, MultiTaskNet):
         h = x
@@ -69,8 +69,10 @@ def checked_step(net, x, t):
             for l in hl:
                 y = l.forward(y, True)
             outs[name] = y
+        sws = sw if isinstance(sw, dict) else {name: sw for name in net.heads}
         for name in net.heads:
-            total += net.loss_weights[name] * net.loss_layers[name].forward(outs[name], t[name])
+            total += net.loss_weights[name] * net.loss_layers[name].forward(outs[name], t[name],
+                                                                            sws.get(name))
         need_trunk = any(l.trainable and l.params for l in net.trunk)
         for name, hl in net.heads.items():
             d = _backprop(hl, net.loss_layers[name].backward(net.loss_weights[name]), need_trunk)
@@ -82,7 +84,7 @@ def checked_step(net, x, t):
     h = x
     for l in net.layers:
         h = l.forward(h, True)
-    loss = net.loss_layer.forward(h, t)
+    loss = net.loss_layer.forward(h, t, sw)
     _backprop(net.layers, net.loss_layer.backward(1.0), False)
     return loss, {k: v.copy() for k, v in net.grads.items()}
 
@@ -98,11 +100,11 @@ def _records(net):
     return out
 
 
-def _compare(a, b, x, t, oa=None, ob=None, records=True):
+def _compare(a, b, x, t, oa=None, ob=None, records=True, sw=None):
     """One engine step of a and one checked step of b (then each optimiser): the same loss,
     gradients, state (parameters, running statistics, counters) and layer records."""
-    la, ga = a.loss_and_gradient(x, t)
-    lb, gb = checked_step(b, x, t)
+    la, ga = a.loss_and_gradient(x, t, sw)
+    lb, gb = checked_step(b, x, t, sw)
     lb += b.penalty()
     b._finish_grads(gb)
     assert la == lb
@@ -627,3 +629,180 @@ def test_gradient_returns_new_arrays_written_by_the_step(backend, dtype, middle)
     a.gradient(x * 2, t)                            # the returned arrays are the caller's
     for k in ga:
         np.testing.assert_array_equal(ga[k], kept[k])
+
+
+# ---------------------------------------------------------------------------- losses
+LOSSES = ["softmax_xent", "mse", "mae", "huber", "sigmoid_bce", "mse-half-sum",
+          "sigmoid_bce-multilabel"]
+
+
+def _loss_net(name, dtype, **kw):
+    """An MLP with loss ``name`` and its targets' maker (rng, n) -> t."""
+    from dlfast.layers import HuberLoss, MSELoss
+    loss = {"mse-half-sum": MSELoss(half=True, reduction="sum"),
+            "huber": HuberLoss(delta=0.7)}.get(name, name.split("-")[0])
+    out = {"softmax_xent": 4, "sigmoid_bce": 1, "sigmoid_bce-multilabel": 3}.get(name, 2)
+    net = MLP(9, [8, 6], out, loss=loss, seed=3, dtype=dtype, **kw)
+
+    def targets(rng, n):
+        if name == "softmax_xent":
+            return rng.integers(0, out, n)
+        if name.startswith("sigmoid_bce"):
+            t = (rng.random((n, out)) < 0.5).astype(dtype)
+            return t[:, 0] if out == 1 else t
+        return rng.standard_normal((n, out)).astype(dtype)
+    return net, targets
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("name", LOSSES)
+def test_losses_engine_step_equals_checked_step(backend, dtype, name, weighted, threads, plans):
+    """Every loss, with and without sample weights (and both in turn), in the engine: the
+    checked step's loss, gradients, records and state, bit for bit."""
+    a, targets = _loss_net(name, dtype, batchnorm=True, dropout=0.2)
+    b = copy.deepcopy(a)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((40, 9)).astype(dtype)
+    t = targets(rng, 40)
+    w = rng.random(40) * 3
+    oa, ob = optim.Adam(lr=0.01), optim.Adam(lr=0.01)
+    dlfast.set_num_threads(threads)
+    for i in range(4):
+        s = slice(10 * i, 10 * i + 10)
+        sw = w[s] if weighted and i != 2 else None        # a weighted plan also runs unweighted
+        _compare(a, b, x[s], t[s], oa, ob, sw=sw)
+        assert (a.loss_layer._fwd["sw"] is None) == (sw is None)
+    assert plans[0] == 1
+
+
+def test_compiled_plans_run_compiled_loss_ops():
+    if "cython" not in dlfast.available_backends():
+        pytest.skip("compiled backend not built")
+    rng = np.random.default_rng(0)
+    seen = set()
+    with dlfast.use_backend("cython"):
+        for name in LOSSES:
+            net, targets = _loss_net(name, np.float32)
+            net.loss_and_gradient(rng.standard_normal((6, 9)).astype(np.float32),
+                                  targets(rng, 6), np.ones(6))
+            kinds = {type(s[1]).__name__ for s in net._plans._plans[0].steps}
+            assert "LayerOp" not in kinds and "function" not in kinds, name
+            seen |= kinds
+    assert {"SoftmaxXentOp", "ValueLossOp"} <= seen
+
+
+@pytest.mark.parametrize("weights", ["none", "all", "per-head"])
+def test_multitask_mixed_heads_equal_checked_steps(backend, dtype, weights):
+    """A classification head (softmax) and a regression head (huber) on one trunk, with sample
+    weights for both, for one head or none."""
+    from dlfast.layers import HuberLoss
+    def make():
+        trunk = [Dense(7, 6, "relu", seed=0, dtype=dtype), BatchNorm(6, dtype=dtype),
+                 Dropout(0.2, seed=4, dtype=dtype)]
+        heads = {"cls": [Dense(6, 3, seed=2, dtype=dtype)],
+                 "reg": [Dense(6, 5, "tanh", seed=3, dtype=dtype), Dense(5, 2, seed=4, dtype=dtype)]}
+        return MultiTaskNet(trunk, heads, loss_weights={"cls": 0.7, "reg": 1.3}, seed=5,
+                            losses={"reg": HuberLoss(0.5)})
+    a = make()
+    b = copy.deepcopy(a)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((24, 7)).astype(dtype)
+    tc, tr = rng.integers(0, 3, 24), rng.standard_normal((24, 2))
+    w = rng.random(24)
+    oa, ob = optim.SGD(lr=0.1), optim.SGD(lr=0.1)
+    for i in range(3):
+        s = slice(8 * i, 8 * i + 8)
+        sw = {"none": None, "all": w[s], "per-head": {"reg": w[s]}}[weights]
+        _compare(a, b, x[s], {"cls": tc[s], "reg": tr[s].astype(dtype)}, oa, ob, sw=sw)
+    assert set(a.accuracy(x, {"cls": tc, "reg": tr})) == {"cls"}
+    assert set(a.r2(x, {"cls": tc, "reg": tr})) == {"reg"}
+
+
+def test_every_target_form(backend):
+    """Value targets: (N,) for one output, (N, 1), int, bool and float64 for a float32 net,
+    strided views, read-only; weights of any real dtype, strided: the checked step's results;
+    the step keeps no reference to t or the weights."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((6, 9)).astype(np.float32)
+    a, _ = _loss_net("sigmoid_bce", np.float32)
+    b = copy.deepcopy(a)
+    t = (rng.random(6) < 0.5).astype(np.float32)
+    ro = t.copy()
+    ro.flags.writeable = False
+    forms = [t, t[:, None], t.astype(np.int64), t.astype(bool), t.astype(np.float64),
+             np.repeat(t, 2)[::2], ro, np.asfortranarray(np.stack([t, t], 1))[:, :1]]
+    w = rng.random(6)
+    wforms = [None, w, np.repeat(w, 3)[::3], (w * 10).astype(np.int32), w.astype(np.float32)]
+    oa, ob = optim.SGD(lr=0.1), optim.SGD(lr=0.1)
+    for i, form in enumerate(forms):
+        _compare(a, b, x, form, oa, ob, sw=wforms[i % len(wforms)])
+    tt, ww = t.copy(), w.copy()
+    a.loss_and_gradient(x, tt, ww)
+    rec = {k: v.copy() for k, v in a.loss_layer._fwd.items() if isinstance(v, np.ndarray)}
+    tt[:] = 1 - tt
+    ww[:] = 0
+    for k, v in rec.items():
+        np.testing.assert_array_equal(a.loss_layer._fwd[k], v, err_msg=k)
+
+
+@pytest.mark.parametrize("name", ["mse", "sigmoid_bce", "softmax_xent"])
+def test_bad_targets_and_weights_are_rejected_before_anything_changes(backend, name):
+    net, targets = _loss_net(name, np.float32, batchnorm=True, dropout=0.5)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 9)).astype(np.float32)
+    t = targets(rng, 6)
+    net.loss_and_gradient(x, t)
+    before = {k: v.copy() for k, v in net.state_dict().items()}
+    rec = {k: v.copy() for k, v in net.loss_layer._fwd.items() if isinstance(v, np.ndarray)}
+    bad_w = [(np.array([1.0, 1, 1, -1, 1, 1]), r"sample_weight must be finite and >= 0, got "
+                                                r"-1.0 in row 3"),
+             (np.array([1.0, 1, np.nan, 1, 1, 1]), "got nan in row 2"),
+             (np.zeros(6), "must not all be zero"), (np.ones(5), r"shape \(6,\)"),
+             ([1.0] * 6, "numpy.ndarray")]
+    bad_t = []
+    if name != "softmax_xent":
+        f = np.asarray(t, np.float32).copy()
+        f[4] = np.nan
+        bad_t += [(f, r"t must be finite, got \[nan.*\] in row 4"),
+                  (np.zeros((6, 5), np.float32), r"t must have shape \(6, "),
+                  (np.array(["a"] * 6), "real numbers")]
+    if name == "sigmoid_bce":
+        f = np.asarray(t, np.float32).copy()
+        f[1] = 2.0
+        bad_t += [(f, r"t must lie in \[0, 1\].*got \[2.0\] in row 1")]
+    for w, msg in bad_w:
+        with pytest.raises((ValueError, TypeError), match=msg):
+            net.loss_and_gradient(x, t, w)
+    for bt, msg in bad_t:
+        with pytest.raises((ValueError, TypeError), match=msg):
+            net.loss_and_gradient(x, bt)
+    now = net.state_dict()
+    for k in before:
+        np.testing.assert_array_equal(now[k], before[k], err_msg=k)
+    for k, v in rec.items():
+        np.testing.assert_array_equal(net.loss_layer._fwd[k], v, err_msg=k)
+    loss, _ = net.loss_and_gradient(x, t)
+    assert np.isfinite(loss)
+
+
+def test_program_load_targets_checks_before_copying(backend):
+    net, targets = _loss_net("sigmoid_bce-multilabel", np.float64)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 9))
+    t = targets(rng, 5)
+    net.loss_and_gradient(x, t)
+    plan = net._plans._plans[0]
+    prog = plan.program
+    keep = net.loss_layer._fwd["targets"].copy()
+    bad = t.copy()
+    bad[3, 1] = -0.5
+    with pytest.raises(ValueError, match=r"in \[0, 1\], got \[.*-0.5.*\] in row 3"):
+        prog.load_targets([bad])
+    with pytest.raises(ValueError, match="row 1"):
+        prog.load_targets([t], [np.array([1.0, -2, 1, 1, 1])])
+    with pytest.raises(TypeError):
+        prog.load_targets([t.astype(np.float32)])
+    np.testing.assert_array_equal(net.loss_layer._fwd["targets"], keep)
+    prog.load_targets(*plan.targets([1 - t], [np.full(5, 2.0)]))
+    np.testing.assert_array_equal(net.loss_layer._fwd["targets"], 1 - t)

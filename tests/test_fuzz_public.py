@@ -84,13 +84,15 @@ def _close(name, ref, got, dt):
 # ============================================================================ layers
 LAYERS = ("Dense", "Maxout", "Activation", "Identity", "ReLU", "Sigmoid", "Tanh", "LeakyReLU",
           "ELU", "PReLU", "RReLU", "Softmax", "BatchNorm", "Dropout", "SoftmaxCrossEntropy",
-          "Conv2D", "MaxPool2D", "AvgPool2D", "Flatten")
+          "MSELoss", "MAELoss", "HuberLoss", "SigmoidBCELoss", "Conv2D", "MaxPool2D", "AvgPool2D",
+          "Flatten")
+LOSSES = ("SoftmaxCrossEntropy", "MSELoss", "MAELoss", "HuberLoss", "SigmoidBCELoss")
 IMAGES = ("Conv2D", "MaxPool2D", "AvgPool2D", "Flatten")    # x (N, C, H, W); BatchNorm: either
 
 
 def test_every_public_layer_is_fuzzed():
     public = {n for n in layers.__all__ if isinstance(getattr(layers, n), type)
-              and issubclass(getattr(layers, n), layers.Layer) and n != "Layer"}
+              and issubclass(getattr(layers, n), layers.Layer) and n not in ("Layer", "Loss")}
     assert public - set(LAYERS) == set(), f"layers without a fuzz case: {sorted(public - set(LAYERS))}"
 
 
@@ -116,13 +118,13 @@ def _make_layer(name, f, o, dt, opts):
     return L(dtype=dt)
 
 
-def _layer_run(name, backend, f, o, dt, opts, x, t, train, dout_seed):
+def _layer_run(name, backend, f, o, dt, opts, x, t, train, dout_seed, w=None):
     """forward + backward on one backend: ('ok', outputs) or (exception type name, None)."""
     with dlfast.use_backend(backend):
         try:
             layer = _make_layer(name, f, o, dt, opts)
-            if name == "SoftmaxCrossEntropy":
-                res = {"loss": layer.forward(x, t)}
+            if name in LOSSES:
+                res = {"loss": layer.forward(x, t, w)}
                 res["dx"] = layer.backward(1.0).copy()
             else:
                 y = layer.forward(x, train=train).copy()
@@ -156,12 +158,25 @@ def test_fuzz_layer(name, fuzz_counter):
         t = rng.integers(0, f, n)
         if draw(st.integers(0, 7)) == 0 and n:
             t[0] = draw(st.sampled_from([-1, f]))
+        w = None
+        if name in LOSSES and name != "SoftmaxCrossEntropy":     # value targets (and weights)
+            t = rng.random(shape) if name == "SigmoidBCELoss" else rng.standard_normal(shape)
+            t, _ = _variant(draw, t.astype(draw(st.sampled_from([dt, np.float64]))))
+            if draw(st.integers(0, 3)) == 0:
+                with np.errstate(all="ignore"):
+                    t = np.round(t).astype(np.int64)
+            if draw(st.booleans()) and n:
+                t = t[:, 0]                     # (N,): fits one output only
+        if name in LOSSES and draw(st.booleans()):
+            w, _ = _variant(draw, rng.random(n) * draw(st.sampled_from([1.0, -1.0, 0.0])))
         train = draw(st.booleans())
-        saved = x.copy()
-        o_np, r_np = _layer_run(name, "numpy", f, o, dt, opts, x, t, train, 1)
-        o_cy, r_cy = _layer_run(name, "cython", f, o, dt, opts, x, t, train, 1)
+        saved, t_saved, w_saved = x.copy(), np.copy(t), None if w is None else w.copy()
+        o_np, r_np = _layer_run(name, "numpy", f, o, dt, opts, x, t, train, 1, w)
+        o_cy, r_cy = _layer_run(name, "cython", f, o, dt, opts, x, t, train, 1, w)
         fuzz_counter.add(f"layers.{name}", o_cy)
         assert _unchanged(x, saved), "input modified"
+        assert _unchanged(np.asarray(t), t_saved), "targets modified"
+        assert w is None or _unchanged(w, w_saved), "weights modified"
         assert o_np == o_cy, f"{name}: numpy {o_np}, cython {o_cy}"
         if bad:
             assert o_cy != "ok", f"{name}: input of dtype {x.dtype} accepted"

@@ -24,6 +24,10 @@ Common to every layer:
 * ``check_finite`` (default True): x and dout holding NaN or infinity are a ``ValueError``. Nets
   check their input once and turn this off for the layers inside them.
 
+Losses (``SoftmaxCrossEntropy``, ``MSELoss``, ``MAELoss``, ``HuberLoss``, ``SigmoidBCELoss``,
+base ``Loss``; ``dlfast.layers.loss.get(name)``) end a net: ``forward(y, t, sample_weight=None)``
+returns the loss, ``backward(dout=1.0)`` its gradient.
+
 Stochastic layers (``Dropout``, ``RReLU``) draw from the counter-based generator with their ``seed``
 and a ``counter`` advanced by the number of values drawn per call; ``hold_rng = True`` keeps the
 counter still so repeated forwards draw identical numbers (used by gradient checks).
@@ -37,16 +41,18 @@ from .batchnorm import BatchNorm
 from .conv import AvgPool2D, Conv2D, Flatten, MaxPool2D
 from .dense import Dense, Maxout
 from .dropout import Dropout
-from .loss import SoftmaxCrossEntropy
+from .loss import HuberLoss, Loss, MAELoss, MSELoss, SigmoidBCELoss, SoftmaxCrossEntropy
 
 __all__ = ["Layer", "Dense", "Activation", "ReLU", "Sigmoid", "Tanh", "LeakyReLU", "ELU",
            "Identity", "PReLU", "RReLU", "Maxout", "Softmax", "BatchNorm", "Dropout",
-           "SoftmaxCrossEntropy", "Conv2D", "MaxPool2D", "AvgPool2D", "Flatten",
+           "Loss", "SoftmaxCrossEntropy", "MSELoss", "MAELoss", "HuberLoss", "SigmoidBCELoss",
+           "Conv2D", "MaxPool2D", "AvgPool2D", "Flatten",
            "activation_code", "from_config"]
 
 _CLASSES = {c.__name__: c for c in (Dense, Maxout, Activation, Identity, ReLU, Sigmoid, Tanh,
                                     LeakyReLU, ELU, PReLU, RReLU, Softmax, BatchNorm, Dropout,
-                                    SoftmaxCrossEntropy, Conv2D, MaxPool2D, AvgPool2D, Flatten)}
+                                    SoftmaxCrossEntropy, MSELoss, MAELoss, HuberLoss,
+                                    SigmoidBCELoss, Conv2D, MaxPool2D, AvgPool2D, Flatten)}
 
 
 def from_config(cfg):

@@ -115,6 +115,13 @@ class Layer:
         if name not in _STEP_STATE:
             STATE[0] += 1
 
+    def __getstate__(self):
+        """Copies and pickles drop the workspaces (caches, remade on demand: an unpickled
+        layer never writes into arrays it was loaded with read-only)."""
+        state = self.__dict__.copy()
+        state["_ws"] = {}
+        return state
+
     def __setstate__(self, state):
         for k in ("params", "grads"):
             if type(state.get(k)) is dict:

@@ -39,12 +39,14 @@ class History:
     """Per-epoch records, one list per key (index i = epoch ``epoch[i]``):
 
     ``epoch``, ``loss``/``accuracy`` (training set, eval mode), ``val_loss``/``val_accuracy``
-    (validation set; empty lists without one), ``batch_loss`` (mean train-mode mini-batch loss),
+    (validation set; empty lists without one), ``r2``/``val_r2`` (the same sets' R^2, for
+    regression losses; ``accuracy`` is for classification losses: a model's metric fills one of
+    the two, both for a MultiTaskNet mixing them), ``batch_loss`` (mean train-mode mini-batch loss),
     ``lr`` (learning rate at the end of the epoch), ``time`` (seconds of the epoch, evaluation
     included), ``steps`` (optimiser steps in the epoch)."""
 
     KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "batch_loss", "lr", "time",
-            "steps")
+            "steps", "r2", "val_r2")
 
     def __init__(self):
         for k in self.KEYS:
@@ -69,7 +71,8 @@ class History:
         return getattr(self, key)
 
     def best(self, monitor="val_loss", mode="auto"):
-        """``(epoch, value)`` of the best ``monitor`` value (min for losses, max for accuracies)."""
+        """``(epoch, value)`` of the best ``monitor`` value (min for losses, max for accuracies
+        and R^2)."""
         vals = self[monitor]
         if not vals:
             raise ValueError(f"History has no {monitor!r} values")
@@ -80,15 +83,15 @@ class History:
     def __repr__(self):
         if not self.epoch:
             return "History(0 epochs)"
-        last = {k: getattr(self, k)[-1] for k in ("loss", "accuracy", "val_loss", "val_accuracy")
-                if getattr(self, k)}
+        last = {k: getattr(self, k)[-1] for k in ("loss", "accuracy", "r2", "val_loss",
+                                                  "val_accuracy", "val_r2") if getattr(self, k)}
         return f"History({len(self)} epochs, last: " + ", ".join(f"{k}={v:.4g}" for k, v in
                                                                  last.items()) + ")"
 
 
 def _mode(monitor, mode):
     if mode == "auto":
-        return "max" if "acc" in monitor else "min"
+        return "max" if "acc" in monitor or "r2" in monitor else "min"
     if mode not in ("min", "max"):
         raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
     return mode
@@ -131,7 +134,7 @@ class LambdaCallback(Callback):
 class EarlyStopping(Callback):
     """Stop after ``patience`` epochs without an improvement of ``monitor`` by more than
     ``min_delta`` (improvement: ``value < best - min_delta`` for "min", ``value > best + min_delta``
-    for "max"; mode "auto" = max for accuracies, min otherwise). With ``restore_best`` the model's
+    for "max"; mode "auto" = max for accuracies and R^2, min otherwise). With ``restore_best`` the model's
     state (``state_dict``) of the best epoch is restored when training ends.
     After training: ``best``, ``best_epoch``, ``stopped_epoch`` (0 if it never fired)."""
 
@@ -158,7 +161,7 @@ class EarlyStopping(Callback):
         if self.monitor.startswith("val_") and not trainer.has_validation:
             raise ValueError(f"EarlyStopping monitors {self.monitor!r} but there is no validation "
                              f"set; pass x_val/t_val to fit or val_split= to the Trainer")
-        if self.monitor in ("loss", "accuracy") and not getattr(trainer, "eval_train", True):
+        if self.monitor in ("loss", "accuracy", "r2") and not getattr(trainer, "eval_train", True):
             raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which Trainer("
                              f"eval_train=False) does not measure; monitor 'batch_loss' or a "
                              f"validation metric")
@@ -170,6 +173,10 @@ class EarlyStopping(Callback):
         return value > self.best + self.min_delta
 
     def on_epoch_end(self, trainer, epoch, logs):
+        if self.monitor not in logs:
+            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which this training does "
+                             f"not log (logged: {sorted(k for k in logs if k in History.KEYS)}; "
+                             f"accuracy is for classification losses, r2 for regression)")
         value = logs[self.monitor]
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0

@@ -15,9 +15,10 @@ def _series(history, key):
 
 def plot_history(history, path, title=None, dpi=100):
     """Write ``path`` (PNG): loss (train and validation) and accuracy (train and validation) per
-    epoch, side by side. ``history``: a ``dlfast.train.History`` or a dict of lists with keys
-    ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy`` (and optionally ``epoch``).
-    Returns the path."""
+    epoch, side by side (R^2 instead of accuracy when the history has R^2 and no accuracy: a
+    regression). ``history``: a ``dlfast.train.History`` or a dict of lists with keys
+    ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy`` (or ``r2``, ``val_r2``; optionally
+    ``epoch``). Returns the path."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -29,7 +30,9 @@ def plot_history(history, path, title=None, dpi=100):
     fig = Figure(figsize=(10, 4), dpi=dpi)
     FigureCanvasAgg(fig)
     ax_l, ax_a = fig.subplots(1, 2)
-    for ax, key, label in ((ax_l, "loss", "loss"), (ax_a, "accuracy", "accuracy")):
+    metric = ("r2", "R^2") if not (_series(d, "accuracy") or _series(d, "val_accuracy")) and \
+        (_series(d, "r2") or _series(d, "val_r2")) else ("accuracy", "accuracy")
+    for ax, key, label in ((ax_l, "loss", "loss"), (ax_a, *metric)):
         for prefix, name, style in (("", "train", "-o"), ("val_", "validation", "-s")):
             ys = _series(d, prefix + key)
             if ys:
@@ -40,7 +43,7 @@ def plot_history(history, path, title=None, dpi=100):
         if ax.lines:
             ax.legend()
     ax_l.set_title("loss")
-    ax_a.set_title("accuracy")
+    ax_a.set_title(metric[1])
     if title:
         fig.suptitle(title)
     fig.tight_layout()

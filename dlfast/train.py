@@ -6,8 +6,10 @@ One epoch = one pass over the training set in shuffled mini-batches (the Trainer
     loss, grads = model.loss_and_gradient(xb, tb)     # train mode (dropout, BN batch statistics)
     optimizer.update(model.params, grads); model.apply_constraints()
 
-After each epoch the loss and accuracy of the whole training set and of the validation set are
-measured in eval mode and appended to ``History``. The validation set is ``x_val``/``t_val`` or a
+(``loss_and_gradient(xb, tb, wb)`` with ``fit(..., sample_weight=w)``). After each epoch the loss
+and the metric of the whole training set and of the validation set are measured in eval mode and
+appended to ``History``: accuracy for a classification loss (softmax cross-entropy, sigmoid BCE),
+R^2 (``r2``) for a regression loss (mse, mae, huber). The validation set is ``x_val``/``t_val`` or a
 ``val_split`` fraction split off the training data given to ``fit``; nothing else is ever looked at.
 
 Learning-rate schedules: ``schedule(t)`` (``dlfast.schedules`` or any callable t -> lr) sets
@@ -35,7 +37,7 @@ import time
 
 import numpy as np
 
-from ._validation import labels_to_indices, positive_int, real
+from ._validation import positive_int, real, sample_weights
 from .callbacks import (Callback, EarlyStopping, History, LambdaCallback, NonFiniteError,
                         StopTraining, _is_stop)
 
@@ -69,7 +71,24 @@ def _rng_state(obj):
 
 
 def _mean_acc(a):
-    return float(np.mean(list(a.values()))) if isinstance(a, dict) else float(a)
+    if isinstance(a, dict):
+        return float(np.mean(list(a.values()))) if a else None
+    return float(a)
+
+
+def _one_hot(t):
+    """t (N, C) holds exact one-hot rows."""
+    ones = t == 1
+    return bool(np.all(ones | (t == 0)) and np.all(ones.sum(axis=1) == 1))
+
+
+def _tasks(model):
+    """The tasks of a model's losses: a subset of {"classify", "regress"}."""
+    m = getattr(model, "model", model)              # _FrozenCache
+    if hasattr(m, "loss_layers") and isinstance(m.loss_layers, dict):
+        return {getattr(l, "TASK", "classify") for l in m.loss_layers.values()}
+    loss = getattr(m, "loss_layer", None)
+    return {getattr(loss, "TASK", "classify")}
 
 
 # ============================================================================ trainer
@@ -129,9 +148,10 @@ class _FrozenCache:
     def penalty(self):
         return self.model.penalty()
 
-    def loss_and_gradient(self, h, t):
+    def loss_and_gradient(self, h, t, sample_weight=None):
         m = self.model
-        loss, grads = m._step((tuple(self.upper), (((), self.loss_layer, 1.0),)), h, (t,))
+        loss, grads = m._step((tuple(self.upper), (((), self.loss_layer, 1.0),)), h, (t,),
+                              None if sample_weight is None else (sample_weight,))
         return loss + m.penalty(), m._finish_grads(grads)
 
     def apply_constraints(self):
@@ -146,7 +166,7 @@ class Trainer:
     ``schedule_per`` ("epoch" | "step"), ``schedule_monitor`` (for ``step(metric)`` schedules;
     default "val_loss" with a validation set, else "loss"); ``early_stopping``: an ``EarlyStopping``
     or an int patience; ``val_split``: fraction of the training data held out for validation
-    (``stratify`` per class); ``callbacks``; ``progress``: tqdm bar on stderr; ``seed``: the
+    (``stratify`` per class, for classification losses; ignored for regression); ``callbacks``; ``progress``: tqdm bar on stderr; ``seed``: the
     shuffling/splitting generator (int or None); ``eval_batch_size``: rows per evaluation chunk;
     ``eval_train`` (default True): measure the loss and accuracy of the whole training set after
     each epoch (False: only ``batch_loss``, the mean of the epoch's step losses, is logged for
@@ -237,7 +257,7 @@ class Trainer:
         self.stop_reason = None
         self.interrupted = False
         self.has_validation = False
-        self.x_val = self.t_val = None
+        self.x_val = self.t_val = self.sw_val = self._sw = None
         self.train_indices = self.val_indices = None
         self._sigint = False
 
@@ -280,29 +300,65 @@ class Trainer:
         return self.stop_training
 
     # ---------------------------------------------------------------- evaluation
-    def evaluate(self, x, t, _model=None):
-        """``(loss, accuracy)`` of the model on (x, t) in eval mode, in chunks of
-        ``eval_batch_size`` rows (loss: mean cross-entropy + penalty)."""
+    def evaluate(self, x, t, _model=None, sample_weight=None):
+        """``(loss, metric)`` of the model on (x, t) in eval mode, in chunks of
+        ``eval_batch_size`` rows: loss = the model's loss (weighted by ``sample_weight``) +
+        penalty; metric = accuracy for a classification loss, R^2 for a regression loss
+        (``metrics`` gives both names)."""
+        m = self.metrics(x, t, _model, sample_weight)
+        return m["loss"], m["accuracy"] if "accuracy" in m else m["r2"]
+
+    def metrics(self, x, t, _model=None, sample_weight=None):
+        """dict: ``loss``, and ``accuracy`` (classification losses) and/or ``r2`` (regression
+        losses; a MultiTaskNet: the mean over its heads of each kind) of the model on (x, t) in
+        eval mode (see ``evaluate``)."""
         model = self.model if _model is None else _model
         n = _n("x", x)
         if _n("t", t) != n:
             raise ValueError(f"x and t must have the same number of samples, got {n} and {_n('t', t)}")
         if n == 0:
             raise ValueError("cannot evaluate on an empty set")
+        sw = sample_weights(sample_weight, n)
         fast = hasattr(model, "forward") and hasattr(model, "loss_layer") and not isinstance(t, dict)
+        tasks = _tasks(model)
+        total = 0.0 if sw is None else float(np.sum(sw))
         loss_sum = acc_sum = 0.0
+        outs = []
+        sum_red = getattr(getattr(model, "loss_layer", None), "reduction", "mean") == "sum"
         for s in range(0, n, self.eval_batch_size):
-            xc, tc = x[s:s + self.eval_batch_size], _take(t, slice(s, s + self.eval_batch_size))
+            sl = slice(s, s + self.eval_batch_size)
+            xc, tc = x[sl], _take(t, sl)
             m = xc.shape[0]
+            wc = None if sw is None else sw[sl]
+            d = float(m) if wc is None else float(np.sum(wc))
+            kw = {} if wc is None else {"sample_weight": wc}
             if fast:
-                logits = model.forward(xc, train=False)
-                loss_sum += m * model.loss_layer.forward(logits, tc)
-                labels = labels_to_indices(tc, m, logits.shape[1])
-                acc_sum += float(np.count_nonzero(np.argmax(logits, axis=1) == labels))
+                loss = model.loss_layer
+                y = model.forward(xc, train=False)
+                if d > 0:
+                    loss_sum += loss.forward(y, tc, wc) * (1.0 if sum_red else d)
+                if loss.TASK == "classify":
+                    right = loss.correct(y, tc)
+                    acc_sum += float(np.count_nonzero(right) if wc is None else np.sum(wc * right))
+                else:
+                    outs.append(y.copy())
+            elif d > 0:
+                loss_sum += d * (model.loss(xc, tc, train=False, **kw) - model.penalty())
+                if "classify" in tasks:
+                    acc_sum += d * _mean_acc(model.accuracy(xc, tc, **kw))
+        out = {"loss": loss_sum / (1.0 if sum_red else (n if sw is None else total))
+               + model.penalty()}
+        if "classify" in tasks:
+            out["accuracy"] = acc_sum / (n if sw is None else total)
+        if "regress" in tasks:
+            if fast:
+                from .net import r2_score
+                y = np.concatenate(outs)
+                out["r2"] = r2_score(y, model.loss_layer.targets(t, n, y.shape[1]), sw)
             else:
-                loss_sum += m * (model.loss(xc, tc, train=False) - model.penalty())
-                acc_sum += m * _mean_acc(model.accuracy(xc, tc))
-        return loss_sum / n + model.penalty(), acc_sum / n
+                kw = {} if sw is None else {"sample_weight": sw}
+                out["r2"] = _mean_acc(model.r2(x, t, **kw))
+        return out
 
     # ---------------------------------------------------------------- lr
     def _metric_schedule(self):
@@ -322,7 +378,7 @@ class Trainer:
             self.optimizer.lr = lr
 
     # ---------------------------------------------------------------- data
-    def _prepare(self, x, t, x_val, t_val):
+    def _prepare(self, x, t, x_val, t_val, sw=None, sw_val=None):
         n = _n("x", x)
         if _n("t", t) != n:
             raise ValueError(f"x and t must have the same number of samples, got {n} and {_n('t', t)}")
@@ -345,23 +401,28 @@ class Trainer:
         elif self.val_split is not None:
             from .datasets import split_indices
             labels = None
-            if self.stratify:
+            if self.stratify and _tasks(self.model) == {"classify"}:
                 if isinstance(t, dict):
                     raise ValueError("stratify needs a single label array, not a dict of heads")
-                labels = t if t.ndim == 1 else np.argmax(t, axis=1)
+                labels = t if t.ndim == 1 else (np.argmax(t, axis=1) if _one_hot(t) else None)
             # the same split on every fit call: validation rows are never trained on later
             rng = np.random.default_rng(self._split_ss)
             self.train_indices, self.val_indices = split_indices(n, self.val_split, rng, labels,
                                                                  "val_split")
             x_val, t_val = x[self.val_indices], _take(t, self.val_indices)
             x, t = x[self.train_indices], _take(t, self.train_indices)
+            if sw is not None:
+                sw, sw_val = sw[self.train_indices], sw[self.val_indices]
+                if not sw_val.any():
+                    sw_val = None                   # the held-out rows weigh nothing: unweighted
         else:
             self.train_indices, self.val_indices = np.arange(n), None
         if _n("x", x) == 0:
             raise ValueError("the training set is empty")
         self.x_val, self.t_val = x_val, t_val
+        self.sw_val = sw_val
         self.has_validation = x_val is not None
-        return x, t
+        return x, t, sw
 
     def _bounds(self, n):
         """Batch boundaries; a final batch of one row is merged into the previous one."""
@@ -521,15 +582,25 @@ class Trainer:
         from .checkpoint import restore_checkpoint
         return restore_checkpoint(self, path)
 
-    def fit(self, x, t, x_val=None, t_val=None, resume=None):
+    def fit(self, x, t, x_val=None, t_val=None, resume=None, sample_weight=None,
+            sample_weight_val=None):
         """Train for ``epochs`` epochs (fewer if stopped); returns ``history``.
 
-        x (N, F) of the model's dtype, t class indices (N,) or one-hot rows (a dict head -> labels
-        for a MultiTaskNet). The validation set is (x_val, t_val) or the ``val_split`` of (x, t).
-        ``resume``: a checkpoint path; training continues from it (see ``resume``)."""
+        x (N, F) of the model's dtype, t the targets of its loss: class indices (N,) or one-hot
+        rows, or values (a dict head -> targets for a MultiTaskNet). The validation set is
+        (x_val, t_val) or the ``val_split`` of (x, t). ``sample_weight`` (N,): per-row weights of
+        the training loss and of the metrics (split with ``val_split``; ``sample_weight_val`` for
+        x_val). ``resume``: a checkpoint path; training continues from it (see ``resume``)."""
         if resume is not None:
             self.resume(resume)
-        x, t = self._prepare(x, t, x_val, t_val)
+        sw = sample_weights(sample_weight, _n("x", x))
+        sw_val = None
+        if sample_weight_val is not None:
+            if x_val is None:
+                raise ValueError("sample_weight_val needs x_val and t_val")
+            sw_val = sample_weights(sample_weight_val, _n("x_val", x_val), "sample_weight_val")
+        x, t, sw = self._prepare(x, t, x_val, t_val, sw, sw_val)
+        self._sw = sw
         self._fit_model, self._xv_fit = self.model, self.x_val
         if self.cache_frozen:
             cache = _FrozenCache(self.model)
@@ -584,6 +655,7 @@ class Trainer:
         t0 = time.perf_counter()
         epoch = self.epoch + 1
         model, opt = self._fit_model, self.optimizer
+        sw = self._sw
         if model is not self.model:
             model.check_still_frozen()
         x_fit = x
@@ -619,7 +691,16 @@ class Trainer:
             if self.schedule_per == "step":
                 self._set_lr(self.step)
             xb, tb = self._rows(x, idx), _take(t, idx)
-            loss, grads = model.loss_and_gradient(xb, tb)
+            if sw is None:
+                loss, grads = model.loss_and_gradient(xb, tb)
+            else:
+                wb = np.take(sw, idx)
+                if not wb.any():                    # the batch weighs nothing: no step
+                    ep["k"] = k
+                    if bar is not None:
+                        bar.update(1)
+                    continue
+                loss, grads = model.loss_and_gradient(xb, tb, wb)
             if not math.isfinite(loss):
                 self._raise_nonfinite_loss(loss, k)
             if not getattr(opt, "check_finite", False):
@@ -654,9 +735,10 @@ class Trainer:
             bar.total -= skipped
         logs = {"epoch": epoch, "batch_loss": loss_sum / max(rows, 1), "steps": k}
         if self.eval_train:
-            logs["loss"], logs["accuracy"] = self.evaluate(x_fit, t, model)
+            logs.update(self.metrics(x_fit, t, model, sw))
         if self.has_validation:
-            logs["val_loss"], logs["val_accuracy"] = self.evaluate(self._xv_fit, self.t_val, model)
+            logs.update({f"val_{k}": v for k, v in
+                         self.metrics(self._xv_fit, self.t_val, model, self.sw_val).items()})
         self.epoch = epoch
         ep["done"] = True
         if self.schedule is not None and self._metric_schedule():
@@ -670,10 +752,13 @@ class Trainer:
         logs["time"] = time.perf_counter() - t0
         self.history.append(logs)
         if bar is not None:
-            post = (f"loss={logs['loss']:.4f} acc={logs['accuracy']:.4f}" if self.eval_train
+            metric = ("acc", "accuracy") if "val_accuracy" in logs or "accuracy" in logs \
+                else ("r2", "r2")
+            post = (f"loss={logs['loss']:.4f} {metric[0]}={logs[metric[1]]:.4f}" if self.eval_train
                     else f"batch_loss={logs['batch_loss']:.4f}")
             if self.has_validation:
-                post += f" val_loss={logs['val_loss']:.4f} val_acc={logs['val_accuracy']:.4f}"
+                post += (f" val_loss={logs['val_loss']:.4f} "
+                         f"val_{metric[0]}={logs['val_' + metric[1]]:.4f}")
             self._post = post
             bar.set_postfix_str(post, refresh=True)
         self._call("on_epoch_end", epoch, logs)

@@ -6,7 +6,8 @@ Threads: ``set_num_threads(n)`` / ``get_num_threads()``.
 
 Submodules (``dlfast.optim``, ``dlfast.net``, ``dlfast.datasets`` ... see ``SUBMODULES``) are
 imported on first attribute access (PEP 562), so ``import dlfast`` stays light: it imports neither
-matplotlib nor tqdm.
+matplotlib, tqdm nor scikit-learn (``dlfast.sklearn``, the estimators, needs the ``sklearn`` extra:
+without scikit-learn its import is an ImportError saying so).
 """
 from ._config import (available_backends, get_backend, get_num_threads, set_backend,
                       set_num_threads, use_backend)
@@ -19,7 +20,7 @@ __all__ = ["available_backends", "get_backend", "get_num_threads", "set_backend"
 #: The public submodules, each imported by its first ``dlfast.<name>``.
 SUBMODULES = ("augment", "callbacks", "checkpoint", "cli", "compat", "datasets", "experiments",
               "gradcheck", "init", "io", "kernels", "layers", "net", "optim", "plotting",
-              "pretrain", "regularizers", "schedules", "train", "tune")
+              "pretrain", "regularizers", "schedules", "sklearn", "train", "tune")
 
 
 def __getattr__(name):

@@ -4,7 +4,7 @@ Subcommands live in one registry: a new one is a function ``run(args) -> exit co
 ``register(name, run, help, configure)`` call, where ``configure(parser)`` adds its arguments.
 
     dlfast train [options]     train an MLP (or --arch: a convnet) on the embedded digits (or
-                               --dataset mnist ...)
+                               --dataset mnist ..., or a CSV table: --csv FILE --target COLUMN)
     dlfast info [--json]       backend, dtype, threads, OpenMP, BLAS, available backends
     dlfast tune [options]      random / TPE search of train options, local or on Dask (dlfast.tune)
 
@@ -310,6 +310,43 @@ def _load_data(args, dtype):
     return "digits", x_train, t_train, x_test, t_test
 
 
+def _load_csv(args, dtype):
+    """``(source, x, t, x_val, t_val, x_test, t_test, preprocess)`` of ``--csv FILE --target
+    COLUMN``: rows split into test (``--test-split``), validation (``--val-split`` of the rest)
+    and training rows, stratified by class to classify; features and targets fitted on the
+    training rows only (``dlfast._tabular``)."""
+    from . import _tabular
+    from .datasets import split_indices
+    for flag, bad in (("--dataset", args.dataset), ("--data-dir", args.data_dir),
+                      ("--arch", args.arch), ("--augment", args.augment),
+                      ("--pretrain rbm", args.pretrain == "rbm")):
+        if bad:
+            raise _CLIError(f"{flag} does not apply to --csv data (a table, not images)")
+    if not args.target:
+        raise _CLIError("--csv needs --target COLUMN (the column to predict)")
+    table = _tabular.read_csv(args.csv)
+    if args.target not in table.columns:
+        raise _CLIError(f"--target {args.target!r} is not a column of {args.csv}; columns: "
+                        f"{', '.join(table.names)}")
+    task = args.task or _tabular.task_of(table, args.target)
+    pre = _tabular.Preprocess(table, args.target, task, args.impute)
+    labels = pre.labels if task == "classify" else None
+    rng = np.random.default_rng([args.seed, 0])
+    rest, test = split_indices(table.n, args.test_split, rng, labels, "--test-split")
+    keep, val = split_indices(len(rest), args.val_split, rng,
+                              None if labels is None else labels[rest], "--val-split")
+    train, val = rest[keep], rest[val]
+    pre.fit(train)
+    x, t = pre.transform(train, dtype)
+    x_val, t_val = pre.transform(val, dtype)
+    x_test, t_test = pre.transform(test, dtype)
+    kinds = [pre.kinds[h] for h in pre.features]
+    source = (f"{os.path.basename(args.csv)} (target {args.target!r}, {task}, "
+              f"{kinds.count('numeric')} numeric and {kinds.count('categorical')} categorical "
+              f"columns -> {x.shape[1]} features)")
+    return source, x, t, x_val, t_val, x_test, t_test, pre
+
+
 def _make_optimizer(args):
     from . import optim
     kwargs = {}
@@ -333,8 +370,34 @@ def _make_optimizer(args):
     return optim.get(args.optimizer, **kwargs)
 
 
-def _make_model(args, n_in, n_out, dtype):
-    """The MLP of the options, or with ``--arch`` the convnet on images (1, s, s), s*s = n_in."""
+LOSSES = ("softmax_xent", "sigmoid_bce", "mse", "mae", "huber")
+
+
+def _loss_for(args, task, n_classes=None):
+    """The loss of ``--loss`` (default: softmax_xent to classify, mse to regress), checked
+    against the task; returns (loss layer, its name)."""
+    from .layers import HuberLoss, loss as L
+    name = getattr(args, "loss", None) or ("softmax_xent" if task == "classify" else "mse")
+    if task == "classify" and name in ("mse", "mae", "huber"):
+        raise _CLIError(f"--loss {name} is a regression loss, but the task is classification "
+                        f"(choose softmax_xent or sigmoid_bce, or --task regress for a CSV)")
+    if task == "regress" and name in ("softmax_xent", "sigmoid_bce"):
+        raise _CLIError(f"--loss {name} is a classification loss, but the task is regression "
+                        f"(choose mse, mae or huber)")
+    if name == "sigmoid_bce" and n_classes != 2:
+        raise _CLIError(f"--loss sigmoid_bce needs a binary target (2 classes, one sigmoid "
+                        f"output); the data has {n_classes} classes: use softmax_xent")
+    delta = getattr(args, "huber_delta", None)
+    if delta is not None and name != "huber":
+        raise _CLIError("--huber-delta applies to --loss huber only")
+    if name == "huber":
+        return HuberLoss(1.0 if delta is None else delta), name
+    return L.get(name), name
+
+
+def _make_model(args, n_in, n_out, dtype, loss=None):
+    """The MLP of the options, or with ``--arch`` the convnet on images (1, s, s), s*s = n_in;
+    ``loss``: its loss layer (default softmax cross-entropy)."""
     from . import regularizers as R
     from .net import MLP
     wd = 0.0 if args.optimizer == "adamw" else args.weight_decay
@@ -351,6 +414,8 @@ def _make_model(args, n_in, n_out, dtype):
         kwargs["alpha"] = args.alpha
     if getattr(args, "arch", None):
         return _make_convnet(args, n_in, n_out, dtype, kwargs)
+    if loss is not None:
+        kwargs["loss"] = loss.config()
     return MLP(n_in, args.hidden, n_out, activation=args.activation, weight_init=args.init,
                batchnorm=args.batchnorm, dropout=args.dropout, seed=args.seed, dtype=dtype, **kwargs)
 
@@ -442,11 +507,13 @@ def _make_schedule(args, lr0):
     return S.ReduceOnPlateau(lr0, factor=args.gamma, patience=args.plateau_patience)
 
 
-def _fmt_table(rows):
-    head = ("", "loss", "accuracy")
+def _fmt_table(rows, metric="accuracy"):
+    """The final table: loss and accuracy (a percentage) or R^2 per set."""
+    head = ("", "loss", "accuracy" if metric == "accuracy" else "R^2")
     lines = [f"{head[0]:<12}{head[1]:>10}{head[2]:>11}"]
     for name, loss, acc in rows:
-        lines.append(f"{name:<12}{loss:>10.4f}{acc * 100:>10.2f}%")
+        lines.append(f"{name:<12}{loss:>10.4f}" + (f"{acc * 100:>10.2f}%" if metric == "accuracy"
+                                                   else f"{acc:>11.4f}"))
     return "\n".join(lines)
 
 
@@ -514,10 +581,24 @@ def _run_train(args):
     dtype = np.dtype(args.dtype)
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
-    source, x, t, x_test, t_test = _load_data(args, dtype)
-    n_out = int(max(t.max(), t_test.max())) + 1
+    x_val = t_val = None
+    if args.csv:
+        source, x, t, x_val, t_val, x_test, t_test, tab = _load_csv(args, dtype)
+        task = tab.task
+        n_out = len(tab.classes) if task == "classify" else 1
+    else:
+        if args.target or args.task or args.impute:
+            raise _CLIError("--target, --task and --impute apply to --csv data")
+        source, x, t, x_test, t_test = _load_data(args, dtype)
+        task, n_out = "classify", int(max(t.max(), t_test.max())) + 1
+    loss, loss_name = _loss_for(args, task, n_out)
+    if loss_name == "sigmoid_bce":
+        n_out = 1
+        t, t_test = (a.astype(dtype) for a in (t, t_test))
+        t_val = None if t_val is None else t_val.astype(dtype)
+    metric = "accuracy" if task == "classify" else "r2"
     n_in = x.shape[1]
-    model = _make_model(args, n_in, n_out, dtype)
+    model = _make_model(args, n_in, n_out, dtype, loss)
     if args.arch:                                   # rows of s*s pixels -> images (1, s, s)
         side = _image_side(n_in)
         x, x_test = (a.reshape(len(a), 1, side, side) for a in (x, x_test))
@@ -528,29 +609,33 @@ def _run_train(args):
     if args.early_stopping is not None:
         es = EarlyStopping(args.early_stopping, min_delta=args.min_delta)
     trainer = Trainer(model, opt, epochs=args.epochs, batch_size=args.batch_size, schedule=schedule,
-                      schedule_per=args.schedule_per, early_stopping=es, val_split=args.val_split,
-                      stratify=True, progress=not args.no_progress, seed=args.seed,
+                      schedule_per=args.schedule_per, early_stopping=es,
+                      val_split=None if args.csv else args.val_split, stratify=True,
+                      progress=not args.no_progress, seed=args.seed,
                       checkpoint=_make_checkpoint(args), **extras)
     if args.arch:
         kind, arch = "ConvNet", f"{'x'.join(map(str, x.shape[1:]))},{args.arch},{n_out}"
     else:
         kind, arch = "MLP", "-".join(str(v) for v in [n_in, *args.hidden, n_out])
     title = f"{kind} {arch} {args.activation} on {source}, {args.optimizer}"
+    rows_msg = (f"{x.shape[0]} training rows, {x_val.shape[0]} validation rows" if x_val is not None
+                else f"{x.shape[0]} training rows (validation {args.val_split:g} of them)")
     print(f"dlfast train: {kind} {arch} ({args.activation}, init {args.init}"
           + (", batchnorm" if args.batchnorm else "") + (f", dropout {args.dropout}" if args.dropout else "")
-          + f") on {source}: {x.shape[0]} training rows (validation {args.val_split:g} of them), "
-          f"{x_test.shape[0]} test rows")
+          + f", loss {loss_name}) on {source}: {rows_msg}, {x_test.shape[0]} test rows")
     print(f"  optimizer {args.optimizer} lr={opt.lr:g}, schedule {args.schedule}, batch {args.batch_size}, "
           f"{args.epochs} epochs, backend {dlfast.get_backend()} ({dlfast.get_num_threads()} threads), "
           f"{dtype.name}, seed {args.seed}", flush=True)
     meta = {"title": title, "command": sys.argv[1:] if args.argv is None else args.argv,
             "args": {k: v for k, v in vars(args).items() if k not in ("func", "argv")},
-            "source": source, "backend": dlfast.get_backend()}
+            "source": source, "backend": dlfast.get_backend(), "loss": loss_name, "task": task}
+    if args.csv:
+        meta["preprocessing"] = tab.state()
     if args.resume is not None:
         _resume(trainer, args)
     t0 = time.perf_counter()
     try:
-        trainer.fit(x, t)
+        trainer.fit(x, t, x_val, t_val)
     except KeyboardInterrupt:
         meta.update(interrupted=True, epochs_done=trainer.epoch, steps_done=trainer.step)
         paths = _write_outputs(out, model, trainer, meta)
@@ -561,18 +646,18 @@ def _run_train(args):
     total = time.perf_counter() - t0
     hist = trainer.history
     test_loss, test_acc = trainer.evaluate(x_test, t_test)
-    final = {"train": (hist.loss[-1], hist.accuracy[-1]), "test": (test_loss, test_acc)}
+    final = {"train": (hist.loss[-1], hist[metric][-1]), "test": (test_loss, test_acc)}
     rows = [("train", *final["train"])]
     if hist.val_loss:
-        final["validation"] = (hist.val_loss[-1], hist.val_accuracy[-1])
+        final["validation"] = (hist.val_loss[-1], hist["val_" + metric][-1])
         rows.append(("validation", *final["validation"]))
     rows.append(("test", test_loss, test_acc))
     meta.update(interrupted=False, epochs_done=trainer.epoch, steps_done=trainer.step,
-                final={k: {"loss": v[0], "accuracy": v[1]} for k, v in final.items()},
+                final={k: {"loss": v[0], metric: v[1]} for k, v in final.items()},
                 seconds=total, seconds_per_epoch=float(np.mean(hist.time)))
     paths = _write_outputs(out, model, trainer, meta)
     print()
-    print(_fmt_table(rows))
+    print(_fmt_table(rows, metric))
     stop = ""
     if es is not None and es.stopped_epoch:
         stop = f" (early stopping at epoch {es.stopped_epoch}, best epoch {es.best_epoch}" \
@@ -609,6 +694,11 @@ def _configure_train(p):
     g.add_argument("--max-norm", type=_positive_float, metavar="C",
                    help="max-norm constraint on each unit's incoming weights")
     g.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    g.add_argument("--loss", choices=LOSSES,
+                   help="softmax_xent (default to classify), sigmoid_bce (binary targets: one "
+                        "sigmoid output), mse (default to regress), mae, huber")
+    g.add_argument("--huber-delta", type=_positive_float, metavar="DELTA",
+                   help="--loss huber: quadratic within |y - t| <= DELTA (default: 1)")
     g = p.add_argument_group("pre-training, freezing, augmentation")
     g.add_argument("--pretrain", choices=("none", "rbm"), default="none",
                    help="rbm: greedy RBM pre-training (CD-1) of the hidden layers before training")
@@ -655,11 +745,24 @@ def _configure_train(p):
     g.add_argument("--val-split", type=_fraction, default=0.1,
                    help="fraction of the training data held out for validation (default: 0.1)")
     g.add_argument("--test-split", type=_fraction, default=0.2,
-                   help="digits: fraction held out as the test set (default: 0.2)")
+                   help="digits and --csv: fraction held out as the test set (default: 0.2)")
     from .datasets import DATASETS
     g.add_argument("--dataset", choices=DATASETS,
                    help="digits (embedded, the default), or mnist / fashion-mnist: downloaded "
                         "once into $DLFAST_DATA (default: the user's cache folder + dlfast)")
+    g.add_argument("--csv", metavar="FILE",
+                   help="train on a CSV table (header line naming the columns) instead: numeric "
+                        "columns standardised and categorical ones one-hot encoded, fitted on "
+                        "the training rows only; needs --target")
+    g.add_argument("--target", metavar="COLUMN", help="--csv: the column to predict")
+    g.add_argument("--task", choices=("classify", "regress"),
+                   help="--csv: classify the target's values or regress them (default: "
+                        "classify a non-numeric target or one of at most 20 integers)")
+    from ._tabular import IMPUTE
+    g.add_argument("--impute", choices=IMPUTE,
+                   help="--csv: fill missing values with the training rows' mean / median / "
+                        "most frequent value (categorical columns: most frequent); without it a "
+                        "missing value is an error naming its column and row")
     g.add_argument("--data-dir", metavar="DIR",
                    help="read the IDX files (train-*/t10k-*[.gz]) of --dataset (default: mnist) "
                         "from this folder instead; nothing is downloaded")

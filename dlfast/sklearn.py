@@ -16,10 +16,12 @@ training data has not improved by ``tol`` (the best epoch's weights are restored
 Hyperparameters (both): ``hidden_layer_sizes``, ``activation`` (relu, tanh, logistic/sigmoid,
 identity, leaky_relu, elu, prelu, rrelu, maxout), ``weight_init`` (a ``dlfast.init`` name),
 ``solver`` (sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw) with
-``learning_rate_init``, ``momentum``, ``beta_1``, ``beta_2``, ``epsilon``; ``alpha`` (L2:
-``(alpha/2) sum W^2`` added to the mean loss; scikit-learn divides its alpha by the batch
-size, so its alpha a is ``a / batch_size`` here), ``l1`` (with alpha: elastic net),
-``max_norm``; ``batchnorm``, ``dropout``; ``schedule`` (None, "step", "exp", "inverse",
+``learning_rate_init``, ``momentum``, ``beta_1``, ``beta_2``, ``epsilon``; ``alpha`` (L2 of the
+weights, biases and batch-norm parameters excluded: the gradient of ``(alpha/2) sum W^2`` added
+to the mean loss's, applied by the optimiser as coupled weight decay ``g += alpha W``, fused into
+its update; with adamw the decoupled decay ``W *= 1 - lr alpha``; scikit-learn divides its alpha
+by the batch size, so its alpha a is ``a / batch_size`` here), ``l1`` (``l1 sum |W|``: with
+alpha, elastic net), ``max_norm``; ``batchnorm``, ``dropout``; ``schedule`` (None, "step", "exp", "inverse",
 "plateau") with ``schedule_params`` (a dict: step_size and gamma, k, or factor and patience);
 ``clip_norm``, ``clip_value``; ``batch_size``, ``max_iter``, ``shuffle``, ``random_state``,
 ``warm_start``; ``backend`` ("numpy", "cython"; None: the active one), ``n_threads`` (None:
@@ -27,7 +29,8 @@ the current setting), ``dtype`` ("float32" or "float64"); ``verbose`` (a progres
 
 Fitted attributes: ``model_`` (the MLP), ``classes_``, ``n_features_in_``, ``feature_names_in_``
 (DataFrames with string column names), ``n_outputs_``, ``loss_curve_`` (mean training
-mini-batch loss per epoch, penalty included), ``best_loss_``, ``validation_scores_`` and
+mini-batch loss per epoch, with the L1 penalty; the L2 term of alpha, applied as weight decay,
+is not added), ``best_loss_``, ``validation_scores_`` and
 ``best_validation_score_`` (with ``early_stopping``, else None), ``n_iter_`` (epochs), ``t_``
 (optimiser steps), ``coefs_``/``intercepts_`` (copies of the Dense weights and biases).
 """
@@ -192,13 +195,7 @@ class _BaseMLP(BaseEstimator):
     def _make_model(self, n_in, n_out, loss, hidden, dt, seed):
         from . import regularizers as R
         from .net import MLP
-        reg = None
-        if self.alpha and self.l1:
-            reg = R.ElasticNet(l1=self.l1, l2=self.alpha)
-        elif self.l1:
-            reg = R.L1(self.l1)
-        elif self.alpha:
-            reg = R.L2(self.alpha)
+        reg = R.L1(self.l1) if self.l1 else None       # alpha: the optimiser's weight decay
         return MLP(n_in, list(hidden), n_out, activation=self._activation(),
                    weight_init=self.weight_init, batchnorm=bool(self.batchnorm),
                    dropout=self.dropout, seed=seed, dtype=dt, regularizer=reg,
@@ -207,7 +204,7 @@ class _BaseMLP(BaseEstimator):
     def _make_optimizer(self):
         from . import optim
         kw = {"lr": self.learning_rate_init, "clip_norm": self.clip_norm,
-              "clip_value": self.clip_value}
+              "clip_value": self.clip_value, "weight_decay": self.alpha}
         if self.solver in ("momentum", "nesterov"):
             kw["momentum"] = self.momentum
         elif self.solver in ("adam", "adamw"):
@@ -287,6 +284,7 @@ class _BaseMLP(BaseEstimator):
                               stratify=self._TASK == "classify", progress=bool(self.verbose),
                               seed=train_seed, shuffle=bool(self.shuffle), eval_train=False,
                               handle_interrupt=False)
+            trainer.epoch, trainer.step = self.n_iter_, self.t_     # schedules continue
             hist = trainer.fit(X, t, sample_weight=sw)
         _TWINS.pop(self.model_, None)                   # its weights changed
         self._record(hist, trainer, es, early, incremental)
@@ -295,8 +293,7 @@ class _BaseMLP(BaseEstimator):
     def _record(self, hist, trainer, es, early, incremental):
         curve = [float(v) for v in hist.batch_loss]
         self.loss_curve_ = list(self.loss_curve_) + curve
-        self.n_iter_ += len(hist)
-        self.t_ += trainer.step
+        self.n_iter_, self.t_ = trainer.epoch, trainer.step
         if curve:
             self.best_loss_ = min(self.best_loss_, min(curve))
         if early:

@@ -248,3 +248,19 @@ def test_import_dlfast_does_not_import_sklearn_and_its_absence_is_named():
                  "    msg = str(exc)\n"
                  "print(json.dumps([msg, 'sklearn' in names, dlfast.net.MLP.__name__]))")
     assert "pip install dlfast[sklearn]" in got[0] and got[1:] == [True, "MLP"]
+
+
+def test_schedules_continue_over_warm_start_and_partial_fit():
+    X, y = _clf_data(100)
+    kw = dict(schedule="step", schedule_params={"step_size": 2, "gamma": 0.5},
+              learning_rate_init=0.1, random_state=0)
+    a = MLPClassifier((8,), max_iter=4, **kw).fit(X, y)
+    b = MLPClassifier((8,), max_iter=2, warm_start=True, **kw)
+    b.fit(X, y)
+    b.fit(X, y)
+    c = MLPClassifier((8,), **kw)
+    for _ in range(4):
+        c.partial_fit(X, y, classes=[0, 1, 2])
+    for est in (a, b, c):
+        assert est.n_iter_ == 4 and est.t_ == 4
+        assert est._optimizer.lr == pytest.approx(0.1 * 0.5 ** 1)     # lr of epoch 4 (t = 3)

@@ -186,7 +186,7 @@ def test_bad_net_arguments():
         MLP(5, [6], 3, dtype="int8")
     with pytest.raises(TypeError, match="layers\\[1\\] must be a dlfast layer"):
         Sequential([L.Dense(5, 3), "relu"])
-    with pytest.raises(TypeError, match="loss must be a SoftmaxCrossEntropy"):
+    with pytest.raises(TypeError, match="loss: loss must be a dlfast Loss"):
         Sequential([L.Dense(5, 3)], loss=L.ReLU())
     with pytest.raises(TypeError, match="mixed dtypes: layer 0 \\(Dense\\) float64, "
                                         "layer 1 \\(Dense\\) float32"):

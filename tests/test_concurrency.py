@@ -39,6 +39,7 @@ def _big_call(name, dt=np.dtype(np.float32)):
     v1, v2, v3, v4 = (rng.random(f, dtype=dt) + dt.type(0.5) for _ in range(4))
     e1, e2 = np.empty(f, dt), np.empty(f, dt)
     lab = rng.integers(0, f, n)
+    sw = rng.random(n) + 0.5
     w, g = A.reshape(-1), B.reshape(-1)
     s1, s2 = np.zeros_like(w), np.zeros_like(w)
     if name == "bind_update":
@@ -75,6 +76,14 @@ def _big_call(name, dt=np.dtype(np.float32)):
         "softmax_backward": lambda: K.softmax_backward(A, B, O),
         "softmax_xent_forward": lambda: K.softmax_xent_forward(A, lab, O),
         "softmax_xent_backward": lambda: K.softmax_xent_backward(B, lab, O),
+        "mse_forward": lambda: K.mse_forward(A, B, sw),
+        "mse_backward": lambda: K.mse_backward(A, B, sw, O),
+        "mae_forward": lambda: K.mae_forward(A, B, sw),
+        "mae_backward": lambda: K.mae_backward(A, B, None, O),
+        "huber_forward": lambda: K.huber_forward(A, B, None),
+        "huber_backward": lambda: K.huber_backward(A, B, sw, O),
+        "sigmoid_bce_forward": lambda: K.sigmoid_bce_forward(A, B, sw),
+        "sigmoid_bce_backward": lambda: K.sigmoid_bce_backward(A, B, None, O),
         "batchnorm_stats": lambda: K.batchnorm_stats(A, e1, e2),
         "batchnorm_forward_train": lambda: K.batchnorm_forward_train(A, v1, v2, O, H, e1, e2, v3, v4),
         "batchnorm_forward_eval": lambda: K.batchnorm_forward_eval(A, v1, v2, v3, v4, 1e-5, O, H, e1),

@@ -692,8 +692,9 @@ def test_compiled_plans_run_compiled_loss_ops():
     assert {"SoftmaxXentOp", "ValueLossOp"} <= seen
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("weights", ["none", "all", "per-head"])
-def test_multitask_mixed_heads_equal_checked_steps(backend, dtype, weights):
+def test_multitask_mixed_heads_equal_checked_steps(backend, dtype, weights, threads):
     """A classification head (softmax) and a regression head (huber) on one trunk, with sample
     weights for both, for one head or none."""
     from dlfast.layers import HuberLoss
@@ -711,6 +712,7 @@ def test_multitask_mixed_heads_equal_checked_steps(backend, dtype, weights):
     tc, tr = rng.integers(0, 3, 24), rng.standard_normal((24, 2))
     w = rng.random(24)
     oa, ob = optim.SGD(lr=0.1), optim.SGD(lr=0.1)
+    dlfast.set_num_threads(threads)
     for i in range(3):
         s = slice(8 * i, 8 * i + 8)
         sw = {"none": None, "all": w[s], "per-head": {"reg": w[s]}}[weights]

@@ -73,6 +73,18 @@ def _act(draw):
     return a, alpha
 
 
+def _weights(draw, rng, n):
+    """Sample weights (float64, the losses' w): mostly valid, now and then one negative or all
+    zero (errors on both backends)."""
+    w = rng.random(n) * 2
+    bad = draw(st.integers(0, 7))
+    if bad == 0 and n:
+        w[rng.integers(0, n)] = -1.0
+    elif bad == 1:
+        w[:] = 0.0
+    return w
+
+
 def build(name, draw, rng, dt):
     c = Case(name)
     r = lambda *s: _rand(rng, s, dt)  # noqa: E731
@@ -143,6 +155,28 @@ def build(name, draw, rng, dt):
         else:
             c.add("in", "probs", r(n, cc)), c.add("out", "dlogits", r(n, cc))
             c.scalars["scale"] = draw(st.sampled_from([1.0, 0.5, 3.0]))
+        c.add("in", "w", _weights(draw, rng, n) if opt() else None)
+        c.nonneg.add("w")
+    elif name.rsplit("_", 1)[0] in ("mse", "mae", "huber", "sigmoid_bce"):
+        kind, which = name.rsplit("_", 1)
+        n, m = _sizes(draw)
+        y = "z" if kind == "sigmoid_bce" else "y"
+        c.add("in", y, r(n, m))
+        c.add("in", "t", rng.random((n, m)).astype(dt) if kind == "sigmoid_bce" else r(n, m))
+        if kind == "sigmoid_bce":
+            c.nonneg.add("t")
+        c.add("in", "w", _weights(draw, rng, n) if opt() else None)
+        c.nonneg.add("w")
+        if which == "forward":
+            c.add("out", "rows", rng.standard_normal(n) if opt() else None)
+        else:
+            c.add("out", "d" + y, r(n, m))
+            c.scalars["scale"] = draw(st.sampled_from([1.0, 0.5, 3.0]))
+        c.scalars["reduction"] = draw(st.sampled_from(["mean", "mean", "sum"]))
+        if kind == "mse":
+            c.scalars["half"] = opt()
+        if kind == "huber":
+            c.scalars["delta"] = draw(st.sampled_from([0.1, 1.0, 5.0]))
     elif name == "batchnorm_stats":
         n, f = _sizes(draw, min_n=1)
         c.add("in", "x", r(n, f, *sp)), c.add("out", "mean", r(f)), c.add("out", "var", r(f))

@@ -237,5 +237,5 @@ def get(loss, dtype=None):
         return out
     if isinstance(loss, str) and loss.lower().replace("-", "_") in _NAMES:
         return _NAMES[loss.lower().replace("-", "_")](dtype=dtype)
-    raise ValueError(f"loss must be a dlfast Loss, a config dict or one of {NAMES}, got "
-                     f"{loss!r}")
+    raise (ValueError if isinstance(loss, str) else TypeError)(
+        f"loss must be a dlfast Loss, a config dict or one of {NAMES}, got {loss!r}")

@@ -292,10 +292,11 @@ class Optimizer:
                         self._hyper_key(), bound)
 
     def _fused_update(self, b, params, grads):
-        """The fused update of binding ``b`` (``BoundUpdate.step`` checks the arrays: O(K));
-        False (nothing changed) when it does not apply or a gradient is not finite."""
+        """The fused update of binding ``b`` (``BoundUpdate.step`` checks the arrays, the state
+        dicts and Adam's per-tensor counters in C: O(K)); False (nothing changed) when it does
+        not apply or a gradient is not finite."""
         if (b.impl is not _config.active() or self.state is not b.state
-                or self._wd_key() != b.wd_key or not self._fast_ready()):
+                or self._wd_key() != b.wd_key):
             return False
         bound = b.bound
         hyper = self._hyper_key()
@@ -305,19 +306,16 @@ class Optimizer:
                 return False                    # another rule: bind again
             bound.set_hyper(**spec[1])
             b.hyper_key = hyper
-        if not self._counters_agree(b.sts):
-            return False
-        norm = self.check_finite or self.clip_norm is not None
+        clip = self.clip_norm
+        norm = self.check_finite or clip is not None
         n = bound._b.step(b.names, params, grads, self.state, b.sts, self._lr, norm,
-                          self.clip_norm or 0.0, _CLIP_EPS,
-                          math.inf if self.clip_value is None else self.clip_value,
-                          float(self._next_step(b.sts)))
+                          clip or 0.0, _CLIP_EPS,
+                          math.inf if self.clip_value is None else self.clip_value, self._COUNTER)
         if not n >= 0.0:                        # does not apply, or the validated path finds
             return False                        # the bad gradient (nothing changed)
         if norm:
             self.last_grad_norm = n
         self.steps += 1
-        self._advance(b.sts)
         return True
 
     def _bind_spec(self, sts):
@@ -333,12 +331,7 @@ class Optimizer:
         """False when per-parameter counters differ (Adam's t): no fused update then."""
         return True
 
-    def _next_step(self, sts):
-        """The ``step`` of the next fused update (Adam's t)."""
-        return 1
-
-    def _advance(self, sts):
-        """Advance the per-parameter counters after a fused update."""
+    _COUNTER = None     # the state key of a per-tensor step counter (Adam's "step")
 
     def _fast_ready(self):
         """False when the state must change structure first (the validated path does that)."""
@@ -532,7 +525,7 @@ class SGD(Optimizer):
 
     def _bind_spec(self, sts):
         with_v = {"v" in st for st in sts}
-        if with_v == {False}:
+        if with_v == {False} and not (self.momentum or self.nesterov):
             return "sgd", {}
         if with_v == {True}:
             return ("nesterov" if self.nesterov else "momentum"), {"mu": self.momentum}
@@ -688,17 +681,11 @@ class Adam(Optimizer):
         return "adam", {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
                         "eps_hat": self.eps_hat, "decoupled_wd": self._DECOUPLED}
 
+    _COUNTER = "step"
+
     def _counters_agree(self, sts):
         t = sts[0]["step"]
         return all(st["step"] == t for st in sts)
-
-    def _next_step(self, sts):
-        return sts[0]["step"] + 1
-
-    def _advance(self, sts):
-        t = sts[0]["step"] + 1
-        for st in sts:
-            st["step"] = t
 
     def _step(self, w, g, st, wd, gs, cv):
         st["step"] += 1

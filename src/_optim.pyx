@@ -533,6 +533,8 @@ cdef enum:
 
 _RULES = {"sgd": (RULE_SGD, 0), "momentum": (RULE_MOMENTUM, 1), "nesterov": (RULE_NESTEROV, 1),
           "adagrad": (RULE_ADAGRAD, 1), "rmsprop": (RULE_RMSPROP, 1), "adam": (RULE_ADAM, 2)}
+_SNAMES = {"sgd": (), "momentum": ("v",), "nesterov": ("v",), "adagrad": ("h",),
+           "rmsprop": ("h",), "adam": ("m", "v")}      # dlfast.kernels.RULES
 
 
 cdef inline Py_ssize_t _fused_work(int rule, Py_ssize_t total) noexcept nogil:
@@ -648,6 +650,7 @@ cdef class BoundUpdate:
     """``bind_update(rule, ws, gs, states, wds, hyper)``: see ``dlfast.kernels.bind_update``.
     Arrays must already be validated (C-contiguous, one dtype, shapes, writeable, disjoint)."""
     cdef readonly object rule, arrays
+    cdef tuple snames               # the rule's state names (RULES)
     cdef list grads                 # the gradients of the last take
     cdef tuple held                 # ws and state arrays (writeable checks of take)
     cdef size_t* starts             # their [start, end) byte spans, sorted (overlap tests)
@@ -672,6 +675,7 @@ cdef class BoundUpdate:
         cdef Py_ssize_t k, it, n, lo
         code, nstate = _RULES[rule]
         self.rule, self.code = rule, code
+        self.snames = _SNAMES[rule]
         self.arrays = (tuple(ws), tuple(gs), tuple(tuple(s) for s in states))
         self.nk = nk = len(ws)
         self.is_double = nk > 0 and ws[0].dtype.itemsize == 8
@@ -719,29 +723,50 @@ cdef class BoundUpdate:
             self.starts[k], self.ends[k] = p0, p0 + nb
 
     def step(self, tuple names, params, grads, state, tuple sts, double lr, bint norm,
-             double clip_norm, double clip_eps, double clip_value, double step):
+             double clip_norm, double clip_eps, double clip_value, counter):
         """One optimiser step with this binding, its checks in C: -1.0 when it does not apply
         (params, grads or state not exact dicts, grads' keys not ``names``, params[names[k]]
-        not ws[k], state[names[k]] not sts[k], a gradient that ``take`` refuses); NaN when
-        ``norm`` and the sum of squares is not finite (nothing updated); else update(lr,
-        grad_scale, clip_value, step) with grad_scale = clip_norm / (n + clip_eps) when
-        0 < clip_norm < n, n = sqrt(sumsq()) (when ``norm``), and return n (0.0 without
-        ``norm``)."""
-        cdef Py_ssize_t k
-        cdef double total, n = 0.0, gs = 1.0
+        not ws[k], state[names[k]] not the dict sts[k], sts[k] not holding the bound state
+        arrays under ``snames``, per-tensor counters sts[k][counter] not one int, a gradient
+        that ``take`` refuses); NaN when ``norm`` and the sum of squares is not finite (nothing
+        updated); else update(lr, grad_scale, clip_value, step) with grad_scale = clip_norm /
+        (n + clip_eps) when 0 < clip_norm < n, n = sqrt(sumsq()) (when ``norm``), step = t + 1
+        and every sts[k][counter] = t + 1 (``counter`` None: step = 1), and return n (0.0
+        without ``norm``)."""
+        cdef Py_ssize_t k, j, nst = len(self.snames)
+        cdef double total, n = 0.0, gs = 1.0, stepv = 1.0
+        cdef PyObject* c
         if type(params) is not dict or type(grads) is not dict or type(state) is not dict:
             return -1.0
         if len(<dict>grads) != self.nk or len(names) != self.nk or len(sts) != self.nk:
             return -1.0
-        ws = self.arrays[0]
+        ws, states = self.arrays[0], self.arrays[2]
         gl = PyList_New(0)
+        t = None
         for k in range(self.nk):
             name = names[k]
             g = PyDict_GetItem(grads, name)
+            st = sts[k]
             if (g == NULL or PyDict_GetItem(params, name) != <PyObject*>ws[k]
-                    or PyDict_GetItem(state, name) != <PyObject*>sts[k]):
+                    or PyDict_GetItem(state, name) != <PyObject*>st or type(st) is not dict):
                 return -1.0
+            for j in range(nst):
+                if PyDict_GetItem(st, self.snames[j]) != <PyObject*>states[k][j]:
+                    return -1.0
+            if counter is not None:
+                c = PyDict_GetItem(st, counter)
+                if c == NULL or type(<object>c) is not int:
+                    return -1.0
+                if t is None:
+                    t = <object>c
+                elif not (<object>c == t):
+                    return -1.0
             gl.append(<object>g)
+        if t is not None:
+            if not 0 <= t < 2 ** 52:
+                return -1.0
+            t = t + 1
+            stepv = <double>t
         if self._take(gl) >= 0:
             return -1.0
         if norm:
@@ -751,7 +776,10 @@ cdef class BoundUpdate:
             n = sqrt(total)
             if clip_norm > 0.0 and n > clip_norm:
                 gs = clip_norm / (n + clip_eps)
-        self._update(lr, gs, clip_value, step)
+        self._update(lr, gs, clip_value, stepv)
+        if t is not None:
+            for k in range(self.nk):
+                (<dict>sts[k])[counter] = t
         return n
 
     def take(self, list gs):

@@ -181,3 +181,37 @@ def test_fused_path_follows_hyperparameter_changes_and_uneven_counters(backend):
     assert a._binding is None
     for k in pa:
         np.testing.assert_array_equal(pa[k], pb[k])
+
+
+def test_fused_path_checks_the_state_dicts_contents(backend, full):
+    """A state array replaced inside a parameter's state dict, an edited step counter, or
+    momentum switched on for plain SGD: the validated path (whose results are the reference),
+    never an update of the arrays bound before."""
+    p, g = _problem(np.float64)
+    ref = {k: v.copy() for k, v in p.items()}
+    a, b = optim.Adam(), optim.Adam()
+    for _ in range(2):
+        a.update(p, g), b._full_update(ref, g)
+    n = full[0]
+    a.state["l0.b"]["m"] = a.state["l0.b"]["m"].copy()
+    b.state["l0.b"]["m"] = b.state["l0.b"]["m"].copy()
+    a.update(p, g), b._full_update(ref, g)
+    assert full[0] == n + 2                     # (b's own call counts too)
+    a.update(p, g), b._full_update(ref, g)      # bound again: fused
+    assert full[0] == n + 3
+    for st in (a.state, b.state):
+        st["l1.W"]["step"] = 7                  # counters that differ
+    a.update(p, g), b._full_update(ref, g)
+    assert full[0] == n + 5
+    assert a.state["l1.W"]["step"] == 8 and a.state["l0.W"]["step"] == 5
+    for k in p:
+        np.testing.assert_array_equal(p[k], ref[k])
+    p, g = _problem(np.float32)
+    ref = {k: v.copy() for k, v in p.items()}
+    a, b = optim.SGD(lr=0.1), optim.SGD(lr=0.1)
+    for mu in (0.0, 0.0, 0.9, 0.9):
+        a.momentum = b.momentum = mu
+        a.update(p, g), b._full_update(ref, g)
+    assert "v" in a.state["l0.W"]
+    for k in p:
+        np.testing.assert_array_equal(p[k], ref[k])

@@ -485,6 +485,10 @@ def max_threads():
 
 
 # ----------------------------------------------------------------------------- bound multi-tensor update
+_RULE_STATES = {"sgd": (), "momentum": ("v",), "nesterov": ("v",), "adagrad": ("h",),
+                "rmsprop": ("h",), "adam": ("m", "v")}        # dlfast.kernels.RULES
+
+
 class BoundUpdate:
     """``dlfast.kernels.bind_update`` on this backend: the single-tensor kernels, tensor by tensor."""
 
@@ -498,20 +502,31 @@ class BoundUpdate:
         self._held = held
 
     def step(self, names, params, grads, state, sts, lr, norm, clip_norm, clip_eps, clip_value,
-             step):
+             counter):
         if not (type(params) is dict and type(grads) is dict and type(state) is dict):
             return -1.0
-        ws = self.arrays[0]
+        ws, _, states = self.arrays
         if len(grads) != len(ws) or len(names) != len(ws) or len(sts) != len(ws):
             return -1.0
-        gs = []
-        for name, w, st in zip(names, ws, sts):
+        gs, t = [], None
+        snames = _RULE_STATES[self.rule]
+        for name, w, st, held in zip(names, ws, sts, states):
             g = grads.get(name)
-            if g is None or params.get(name) is not w or state.get(name) is not st:
+            if (g is None or params.get(name) is not w or state.get(name) is not st
+                    or type(st) is not dict
+                    or any(st.get(s) is not a for s, a in zip(snames, held))):
                 return -1.0
+            if counter is not None:
+                c = st.get(counter)
+                if type(c) is not int or (t is not None and c != t):
+                    return -1.0
+                t = c
             gs.append(g)
+        if t is not None and not 0 <= t < 2 ** 52:
+            return -1.0
         if self.take(gs) >= 0:
             return -1.0
+        step = 1 if t is None else t + 1
         n, scale = 0.0, 1.0
         if norm:
             total = self.sumsq()
@@ -521,6 +536,9 @@ class BoundUpdate:
             if 0.0 < clip_norm < n:
                 scale = clip_norm / (n + clip_eps)
         self.update(lr, scale, clip_value, step)
+        if t is not None:
+            for st in sts:
+                st[counter] = step
         return n
 
     def take(self, gs):

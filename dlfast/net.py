@@ -278,7 +278,10 @@ class _Net:
         (``dlfast._engine``), made at the first step and whenever a setting changes.
         ``sample_weight``: None or per-row weights (N,)."""
         loss, grads = self._step(self._graph(), x, self._targets_of(t),
+                                 None if sample_weight is None else
                                  self._weights_of(sample_weight))
+        if self.regularizer is None:
+            return loss, grads
         return loss + self.penalty(), self._finish_grads(grads)
 
     def _step(self, graph, x, targets, weights=None, fresh=False):
@@ -288,13 +291,11 @@ class _Net:
         new arrays (written there by the step when the plan can, else copies)."""
         d = self.__dict__
         plan = d.get("_plan")
-        out = None
+        out = loss = None
         if plan is not None and plan.fits(graph, x):
             if fresh and plan.fresh:
                 out = [np.empty_like(a) for _, a in plan.grads]
             loss = plan.program.step(x, targets, weights, out)
-        else:
-            loss = None
         if loss is None:
             x = self._check_x(x, graph)
             plans = d.get("_plans")

@@ -66,7 +66,16 @@ def test_two_layer_net_structure_and_draws():
     relu, a1 = net.layers["Relu1"], net.layers["Affine1"]
     np.testing.assert_array_equal(relu.mask, a1.out <= 0)
     np.testing.assert_array_equal(a1.dW, grads["W1"])
-    assert a1.x.shape == (5, 6) and grads["W1"] is not a1.dW             # grads are copies
+    assert a1.x.shape == (5, 6) and grads["W1"] is a1.dW     # as the book's TwoLayerNet
+    first = grads["W1"].copy()
+    loss, bufs = net.loss_and_gradient(x, t)                             # the layers' buffers
+    assert a1.dW is not grads["W1"] and a1.dW is bufs["W1"]
+    grads2 = net.gradient(x[::-1].copy(), t[::-1].copy())               # new arrays again
+    assert grads2["W1"] is a1.dW and grads2["W1"] is not grads["W1"]
+    np.testing.assert_array_equal(grads["W1"], first)                    # the old ones kept
+    a1.forward(x)
+    a1.backward(np.ones((5, 4)))                                         # a layer's own step
+    assert a1.dW is a1.grads["W"] and a1.dW is not grads2["W1"]
     W1 = net.params["W1"]
     compat.SGD(lr=1.0).update(net.params, grads)
     assert net.layers["Affine1"].W is W1                                 # updated in place

@@ -63,6 +63,7 @@ class _Book:
         return super().forward(_as(x, self.dtype), train)
 
     def backward(self, dout, compute_dx=True):
+        self.__dict__.pop("_last_grads", None)          # dW etc. are the buffers again
         return super().backward(_as(dout, self.dtype), compute_dx)
 
     def kernel_pair(self, x_shape, need_dx):
@@ -93,7 +94,12 @@ def _param(key, doc):
 
 
 def _grad(key):
-    return property(lambda self: self.grads[key], doc=f"The last step's dL/d{key}.")
+    """The last step's gradient: the layer's buffer, or the new array the net's last
+    ``gradient`` call wrote it to (``EngineNet._note_fresh``)."""
+    def get(self):
+        last = self.__dict__.get("_last_grads")
+        return self.grads[key] if last is None or key not in last else last[key]
+    return property(get, doc=f"The last step's dL/d{key}.")
 
 
 def _rec(key, doc):
@@ -122,6 +128,7 @@ class _Affine(_Book, L.Dense):
         return out
 
     def backward(self, dout, compute_dx=True):
+        self.__dict__.pop("_last_grads", None)
         dx = L.Dense.backward(self, _as(dout, self.dtype), compute_dx)
         shape = self._fwd.get("x_shape")
         return dx if dx is None or shape is None else dx.reshape(shape)
@@ -190,8 +197,7 @@ class _BatchNorm(_Book, L.BatchNorm):
 
     gamma = property(lambda self: self.params["gamma"])
     beta = property(lambda self: self.params["beta"])
-    dgamma = property(lambda self: self.grads["gamma"])
-    dbeta = property(lambda self: self.grads["beta"])
+    dgamma, dbeta = _grad("gamma"), _grad("beta")
     xn = property(lambda self: None if self._fwd is None else self._fwd["xhat"],
                   doc="The last forward's normalised input.")
     std = property(lambda self: None if self._fwd is None else 1.0 / self._fwd["invstd"],
@@ -281,19 +287,39 @@ class EngineNet:
         """``(loss, grads)`` of one train-mode step (grads are the layers' buffers)."""
         return self._step(x, t)
 
-    def _step(self, x, t):
+    def _step(self, x, t, fresh=False):
         """One train-mode step: the engine's, or for a non-finite x (which the engine refuses)
-        the layers' own forward and backward, so that NaN propagates."""
+        the layers' own forward and backward, so that NaN propagates. ``fresh``: the gradients
+        are new arrays (``Net.gradient``), which the layers' ``dW``... then name."""
         (x, finite), t, net = self._x(x, 5, True), _labels(t), self.net
         if not finite:
             loss = net.loss_layer.forward(net.forward(x, True), t)
             net.backward(net.loss_layer.backward())
-            loss, grads = loss + net.penalty(), net._finish_grads()
+            grads = net.grads
+            if fresh:
+                grads = {k: g.copy() for k, g in grads.items()}
         else:
-            loss, grads = net.loss_and_gradient(x, t)
+            loss, grads = net._step(net._graph(), x, net._targets_of(t), None, fresh)
+        loss, grads = loss + net.penalty(), net._finish_grads(grads)
+        self._note_fresh(grads if fresh and finite else None)
         if not math.isfinite(loss):             # one warning per net: its last layer's
             warn_once(self.last_layer, "loss", stacklevel=4, what=type(self).__name__)
         return loss, self._book(grads)
+
+    def _note_fresh(self, grads):
+        """Point the book layers' ``dW``... at ``grads`` (new arrays), or (None) back at the
+        layers' buffers."""
+        net = self.net
+        if grads is not None:
+            for n, layer, k in net._param_entries:
+                g = grads.get(n)
+                if g is not None:
+                    layer.__dict__.setdefault("_last_grads", {})[k] = g
+            self.__dict__["_fresh_out"] = True
+        elif self.__dict__.get("_fresh_out"):
+            for layer in net._all:
+                layer.__dict__.pop("_last_grads", None)
+            self.__dict__["_fresh_out"] = False
 
     def penalty(self):
         return self.net.penalty()
@@ -330,8 +356,7 @@ class EngineNet:
     def gradient(self, x, t):
         """Gradients (new arrays) of ``loss(x, t, train_flg=True)``, weight decay lambda*W
         included (the book's cross-entropy and the exact one have the same gradient)."""
-        _, grads = self._step(x, t)
-        return {k: v.copy() for k, v in grads.items()}
+        return self._step(x, t, fresh=True)[1]
 
     def numerical_gradient(self, x, t):
         """Central differences (h = 1e-4) of ``loss(x, t, train_flg=True)`` for every entry of

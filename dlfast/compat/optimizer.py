@@ -35,6 +35,10 @@ class _BookUpdate:
 
     def update(self, params, grads):
         """Update ``params`` from ``grads`` (see the module docstring)."""
+        b = self.__dict__.get("_binding")
+        if (b is not None and self.check_finite and type(params) is dict
+                and len(params) == len(b.names) and self._fused_update(b, params, grads)):
+            return          # params holds exactly the bound arrays, grads fit (checked in C)
         ps, gs, scalars = self._arrays(params, grads)
         if self.check_finite:
             try:

@@ -458,12 +458,19 @@ def targets(cases):
             out.append({"target": desc, "ratio": round(ratio, 3), "goal": goal,
                         "met": bool(ratio >= goal if higher else ratio <= goal)})
 
-    add("step BN+dropout+Adam b=100: torch / cython >= 4",
-        ratio(by.get("step bn_adam b=100"), "cython", "torch"), 4)
-    add("step BN+dropout+Adam b=100: numpy / cython >= 4",
-        ratio(by.get("step bn_adam b=100"), "cython", "numpy"), 4)
-    add("step BN+dropout+Adam b=1000: torch / cython >= 3",
-        ratio(by.get("step bn_adam b=1000"), "cython", "torch"), 3)
+    b100, b1000 = by.get("step bn_adam b=100"), by.get("step bn_adam b=1000")
+    s1, s1000 = by.get("step sgd b=1"), by.get("step sgd b=1000")
+    add("step BN+dropout+Adam b=100: torch / cython >= 4", ratio(b100, "cython", "torch"), 4)
+    add("step BN+dropout+Adam b=100: numpy / cython >= 3", ratio(b100, "cython", "numpy"), 3)
+    add("step BN+dropout+Adam b=1000: torch / cython >= 3", ratio(b1000, "cython", "torch"), 3)
+    add("step BN+dropout+Adam b=1000: numpy / cython >= 2", ratio(b1000, "cython", "numpy"), 2)
+    add("step SGD b=1: torch / cython >= 5", ratio(s1, "cython", "torch"), 5)
+    add("step SGD b=1000: torch / cython >= 1.5", ratio(s1000, "cython", "torch"), 1.5)
+    add("step SGD b=1000: numpy / cython >= 1.5", ratio(s1000, "cython", "numpy"), 1.5)
+    for c in (b100, b1000):
+        if c is not None:
+            add(f"{c.name}: cython / its matmuls alone <= 1.5", ratio(c, "probe", "cython"), 1.5,
+                higher=False)
     for c in cases:
         if c.group == "adam_kernel":
             add(f"{c.name}: cython / bandwidth probe <= 1.3", ratio(c, "probe", "cython"), 1.3,
@@ -472,10 +479,9 @@ def targets(cases):
         if c.group == "optim":
             add(f"{c.name}: numpy / cython >= 5", ratio(c, "cython", "numpy"), 5)
     for c in cases:
-        if c.group in ("dense_fwd", "dense_bwd") and c.info["batch"] >= 256:
-            add(f"{c.name}: cython / bare GEMM <= 1.2", ratio(c, "probe", "cython"), 1.2,
+        if c.group in ("dense_fwd", "dense_bwd") and c.info["batch"] >= 32:
+            add(f"{c.name}: cython / bare GEMM <= 1.1", ratio(c, "probe", "cython"), 1.1,
                 higher=False)
-    add("step SGD b=1: torch / cython >= 5", ratio(by.get("step sgd b=1"), "cython", "torch"), 5)
     return out
 
 

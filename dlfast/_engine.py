@@ -131,6 +131,7 @@ class Plan:
         self.steps = tuple(fwd + bwd)
         self._n = x_shape[0]
         self.grads = tuple(grads)               # the net's (name, gradient array) items
+        self.grad_dict = dict(self.grads)       # (copied for each step's result: faster)
         slots = [self._grad_ops.get(id(a)) for _, a in self.grads]
         self.fresh = all(s is not None for s in slots)    # gradient(): written straight to new arrays
         hooks = (tuple(n for n, _ in self._written), tuple(self._drops), tuple(self._recs),

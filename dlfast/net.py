@@ -307,7 +307,7 @@ class _Net:
             loss = plan.run(x, targets, weights, out)
         self._after_step(plan)
         if not fresh:
-            return loss, dict(plan.grads)
+            return loss, plan.grad_dict.copy()
         if out is None:
             return loss, {k: a.copy() for k, a in plan.grads}
         return loss, {k: a for (k, _), a in zip(plan.grads, out)}

@@ -1,6 +1,6 @@
 """The machine-dependent choices (dlfast/_backends/_tuning.py, docs/internals.md "Tuned per
 machine"): the shape classes, the decisions from measurements, the cache (round trip, corrupt
-files, the key, an unwritable folder), the environment overrides and their errors,
+files, the key, an unwritable folder), the environment overrides and their errors, `dlfast info`,
 and bits identical for 1 and 2 threads under every per-class mask and a threshold of 1.
 
 Fake probes stand in for the machine where the decision logic is tested; the real timers run
@@ -218,6 +218,23 @@ def test_bad_environment_value_is_an_error_of_dlfast_info(tmp_path):
     r = run(["-m", "dlfast", "info"], tmp_path, DLFAST_SGEMM="fastest")
     assert r.returncode != 0
     assert "DLFAST_SGEMM must be auto, own or blas, got 'fastest'" in r.stderr
+
+
+@needs_cython
+def test_dlfast_info_reports_the_choices(tmp_path):
+    r = run(["-m", "dlfast", "info"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = dict(line.split("  ", 1) for line in r.stdout.splitlines() if "  " in line)
+    rows = {k.strip(): v.strip() for k, v in rows.items()}
+    from dlfast._backends import _dense
+    if not _dense.sgemm_available():
+        assert rows["float32 GEMM"] == "BLAS: the CPU has no AVX-512F"
+    assert rows["parallel threshold"].split()[1:4] == ["elements", "of", "work"]
+    assert rows["tuning cache"].startswith(("measured now", "read from", "nothing to measure"))
+    r = run(["-m", "dlfast", "info", "--json"], tmp_path)
+    t = json.loads(r.stdout)["tuning"]
+    assert t["cache"] == f"read from {tmp_path / T.FILE}" or t["cache"] == "nothing to measure"
+    assert set(t["sgemm"]) == set(T.CLASSES) and t["key"]["blas"]["core"] is not None
 
 
 @needs_cython

@@ -129,7 +129,8 @@ cdef inline int _sgemm_class(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept 
 
 
 def sgemm_class(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k):
-    """The shape class (0 small, 1 skinny, 2 large) of a float32 GEMM call C(m, n) = A(m, k) B(k, n)."""
+    """The shape class (0 small, 1 skinny, 2 large) of a float32 GEMM call
+    C(m, n) = op(A)(m, k) op(B)(k, n)."""
     return _sgemm_class(m, n, k)
 
 

@@ -246,6 +246,24 @@ def test_import_works_when_the_cache_folder_cannot_be_created(tmp_path):
     assert "kept in memory" in r.stdout or r.stdout.strip() == "nothing to measure"
 
 
+@needs_cython
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_no_thread_calibration_in_a_forked_child(tmp_path):
+    """A child made by os.fork runs no parallel region at import (libgomp may hang there)."""
+    code = """if 1:
+        import os, dlfast
+        pid = os.fork()
+        if pid == 0:
+            from dlfast._backends import cython_kernels as c
+            print(c.TUNING.min_work, c.TUNING.min_work_why, flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+    """
+    r = run(code, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "32768 default: in a child made by os.fork (see dlfast._config)"
+
+
 # ------------------------------------------------------------------------------------ real timers
 @needs_cython
 def test_calibration_with_the_own_kernel_forced_available(tmp_path):

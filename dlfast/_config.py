@@ -6,8 +6,9 @@ Backend: ``DLFAST_BACKEND`` (read once, at import) or ``set_backend`` / ``use_ba
 
 Threads: ``set_num_threads(n)``; by default the compiled kernels use ``omp_get_max_threads()``,
 which honours ``OMP_NUM_THREADS`` and threadpoolctl limits. A child made by ``os.fork`` runs the
-kernels on one thread (GNU libgomp does not survive a fork; see ``_serial_after_fork``). Nothing
-else in dlfast reads the environment.
+kernels on one thread (GNU libgomp does not survive a fork; see ``_serial_after_fork``). The
+compiled backend's machine-dependent settings (``DLFAST_SGEMM``, ``DLFAST_PARALLEL_MIN_WORK``,
+``DLFAST_CACHE_DIR``) are read by ``dlfast._backends._tuning``.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ _import_errors: dict = {}
 _default: list = [None]          # name of the process-wide backend
 _local = contextvars.ContextVar("dlfast_backend", default=None)
 _threads = [0]                   # 0 = not set: follow OpenMP / threadpoolctl
+_forked = [False]                # this process is a child made by os.fork
 
 
 def _load(name):
@@ -151,6 +153,7 @@ def _serial_after_fork():
     ``set_num_threads(n)`` in the child overrides this (only safe if the parent ran no parallel
     region); "spawn" and "forkserver" children start fresh and are not affected."""
     _threads[0] = 1
+    _forked[0] = True
     if "cython" in _modules:
         _modules["cython"].set_num_threads(1)
 

@@ -199,6 +199,7 @@ def runtime_info():
         info["gemm_blas"] = {"library": cython_kernels.GEMM_BLAS,
                              "files": list(cython_kernels.PINNED_BLAS),
                              "float32_gemm": cython_kernels.SGEMM}
+        info["tuning"] = cython_kernels.TUNING.as_dict()
     except ImportError as exc:
         info["openmp"] = {"enabled": None, "error": f"compiled extension not built ({exc})"}
     try:
@@ -237,7 +238,7 @@ def _run_info(args):
             ("OpenMP", omp_s)]
     if "gemm_blas" in info:
         rows.append(("GEMM BLAS", f"{info['gemm_blas']['library']}, pinned to 1 thread"))
-        rows.append(("float32 GEMM", info["gemm_blas"]["float32_gemm"]))
+        rows += _tuning_rows(info["tuning"])
     for name, why in info["unavailable_backends"].items():
         rows.append((f"{name} backend", f"unavailable: {why}"))
     blas = info["blas"] or [{"internal_api": "none found"}]
@@ -259,6 +260,20 @@ def _run_info(args):
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
     return 0
+
+
+def _tuning_rows(t):
+    """The float32 GEMM's kernel per shape class, the parallel threshold, the tuning cache."""
+    from dlfast._backends._tuning import CLASS_RULES
+    why = t["sgemm"]
+    if len(set(why.values())) == 1:
+        rows = [("float32 GEMM", next(iter(why.values())))]
+    else:
+        rows = [("float32 GEMM" if i == 0 else "", f"{c} ({CLASS_RULES[c]}): {w}")
+                for i, (c, w) in enumerate(why.items())]
+    return rows + [("parallel threshold", f"{t['parallel_min_work']} elements of work "
+                                          f"({t['parallel_min_work_why']})"),
+                   ("tuning cache", t["cache"])]
 
 
 def _configure_info(p):

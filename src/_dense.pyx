@@ -105,21 +105,77 @@ cdef extern from "dlfast_sgemm.h" nogil:
     int dlf_sgemm(char ta, char tb, int m, int n, int k, const float* a, int lda,
                   const float* b, int ldb, float* c, int ldc)
 
-# The float32 GEMMs of >= 2 rows and inner size >= 2 run on dlf_sgemm when this is set (the CPU
-# has AVX-512F and _set_own_sgemm(True) was called at import).
-cdef bint _own_sgemm = False
+# The float32 GEMM calls of >= 2 rows and inner size >= 2 run on dlf_sgemm where the bit of their
+# shape class is set in _sgemm_mask (chosen at import per machine: dlfast/_backends/_tuning.py):
+#   class(m, n, k) = 0 "small"   if m n k < 2^18
+#                  = 1 "skinny"  else if min(n, k) <= 128
+#                  = 2 "large"   otherwise
+# (m, n, k: the sizes of one block call: C(m, n) = op(A)(m, k) op(B)(k, n)). A pure function of
+# the call's shape: the blocks, hence the classes and the bits, are the same for any thread count.
+cdef enum:
+    SGEMM_SMALL_MNK = 262144   # 2^18
+    SGEMM_SKINNY = 128
+    SGEMM_ALL = 7              # one bit per class
+
+cdef int _sgemm_mask = 0
 
 
-def _set_own_sgemm(bint on):
-    """Use dlf_sgemm for the float32 GEMMs (on, and the CPU runs AVX-512F); returns the choice."""
-    global _own_sgemm
-    _own_sgemm = on and dlf_sgemm_available() != 0
-    return bool(_own_sgemm)
+cdef inline int _sgemm_class(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    if m * n * k < SGEMM_SMALL_MNK:
+        return 0
+    if n <= SGEMM_SKINNY or k <= SGEMM_SKINNY:
+        return 1
+    return 2
+
+
+def sgemm_class(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k):
+    """The shape class (0 small, 1 skinny, 2 large) of a float32 GEMM call
+    C(m, n) = op(A)(m, k) op(B)(k, n)."""
+    return _sgemm_class(m, n, k)
+
+
+def sgemm_available():
+    """True when the CPU runs dlf_sgemm (AVX-512F)."""
+    return dlf_sgemm_available() != 0
+
+
+def _set_own_sgemm(int mask):
+    """Run the float32 GEMM calls of the classes in `mask` (bit c: class c) on dlf_sgemm; none
+    without AVX-512F. Returns the mask now in force."""
+    global _sgemm_mask
+    _sgemm_mask = mask & SGEMM_ALL if dlf_sgemm_available() else 0
+    return _sgemm_mask
+
+
+def _force_own_sgemm(int mask):
+    """Tests only: set the mask even without AVX-512F (dlf_sgemm then declines every call and the
+    BLAS runs it, as when its packing buffer cannot be allocated). Returns the mask."""
+    global _sgemm_mask
+    _sgemm_mask = mask & SGEMM_ALL
+    return _sgemm_mask
 
 
 def own_sgemm():
-    """True when the float32 GEMMs run on dlf_sgemm."""
-    return bool(_own_sgemm)
+    """The mask of the shape classes whose float32 GEMM calls run on dlf_sgemm (0: none)."""
+    return _sgemm_mask
+
+
+def _sgemm_run(bint own, const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] c,
+               int calls):
+    """c = a @ b, `calls` times on this thread: on dlf_sgemm (own; the BLAS where it declines)
+    or on the GEMM BLAS. What the calibration times (dlfast/_backends/_tuning.py)."""
+    cdef int m = a.shape[0], k = a.shape[1], n = b.shape[1], r
+    cdef float one = 1, zero = 0
+    cdef char tr = c'N'
+    if b.shape[0] != k or c.shape[0] != m or c.shape[1] != n or m < 1 or n < 1 or k < 1:
+        raise ValueError("_sgemm_run: shapes (m, k) @ (k, n) -> (m, n), all >= 1")
+    with nogil:
+        _pin_blas()
+        for r in range(calls):
+            if own and dlf_sgemm(tr, tr, m, n, k, &a[0, 0], k, &b[0, 0], n, &c[0, 0], n) == 0:
+                continue
+            sgemm(&tr, &tr, &n, &m, &k, &one, <float*>&b[0, 0], &n, <float*>&a[0, 0], &k,
+                  &zero, &c[0, 0], &n)
 
 
 ctypedef int (*_blas_get_t)() noexcept nogil
@@ -203,7 +259,8 @@ cdef void _gemm(char ta, char tb, int m, int n, int k, const floating* a, int ld
                 dgemv(&tflip, &k, &n, &one, <double*>b, &ldb, <double*>a, &inc, &zero, c, &one_i)
         return
     if floating is float:
-        if _own_sgemm and dlf_sgemm(ta, tb, m, n, k, a, lda, b, ldb, c, ldc) == 0:
+        if _sgemm_mask and (_sgemm_mask >> _sgemm_class(m, n, k)) & 1 and \
+                dlf_sgemm(ta, tb, m, n, k, a, lda, b, ldb, c, ldc) == 0:
             return
         sgemm(&tb, &ta, &n, &m, &k, &one, <float*>b, &ldb, <float*>a, &lda, &zero, c, &ldc)
     else:

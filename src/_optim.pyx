@@ -12,7 +12,7 @@ from cpython.list cimport PyList_New
 from cpython.ref cimport PyObject
 from cython.parallel cimport prange
 from cython cimport floating
-from libc.math cimport sqrt, sqrtf, pow, fabs
+from libc.math cimport sqrt, sqrtf, pow, fabs, INFINITY
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport malloc, free
 
@@ -186,6 +186,23 @@ def _sgd(floating[::1] w, const floating[::1] g, double lr, double wd, double gs
 def sgd_update(w, g, lr, wd, grad_scale, clip_value):
     """w -= lr * g'."""
     _sgd(w.reshape(-1), g.reshape(-1), lr, wd, grad_scale, clip_value)
+
+
+def _sgd_probe(float[::1] w, const float[::1] g, int threads, int calls):
+    """`calls` SGD updates of w (lr 1e-6) on `threads` threads whatever the parallel threshold:
+    the memory-bound kernel that the threshold's calibration times (dlfast/_backends/_tuning.py)."""
+    cdef Py_ssize_t n = w.shape[0], b, lo
+    cdef int r
+    if n == 0 or g.shape[0] != n:
+        raise ValueError("_sgd_probe: w and g of one size >= 1")
+    cdef float* wp = &w[0]
+    cdef const float* gp = &g[0]
+    for r in range(calls):
+        for b in prange(_nblocks(n), nogil=True, schedule="static", num_threads=threads,
+                        use_threads_if=threads > 1):
+            lo = b * BLOCK
+            _sgd_blk(wp + lo, gp + lo, min(BLOCK, n - lo), <float>1e-6, <float>1, <float>INFINITY,
+                     <float>0, False)
 
 
 cdef void _mom_blk(floating* w, const floating* g, floating* v, Py_ssize_t n, floating lr,

@@ -18,7 +18,7 @@ def _cd(const floating[:, ::1] v0, const floating[:, ::1] h0, const floating[:, 
     cdef Py_ssize_t n = v0.shape[0], ni = v0.shape[1], nj = h0.shape[1], i, j, r
     cdef double a, b, d, e, s, inv_n = 1.0 / <double>n
     cdef double* acc
-    # a parallel region pays off from about 2M multiply-adds (PARALLEL_MIN_WORK * 64)
+    # a parallel region pays off from 64 * min_work multiply-adds (2M at the default min_work)
     cdef int nt = _threads((n * ni * nj) // 64)
     for i in prange(ni, nogil=True, schedule="static", num_threads=nt, use_threads_if=nt > 1):
         acc = <double*>malloc((nj + 1) * sizeof(double))

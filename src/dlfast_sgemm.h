@@ -228,8 +228,8 @@ static int dlf_sgemm_available(void) {
     return known;
 }
 
-/* C = op(A) op(B) (see the top). Returns 0, or -1 when the packing buffer cannot be allocated
-   (C untouched: the caller falls back to BLAS). Needs m, n, k >= 1. */
+/* C = op(A) op(B) (see the top). Returns 0, or -1 when the CPU lacks AVX-512F or the packing
+   buffer cannot be allocated (C untouched: the caller falls back to BLAS). Needs m, n, k >= 1. */
 static int dlf_sgemm(char ta, char tb, int m, int n, int k, const float* a, int lda,
                      const float* b, int ldb, float* c, int ldc) {
     ptrdiff_t ars = ta == 'N' ? lda : 1, acs = ta == 'N' ? 1 : lda, brs;
@@ -238,8 +238,11 @@ static int dlf_sgemm(char ta, char tb, int m, int n, int k, const float* a, int 
     /* B read in place (row stride ldb) unless transposed, or its rows are a multiple of 128 bytes
        apart (they would crowd a few L1 sets): then packed, once per k block */
     int direct = tb == 'N' && ldb % 32 != 0;
-    float* buf = direct ? NULL : dlf_pack_space((size_t)npan * kb * DLF_NR);
+    float* buf;
     const float* bp;
+    if (!dlf_sgemm_available())
+        return -1;
+    buf = direct ? NULL : dlf_pack_space((size_t)npan * kb * DLF_NR);
     if (buf == NULL && !direct)
         return -1;
     for (p0 = 0; p0 < k; p0 += DLF_KC) {

@@ -1,11 +1,19 @@
 """Shared fixtures. With DLFAST_REQUIRE_COMPILED=1 (set by .ci/run) a missing compiled backend
-fails the run instead of silently testing only NumPy."""
+fails the run instead of silently testing only NumPy. The compiled backend's tuning cache
+(dlfast/_backends/_tuning.py) goes to a temporary folder, removed at exit, inherited by the
+tests' subprocesses: a test run never writes the user's ~/.cache."""
+import atexit
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
 
-import dlfast
+os.environ["DLFAST_CACHE_DIR"] = tempfile.mkdtemp(prefix="dlfast-test-cache-")
+atexit.register(shutil.rmtree, os.environ["DLFAST_CACHE_DIR"], True)
+
+import dlfast  # noqa: E402  (after DLFAST_CACHE_DIR)
 
 BACKENDS = dlfast.available_backends()
 

@@ -41,11 +41,12 @@ def on_all(fn, quiet=False):
 
 @contextlib.contextmanager
 def float32_gemm(kind):
-    """The compiled float32 GEMMs on dlfast's own kernel (``"own"``; the test is skipped where the
-    CPU lacks AVX-512F) or on the GEMM BLAS (``"blas"``); the import-time choice is restored."""
+    """The compiled float32 GEMMs on dlfast's own kernel for every shape class (``"own"``; the
+    test is skipped where the CPU lacks AVX-512F) or on the GEMM BLAS (``"blas"``); the
+    import-time choice is restored."""
     from dlfast._backends import _dense
     was = _dense.own_sgemm()
-    if not _dense._set_own_sgemm(kind == "own") and kind == "own":
+    if not _dense._set_own_sgemm(7 if kind == "own" else 0) and kind == "own":
         _dense._set_own_sgemm(was)
         pytest.skip("dlfast's own float32 GEMM needs AVX-512F")
     try:

@@ -7,7 +7,8 @@ The wheel is built by pip (``pip wheel .``, build isolation as on a fresh machin
 (CMake option DLFAST_BOUNDSCHECK=ON), so an out-of-bounds access raises IndexError instead of
 corrupting memory. With ``--no-openmp`` the kernels are built serial (DLFAST_OPENMP=OFF), proving
 OpenMP optional at build time. The tests run in a child interpreter that imports dlfast from the installed wheel
-only (the editable-install redirect of the development tree is removed from ``sys.meta_path``).
+only (the editable-install redirect of the development tree is removed from ``sys.meta_path``),
+first with a tuning cache folder that cannot be created (the backend keeps its tuning in memory).
 """
 import argparse
 import glob
@@ -24,11 +25,16 @@ sys.meta_path[:] = [f for f in sys.meta_path if 'ScikitBuild' not in type(f).__n
 for k in [k for k in sys.modules if k == 'dlfast' or k.startswith('dlfast.')]:
     del sys.modules[k]
 site, what = os.environ['DLFAST_WHEEL_SITE'], os.environ['DLFAST_WHEEL_WHAT']
+# a tuning cache folder that cannot be created (under a file): the backend must still load
+os.environ['DLFAST_CACHE_DIR'] = os.path.join(site, 'dlfast', '__init__.py', 'cache')
 import dlfast, dlfast.kernels
 assert dlfast.__file__.startswith(site), f'dlfast imported from {dlfast.__file__}, not {what}'
 assert 'cython' in dlfast.available_backends(), dlfast._config._import_errors
 from dlfast._backends import cython_kernels
 print('OpenMP', 'on' if cython_kernels.openmp_enabled() else 'off')
+print('tuning cache:', cython_kernels.TUNING.cache)
+assert 'kept in memory' in cython_kernels.TUNING.cache or \
+    cython_kernels.TUNING.cache == 'nothing to measure', cython_kernels.TUNING.cache
 print('testing', what, 'in', site, flush=True)
 import pytest
 sys.exit(pytest.main(sys.argv[1:]))

@@ -12,8 +12,13 @@ Module map (one ``.pyx`` each): ``_dense`` (affine + activation, Maxout, GEMMs),
 import ctypes
 import importlib
 import os
+import time
+from types import SimpleNamespace
+
+import numpy as np
 
 from ..kernels import KERNELS
+from . import _tuning
 
 NAME = "cython"
 MODULES = ("_dense", "_activations", "_softmax", "_batchnorm", "_random", "_optim", "_rbm",
@@ -106,15 +111,71 @@ def _openblas_thread_fns(lib):
 _GEMM_LIB, PINNED_BLAS, GEMM_BLAS = _pin_gemm_blas()   # _GEMM_LIB: keeps the library loaded
 
 
-def _choose_sgemm():
-    """The float32 GEMMs' kernel: dlfast's own (``src/dlfast_sgemm.h``, AVX-512F; 1.4x-1.9x the
-    AVX2 OpenBLAS on the MLP's shapes) when the CPU has AVX-512F and ``DLFAST_SGEMM`` is not
-    ``blas``; else the GEMM BLAS above (which always runs the float64 GEMMs and GEMVs)."""
-    want = os.environ.get("DLFAST_SGEMM", "own").strip().lower() != "blas"
-    return "dlfast's own (AVX-512F)" if _mods[0]._set_own_sgemm(want) else "the GEMM BLAS"
+def _gemm_blas_facts():
+    """The GEMM BLAS as the tuning cache's key names it: description, version and core (the
+    kernels OpenBLAS runs, which OPENBLAS_CORETYPE changes), from threadpoolctl."""
+    from threadpoolctl import ThreadpoolController
+    facts = {"library": GEMM_BLAS, "version": None, "core": None}
+    paths = {os.path.realpath(p) for p in PINNED_BLAS}
+    for lib in ThreadpoolController().lib_controllers:
+        if os.path.realpath(lib.filepath) in paths:
+            facts.update(version=lib.version, core=getattr(lib, "architecture", None))
+            break
+    return facts
 
 
-SGEMM = _choose_sgemm()
+def _probe(own_available=None):
+    """What ``_tuning.decide`` measures with: the facts of this machine and two timers, each
+    running a compiled loop: ``time_gemm(own, m, n, k, calls)`` (``_dense._sgemm_run``: C(m, n)
+    = A(m, k) B(k, n), own kernel or BLAS, this thread) and ``time_threads(threads, size, calls)``
+    (``_optim._sgd_probe``). `own_available` (tests): time "the own kernel" even without AVX-512F
+    (dlf_sgemm then declines every call: the BLAS runs both sides)."""
+    from .. import _config
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+    why = ("the kernels were built without OpenMP" if not _info.openmp_enabled() else
+           "1 CPU available to this process" if cpus < 2 else
+           "in a child made by os.fork (see dlfast._config)" if _config._forked[0] else None)
+    rng = np.random.default_rng(0)
+    arrays = {}
+
+    def get(name, *shape):
+        if (name, shape) not in arrays:
+            arrays[name, shape] = rng.random(shape, dtype=np.float32) + np.float32(0.5)
+        return arrays[name, shape]
+
+    def time_gemm(own, m, n, k, calls):
+        a, b, c = get("a", m, k), get("b", k, n), get("c", m, n)
+        t0 = time.perf_counter()
+        _mods[0]._sgemm_run(own, a, b, c, calls)
+        return time.perf_counter() - t0
+
+    def time_threads(threads, size, calls):
+        w, g = get("w", size), get("g", size)
+        t0 = time.perf_counter()
+        _mods[5]._sgd_probe(w, g, threads, calls)
+        return time.perf_counter() - t0
+
+    return SimpleNamespace(
+        own_available=bool(_mods[0].sgemm_available() if own_available is None else own_available),
+        cpus=cpus, threads_why=why, blas=_gemm_blas_facts(), time_gemm=time_gemm,
+        time_threads=time_threads)
+
+
+def _apply(tuning):
+    """Put a Tuning in force: the float32 GEMM mask in _dense, the parallel threshold in every
+    compiled module."""
+    _mods[0]._set_own_sgemm(tuning.sgemm_mask)
+    for m in (_info, *_mods):
+        m._set_min_work(tuning.min_work)
+
+
+# The float32 GEMMs' kernel per shape class and the parallel threshold: measured once per machine
+# and cached (_tuning.py; DLFAST_SGEMM, DLFAST_PARALLEL_MIN_WORK override). float64 GEMMs and
+# GEMVs always run on the GEMM BLAS above.
+TUNING = _tuning.decide(_probe())
+_apply(TUNING)
+SGEMM = TUNING.sgemm_summary()
 
 
 def set_num_threads(n):

@@ -1,0 +1,315 @@
+"""The compiled backend's two machine-dependent choices, measured once per machine, cached and
+overridable; the rules, the cache key and the variables are in docs/internals.md ("Tuned per
+machine").
+
+* ``sgemm_mask``: bit c set = the float32 GEMM calls of shape class c (``_dense.sgemm_class``)
+  run on dlfast's own AVX-512F kernel, else on the GEMM BLAS (``measure_sgemm``,
+  ``sgemm_decision``).
+* ``min_work``: the parallel threshold, elements of work below which a kernel stays on one
+  thread (``measure_threads``, ``min_work_decision``). It changes thread counts, never results.
+
+``decide(probe)`` reads the cache (``tuning.json`` in ``cache_dir()``), measures what is missing
+with the probe's timers, saves, and returns a ``Tuning``: the decisions and why. This module and
+nothing else reads ``DLFAST_SGEMM``, ``DLFAST_PARALLEL_MIN_WORK`` and ``DLFAST_CACHE_DIR``.
+"""
+import datetime
+import hashlib
+import json
+import os
+import statistics
+import tempfile
+import time
+
+CLASSES = ("small", "skinny", "large")                         # _dense.sgemm_class: 0, 1, 2
+CLASS_RULES = {"small": "m n k < 2^18", "skinny": "min(n, k) <= 128", "large": "otherwise"}
+SHAPES = ((16, 64, 128), (64, 100, 784), (128, 256, 512))     # (m, n, k) timed per class
+GEMM_MARGIN = 1.05
+GEMM_SAMPLES = 7
+GEMM_WORK = 1 << 21                # multiply-adds per sample (small products repeat)
+
+DEFAULT_MIN_WORK = 32768
+PROBE_SIZES = tuple(4096 << i for i in range(9))              # 4096 .. 2^20
+THREAD_MARGIN = 1.2
+THREAD_SAMPLES = 7
+THREAD_WORK = 1 << 20              # elements updated per sample
+
+FILE = "tuning.json"
+FORMAT = 1
+MAX_ENTRIES = 32
+
+
+class Tuning:
+    """The decisions and why: ``sgemm_mask``, ``sgemm_why`` (class name -> reason), ``min_work``,
+    ``min_work_why``, ``cache`` (where the measurements are kept, or why not), ``key``."""
+
+    def __init__(self):
+        self.sgemm_mask = 0
+        self.sgemm_why = {}
+        self.min_work = DEFAULT_MIN_WORK
+        self.min_work_why = ""
+        self.cache = ""
+        self.key = {}
+
+    def sgemm_summary(self):
+        """One line: which kernel runs which class (the reason when it is the same for all)."""
+        why = set(self.sgemm_why.values())
+        if len(why) == 1:
+            return why.pop()
+        own = [c for i, c in enumerate(CLASSES) if self.sgemm_mask >> i & 1]
+        blas = [c for c in CLASSES if c not in own]
+        return "; ".join(f"{what} for {', '.join(cs)}" for what, cs in
+                         (("own AVX-512F kernel", own), ("BLAS", blas)) if cs)
+
+    def as_dict(self):
+        return {"sgemm_mask": self.sgemm_mask, "sgemm": dict(self.sgemm_why),
+                "parallel_min_work": self.min_work, "parallel_min_work_why": self.min_work_why,
+                "cache": self.cache, "key": dict(self.key)}
+
+
+# ------------------------------------------------------------------------------------ environment
+def _env_sgemm(env):
+    v = env.get("DLFAST_SGEMM", "").strip().lower() or "auto"
+    if v not in ("auto", "own", "blas"):
+        raise ValueError(f"DLFAST_SGEMM must be auto, own or blas, got {env['DLFAST_SGEMM']!r}")
+    return v
+
+
+def _env_min_work(env):
+    v = env.get("DLFAST_PARALLEL_MIN_WORK", "").strip()
+    if not v:
+        return None
+    try:
+        n = int(v)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError("DLFAST_PARALLEL_MIN_WORK must be an integer >= 1 (elements of work), "
+                         f"got {env['DLFAST_PARALLEL_MIN_WORK']!r}")
+    return n
+
+
+def cache_dir(env=None):
+    env = os.environ if env is None else env
+    if env.get("DLFAST_CACHE_DIR"):
+        return env["DLFAST_CACHE_DIR"]
+    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "dlfast")
+
+
+# ------------------------------------------------------------------------------------ machine key
+ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl")
+
+
+def cpu_facts():
+    """(CPU model string, the ISA flags of ``ISA_FLAGS`` it has) from /proc/cpuinfo, else
+    platform's processor name and no flags."""
+    model, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                name = name.strip()
+                if name == "model name" and not model:
+                    model = value.strip()
+                elif name in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+                if model and flags:
+                    break
+    except OSError:
+        pass
+    if not model:
+        import platform
+        model = platform.processor() or platform.machine()
+    return model, sorted(f for f in ISA_FLAGS if f in flags)
+
+
+def machine_key(probe):
+    model, flags = cpu_facts()
+    from .. import __version__
+    return {"cpu": model, "isa": flags, "avx512f": bool(probe.own_available),
+            "cpus": probe.cpus, "dlfast": __version__, "blas": dict(probe.blas)}
+
+
+def key_id(key):
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------ measuring
+def _today():
+    return datetime.date.today().isoformat()
+
+
+def measure_sgemm(time_gemm):
+    """{class: {"shape": [m, n, k], "own_s": t, "blas_s": t}}: medians of ``GEMM_SAMPLES``
+    interleaved samples of ``time_gemm(own, m, n, k, calls)`` (seconds for `calls` products)."""
+    out = {}
+    for name, (m, n, k) in zip(CLASSES, SHAPES):
+        calls = max(1, GEMM_WORK // (m * n * k))
+        time_gemm(True, m, n, k, 1)                       # warm up: packing buffer, caches
+        time_gemm(False, m, n, k, 1)
+        own, blas = [], []
+        for _ in range(GEMM_SAMPLES):
+            own.append(time_gemm(True, m, n, k, calls) / calls)
+            blas.append(time_gemm(False, m, n, k, calls) / calls)
+        out[name] = {"shape": [m, n, k], "own_s": statistics.median(own),
+                     "blas_s": statistics.median(blas)}
+    return {"date": _today(), "classes": out}
+
+
+def measure_threads(time_threads):
+    """{"speedup": {size: t1 / t2}}: the least of ``THREAD_SAMPLES`` interleaved samples of
+    ``time_threads(threads, size, calls)`` (seconds for `calls` updates) per size and thread
+    count (the least disturbed: another process on a core slows the 2-thread runs most)."""
+    speedup = {}
+    for s in PROBE_SIZES:
+        calls = max(1, THREAD_WORK // s)
+        time_threads(1, s, 1)
+        time_threads(2, s, 1)
+        t1, t2 = [], []
+        for _ in range(THREAD_SAMPLES):
+            t1.append(time_threads(1, s, calls))
+            t2.append(time_threads(2, s, calls))
+        speedup[str(s)] = min(t1) / max(min(t2), 1e-12)
+    return {"date": _today(), "speedup": speedup}
+
+
+# ------------------------------------------------------------------------------------ deciding
+def sgemm_decision(meas):
+    """(mask, {class: reason}) from ``measure_sgemm``'s result."""
+    mask, why = 0, {}
+    for i, name in enumerate(CLASSES):
+        c = meas["classes"][name]
+        m, n, k = c["shape"]
+        r = c["blas_s"] / c["own_s"]
+        if r >= GEMM_MARGIN:
+            mask |= 1 << i
+            why[name] = f"own AVX-512F kernel: {r:.2f}x the BLAS on {m}x{n}x{k}"
+        else:
+            why[name] = f"BLAS: the own kernel {r:.2f}x on {m}x{n}x{k} (needs >= {GEMM_MARGIN}x)"
+        why[name] += f" (m x n x k; measured {meas['date']})"
+    return mask, why
+
+
+def min_work_decision(meas):
+    """(min_work, reason) from ``measure_threads``'s result."""
+    sizes = sorted(int(s) for s in meas["speedup"])
+    win = [meas["speedup"][str(s)] >= THREAD_MARGIN for s in sizes]
+    for i, s in enumerate(sizes):
+        if win[i] and (i + 1 == len(sizes) or win[i + 1]):
+            return s, (f"measured {meas['date']}: the least size where 2 threads ran "
+                       f">= {THREAD_MARGIN}x faster than 1, twice in a row")
+    return sizes[-1], (f"measured {meas['date']}: 2 threads never ran >= {THREAD_MARGIN}x "
+                       "faster than 1: the largest size tried")
+
+
+def _valid(part, meas):
+    """True when a stored measurement decides without error."""
+    try:
+        if part == "sgemm":
+            sgemm_decision(meas)
+            return all(meas["classes"][c]["own_s"] > 0 and list(meas["classes"][c]["shape"])
+                       == list(s) for c, s in zip(CLASSES, SHAPES))
+        min_work_decision(meas)
+        return sorted(int(s) for s in meas["speedup"]) == list(PROBE_SIZES)
+    except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError, IndexError):
+        return False
+
+
+# ------------------------------------------------------------------------------------ the cache
+def _read(path):
+    """The file's entries dict; {} when missing, unreadable or malformed."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if isinstance(data, dict) and data.get("format") == FORMAT and \
+                isinstance(data.get("entries"), dict):
+            return data["entries"]
+    except (OSError, ValueError, UnicodeDecodeError):
+        pass
+    return {}
+
+
+def load(path, kid):
+    """The valid parts of the entry `kid` ({"sgemm": ..., "min_work": ...}, either may be
+    missing)."""
+    entry = _read(path).get(kid)
+    if not isinstance(entry, dict):
+        return {}
+    return {p: entry[p] for p in ("sgemm", "min_work") if p in entry and _valid(p, entry[p])}
+
+
+def save(path, kid, key, parts):
+    """Add `parts` to entry `kid` (parts stored meanwhile by another process win: every process
+    then agrees); returns (the entry's parts, None) or (parts, why it could not be written)."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        entries = _read(path)
+        old = entries.pop(kid, None)
+        old = old if isinstance(old, dict) else {}
+        merged = {p: old[p] if p in old and _valid(p, old[p]) else parts[p]
+                  for p in ("sgemm", "min_work") if p in parts or (p in old and _valid(p, old[p]))}
+        entries[kid] = dict(merged, key=key)
+        while len(entries) > MAX_ENTRIES:
+            entries.pop(next(iter(entries)))
+        fd, tmp = tempfile.mkstemp(prefix=".tuning-", suffix=".json", dir=os.path.dirname(path))
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"format": FORMAT, "entries": entries}, f, indent=1)   # oldest first
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return merged, None
+    except OSError as exc:
+        return parts, f"{type(exc).__name__}: {exc}"
+
+
+# ------------------------------------------------------------------------------------ deciding
+def decide(probe, env=None):
+    """The Tuning for this machine. `probe` (built by cython_kernels): ``own_available`` (the CPU
+    runs the own kernel), ``cpus``, ``threads_why`` (None, or why 2 threads cannot be timed),
+    ``blas`` (the GEMM BLAS's library, version, core), ``time_gemm`` and ``time_threads``."""
+    env = os.environ if env is None else env
+    want_sgemm, env_work = _env_sgemm(env), _env_min_work(env)
+    t = Tuning()
+    t.key = machine_key(probe)
+    kid = key_id(t.key)
+    path = os.path.join(cache_dir(env), FILE)
+    parts = load(path, kid)
+    wanted = [p for p, w in (("sgemm", want_sgemm == "auto" and probe.own_available),
+                             ("min_work", env_work is None and probe.threads_why is None)) if w]
+    need = [p for p in wanted if p not in parts]
+    if need:
+        t0 = time.perf_counter()
+        if "sgemm" in need:
+            parts["sgemm"] = measure_sgemm(probe.time_gemm)
+        if "min_work" in need:
+            parts["min_work"] = measure_threads(probe.time_threads)
+        took = time.perf_counter() - t0
+        parts, err = save(path, kid, t.key, parts)
+        t.cache = (f"measured now ({took:.2f} s), saved to {path}" if err is None else
+                   f"measured now ({took:.2f} s), kept in memory: cannot write {path} ({err})")
+    elif wanted:
+        t.cache = f"read from {path}"
+    else:
+        t.cache = "nothing to measure"
+
+    if not probe.own_available:
+        why = "BLAS: the CPU has no AVX-512F" + (" (DLFAST_SGEMM=own ignored)"
+                                                  if want_sgemm == "own" else "")
+        t.sgemm_why = dict.fromkeys(CLASSES, why)
+    elif want_sgemm != "auto":
+        t.sgemm_mask = (1 << len(CLASSES)) - 1 if want_sgemm == "own" else 0
+        why = ("own AVX-512F kernel" if want_sgemm == "own" else "BLAS") + \
+            f": set by DLFAST_SGEMM={want_sgemm}"
+        t.sgemm_why = dict.fromkeys(CLASSES, why)
+    else:
+        t.sgemm_mask, t.sgemm_why = sgemm_decision(parts["sgemm"])
+
+    if env_work is not None:
+        t.min_work, t.min_work_why = env_work, "set by DLFAST_PARALLEL_MIN_WORK"
+    elif probe.threads_why is not None:
+        t.min_work_why = f"default: {probe.threads_why}"
+    else:
+        t.min_work, t.min_work_why = min_work_decision(parts["min_work"])
+    return t

@@ -18,8 +18,9 @@ Timing: every implementation runs blocks of calls (sized at calibration to ``--b
 round times one block of every implementation, in a rotating order (interleaved, so the load of the
 shared machine hits all alike), after a ``--settle-ms`` pause (with 2+ threads; worker threads of
 OpenBLAS and OpenMP spin for up to ~0.1 s after use and would steal a core from the next one) and
-one untimed call (in a VM the first parallel region after idling waits for the sleeping vCPU: up to
-12 ms, which a training loop never pays; calibration keeps the fastest of 3 timings likewise); the
+5 ms of untimed calls (in a VM the first parallel region after idling waits for the sleeping vCPU,
+up to 12 ms, and the next calls still stall now and then, which a training loop never pays;
+calibration keeps the fastest of 3 timings likewise); the
 figure is the median over ``--rounds`` rounds of the time per call. Ratios are medians of the
 per-round ratios (paired within a round, so slow drifts of the load cancel); ``spread`` is the
 largest interquartile range / median of the case's implementations (above ~20%: a noisy figure).
@@ -109,12 +110,25 @@ def run_case(case, rounds, block_s, fixed_n=None, settle_s=0.0):
             fn, n = fns[k], counts[k]
             if settle_s:
                 time.sleep(settle_s)    # let the previous implementation's spinning threads sleep
-                fn()                    # untimed: wake this one's sleeping workers (in a VM the
-                #                         first parallel region after idling took up to 12 ms)
+                _warm(fn, WARM_S)       # untimed: wake this one's sleeping workers and vCPUs
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()
             case.times[k].append((time.perf_counter() - t0) / n)
+
+
+WARM_S = 0.005
+
+
+def _warm(fn, seconds):
+    """Untimed calls for ``seconds`` (at least one). In a VM the first parallel region after
+    idling waited up to 12 ms for the sleeping vCPU, and the next few calls still stalled for
+    1-3 ms now and then (AMD EPYC, 2 vCPUs: a 256x784x100 dense forward took 3.5 ms, 0.6, 0.5,
+    0.4, ..., 3.1 ms, then 0.33 ms steadily), which a training loop never pays."""
+    end = time.perf_counter() + seconds
+    fn()
+    while time.perf_counter() < end:
+        fn()
 
 
 def median(case, k):

@@ -16,6 +16,46 @@ from _act cimport (act_code, act_row, act_grad_row, act_work, CHEAP, buf_get, bu
 
 include "_parallel.pxi"
 
+cdef extern from *:
+    """
+    /* PReLU's row loops, compiled for AVX-512, AVX2 and baseline (DLF_CLONES; no contraction:
+       every clone gives the same bits). per: s is a row of f slopes, else one value. */
+    #include "dlfast_clones.h"
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC push_options
+    #pragma GCC optimize("fp-contract=off")
+    #endif
+    #define DLF_PRELU_ROWS(S, T)                                                                  \
+    DLF_CLONES static void dlf_prelu_row##S(T* y, const T* x, const T* s, long f, int per) {    \
+        long j;                                                                                 \
+        if (per) { for (j = 0; j < f; j++) { T v = x[j]; y[j] = v > 0 ? v : s[j] * v; } }       \
+        else { T s0 = s[0]; for (j = 0; j < f; j++) { T v = x[j]; y[j] = v > 0 ? v : s0 * v; } }\
+    }                                                                                           \
+    DLF_CLONES static void dlf_prelu_dx_row##S(T* dx, const T* g, const T* x, const T* s, long f,\
+                                               int per) {                                       \
+        long j;                                                                                 \
+        if (per) { for (j = 0; j < f; j++) dx[j] = x[j] > 0 ? g[j] : s[j] * g[j]; }             \
+        else { T s0 = s[0]; for (j = 0; j < f; j++) dx[j] = x[j] > 0 ? g[j] : s0 * g[j]; }      \
+    }                                                                                           \
+    DLF_CLONES static void dlf_prelu_contrib_row##S(double* p, const T* g, const T* x, long f) {\
+        long j;                                                                                 \
+        for (j = 0; j < f; j++) { T v = x[j]; T c = v > 0 ? (T)0 : g[j] * v; p[j] += (double)c; }\
+    }
+    DLF_PRELU_ROWS(f, float)
+    DLF_PRELU_ROWS(d, double)
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC pop_options
+    #endif
+    """
+    void dlf_prelu_rowf(float*, const float*, const float*, long, int) noexcept nogil
+    void dlf_prelu_rowd(double*, const double*, const double*, long, int) noexcept nogil
+    void dlf_prelu_dx_rowf(float*, const float*, const float*, const float*, long,
+                           int) noexcept nogil
+    void dlf_prelu_dx_rowd(double*, const double*, const double*, const double*, long,
+                           int) noexcept nogil
+    void dlf_prelu_contrib_rowf(double*, const float*, const float*, long) noexcept nogil
+    void dlf_prelu_contrib_rowd(double*, const double*, const double*, long) noexcept nogil
+
 cdef enum:
     BLOCK = 4096       # elements per work item of the elementwise loops
     ROWBLOCK = 64      # rows per block of the dslope reduction
@@ -106,27 +146,19 @@ cdef int _mode(slope, x):
 cdef inline void _prelu_row(floating* y, const floating* x, const floating* s, Py_ssize_t f,
                             int mode) noexcept nogil:
     """y = x if x > 0 else s * x; s is one value (mode 0) or a row of f values."""
-    cdef Py_ssize_t j
-    cdef floating v, s0 = s[0]
-    if mode == 0:
-        for j in range(f):
-            v = x[j]
-            y[j] = v if v > 0 else s0 * v
+    if floating is float:
+        dlf_prelu_rowf(y, x, s, f, mode != 0)
     else:
-        for j in range(f):
-            v = x[j]
-            y[j] = v if v > 0 else s[j] * v
+        dlf_prelu_rowd(y, x, s, f, mode != 0)
 
 
 cdef inline void _prelu_contrib_row(double* p, const floating* g, const floating* x,
                                     Py_ssize_t f) noexcept nogil:
     """p[j] += (0 if x > 0 else g * x), the product in floating, the sum in double."""
-    cdef Py_ssize_t j
-    cdef floating v, c
-    for j in range(f):
-        v = x[j]
-        c = 0 if v > 0 else g[j] * v
-        p[j] = p[j] + c
+    if floating is float:
+        dlf_prelu_contrib_rowf(p, g, x, f)
+    else:
+        dlf_prelu_contrib_rowd(p, g, x, f)
 
 
 cdef void _prelu_fwd(floating* out, const floating* x, const floating* slope, Py_ssize_t n,
@@ -237,14 +269,10 @@ def _prelu_bwd_mv(const floating[:, ::1] dout, const floating[:, ::1] x,
 
 cdef inline void _prelu_dx_row(floating* dx, const floating* g, const floating* x,
                                const floating* s, Py_ssize_t f, int mode) noexcept nogil:
-    cdef Py_ssize_t j
-    cdef floating s0 = s[0]
-    if mode == 0:
-        for j in range(f):
-            dx[j] = g[j] if x[j] > 0 else s0 * g[j]
+    if floating is float:
+        dlf_prelu_dx_rowf(dx, g, x, s, f, mode != 0)
     else:
-        for j in range(f):
-            dx[j] = g[j] if x[j] > 0 else s[j] * g[j]
+        dlf_prelu_dx_rowd(dx, g, x, s, f, mode != 0)
 
 
 def prelu_backward(dout, x, slope, dx, dslope):

@@ -76,3 +76,38 @@ def info():
     """The same as a dict (for JSON files)."""
     return {"cpu": cpu_model(), "isa": isa(), "blas": blas_kernels(),
             "openblas_pins_removed": dict(_removed)}
+
+
+def parser(doc, block_ms):
+    """The timing scripts' common options: --threads, --rounds, --block-ms, --json."""
+    import argparse
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--block-ms", type=float, default=block_ms)
+    p.add_argument("--json", metavar="PATH")
+    return p
+
+
+def start(title, args):
+    """Exit unless the compiled backend loads; set ``args.threads``; print the header (title,
+    threads, rounds, load average, ``describe()``). Returns the settle pause before each block
+    (0.1 s with several threads: see compare.py)."""
+    import sys
+    import dlfast
+    if "cython" not in dlfast.available_backends():
+        sys.exit("the compiled backend does not load: build it first (pip install -e .)")
+    dlfast.set_num_threads(args.threads)
+    print(f"# {title}: float32, {args.threads} threads, {args.rounds} rounds, load avg "
+          f"{os.getloadavg()[0]:.2f}\n# {describe()}", flush=True)
+    return 0.1 if args.threads > 1 else 0.0
+
+
+def write_json(path, args, cases):
+    """Write ``{machine, threads, rounds, date_utc, cases}`` (``cases``: a list of dicts)."""
+    import json
+    import time
+    with open(path, "w") as f:
+        json.dump({"machine": info(), "threads": args.threads, "rounds": args.rounds,
+                   "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+                   "cases": cases}, f, indent=1)

@@ -26,15 +26,10 @@ import _machine
 
 _machine.unpin_openblas()
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-import dlfast  # noqa: E402
 from dlfast import compat, optim  # noqa: E402
 from dlfast import layers as L  # noqa: E402
 from dlfast.net import MLP, MultiTaskNet, Sequential  # noqa: E402
@@ -188,19 +183,10 @@ def table(cases):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=9)
-    p.add_argument("--block-ms", type=float, default=40.0)
+    p = _machine.parser(__doc__, 40.0)
     p.add_argument("--only", default="ways,trainer,nets")
-    p.add_argument("--json", metavar="PATH")
     a = p.parse_args(argv)
-    if "cython" not in dlfast.available_backends():
-        sys.exit("the compiled backend does not load: build it first (pip install -e .)")
-    dlfast.set_num_threads(a.threads)
-    settle = 0.1 if a.threads > 1 else 0.0
-    print(f"# dlfast engine: float32, {a.threads} threads, {a.rounds} rounds, load avg "
-          f"{os.getloadavg()[0]:.2f}\n# {_machine.describe()}", flush=True)
+    settle = _machine.start("dlfast engine", a)
     builders = []
     only = a.only.split(",")
     if "ways" in only:
@@ -229,15 +215,10 @@ def main(argv=None):
                   f"trainer {_fmt(median(c, 'trainer') / c.info['steps'])}")
     print(f"\n({time.perf_counter() - t0:.0f} s)")
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"machine": _machine.info(), "threads": a.threads, "rounds": a.rounds,
-                       "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-                       "cases": [{"name": c.name, "group": c.group,
-                                  "median_s": {k: median(c, k) for k in c.times},
-                                  "ratio_to_first": {k: ratio(c, next(iter(c.times)), k)
-                                                     for k in c.times},
-                                  "spread": spread(c), "samples_s": c.times} for c in done]},
-                      f, indent=1)
+        _machine.write_json(a.json, a, [
+            {"name": c.name, "group": c.group, "median_s": {k: median(c, k) for k in c.times},
+             "ratio_to_first": {k: ratio(c, next(iter(c.times)), k) for k in c.times},
+             "spread": spread(c), "samples_s": c.times} for c in done])
     return done
 
 

@@ -24,10 +24,6 @@ import _machine
 
 _machine.unpin_openblas()
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
@@ -121,20 +117,11 @@ def cases(sizes, threads):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=9)
-    p.add_argument("--block-ms", type=float, default=20.0)
+    p = _machine.parser(__doc__, 20.0)
     p.add_argument("--sizes", default="1e5,1e7")
-    p.add_argument("--json", metavar="PATH")
     a = p.parse_args(argv)
-    if "cython" not in dlfast.available_backends():
-        sys.exit("the compiled backend does not load: build it first (pip install -e .)")
     dlfast.set_backend("cython")
-    dlfast.set_num_threads(a.threads)
-    settle = 0.1 if a.threads > 1 else 0.0
-    print(f"# dlfast memory-bound passes: float32, {a.threads} threads, {a.rounds} rounds, load "
-          f"avg {os.getloadavg()[0]:.2f}\n# {_machine.describe()}", flush=True)
+    settle = _machine.start("dlfast memory-bound passes", a)
     done = []
     t0 = time.perf_counter()
     for case in cases([int(float(s)) for s in a.sizes.split(",")], a.threads):
@@ -150,15 +137,11 @@ def main(argv=None):
               f"{'met' if r <= 1.3 else 'MISSED'} | {spread(c):.0%} |")
     print(f"\n({time.perf_counter() - t0:.0f} s)")
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"machine": _machine.info(), "threads": a.threads, "rounds": a.rounds,
-                       "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-                       "cases": [{"name": c.name, "n": c.info["n"],
-                                  "bytes_per_element": c.info["bytes_per_element"],
-                                  "median_s": {k: median(c, k) for k in c.times},
-                                  "ratio_to_copy": ratio(c, "probe", "cython"),
-                                  "spread": spread(c), "samples_s": c.times} for c in done]},
-                      f, indent=1)
+        _machine.write_json(a.json, a, [
+            {"name": c.name, "n": c.info["n"], "bytes_per_element": c.info["bytes_per_element"],
+             "median_s": {k: median(c, k) for k in c.times},
+             "ratio_to_copy": ratio(c, "probe", "cython"), "spread": spread(c),
+             "samples_s": c.times} for c in done])
     return done
 
 

@@ -87,49 +87,43 @@ def _called_forward(layer, what):
 
 
 # ============================================================================ activations
-class Relu(_Buffers):
-    """``out = max(x, 0)``; ``mask`` = ``x <= 0`` of the last forward."""
+class _Elementwise(_Buffers):
+    """``out = act(x)`` and ``dx = dout * act'(out)`` on the activation kernels (``_act``)."""
+
+    _act = None
 
     def __init__(self):
         self.out = None
+
+    def forward(self, x):
+        x = _float_input("x", x)
+        out = self._buf("out", x.shape, x.dtype)
+        kernels.activation_forward(x, out, self._act)
+        self.out = out
+        return out
+
+    def backward(self, dout):
+        _called_forward(self, "out")
+        dout = _float_input("dout", dout, self.out.dtype)
+        return kernels.activation_backward(dout, self.out, self._buf("dx", self.out.shape,
+                                                                     self.out.dtype), self._act)
+
+
+class Relu(_Elementwise):
+    """``out = max(x, 0)``; ``mask`` = ``x <= 0`` of the last forward."""
+
+    _act = "relu"
 
     @property
     def mask(self):
         """Where the last forward's input was <= 0 (bool array), or None."""
         return None if self.out is None else self.out <= 0
 
-    def forward(self, x):
-        x = _float_input("x", x)
-        out = self._buf("out", x.shape, x.dtype)
-        kernels.activation_forward(x, out, "relu")
-        self.out = out
-        return out
 
-    def backward(self, dout):
-        _called_forward(self, "out")
-        dout = _float_input("dout", dout, self.out.dtype)
-        return kernels.activation_backward(dout, self.out, self._buf("dx", self.out.shape,
-                                                                     self.out.dtype), "relu")
-
-
-class Sigmoid(_Buffers):
+class Sigmoid(_Elementwise):
     """``out = 1 / (1 + exp(-x))``; backward ``dout * out * (1 - out)``."""
 
-    def __init__(self):
-        self.out = None
-
-    def forward(self, x):
-        x = _float_input("x", x)
-        out = self._buf("out", x.shape, x.dtype)
-        kernels.activation_forward(x, out, "sigmoid")
-        self.out = out
-        return out
-
-    def backward(self, dout):
-        _called_forward(self, "out")
-        dout = _float_input("dout", dout, self.out.dtype)
-        return kernels.activation_backward(dout, self.out, self._buf("dx", self.out.shape,
-                                                                     self.out.dtype), "sigmoid")
+    _act = "sigmoid"
 
 
 # ============================================================================ affine

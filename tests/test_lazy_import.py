@@ -1,41 +1,31 @@
 """``import dlfast`` reaches every public submodule on demand (PEP 562) and stays light."""
-import json
-import os
 import pkgutil
-import subprocess
 import sys
 
 import pytest
 
 import dlfast
-
-
-def _fresh(code):
-    """Run ``code`` in a new interpreter; returns its stdout parsed as JSON."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env=env)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout.strip().splitlines()[-1])
+from process_helpers import fresh_json
 
 
 def test_import_dlfast_imports_neither_matplotlib_nor_tqdm():
-    got = _fresh("import sys, json, dlfast\n"
-                 "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-                 "('matplotlib', 'tqdm') or m.startswith('dlfast.'))))")
+    got = fresh_json("import sys, json, dlfast\n"
+                     "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+                     "('matplotlib', 'tqdm') or m.startswith('dlfast.'))))")
     assert not [m for m in got if m.split(".")[0] in ("matplotlib", "tqdm")], got
     # the submodules are not imported yet either (only the backend switch is)
     assert not set(got) & {f"dlfast.{m}" for m in dlfast.SUBMODULES}, got
 
 
 def test_submodules_load_on_first_use_in_a_fresh_interpreter():
-    got = _fresh("import sys, json, dlfast\n"
-                 "before = 'dlfast.optim' in sys.modules\n"
-                 "adam = dlfast.optim.Adam\n"
-                 "after = 'dlfast.optim' in sys.modules\n"
-                 "ds = dlfast.datasets.load_digits\n"
-                 "print(json.dumps([before, after, adam.__name__, dlfast.optim is sys.modules['dlfast.optim'],"
-                 " 'tqdm' in sys.modules, 'matplotlib' in sys.modules]))")
+    got = fresh_json("import sys, json, dlfast\n"
+                     "before = 'dlfast.optim' in sys.modules\n"
+                     "adam = dlfast.optim.Adam\n"
+                     "after = 'dlfast.optim' in sys.modules\n"
+                     "ds = dlfast.datasets.load_digits\n"
+                     "print(json.dumps([before, after, adam.__name__,"
+                     " dlfast.optim is sys.modules['dlfast.optim'],"
+                     " 'tqdm' in sys.modules, 'matplotlib' in sys.modules]))")
     assert got == [False, True, "Adam", True, False, False]
 
 

@@ -2,17 +2,14 @@
 declared, with the reason), and the estimators in use: targets of every kind, pipelines, searches,
 cross-validation, DataFrames, pickle and clone, partial_fit, warm_start, early stopping, sample
 weights, every technique's hyperparameters, bad input; scikit-learn stays an optional extra."""
-import json
-import os
 import pickle
-import subprocess
-import sys
 import warnings
 
 import numpy as np
 import pytest
 
 import dlfast
+from process_helpers import fresh_json
 
 sklearn = pytest.importorskip("sklearn")
 
@@ -224,29 +221,21 @@ def test_bad_input_and_settings():
         MLPRegressor(loss="poisson").fit(X, y)
 
 
-def _fresh(code):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env=env)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
-
 def test_import_dlfast_does_not_import_sklearn_and_its_absence_is_named():
-    got = _fresh("import sys, json, dlfast, dlfast.net, dlfast.train\n"
-                 "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == "
-                 "'sklearn')))")
+    got = fresh_json("import sys, json, dlfast, dlfast.net, dlfast.train\n"
+                     "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == "
+                     "'sklearn')))")
     assert got == []
-    got = _fresh("import sys, json\n"
-                 "sys.modules['sklearn'] = None\n"
-                 "import dlfast\n"
-                 "names = dir(dlfast)\n"
-                 "try:\n"
-                 "    dlfast.sklearn\n"
-                 "    msg = None\n"
-                 "except ImportError as exc:\n"
-                 "    msg = str(exc)\n"
-                 "print(json.dumps([msg, 'sklearn' in names, dlfast.net.MLP.__name__]))")
+    got = fresh_json("import sys, json\n"
+                     "sys.modules['sklearn'] = None\n"
+                     "import dlfast\n"
+                     "names = dir(dlfast)\n"
+                     "try:\n"
+                     "    dlfast.sklearn\n"
+                     "    msg = None\n"
+                     "except ImportError as exc:\n"
+                     "    msg = str(exc)\n"
+                     "print(json.dumps([msg, 'sklearn' in names, dlfast.net.MLP.__name__]))")
     assert "pip install dlfast[sklearn]" in got[0] and got[1:] == [True, "MLP"]
 
 

@@ -4,7 +4,7 @@ against plain loops, shapes, errors naming the argument, dtypes, state and confi
 import numpy as np
 import pytest
 
-import dlfast
+from kernel_helpers import assert_backends_agree
 from dlfast import layers as L
 from dlfast.gradcheck import layer_gradient_check
 
@@ -297,22 +297,7 @@ def test_workspaces_are_reused(backend):
 
 
 def test_cross_backend_layers_agree():
-    if "cython" not in dlfast.available_backends():
-        pytest.skip("compiled backend not built")
-    x = _x((9, 2, 7, 6))
-    for name, make in FACTORIES.items():
-        outs = []
-        for be in ("numpy", "cython"):
-            layer = make(F64)
-            with dlfast.use_backend(be):
-                y = layer.forward(x).copy()
-                dx = layer.backward(np.cos(y)).copy()
-                outs.append((y, dx, {k: g.copy() for k, g in layer.grads.items()}))
-        (y0, d0, g0), (y1, d1, g1) = outs
-        np.testing.assert_allclose(y0, y1, rtol=1e-12, atol=1e-12, err_msg=name)
-        np.testing.assert_allclose(d0, d1, rtol=1e-11, atol=1e-12, err_msg=name)
-        for k in g0:
-            np.testing.assert_allclose(g0[k], g1[k], rtol=1e-11, atol=1e-12, err_msg=name)
+    assert_backends_agree(FACTORIES, _x((9, 2, 7, 6)))
 
 
 # ============================================================================ ops (make_op)

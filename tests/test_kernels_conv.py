@@ -430,6 +430,34 @@ def test_pools_threads_bit_identical(dtype):
 
 
 # ============================================================================ max-pool rules
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["c", "step", "ro"])
+@pytest.mark.parametrize("xs", [(3, 5, 7, 9), (2, 40, 24, 24), (1, 1, 2, 2)])
+def test_maxpool_2x2_stride_2_matches_the_oracle(dtype, kind, xs):
+    """The compiled 2x2, stride-2, unpadded window has its own loop: same maxima, first-maximum
+    indices and NaN rule as the oracle, bit for bit, on ties, NaN, -inf and odd sizes (the last
+    row/column dropped)."""
+    rng = np.random.default_rng(xs[1])
+    x = np.round(rng.standard_normal(xs) * 2).astype(dtype)        # many ties
+    flat = x.reshape(-1)
+    flat[rng.integers(0, flat.size, flat.size // 7)] = np.nan
+    flat[rng.integers(0, flat.size, flat.size // 11)] = -np.inf
+    x = layout(x, kind)
+    oshape = K.pool2d_output_shape(xs, 2, 2, 0)
+    dout = rng.standard_normal(oshape).astype(dtype)
+
+    def fn():
+        out, arg = np.full(oshape, 7, dtype), np.full(oshape, -7, np.int64)
+        K.maxpool2d_forward(x, out, arg, (2, 2), (2, 2), (0, 0))
+        dx = np.full(xs, np.nan, dtype)
+        K.maxpool2d_backward(dout, arg, dx, (2, 2), (2, 2), (0, 0))
+        return out, arg, dx
+
+    ref, one, two = on_all(fn)
+    for r, a, b in zip(ref, one, two):
+        assert same_bits(a, r) and same_bits(b, r)
+
+
 @pytest.mark.parametrize("name", ["numpy", "cython"])
 def test_maxpool_ties_nan_and_padding(name):
     f = np.float64

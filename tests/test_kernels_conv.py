@@ -445,13 +445,18 @@ def test_maxpool_2x2_stride_2_matches_the_oracle(dtype, kind, xs):
     x = layout(x, kind)
     oshape = K.pool2d_output_shape(xs, 2, 2, 0)
     dout = rng.standard_normal(oshape).astype(dtype)
+    dout.reshape(-1)[::13] = -0.0                          # 0 + -0.0 is +0.0
 
     def fn():
         out, arg = np.full(oshape, 7, dtype), np.full(oshape, -7, np.int64)
         K.maxpool2d_forward(x, out, arg, (2, 2), (2, 2), (0, 0))
         dx = np.full(xs, np.nan, dtype)
         K.maxpool2d_backward(dout, arg, dx, (2, 2), (2, 2), (0, 0))
-        return out, arg, dx
+        # indices outside their own window (valid in the plane): the general backward
+        moved = np.roll(arg, 1, axis=-1)
+        dx2 = np.full(xs, np.nan, dtype)
+        K.maxpool2d_backward(dout, moved, dx2, (2, 2), (2, 2), (0, 0))
+        return out, arg, dx, dx2
 
     ref, one, two = on_all(fn)
     for r, a, b in zip(ref, one, two):

@@ -232,6 +232,36 @@ cdef extern from *:
     }
     DLF_COL2IM(dlf_col2imf, float)
     DLF_COL2IM(dlf_col2imd, double)
+
+    /* im2col of one whole image: col (C*KH*KW, OH*OW) from x (C, H, W); per row (c, kh, kw) and
+       output row oh: zeros, the cells inside x, zeros (copies only: no arithmetic). */
+    #define DLF_IM2COL(NAME, T)                                                               \\
+    DLF_CLONES static void NAME(const T* restrict x, T* restrict col, dlf_ix C, dlf_ix H,     \\
+                                dlf_ix W, dlf_ix OH, dlf_ix OW, dlf_ix KH, dlf_ix KW,         \\
+                                dlf_ix sh, dlf_ix sw, dlf_ix ph, dlf_ix pw) {                 \\
+        dlf_ix c, kh, kw, oh, ow, lo, hi;                                                     \\
+        for (c = 0; c < C; c++)                                                               \\
+            for (kh = 0; kh < KH; kh++)                                                       \\
+                for (kw = 0; kw < KW; kw++) {                                                 \\
+                    T* restrict row = col + ((c * KH + kh) * KW + kw) * OH * OW;              \\
+                    const T* xc = x + c * H * W + kw - pw;                                    \\
+                    dlf_ow_range(W, OW, sw, pw, kw, &lo, &hi);                                \\
+                    for (oh = 0; oh < OH; oh++) {                                             \\
+                        T* restrict r = row + oh * OW;                                        \\
+                        dlf_ix ih = oh * sh - ph + kh;                                        \\
+                        const T* xr = xc + ih * W;                                            \\
+                        if (ih < 0 || ih >= H || lo >= hi) {                                  \\
+                            for (ow = 0; ow < OW; ow++) r[ow] = 0;                            \\
+                            continue;                                                         \\
+                        }                                                                     \\
+                        for (ow = 0; ow < lo; ow++) r[ow] = 0;                                \\
+                        DLF_BY_STRIDE(S, sw, for (ow = lo; ow < hi; ow++) r[ow] = xr[ow * S];); \\
+                        for (ow = hi; ow < OW; ow++) r[ow] = 0;                               \\
+                    }                                                                         \\
+                }                                                                             \\
+    }
+    DLF_IM2COL(dlf_im2colf, float)
+    DLF_IM2COL(dlf_im2cold, double)
     #if defined(__GNUC__) && !defined(__clang__)
     #pragma GCC pop_options
     #endif
@@ -262,6 +292,12 @@ cdef extern from *:
     void dlf_avgpool_bwdd(const double*, double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                           Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                           Py_ssize_t, Py_ssize_t, int) noexcept nogil
+    void dlf_im2colf(const float*, float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                     Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                     Py_ssize_t) noexcept nogil
+    void dlf_im2cold(const double*, double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                     Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                     Py_ssize_t) noexcept nogil
     void dlf_col2imf(const float*, float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                      Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                      Py_ssize_t, Py_ssize_t) noexcept nogil
@@ -413,10 +449,17 @@ cdef inline Py_ssize_t _w_cols(const _Geo* g) noexcept nogil:
 # ---------------------------------------------------------------------------- im2col / col2im
 cdef void _im2col(const floating* x, floating* col, const _Geo* g, Py_ssize_t p0,
                   Py_ssize_t p1) noexcept nogil:
-    """Columns [p0, p1) of col_n (K, OH*OW) from the image x_n (C, H, W)."""
+    """Columns [p0, p1) of col_n (K, OH*OW) from the image x_n (C, H, W) (all of them: one C
+    loop nest, dlf_im2col)."""
     cdef Py_ssize_t c, kh, kw, p, oh, ow0, ow1, ih, lo, hi, a, b, ow, off
     cdef floating* row
     cdef const floating* xr
+    if p0 == 0 and p1 == g.OHW:
+        if floating is float:
+            dlf_im2colf(x, col, g.C, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw)
+        else:
+            dlf_im2cold(x, col, g.C, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw)
+        return
     for c in range(g.C):
         for kh in range(g.KH):
             for kw in range(g.KW):

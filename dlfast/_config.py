@@ -125,11 +125,24 @@ def set_num_threads(n: int) -> None:
 _blas_original: dict = {}
 
 
+_blas_scan: list = [None, -1]       # [threadpoolctl controllers, len(sys.modules) at the scan]
+
+
+def _blas_libs():
+    """threadpoolctl's controllers of the loaded libraries; scanned again only after new modules
+    were imported (a scan reads the process's library list: ~6 ms)."""
+    import sys
+    if _blas_scan[0] is None or _blas_scan[1] != len(sys.modules):
+        from threadpoolctl import ThreadpoolController
+        _blas_scan[0] = ThreadpoolController().lib_controllers
+        _blas_scan[1] = len(sys.modules)
+    return _blas_scan[0]
+
+
 def _blas_limit(n):
     """Limit every BLAS but the one the compiled backend pins to a single thread (n=0: restore)."""
-    from threadpoolctl import ThreadpoolController
     pinned = getattr(_modules.get("cython"), "PINNED_BLAS", ())
-    for lib in ThreadpoolController().lib_controllers:
+    for lib in _blas_libs():
         if lib.user_api != "blas" or lib.filepath in pinned:
             continue
         orig = _blas_original.setdefault(lib.filepath, lib.num_threads)

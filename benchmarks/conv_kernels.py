@@ -8,10 +8,14 @@ Shapes (NCHW, float32 by default): the book's SimpleConvNet conv (C=1, 28x28, 30
 stride 1, pad 0) and DeepConvNet's 3x3 pad-1 convs (1->16 and 16->16 on 28x28, 16->32 and 32->32
 on 14x14, 32->64 and 64->64 on 7x7), each at batch 1 and 100; 2x2 stride-2 max and average pooling
 on SimpleConvNet's (30, 24, 24) and DeepConvNet's (16, 28, 28) maps. ``bwd`` = dx, dW and db.
+With PyTorch installed, the convolutions also run through ``torch.nn.functional.conv2d`` (forward,
+no autograd) and ``torch.ops.aten.convolution_backward`` (dx, dW, db: the kernel autograd calls)
+on the same arrays, on as many threads (``torch/cy`` > 1: dlfast faster).
 
 Timing: each implementation runs blocks of calls (sized at calibration to ``--block-ms``); each
 round times one block of every implementation in a rotating order (interleaved, so the load of a
-shared machine falls on all alike), after a ``--settle-ms`` pause and one untimed call; figures are
+shared machine falls on all alike), after a ``--settle-ms`` pause (150 ms: spinning worker threads
+of the previous one go to sleep) and one untimed call; figures are
 medians over ``--rounds`` rounds of the time per call, ratios medians of the per-round ratios.
 
     python benchmarks/conv_kernels.py                      # threads 1 and 2, batches 1 and 100
@@ -31,6 +35,11 @@ import numpy as np  # noqa: E402
 
 import dlfast  # noqa: E402
 from dlfast import kernels as K  # noqa: E402
+
+try:
+    import torch  # noqa: E402
+except ImportError:         # the torch column is left out
+    torch = None
 
 CONVS = [  # name, (C, H, W), F, kernel, stride, pad
     ("simple 1->30 5x5 28", (1, 28, 28), 30, 5, 1, 0),
@@ -97,13 +106,30 @@ def conv_cases(batch, dt):
             K.conv2d_backward(dout, x, W, col, dcol, dx, dW, db, s, p)
 
         impls = {"numpy": on("numpy", fwd), "cython": on("cython", fwd)}
+        bimpls = {"numpy": on("numpy", bwd), "cython": on("cython", bwd)}
         if hasattr(_conv, "_conv2d_forward_direct"):
             def direct(x=x, W=W, b=b, out=out, s=s, p=p):
                 _conv._conv2d_forward_direct(x, W, b, out, (s, s), (p, p))
             impls["direct"] = direct
+        if torch is not None:
+            impls["torch"], bimpls["torch"] = torch_conv(x, W, b, dout, s, p)
         yield f"{name} b{batch}", "conv fwd", impls
-        yield f"{name} b{batch}", "conv bwd", {"numpy": on("numpy", bwd),
-                                               "cython": on("cython", bwd)}
+        yield f"{name} b{batch}", "conv bwd", bimpls
+
+
+def torch_conv(x, W, b, dout, s, p):
+    """(forward, backward) of PyTorch's conv2d on tensors sharing the arrays' memory."""
+    tx, tW, tb, td = (torch.from_numpy(a) for a in (x, W, b, dout))
+    conv_bwd = torch.ops.aten.convolution_backward
+
+    def fwd():
+        with torch.no_grad():
+            torch.nn.functional.conv2d(tx, tW, tb, s, p)
+
+    def bwd():
+        conv_bwd(td, tx, tW, [tb.shape[0]], [s, s], [p, p], [1, 1], False, [0, 0], 1,
+                 [True, True, True])
+    return fwd, bwd
 
 
 def pool_cases(batch, dt):
@@ -157,7 +183,10 @@ def main():
     ap.add_argument("--batches", default="1,100")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--block-ms", type=float, default=20.0)
-    ap.add_argument("--settle-ms", type=float, default=20.0)
+    ap.add_argument("--settle-ms", type=float, default=150.0,
+                    help="pause before each block (150): the previous implementation's OpenMP "
+                         "and OpenBLAS workers spin after use (PyTorch's too), and a shorter "
+                         "pause made dlfast's 2-thread conv bwd up to 19x slower here")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--only", choices=["conv", "pool"], help="one kind of case")
     args = ap.parse_args()
@@ -173,10 +202,12 @@ def main():
           f"~{args.block_ms:g} ms")
     for nt in (int(t) for t in args.threads.split(",")):
         dlfast.set_num_threads(nt)
+        if torch is not None:
+            torch.set_num_threads(nt)
         with threadpool_limits(limits=nt, user_api="blas"):   # NumPy's matmul on as many
             print(f"\n== {nt} thread{'s' if nt > 1 else ''} (medians, ms per call)")
-            print(f"{'case':<30} {'op':<12} {'numpy':>9} {'cython':>9} {'direct':>9} "
-                  f"{'np/cy':>7} {'direct/cy':>9}")
+            print(f"{'case':<30} {'op':<12} {'numpy':>9} {'cython':>9} {'torch':>9} "
+                  f"{'direct':>9} {'np/cy':>7} {'torch/cy':>8} {'direct/cy':>9}")
             for batch in (int(b) for b in args.batches.split(",")):
                 cases = []
                 if args.only in (None, "conv"):
@@ -188,10 +219,12 @@ def main():
                     med = {n: statistics.median(v) * 1e3 for n, v in t.items()}
                     ratio = {n: statistics.median(a / c for a, c in zip(v, t["cython"]))
                              for n, v in t.items()}
-                    d = f"{med['direct']:9.3f}" if "direct" in med else " " * 9
+                    d, tm = (f"{med[n]:9.3f}" if n in med else " " * 9
+                             for n in ("direct", "torch"))
                     dr = f"{ratio['direct']:9.2f}" if "direct" in ratio else " " * 9
-                    print(f"{case:<30} {op:<12} {med['numpy']:9.3f} {med['cython']:9.3f} {d} "
-                          f"{ratio['numpy']:7.2f} {dr}", flush=True)
+                    tr = f"{ratio['torch']:8.2f}" if "torch" in ratio else " " * 8
+                    print(f"{case:<30} {op:<12} {med['numpy']:9.3f} {med['cython']:9.3f} {tm} "
+                          f"{d} {ratio['numpy']:7.2f} {tr} {dr}", flush=True)
     dlfast.set_num_threads(0)
 
 

@@ -408,6 +408,38 @@ def test_conv_threads_bit_identical(sgemm, xs, ws, stride, pad, dtype):
             check_close(a, r, bound, k)
 
 
+DIRECT = [  # stride 1, F*KH*KW >= 32, batch >= 2: dx by direct convolution (dlfast_dconv.h)
+    ((2, 16, 28, 28), (16, 16, 3, 3), 1, 1),      # DeepConvNet's
+    ((3, 5, 9, 7), (7, 5, 3, 3), 1, 0),           # odd sizes, no padding, a partial channel tile
+    ((2, 4, 6, 11), (13, 4, 3, 5), 1, (2, 1)),    # non-square kernel and padding
+    ((4, 3, 5, 5), (2, 3, 4, 4), 1, (3, 3)),      # padding KH - 1: dx's own padding is 0
+    ((2, 6, 1, 17), (40, 6, 1, 7), 1, (0, 3)),    # one row; F = 40 (tiles of 6)
+    ((2, 8, 4, 4), (3, 8, 2, 2), 1, 1),           # 12 taps: dx by the GEMM and col2im
+]
+
+
+@pytest.mark.parametrize("xs,ws,stride,pad", DIRECT)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["c", "step", "ro"])
+def test_conv_direct_matches_the_oracle(xs, ws, stride, pad, dtype, kind):
+    """dx by the direct path against the NumPy oracle (within the dot-product error bound), and
+    the same bits on 1 and 2 threads (out, col, dW, db too), on odd shapes and layouts."""
+    rng, x, W, b = conv_data(xs, ws, dtype, 5)
+    with dlfast.use_backend("numpy"):
+        out, col = conv_fwd(x, W, b, stride, pad)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    bounds = [fwd_bound(x, W, b, stride, pad), (None, 0)] + bwd_bounds(dout, x, W, stride, pad)
+    x, W, dout = layout(x, kind), layout(W, kind), layout(dout, kind)
+    ref, one, two = on_all(lambda: conv_fwd(x, W, b, stride, pad)
+                           + conv_bwd(dout, x, W, col, stride, pad))
+    for r, a, c, (bound, k) in zip(ref, one, two, bounds):
+        assert same_bits(a, c), "1 and 2 threads differ"
+        if bound is None:
+            np.testing.assert_array_equal(a, r)
+        else:
+            check_close(a, r, bound, k)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_pools_threads_bit_identical(dtype):
     rng = np.random.default_rng(4)

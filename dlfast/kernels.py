@@ -1259,9 +1259,8 @@ def conv2d_forward(x, W, b, out, col, stride=1, pad=0):
     """``out[n, f, i, j] = b[f] + sum_{c,kh,kw} W[f, c, kh, kw] * xp[n, c, i*sh + kh, j*sw + kw]``;
     x (N, C, H, W), W (F, C, KH, KW), b (F,) or None, out (N, F, OH, OW).
 
-    ``col`` (workspace, ``conv2d_workspace_shape``) receives im2col(x), which
-    ``conv2d_backward`` reads: ``col[n, (c*KH + kh)*KW + kw, i*OW + j] = xp[n, c, i*sh + kh,
-    j*sw + kw]``, so that ``out[n] = W.reshape(F, -1) @ col[n] + b[:, None]`` (as (F, OH*OW))."""
+    ``col`` (workspace, ``conv2d_workspace_shape``): its contents afterwards are unspecified
+    (im2col(x) when the kernel went through a GEMM; a direct convolution leaves it alone)."""
     x, W, stride, pad, oshape, wshape = _conv_args(x, W, stride, pad)
     if b is not None:
         b = _float_in("b", b, 1, x.dtype)
@@ -1280,23 +1279,20 @@ def conv2d_backward(dout, x, W, col, dcol, dx, dW, db, stride=1, pad=0):
     ``dcol[n] = W2.T @ dout[n]`` and ``dx = col2im(dcol)``: ``dx[n, c, h, w] = sum dcol[n,
     (c*KH + kh)*KW + kw, i*OW + j]`` over ``i*sh + kh - ph = h``, ``j*sw + kw - pw = w``
     (overlapping windows add). dW sums in the dtype (GEMMs, images in order), db in float64.
-    Reads ``col`` as ``conv2d_forward`` left it for this x, W, stride, pad. dx, dW, db may be None
-    (skipped); ``dcol`` (workspace, col's shape) may be None when dx is, ``col`` when dW is."""
+    ``col`` (workspace) receives im2col(x) for dW: ``col[n, (c*KH + kh)*KW + kw, i*OW + j] =
+    xp[n, c, i*sh + kh, j*sw + kw]``. dx, dW, db may be None (skipped); the workspaces ``col``
+    and ``dcol`` (``conv2d_workspace_shape``) may be None when dW, resp. dx, is."""
     x, W, stride, pad, oshape, wshape = _conv_args(x, W, stride, pad)
     dt = x.dtype
     dout = _float_in("dout", dout, 4, dt)
     _shape_is("dout", dout, oshape)
-    if col is None and dW is not None:
-        raise TypeError(f"col is required for dW (conv2d_forward's workspace of shape {wshape})")
-    if col is not None:
-        col = _float_in("col", col, 3, dt)
-        _shape_is("col", col, wshape)
+    col = _out("col", col, wshape, dt, optional=dW is None)
     dcol = _out("dcol", dcol, wshape, dt, optional=dx is None)
     dx = _out("dx", dx, x.shape, dt, optional=True)
     dW = _out("dW", dW, W.shape, dt, optional=True)
     db = _out("db", db, (W.shape[0],), dt, optional=True)
-    _disjoint([("dcol", dcol), ("dx", dx), ("dW", dW), ("db", db)],
-              [("dout", dout), ("x", x), ("W", W), ("col", col)])
+    _disjoint([("col", col), ("dcol", dcol), ("dx", dx), ("dW", dW), ("db", db)],
+              [("dout", dout), ("x", x), ("W", W)])
     _impl().conv2d_backward(dout, x, W, col, dcol, dx, dW, db, stride, pad)
 
 

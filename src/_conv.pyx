@@ -1,10 +1,12 @@
 """Convolution and pooling over NCHW arrays (formulas: dlfast.kernels).
 
-conv2d forward   per image n: col_n = im2col(x_n) (C*KH*KW, OH*OW); out_n = W2 @ col_n + b  (GEMM)
+conv2d forward   per image n: col_n = im2col(x_n) (C*KH*KW, OH*OW); out_n = W2 @ col_n + b  (GEMM),
+                 or at stride 1 (>= 32 taps, a batch of >= P images) directly (dlfast_dconv.h)
 conv2d backward  dx_n = col2im(dcol_n), dcol_n = W2.T @ dout_n  (GEMM; overlapping windows summed),
                  or at stride 1 (enough taps, a batch of >= P images) the transposed convolution
                  of dout_n directly (dlfast_dconv.h; dcol unused)
-                 dW = sum_n dout_n @ col_n.T   (fixed column blocks of dW; images added in order)
+                 dW = sum_n dout_n @ col_n.T, col_n = im2col(x_n) written first (fixed column
+                 blocks of dW; images added in order)
                  db[f] = sum_{n, p} dout[n, f, p]   (double, fixed order)
 pools            one (n, c) plane per work item; each output row takes the window taps (kh, kw) in
                  row-major order over all its columns (branch-free max, double sums), vectorised;
@@ -317,12 +319,12 @@ cdef extern from "dlfast_dconv.h" nogil:
                           int) noexcept
     void dlf_dconv_pack_d(const double*, double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                           Py_ssize_t, int) noexcept
-    void dlf_dconv_one_f(const float*, const float*, float*, float*, float*, Py_ssize_t,
+    void dlf_dconv_one_f(const float*, const float*, const float*, float*, float*, float*,
                          Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                         Py_ssize_t) noexcept
-    void dlf_dconv_one_d(const double*, const double*, double*, double*, double*, Py_ssize_t,
-                         Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                         Py_ssize_t) noexcept
+                         Py_ssize_t, Py_ssize_t) noexcept
+    void dlf_dconv_one_d(const double*, const double*, const double*, double*, double*,
+                         double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                         Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
 
 # ---------------------------------------------------------------------------- GEMM entry
 cdef gemm_f32_t _sgemm = NULL
@@ -523,63 +525,76 @@ cdef inline void _col2im(const floating* col, floating* dx, const _Geo* g, Py_ss
 
 
 # ---------------------------------------------------------------------------- direct convolution
-# dx at stride 1 with at least DIRECT_TAPS taps (F*KH*KW) per element and a batch of at least P
-# images: the transposed convolution of dout, directly (dlfast_dconv.h), instead of the GEMM
-# W2.T @ dout_n and col2im. DeepConvNet's 3x3 layers, batch 100: the direct kernel runs at 47-64
-# GFLOP/s on one thread against 35-44 for im2col + GEMM (OpenBLAS packs the big operand again,
-# used only F times). The forward stays im2col + GEMM: it must write col for dW anyway, and
-# im2col + direct measured the same as im2col + GEMM.
+# At stride 1, with at least DIRECT_TAPS taps per output and a batch of at least P images, out
+# (C*KH*KW taps) and dx (F*KH*KW taps: the transposed convolution of dout) are direct
+# convolutions (dlfast_dconv.h) instead of im2col/col2im around a GEMM. DeepConvNet's 3x3 layers,
+# batch 100, one thread: 47-64 GFLOP/s against 35-44 (OpenBLAS packs the im2col matrix again,
+# and uses each element only F times). col is the backward's: it writes im2col(x) there for dW.
 cdef enum:
     DIRECT_TAPS = 32
 
 
-cdef inline bint _direct_dx(const _Geo* g) noexcept nogil:
+cdef inline bint _fwd_direct(const _Geo* g) noexcept nogil:
+    return g.sh == 1 and g.sw == 1 and g.N >= _PARTS and g.K >= DIRECT_TAPS
+
+
+cdef inline bint _dx_direct(const _Geo* g) noexcept nogil:
     return (g.sh == 1 and g.sw == 1 and g.ph < g.KH and g.pw < g.KW and g.N >= _PARTS
             and g.F * g.KH * g.KW >= DIRECT_TAPS)
 
 
-cdef int _dx_direct(const floating* dout, const floating* Wt, floating* dx,
-                    const _Geo* g) noexcept nogil:
-    """dx = the transposed convolution of dout (F, OH, OW) with W: a stride-1 convolution of
-    dout padded by (KH-1-ph, KW-1-pw) with the kernel flipped, F and C swapped; one image per
-    work item. Returns -1 when its scratch cannot be allocated (nothing written)."""
-    cdef Py_ssize_t ph = g.KH - 1 - g.ph, pw = g.KW - 1 - g.pw, n, xps, per, ws
-    cdef Py_ssize_t Hp = g.OH + 2 * ph, Wp = g.OW + 2 * pw
+cdef int _dconv(const floating* src, const floating* Wt, const floating* b, floating* dst,
+                const _Geo* g, bint dx) noexcept nogil:
+    """dx False: out = conv(x, W) + b; dx True: dx = the transposed convolution of dout
+    (F, OH, OW) with W (a convolution of dout padded by KH-1-ph, KW-1-pw, the kernel flipped, F
+    and C swapped). One image per work item. Returns -1 when its scratch cannot be allocated
+    (nothing written)."""
+    cdef Py_ssize_t ci, H, W, co, ph, pw, Hp, Wp, xps, per, ws, n
     cdef floating* buf
     cdef int nt = _threads(g.N * g.F * g.OHW * g.K // 16)
-    if floating is float:
-        xps = dlf_dconv_xp_size_f(g.F, Hp, Wp, g.KW)
+    if dx:
+        ci, H, W, co, ph, pw = g.F, g.OH, g.OW, g.C, g.KH - 1 - g.ph, g.KW - 1 - g.pw
     else:
-        xps = dlf_dconv_xp_size_d(g.F, Hp, Wp, g.KW)
-    ws = (g.C + DLF_DC_FB - 1) // DLF_DC_FB * DLF_DC_FB * g.F * g.KH * g.KW
-    per = xps + g.C * g.H * Wp + 16     # padded dout, the extended dx; + 16: 64 bytes apart
+        ci, H, W, co, ph, pw = g.C, g.H, g.W, g.F, g.ph, g.pw
+    Hp = H + 2 * ph
+    Wp = W + 2 * pw
+    if floating is float:
+        xps = dlf_dconv_xp_size_f(ci, Hp, Wp, g.KW)
+    else:
+        xps = dlf_dconv_xp_size_d(ci, Hp, Wp, g.KW)
+    ws = (co + DLF_DC_FB - 1) // DLF_DC_FB * DLF_DC_FB * ci * g.KH * g.KW
+    per = xps + co * (Hp - g.KH + 1) * Wp + 16  # padded input, extended output; 64 bytes apart
     buf = <floating*>malloc((ws + nt * per) * sizeof(floating))
     if buf == NULL:
         return -1
     if floating is float:
-        dlf_dconv_pack_f(Wt, buf, g.F, g.C, g.KH, g.KW, 1)
+        dlf_dconv_pack_f(Wt, buf, g.F, g.C, g.KH, g.KW, dx)
     else:
-        dlf_dconv_pack_d(Wt, buf, g.F, g.C, g.KH, g.KW, 1)
+        dlf_dconv_pack_d(Wt, buf, g.F, g.C, g.KH, g.KW, dx)
     if nt == 1:
         for n in range(g.N):
-            _dx_direct_image(dout, buf, dx, g, buf + ws, xps, ph, pw, n)
+            _dconv_image(src, buf, b, dst, buf + ws, xps, ci, H, W, co, ph, pw, g.KH, g.KW, n)
     else:
         for n in prange(g.N, num_threads=nt, schedule="static"):
-            _dx_direct_image(dout, buf, dx, g, buf + ws + threadid() * per, xps, ph, pw,
-                             n)
+            _dconv_image(src, buf, b, dst, buf + ws + threadid() * per, xps, ci, H, W, co, ph,
+                         pw, g.KH, g.KW, n)
     free(buf)
     return 0
 
 
-cdef inline void _dx_direct_image(const floating* dout, const floating* wp, floating* dx,
-                                  const _Geo* g, floating* t, Py_ssize_t xps, Py_ssize_t ph,
-                                  Py_ssize_t pw, Py_ssize_t n) noexcept nogil:
+cdef inline void _dconv_image(const floating* src, const floating* wp, const floating* b,
+                              floating* dst, floating* t, Py_ssize_t xps, Py_ssize_t ci,
+                              Py_ssize_t H, Py_ssize_t W, Py_ssize_t co, Py_ssize_t ph,
+                              Py_ssize_t pw, Py_ssize_t KH, Py_ssize_t KW,
+                              Py_ssize_t n) noexcept nogil:
+    """Image n: src (ci, H, W) -> dst (co, H + 2ph - KH + 1, W + 2pw - KW + 1)."""
+    cdef Py_ssize_t outs = co * (H + 2 * ph - KH + 1) * (W + 2 * pw - KW + 1)
     if floating is float:
-        dlf_dconv_one_f(dout + n * g.F * g.OHW, wp, dx + n * g.C * g.HW, t, t + xps, g.F,
-                        g.OH, g.OW, g.C, g.KH, g.KW, ph, pw)
+        dlf_dconv_one_f(src + n * ci * H * W, wp, b, dst + n * outs, t, t + xps, ci, H, W, co,
+                        KH, KW, ph, pw)
     else:
-        dlf_dconv_one_d(dout + n * g.F * g.OHW, wp, dx + n * g.C * g.HW, t, t + xps, g.F,
-                        g.OH, g.OW, g.C, g.KH, g.KW, ph, pw)
+        dlf_dconv_one_d(src + n * ci * H * W, wp, b, dst + n * outs, t, t + xps, ci, H, W, co,
+                        KH, KW, ph, pw)
 
 
 # ---------------------------------------------------------------------------- conv2d forward
@@ -589,6 +604,8 @@ cdef void _conv_fwd(const floating* x, const floating* Wt, const floating* b, fl
     cdef int nt = _threads(g.N * g.F * g.OHW * g.K // 16 + g.N * g.K * g.OHW // CHEAP)
     if g.N == 0:
         return
+    if _fwd_direct(g) and _dconv(x, Wt, b, out, g, False) == 0:
+        return                                  # col: written by the backward
     _pin()
     if nt == 1:
         for it in range(g.N * nb):
@@ -648,7 +665,7 @@ def conv2d_forward(x, W, b, out, col, stride, pad):
 
 
 # ---------------------------------------------------------------------------- conv2d backward
-cdef void _conv_bwd(const floating* dout, const floating* Wt, const floating* col,
+cdef void _conv_bwd(const floating* dout, const floating* x, const floating* Wt, floating* col,
                     floating* dcol, floating* dx, floating* dW, floating* db,
                     const _Geo* g) noexcept nogil:
     cdef Py_ssize_t cols, nb, it, wc, nbw
@@ -657,7 +674,7 @@ cdef void _conv_bwd(const floating* dout, const floating* Wt, const floating* co
     if dx != NULL and g.N and g.C and g.HW:
         if g.F == 0:
             memset(dx, 0, g.N * g.C * g.HW * sizeof(floating))
-        elif _direct_dx(g) and _dx_direct(dout, Wt, dx, g) == 0:
+        elif _dx_direct(g) and _dconv(dout, Wt, NULL, dx, g, True) == 0:
             pass
         else:
             cols = _img_cols(g)
@@ -686,6 +703,13 @@ cdef void _conv_bwd(const floating* dout, const floating* Wt, const floating* co
                         _col2im(dcol + (it // g.C) * g.K * g.OHW, dx + (it // g.C) * g.C * g.HW,
                                 g, it % g.C, it % g.C + 1)
     if dW != NULL and g.F and g.K:
+        nt = _threads(g.N * g.K * g.OHW // CHEAP)      # col = im2col(x), then dW from it
+        if nt == 1:
+            for it in range(g.N):
+                _im2col(x + it * g.C * g.HW, col + it * g.K * g.OHW, g, 0, g.OHW)
+        else:
+            for it in prange(g.N, num_threads=nt, schedule="static"):
+                _im2col(x + it * g.C * g.HW, col + it * g.K * g.OHW, g, 0, g.OHW)
         wc = _w_cols(g)
         nbw = (g.K + wc - 1) // wc
         nt = _threads(g.N * g.F * g.OHW * g.K // 16)
@@ -741,8 +765,9 @@ cdef void _db_one(const floating* dout, floating* db, const _Geo* g,
 
 
 def conv2d_backward(dout, x, W, col, dcol, dx, dW, db, stride, pad):
-    """dx = col2im(W2.T @ dout_n) (via dcol), dW = sum_n dout_n @ col_n.T, db = sum dout over
-    n, oh, ow; dx, dW, db None to skip (dcol may be None when dx is). col: conv2d_forward's."""
+    """dx = col2im(W2.T @ dout_n) (via dcol), dW = sum_n dout_n @ col_n.T with col = im2col(x)
+    written here, db = sum dout over n, oh, ow; dx, dW, db None to skip (dcol may be None when
+    dx is, col when dW is)."""
     cdef Py_buffer v[8]
     cdef int dt
     cdef _Geo g
@@ -757,21 +782,21 @@ def conv2d_backward(dout, x, W, col, dcol, dx, dW, db, stride, pad):
         if dx is not None and dcol is None:
             raise ValueError("dcol (the workspace of dx) is required when dx is wanted")
         if dW is not None and col is None:
-            raise ValueError("col (written by conv2d_forward) is required when dW is wanted")
-        _arr(col, &v[3], dt, "col", (g.N, g.K, g.OHW), False, False)
+            raise ValueError("col (the workspace of dW) is required when dW is wanted")
+        _arr(col, &v[3], dt, "col", (g.N, g.K, g.OHW), True, False)
         _arr(dcol, &v[4], dt, "dcol", (g.N, g.K, g.OHW), True, False)
         _arr(dx, &v[5], dt, "dx", (g.N, g.C, g.H, g.W), True, False)
         _arr(dW, &v[6], dt, "dW", (g.F, g.C, g.KH, g.KW), True, False)
         _arr(db, &v[7], dt, "db", (g.F,), True, False)
         with nogil:
             if dt == DT_F32:
-                _conv_bwd(<const float*>v[0].buf, <const float*>v[2].buf,
-                          <const float*>v[3].buf, <float*>v[4].buf, <float*>v[5].buf,
-                          <float*>v[6].buf, <float*>v[7].buf, &g)
+                _conv_bwd(<const float*>v[0].buf, <const float*>v[1].buf,
+                          <const float*>v[2].buf, <float*>v[3].buf, <float*>v[4].buf,
+                          <float*>v[5].buf, <float*>v[6].buf, <float*>v[7].buf, &g)
             else:
-                _conv_bwd(<const double*>v[0].buf, <const double*>v[2].buf,
-                          <const double*>v[3].buf, <double*>v[4].buf, <double*>v[5].buf,
-                          <double*>v[6].buf, <double*>v[7].buf, &g)
+                _conv_bwd(<const double*>v[0].buf, <const double*>v[1].buf,
+                          <const double*>v[2].buf, <double*>v[3].buf, <double*>v[4].buf,
+                          <double*>v[5].buf, <double*>v[6].buf, <double*>v[7].buf, &g)
     finally:
         buf_release(v, 8)
 
@@ -1013,10 +1038,10 @@ cdef int _conv_op_fwd(dlf_op* p, const void* x) noexcept nogil:
 cdef int _conv_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept nogil:
     cdef _ConvC* s = <_ConvC*>p
     if s.dt == DT_F32:
-        _conv_bwd(<const float*>dout, <const float*>s.W, <const float*>s.col, <float*>s.dcol,
-                  <float*>s.op.dx, <float*>s.dW, <float*>s.db, &s.g)
+        _conv_bwd(<const float*>dout, <const float*>x, <const float*>s.W, <float*>s.col,
+                  <float*>s.dcol, <float*>s.op.dx, <float*>s.dW, <float*>s.db, &s.g)
     else:
-        _conv_bwd(<const double*>dout, <const double*>s.W, <const double*>s.col,
+        _conv_bwd(<const double*>dout, <const double*>x, <const double*>s.W, <double*>s.col,
                   <double*>s.dcol, <double*>s.op.dx, <double*>s.dW, <double*>s.db, &s.g)
     return 0
 

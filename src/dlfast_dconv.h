@@ -1,7 +1,7 @@
-/* Direct convolution at stride 1 (no im2col): dx of _conv's backward (a transposed convolution is
-   a convolution of dout with the kernel flipped and F, C swapped).
+/* Direct convolution at stride 1 (no im2col): _conv's forward, and dx of its backward (a
+   transposed convolution is a convolution of dout with the kernel flipped and F, C swapped).
 
-   One image:   out[f, i, j] = sum_{c, kh, kw} W[f, c, kh, kw] xp[c, i + kh, j + kw]
+   One image:   out[f, i, j] = (sum_{c, kh, kw} W[f, c, kh, kw] xp[c, i + kh, j + kw]) + b[f]
    with xp = x zero-padded by (ph, pw). The padded image xp (C, Hp, Wp) sits in a scratch buffer;
    outputs are computed over the "extended" grid p = i*Wp + j, j in [0, Wp): then the taps of every
    output are the same offset kh*Wp + kw from p in xp, so a vector of consecutive p is one
@@ -98,20 +98,26 @@ DLF_CLONES static void dlf_dconv_run_##SFX(const T* xp, const T* wp, T* e, Py_ss
 }                                                                                             \
                                                                                               \
 /* out (F, OH, OW) of one image x (C, H, W), stride 1; xp, e: scratch of                      \
-   dlf_dconv_xp_size and F*OH*Wp elements */                                                  \
-static void dlf_dconv_one_##SFX(const T* x, const T* wp, T* out, T* xp, T* e, Py_ssize_t C,   \
-                                Py_ssize_t H, Py_ssize_t W, Py_ssize_t F, Py_ssize_t KH,      \
-                                Py_ssize_t KW, Py_ssize_t ph, Py_ssize_t pw) {                \
+   dlf_dconv_xp_size and F*OH*Wp elements; b (F,) or NULL */                                  \
+static void dlf_dconv_one_##SFX(const T* x, const T* wp, const T* b, T* out, T* xp, T* e,     \
+                                Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t F,       \
+                                Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t ph, Py_ssize_t pw) { \
     Py_ssize_t Hp = H + 2 * ph, Wp = W + 2 * pw, OH = Hp - KH + 1, OW = Wp - KW + 1;          \
-    Py_ssize_t c, i, f, P = OH * Wp;                                                          \
+    Py_ssize_t c, i, j, f, P = OH * Wp;                                                       \
     memset(xp, 0, dlf_dconv_xp_size_##SFX(C, Hp, Wp, KW) * sizeof(T));                       \
     for (c = 0; c < C; c++)                                                                   \
         for (i = 0; i < H; i++)                                                               \
             memcpy(xp + (c * Hp + i + ph) * Wp + pw, x + (c * H + i) * W, W * sizeof(T));     \
     dlf_dconv_run_##SFX(xp, wp, e, C, Hp * Wp, Wp, F, KH, KW, P);                             \
     for (f = 0; f < F; f++)                                                                   \
-        for (i = 0; i < OH; i++)                                                              \
-            memcpy(out + (f * OH + i) * OW, e + f * P + i * Wp, OW * sizeof(T));              \
+        for (i = 0; i < OH; i++) {                                                            \
+            const T* er = e + f * P + i * Wp;                                                 \
+            T* o = out + (f * OH + i) * OW;                                                   \
+            if (b)                                                                            \
+                for (j = 0; j < OW; j++) o[j] = er[j] + b[f];                                 \
+            else                                                                              \
+                memcpy(o, er, OW * sizeof(T));                                                \
+        }                                                                                     \
 }
 
 DLF_DCONV(f, float, 8)

@@ -293,7 +293,7 @@ def build(name, draw, rng, dt):
             c.add("in", "b", r(f) if opt() else None)
             c.add("out", "out", r(*oshape)), c.add("work", "col", r(*cshape))
         else:
-            c.add("in", "dout", r(*oshape)), c.add("in", "col", r(*cshape))
+            c.add("in", "dout", r(*oshape)), c.add("work", "col", r(*cshape))
             wx = opt()
             c.add("work", "dcol", r(*cshape) if wx or opt() else None)
             c.add("out", "dx", r(n, cc, h, w) if wx else None)

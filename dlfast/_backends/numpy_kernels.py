@@ -1007,15 +1007,20 @@ def _tap(a, i, j, ohw, stride):
     return a[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
 
 
+def _im2col(x, col, kernel, ohw, stride, pad):
+    n, c = x.shape[:2]
+    xp = _pad(x, pad)
+    col6 = col.reshape(n, c, *kernel, *ohw)           # col[n, (c, i, j), (oh, ow)]
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            col6[:, :, i, j] = _tap(xp, i, j, ohw, stride)
+
+
 def conv2d_forward(x, W, b, out, col, stride, pad):
     n, c, _, _ = x.shape
     f, _, kh, kw = W.shape
     ohw = out.shape[2:]
-    xp = _pad(x, pad)
-    col6 = col.reshape(n, c, kh, kw, *ohw)            # col[n, (c, i, j), (oh, ow)]
-    for i in range(kh):
-        for j in range(kw):
-            col6[:, :, i, j] = _tap(xp, i, j, ohw, stride)
+    _im2col(x, col, (kh, kw), ohw, stride, pad)
     np.matmul(W.reshape(f, c * kh * kw), col, out=out.reshape(n, f, ohw[0] * ohw[1]))
     if b is not None:
         out += b[:, None, None]
@@ -1029,6 +1034,7 @@ def conv2d_backward(dout, x, W, col, dcol, dx, dW, db, stride, pad):
     if db is not None:
         db[...] = dout.sum(axis=(0, 2, 3), dtype=np.float64)
     if dW is not None:                                # sum_n dout_n @ col_n.T
+        _im2col(x, col, (kh, kw), ohw, stride, pad)
         dW.reshape(f, c * kh * kw)[...] = np.tensordot(d2, col, axes=([0, 2], [0, 2]))
     if dx is not None:
         np.matmul(W.reshape(f, c * kh * kw).T, d2, out=dcol)

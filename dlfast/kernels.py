@@ -1279,9 +1279,11 @@ def conv2d_backward(dout, x, W, col, dcol, dx, dW, db, stride=1, pad=0):
     ``dcol[n] = W2.T @ dout[n]`` and ``dx = col2im(dcol)``: ``dx[n, c, h, w] = sum dcol[n,
     (c*KH + kh)*KW + kw, i*OW + j]`` over ``i*sh + kh - ph = h``, ``j*sw + kw - pw = w``
     (overlapping windows add). dW sums in the dtype (GEMMs, images in order), db in float64.
-    ``col`` (workspace) receives im2col(x) for dW: ``col[n, (c*KH + kh)*KW + kw, i*OW + j] =
-    xp[n, c, i*sh + kh, j*sw + kw]``. dx, dW, db may be None (skipped); the workspaces ``col``
-    and ``dcol`` (``conv2d_workspace_shape``) may be None when dW, resp. dx, is."""
+    dx, dW, db may be None (skipped); the workspaces ``col`` (for im2col(x): ``col[n, (c*KH +
+    kh)*KW + kw, i*OW + j] = xp[n, c, i*sh + kh, j*sw + kw]``) and ``dcol``
+    (``conv2d_workspace_shape``, contents afterwards unspecified) may be None when dW, resp. dx,
+    is. The compiled backend convolves directly where that is faster (stride 1, >= 32 taps, a
+    batch of at least one image per core; src/_conv.pyx) and then leaves them alone."""
     x, W, stride, pad, oshape, wshape = _conv_args(x, W, stride, pad)
     dt = x.dtype
     dout = _float_in("dout", dout, 4, dt)

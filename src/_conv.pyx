@@ -1,12 +1,13 @@
 """Convolution and pooling over NCHW arrays (formulas: dlfast.kernels).
 
 conv2d forward   per image n: col_n = im2col(x_n) (C*KH*KW, OH*OW); out_n = W2 @ col_n + b  (GEMM),
-                 or at stride 1 (>= 32 taps, a batch of >= P images) directly (dlfast_dconv.h)
+                 or at stride 1 (>= 32 taps, F >= 6, a batch of >= P images) directly (dlfast_dconv.h)
 conv2d backward  dx_n = col2im(dcol_n), dcol_n = W2.T @ dout_n  (GEMM; overlapping windows summed),
                  or at stride 1 (enough taps, a batch of >= P images) the transposed convolution
                  of dout_n directly (dlfast_dconv.h; dcol unused)
                  dW = sum_n dout_n @ col_n.T, col_n = im2col(x_n) written first (fixed column
-                 blocks of dW; images added in order)
+                 blocks of dW; images added in order), or where the forward is direct, directly
+                 (dlf_dconv_dw: lanes over n, p in order)
                  db[f] = sum_{n, p} dout[n, f, p]   (double, fixed order)
 pools            one (n, c) plane per work item; each output row takes the window taps (kh, kw) in
                  row-major order over all its columns (branch-free max, double sums), vectorised;
@@ -319,6 +320,21 @@ cdef extern from "dlfast_dconv.h" nogil:
                           int) noexcept
     void dlf_dconv_pack_d(const double*, double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                           Py_ssize_t, int) noexcept
+    enum: DLF_DW_FB
+    void dlf_dconv_pad_f(const float*, float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                         Py_ssize_t, Py_ssize_t) noexcept
+    void dlf_dconv_pad_d(const double*, double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                         Py_ssize_t, Py_ssize_t) noexcept
+    void dlf_dconv_ext_f(const float*, float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                         Py_ssize_t) noexcept
+    void dlf_dconv_ext_d(const double*, double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                         Py_ssize_t, Py_ssize_t) noexcept
+    void dlf_dconv_dw_f(const float*, Py_ssize_t, const float*, Py_ssize_t, float*, Py_ssize_t,
+                        Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                        Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
+    void dlf_dconv_dw_d(const double*, Py_ssize_t, const double*, Py_ssize_t, double*,
+                        Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                        Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
     void dlf_dconv_one_f(const float*, const float*, const float*, float*, float*, float*,
                          Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                          Py_ssize_t, Py_ssize_t) noexcept
@@ -529,18 +545,22 @@ cdef inline void _col2im(const floating* col, floating* dx, const _Geo* g, Py_ss
 # (C*KH*KW taps) and dx (F*KH*KW taps: the transposed convolution of dout) are direct
 # convolutions (dlfast_dconv.h) instead of im2col/col2im around a GEMM. DeepConvNet's 3x3 layers,
 # batch 100, one thread: 47-64 GFLOP/s against 35-44 (OpenBLAS packs the im2col matrix again,
-# and uses each element only F times). col is the backward's: it writes im2col(x) there for dW.
+# and uses each element only F times). dW likewise where the forward is direct (else im2col
+# into col, then GEMMs).
 cdef enum:
     DIRECT_TAPS = 32
 
 
 cdef inline bint _fwd_direct(const _Geo* g) noexcept nogil:
-    return g.sh == 1 and g.sw == 1 and g.N >= _PARTS and g.K >= DIRECT_TAPS
+    """out (and dW) directly: F >= DLF_DC_FB fills the register tiles of output channels."""
+    return (g.sh == 1 and g.sw == 1 and g.N >= _PARTS and g.K >= DIRECT_TAPS
+            and g.F >= DLF_DC_FB)
 
 
 cdef inline bint _dx_direct(const _Geo* g) noexcept nogil:
+    """dx directly: its output channels are C (C = 1, a first layer's: 1/6 of a tile)."""
     return (g.sh == 1 and g.sw == 1 and g.ph < g.KH and g.pw < g.KW and g.N >= _PARTS
-            and g.F * g.KH * g.KW >= DIRECT_TAPS)
+            and g.F * g.KH * g.KW >= DIRECT_TAPS and g.C >= DLF_DC_FB)
 
 
 cdef int _dconv(const floating* src, const floating* Wt, const floating* b, floating* dst,
@@ -595,6 +615,67 @@ cdef inline void _dconv_image(const floating* src, const floating* wp, const flo
     else:
         dlf_dconv_one_d(src + n * ci * H * W, wp, b, dst + n * outs, t, t + xps, ci, H, W, co,
                         KH, KW, ph, pw)
+
+
+cdef int _dw_direct(const floating* dout, const floating* x, floating* dW,
+                    const _Geo* g) noexcept nogil:
+    """dW by direct convolution (dlf_dconv_dw): every image padded and every dout extended
+    first (one image per work item), then one item per block of DLF_DW_FB output channels and
+    input channel. Returns -1 (the caller computes dW through im2col) when the scratch cannot
+    be allocated or a dW is NaN (a non-finite x may add 0 * inf from the extended grid)."""
+    cdef Py_ssize_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, P = g.OH * Wp, VLEN, Pr
+    cdef Py_ssize_t xs, es, n, it, nfb = (g.F + DLF_DW_FB - 1) // DLF_DW_FB, i
+    cdef floating* buf
+    cdef int nt = _threads(g.N * g.F * g.OHW * g.K // 16), bad = 0
+    VLEN = 8 if floating is float else 4
+    Pr = (P + VLEN - 1) // VLEN * VLEN
+    if floating is float:
+        xs = dlf_dconv_xp_size_f(g.C, Hp, Wp, g.KW)
+    else:
+        xs = dlf_dconv_xp_size_d(g.C, Hp, Wp, g.KW)
+    xs = (xs + 15) // 16 * 16
+    es = g.F * Pr
+    buf = <floating*>malloc(g.N * (xs + es) * sizeof(floating))
+    if buf == NULL:
+        return -1
+    if nt == 1:
+        for n in range(g.N):
+            _dw_prep(dout, x, buf, g, xs, es, Wp, Pr, n)
+        for it in range(nfb * g.C):
+            _dw_item(buf, dW, g, xs, es, Wp, Pr, it, nfb)
+    else:
+        for n in prange(g.N, num_threads=nt, schedule="static"):
+            _dw_prep(dout, x, buf, g, xs, es, Wp, Pr, n)
+        for it in prange(nfb * g.C, num_threads=nt, schedule="static"):
+            _dw_item(buf, dW, g, xs, es, Wp, Pr, it, nfb)
+    free(buf)
+    for i in range(g.F * g.K):
+        if dW[i] != dW[i]:
+            bad = 1
+    return -1 if bad else 0
+
+
+cdef inline void _dw_prep(const floating* dout, const floating* x, floating* buf, const _Geo* g,
+                          Py_ssize_t xs, Py_ssize_t es, Py_ssize_t Wp, Py_ssize_t Pr,
+                          Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        dlf_dconv_pad_f(x + n * g.C * g.HW, buf + n * xs, g.C, g.H, g.W, g.ph, g.pw, g.KW)
+        dlf_dconv_ext_f(dout + n * g.F * g.OHW, buf + g.N * xs + n * es, g.F, g.OH, g.OW, Wp, Pr)
+    else:
+        dlf_dconv_pad_d(x + n * g.C * g.HW, buf + n * xs, g.C, g.H, g.W, g.ph, g.pw, g.KW)
+        dlf_dconv_ext_d(dout + n * g.F * g.OHW, buf + g.N * xs + n * es, g.F, g.OH, g.OW, Wp, Pr)
+
+
+cdef inline void _dw_item(floating* buf, floating* dW, const _Geo* g, Py_ssize_t xs,
+                          Py_ssize_t es, Py_ssize_t Wp, Py_ssize_t Pr, Py_ssize_t it,
+                          Py_ssize_t nfb) noexcept nogil:
+    cdef Py_ssize_t Hp = g.H + 2 * g.ph
+    if floating is float:
+        dlf_dconv_dw_f(buf, xs, buf + g.N * xs, es, dW, g.N, g.C, it % g.C, Hp * Wp, Wp, g.F,
+                       (it // g.C) * DLF_DW_FB, g.KH, g.KW, Pr)
+    else:
+        dlf_dconv_dw_d(buf, xs, buf + g.N * xs, es, dW, g.N, g.C, it % g.C, Hp * Wp, Wp, g.F,
+                       (it // g.C) * DLF_DW_FB, g.KH, g.KW, Pr)
 
 
 # ---------------------------------------------------------------------------- conv2d forward
@@ -703,22 +784,8 @@ cdef void _conv_bwd(const floating* dout, const floating* x, const floating* Wt,
                         _col2im(dcol + (it // g.C) * g.K * g.OHW, dx + (it // g.C) * g.C * g.HW,
                                 g, it % g.C, it % g.C + 1)
     if dW != NULL and g.F and g.K:
-        nt = _threads(g.N * g.K * g.OHW // CHEAP)      # col = im2col(x), then dW from it
-        if nt == 1:
-            for it in range(g.N):
-                _im2col(x + it * g.C * g.HW, col + it * g.K * g.OHW, g, 0, g.OHW)
-        else:
-            for it in prange(g.N, num_threads=nt, schedule="static"):
-                _im2col(x + it * g.C * g.HW, col + it * g.K * g.OHW, g, 0, g.OHW)
-        wc = _w_cols(g)
-        nbw = (g.K + wc - 1) // wc
-        nt = _threads(g.N * g.F * g.OHW * g.K // 16)
-        if nt == 1:
-            for it in range(nbw):
-                _dw_block(dout, col, dW, g, it * wc, wc)
-        else:
-            for it in prange(nbw, num_threads=nt, schedule="static"):
-                _dw_block(dout, col, dW, g, it * wc, wc)
+        if not (_fwd_direct(g) and _dw_direct(dout, x, dW, g) == 0):
+            _dw_gemm(dout, x, col, dW, g)
     if db != NULL and g.F:
         nt = _threads(g.N * g.F * g.OHW // CHEAP)
         if nt == 1:
@@ -727,6 +794,29 @@ cdef void _conv_bwd(const floating* dout, const floating* x, const floating* Wt,
         else:
             for it in prange(g.F, num_threads=nt, schedule="static"):
                 _db_one(dout, db, g, it)
+
+
+cdef void _dw_gemm(const floating* dout, const floating* x, floating* col, floating* dW,
+                   const _Geo* g) noexcept nogil:
+    """dW through col = im2col(x) and fixed column blocks of GEMMs (images added in order)."""
+    cdef Py_ssize_t it, wc, nbw
+    cdef int nt
+    nt = _threads(g.N * g.K * g.OHW // CHEAP)      # col = im2col(x), then dW from it
+    if nt == 1:
+        for it in range(g.N):
+            _im2col(x + it * g.C * g.HW, col + it * g.K * g.OHW, g, 0, g.OHW)
+    else:
+        for it in prange(g.N, num_threads=nt, schedule="static"):
+            _im2col(x + it * g.C * g.HW, col + it * g.K * g.OHW, g, 0, g.OHW)
+    wc = _w_cols(g)
+    nbw = (g.K + wc - 1) // wc
+    nt = _threads(g.N * g.F * g.OHW * g.K // 16)
+    if nt == 1:
+        for it in range(nbw):
+            _dw_block(dout, col, dW, g, it * wc, wc)
+    else:
+        for it in prange(nbw, num_threads=nt, schedule="static"):
+            _dw_block(dout, col, dW, g, it * wc, wc)
 
 
 cdef void _dx_image(const floating* dout, const floating* Wt, floating* dcol, floating* dx,

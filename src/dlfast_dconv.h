@@ -1,5 +1,5 @@
-/* Direct convolution at stride 1 (no im2col): _conv's forward, and dx of its backward (a
-   transposed convolution is a convolution of dout with the kernel flipped and F, C swapped).
+/* Direct convolution at stride 1 (no im2col): _conv's forward, dx of its backward (a transposed
+   convolution is a convolution of dout with the kernel flipped and F, C swapped), and dW.
 
    One image:   out[f, i, j] = (sum_{c, kh, kw} W[f, c, kh, kw] xp[c, i + kh, j + kw]) + b[f]
    with xp = x zero-padded by (ph, pw). The padded image xp (C, Hp, Wp) sits in a scratch buffer;
@@ -97,17 +97,34 @@ DLF_CLONES static void dlf_dconv_run_##SFX(const T* xp, const T* wp, T* e, Py_ss
         dlf_dconv_tiles_##SFX(xp, wp, e, C, HWp, Wp, F, KH, KW, P);                           \
 }                                                                                             \
                                                                                               \
+/* xp = x (C, H, W) zero-padded by (ph, pw), and the slack zeroed */                           \
+static void dlf_dconv_pad_##SFX(const T* x, T* xp, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,  \
+                                Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t KW) {                \
+    Py_ssize_t Hp = H + 2 * ph, Wp = W + 2 * pw, c, i;                                        \
+    memset(xp, 0, dlf_dconv_xp_size_##SFX(C, Hp, Wp, KW) * sizeof(T));                       \
+    for (c = 0; c < C; c++)                                                                   \
+        for (i = 0; i < H; i++)                                                               \
+            memcpy(xp + (c * Hp + i + ph) * Wp + pw, x + (c * H + i) * W, W * sizeof(T));     \
+}                                                                                             \
+                                                                                              \
+/* e (F, Pr) = dout (F, OH, OW) on the extended grid (rows of Wp), zeros elsewhere */         \
+static void dlf_dconv_ext_##SFX(const T* d, T* e, Py_ssize_t F, Py_ssize_t OH, Py_ssize_t OW, \
+                                Py_ssize_t Wp, Py_ssize_t Pr) {                               \
+    Py_ssize_t f, i;                                                                          \
+    memset(e, 0, F * Pr * sizeof(T));                                                         \
+    for (f = 0; f < F; f++)                                                                   \
+        for (i = 0; i < OH; i++)                                                              \
+            memcpy(e + f * Pr + i * Wp, d + (f * OH + i) * OW, OW * sizeof(T));               \
+}                                                                                             \
+                                                                                              \
 /* out (F, OH, OW) of one image x (C, H, W), stride 1; xp, e: scratch of                      \
    dlf_dconv_xp_size and F*OH*Wp elements; b (F,) or NULL */                                  \
 static void dlf_dconv_one_##SFX(const T* x, const T* wp, const T* b, T* out, T* xp, T* e,     \
                                 Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t F,       \
                                 Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t ph, Py_ssize_t pw) { \
     Py_ssize_t Hp = H + 2 * ph, Wp = W + 2 * pw, OH = Hp - KH + 1, OW = Wp - KW + 1;          \
-    Py_ssize_t c, i, j, f, P = OH * Wp;                                                       \
-    memset(xp, 0, dlf_dconv_xp_size_##SFX(C, Hp, Wp, KW) * sizeof(T));                       \
-    for (c = 0; c < C; c++)                                                                   \
-        for (i = 0; i < H; i++)                                                               \
-            memcpy(xp + (c * Hp + i + ph) * Wp + pw, x + (c * H + i) * W, W * sizeof(T));     \
+    Py_ssize_t i, j, f, P = OH * Wp;                                                          \
+    dlf_dconv_pad_##SFX(x, xp, C, H, W, ph, pw, KW);                                          \
     dlf_dconv_run_##SFX(xp, wp, e, C, Hp * Wp, Wp, F, KH, KW, P);                             \
     for (f = 0; f < F; f++)                                                                   \
         for (i = 0; i < OH; i++) {                                                            \
@@ -122,6 +139,61 @@ static void dlf_dconv_one_##SFX(const T* x, const T* wp, const T* b, T* out, T* 
 
 DLF_DCONV(f, float, 8)
 DLF_DCONV(d, double, 4)
+
+/* dW of a stride-1 convolution, directly. Per image n: xp_n, the padded image (as above, at
+   xp + n*xs), and e_n, dout_n on the extended grid with zero columns j >= OW, rows of Pr (P
+   rounded up to the vector width, zero-filled) at e + n*es. One call: the channels
+   [f0, f0 + DLF_DW_FB) of F at input channel c:
+       dW[f, c, kh, kw] = sum_n sum_p e_n[f, p] xp_n[c, p + kh*Wp + kw]
+   in vector lanes (n, then p, in order), each lane sum added pairwise ((0+1)+(2+3))+((4+5)+(6+7)).
+   A non-finite x can make a junk term 0 * inf: the caller checks dW and redoes it otherwise. */
+#define DLF_DW_FB 4
+#define DLF_DCONV_DW(SFX, T, VL)                                                              \
+static inline T dlf_dw_hsum_##SFX(dlf_dcv_##SFX v) {                                          \
+    T l[VL]; int h;                                                                           \
+    memcpy(l, &v, sizeof(v));                                                                 \
+    for (h = VL / 2; h >= 1; h /= 2) {        /* pairs of lanes, then pairs of pairs */      \
+        int i;                                                                                \
+        for (i = 0; i < h; i++) l[i] = l[2 * i] + l[2 * i + 1];                               \
+    }                                                                                         \
+    return l[0];                                                                              \
+}                                                                                             \
+DLF_CLONES static void dlf_dconv_dw_##SFX(const T* xp, Py_ssize_t xs, const T* e,             \
+                                          Py_ssize_t es, T* dW, Py_ssize_t N, Py_ssize_t C,   \
+                                          Py_ssize_t c, Py_ssize_t HWp, Py_ssize_t Wp,        \
+                                          Py_ssize_t F, Py_ssize_t f0, Py_ssize_t KH,         \
+                                          Py_ssize_t KW, Py_ssize_t Pr) {                     \
+    Py_ssize_t kh, kw0, n, p, nf = F - f0 < DLF_DW_FB ? F - f0 : DLF_DW_FB;                   \
+    int j, k;                                                                                 \
+    for (kh = 0; kh < KH; kh++)                                                               \
+        for (kw0 = 0; kw0 < KW; kw0 += 3) {                                                   \
+            int nk = KW - kw0 < 3 ? (int)(KW - kw0) : 3;                                      \
+            dlf_dcv_##SFX a[DLF_DW_FB][3];                                                    \
+            for (j = 0; j < DLF_DW_FB; j++)                                                   \
+                for (k = 0; k < 3; k++) a[j][k] = (dlf_dcv_##SFX){0};                         \
+            for (n = 0; n < N; n++) {                                                         \
+                const T* xr = xp + n * xs + c * HWp + kh * Wp + kw0;                          \
+                const T* er = e + n * es + f0 * Pr;                                           \
+                for (p = 0; p < Pr; p += (VL)) {                                              \
+                    dlf_dcv_##SFX x0 = *(const dlf_dcvu_##SFX*)(xr + p);                      \
+                    dlf_dcv_##SFX x1 = *(const dlf_dcvu_##SFX*)(xr + p + 1);                  \
+                    dlf_dcv_##SFX x2 = *(const dlf_dcvu_##SFX*)(xr + p + 2);                  \
+                    for (j = 0; j < DLF_DW_FB; j++) {                                         \
+                        dlf_dcv_##SFX ev = *(const dlf_dcvu_##SFX*)(er + (j < nf ? j : 0) * Pr + p); \
+                        a[j][0] += ev * x0;                                                   \
+                        a[j][1] += ev * x1;                                                   \
+                        a[j][2] += ev * x2;                                                   \
+                    }                                                                         \
+                }                                                                             \
+            }                                                                                 \
+            for (j = 0; j < nf; j++)                                                          \
+                for (k = 0; k < nk; k++)                                                      \
+                    dW[(((f0 + j) * C + c) * KH + kh) * KW + kw0 + k] = dlf_dw_hsum_##SFX(a[j][k]); \
+        }                                                                                     \
+}
+
+DLF_DCONV_DW(f, float, 8)
+DLF_DCONV_DW(d, double, 4)
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options

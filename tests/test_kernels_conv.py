@@ -188,7 +188,7 @@ def test_oracle_conv_matches_nested_loops(xs, ws, stride, pad):
         np.testing.assert_allclose(out, loop_conv(x, W, b, stride, pad), rtol=1e-12, atol=1e-12)
         dout = rng.standard_normal(out.shape)
         got = conv_bwd(dout, x, W, stride, pad)
-        # the backward's col (im2col(x), documented): out[n] = W2 @ col[n] + b
+        # the NumPy backend's col after a backward is im2col(x): out[n] = W2 @ col[n] + b
         col = np.full(K.conv2d_workspace_shape(xs, W.shape, stride, pad), np.nan)
         K.conv2d_backward(dout, x, W, col, None, None, np.empty_like(W), None, stride, pad)
         f = W.shape[0]
@@ -410,9 +410,10 @@ DIRECT = [  # stride 1, >= 32 taps, batch >= 2: out and dx by direct convolution
     ((2, 16, 28, 28), (16, 16, 3, 3), 1, 1),      # DeepConvNet's
     ((3, 5, 9, 7), (7, 5, 3, 3), 1, 0),           # odd sizes, no padding, a partial channel tile
     ((2, 4, 6, 11), (13, 4, 3, 5), 1, (2, 1)),    # non-square kernel and padding
-    ((4, 3, 5, 5), (2, 3, 4, 4), 1, (3, 3)),      # padding KH - 1: dx's own padding is 0
+    ((4, 7, 5, 5), (6, 7, 4, 4), 1, (3, 3)),      # padding KH - 1: dx's own padding is 0
     ((2, 6, 1, 17), (40, 6, 1, 7), 1, (0, 3)),    # one row; F = 40 (tiles of 6)
-    ((2, 8, 4, 4), (3, 8, 2, 2), 1, 1),           # out direct (32 taps), dx (12) by the GEMM
+    ((2, 8, 4, 4), (6, 8, 2, 2), 1, 1),           # out direct (32 taps), dx (24) by the GEMM
+    ((2, 3, 8, 8), (13, 3, 3, 3), 1, 1),          # C = 3: dx by the GEMM
 ]
 
 
@@ -434,6 +435,21 @@ def test_conv_direct_matches_the_oracle(xs, ws, stride, pad, dtype, kind):
     for r, a, c, (bound, k) in zip(ref, one, two, bounds):
         assert same_bits(a, c), "1 and 2 threads differ"
         check_close(a, r, bound, k)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_direct_non_finite_x(dtype):
+    """A non-finite x on the direct path: out, dx, dW with the oracle's inf/NaN pattern (the
+    direct dW sees 0 * inf on its extended grid and hands over to the GEMM)."""
+    rng, x, W, b = conv_data((2, 6, 6, 7), (7, 6, 3, 3), dtype, 9)
+    x[0, 1, 2, 3], x[1, 3, 0, 6] = np.inf, np.nan
+    dout = rng.standard_normal(K.conv2d_output_shape(x.shape, W.shape, 1, 1)).astype(dtype)
+    ref, one, two = on_all(lambda: conv_fwd(x, W, b, 1, 1)[:1] + conv_bwd(dout, x, W, 1, 1),
+                           quiet=True)
+    for r, a, c in zip(ref, one, two):
+        assert same_bits(a, c)
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(r))
+        np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4)      # inf where the oracle's
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

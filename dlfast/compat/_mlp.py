@@ -142,7 +142,9 @@ class _Conv(_Book, L.Conv2D):
     b = _param("b", "The bias (FN,).")
     dW, db = _grad("W"), _grad("b")
     x = _rec("x", "The last forward's input.")
-    col = _rec("col", "The convolution's workspace (N, C*FH*FW, OH*OW): im2col(x) after a backward.")
+    col = property(lambda self: self._buf("col", self._shapes(self._fwd["x"].shape)[1])
+                   if self._fwd and self._fwd.get("x") is not None else None,
+                   doc="The convolution's workspace (N, C*FH*FW, OH*OW) for the last input.")
     pad = property(lambda self: self.padding[0] if self.padding[0] == self.padding[1]
                    else self.padding, doc="The zero padding (an int when square).")
 

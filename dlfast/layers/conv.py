@@ -94,14 +94,16 @@ class Conv2D(Layer):
         out, col = self._buf("out", oshape), self._buf("col", cshape)
         kernels.conv2d_forward(x, self.params["W"], self.params.get("b"), out, col, self.stride,
                                self.padding)
-        self._fwd = {"x": x, "out": out, "col": col}
+        self._fwd = {"x": x, "out": out}           # col: a workspace, not a record
         return out
 
     def backward(self, dout, compute_dx=True):
         dout = self._check_dout(dout)
-        x, col = self._fwd["x"], self._fwd["col"]
+        x = self._fwd["x"]
+        cshape = self._shapes(x.shape)[1]
+        col = self._buf("col", cshape)
         dx = self._buf("dx", x.shape) if compute_dx else None
-        dcol = self._buf("dcol", col.shape) if compute_dx else None
+        dcol = self._buf("dcol", cshape) if compute_dx else None
         kernels.conv2d_backward(dout, x, self.params["W"], col, dcol, dx, self._grad("W"),
                                 self._grad("b") if "b" in self.params else None, self.stride,
                                 self.padding)
@@ -109,9 +111,10 @@ class Conv2D(Layer):
 
     def kernel_pair(self, x_shape, need_dx):
         oshape, cshape = self._shapes(x_shape)
-        rec = {"x": None, "out": self._buf("out", oshape), "col": self._buf("col", cshape)}
+        rec = {"x": None, "out": self._buf("out", oshape)}
         return Pair("conv2d", dict(
-            W=self.params["W"], b=self.params.get("b"), out=rec["out"], col=rec["col"],
+            W=self.params["W"], b=self.params.get("b"), out=rec["out"],
+            col=self._buf("col", cshape),
             dcol=self._buf("dcol", cshape) if need_dx else None,
             dx=self._buf("dx", tuple(x_shape)) if need_dx else None, dW=self._grad("W"),
             db=self._grad("b") if "b" in self.params else None, stride=self.stride,

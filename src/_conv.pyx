@@ -330,12 +330,11 @@ cdef extern from "dlfast_dconv.h" nogil:
     void dlf_dconv_ext_d(const double*, double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                          Py_ssize_t, Py_ssize_t) noexcept
     void dlf_dconv_dw_f(const float*, Py_ssize_t, const float*, Py_ssize_t, float*, Py_ssize_t,
-                        Py_ssize_t, float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                        Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
+                        Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                        Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
     void dlf_dconv_dw_d(const double*, Py_ssize_t, const double*, Py_ssize_t, double*,
-                        Py_ssize_t, Py_ssize_t, double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                        Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                        Py_ssize_t) noexcept
+                        Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                        Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
     void dlf_dconv_one_f(const float*, const float*, const float*, float*, float*, float*,
                          Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                          Py_ssize_t, Py_ssize_t) noexcept
@@ -618,23 +617,15 @@ cdef inline void _dconv_image(const floating* src, const floating* wp, const flo
                         KH, KW, ph, pw)
 
 
-cdef enum:
-    DW_CHUNK_BYTES = 131072     # images per dW pass: their padded x and dout within 128 KB
-
-
 cdef int _dw_direct(const floating* dout, const floating* x, floating* dW,
                     const _Geo* g) noexcept nogil:
     """dW by direct convolution (dlf_dconv_dw): every image padded and every dout extended
-    first (one image per work item); then, chunk by chunk of images (their data within
-    DW_CHUNK_BYTES: a chunk stays in cache for all items, instead of every item streaming the
-    whole batch), one item per block of DLF_DW_FB output channels and input channel, its
-    accumulators kept between chunks. Returns -1 (the caller computes dW through im2col) when
-    the scratch cannot be allocated or a dW is NaN (a non-finite x may add 0 * inf from the
-    extended grid)."""
+    first (one image per work item), then one item per block of DLF_DW_FB output channels and
+    input channel. Returns -1 (the caller computes dW through im2col) when the scratch cannot
+    be allocated or a dW is NaN (a non-finite x may add 0 * inf from the extended grid)."""
     cdef Py_ssize_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, P = g.OH * Wp, VLEN, Pr
-    cdef Py_ssize_t xs, es, n, it, nfb = (g.F + DLF_DW_FB - 1) // DLF_DW_FB, i, per, nb, n0
+    cdef Py_ssize_t xs, es, n, it, nfb = (g.F + DLF_DW_FB - 1) // DLF_DW_FB, i
     cdef floating* buf
-    cdef floating* acc
     cdef int nt = _threads(g.N * g.F * g.OHW * g.K // 16), bad = 0
     VLEN = 8 if floating is float else 4
     Pr = (P + VLEN - 1) // VLEN * VLEN
@@ -644,28 +635,19 @@ cdef int _dw_direct(const floating* dout, const floating* x, floating* dW,
         xs = dlf_dconv_xp_size_d(g.C, Hp, Wp, g.KW)
     xs = (xs + 15) // 16 * 16
     es = g.F * Pr
-    per = g.KH * ((g.KW + 2) // 3) * DLF_DW_FB * 3 * VLEN      # accumulators of one item
-    buf = <floating*>malloc((g.N * (xs + es) + nfb * g.C * per) * sizeof(floating))
+    buf = <floating*>malloc(g.N * (xs + es) * sizeof(floating))
     if buf == NULL:
         return -1
-    acc = buf + g.N * (xs + es)
-    memset(acc, 0, nfb * g.C * per * sizeof(floating))
-    nb = max(1, DW_CHUNK_BYTES // ((xs + es) * <Py_ssize_t>sizeof(floating)))
     if nt == 1:
         for n in range(g.N):
             _dw_prep(dout, x, buf, g, xs, es, Wp, Pr, n)
+        for it in range(nfb * g.C):
+            _dw_item(buf, dW, g, xs, es, Wp, Pr, it, nfb)
     else:
         for n in prange(g.N, num_threads=nt, schedule="static"):
             _dw_prep(dout, x, buf, g, xs, es, Wp, Pr, n)
-    n0 = 0
-    while n0 < g.N:
-        if nt == 1:
-            for it in range(nfb * g.C):
-                _dw_item(buf, acc + it * per, dW, g, xs, es, Wp, Pr, it, n0, min(n0 + nb, g.N))
-        else:
-            for it in prange(nfb * g.C, num_threads=nt, schedule="static"):
-                _dw_item(buf, acc + it * per, dW, g, xs, es, Wp, Pr, it, n0, min(n0 + nb, g.N))
-        n0 = n0 + nb
+        for it in prange(nfb * g.C, num_threads=nt, schedule="static"):
+            _dw_item(buf, dW, g, xs, es, Wp, Pr, it, nfb)
     free(buf)
     for i in range(g.F * g.K):
         if dW[i] != dW[i]:
@@ -684,19 +666,16 @@ cdef inline void _dw_prep(const floating* dout, const floating* x, floating* buf
         dlf_dconv_ext_d(dout + n * g.F * g.OHW, buf + g.N * xs + n * es, g.F, g.OH, g.OW, Wp, Pr)
 
 
-cdef inline void _dw_item(floating* buf, floating* acc, floating* dW, const _Geo* g,
-                          Py_ssize_t xs, Py_ssize_t es, Py_ssize_t Wp, Py_ssize_t Pr,
-                          Py_ssize_t it, Py_ssize_t n0, Py_ssize_t n1) noexcept nogil:
-    """Item it (channel block it // C, input channel it % C) over images [n0, n1); the last
-    chunk writes dW."""
+cdef inline void _dw_item(floating* buf, floating* dW, const _Geo* g, Py_ssize_t xs,
+                          Py_ssize_t es, Py_ssize_t Wp, Py_ssize_t Pr, Py_ssize_t it,
+                          Py_ssize_t nfb) noexcept nogil:
     cdef Py_ssize_t Hp = g.H + 2 * g.ph
-    cdef floating* out = dW if n1 == g.N else NULL
     if floating is float:
-        dlf_dconv_dw_f(buf, xs, buf + g.N * xs, es, acc, n0, n1, out, g.C, it % g.C, Hp * Wp,
-                       Wp, g.F, (it // g.C) * DLF_DW_FB, g.KH, g.KW, Pr)
+        dlf_dconv_dw_f(buf, xs, buf + g.N * xs, es, dW, g.N, g.C, it % g.C, Hp * Wp, Wp, g.F,
+                       (it // g.C) * DLF_DW_FB, g.KH, g.KW, Pr)
     else:
-        dlf_dconv_dw_d(buf, xs, buf + g.N * xs, es, acc, n0, n1, out, g.C, it % g.C, Hp * Wp,
-                       Wp, g.F, (it // g.C) * DLF_DW_FB, g.KH, g.KW, Pr)
+        dlf_dconv_dw_d(buf, xs, buf + g.N * xs, es, dW, g.N, g.C, it % g.C, Hp * Wp, Wp, g.F,
+                       (it // g.C) * DLF_DW_FB, g.KH, g.KW, Pr)
 
 
 # ---------------------------------------------------------------------------- conv2d forward

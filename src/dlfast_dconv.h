@@ -143,8 +143,7 @@ DLF_DCONV(d, double, 4)
 /* dW of a stride-1 convolution, directly. Per image n: xp_n, the padded image (as above, at
    xp + n*xs), and e_n, dout_n on the extended grid with zero columns j >= OW, rows of Pr (P
    rounded up to the vector width, zero-filled) at e + n*es. One call: the channels
-   [f0, f0 + DLF_DW_FB) of F at input channel c, over images [n0, n1) (the caller walks the batch
-   in chunks that stay in cache, each item's accumulators kept between chunks):
+   [f0, f0 + DLF_DW_FB) of F at input channel c:
        dW[f, c, kh, kw] = sum_n sum_p e_n[f, p] xp_n[c, p + kh*Wp + kw]
    in vector lanes (n, then p, in order), each lane sum added pairwise ((0+1)+(2+3))+((4+5)+(6+7)).
    A non-finite x can make a junk term 0 * inf: the caller checks dW and redoes it otherwise. */
@@ -160,21 +159,19 @@ static inline T dlf_dw_hsum_##SFX(dlf_dcv_##SFX v) {                            
     return l[0];                                                                              \
 }                                                                                             \
 DLF_CLONES static void dlf_dconv_dw_##SFX(const T* xp, Py_ssize_t xs, const T* e,             \
-                                          Py_ssize_t es, T* acc, Py_ssize_t n0, Py_ssize_t n1,\
-                                          T* dW, Py_ssize_t C, Py_ssize_t c, Py_ssize_t HWp,  \
-                                          Py_ssize_t Wp, Py_ssize_t F, Py_ssize_t f0,         \
-                                          Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t Pr) {      \
-    /* images [n0, n1) into this item's accumulators acc (KH * ceil(KW/3) tiles of            \
-       DLF_DW_FB x 3 vectors, zero before the first images); dW != NULL: then write dW */     \
+                                          Py_ssize_t es, T* dW, Py_ssize_t N, Py_ssize_t C,   \
+                                          Py_ssize_t c, Py_ssize_t HWp, Py_ssize_t Wp,        \
+                                          Py_ssize_t F, Py_ssize_t f0, Py_ssize_t KH,         \
+                                          Py_ssize_t KW, Py_ssize_t Pr) {                     \
     Py_ssize_t kh, kw0, n, p, nf = F - f0 < DLF_DW_FB ? F - f0 : DLF_DW_FB;                   \
     int j, k;                                                                                 \
     for (kh = 0; kh < KH; kh++)                                                               \
         for (kw0 = 0; kw0 < KW; kw0 += 3) {                                                   \
             int nk = KW - kw0 < 3 ? (int)(KW - kw0) : 3;                                      \
-            T* tile = acc + (kh * ((KW + 2) / 3) + kw0 / 3) * DLF_DW_FB * 3 * (VL);           \
             dlf_dcv_##SFX a[DLF_DW_FB][3];                                                    \
-            memcpy(a, tile, sizeof(a));                                                       \
-            for (n = n0; n < n1; n++) {                                                       \
+            for (j = 0; j < DLF_DW_FB; j++)                                                   \
+                for (k = 0; k < 3; k++) a[j][k] = (dlf_dcv_##SFX){0};                         \
+            for (n = 0; n < N; n++) {                                                         \
                 const T* xr = xp + n * xs + c * HWp + kh * Wp + kw0;                          \
                 const T* er = e + n * es + f0 * Pr;                                           \
                 for (p = 0; p < Pr; p += (VL)) {                                              \
@@ -189,12 +186,9 @@ DLF_CLONES static void dlf_dconv_dw_##SFX(const T* xp, Py_ssize_t xs, const T* e
                     }                                                                         \
                 }                                                                             \
             }                                                                                 \
-            memcpy(tile, a, sizeof(a));                                                       \
-            if (dW)                                                                           \
-                for (j = 0; j < nf; j++)                                                      \
-                    for (k = 0; k < nk; k++)                                                  \
-                        dW[(((f0 + j) * C + c) * KH + kh) * KW + kw0 + k] =                   \
-                            dlf_dw_hsum_##SFX(a[j][k]);                                       \
+            for (j = 0; j < nf; j++)                                                          \
+                for (k = 0; k < nk; k++)                                                      \
+                    dW[(((f0 + j) * C + c) * KH + kh) * KW + kw0 + k] = dlf_dw_hsum_##SFX(a[j][k]); \
         }                                                                                     \
 }
 

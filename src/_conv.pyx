@@ -316,6 +316,8 @@ cdef extern from "dlfast_dconv.h" nogil:
     enum: DLF_DC_FB
     Py_ssize_t dlf_dconv_xp_size_f(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
     Py_ssize_t dlf_dconv_xp_size_d(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
+    Py_ssize_t dlf_dconv_rows_f(Py_ssize_t) noexcept
+    Py_ssize_t dlf_dconv_rows_d(Py_ssize_t) noexcept
     void dlf_dconv_pack_f(const float*, float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                           int) noexcept
     void dlf_dconv_pack_d(const double*, double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
@@ -623,16 +625,16 @@ cdef int _dw_direct(const floating* dout, const floating* x, floating* dW,
     first (one image per work item), then one item per block of DLF_DW_FB output channels and
     input channel. Returns -1 (the caller computes dW through im2col) when the scratch cannot
     be allocated or a dW is NaN (a non-finite x may add 0 * inf from the extended grid)."""
-    cdef Py_ssize_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, P = g.OH * Wp, VLEN, Pr
+    cdef Py_ssize_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, P = g.OH * Wp, Pr
     cdef Py_ssize_t xs, es, n, it, nfb = (g.F + DLF_DW_FB - 1) // DLF_DW_FB, i
     cdef floating* buf
     cdef int nt = _threads(g.N * g.F * g.OHW * g.K // 16), bad = 0
-    VLEN = 8 if floating is float else 4
-    Pr = (P + VLEN - 1) // VLEN * VLEN
     if floating is float:
         xs = dlf_dconv_xp_size_f(g.C, Hp, Wp, g.KW)
+        Pr = dlf_dconv_rows_f(P)
     else:
         xs = dlf_dconv_xp_size_d(g.C, Hp, Wp, g.KW)
+        Pr = dlf_dconv_rows_d(P)
     xs = (xs + 15) // 16 * 16
     es = g.F * Pr
     buf = <floating*>malloc(g.N * (xs + es) * sizeof(floating))
@@ -679,14 +681,15 @@ cdef inline void _dw_item(floating* buf, floating* dW, const _Geo* g, Py_ssize_t
 
 
 # ---------------------------------------------------------------------------- conv2d forward
-cdef void _conv_fwd(const floating* x, const floating* Wt, const floating* b, floating* out,
+cdef bint _conv_fwd(const floating* x, const floating* Wt, const floating* b, floating* out,
                     floating* col, const _Geo* g) noexcept nogil:
+    """Returns whether col now holds im2col(x) (the GEMM path) for a backward of the same x."""
     cdef Py_ssize_t cols = _img_cols(g), nb = (g.OHW + cols - 1) // cols, it
     cdef int nt = _threads(g.N * g.F * g.OHW * g.K // 16 + g.N * g.K * g.OHW // CHEAP)
     if g.N == 0:
-        return
+        return True
     if _fwd_direct(g) and _dconv(x, Wt, b, out, g, False) == 0:
-        return                                  # col: written by the backward
+        return False                            # col untouched
     _pin()
     if nt == 1:
         for it in range(g.N * nb):
@@ -694,6 +697,7 @@ cdef void _conv_fwd(const floating* x, const floating* Wt, const floating* b, fl
     else:
         for it in prange(g.N * nb, num_threads=nt, schedule="static"):
             _fwd_item(x, Wt, b, out, col, g, it // nb, (it % nb) * cols, cols)
+    return True
 
 
 cdef void _fwd_item(const floating* x, const floating* Wt, const floating* b, floating* out,
@@ -747,9 +751,10 @@ def conv2d_forward(x, W, b, out, col, stride, pad):
 
 # ---------------------------------------------------------------------------- conv2d backward
 cdef void _conv_bwd(const floating* dout, const floating* x, const floating* Wt, floating* col,
-                    floating* dcol, floating* dx, floating* dW, floating* db,
-                    const _Geo* g) noexcept nogil:
-    cdef Py_ssize_t cols, nb, it, wc, nbw
+                    floating* dcol, floating* dx, floating* dW, floating* db, const _Geo* g,
+                    bint col_ready) noexcept nogil:
+    """col_ready: col already holds im2col(x) (the forward of this x took the GEMM path)."""
+    cdef Py_ssize_t cols, nb, it
     cdef int nt
     _pin()
     if dx != NULL and g.N and g.C and g.HW:
@@ -785,7 +790,7 @@ cdef void _conv_bwd(const floating* dout, const floating* x, const floating* Wt,
                                 g, it % g.C, it % g.C + 1)
     if dW != NULL and g.F and g.K:
         if not (_fwd_direct(g) and _dw_direct(dout, x, dW, g) == 0):
-            _dw_gemm(dout, x, col, dW, g)
+            _dw_gemm(dout, x, col, dW, g, col_ready)
     if db != NULL and g.F:
         nt = _threads(g.N * g.F * g.OHW // CHEAP)
         if nt == 1:
@@ -797,17 +802,18 @@ cdef void _conv_bwd(const floating* dout, const floating* x, const floating* Wt,
 
 
 cdef void _dw_gemm(const floating* dout, const floating* x, floating* col, floating* dW,
-                   const _Geo* g) noexcept nogil:
-    """dW through col = im2col(x) and fixed column blocks of GEMMs (images added in order)."""
+                   const _Geo* g, bint col_ready) noexcept nogil:
+    """dW through col = im2col(x) (written here unless col_ready) and fixed column blocks of
+    GEMMs (images added in order)."""
     cdef Py_ssize_t it, wc, nbw
-    cdef int nt
-    nt = _threads(g.N * g.K * g.OHW // CHEAP)      # col = im2col(x), then dW from it
-    if nt == 1:
-        for it in range(g.N):
-            _im2col(x + it * g.C * g.HW, col + it * g.K * g.OHW, g, 0, g.OHW)
-    else:
-        for it in prange(g.N, num_threads=nt, schedule="static"):
-            _im2col(x + it * g.C * g.HW, col + it * g.K * g.OHW, g, 0, g.OHW)
+    cdef int nt = _threads(g.N * g.K * g.OHW // CHEAP)
+    if not col_ready:
+        if nt == 1:
+            for it in range(g.N):
+                _im2col(x + it * g.C * g.HW, col + it * g.K * g.OHW, g, 0, g.OHW)
+        else:
+            for it in prange(g.N, num_threads=nt, schedule="static"):
+                _im2col(x + it * g.C * g.HW, col + it * g.K * g.OHW, g, 0, g.OHW)
     wc = _w_cols(g)
     nbw = (g.K + wc - 1) // wc
     nt = _threads(g.N * g.F * g.OHW * g.K // 16)
@@ -882,11 +888,12 @@ def conv2d_backward(dout, x, W, col, dcol, dx, dW, db, stride, pad):
             if dt == DT_F32:
                 _conv_bwd(<const float*>v[0].buf, <const float*>v[1].buf,
                           <const float*>v[2].buf, <float*>v[3].buf, <float*>v[4].buf,
-                          <float*>v[5].buf, <float*>v[6].buf, <float*>v[7].buf, &g)
+                          <float*>v[5].buf, <float*>v[6].buf, <float*>v[7].buf, &g, False)
             else:
                 _conv_bwd(<const double*>v[0].buf, <const double*>v[1].buf,
                           <const double*>v[2].buf, <double*>v[3].buf, <double*>v[4].buf,
-                          <double*>v[5].buf, <double*>v[6].buf, <double*>v[7].buf, &g)
+                          <double*>v[5].buf, <double*>v[6].buf, <double*>v[7].buf, &g,
+                          False)
     finally:
         buf_release(v, 8)
 
@@ -1112,16 +1119,18 @@ ctypedef struct _ConvC:
     void* dW
     void* db
     int dt
+    bint col_ready      # the last forward left im2col(x) in col (a program runs an op's
+                        # backward right after its forward of the same x, in one call)
 
 
 cdef int _conv_op_fwd(dlf_op* p, const void* x) noexcept nogil:
     cdef _ConvC* s = <_ConvC*>p
     if s.dt == DT_F32:
-        _conv_fwd(<const float*>x, <const float*>s.W, <const float*>s.b, <float*>s.op.out,
-                  <float*>s.col, &s.g)
+        s.col_ready = _conv_fwd(<const float*>x, <const float*>s.W, <const float*>s.b,
+                                <float*>s.op.out, <float*>s.col, &s.g)
     else:
-        _conv_fwd(<const double*>x, <const double*>s.W, <const double*>s.b, <double*>s.op.out,
-                  <double*>s.col, &s.g)
+        s.col_ready = _conv_fwd(<const double*>x, <const double*>s.W, <const double*>s.b,
+                                <double*>s.op.out, <double*>s.col, &s.g)
     return 0
 
 
@@ -1129,10 +1138,12 @@ cdef int _conv_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept nogil
     cdef _ConvC* s = <_ConvC*>p
     if s.dt == DT_F32:
         _conv_bwd(<const float*>dout, <const float*>x, <const float*>s.W, <float*>s.col,
-                  <float*>s.dcol, <float*>s.op.dx, <float*>s.dW, <float*>s.db, &s.g)
+                  <float*>s.dcol, <float*>s.op.dx, <float*>s.dW, <float*>s.db, &s.g,
+                  s.col_ready)
     else:
         _conv_bwd(<const double*>dout, <const double*>x, <const double*>s.W, <double*>s.col,
-                  <double*>s.dcol, <double*>s.op.dx, <double*>s.dW, <double*>s.db, &s.g)
+                  <double*>s.dcol, <double*>s.op.dx, <double*>s.dW, <double*>s.db, &s.g,
+                  s.col_ready)
     return 0
 
 

@@ -37,6 +37,11 @@ static inline Py_ssize_t dlf_dconv_xp_size_##SFX(Py_ssize_t C, Py_ssize_t Hp, Py
     return C * Hp * Wp + KW + 2 * (VL) + 8;                                                   \
 }                                                                                             \
                                                                                               \
+/* P rounded up to the vector width: the row length of dlf_dconv_dw's extended dout */       \
+static inline Py_ssize_t dlf_dconv_rows_##SFX(Py_ssize_t P) {                                 \
+    return (P + (VL) - 1) / (VL) * (VL);                                                      \
+}                                                                                             \
+                                                                                              \
 static void dlf_dconv_pack_##SFX(const T* W, T* wp, Py_ssize_t F, Py_ssize_t C, Py_ssize_t KH, \
                                  Py_ssize_t KW, int transposed) {                             \
     Py_ssize_t O = transposed ? C : F, I = transposed ? F : C, nb = (O + DLF_DC_FB - 1) / DLF_DC_FB; \

@@ -13,7 +13,7 @@ is the least number of bytes the pass must read and write:
     Adam.update        fused, with norm    32   (+ read g for the norm and finiteness check)
     batchnorm fwd      train, (N, F)       12   (read x; write out, xhat)
     batchnorm bwd      (N, F)              12   (read dout, xhat; write dx)
-    dropout fwd        mask + apply        10   (write mask 1; read x 4, mask 1; write out 4)
+    dropout fwd        the step's op       10   (write mask 1; read x 4, mask 1; write out 4)
 
 at n = 10^5 elements (in cache) and 10^7 (in memory). Ratio = time / probe (the issue's target:
 <= 1.3). Timing as ``compare.py`` (interleaved blocks, medians of per-round ratios).
@@ -89,11 +89,16 @@ def passes(n):
     kernels.batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd)
     mask = np.empty(x.shape, np.uint8)
     c = [0]
+    # the training step's dropout op (mask and apply in one pass), run as a one-op program
+    op = kernels.make_op("dropout", x.shape, x.dtype, out=out, mask=mask, dx=None, p=0.5, seed=7,
+                         scale=2.0)
+    prog = kernels._impl().Program([(kernels.FWD, op, None, None, 0)], [], x.shape, x.dtype,
+                                   [out, mask])
 
     def dropout():
-        c[0] += 1
-        kernels.dropout_mask(mask, 0.5, 7, c[0])
-        kernels.dropout_apply(x, mask, 2.0, out)
+        c[0] += x.size
+        op.set_counter(c[0])
+        prog.run(x)
 
     return {
         "sgd_update": (12, lambda: kernels.sgd_update(w, g, lr=1e-4)),

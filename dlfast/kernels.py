@@ -13,10 +13,13 @@ Conventions shared by every primitive
 * In-place arrays (optimiser parameters and state, running statistics) are both read and written.
 * Reductions (sums over the batch, norms, losses) accumulate in float64 and in a fixed order, so
   results do not depend on the thread count.
-* Random numbers are counter-based: element i of a call with (seed, counter) uses
-  ``u_i = (mix64(mix64(seed) + (counter + i + 1) * 0x9E3779B97F4A7C15) >> 11) * 2**-53``
-  (``mix64`` = SplitMix64's finaliser), identical on both backends and any thread count.
-  A caller advances its counter by the number of elements drawn.
+* Random numbers are counter-based: element i of a call with (seed, counter) has the index
+  ``j = counter + i + 1`` (mod 2**64) and uses, identically on both backends and any thread count,
+  ``u_i = (mix64(mix64(seed) + j * G) >> 11) * 2**-53`` (uniform, bernoulli; 53 bits) or, for
+  dropout masks, the 32 bits ``v_i = hash32(j mod 2**32, mix64(mix64(seed) + (j >> 32) * G))``
+  (G = 0x9E3779B97F4A7C15, ``mix64`` = SplitMix64's finaliser, ``hash32`` =
+  ``numpy_kernels._hash32``: vectorises in 32-bit lanes). A caller advances its counter by the
+  number of elements drawn.
 * Stateful primitives: ``bind_update`` binds an optimiser's K tensors once (validated then)
   and returns an object whose ``sumsq()`` and ``update(lr, ...)`` are the K single-tensor kernels
   fused into two backend calls, with the same results (the arrays are referenced, not copied);
@@ -630,7 +633,8 @@ def batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta, batch_stats
 
 # ============================================================================ dropout and random
 def dropout_mask(mask, p, seed, counter):
-    """``mask[i] = 1 if u_i >= p else 0`` (uint8, any shape): keep with probability 1 - p."""
+    """``mask[i] = 1 if v_i >= ceil(p * 2**32) else 0`` (uint8, any shape; v_i the 32-bit
+    dropout stream): keep with probability 1 - p (to 2**-32)."""
     mask = _out("mask", mask, getattr(mask, "shape", ()), np.dtype(np.uint8))
     p = _real("p", p, 0.0, 1.0, hi_open=True)
     _impl().dropout_mask(mask, p, _u64("seed", seed), _u64("counter", counter))

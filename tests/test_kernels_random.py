@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import dlfast
 from dlfast import kernels as K
-from dlfast._backends.numpy_kernels import uniform01
+from dlfast._backends.numpy_kernels import bits32, uniform01
 from kernel_helpers import layout, on_all
 
 pytestmark = pytest.mark.skipif("cython" not in dlfast.available_backends(),
@@ -17,7 +17,9 @@ U64 = 2 ** 64
 # sizes around the parallel threshold (32768) and block boundaries (4096)
 SIZES = st.sampled_from([0, 1, 2, 3, 7, 64, 4095, 4097, 33001, 70001])
 SEEDS = st.one_of(st.sampled_from([0, 1, U64 - 1, 2 ** 63]), st.integers(0, U64 - 1))
-COUNTERS = st.one_of(st.sampled_from([0, U64 - 1, U64 - 5, 2 ** 63 - 1]), st.integers(0, U64 - 1))
+# (2**32 - 3 and 7 * 2**32 - 1000: the dropout stream's key changes inside the call)
+COUNTERS = st.one_of(st.sampled_from([0, U64 - 1, U64 - 5, 2 ** 63 - 1, 2 ** 32 - 3,
+                                      7 * 2 ** 32 - 1000]), st.integers(0, U64 - 1))
 LAYOUTS = st.sampled_from(["c", "f", "step", "ro"])
 
 
@@ -142,6 +144,89 @@ def test_dropout_mask_keep_rate_and_extremes():
             m3 = np.empty((3, 4, 5), np.uint8)
             K.dropout_mask(m3, 0.5, 1, 2)
         assert_identical(m2, m3)
+
+
+@pytest.mark.parametrize("seed,c", [(2 ** 64 - 3, 2 ** 64 - 10), (17, 2 ** 32 - 20000),
+                                    (0, 5 * 2 ** 32 - 1)])
+def test_dropout_stream_is_counter_based(seed, c):
+    """n1 then n2 elements (counter advanced by n1) equal n1 + n2 at once, across a change of
+    j >> 32 inside the call, and match the documented formula (numpy_kernels.bits32)."""
+    n1, n2, p = 40000, 5, 0.37
+    with dlfast.use_backend("cython"):
+        whole = np.empty(n1 + n2, np.uint8)
+        K.dropout_mask(whole, p, seed, c)
+        a, b = np.empty(n1, np.uint8), np.empty(n2, np.uint8)
+        K.dropout_mask(a, p, seed, c)
+        K.dropout_mask(b, p, seed, (c + n1) % U64)
+    assert_identical(np.concatenate([a, b]), whole)
+    expect = (bits32(seed, c, n1 + n2) >= np.uint32(np.ceil(p * 2.0 ** 32))).astype(np.uint8)
+    assert_identical(whole, expect)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_dropout_mask_statistics(p):
+    """Keep rate 1 - p; neighbours, two seeds, and the two sides of a change of j >> 32 are
+    pairwise independent (P(both kept) = (1 - p)^2), each within 6 standard errors."""
+    n, q = 2 ** 20, 1.0 - p
+    with dlfast.use_backend("cython"):
+        m1, m2, m3 = (np.empty(n, np.uint8) for _ in range(3))
+        K.dropout_mask(m1, p, 1, 0)
+        K.dropout_mask(m2, p, 2, 0)
+        K.dropout_mask(m3, p, 1, 2 ** 32 - n // 2)
+    a, b, c = (m.astype(bool) for m in (m1, m2, m3))
+
+    def near(frac, expect, count):
+        assert abs(frac - expect) < 6 * np.sqrt(expect * (1 - expect) / count), (frac, expect)
+    for m in (a, b, c):
+        near(m.mean(), q, n)
+    near(np.mean(a[1:] & a[:-1]), q * q, n - 1)
+    near(np.mean(a & b), q * q, n)
+    near(np.mean(c[:n // 2] & c[n // 2:]), q * q, n // 2)
+
+
+def test_dropout_mask_thresholds():
+    """p = 0 keeps all; p just below 1 (ceil(p 2^32) = 2^32) keeps none; p = 2^-33 (threshold
+    1) drops only a hash of 0: both backends, same bits."""
+    for p, check in ((0.0, np.all), (np.nextafter(1.0, 0.0), lambda m: not m.any()),
+                     (2.0 ** -33, lambda m: m.mean() > 0.999)):
+        def fn():
+            m = np.full(70001, 9, np.uint8)
+            K.dropout_mask(m, p, 3, 2 ** 32 - 7)
+            return m
+        ref, one, two = on_all(fn)
+        assert check(ref)
+        assert_identical(one, ref)
+        assert_identical(two, ref)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("p", [0.0, 0.3, np.nextafter(1.0, 0.0)])
+def test_dropout_op_is_mask_then_apply(dtype, p):
+    """The training step's dropout op (mask and apply fused in one pass on the compiled backend)
+    writes what dropout_mask then dropout_apply write, NaN and inf included, on 1 and 2
+    threads; its counter crosses a change of j >> 32."""
+    n = 70001
+    x = np.random.default_rng(0).standard_normal(n).astype(dtype)
+    x[::97], x[1::89], x[2::101] = np.nan, np.inf, -np.inf
+    scale, seed, c = 1.0 / (1.0 - p), 11, 2 ** 32 - 30000
+
+    def fn():
+        out, mask = np.full(n, 7, dtype), np.full(n, 9, np.uint8)
+        op = K.make_op("dropout", x.shape, dtype, out=out, mask=mask, dx=None, p=p, seed=seed,
+                       scale=scale)
+        prog = K._impl().Program([(K.FWD, op, None, None, 0)], [], x.shape, dtype, [out, mask])
+        op.set_counter(c)
+        prog.run(x)
+        return out, mask
+
+    m = np.empty(n, np.uint8)
+    K.dropout_mask(m, p, seed, c)
+    expect = K.dropout_apply(x, m, scale, np.empty_like(x))
+    with np.errstate(invalid="ignore"):
+        ref, one, two = on_all(fn)
+    for got in (ref, one, two):
+        assert_identical(got[1], m)
+        assert_identical(got[0], expect)
 
 
 def test_dropout_apply_propagates_nan_and_inf():

@@ -37,8 +37,43 @@ def uniform01(seed, counter, n):
     return (_mix64(key + i * _GOLDEN) >> np.uint64(11)).astype(np.float64) * (2.0 ** -53)
 
 
+def _hash32(h, k0, k1):
+    """hash32 of uint32 h with key K = k1 * 2^32 + k0 (``_random.pyx``'s dlf_h32), uint32."""
+    u = np.uint32
+    h = h + u(k0)
+    h ^= h >> u(17)
+    h *= u(0xED5AD4BB)
+    h ^= u(k1)
+    h ^= h >> u(11)
+    h *= u(0xAC4C1B51)
+    h ^= h >> u(15)
+    h *= u(0x31848BAB)
+    return h ^ (h >> u(14))
+
+
+def bits32(seed, counter, n):
+    """v_i = hash32(j mod 2^32, mix64(mix64(seed) + (j >> 32) * 0x9E3779B97F4A7C15)),
+    j = counter + i + 1 (mod 2^64): the dropout stream, uint32."""
+    key, j0 = _mix64_int(seed), (counter + 1) & _M64
+    out = np.empty(n, np.uint32)
+    i = 0
+    while i < n:                      # runs of fixed j >> 32
+        j = (j0 + i) & _M64
+        lo = j & 0xFFFFFFFF
+        run = min(n - i, (1 << 32) - lo)
+        k = _mix64_int(key + (j >> 32) * 0x9E3779B97F4A7C15)
+        ls = (np.arange(run, dtype=np.uint64) + np.uint64(lo)).astype(np.uint32)
+        out[i:i + run] = _hash32(ls, k & 0xFFFFFFFF, k >> 32)
+        i += run
+    return out
+
+
 def dropout_mask(mask, p, seed, counter):
-    mask.reshape(-1)[...] = uniform01(seed, counter, mask.size) >= p
+    thr = math.ceil(p * 2.0 ** 32)
+    if thr >= 1 << 32:
+        mask[...] = 0
+    else:
+        mask.reshape(-1)[...] = bits32(seed, counter, mask.size) >= np.uint32(thr)
 
 
 def dropout_apply(x, mask, scale, out):

@@ -289,14 +289,14 @@ cdef int _get_x(object x, Py_buffer* v, bint out, Py_ssize_t* n, Py_ssize_t* f,
 cdef inline Py_ssize_t _fwd_doubles(Py_ssize_t n, Py_ssize_t f, Py_ssize_t s) noexcept nogil:
     """Work buffer of a training forward (and of batchnorm_stats), in doubles."""
     if s == 1:
-        return (2 + (_nrc(n) if _narrow(n, f) else 0)) * line_doubles(f)
+        return (2 + (3 * _nrc(n) if _narrow(n, f) else 0)) * line_doubles(f)
     return 2 * line_doubles(f) + f * _pnk(n, s)
 
 
 cdef inline Py_ssize_t _bwd_doubles(Py_ssize_t n, Py_ssize_t f, Py_ssize_t s) noexcept nogil:
     """Work buffer of a backward (at least a training forward's), in doubles."""
     if s == 1:
-        return (3 + (2 * _nrc(n) if _narrow(n, f) else 0)) * line_doubles(f)
+        return (3 + (3 * _nrc(n) if _narrow(n, f) else 0)) * line_doubles(f)
     return 2 * line_doubles(f) + 2 * f * _pnk(n, s)
 
 
@@ -515,25 +515,46 @@ cdef void _combine(const double* part, Py_ssize_t nrc, Py_ssize_t f, double* out
         out[j] = out[j] / n
 
 
+cdef inline void _chunkstats(const floating* x, Py_ssize_t c, Py_ssize_t n, Py_ssize_t f,
+                             double* part) noexcept nogil:
+    """Chunk c (rows [c RCHUNK, ...)): part = S_c = sum x, then m_c = S_c / n_c, then
+    Q_c = sum (x - m_c)^2 (three lines of line_doubles(f)): the chunk read twice in cache."""
+    cdef Py_ssize_t i0 = c * RCHUNK, i1 = min((c + 1) * RCHUNK, n), j, fp = line_doubles(f)
+    _sum(x, i0, i1, f, 0, f, part)
+    for j in range(f):
+        part[fp + j] = part[j] / <double>(i1 - i0)
+    _sqdev(x, i0, i1, f, 0, f, part + fp, part + 2 * fp)
+
+
 cdef void _rowstats(const floating* x, Py_ssize_t n, Py_ssize_t f, double* mu, double* var,
                     double* part, int nt) noexcept nogil:
-    """Narrow shapes: mu, var (length f) from RCHUNK-row partial sums (part: nrc regions of
-    line_doubles(f))."""
-    cdef Py_ssize_t nrc = _nrc(n), c, fp = line_doubles(f)
+    """Narrow shapes: mu, var (length f) from RCHUNK-row chunks (part: nrc x 3 lines of
+    line_doubles(f), _chunkstats), combined in chunk order (Chan et al.):
+        mu = sum_c S_c / N,   var = sum_c (Q_c + n_c (m_c - mu)^2) / N
+    one parallel pass over x (each chunk's second read is from cache), as stable as two-pass."""
+    cdef Py_ssize_t nrc = _nrc(n), c, j, fp = line_doubles(f), nc
+    cdef double d
     if nt == 1:
         for c in range(nrc):
-            _sum(x, c * RCHUNK, min((c + 1) * RCHUNK, n), f, 0, f, part + c * fp)
+            _chunkstats(x, c, n, f, part + 3 * c * fp)
     else:
         for c in prange(nrc, schedule="static", num_threads=nt):
-            _sum(x, c * RCHUNK, min((c + 1) * RCHUNK, n), f, 0, f, part + c * fp)
-    _combine(part, nrc, f, mu, <double>n)
-    if nt == 1:
-        for c in range(nrc):
-            _sqdev(x, c * RCHUNK, min((c + 1) * RCHUNK, n), f, 0, f, mu, part + c * fp)
-    else:
-        for c in prange(nrc, schedule="static", num_threads=nt):
-            _sqdev(x, c * RCHUNK, min((c + 1) * RCHUNK, n), f, 0, f, mu, part + c * fp)
-    _combine(part, nrc, f, var, <double>n)
+            _chunkstats(x, c, n, f, part + 3 * c * fp)
+    for j in range(f):
+        mu[j] = 0.0
+        var[j] = 0.0
+    for c in range(nrc):
+        for j in range(f):
+            mu[j] = mu[j] + part[3 * c * fp + j]
+    for j in range(f):
+        mu[j] = mu[j] / <double>n
+    for c in range(nrc):
+        nc = min((c + 1) * RCHUNK, n) - c * RCHUNK
+        for j in range(f):
+            d = part[(3 * c + 1) * fp + j] - mu[j]
+            var[j] = var[j] + (part[(3 * c + 2) * fp + j] + <double>nc * (d * d))
+    for j in range(f):
+        var[j] = var[j] / <double>n
 
 
 # ---------------------------------------------------------------------------- statistics

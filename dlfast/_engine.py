@@ -19,6 +19,8 @@ step, and schedules the program (``dlfast.kernels.PROGRAM_DOC``)::
               output; trunk ops backward
     backward of a path stops at its first trainable layer with parameters (no input gradient
     below it), unless the trunk needs the heads' input gradients.
+    a ``flatten`` after another op is no step: the next op reads the previous output through a
+    reshaped view, and the previous op's backward the next op's dx likewise.
 
 A run checks what may change between steps and costs little to check: the input (shape,
 dtype, C-contiguous and finite: the net's ``_check_x``; no memory shared with an array the step
@@ -145,7 +147,9 @@ class Plan:
     # ------------------------------------------------------------------ making the plan
     def _segment(self, layers, where, src, shape, need_input_grad, fwd):
         """Ops of ``layers`` on inputs ``src`` (None: the step's x) of ``shape``: their forward
-        steps go to ``fwd``; returns (output array, its shape, [(op, src, runs backward)])."""
+        steps go to ``fwd``; returns (output array, its shape, [(op, src, runs backward, dx)]).
+        A ``flatten`` pair after another op is no op: the next op reads the previous output
+        through a reshaped view (entry (None, src, runs backward, input shape))."""
         first = next((i for i, l in enumerate(layers) if l.trainable and l.params), None)
         ops = []
         for i, layer in enumerate(layers):
@@ -153,6 +157,17 @@ class Plan:
             need_dx = need_input_grad or (first is not None and i > first)
             name = f"{where}layer {i} ({type(layer).__name__})"
             pair = layer.kernel_pair(shape, need_dx) if _uses_pair(layer) else None
+            if pair is not None and pair.kind == "flatten" and src is not None:
+                # a view of the previous op's output, and in the backward of the next op's dx
+                # (both C-contiguous): no step, no copy
+                out = src.reshape(shape[0], -1)
+                if "x" in pair.rec:
+                    pair.rec["x"] = src
+                pair.rec["out"] = out
+                self._recs.append((layer.__dict__, pair.rec))
+                ops.append((None, src, runs_bwd, shape))
+                src, shape = out, out.shape
+                continue
             if pair is None:
                 op, out, dx = self._layer_op(layer, name, src, shape, need_dx)
             else:
@@ -205,6 +220,9 @@ class Plan:
         for op, src, runs_bwd, dx in reversed(ops):
             if not runs_bwd:
                 break
+            if op is None:                      # a flatten view: dx is the input shape
+                d = None if d is None else d.reshape(dx)
+                continue
             bwd.append((kernels.BWD, op, src, d, 0))
             d = dx
         return d

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import dlfast
-from dlfast import _engine, optim
+from dlfast import _engine, kernels, optim
 from dlfast.layers import (ELU, Activation, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Flatten,
                            Layer, LeakyReLU, MaxPool2D, Maxout, PReLU, ReLU, RReLU, Sigmoid, Softmax,
                            SoftmaxCrossEntropy, Tanh)
@@ -226,8 +226,30 @@ def test_compiled_conv_plans_run_compiled_ops_only():
             kinds = {type(s[1]).__name__ for s in plan.steps}
             assert "LayerOp" not in kinds, name
             seen |= kinds
-    assert {"Conv2DOp", "MaxPool2DOp", "AvgPool2DOp", "FlattenOp", "BatchNormOp",
-            "DropoutOp"} <= seen
+    assert {"Conv2DOp", "MaxPool2DOp", "AvgPool2DOp", "BatchNormOp", "DropoutOp"} <= seen
+    assert "FlattenOp" not in seen          # after another op, Flatten is a view (no step)
+
+
+def test_flatten_is_a_view_after_an_op_and_an_op_first(backend, plans):
+    """Conv -> Flatten -> Dense: the Dense op reads the conv's output through a view and the
+    conv's backward reads the Dense dx through one (no flatten step); Flatten first copies x.
+    Both equal the checked layers' step (loss, gradients, records)."""
+    x = np.random.default_rng(3).standard_normal((5, 2, 6, 6))
+    t = np.arange(5) % 3
+    for first in (False, True):
+        layers = ([Flatten(), Dense(72, 3, seed=2, dtype=np.float64)] if first else
+                  [Conv2D(2, 4, 3, padding=1, seed=1, dtype=np.float64), ReLU(), Flatten(),
+                   Dense(144, 3, seed=2, dtype=np.float64)])
+        a = Sequential(layers, seed=1)
+        b = copy.deepcopy(a)
+        _compare(a, b, x, t)
+        plan = a._plans._plans[0]
+        assert any("Flatten" in n for n in plan.step_names()) == first
+        if not first:
+            dense_src = [s[2] for s in plan.steps if s[0] == kernels.FWD][2]
+            assert dense_src.shape == (5, 144)
+            assert np.shares_memory(dense_src, a.layers[1]._fwd["out"])     # ReLU's output
+
 
 
 @pytest.mark.parametrize("name", ["wide", "bn-dropout-pools"])

@@ -153,6 +153,7 @@ DLF_DCONV(d, double, 4)
    in vector lanes (n, then p, in order), each lane sum added pairwise ((0+1)+(2+3))+((4+5)+(6+7)).
    A non-finite x can make a junk term 0 * inf: the caller checks dW and redoes it otherwise. */
 #define DLF_DW_FB 4
+#define DLF_DW_PAIRS 8     /* (kernel row, 3 columns) accumulator sets kept across the images: 3 KB of floats */
 #define DLF_DCONV_DW(SFX, T, VL)                                                              \
 static inline T dlf_dw_hsum_##SFX(dlf_dcv_##SFX v) {                                          \
     T l[VL]; int h;                                                                           \
@@ -168,17 +169,24 @@ DLF_CLONES static void dlf_dconv_dw_##SFX(const T* xp, Py_ssize_t xs, const T* e
                                           Py_ssize_t c, Py_ssize_t HWp, Py_ssize_t Wp,        \
                                           Py_ssize_t F, Py_ssize_t f0, Py_ssize_t KH,         \
                                           Py_ssize_t KW, Py_ssize_t Pr) {                     \
-    Py_ssize_t kh, kw0, n, p, nf = F - f0 < DLF_DW_FB ? F - f0 : DLF_DW_FB;                   \
+    /* the accumulators of up to DLF_DW_PAIRS (kernel row, block of 3 columns) pairs live in   \
+       acc (L1) across the images: an image's x rows and dout rows are read from L1 for every  \
+       pair after the first */                                                                \
+    dlf_dcv_##SFX acc[DLF_DW_PAIRS * DLF_DW_FB * 3];                                          \
+    Py_ssize_t nkb = (KW + 2) / 3, t0, t1, t, n, p, q;                                        \
+    Py_ssize_t nf = F - f0 < DLF_DW_FB ? F - f0 : DLF_DW_FB;                                  \
     int j, k;                                                                                 \
-    for (kh = 0; kh < KH; kh++)                                                               \
-        for (kw0 = 0; kw0 < KW; kw0 += 3) {                                                   \
-            int nk = KW - kw0 < 3 ? (int)(KW - kw0) : 3;                                      \
-            dlf_dcv_##SFX a[DLF_DW_FB][3];                                                    \
-            for (j = 0; j < DLF_DW_FB; j++)                                                   \
-                for (k = 0; k < 3; k++) a[j][k] = (dlf_dcv_##SFX){0};                         \
-            for (n = 0; n < N; n++) {                                                         \
-                const T* xr = xp + n * xs + c * HWp + kh * Wp + kw0;                          \
-                const T* er = e + n * es + f0 * Pr;                                           \
+    for (t0 = 0; t0 < KH * nkb; t0 += DLF_DW_PAIRS) {                                         \
+        t1 = t0 + DLF_DW_PAIRS < KH * nkb ? t0 + DLF_DW_PAIRS : KH * nkb;                     \
+        for (q = 0; q < (t1 - t0) * DLF_DW_FB * 3; q++) acc[q] = (dlf_dcv_##SFX){0};          \
+        for (n = 0; n < N; n++) {                                                             \
+            const T* er = e + n * es + f0 * Pr;                                               \
+            for (t = t0; t < t1; t++) {                                                       \
+                dlf_dcv_##SFX* A = acc + (t - t0) * DLF_DW_FB * 3;                            \
+                dlf_dcv_##SFX a[DLF_DW_FB][3];                                                \
+                const T* xr = xp + n * xs + c * HWp + (t / nkb) * Wp + (t % nkb) * 3;         \
+                for (j = 0; j < DLF_DW_FB; j++)                                               \
+                    for (k = 0; k < 3; k++) a[j][k] = A[j * 3 + k];                           \
                 for (p = 0; p < Pr; p += (VL)) {                                              \
                     dlf_dcv_##SFX x0 = *(const dlf_dcvu_##SFX*)(xr + p);                      \
                     dlf_dcv_##SFX x1 = *(const dlf_dcvu_##SFX*)(xr + p + 1);                  \
@@ -190,11 +198,20 @@ DLF_CLONES static void dlf_dconv_dw_##SFX(const T* xp, Py_ssize_t xs, const T* e
                         a[j][2] += ev * x2;                                                   \
                     }                                                                         \
                 }                                                                             \
+                for (j = 0; j < DLF_DW_FB; j++)                                               \
+                    for (k = 0; k < 3; k++) A[j * 3 + k] = a[j][k];                           \
             }                                                                                 \
+        }                                                                                     \
+        for (t = t0; t < t1; t++) {                                                           \
+            Py_ssize_t kh = t / nkb, kw0 = (t % nkb) * 3;                                     \
+            int nk = KW - kw0 < 3 ? (int)(KW - kw0) : 3;                                      \
+            dlf_dcv_##SFX* A = acc + (t - t0) * DLF_DW_FB * 3;                                \
             for (j = 0; j < nf; j++)                                                          \
                 for (k = 0; k < nk; k++)                                                      \
-                    dW[(((f0 + j) * C + c) * KH + kh) * KW + kw0 + k] = dlf_dw_hsum_##SFX(a[j][k]); \
+                    dW[(((f0 + j) * C + c) * KH + kh) * KW + kw0 + k] =                       \
+                        dlf_dw_hsum_##SFX(A[j * 3 + k]);                                      \
         }                                                                                     \
+    }                                                                                         \
 }
 
 DLF_DCONV_DW(f, float, 8)

@@ -414,6 +414,8 @@ DIRECT = [  # stride 1, >= 32 taps, batch >= 2: out and dx by direct convolution
     ((2, 6, 1, 17), (40, 6, 1, 7), 1, (0, 3)),    # one row; F = 40 (tiles of 6)
     ((2, 8, 4, 4), (6, 8, 2, 2), 1, 1),           # out direct (32 taps), dx (24) by the GEMM
     ((2, 3, 8, 8), (13, 3, 3, 3), 1, 1),          # C = 3: dx by the GEMM
+    ((2, 3, 12, 12), (8, 3, 5, 5), 1, 2),         # 5x5: dW's 10 (row, 3 columns) accumulator
+    ((3, 2, 9, 10), (7, 2, 7, 7), 1, 3),          # sets in 2 groups; 7x7: 21 in 3
 ]
 
 

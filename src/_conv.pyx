@@ -337,6 +337,10 @@ cdef extern from "dlfast_dconv.h" nogil:
     void dlf_dconv_dw_d(const double*, Py_ssize_t, const double*, Py_ssize_t, double*,
                         Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                         Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
+    int dlf_dw_nt_run_f(const float*, const float*, float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                        Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
+    int dlf_dw_nt_run_d(const double*, const double*, double*, Py_ssize_t, Py_ssize_t,
+                        Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
     void dlf_dconv_one_f(const float*, const float*, const float*, float*, float*, float*,
                          Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                          Py_ssize_t, Py_ssize_t) noexcept
@@ -842,8 +846,17 @@ cdef void _dcol_block(const floating* dout, const floating* Wt, floating* dcol, 
 
 cdef void _dw_block(const floating* dout, const floating* col, floating* dW, const _Geo* g,
                     Py_ssize_t c0, Py_ssize_t wc) noexcept nogil:
-    """Columns [c0, c0 + wc) of dW (F, K) = sum_n dout_n (F, OHW) @ col_n[c0:c1].T, n in order."""
+    """Columns [c0, c0 + wc) of dW (F, K) = sum_n dout_n (F, OHW) @ col_n[c0:c1].T, n in order:
+    below DIRECT_TAPS taps by dlf_dw_nt (register tiles, accumulators in L1 across the images),
+    else (or when its scratch cannot be allocated) one GEMM per image."""
     cdef Py_ssize_t c1 = min(c0 + wc, g.K), f, n
+    if g.K < DIRECT_TAPS:
+        if floating is float:
+            if dlf_dw_nt_run_f(dout, col, dW, g.N, g.F, g.K, g.OHW, c0, c1) == 0:
+                return
+        else:
+            if dlf_dw_nt_run_d(dout, col, dW, g.N, g.F, g.K, g.OHW, c0, c1) == 0:
+                return
     for f in range(g.F):
         memset(dW + f * g.K + c0, 0, (c1 - c0) * sizeof(floating))
     for n in range(g.N):

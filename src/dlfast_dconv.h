@@ -217,6 +217,82 @@ DLF_CLONES static void dlf_dconv_dw_##SFX(const T* xp, Py_ssize_t xs, const T* e
 DLF_DCONV_DW(f, float, 8)
 DLF_DCONV_DW(d, double, 4)
 
+/* dW columns [t0, t1) of few taps (a first layer's K = C*KH*KW), from im2col: per image n,
+       dW[f, t] += sum_p dout_n[f, p] col_n[t, p]      (p < L = OH*OW, contiguous in both)
+   in vector lanes (n, then p, in order; the L % VL tail in a scalar per element, added last).
+   Tiles of 4 channels x 3 taps; the accumulators of the whole block (acc: F*(t1-t0) vectors and
+   as many scalars, caller-provided) stay in L1 across the images, so each image's rows are
+   read from cache for every tile. OpenBLAS runs these as one small GEMM per image (F x (t1-t0)
+   x L) at 20-45 GFLOP/s. */
+#define DLF_DW_NT(SFX, T, VL)                                                                 \
+DLF_CLONES static void dlf_dw_nt_##SFX(const T* dout, const T* col, T* dW, Py_ssize_t N,      \
+                                       Py_ssize_t F, Py_ssize_t K, Py_ssize_t L,             \
+                                       Py_ssize_t t0, Py_ssize_t t1, dlf_dcv_##SFX* acc) {   \
+    Py_ssize_t nt = t1 - t0, Lv = L - L % (VL), n, f0, ta, p, q;                              \
+    T* tail = (T*)(acc + F * nt);                                                             \
+    int i, j;                                                                                 \
+    for (q = 0; q < F * nt; q++) { acc[q] = (dlf_dcv_##SFX){0}; tail[q] = 0; }                \
+    for (n = 0; n < N; n++) {                                                                 \
+        const T* A = dout + n * F * L;                                                        \
+        const T* B = col + (n * K + t0) * L;                                                  \
+        for (f0 = 0; f0 < F; f0 += 4)                                                         \
+            for (ta = 0; ta < nt; ta += 3) {                                                  \
+                int nf = F - f0 < 4 ? (int)(F - f0) : 4, nb = nt - ta < 3 ? (int)(nt - ta) : 3; \
+                dlf_dcv_##SFX a[4][3];                                                        \
+                const T* ar[4];                                                               \
+                const T* br[3];                                                               \
+                for (i = 0; i < 4; i++) ar[i] = A + (f0 + (i < nf ? i : 0)) * L;              \
+                for (j = 0; j < 3; j++) br[j] = B + (ta + (j < nb ? j : 0)) * L;              \
+                for (i = 0; i < 4; i++)                                                       \
+                    for (j = 0; j < 3; j++)                                                   \
+                        a[i][j] = (i < nf && j < nb) ? acc[(f0 + i) * nt + ta + j]            \
+                                                     : (dlf_dcv_##SFX){0};                    \
+                for (p = 0; p < Lv; p += (VL)) {                                              \
+                    dlf_dcv_##SFX b0 = *(const dlf_dcvu_##SFX*)(br[0] + p);                   \
+                    dlf_dcv_##SFX b1 = *(const dlf_dcvu_##SFX*)(br[1] + p);                   \
+                    dlf_dcv_##SFX b2 = *(const dlf_dcvu_##SFX*)(br[2] + p);                   \
+                    for (i = 0; i < 4; i++) {                                                 \
+                        dlf_dcv_##SFX av = *(const dlf_dcvu_##SFX*)(ar[i] + p);               \
+                        a[i][0] += av * b0;                                                   \
+                        a[i][1] += av * b1;                                                   \
+                        a[i][2] += av * b2;                                                   \
+                    }                                                                         \
+                }                                                                             \
+                for (i = 0; i < nf; i++)                                                      \
+                    for (j = 0; j < nb; j++) {                                                \
+                        T s = tail[(f0 + i) * nt + ta + j];                                   \
+                        for (p = Lv; p < L; p++) s += ar[i][p] * br[j][p];                    \
+                        tail[(f0 + i) * nt + ta + j] = s;                                     \
+                        acc[(f0 + i) * nt + ta + j] = a[i][j];                                \
+                    }                                                                         \
+            }                                                                                 \
+    }                                                                                         \
+    for (f0 = 0; f0 < F; f0++)                                                                \
+        for (ta = 0; ta < nt; ta++)                                                           \
+            dW[f0 * K + t0 + ta] = dlf_dw_hsum_##SFX(acc[f0 * nt + ta]) + tail[f0 * nt + ta]; \
+}
+
+DLF_DW_NT(f, float, 8)
+DLF_DW_NT(d, double, 4)
+
+/* dlf_dw_nt with its accumulators on the heap (aligned); -1 when they cannot be allocated */
+#include <stdlib.h>
+#define DLF_DW_NT_RUN(SFX, T, VL)                                                             \
+static int dlf_dw_nt_run_##SFX(const T* dout, const T* col, T* dW, Py_ssize_t N,             \
+                               Py_ssize_t F, Py_ssize_t K, Py_ssize_t L, Py_ssize_t t0,       \
+                               Py_ssize_t t1) {                                               \
+    size_t m = (size_t)F * (size_t)(t1 - t0);                                                 \
+    void* raw = malloc(m * sizeof(dlf_dcv_##SFX) + m * sizeof(T) + 64);                       \
+    dlf_dcv_##SFX* acc;                                                                       \
+    if (raw == NULL) return -1;                                                               \
+    acc = (dlf_dcv_##SFX*)(((size_t)raw + 63) & ~(size_t)63);                                 \
+    dlf_dw_nt_##SFX(dout, col, dW, N, F, K, L, t0, t1, acc);                                  \
+    free(raw);                                                                                \
+    return 0;                                                                                 \
+}
+DLF_DW_NT_RUN(f, float, 8)
+DLF_DW_NT_RUN(d, double, 4)
+
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
 #endif

@@ -503,14 +503,14 @@ cdef void _colstats(const floating* x, Py_ssize_t n, Py_ssize_t f, Py_ssize_t j0
 
 
 cdef void _combine(const double* part, Py_ssize_t nrc, Py_ssize_t f, double* out,
-                   double n) noexcept nogil:
-    """out[j] = (sum over chunks c in order of part[c * line_doubles(f) + j]) / n."""
-    cdef Py_ssize_t c, j, fp = line_doubles(f)
+                   double n, Py_ssize_t stride) noexcept nogil:
+    """out[j] = (sum over chunks c in order of part[c * stride + j]) / n."""
+    cdef Py_ssize_t c, j
     for j in range(f):
         out[j] = 0.0
     for c in range(nrc):
         for j in range(f):
-            out[j] = out[j] + part[c * fp + j]
+            out[j] = out[j] + part[c * stride + j]
     for j in range(f):
         out[j] = out[j] / n
 
@@ -540,14 +540,9 @@ cdef void _rowstats(const floating* x, Py_ssize_t n, Py_ssize_t f, double* mu, d
     else:
         for c in prange(nrc, schedule="static", num_threads=nt):
             _chunkstats(x, c, n, f, part + 3 * c * fp)
+    _combine(part, nrc, f, mu, <double>n, 3 * fp)
     for j in range(f):
-        mu[j] = 0.0
         var[j] = 0.0
-    for c in range(nrc):
-        for j in range(f):
-            mu[j] = mu[j] + part[3 * c * fp + j]
-    for j in range(f):
-        mu[j] = mu[j] / <double>n
     for c in range(nrc):
         nc = min((c + 1) * RCHUNK, n) - c * RCHUNK
         for j in range(f):
@@ -849,8 +844,8 @@ cdef void _bwd(const floating* dout, const floating* xhat, const floating* gamma
             else:
                 for k in prange(nrc, schedule="static", num_threads=nt):
                     _bwd_chunk_sums(dout, xhat, n, f, k, nrc, buf + 3 * fp)
-            _combine(buf + 3 * fp, nrc, f, sb, 1.0)
-            _combine(buf + (3 + nrc) * fp, nrc, f, sg, 1.0)
+            _combine(buf + 3 * fp, nrc, f, sb, 1.0, fp)
+            _combine(buf + (3 + nrc) * fp, nrc, f, sg, 1.0, fp)
         else:
             for j in range(f):
                 sb[j] = 0.0

@@ -152,7 +152,29 @@ DLF_DCONV(d, double, 4)
        dW[f, c, kh, kw] = sum_n sum_p e_n[f, p] xp_n[c, p + kh*Wp + kw]
    in vector lanes (n, then p, in order), each lane sum added pairwise ((0+1)+(2+3))+((4+5)+(6+7)).
    A non-finite x can make a junk term 0 * inf: the caller checks dW and redoes it otherwise. */
-#define DLF_DW_FB 4
+/* The multiply-add tile of both dW loops: a[i][j] += A_i[p] * B_j[p] for i < 4, j < 3, over
+   p in [0, n) by vectors (n a multiple of VL); rows may repeat (a partial tile). */
+#define DLF_TILE43(SFX, T, VL)                                                                \
+static inline __attribute__((always_inline)) void dlf_tile43_##SFX(                          \
+        dlf_dcv_##SFX a[4][3], const T* const ar[4], const T* const br[3], Py_ssize_t n) {    \
+    Py_ssize_t p;                                                                             \
+    int i;                                                                                    \
+    for (p = 0; p < n; p += (VL)) {                                                           \
+        dlf_dcv_##SFX b0 = *(const dlf_dcvu_##SFX*)(br[0] + p);                               \
+        dlf_dcv_##SFX b1 = *(const dlf_dcvu_##SFX*)(br[1] + p);                               \
+        dlf_dcv_##SFX b2 = *(const dlf_dcvu_##SFX*)(br[2] + p);                               \
+        for (i = 0; i < 4; i++) {                                                             \
+            dlf_dcv_##SFX av = *(const dlf_dcvu_##SFX*)(ar[i] + p);                           \
+            a[i][0] += av * b0;                                                               \
+            a[i][1] += av * b1;                                                               \
+            a[i][2] += av * b2;                                                               \
+        }                                                                                     \
+    }                                                                                         \
+}
+DLF_TILE43(f, float, 8)
+DLF_TILE43(d, double, 4)
+
+#define DLF_DW_FB 4        /* the 4 rows of dlf_tile43 */
 #define DLF_DW_PAIRS 8     /* (kernel row, 3 columns) accumulator sets kept across the images: 3 KB of floats */
 #define DLF_DCONV_DW(SFX, T, VL)                                                              \
 static inline T dlf_dw_hsum_##SFX(dlf_dcv_##SFX v) {                                          \
@@ -173,7 +195,7 @@ DLF_CLONES static void dlf_dconv_dw_##SFX(const T* xp, Py_ssize_t xs, const T* e
        acc (L1) across the images: an image's x rows and dout rows are read from L1 for every  \
        pair after the first */                                                                \
     dlf_dcv_##SFX acc[DLF_DW_PAIRS * DLF_DW_FB * 3];                                          \
-    Py_ssize_t nkb = (KW + 2) / 3, t0, t1, t, n, p, q;                                        \
+    Py_ssize_t nkb = (KW + 2) / 3, t0, t1, t, n, q;                                           \
     Py_ssize_t nf = F - f0 < DLF_DW_FB ? F - f0 : DLF_DW_FB;                                  \
     int j, k;                                                                                 \
     for (t0 = 0; t0 < KH * nkb; t0 += DLF_DW_PAIRS) {                                         \
@@ -185,19 +207,13 @@ DLF_CLONES static void dlf_dconv_dw_##SFX(const T* xp, Py_ssize_t xs, const T* e
                 dlf_dcv_##SFX* A = acc + (t - t0) * DLF_DW_FB * 3;                            \
                 dlf_dcv_##SFX a[DLF_DW_FB][3];                                                \
                 const T* xr = xp + n * xs + c * HWp + (t / nkb) * Wp + (t % nkb) * 3;         \
-                for (j = 0; j < DLF_DW_FB; j++)                                               \
+                const T* br[3] = {xr, xr + 1, xr + 2};                                        \
+                const T* ar[DLF_DW_FB];                                                       \
+                for (j = 0; j < DLF_DW_FB; j++) {                                             \
+                    ar[j] = er + (j < nf ? j : 0) * Pr;                                       \
                     for (k = 0; k < 3; k++) a[j][k] = A[j * 3 + k];                           \
-                for (p = 0; p < Pr; p += (VL)) {                                              \
-                    dlf_dcv_##SFX x0 = *(const dlf_dcvu_##SFX*)(xr + p);                      \
-                    dlf_dcv_##SFX x1 = *(const dlf_dcvu_##SFX*)(xr + p + 1);                  \
-                    dlf_dcv_##SFX x2 = *(const dlf_dcvu_##SFX*)(xr + p + 2);                  \
-                    for (j = 0; j < DLF_DW_FB; j++) {                                         \
-                        dlf_dcv_##SFX ev = *(const dlf_dcvu_##SFX*)(er + (j < nf ? j : 0) * Pr + p); \
-                        a[j][0] += ev * x0;                                                   \
-                        a[j][1] += ev * x1;                                                   \
-                        a[j][2] += ev * x2;                                                   \
-                    }                                                                         \
                 }                                                                             \
+                dlf_tile43_##SFX(a, ar, br, Pr);                                              \
                 for (j = 0; j < DLF_DW_FB; j++)                                               \
                     for (k = 0; k < 3; k++) A[j * 3 + k] = a[j][k];                           \
             }                                                                                 \
@@ -247,17 +263,7 @@ DLF_CLONES static void dlf_dw_nt_##SFX(const T* dout, const T* col, T* dW, Py_ss
                     for (j = 0; j < 3; j++)                                                   \
                         a[i][j] = (i < nf && j < nb) ? acc[(f0 + i) * nt + ta + j]            \
                                                      : (dlf_dcv_##SFX){0};                    \
-                for (p = 0; p < Lv; p += (VL)) {                                              \
-                    dlf_dcv_##SFX b0 = *(const dlf_dcvu_##SFX*)(br[0] + p);                   \
-                    dlf_dcv_##SFX b1 = *(const dlf_dcvu_##SFX*)(br[1] + p);                   \
-                    dlf_dcv_##SFX b2 = *(const dlf_dcvu_##SFX*)(br[2] + p);                   \
-                    for (i = 0; i < 4; i++) {                                                 \
-                        dlf_dcv_##SFX av = *(const dlf_dcvu_##SFX*)(ar[i] + p);               \
-                        a[i][0] += av * b0;                                                   \
-                        a[i][1] += av * b1;                                                   \
-                        a[i][2] += av * b2;                                                   \
-                    }                                                                         \
-                }                                                                             \
+                dlf_tile43_##SFX(a, ar, br, Lv);                                              \
                 for (i = 0; i < nf; i++)                                                      \
                     for (j = 0; j < nb; j++) {                                                \
                         T s = tail[(f0 + i) * nt + ta + j];                                   \

@@ -102,6 +102,8 @@ cdef extern from *:
 
 cdef extern from "dlfast_sgemm.h" nogil:
     int dlf_sgemm_available()
+    int dlf_sgemm_cpu()
+    int dlf_sgemm_cap
     int dlf_sgemm(char ta, char tb, int m, int n, int k, const float* a, int lda,
                   const float* b, int ldb, float* c, int ldc)
 
@@ -134,21 +136,37 @@ def sgemm_class(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k):
     return _sgemm_class(m, n, k)
 
 
+_SGEMM_ISA = ("", "avx2", "avx512f")
+
+
 def sgemm_available():
-    """True when the CPU runs dlf_sgemm (AVX-512F)."""
+    """True when the CPU runs dlf_sgemm (AVX-512F, or AVX2 + FMA)."""
     return dlf_sgemm_available() != 0
+
+
+def sgemm_isa():
+    """The kernel dlf_sgemm runs here: "avx512f", "avx2" (AVX2 + FMA) or "" (none)."""
+    return _SGEMM_ISA[dlf_sgemm_available()]
+
+
+def _cap_sgemm_isa(isa):
+    """Tests only: run dlf_sgemm's kernels up to `isa` ("avx512f" or "avx2"), e.g. the AVX2
+    kernel on an AVX-512F CPU. Returns the kernel now in force ("" where the CPU has neither)."""
+    global dlf_sgemm_cap
+    dlf_sgemm_cap = _SGEMM_ISA.index(isa)
+    return sgemm_isa()
 
 
 def _set_own_sgemm(int mask):
     """Run the float32 GEMM calls of the classes in `mask` (bit c: class c) on dlf_sgemm; none
-    without AVX-512F. Returns the mask now in force."""
+    where the CPU has neither kernel. Returns the mask now in force."""
     global _sgemm_mask
     _sgemm_mask = mask & SGEMM_ALL if dlf_sgemm_available() else 0
     return _sgemm_mask
 
 
 def _force_own_sgemm(int mask):
-    """Tests only: set the mask even without AVX-512F (dlf_sgemm then declines every call and the
+    """Tests only: set the mask even without a kernel (dlf_sgemm then declines every call and the
     BLAS runs it, as when its packing buffer cannot be allocated). Returns the mask."""
     global _sgemm_mask
     _sgemm_mask = mask & SGEMM_ALL

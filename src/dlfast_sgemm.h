@@ -1,13 +1,17 @@
-/* dlf_sgemm: dlfast's own single-threaded float32 GEMM for CPUs with AVX-512F (x86-64, GCC or
-   Clang), used by _dense.pyx in place of the BLAS sgemm when dlf_sgemm_available() says so.
+/* dlf_sgemm: dlfast's own single-threaded float32 GEMM for CPUs with AVX-512F or AVX2 + FMA
+   (x86-64, GCC or Clang), used by _dense.pyx in place of the BLAS sgemm where the per-machine
+   calibration chose it (dlfast/_backends/_tuning.py). Two kernels of one layout: AVX-512F
+   (8 x 32 tiles) and AVX2 + FMA (6 x 16 tiles, op(B) always packed); their sums are the same
+   (below), so they give the same bits.
 
      C(m, n) = op(A)(m, k) @ op(B)(k, n)     row-major; op(X) = X ('N') or X^T ('T');
                                                lda, ldb, ldc = stored row lengths
 
    Layout (GotoBLAS/BLIS, kept small): k is cut into blocks of DLF_KC; per block, op(B)'s rows
-   are packed into DLF_NR-column panels (zero-padded) unless B can be read in place (see
-   dlf_sgemm), then every DLF_MR x DLF_NR tile of C is one register-blocked micro-kernel call
-   that reads A in place (broadcasts) and B's DLF_NR columns (two vectors, masked at the edge).
+   are packed into NR-column panels (zero-padded) unless B can be read in place (see
+   dlf_sgemm); A's rows are taken in blocks that fit half the L2 (dlf_row_block), and per block
+   and panel every MR x NR tile of C is one register-blocked micro-kernel call that reads A in
+   place (broadcasts) and B's NR columns (two vectors, masked at the edge).
 
    Sums: C[i][j] = fl(... fl(fl(S_0) + S_1) ... + S_last), S_b = the fused multiply-add chain
    over block b's k in order, from 0. No term depends on the tile, the row block or the thread
@@ -23,6 +27,7 @@
 #define DLF_SGEMM512 1
 #include <immintrin.h>
 #include <pthread.h>
+#include <unistd.h>
 
 #define DLF_MR 8           /* rows per micro-tile: 2 * DLF_MR accumulators of 16 floats */
 #define DLF_NR 32          /* columns per micro-tile and per packed panel: two zmm vectors */
@@ -218,52 +223,244 @@ static DLF_T512 void dlf_tile(int mr, int nc, int kc, const float* a, ptrdiff_t 
 }
 #undef DLF_TILE_CASE
 
-/* 1 when this CPU and OS run AVX-512F code (checked once; GCC/Clang read cpuid and XCR0). */
-static int dlf_sgemm_available(void) {
+/* The kernels this CPU and OS run (checked once; GCC/Clang read cpuid and XCR0): 2 AVX-512F
+   (and AVX2 + FMA), 1 AVX2 + FMA only, 0 neither. */
+static int dlf_sgemm_cpu(void) {
     static int known = -1;
     if (known < 0) {
         __builtin_cpu_init();
-        known = __builtin_cpu_supports("avx512f") ? 1 : 0;
+        known = __builtin_cpu_supports("avx512f") ? 2
+              : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
     }
     return known;
 }
 
-/* C = op(A) op(B) (see the top). Returns 0, or -1 when the CPU lacks AVX-512F or the packing
-   buffer cannot be allocated (C untouched: the caller falls back to BLAS). Needs m, n, k >= 1. */
+/* The highest kernel dlf_sgemm may use (tests lower it to run the AVX2 kernel on an AVX-512F
+   CPU); the kernel it runs: min(dlf_sgemm_cpu(), dlf_sgemm_cap). */
+static int dlf_sgemm_cap = 2;
+
+static int dlf_sgemm_available(void) {
+    int cpu = dlf_sgemm_cpu();
+    return cpu < dlf_sgemm_cap ? cpu : dlf_sgemm_cap;
+}
+
+/* ---- the AVX2 + FMA kernel: the same layout, sums and results with 8-float vectors:
+   DLF_MR2 x DLF_NR2 tiles (12 accumulators), panels of DLF_NR2 columns, the same DLF_KC. */
+#define DLF_MR2 6
+#define DLF_NR2 16
+#define DLF_T256 __attribute__((target("avx2,fma")))
+#define DLF_INLINE256 __attribute__((target("avx2,fma"), always_inline)) static inline
+
+static const int dlf_lane_src[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+
+/* The first k of 8 lanes (k clamped to [0, 8]): the mask of a partial vector. */
+DLF_INLINE256 __m256i dlf_lanes8(int k) {
+    k = k < 0 ? 0 : k > 8 ? 8 : k;
+    return _mm256_loadu_si256((const __m256i*)(dlf_lane_src + 8 - k));
+}
+
+/* 8 x 8 transpose in registers: o[j][i] = r[i][j]. */
+DLF_INLINE256 void dlf_transpose8(const __m256 r[8], __m256 o[8]) {
+    __m256 t[8], u[8];
+    int q;
+    for (q = 0; q < 4; q++) {          /* t[2q], t[2q+1]: rows 2q, 2q+1 interleaved */
+        t[2 * q] = _mm256_unpacklo_ps(r[2 * q], r[2 * q + 1]);
+        t[2 * q + 1] = _mm256_unpackhi_ps(r[2 * q], r[2 * q + 1]);
+    }
+    for (q = 0; q < 2; q++) {          /* u[4q + e], 128-bit half L: column e + 4L, rows 4q.. */
+        u[4 * q] = _mm256_shuffle_ps(t[4 * q], t[4 * q + 2], 0x44);
+        u[4 * q + 1] = _mm256_shuffle_ps(t[4 * q], t[4 * q + 2], 0xEE);
+        u[4 * q + 2] = _mm256_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0x44);
+        u[4 * q + 3] = _mm256_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0xEE);
+    }
+    for (q = 0; q < 4; q++) {
+        o[q] = _mm256_permute2f128_ps(u[q], u[4 + q], 0x20);
+        o[4 + q] = _mm256_permute2f128_ps(u[q], u[4 + q], 0x31);
+    }
+}
+
+/* dlf_pack_b with DLF_NR2-column panels (op(B) = B^T moved 8 x 8 at a time). */
+static DLF_T256 void dlf_pack_b2(char tb, int n, int kc, int p0, const float* b, int ldb,
+                                 float* dst) {
+    int jp, p, c, nc, h, rows, pn, i;
+    __m256 r[8], o[8];
+    for (jp = 0; jp * DLF_NR2 < n; jp++) {
+        float* d = dst + (size_t)jp * kc * DLF_NR2;
+        nc = n - jp * DLF_NR2 < DLF_NR2 ? n - jp * DLF_NR2 : DLF_NR2;
+        if (tb == 'N') {
+            __m256i m0 = dlf_lanes8(nc), m1 = dlf_lanes8(nc - 8);
+            for (p = 0; p < kc; p++) {
+                const float* s = b + (size_t)(p0 + p) * ldb + jp * DLF_NR2;
+                _mm256_store_ps(d + p * DLF_NR2, _mm256_maskload_ps(s, m0));
+                _mm256_store_ps(d + p * DLF_NR2 + 8, _mm256_maskload_ps(s + 8, m1));
+            }
+            continue;
+        }
+        for (h = 0; h < DLF_NR2; h += 8) {     /* columns h..h+7 of the panel */
+            rows = nc - h < 0 ? 0 : nc - h < 8 ? nc - h : 8;
+            for (p = 0; p < kc; p += 8) {
+                pn = kc - p < 8 ? kc - p : 8;
+                __m256i lm = dlf_lanes8(pn);
+                for (i = 0; i < 8; i++)
+                    r[i] = i < rows ? _mm256_maskload_ps(
+                                          b + (size_t)(jp * DLF_NR2 + h + i) * ldb + p0 + p, lm)
+                                    : _mm256_setzero_ps();
+                dlf_transpose8(r, o);
+                for (c = 0; c < pn; c++)
+                    _mm256_store_ps(d + (size_t)(p + c) * DLF_NR2 + h, o[c]);
+            }
+        }
+    }
+}
+
+/* dlf_kernel with 8-float vectors on a zero-padded panel: C[0:MR, 0:8*NV] (= or +=) the chain
+   over p < kc of A(r, p) * bp[p * DLF_NR2 + 0:8*NV]. FULL: all 16 columns stored; else the masks
+   m0, m1 bound the stores. */
+DLF_INLINE256 void dlf_kernel2(const int MR, const int NV, const int FULL, int kc,
+                               const float* a, ptrdiff_t ars, ptrdiff_t acs, const float* bp,
+                               float* c, ptrdiff_t ldc, __m256i m0, __m256i m1, int add) {
+    __m256 s0[DLF_MR2], s1[DLF_MR2], b0, b1 = _mm256_setzero_ps(), av;
+    const float* ar[DLF_MR2];
+    int r, p;
+#pragma GCC unroll 6
+    for (r = 0; r < MR; r++) {
+        s0[r] = _mm256_setzero_ps();
+        s1[r] = _mm256_setzero_ps();
+        ar[r] = a + r * ars;
+    }
+#pragma GCC unroll 2
+    for (p = 0; p < kc; p++) {
+        b0 = _mm256_load_ps(bp + p * DLF_NR2);
+        if (NV > 1)
+            b1 = _mm256_load_ps(bp + p * DLF_NR2 + 8);
+#pragma GCC unroll 6
+        for (r = 0; r < MR; r++) {
+            av = _mm256_broadcast_ss(ar[r] + p * acs);
+            s0[r] = _mm256_fmadd_ps(av, b0, s0[r]);
+            if (NV > 1)
+                s1[r] = _mm256_fmadd_ps(av, b1, s1[r]);
+        }
+    }
+#pragma GCC unroll 6
+    for (r = 0; r < MR; r++) {
+        float* cr = c + r * ldc;
+        if (FULL) {
+            if (add) {
+                s0[r] = _mm256_add_ps(_mm256_loadu_ps(cr), s0[r]);
+                s1[r] = _mm256_add_ps(_mm256_loadu_ps(cr + 8), s1[r]);
+            }
+            _mm256_storeu_ps(cr, s0[r]);
+            _mm256_storeu_ps(cr + 8, s1[r]);
+            continue;
+        }
+        if (add)
+            s0[r] = _mm256_add_ps(_mm256_maskload_ps(cr, m0), s0[r]);
+        _mm256_maskstore_ps(cr, m0, s0[r]);
+        if (NV > 1) {
+            if (add)
+                s1[r] = _mm256_add_ps(_mm256_maskload_ps(cr + 8, m1), s1[r]);
+            _mm256_maskstore_ps(cr + 8, m1, s1[r]);
+        }
+    }
+}
+
+#define DLF_TILE2_CASE(R)                                                                     \
+    case R:                                                                                   \
+        if (nc == DLF_NR2)                                                                    \
+            dlf_kernel2(R, 2, 1, kc, a, ars, acs, bp, c, ldc, m0, m1, add);                   \
+        else if (nc > 8)                                                                      \
+            dlf_kernel2(R, 2, 0, kc, a, ars, acs, bp, c, ldc, m0, m1, add);                   \
+        else                                                                                  \
+            dlf_kernel2(R, 1, 0, kc, a, ars, acs, bp, c, ldc, m0, m1, add);                   \
+        break;
+
+/* A tile of mr <= DLF_MR2 rows and nc <= DLF_NR2 columns from a packed panel (brs: unused). */
+static DLF_T256 void dlf_tile2(int mr, int nc, int kc, const float* a, ptrdiff_t ars,
+                               ptrdiff_t acs, const float* bp, ptrdiff_t brs, float* c,
+                               ptrdiff_t ldc, int add) {
+    __m256i m0 = dlf_lanes8(nc), m1 = dlf_lanes8(nc - 8);
+    (void)brs;
+    switch (mr) {
+        DLF_TILE2_CASE(6)
+        DLF_TILE2_CASE(5)
+        DLF_TILE2_CASE(4)
+        DLF_TILE2_CASE(3)
+        DLF_TILE2_CASE(2)
+        DLF_TILE2_CASE(1)
+        default:
+            break;
+    }
+}
+#undef DLF_TILE2_CASE
+
+/* Rows of A per L2 block: half the L2 (sysconf; 256 KB if unknown) over a row's kc floats, a
+   multiple of mr, at least mr. It orders the tiles only: no sum depends on it. */
+static int dlf_row_block(int mr, int kc) {
+    static long l2 = 0;
+    long r;
+    if (l2 == 0) {
+        long s = -1;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+        s = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+        l2 = s > 0 ? s : 256 * 1024;
+    }
+    r = l2 / 2 / ((long)kc * (long)sizeof(float)) / mr * mr;
+    return r < mr ? mr : r > (1 << 20) ? (1 << 20) : (int)r;
+}
+
+typedef void (*dlf_pack_fn)(char, int, int, int, const float*, int, float*);
+typedef void (*dlf_tile_fn)(int, int, int, const float*, ptrdiff_t, ptrdiff_t, const float*,
+                            ptrdiff_t, float*, ptrdiff_t, int);
+
+/* C = op(A) op(B) (see the top) on the kernel of dlf_sgemm_available(): tiles of MR x NR from
+   `tile`, op(B) panels from `pack`. Returns 0, or -1 when the CPU has neither kernel or the
+   packing buffer cannot be allocated (C untouched: the caller falls back to BLAS). Needs m, n,
+   k >= 1. */
 static int dlf_sgemm(char ta, char tb, int m, int n, int k, const float* a, int lda,
                      const float* b, int ldb, float* c, int ldc) {
     ptrdiff_t ars = ta == 'N' ? lda : 1, acs = ta == 'N' ? 1 : lda, brs;
-    int npan = (n + DLF_NR - 1) / DLF_NR, kb = k < DLF_KC ? k : DLF_KC;
-    int p0, kc, jp, i0, nc, mr;
+    int isa = dlf_sgemm_available();
+    int MR = isa == 2 ? DLF_MR : DLF_MR2, NR = isa == 2 ? DLF_NR : DLF_NR2;
+    dlf_pack_fn pack = isa == 2 ? dlf_pack_b : dlf_pack_b2;
+    dlf_tile_fn tile = isa == 2 ? dlf_tile : dlf_tile2;
+    int npan = (n + NR - 1) / NR, kb = k < DLF_KC ? k : DLF_KC;
+    int p0, kc, jp, i0, nc, mr, ib, iend, mc;
     /* B read in place (row stride ldb) unless transposed, or its rows are a multiple of 128 bytes
        apart (they would crowd a few L1 sets): then packed, once per k block */
-    int direct = tb == 'N' && ldb % 32 != 0;
+    int direct = isa == 2 && tb == 'N' && ldb % 32 != 0;
     float* buf;
     const float* bp;
-    if (!dlf_sgemm_available())
+    if (!isa)
         return -1;
-    buf = direct ? NULL : dlf_pack_space((size_t)npan * kb * DLF_NR);
+    buf = direct ? NULL : dlf_pack_space((size_t)npan * kb * NR);
     if (buf == NULL && !direct)
         return -1;
     for (p0 = 0; p0 < k; p0 += DLF_KC) {
         kc = k - p0 < DLF_KC ? k - p0 : DLF_KC;
+        mc = dlf_row_block(MR, kc);
         if (!direct)
-            dlf_pack_b(tb, n, kc, p0, b, ldb, buf);
-        for (jp = 0; jp < npan; jp++) {
-            nc = n - jp * DLF_NR < DLF_NR ? n - jp * DLF_NR : DLF_NR;
-            bp = direct ? b + (size_t)p0 * ldb + jp * DLF_NR : buf + (size_t)jp * kc * DLF_NR;
-            brs = direct ? ldb : DLF_NR;
-            for (i0 = 0; i0 < m; i0 += DLF_MR) {
-                mr = m - i0 < DLF_MR ? m - i0 : DLF_MR;
-                dlf_tile(mr, nc, kc, a + i0 * ars + p0 * acs, ars, acs, bp, brs,
-                         c + (size_t)i0 * ldc + jp * DLF_NR, ldc, p0 > 0);
+            pack(tb, n, kc, p0, b, ldb, buf);
+        for (ib = 0; ib < m; ib += mc) {        /* A's rows [ib, ib + mc) stay in L2 */
+            iend = m - ib < mc ? m : ib + mc;
+            for (jp = 0; jp < npan; jp++) {      /* a panel stays in L1 over those rows */
+                nc = n - jp * NR < NR ? n - jp * NR : NR;
+                bp = direct ? b + (size_t)p0 * ldb + jp * NR : buf + (size_t)jp * kc * NR;
+                brs = direct ? ldb : NR;
+                for (i0 = ib; i0 < iend; i0 += MR) {
+                    mr = iend - i0 < MR ? iend - i0 : MR;
+                    tile(mr, nc, kc, a + i0 * ars + p0 * acs, ars, acs, bp, brs,
+                         c + (size_t)i0 * ldc + jp * NR, ldc, p0 > 0);
+                }
             }
         }
     }
     return 0;
 }
 
-#else  /* no AVX-512 build: never available */
+#else  /* no x86-64 GCC/Clang build: never available */
+static int dlf_sgemm_cap = 0;
+static int dlf_sgemm_cpu(void) { return 0; }
 static int dlf_sgemm_available(void) { return 0; }
 static int dlf_sgemm(char ta, char tb, int m, int n, int k, const float* a, int lda,
                      const float* b, int ldb, float* c, int ldc) {

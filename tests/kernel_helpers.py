@@ -39,20 +39,26 @@ def on_all(fn, quiet=False):
     return ref, got[0], got[1]
 
 
+GEMM_KINDS = ["avx512f", "avx2", "blas"]
+
+
 @contextlib.contextmanager
 def float32_gemm(kind):
-    """The compiled float32 GEMMs on dlfast's own kernel for every shape class (``"own"``; the
-    test is skipped where the CPU lacks AVX-512F) or on the GEMM BLAS (``"blas"``); the
-    import-time choice is restored."""
+    """The compiled float32 GEMMs of every shape class on dlfast's own AVX-512F kernel
+    (``"avx512f"``) or AVX2 kernel (``"avx2"``; also on a CPU that has AVX-512F), each test skipped
+    where the CPU lacks the kernel, or on the GEMM BLAS (``"blas"``); the import-time choice is
+    restored."""
     from dlfast._backends import _dense
-    was = _dense.own_sgemm()
-    if not _dense._set_own_sgemm(7 if kind == "own" else 0) and kind == "own":
-        _dense._set_own_sgemm(was)
-        pytest.skip("dlfast's own float32 GEMM needs AVX-512F")
+    was, cap = _dense.own_sgemm(), _dense.sgemm_isa()
+    if kind != "blas" and _dense._cap_sgemm_isa(kind) != kind:
+        _dense._cap_sgemm_isa("avx512f")
+        pytest.skip(f"dlfast's own float32 GEMM kernel {kind!r}: this CPU lacks it")
+    _dense._set_own_sgemm(0 if kind == "blas" else 7)
     try:
         yield kind
     finally:
         _dense._set_own_sgemm(was)
+        _dense._cap_sgemm_isa("avx512f")
 
 
 def assert_backends_agree(factories, x):

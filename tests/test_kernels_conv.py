@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 import dlfast
 from dlfast import kernels as K
 from dlfast._backends import numpy_kernels
-from kernel_helpers import float32_gemm, layout, on_all
+from kernel_helpers import GEMM_KINDS, float32_gemm, layout, on_all
 
 pytestmark = pytest.mark.skipif("cython" not in dlfast.available_backends(),
                                 reason="compiled backend not built")
@@ -33,9 +33,9 @@ NAMES = ("conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_ba
          "avgpool2d_forward", "avgpool2d_backward")
 
 
-@pytest.fixture(params=["own", "blas"])
+@pytest.fixture(params=GEMM_KINDS)
 def sgemm(request):
-    """The float32 GEMMs on dlfast's own kernel (skipped without AVX-512F) and on the BLAS."""
+    """The float32 GEMMs on each of dlfast's own kernels (where the CPU has it) and on the BLAS."""
     with float32_gemm(request.param) as kind:
         yield kind
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import dlfast
 from dlfast import kernels as K
 from dlfast._backends import numpy_kernels
-from kernel_helpers import float32_gemm, layout, on_all
+from kernel_helpers import GEMM_KINDS, float32_gemm, layout, on_all
 
 pytestmark = pytest.mark.skipif("cython" not in dlfast.available_backends(),
                                 reason="compiled backend not built")
@@ -31,10 +31,10 @@ OUTS = st.sampled_from([1, 2, 5, 65, 1200])
 TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 
 
-@pytest.fixture(autouse=True, params=["own", "blas"])
+@pytest.fixture(autouse=True, params=GEMM_KINDS)
 def sgemm(request):
-    """Every test runs with the float32 GEMMs on dlfast's own kernel (skipped where the CPU lacks
-    AVX-512F) and on the GEMM BLAS."""
+    """Every test runs with the float32 GEMMs on each of dlfast's own kernels (skipped where the
+    CPU lacks it) and on the GEMM BLAS."""
     with float32_gemm(request.param) as kind:
         yield kind
 

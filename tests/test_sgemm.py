@@ -1,6 +1,7 @@
-"""dlfast's own float32 GEMM (``src/dlfast_sgemm.h``, AVX-512F), through the dense kernels that
-call it: x @ W (forward), x.T @ dz (dW) and dz @ W.T (dx) at every tile edge (rows around the
-8-row tile, columns around the 16- and 32-column vectors and panels, k around the 256 block),
+"""dlfast's own float32 GEMM (``src/dlfast_sgemm.h``: its AVX-512F and its AVX2 kernel, each where
+the CPU has it), through the dense kernels that call it: x @ W (forward), x.T @ dz (dW) and
+dz @ W.T (dx) at every tile edge (rows around the 8- and 6-row tiles, columns around the 8-, 16-
+and 32-column vectors and panels, k around the 256 block), the two kernels' bits equal,
 against a float64 product within the forward error bound of a k-term sum; results of a row do not
 depend on the rows computed with it; bad-stride and NaN/Inf inputs; the choice switched off by
 ``DLFAST_SGEMM=blas`` (the per-class choice and its cache: tests/test_tuning.py)."""
@@ -18,16 +19,16 @@ from kernel_helpers import float32_gemm
 pytestmark = pytest.mark.skipif("cython" not in dlfast.available_backends(),
                                 reason="compiled backend not built")
 
-ROWS = [1, 2, 7, 8, 9, 15, 17, 31, 32, 33, 100]
-COLS = [1, 15, 16, 17, 31, 32, 33, 100]
+ROWS = [1, 2, 5, 6, 7, 8, 9, 13, 15, 17, 31, 32, 33, 100]
+COLS = [1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 100]
 INNER = [2, 3, 255, 256, 257, 784]
 U = 2.0 ** -24
 
 
-@pytest.fixture(autouse=True)
-def own():
-    with float32_gemm("own"), dlfast.use_backend("cython"):
-        yield
+@pytest.fixture(autouse=True, params=["avx512f", "avx2"])
+def own(request):
+    with float32_gemm(request.param), dlfast.use_backend("cython"):
+        yield request.param
 
 
 def within_bound(got, a, b):
@@ -92,6 +93,23 @@ def test_a_row_does_not_depend_on_the_rows_beside_it(threads):
     pdW = np.empty((129, 70), np.float32)
     backward(dz, sub, W[100:229], None, pdW)
     assert pdW.tobytes() == dW[100:229].tobytes()
+
+
+def test_the_two_kernels_give_the_same_bits(own):
+    """The AVX2 kernel's sums are the AVX-512F kernel's (the same chains over the same k blocks):
+    forward, dW and dx bit for bit, where the CPU runs both."""
+    from dlfast._backends import _dense
+    if own != "avx2" or _dense._cap_sgemm_isa("avx512f") != "avx512f":
+        pytest.skip("needs a CPU with AVX-512F (run once, under the AVX2 kernel)")
+    x, W, dz = data(77, 530, 45, 11)
+    got = []
+    for isa in ("avx512f", "avx2"):
+        assert _dense._cap_sgemm_isa(isa) == isa
+        out, dx, dW = np.empty((77, 45), np.float32), np.empty_like(x), np.empty_like(W)
+        K.dense_forward(x, W, None, out, "identity")
+        backward(dz, x, W, dx, dW)
+        got.append([a.tobytes() for a in (out, dx, dW)])
+    assert got[0] == got[1]
 
 
 @pytest.mark.parametrize("width", [64, 128, 256, 1024])

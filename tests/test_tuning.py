@@ -4,8 +4,8 @@ files, the key, an unwritable folder), the environment overrides and their error
 and bits identical for 1 and 2 threads under every per-class mask and a threshold of 1.
 
 Fake probes stand in for the machine where the decision logic is tested; the real timers run
-once with the own kernel "available" (on a CPU without AVX-512F dlf_sgemm declines every call and
-the BLAS runs both sides). Every cache lives in a temporary folder."""
+once with the own kernel "available" (on a CPU without either own kernel dlf_sgemm declines every
+call and the BLAS runs both sides). Every cache lives in a temporary folder."""
 import json
 import os
 import subprocess
@@ -30,7 +30,7 @@ RATIO = {"small": 1.03, "skinny": 1.3, "large": 0.9}
 SPEEDUP = dict(zip(T.PROBE_SIZES, (0.6, 1.3, 0.9, 1.25, 1.4, 1.5, 1.5, 1.6, 1.6)))
 
 
-def fake_probe(own=True, blas=BLAS, threads_why=None, calls=None):
+def fake_probe(own="avx512f", blas=BLAS, threads_why=None, calls=None):
     """A probe with deterministic timers (appending each call to `calls`)."""
     calls = [] if calls is None else calls
     shape_class = {s: c for c, s in zip(T.CLASSES, T.SHAPES)}
@@ -43,7 +43,7 @@ def fake_probe(own=True, blas=BLAS, threads_why=None, calls=None):
         calls.append("threads")
         return n_calls * size * 1e-9 / (SPEEDUP[size] if threads == 2 else 1.0)
 
-    return SimpleNamespace(own_available=own, cpus=2, threads_why=threads_why, blas=dict(blas),
+    return SimpleNamespace(own_isa=own, cpus=2, threads_why=threads_why, blas=dict(blas),
                            time_gemm=time_gemm, time_threads=time_threads)
 
 
@@ -81,6 +81,9 @@ def test_decisions_from_measurements(tmp_path):
     assert t.min_work == 32768                         # 8192 wins alone: not twice in a row
     assert "measured" in t.min_work_why
     assert t.sgemm_summary() == "own AVX-512F kernel for skinny; BLAS for small, large"
+    t = T.decide(fake_probe(own="avx2"), env_for(tmp_path))       # another key: measured again
+    assert t.cache.startswith("measured now") and t.sgemm_mask == 0b010
+    assert t.sgemm_summary() == "own AVX2 kernel for skinny; BLAS for small, large"
 
 
 @pytest.mark.parametrize("speedups,expected", [
@@ -96,10 +99,10 @@ def test_threshold_rule(speedups, expected):
 
 def test_nothing_measured_without_avx512_or_threads(tmp_path):
     calls = []
-    t = T.decide(fake_probe(own=False, threads_why="1 CPU available to this process",
+    t = T.decide(fake_probe(own="", threads_why="1 CPU available to this process",
                             calls=calls), env_for(tmp_path))
     assert calls == [] and t.sgemm_mask == 0 and t.min_work == T.DEFAULT_MIN_WORK
-    assert set(t.sgemm_why.values()) == {"BLAS: the CPU has no AVX-512F"}
+    assert set(t.sgemm_why.values()) == {"BLAS: the CPU has neither AVX-512F nor AVX2 + FMA"}
     assert t.min_work_why == "default: 1 CPU available to this process"
     assert t.cache == "nothing to measure" and not os.listdir(tmp_path)
 
@@ -177,8 +180,10 @@ def test_environment_overrides(tmp_path):
     assert t.min_work_why == "set by DLFAST_PARALLEL_MIN_WORK"
     t = T.decide(fake_probe(), env_for(tmp_path, DLFAST_SGEMM=" BLAS "))
     assert t.sgemm_mask == 0 and t.sgemm_why["large"] == "BLAS: set by DLFAST_SGEMM=blas"
-    t = T.decide(fake_probe(own=False), env_for(tmp_path, DLFAST_SGEMM="own"))
-    assert t.sgemm_mask == 0 and "no AVX-512F (DLFAST_SGEMM=own ignored)" in t.sgemm_why["small"]
+    t = T.decide(fake_probe(own=""), env_for(tmp_path, DLFAST_SGEMM="own"))
+    assert t.sgemm_mask == 0 and "nor AVX2 + FMA (DLFAST_SGEMM=own ignored)" in t.sgemm_why["small"]
+    t = T.decide(fake_probe(own="avx2"), env_for(tmp_path, DLFAST_SGEMM="own"))
+    assert set(t.sgemm_why.values()) == {"own AVX2 kernel: set by DLFAST_SGEMM=own"}
     assert T.decide(fake_probe(), env_for(tmp_path, DLFAST_SGEMM="auto")).sgemm_mask == 0b010
 
 
@@ -228,7 +233,7 @@ def test_dlfast_info_reports_the_choices(tmp_path):
     rows = {k.strip(): v.strip() for k, v in rows.items()}
     from dlfast._backends import _dense
     if not _dense.sgemm_available():
-        assert rows["float32 GEMM"] == "BLAS: the CPU has no AVX-512F"
+        assert rows["float32 GEMM"] == "BLAS: the CPU has neither AVX-512F nor AVX2 + FMA"
     assert rows["parallel threshold"].split()[1:4] == ["elements", "of", "work"]
     assert rows["tuning cache"].startswith(("measured now", "read from", "nothing to measure"))
     r = run(["-m", "dlfast", "info", "--json"], tmp_path)
@@ -270,7 +275,7 @@ def test_calibration_with_the_own_kernel_forced_available(tmp_path):
     """The real timers, the own kernel taken as available: the mask follows the stored
     measurements, the threshold is a probe size, and it takes well under a second."""
     from dlfast._backends import cython_kernels
-    probe = cython_kernels._probe(own_available=True)
+    probe = cython_kernels._probe(own_isa="avx2")
     t0 = time.perf_counter()
     t = T.decide(probe, env_for(tmp_path))
     took = time.perf_counter() - t0

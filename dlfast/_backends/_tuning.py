@@ -3,8 +3,8 @@ overridable; the rules, the cache key and the variables are in docs/internals.md
 machine").
 
 * ``sgemm_mask``: bit c set = the float32 GEMM calls of shape class c (``_dense.sgemm_class``)
-  run on dlfast's own AVX-512F kernel, else on the GEMM BLAS (``measure_sgemm``,
-  ``sgemm_decision``).
+  run on dlfast's own kernel (AVX-512F or AVX2 + FMA, whichever the CPU has: ``OWN``), else on
+  the GEMM BLAS (``measure_sgemm``, ``sgemm_decision``).
 * ``min_work``: the parallel threshold, elements of work below which a kernel stays on one
   thread (``measure_threads``, ``min_work_decision``). It changes thread counts, never results.
 
@@ -33,18 +33,23 @@ THREAD_MARGIN = 1.2
 THREAD_SAMPLES = 7
 THREAD_WORK = 1 << 20              # elements updated per sample
 
+OWN = {"avx512f": "own AVX-512F kernel", "avx2": "own AVX2 kernel"}  # _dense.sgemm_isa()
+NO_OWN = "the CPU has neither AVX-512F nor AVX2 + FMA"
+
 FILE = "tuning.json"
 FORMAT = 1
 MAX_ENTRIES = 32
 
 
 class Tuning:
-    """The decisions and why: ``sgemm_mask``, ``sgemm_why`` (class name -> reason), ``min_work``,
+    """The decisions and why: ``sgemm_mask``, ``sgemm_why`` (class name -> reason), ``own`` (the
+    own kernel's ISA, "" for none), ``min_work``,
     ``min_work_why``, ``cache`` (where the measurements are kept, or why not), ``key``."""
 
     def __init__(self):
         self.sgemm_mask = 0
         self.sgemm_why = {}
+        self.own = ""
         self.min_work = DEFAULT_MIN_WORK
         self.min_work_why = ""
         self.cache = ""
@@ -58,10 +63,10 @@ class Tuning:
         own = [c for i, c in enumerate(CLASSES) if self.sgemm_mask >> i & 1]
         blas = [c for c in CLASSES if c not in own]
         return "; ".join(f"{what} for {', '.join(cs)}" for what, cs in
-                         (("own AVX-512F kernel", own), ("BLAS", blas)) if cs)
+                         ((OWN.get(self.own, "own kernel"), own), ("BLAS", blas)) if cs)
 
     def as_dict(self):
-        return {"sgemm_mask": self.sgemm_mask, "sgemm": dict(self.sgemm_why),
+        return {"sgemm_mask": self.sgemm_mask, "sgemm": dict(self.sgemm_why), "own": self.own,
                 "parallel_min_work": self.min_work, "parallel_min_work_why": self.min_work_why,
                 "cache": self.cache, "key": dict(self.key)}
 
@@ -126,7 +131,7 @@ def cpu_facts():
 def machine_key(probe):
     model, flags = cpu_facts()
     from .. import __version__
-    return {"cpu": model, "isa": flags, "avx512f": bool(probe.own_available),
+    return {"cpu": model, "isa": flags, "own": probe.own_isa,
             "cpus": probe.cpus, "dlfast": __version__, "blas": dict(probe.blas)}
 
 
@@ -174,8 +179,8 @@ def measure_threads(time_threads):
 
 
 # ------------------------------------------------------------------------------------ deciding
-def sgemm_decision(meas):
-    """(mask, {class: reason}) from ``measure_sgemm``'s result."""
+def sgemm_decision(meas, isa):
+    """(mask, {class: reason}) from ``measure_sgemm``'s result for the own kernel `isa`."""
     mask, why = 0, {}
     for i, name in enumerate(CLASSES):
         c = meas["classes"][name]
@@ -183,7 +188,7 @@ def sgemm_decision(meas):
         r = c["blas_s"] / c["own_s"]
         if r >= GEMM_MARGIN:
             mask |= 1 << i
-            why[name] = f"own AVX-512F kernel: {r:.2f}x the BLAS on {m}x{n}x{k}"
+            why[name] = f"{OWN[isa]}: {r:.2f}x the BLAS on {m}x{n}x{k}"
         else:
             why[name] = f"BLAS: the own kernel {r:.2f}x on {m}x{n}x{k} (needs >= {GEMM_MARGIN}x)"
         why[name] += f" (m x n x k; measured {meas['date']})"
@@ -206,7 +211,7 @@ def _valid(part, meas):
     """True when a stored measurement decides without error."""
     try:
         if part == "sgemm":
-            sgemm_decision(meas)
+            sgemm_decision(meas, "avx2")
             return all(meas["classes"][c]["own_s"] > 0 and list(meas["classes"][c]["shape"])
                        == list(s) for c, s in zip(CLASSES, SHAPES))
         min_work_decision(meas)
@@ -266,8 +271,8 @@ def save(path, kid, key, parts):
 
 # ------------------------------------------------------------------------------------ deciding
 def decide(probe, env=None):
-    """The Tuning for this machine. `probe` (built by cython_kernels): ``own_available`` (the CPU
-    runs the own kernel), ``cpus``, ``threads_why`` (None, or why 2 threads cannot be timed),
+    """The Tuning for this machine. `probe` (built by cython_kernels): ``own_isa`` (the own
+    kernel the CPU runs, a key of ``OWN``, or ""), ``cpus``, ``threads_why`` (None, or why 2 threads cannot be timed),
     ``blas`` (the GEMM BLAS's library, version, core), ``time_gemm`` and ``time_threads``."""
     env = os.environ if env is None else env
     want_sgemm, env_work = _env_sgemm(env), _env_min_work(env)
@@ -276,7 +281,8 @@ def decide(probe, env=None):
     kid = key_id(t.key)
     path = os.path.join(cache_dir(env), FILE)
     parts = load(path, kid)
-    wanted = [p for p, w in (("sgemm", want_sgemm == "auto" and probe.own_available),
+    t.own = probe.own_isa
+    wanted = [p for p, w in (("sgemm", want_sgemm == "auto" and bool(t.own)),
                              ("min_work", env_work is None and probe.threads_why is None)) if w]
     need = [p for p in wanted if p not in parts]
     if need:
@@ -294,17 +300,17 @@ def decide(probe, env=None):
     else:
         t.cache = "nothing to measure"
 
-    if not probe.own_available:
-        why = "BLAS: the CPU has no AVX-512F" + (" (DLFAST_SGEMM=own ignored)"
+    if not t.own:
+        why = f"BLAS: {NO_OWN}" + (" (DLFAST_SGEMM=own ignored)"
                                                   if want_sgemm == "own" else "")
         t.sgemm_why = dict.fromkeys(CLASSES, why)
     elif want_sgemm != "auto":
         t.sgemm_mask = (1 << len(CLASSES)) - 1 if want_sgemm == "own" else 0
-        why = ("own AVX-512F kernel" if want_sgemm == "own" else "BLAS") + \
+        why = (OWN[t.own] if want_sgemm == "own" else "BLAS") + \
             f": set by DLFAST_SGEMM={want_sgemm}"
         t.sgemm_why = dict.fromkeys(CLASSES, why)
     else:
-        t.sgemm_mask, t.sgemm_why = sgemm_decision(parts["sgemm"])
+        t.sgemm_mask, t.sgemm_why = sgemm_decision(parts["sgemm"], t.own)
 
     if env_work is not None:
         t.min_work, t.min_work_why = env_work, "set by DLFAST_PARALLEL_MIN_WORK"

@@ -124,11 +124,11 @@ def _gemm_blas_facts():
     return facts
 
 
-def _probe(own_available=None):
+def _probe(own_isa=None):
     """What ``_tuning.decide`` measures with: the facts of this machine and two timers, each
     running a compiled loop: ``time_gemm(own, m, n, k, calls)`` (``_dense._sgemm_run``: C(m, n)
     = A(m, k) B(k, n), own kernel or BLAS, this thread) and ``time_threads(threads, size, calls)``
-    (``_optim._sgd_probe``). `own_available` (tests): time "the own kernel" even without AVX-512F
+    (``_optim._sgd_probe``). `own_isa` (tests): time "the own kernel" even where the CPU has none
     (dlf_sgemm then declines every call: the BLAS runs both sides)."""
     from .. import _config
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
@@ -157,7 +157,7 @@ def _probe(own_available=None):
         return time.perf_counter() - t0
 
     return SimpleNamespace(
-        own_available=bool(_mods[0].sgemm_available() if own_available is None else own_available),
+        own_isa=_mods[0].sgemm_isa() if own_isa is None else own_isa,
         cpus=cpus, threads_why=why, blas=_gemm_blas_facts(), time_gemm=time_gemm,
         time_threads=time_threads)
 

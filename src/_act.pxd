@@ -165,20 +165,38 @@ cdef extern from *:
     DLF_EXPSUM(dlf_expsumf, float, dlf_expf)
     DLF_EXPSUM(dlf_expsum, double, dlf_exp)
 
-    /* e[j] = exp((double)x[j] - m) in double; returns their sum as above (the loss path). */
+    /* sum_j e[j] in the order of DLF_EXPSUM: four interleaved partial sums, (s0 + s1) + (s2 + s3) */
+    static inline double dlf_sum4(const double* e, long n) {
+        long j;
+        double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (j = 0; j + 4 <= n; j += 4) {
+            s0 += e[j]; s1 += e[j + 1]; s2 += e[j + 2]; s3 += e[j + 3];
+        }
+        for (; j < n; j++) s0 += e[j];
+        return (s0 + s1) + (s2 + s3);
+    }
+
+    /* e[j] = exp((double)x[j] - m) in double; returns dlf_sum4(e, n) (the loss path). */
     #define DLF_EXPSUM_D(NAME, T)                                                             \
     DLF_CLONES static double NAME(double* e, const T* x, long n, double m) {                  \
         long j;                                                                               \
-        double s0 = 0, s1 = 0, s2 = 0, s3 = 0;                                                \
         for (j = 0; j < n; j++) e[j] = dlf_exp((double)x[j] - m);                             \
-        for (j = 0; j + 4 <= n; j += 4) {                                                     \
-            s0 += e[j]; s1 += e[j + 1]; s2 += e[j + 2]; s3 += e[j + 3];                       \
-        }                                                                                     \
-        for (; j < n; j++) s0 += e[j];                                                        \
-        return (s0 + s1) + (s2 + s3);                                                         \
+        return dlf_sum4(e, n);                                                                \
     }
     DLF_EXPSUM_D(dlf_expsum_df, float)
     DLF_EXPSUM_D(dlf_expsum_dd, double)
+
+    /* e[r c + j] = exp((double)x[r c + j] - m[r]) for r < rows, j < c (the values of
+       DLF_EXPSUM_D row by row): the shifts, then one flat exp loop, full vectors whatever c is. */
+    #define DLF_EXP_ROWS(NAME, T)                                                             \
+    DLF_CLONES static void NAME(double* e, const T* x, const double* m, long rows, long c) {  \
+        long r, j, i;                                                                         \
+        for (r = 0; r < rows; r++)                                                            \
+            for (j = 0; j < c; j++) e[r * c + j] = (double)x[r * c + j] - m[r];               \
+        for (i = 0; i < rows * c; i++) e[i] = dlf_exp(e[i]);                                  \
+    }
+    DLF_EXP_ROWS(dlf_exp_rows_df, float)
+    DLF_EXP_ROWS(dlf_exp_rows_dd, double)
 
     /* max_j x[j] (n >= 1), NaN if any x[j] is NaN (as numpy.max); eight exact lane maxima. */
     #define DLF_ROWMAX(NAME, T)                                                               \
@@ -256,6 +274,9 @@ cdef extern from *:
     double dlf_expsum(double*, const double*, long, double) noexcept nogil
     double dlf_expsum_df(double*, const float*, long, double) noexcept nogil
     double dlf_expsum_dd(double*, const double*, long, double) noexcept nogil
+    double dlf_sum4(const double*, long) noexcept nogil
+    void dlf_exp_rows_df(double*, const float*, const double*, long, long) noexcept nogil
+    void dlf_exp_rows_dd(double*, const double*, const double*, long, long) noexcept nogil
     float dlf_rowmaxf(const float*, long) noexcept nogil
     double dlf_rowmax(const double*, long) noexcept nogil
     void dlf_cheap_rowf(float*, const float*, const float*, long, int, float) noexcept nogil
@@ -288,6 +309,15 @@ cdef inline double exp_shift_sum_d(double* e, const floating* x, Py_ssize_t n,
         return dlf_expsum_df(e, x, n, m)
     else:
         return dlf_expsum_dd(e, x, n, m)
+
+
+cdef inline void exp_rows(double* e, const floating* x, const double* m, Py_ssize_t rows,
+                         Py_ssize_t c) noexcept nogil:
+    """e[r c + j] = exp(double(x[r c + j]) - m[r]) in double (exp_shift_sum_d's values)."""
+    if floating is float:
+        dlf_exp_rows_df(e, x, m, rows, c)
+    else:
+        dlf_exp_rows_dd(e, x, m, rows, c)
 
 
 cdef inline Py_ssize_t act_work(Py_ssize_t n, int code) noexcept nogil:

@@ -18,7 +18,7 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
 from _op cimport dlf_op, dlf_loss_op, DLF_OP_ERR_LABELS
-from _act cimport (exp_shift_sum, exp_shift_sum_d, row_max, CHEAP, aligned_doubles, buf_get,
+from _act cimport (exp_shift_sum, exp_rows, dlf_sum4, row_max, CHEAP, aligned_doubles, buf_get,
                    buf_release, line_doubles, DT_F32, DT_F64, DT_I64, DT_FLOAT)
 from _targets cimport check_weights, weight_sum
 
@@ -146,7 +146,7 @@ def softmax_xent_forward(logits, labels, probs, w=None):
     cdef Py_ssize_t n, c
     cdef int dt, nt
     cdef double total
-    # per row: its loss term; per thread: a row of exp(logit - max) in double
+    # per row: its loss term; per thread: a block's exp(logit - max) in double and row maxima
     cdef double* rowloss = NULL
     cdef double* scratch = NULL
     memset(v, 0, sizeof(v))
@@ -166,7 +166,7 @@ def softmax_xent_forward(logits, labels, probs, w=None):
         rowloss = <double*>malloc(max(n, 1) * sizeof(double))
         if rowloss == NULL:
             raise MemoryError()
-        scratch = aligned_doubles(max(nt, 1) * line_doubles(c))     # a row of lines per thread
+        scratch = aligned_doubles(max(nt, 1) * _xent_scratch(c))    # a block per thread
         with nogil:
             if dt == DT_F32:
                 total = _xent(<const float*>v[0].buf, <const int64_t*>v[1].buf,
@@ -192,28 +192,60 @@ cdef inline double _weighted(const double* rowloss, const double* w, Py_ssize_t 
     return total / weight_sum(w, n)
 
 
-cdef inline double _xent_row(const floating* x, int64_t t, floating* probs, Py_ssize_t c,
-                             double* e) noexcept nogil:
-    """probs = softmax(x) (e: c doubles of scratch); returns log sum exp(x - m) + m - x[t]."""
+cdef inline Py_ssize_t _xent_rows(Py_ssize_t c) noexcept nogil:
+    """Rows per block of the loss forward: ~256 exps at a time, at least one row."""
+    return max(1, 256 // c)
+
+
+cdef inline Py_ssize_t _xent_scratch(Py_ssize_t c) noexcept nogil:
+    """Doubles of scratch per thread: a block's exps and row maxima, in whole lines."""
+    cdef Py_ssize_t r = _xent_rows(c)
+    return line_doubles(r * c + r)
+
+
+cdef inline double _small_max(const floating* x, Py_ssize_t c) noexcept nogil:
+    """row_max of a short row (no call): max_j x[j], NaN when any x[j] is NaN."""
     cdef Py_ssize_t j
-    cdef double m = row_max(x, c)
-    cdef double s = exp_shift_sum_d(e, x, c, m)
-    for j in range(c):
-        probs[j] = <floating>(e[j] / s)
-    return log(s) + m - <double>x[t]
+    cdef floating m = x[0], v
+    for j in range(1, c):
+        v = x[j]
+        if v > m or v != v:
+            m = v
+    return m
+
+
+cdef void _xent_block(const floating* x, const int64_t* labels, floating* probs, Py_ssize_t r0,
+                      Py_ssize_t r1, Py_ssize_t c, double* rowloss, double* e) noexcept nogil:
+    """Rows [r0, r1) (at most _xent_rows(c)): probs = softmax(x), rowloss = log sum exp(x - m)
+    + m - x[t] (e: _xent_scratch(c) doubles: the exps, then the row maxima m)."""
+    cdef Py_ssize_t r, j, rows = r1 - r0
+    cdef double* m = e + _xent_rows(c) * c
+    cdef double s
+    cdef const floating* xr
+    for r in range(rows):
+        m[r] = _small_max(x + (r0 + r) * c, c) if c <= 16 else row_max(x + (r0 + r) * c, c)
+    exp_rows(e, x + r0 * c, m, rows, c)
+    for r in range(rows):
+        s = dlf_sum4(e + r * c, c)
+        xr = x + (r0 + r) * c
+        for j in range(c):
+            probs[(r0 + r) * c + j] = <floating>(e[r * c + j] / s)
+        rowloss[r0 + r] = log(s) + m[r] - <double>xr[labels[r0 + r]]
 
 
 cdef double _xent(const floating* x, const int64_t* labels, floating* probs, Py_ssize_t n,
                   Py_ssize_t c, int nt, double* rowloss, double* scratch) noexcept nogil:
-    cdef Py_ssize_t r
+    """The rows' losses into rowloss (blocks of _xent_rows(c) rows; scratch: _xent_scratch(c)
+    doubles per thread); returns their sum in row order."""
+    cdef Py_ssize_t r, b, R = _xent_rows(c), nb = (n + R - 1) // R, stride = _xent_scratch(c)
     cdef double total = 0
     if nt == 1:
-        for r in range(n):
-            rowloss[r] = _xent_row(x + r * c, labels[r], probs + r * c, c, scratch)
+        for b in range(nb):
+            _xent_block(x, labels, probs, b * R, min(n, b * R + R), c, rowloss, scratch)
     else:
-        for r in prange(n, num_threads=nt, schedule="static"):
-            rowloss[r] = _xent_row(x + r * c, labels[r], probs + r * c, c,
-                                   scratch + <Py_ssize_t>threadid() * line_doubles(c))
+        for b in prange(nb, num_threads=nt, schedule="static"):
+            _xent_block(x, labels, probs, b * R, min(n, b * R + R), c, rowloss,
+                        scratch + <Py_ssize_t>threadid() * stride)
     for r in range(n):
         total = total + rowloss[r]
     return total
@@ -276,7 +308,7 @@ ctypedef struct _XentC:
     dlf_loss_op op      # first: the program sees a dlf_loss_op*
     void* probs
     double* rowloss
-    double* scratch     # a row of lines per thread, for up to cap threads
+    double* scratch     # _xent_scratch(c) doubles per thread, for up to cap threads
     Py_ssize_t n, c
     int dt, cap
 
@@ -337,7 +369,7 @@ cdef class SoftmaxXentOp:
         self.c.rowloss = <double*>malloc(n * sizeof(double))
         if self.c.rowloss == NULL:
             raise MemoryError()
-        self.c.scratch = aligned_doubles(self.c.cap * line_doubles(c))
+        self.c.scratch = aligned_doubles(self.c.cap * _xent_scratch(c))
         self.c.probs, self.c.op.labels = self.v[0].buf, <int64_t*>self.v[1].buf
         self.c.op.dlogits = self.v[2].buf
         self.c.op.targets = NULL

@@ -314,6 +314,7 @@ cdef extern from *:
 
 cdef extern from "dlfast_dconv.h" nogil:
     enum: DLF_DC_FB
+    Py_ssize_t dlf_dconv_stride(Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
     Py_ssize_t dlf_dconv_xp_size_f(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
     Py_ssize_t dlf_dconv_xp_size_d(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
     Py_ssize_t dlf_dconv_rows_f(Py_ssize_t) noexcept
@@ -583,7 +584,7 @@ cdef int _dconv(const floating* src, const floating* Wt, const floating* b, floa
     else:
         ci, H, W, co, ph, pw = g.C, g.H, g.W, g.F, g.ph, g.pw
     Hp = H + 2 * ph
-    Wp = W + 2 * pw
+    Wp = dlf_dconv_stride(W, pw, g.KW)          # the padded rows' stride
     if floating is float:
         xps = dlf_dconv_xp_size_f(ci, Hp, Wp, g.KW)
     else:
@@ -629,7 +630,7 @@ cdef int _dw_direct(const floating* dout, const floating* x, floating* dW,
     first (one image per work item), then one item per block of DLF_DW_FB output channels and
     input channel. Returns -1 (the caller computes dW through im2col) when the scratch cannot
     be allocated or a dW is NaN (a non-finite x may add 0 * inf from the extended grid)."""
-    cdef Py_ssize_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, P = g.OH * Wp, Pr
+    cdef Py_ssize_t Hp = g.H + 2 * g.ph, Wp = dlf_dconv_stride(g.W, g.pw, g.KW), P = g.OH * Wp, Pr
     cdef Py_ssize_t xs, es, n, it, nfb = (g.F + DLF_DW_FB - 1) // DLF_DW_FB, i
     cdef floating* buf
     cdef int nt = _threads(g.N * g.F * g.OHW * g.K // 16), bad = 0

@@ -2,11 +2,13 @@
    convolution is a convolution of dout with the kernel flipped and F, C swapped), and dW.
 
    One image:   out[f, i, j] = (sum_{c, kh, kw} W[f, c, kh, kw] xp[c, i + kh, j + kw]) + b[f]
-   with xp = x zero-padded by (ph, pw). The padded image xp (C, Hp, Wp) sits in a scratch buffer;
-   outputs are computed over the "extended" grid p = i*Wp + j, j in [0, Wp): then the taps of every
+   with xp = x zero-padded by (ph, pw). The padded image xp (C, Hp rows of stride Wp) sits in a
+   scratch buffer; Wp = dlf_dconv_stride(W, pw, KW): W + pw where a row's right padding can serve as
+   the next row's left padding, so only pw junk columns per row. Outputs are computed over the
+   "extended" grid p = i*Wp + j, j in [0, Wp): then the taps of every
    output are the same offset kh*Wp + kw from p in xp, so a vector of consecutive p is one
    unaligned load per tap. Columns j >= OW are discarded. Register tile: DLF_DC_FB output channels
-   x 2 vectors of p; the taps run in the order c, kh, kw for every output (fixed: results do not
+   (the last block: its F mod DLF_DC_FB channels only) x 2 vectors of p; the taps run in the order c, kh, kw for every output (fixed: results do not
    depend on the thread count, which only assigns whole images to threads).
 
    W is packed first (dlf_dconv_pack*): wp[fb][c][kh][kw][j] = W[fb*FB + j, c, kh, kw] (0 past F),
@@ -21,6 +23,12 @@
 #include "dlfast_clones.h"
 
 #define DLF_DC_FB 6
+
+/* Row stride of a padded image: W + pw when pw <= KW - 1 (then OW = W + 2pw - KW + 1 <= W + pw,
+   and the taps past a row's end read the next row's left padding: zeros), else W + 2pw. */
+static inline Py_ssize_t dlf_dconv_stride(Py_ssize_t W, Py_ssize_t pw, Py_ssize_t KW) {
+    return pw <= KW - 1 ? W + pw : W + 2 * pw;
+}
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
@@ -58,37 +66,55 @@ static void dlf_dconv_pack_##SFX(const T* W, T* wp, Py_ssize_t F, Py_ssize_t C, 
                     }                                                                         \
 }                                                                                             \
                                                                                               \
+/* Channels [f0, f0 + FBN) (FBN <= DLF_DC_FB, a compile-time constant at every call) from the  \
+   packed block wb: FBN x 2 vectors of p per register tile. */                                 \
+static inline __attribute__((always_inline)) void dlf_dconv_block_##SFX(                      \
+        const int FBN, const T* xp, const T* wb, T* e, Py_ssize_t C, Py_ssize_t HWp,          \
+        Py_ssize_t Wp, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t P, Py_ssize_t f0) {            \
+    Py_ssize_t p, c, kh, kw;                                                                  \
+    int j;                                                                                    \
+    for (p = 0; p < P; p += 2 * (VL)) {                                                       \
+        dlf_dcv_##SFX a0[DLF_DC_FB], a1[DLF_DC_FB];                                           \
+        const T* wk = wb;                                                                     \
+        for (j = 0; j < FBN; j++) { a0[j] = (dlf_dcv_##SFX){0}; a1[j] = a0[j]; }              \
+        for (c = 0; c < C; c++)                                                               \
+            for (kh = 0; kh < KH; kh++) {                                                     \
+                const T* xr = xp + c * HWp + kh * Wp + p;                                     \
+                _Pragma("GCC unroll 4")                                                       \
+                for (kw = 0; kw < KW; kw++, wk += DLF_DC_FB) {                                \
+                    dlf_dcv_##SFX x0 = *(const dlf_dcvu_##SFX*)(xr + kw);                     \
+                    dlf_dcv_##SFX x1 = *(const dlf_dcvu_##SFX*)(xr + kw + (VL));              \
+                    for (j = 0; j < FBN; j++) {   /* wk[j]: broadcast */                     \
+                        a0[j] += x0 * wk[j];                                                  \
+                        a1[j] += x1 * wk[j];                                                  \
+                    }                                                                         \
+                }                                                                             \
+            }                                                                                 \
+        for (j = 0; j < FBN; j++) {                                                           \
+            T tmp[2 * (VL)];                                                                  \
+            Py_ssize_t n = P - p < 2 * (VL) ? P - p : 2 * (VL);                               \
+            memcpy(tmp, &a0[j], sizeof(a0[j]));                                               \
+            memcpy(tmp + (VL), &a1[j], sizeof(a1[j]));                                        \
+            memcpy(e + (f0 + j) * P + p, tmp, n * sizeof(T));                                 \
+        }                                                                                     \
+    }                                                                                         \
+}                                                                                             \
+                                                                                              \
+/* Every channel block; the last, partial one with a tile of just its channels */            \
 static inline __attribute__((always_inline)) void dlf_dconv_tiles_##SFX(                      \
         const T* xp, const T* wp, T* e, Py_ssize_t C, Py_ssize_t HWp, Py_ssize_t Wp,          \
         Py_ssize_t F, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t P) {                            \
-    Py_ssize_t nfb = (F + DLF_DC_FB - 1) / DLF_DC_FB, fb, p, c, kh, kw;                       \
-    int j;                                                                                    \
-    for (fb = 0; fb < nfb; fb++) {                                                            \
+    Py_ssize_t fb, f0;                                                                        \
+    for (fb = 0; fb * DLF_DC_FB < F; fb++) {                                                  \
         const T* wb = wp + fb * C * KH * KW * DLF_DC_FB;                                      \
-        for (p = 0; p < P; p += 2 * (VL)) {                                                   \
-            dlf_dcv_##SFX a0[DLF_DC_FB], a1[DLF_DC_FB];                                       \
-            const T* wk = wb;                                                                 \
-            for (j = 0; j < DLF_DC_FB; j++) { a0[j] = (dlf_dcv_##SFX){0}; a1[j] = a0[j]; }    \
-            for (c = 0; c < C; c++)                                                           \
-                for (kh = 0; kh < KH; kh++) {                                                 \
-                    const T* xr = xp + c * HWp + kh * Wp + p;                                 \
-                    _Pragma("GCC unroll 4")                                                   \
-                    for (kw = 0; kw < KW; kw++, wk += DLF_DC_FB) {                            \
-                        dlf_dcv_##SFX x0 = *(const dlf_dcvu_##SFX*)(xr + kw);                 \
-                        dlf_dcv_##SFX x1 = *(const dlf_dcvu_##SFX*)(xr + kw + (VL));          \
-                        for (j = 0; j < DLF_DC_FB; j++) {   /* wk[j]: broadcast */         \
-                            a0[j] += x0 * wk[j];                                              \
-                            a1[j] += x1 * wk[j];                                              \
-                        }                                                                     \
-                    }                                                                         \
-                }                                                                             \
-            for (j = 0; j < DLF_DC_FB && fb * DLF_DC_FB + j < F; j++) {                       \
-                T tmp[2 * (VL)];                                                              \
-                Py_ssize_t n = P - p < 2 * (VL) ? P - p : 2 * (VL);                           \
-                memcpy(tmp, &a0[j], sizeof(a0[j]));                                           \
-                memcpy(tmp + (VL), &a1[j], sizeof(a1[j]));                                    \
-                memcpy(e + (fb * DLF_DC_FB + j) * P + p, tmp, n * sizeof(T));                 \
-            }                                                                                 \
+        f0 = fb * DLF_DC_FB;                                                                  \
+        switch (F - f0 < DLF_DC_FB ? (int)(F - f0) : DLF_DC_FB) {                             \
+            case 1: dlf_dconv_block_##SFX(1, xp, wb, e, C, HWp, Wp, KH, KW, P, f0); break;    \
+            case 2: dlf_dconv_block_##SFX(2, xp, wb, e, C, HWp, Wp, KH, KW, P, f0); break;    \
+            case 3: dlf_dconv_block_##SFX(3, xp, wb, e, C, HWp, Wp, KH, KW, P, f0); break;    \
+            case 4: dlf_dconv_block_##SFX(4, xp, wb, e, C, HWp, Wp, KH, KW, P, f0); break;    \
+            case 5: dlf_dconv_block_##SFX(5, xp, wb, e, C, HWp, Wp, KH, KW, P, f0); break;    \
+            default: dlf_dconv_block_##SFX(DLF_DC_FB, xp, wb, e, C, HWp, Wp, KH, KW, P, f0);  \
         }                                                                                     \
     }                                                                                         \
 }                                                                                             \
@@ -102,10 +128,10 @@ DLF_CLONES static void dlf_dconv_run_##SFX(const T* xp, const T* wp, T* e, Py_ss
         dlf_dconv_tiles_##SFX(xp, wp, e, C, HWp, Wp, F, KH, KW, P);                           \
 }                                                                                             \
                                                                                               \
-/* xp = x (C, H, W) zero-padded by (ph, pw), and the slack zeroed */                           \
+/* xp = x (C, H, W) zero-padded by (ph, pw), rows of dlf_dconv_stride, and the slack zeroed */                           \
 static void dlf_dconv_pad_##SFX(const T* x, T* xp, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,  \
                                 Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t KW) {                \
-    Py_ssize_t Hp = H + 2 * ph, Wp = W + 2 * pw, c, i;                                        \
+    Py_ssize_t Hp = H + 2 * ph, Wp = dlf_dconv_stride(W, pw, KW), c, i;                       \
     memset(xp, 0, dlf_dconv_xp_size_##SFX(C, Hp, Wp, KW) * sizeof(T));                       \
     for (c = 0; c < C; c++)                                                                   \
         for (i = 0; i < H; i++)                                                               \
@@ -127,7 +153,8 @@ static void dlf_dconv_ext_##SFX(const T* d, T* e, Py_ssize_t F, Py_ssize_t OH, P
 static void dlf_dconv_one_##SFX(const T* x, const T* wp, const T* b, T* out, T* xp, T* e,     \
                                 Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t F,       \
                                 Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t ph, Py_ssize_t pw) { \
-    Py_ssize_t Hp = H + 2 * ph, Wp = W + 2 * pw, OH = Hp - KH + 1, OW = Wp - KW + 1;          \
+    Py_ssize_t Hp = H + 2 * ph, Wp = dlf_dconv_stride(W, pw, KW), OH = Hp - KH + 1;           \
+    Py_ssize_t OW = W + 2 * pw - KW + 1;                                                      \
     Py_ssize_t i, j, f, P = OH * Wp;                                                          \
     dlf_dconv_pad_##SFX(x, xp, C, H, W, ph, pw, KW);                                          \
     dlf_dconv_run_##SFX(xp, wp, e, C, Hp * Wp, Wp, F, KH, KW, P);                             \
@@ -174,6 +201,24 @@ static inline __attribute__((always_inline)) void dlf_tile43_##SFX(             
 DLF_TILE43(f, float, 8)
 DLF_TILE43(d, double, 4)
 
+#include <unistd.h>
+/* Images per group of dlf_dconv_dw: as many as fit half the L1 data cache (sysconf; 32 KB if
+   unknown) at `bytes` each (an input plane and the dout rows of one item), at least 1. It
+   orders the loops only: every sum keeps its order (images, then positions). */
+static Py_ssize_t dlf_dw_group(Py_ssize_t bytes) {
+    static long l1 = 0;
+    Py_ssize_t g;
+    if (l1 == 0) {
+        long v = -1;
+#ifdef _SC_LEVEL1_DCACHE_SIZE
+        v = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+#endif
+        l1 = v > 0 ? v : 32 * 1024;
+    }
+    g = (Py_ssize_t)(l1 / 2) / (bytes > 0 ? bytes : 1);
+    return g < 1 ? 1 : g;
+}
+
 #define DLF_DW_FB 4        /* the 4 rows of dlf_tile43 */
 #define DLF_DW_PAIRS 8     /* (kernel row, 3 columns) accumulator sets kept across the images: 3 KB of floats */
 #define DLF_DCONV_DW(SFX, T, VL)                                                              \
@@ -192,28 +237,31 @@ DLF_CLONES static void dlf_dconv_dw_##SFX(const T* xp, Py_ssize_t xs, const T* e
                                           Py_ssize_t F, Py_ssize_t f0, Py_ssize_t KH,         \
                                           Py_ssize_t KW, Py_ssize_t Pr) {                     \
     /* the accumulators of up to DLF_DW_PAIRS (kernel row, block of 3 columns) pairs live in   \
-       acc (L1) across the images: an image's x rows and dout rows are read from L1 for every  \
-       pair after the first */                                                                \
+       acc (L1) across the images; per group of images that fits L1 (dlf_dw_group), each pair's \
+       accumulators stay in registers over the group's images */                              \
     dlf_dcv_##SFX acc[DLF_DW_PAIRS * DLF_DW_FB * 3];                                          \
     Py_ssize_t nkb = (KW + 2) / 3, t0, t1, t, n, q;                                           \
     Py_ssize_t nf = F - f0 < DLF_DW_FB ? F - f0 : DLF_DW_FB;                                  \
     int j, k;                                                                                 \
+    Py_ssize_t G = dlf_dw_group((HWp + DLF_DW_FB * Pr) * (Py_ssize_t)sizeof(T)), n0, n1;     \
     for (t0 = 0; t0 < KH * nkb; t0 += DLF_DW_PAIRS) {                                         \
         t1 = t0 + DLF_DW_PAIRS < KH * nkb ? t0 + DLF_DW_PAIRS : KH * nkb;                     \
         for (q = 0; q < (t1 - t0) * DLF_DW_FB * 3; q++) acc[q] = (dlf_dcv_##SFX){0};          \
-        for (n = 0; n < N; n++) {                                                             \
-            const T* er = e + n * es + f0 * Pr;                                               \
+        for (n0 = 0; n0 < N; n0 += G) {     /* G images' rows stay in L1 over the pairs */    \
+            n1 = n0 + G < N ? n0 + G : N;                                                     \
             for (t = t0; t < t1; t++) {                                                       \
                 dlf_dcv_##SFX* A = acc + (t - t0) * DLF_DW_FB * 3;                            \
                 dlf_dcv_##SFX a[DLF_DW_FB][3];                                                \
-                const T* xr = xp + n * xs + c * HWp + (t / nkb) * Wp + (t % nkb) * 3;         \
-                const T* br[3] = {xr, xr + 1, xr + 2};                                        \
-                const T* ar[DLF_DW_FB];                                                       \
-                for (j = 0; j < DLF_DW_FB; j++) {                                             \
-                    ar[j] = er + (j < nf ? j : 0) * Pr;                                       \
+                for (j = 0; j < DLF_DW_FB; j++)                                               \
                     for (k = 0; k < 3; k++) a[j][k] = A[j * 3 + k];                           \
+                for (n = n0; n < n1; n++) {                                                   \
+                    const T* er = e + n * es + f0 * Pr;                                       \
+                    const T* xr = xp + n * xs + c * HWp + (t / nkb) * Wp + (t % nkb) * 3;     \
+                    const T* br[3] = {xr, xr + 1, xr + 2};                                    \
+                    const T* ar[DLF_DW_FB];                                                   \
+                    for (j = 0; j < DLF_DW_FB; j++) ar[j] = er + (j < nf ? j : 0) * Pr;       \
+                    dlf_tile43_##SFX(a, ar, br, Pr);                                          \
                 }                                                                             \
-                dlf_tile43_##SFX(a, ar, br, Pr);                                              \
                 for (j = 0; j < DLF_DW_FB; j++)                                               \
                     for (k = 0; k < 3; k++) A[j * 3 + k] = a[j][k];                           \
             }                                                                                 \

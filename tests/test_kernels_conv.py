@@ -416,6 +416,8 @@ DIRECT = [  # stride 1, >= 32 taps, batch >= 2: out and dx by direct convolution
     ((2, 3, 8, 8), (13, 3, 3, 3), 1, 1),          # C = 3: dx by the GEMM
     ((2, 3, 12, 12), (8, 3, 5, 5), 1, 2),         # 5x5: dW's 10 (row, 3 columns) accumulator
     ((3, 2, 9, 10), (7, 2, 7, 7), 1, 3),          # sets in 2 groups; 7x7: 21 in 3
+    ((2, 8, 5, 6), (7, 8, 2, 2), 1, (2, 3)),      # padding >= the kernel: rows of W + 2pw
+    ((2, 32, 4, 5), (6, 32, 1, 1), 1, 1),         # 1x1 padded: no column shared between rows
 ]
 
 

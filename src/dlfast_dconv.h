@@ -90,13 +90,18 @@ static inline __attribute__((always_inline)) void dlf_dconv_block_##SFX(        
                     }                                                                         \
                 }                                                                             \
             }                                                                                 \
-        for (j = 0; j < FBN; j++) {                                                           \
-            T tmp[2 * (VL)];                                                                  \
-            Py_ssize_t n = P - p < 2 * (VL) ? P - p : 2 * (VL);                               \
-            memcpy(tmp, &a0[j], sizeof(a0[j]));                                               \
-            memcpy(tmp + (VL), &a1[j], sizeof(a1[j]));                                        \
-            memcpy(e + (f0 + j) * P + p, tmp, n * sizeof(T));                                 \
-        }                                                                                     \
+        if (P - p >= 2 * (VL))              /* whole vectors: stored as they are */           \
+            for (j = 0; j < FBN; j++) {                                                       \
+                *(dlf_dcvu_##SFX*)(e + (f0 + j) * P + p) = a0[j];                             \
+                *(dlf_dcvu_##SFX*)(e + (f0 + j) * P + p + (VL)) = a1[j];                      \
+            }                                                                                 \
+        else                                /* the last, partial pair of vectors */           \
+            for (j = 0; j < FBN; j++) {                                                       \
+                T tmp[2 * (VL)];                                                              \
+                memcpy(tmp, &a0[j], sizeof(a0[j]));                                           \
+                memcpy(tmp + (VL), &a1[j], sizeof(a1[j]));                                    \
+                memcpy(e + (f0 + j) * P + p, tmp, (P - p) * sizeof(T));                       \
+            }                                                                                 \
     }                                                                                         \
 }                                                                                             \
                                                                                               \
@@ -150,9 +155,10 @@ static void dlf_dconv_ext_##SFX(const T* d, T* e, Py_ssize_t F, Py_ssize_t OH, P
                                                                                               \
 /* out (F, OH, OW) of one image x (C, H, W), stride 1; xp, e: scratch of                      \
    dlf_dconv_xp_size and F*OH*Wp elements; b (F,) or NULL */                                  \
-static void dlf_dconv_one_##SFX(const T* x, const T* wp, const T* b, T* out, T* xp, T* e,     \
-                                Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t F,       \
-                                Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t ph, Py_ssize_t pw) { \
+DLF_CLONES static void dlf_dconv_one_##SFX(const T* x, const T* wp, const T* b, T* out,       \
+                                           T* xp, T* e, Py_ssize_t C, Py_ssize_t H,           \
+                                           Py_ssize_t W, Py_ssize_t F, Py_ssize_t KH,         \
+                                           Py_ssize_t KW, Py_ssize_t ph, Py_ssize_t pw) {     \
     Py_ssize_t Hp = H + 2 * ph, Wp = dlf_dconv_stride(W, pw, KW), OH = Hp - KH + 1;           \
     Py_ssize_t OW = W + 2 * pw - KW + 1;                                                      \
     Py_ssize_t i, j, f, P = OH * Wp;                                                          \

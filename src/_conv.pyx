@@ -1,13 +1,13 @@
 """Convolution and pooling over NCHW arrays (formulas: dlfast.kernels).
 
 conv2d forward   per image n: col_n = im2col(x_n) (C*KH*KW, OH*OW); out_n = W2 @ col_n + b  (GEMM),
-                 or at stride 1 (>= 32 taps, F >= 6, a batch of >= P images) directly (dlfast_dconv.h)
+                 or at stride 1 (>= 9 taps, F >= 6, a batch of >= P images) directly (dlfast_dconv.h)
 conv2d backward  dx_n = col2im(dcol_n), dcol_n = W2.T @ dout_n  (GEMM; overlapping windows summed),
                  or at stride 1 (enough taps, a batch of >= P images) the transposed convolution
                  of dout_n directly (dlfast_dconv.h; dcol unused)
                  dW = sum_n dout_n @ col_n.T, col_n = im2col(x_n) written first (fixed column
-                 blocks of dW; images added in order), or where the forward is direct, directly
-                 (dlf_dconv_dw: lanes over n, p in order)
+                 blocks of dW; images added in order), or where the forward is direct and there
+                 are >= 32 taps, directly (dlf_dconv_dw: lanes over n, p in order)
                  db[f] = sum_{n, p} dout[n, f, p]   (double, fixed order)
 pools            one (n, c) plane per work item; each output row takes the window taps (kh, kw) in
                  row-major order over all its columns (branch-free max, double sums), vectorised;
@@ -548,20 +548,27 @@ cdef inline void _col2im(const floating* col, floating* dx, const _Geo* g, Py_ss
 
 
 # ---------------------------------------------------------------------------- direct convolution
-# At stride 1, with at least DIRECT_TAPS taps per output and a batch of at least P images, out
-# (C*KH*KW taps) and dx (F*KH*KW taps: the transposed convolution of dout) are direct
-# convolutions (dlfast_dconv.h) instead of im2col/col2im around a GEMM. DeepConvNet's 3x3 layers,
-# batch 100, one thread: 47-64 GFLOP/s against 35-44 (OpenBLAS packs the im2col matrix again,
-# and uses each element only F times). dW likewise where the forward is direct (else im2col
-# into col, then GEMMs).
+# At stride 1 and a batch of at least P images, out (from DIRECT_FWD_TAPS = C*KH*KW taps) and dx
+# (from DIRECT_TAPS = F*KH*KW taps: the transposed convolution of dout) are direct convolutions
+# (dlfast_dconv.h) instead of im2col/col2im around a GEMM. DeepConvNet's 3x3 layers, batch 100,
+# one thread: 47-64 GFLOP/s against 35-44 (OpenBLAS packs the im2col matrix again, and uses each
+# element only F times); the first layers' forward (9-25 taps, C = 1): 1.17-1.26x the GEMM path.
+# dW likewise where the forward is direct and there are DIRECT_TAPS taps (else im2col into col,
+# then GEMMs, or dlf_dw_nt below 32 taps).
 cdef enum:
     DIRECT_TAPS = 32
+    DIRECT_FWD_TAPS = 9
 
 
 cdef inline bint _fwd_direct(const _Geo* g) noexcept nogil:
-    """out (and dW) directly: F >= DLF_DC_FB fills the register tiles of output channels."""
-    return (g.sh == 1 and g.sw == 1 and g.N >= _PARTS and g.K >= DIRECT_TAPS
+    """out directly: F >= DLF_DC_FB fills the register tiles of output channels."""
+    return (g.sh == 1 and g.sw == 1 and g.N >= _PARTS and g.K >= DIRECT_FWD_TAPS
             and g.F >= DLF_DC_FB)
+
+
+cdef inline bint _dw_direct_ok(const _Geo* g) noexcept nogil:
+    """dW directly (below DIRECT_TAPS taps, a first layer's, dlf_dw_nt from im2col is faster)."""
+    return _fwd_direct(g) and g.K >= DIRECT_TAPS
 
 
 cdef inline bint _dx_direct(const _Geo* g) noexcept nogil:
@@ -794,7 +801,7 @@ cdef void _conv_bwd(const floating* dout, const floating* x, const floating* Wt,
                         _col2im(dcol + (it // g.C) * g.K * g.OHW, dx + (it // g.C) * g.C * g.HW,
                                 g, it % g.C, it % g.C + 1)
     if dW != NULL and g.F and g.K:
-        if not (_fwd_direct(g) and _dw_direct(dout, x, dW, g) == 0):
+        if not (_dw_direct_ok(g) and _dw_direct(dout, x, dW, g) == 0):
             _dw_gemm(dout, x, col, dW, g, col_ready)
     if db != NULL and g.F:
         nt = _threads(g.N * g.F * g.OHW // CHEAP)

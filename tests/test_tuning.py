@@ -312,8 +312,10 @@ def every_thread_count_parallel():
         m._set_min_work(w)
 
 
-# (batch, inputs, outputs): blocks of each class (small, skinny, large) and mixed
-DENSE_SHAPES = [(67, 300, 10), (97, 784, 100), (203, 785, 131), (45, 129, 257), (3, 2, 5)]
+# (batch, inputs, outputs): blocks of each class (small, skinny, large) and mixed; the backward's
+# two GEMMs in one region (batch and outputs within 4x) or one region each
+DENSE_SHAPES = [(67, 300, 10), (97, 784, 100), (203, 785, 131), (45, 129, 257), (3, 2, 5),
+                (37, 300, 120), (300, 200, 90)]
 
 
 @needs_cython

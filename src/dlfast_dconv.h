@@ -207,21 +207,12 @@ static inline __attribute__((always_inline)) void dlf_tile43_##SFX(             
 DLF_TILE43(f, float, 8)
 DLF_TILE43(d, double, 4)
 
-#include <unistd.h>
-/* Images per group of dlf_dconv_dw: as many as fit half the L1 data cache (sysconf; 32 KB if
+#include "dlfast_cache.h"
+/* Images per group of dlf_dconv_dw: as many as fit half the L1 data cache (32 KB if
    unknown) at `bytes` each (an input plane and the dout rows of one item), at least 1. It
    orders the loops only: every sum keeps its order (images, then positions). */
 static Py_ssize_t dlf_dw_group(Py_ssize_t bytes) {
-    static long l1 = 0;
-    Py_ssize_t g;
-    if (l1 == 0) {
-        long v = -1;
-#ifdef _SC_LEVEL1_DCACHE_SIZE
-        v = sysconf(_SC_LEVEL1_DCACHE_SIZE);
-#endif
-        l1 = v > 0 ? v : 32 * 1024;
-    }
-    g = (Py_ssize_t)(l1 / 2) / (bytes > 0 ? bytes : 1);
+    Py_ssize_t g = (Py_ssize_t)(dlf_cache_bytes(1, 32 * 1024) / 2) / (bytes > 0 ? bytes : 1);
     return g < 1 ? 1 : g;
 }
 

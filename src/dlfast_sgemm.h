@@ -27,7 +27,7 @@
 #define DLF_SGEMM512 1
 #include <immintrin.h>
 #include <pthread.h>
-#include <unistd.h>
+#include "dlfast_cache.h"
 
 #define DLF_MR 8           /* rows per micro-tile: 2 * DLF_MR accumulators of 16 floats */
 #define DLF_NR 32          /* columns per micro-tile and per packed panel: two zmm vectors */
@@ -393,19 +393,10 @@ static DLF_T256 void dlf_tile2(int mr, int nc, int kc, const float* a, ptrdiff_t
 }
 #undef DLF_TILE2_CASE
 
-/* Rows of A per L2 block: half the L2 (sysconf; 256 KB if unknown) over a row's kc floats, a
+/* Rows of A per L2 block: half the L2 (256 KB if unknown) over a row's kc floats, a
    multiple of mr, at least mr. It orders the tiles only: no sum depends on it. */
 static int dlf_row_block(int mr, int kc) {
-    static long l2 = 0;
-    long r;
-    if (l2 == 0) {
-        long s = -1;
-#ifdef _SC_LEVEL2_CACHE_SIZE
-        s = sysconf(_SC_LEVEL2_CACHE_SIZE);
-#endif
-        l2 = s > 0 ? s : 256 * 1024;
-    }
-    r = l2 / 2 / ((long)kc * (long)sizeof(float)) / mr * mr;
+    long r = dlf_cache_bytes(2, 256 * 1024) / 2 / ((long)kc * (long)sizeof(float)) / mr * mr;
     return r < mr ? mr : r > (1 << 20) ? (1 << 20) : (int)r;
 }
 

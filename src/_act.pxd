@@ -165,7 +165,7 @@ cdef extern from *:
     DLF_EXPSUM(dlf_expsumf, float, dlf_expf)
     DLF_EXPSUM(dlf_expsum, double, dlf_exp)
 
-    /* sum_j e[j] in the order of DLF_EXPSUM: four interleaved partial sums, (s0 + s1) + (s2 + s3) */
+    /* sum_j e[j] in DLF_EXPSUM's order: four interleaved partial sums, (s0 + s1) + (s2 + s3) */
     static inline double dlf_sum4(const double* e, long n) {
         long j;
         double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
@@ -176,18 +176,8 @@ cdef extern from *:
         return (s0 + s1) + (s2 + s3);
     }
 
-    /* e[j] = exp((double)x[j] - m) in double; returns dlf_sum4(e, n) (the loss path). */
-    #define DLF_EXPSUM_D(NAME, T)                                                             \
-    DLF_CLONES static double NAME(double* e, const T* x, long n, double m) {                  \
-        long j;                                                                               \
-        for (j = 0; j < n; j++) e[j] = dlf_exp((double)x[j] - m);                             \
-        return dlf_sum4(e, n);                                                                \
-    }
-    DLF_EXPSUM_D(dlf_expsum_df, float)
-    DLF_EXPSUM_D(dlf_expsum_dd, double)
-
-    /* e[r c + j] = exp((double)x[r c + j] - m[r]) for r < rows, j < c (the values of
-       DLF_EXPSUM_D row by row): the shifts, then one flat exp loop, full vectors whatever c is. */
+    /* e[r c + j] = exp((double)x[r c + j] - m[r]) in double for r < rows, j < c (the loss
+       path): the shifts, then one flat exp loop, full vectors whatever c is. */
     #define DLF_EXP_ROWS(NAME, T)                                                             \
     DLF_CLONES static void NAME(double* e, const T* x, const double* m, long rows, long c) {  \
         long r, j, i;                                                                         \
@@ -272,8 +262,6 @@ cdef extern from *:
     void dlf_act_row(double*, const double*, long, int, double) noexcept nogil
     double dlf_expsumf(float*, const float*, long, float) noexcept nogil
     double dlf_expsum(double*, const double*, long, double) noexcept nogil
-    double dlf_expsum_df(double*, const float*, long, double) noexcept nogil
-    double dlf_expsum_dd(double*, const double*, long, double) noexcept nogil
     double dlf_sum4(const double*, long) noexcept nogil
     void dlf_exp_rows_df(double*, const float*, const double*, long, long) noexcept nogil
     void dlf_exp_rows_dd(double*, const double*, const double*, long, long) noexcept nogil
@@ -302,18 +290,9 @@ cdef inline double exp_shift_sum(floating* out, const floating* x, Py_ssize_t n,
         return dlf_expsum(out, x, n, m)
 
 
-cdef inline double exp_shift_sum_d(double* e, const floating* x, Py_ssize_t n,
-                                   double m) noexcept nogil:
-    """e[j] = exp(double(x[j]) - m) in double; returns sum_j e[j] (fixed order)."""
-    if floating is float:
-        return dlf_expsum_df(e, x, n, m)
-    else:
-        return dlf_expsum_dd(e, x, n, m)
-
-
 cdef inline void exp_rows(double* e, const floating* x, const double* m, Py_ssize_t rows,
                          Py_ssize_t c) noexcept nogil:
-    """e[r c + j] = exp(double(x[r c + j]) - m[r]) in double (exp_shift_sum_d's values)."""
+    """e[r c + j] = exp(double(x[r c + j]) - m[r]) in double."""
     if floating is float:
         dlf_exp_rows_df(e, x, m, rows, c)
     else:

@@ -637,7 +637,8 @@ cdef int _dw_direct(const floating* dout, const floating* x, floating* dW,
     first (one image per work item), then one item per block of DLF_DW_FB output channels and
     input channel. Returns -1 (the caller computes dW through im2col) when the scratch cannot
     be allocated or a dW is NaN (a non-finite x may add 0 * inf from the extended grid)."""
-    cdef Py_ssize_t Hp = g.H + 2 * g.ph, Wp = dlf_dconv_stride(g.W, g.pw, g.KW), P = g.OH * Wp, Pr
+    cdef Py_ssize_t Hp = g.H + 2 * g.ph, Wp = dlf_dconv_stride(g.W, g.pw, g.KW)
+    cdef Py_ssize_t P = g.OH * Wp, Pr
     cdef Py_ssize_t xs, es, n, it, nfb = (g.F + DLF_DW_FB - 1) // DLF_DW_FB, i
     cdef floating* buf
     cdef int nt = _threads(g.N * g.F * g.OHW * g.K // 16), bad = 0

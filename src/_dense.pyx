@@ -102,7 +102,6 @@ cdef extern from *:
 
 cdef extern from "dlfast_sgemm.h" nogil:
     int dlf_sgemm_available()
-    int dlf_sgemm_cpu()
     int dlf_sgemm_cap
     int dlf_sgemm(char ta, char tb, int m, int n, int k, const float* a, int lda,
                   const float* b, int ldb, float* c, int ldc)

@@ -8,8 +8,9 @@
    "extended" grid p = i*Wp + j, j in [0, Wp): then the taps of every
    output are the same offset kh*Wp + kw from p in xp, so a vector of consecutive p is one
    unaligned load per tap. Columns j >= OW are discarded. Register tile: DLF_DC_FB output channels
-   (the last block: its F mod DLF_DC_FB channels only) x 2 vectors of p; the taps run in the order c, kh, kw for every output (fixed: results do not
-   depend on the thread count, which only assigns whole images to threads).
+   (the last block: its F mod DLF_DC_FB channels only) x 2 vectors of p; the taps run in the
+   order c, kh, kw for every output (fixed: results do not depend on the thread count, which only
+   assigns whole images to threads).
 
    W is packed first (dlf_dconv_pack*): wp[fb][c][kh][kw][j] = W[fb*FB + j, c, kh, kw] (0 past F),
    or, for dx (the transposed convolution), from W (F, C, KH, KW) with the roles of F and C swapped
@@ -133,7 +134,7 @@ DLF_CLONES static void dlf_dconv_run_##SFX(const T* xp, const T* wp, T* e, Py_ss
         dlf_dconv_tiles_##SFX(xp, wp, e, C, HWp, Wp, F, KH, KW, P);                           \
 }                                                                                             \
                                                                                               \
-/* xp = x (C, H, W) zero-padded by (ph, pw), rows of dlf_dconv_stride, and the slack zeroed */                           \
+/* xp = x (C, H, W) zero-padded by (ph, pw) in rows of dlf_dconv_stride, the slack zeroed */  \
 static void dlf_dconv_pad_##SFX(const T* x, T* xp, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,  \
                                 Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t KW) {                \
     Py_ssize_t Hp = H + 2 * ph, Wp = dlf_dconv_stride(W, pw, KW), c, i;                       \
@@ -217,7 +218,7 @@ static Py_ssize_t dlf_dw_group(Py_ssize_t bytes) {
 }
 
 #define DLF_DW_FB 4        /* the 4 rows of dlf_tile43 */
-#define DLF_DW_PAIRS 8     /* (kernel row, 3 columns) accumulator sets kept across the images: 3 KB of floats */
+#define DLF_DW_PAIRS 8     /* (kernel row, 3 columns) accumulator sets kept across the images */
 #define DLF_DCONV_DW(SFX, T, VL)                                                              \
 static inline T dlf_dw_hsum_##SFX(dlf_dcv_##SFX v) {                                          \
     T l[VL]; int h;                                                                           \
@@ -248,12 +249,13 @@ DLF_CLONES static void dlf_dconv_dw_##SFX(const T* xp, Py_ssize_t xs, const T* e
             n1 = n0 + G < N ? n0 + G : N;                                                     \
             for (t = t0; t < t1; t++) {                                                       \
                 dlf_dcv_##SFX* A = acc + (t - t0) * DLF_DW_FB * 3;                            \
+                const T* xt = xp + c * HWp + (t / nkb) * Wp + (t % nkb) * 3;  /* image 0 */   \
                 dlf_dcv_##SFX a[DLF_DW_FB][3];                                                \
                 for (j = 0; j < DLF_DW_FB; j++)                                               \
                     for (k = 0; k < 3; k++) a[j][k] = A[j * 3 + k];                           \
                 for (n = n0; n < n1; n++) {                                                   \
                     const T* er = e + n * es + f0 * Pr;                                       \
-                    const T* xr = xp + n * xs + c * HWp + (t / nkb) * Wp + (t % nkb) * 3;     \
+                    const T* xr = xt + n * xs;                                                \
                     const T* br[3] = {xr, xr + 1, xr + 2};                                    \
                     const T* ar[DLF_DW_FB];                                                   \
                     for (j = 0; j < DLF_DW_FB; j++) ar[j] = er + (j < nf ? j : 0) * Pr;       \

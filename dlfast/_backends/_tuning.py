@@ -211,7 +211,7 @@ def _valid(part, meas):
     """True when a stored measurement decides without error."""
     try:
         if part == "sgemm":
-            sgemm_decision(meas, "avx2")
+            sgemm_decision(meas, next(iter(OWN)))         # any kernel's name: the checks
             return all(meas["classes"][c]["own_s"] > 0 and list(meas["classes"][c]["shape"])
                        == list(s) for c, s in zip(CLASSES, SHAPES))
         min_work_decision(meas)
@@ -272,8 +272,9 @@ def save(path, kid, key, parts):
 # ------------------------------------------------------------------------------------ deciding
 def decide(probe, env=None):
     """The Tuning for this machine. `probe` (built by cython_kernels): ``own_isa`` (the own
-    kernel the CPU runs, a key of ``OWN``, or ""), ``cpus``, ``threads_why`` (None, or why 2 threads cannot be timed),
-    ``blas`` (the GEMM BLAS's library, version, core), ``time_gemm`` and ``time_threads``."""
+    kernel the CPU runs, a key of ``OWN``, or ""), ``cpus``, ``threads_why`` (None, or why 2
+    threads cannot be timed), ``blas`` (the GEMM BLAS's library, version, core), ``time_gemm`` and
+    ``time_threads``."""
     env = os.environ if env is None else env
     want_sgemm, env_work = _env_sgemm(env), _env_min_work(env)
     t = Tuning()
@@ -301,8 +302,7 @@ def decide(probe, env=None):
         t.cache = "nothing to measure"
 
     if not t.own:
-        why = f"BLAS: {NO_OWN}" + (" (DLFAST_SGEMM=own ignored)"
-                                                  if want_sgemm == "own" else "")
+        why = f"BLAS: {NO_OWN}" + (" (DLFAST_SGEMM=own ignored)" if want_sgemm == "own" else "")
         t.sgemm_why = dict.fromkeys(CLASSES, why)
     elif want_sgemm != "auto":
         t.sgemm_mask = (1 << len(CLASSES)) - 1 if want_sgemm == "own" else 0

@@ -6,6 +6,10 @@ optimiser update, over many steps of the ``compare.py`` model.
 
     python benchmarks/step_breakdown.py --config bn_adam --batch 100
     python benchmarks/step_breakdown.py --config sgd --batch 1 --steps 20000
+    python benchmarks/step_breakdown.py --config sgd --optimizer adam --inputs 100 \
+        --hidden 256,128 --batch 200 --by-step      # sklearn_compare.py's fit, one step
+
+``--inputs`` keeps the first columns of the MNIST-shaped data (copied, contiguous).
 
 The last line is the plain step (``loss_and_gradient`` + ``update``, no clocks); the clocks add
 ~0.05 us per program step.
@@ -31,17 +35,33 @@ def main(argv=None):
     p.add_argument("--backend", choices=("cython", "numpy"), default="cython")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--inputs", type=int, default=N_IN, help=f"input features (<= {N_IN})")
+    p.add_argument("--hidden", default=",".join(map(str, HIDDEN)),
+                   help="hidden sizes, comma-separated")
+    p.add_argument("--optimizer", choices=("adam", "sgd"),
+                   help="default: adam for bn_adam, sgd for sgd")
+    p.add_argument("--by-step", action="store_true",
+                   help="one line per program step instead of per layer type")
     a = p.parse_args(argv)
+    try:
+        hidden = [int(h) for h in a.hidden.split(",")]
+    except ValueError:
+        p.error(f"--hidden: expected comma-separated integers, got {a.hidden!r}")
+    if not 1 <= a.inputs <= N_IN or min(hidden) < 1:
+        p.error(f"--inputs must be in [1, {N_IN}] and --hidden sizes >= 1")
     if a.batch < 1 or a.steps < 1 or a.threads < 1:
         p.error("--batch, --steps and --threads must be >= 1")
     bn = a.config == "bn_adam"
     if bn and a.batch < 2:
         p.error("bn_adam needs --batch >= 2 (batch norm)")
     dlfast.set_num_threads(a.threads)
-    net = MLP(N_IN, HIDDEN, N_OUT, activation="relu", weight_init="he", batchnorm=bn,
+    net = MLP(a.inputs, hidden, N_OUT, activation="relu", weight_init="he", batchnorm=bn,
               dropout=0.5 if bn else 0.0, seed=0)
-    opt = optim.Adam(lr=1e-3) if bn else optim.SGD(lr=0.01)
+    adam = a.optimizer == "adam" if a.optimizer else bn
+    opt = optim.Adam(lr=1e-3) if adam else optim.SGD(lr=0.01)
     data = Batches(a.batch)
+    if a.inputs < N_IN:
+        data.x = np.ascontiguousarray(data.x[:, :a.inputs])
     clock = time.perf_counter
     with dlfast.use_backend(a.backend):
         for _ in range(20):
@@ -76,14 +96,14 @@ def main(argv=None):
         plain = (clock() - t0) / a.steps
     acc = {}
     for name, v in zip(plan.step_names(), times):
-        key = re.sub(r"^(head \d+ )?layer \d+ ", "", name)      # per layer type
+        key = name if a.by_step else re.sub(r"^(head \d+ )?layer \d+ ", "", name)
         acc[key] = acc.get(key, 0.0) + v
     acc["checks, labels, counters (Python)"] = around
     acc[f"{type(opt).__name__}.update (+ grads dict)"] = update
     total = sum(acc.values())
     print(f"# {a.config} batch {a.batch} backend {a.backend} threads {a.threads}, {a.steps} "
           f"steps: {total / a.steps * 1e6:.1f} us/step timed\n# {_machine.describe()}")
-    for key, v in sorted(acc.items(), key=lambda kv: -kv[1]):
+    for key, v in acc.items() if a.by_step else sorted(acc.items(), key=lambda kv: -kv[1]):
         print(f"{key:40s} {v / a.steps * 1e6:9.1f} us  {100 * v / total:5.1f}%")
     print(f"# plain steps (loss_and_gradient + update, no clocks): {plain * 1e6:.1f} us/step")
 

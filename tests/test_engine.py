@@ -830,3 +830,45 @@ def test_program_load_targets_checks_before_copying(backend):
     np.testing.assert_array_equal(net.loss_layer._fwd["targets"], keep)
     prog.load_targets(*plan.targets([1 - t], [np.full(5, 2.0)]))
     np.testing.assert_array_equal(net.loss_layer._fwd["targets"], 1 - t)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("first", ["relu", "sigmoid", "identity-no-bias"])
+def test_a_non_finite_x_is_refused_whatever_the_first_layer_makes_of_it(backend, dtype, first,
+                                                                         threads):
+    """A non-finite x is refused even where the first layer would hide it (all-positive weights:
+    -inf -> z = -inf -> relu 0, sigmoid 0; a zero weight row: inf * 0 = NaN), in any row block;
+    z overflowing or a NaN weight with a finite x is no x error; a refused step leaves the
+    state, the dropout counter and later steps as if it never came."""
+    dlfast.set_num_threads(threads)
+    n, f = 300, 9                                   # several row blocks on 2 threads
+
+    def net():
+        act = None if first == "identity-no-bias" else first
+        s = Sequential([Dense(f, 6, activation=act, bias=act is not None, dtype=dtype, seed=1),
+                        Dropout(0.3, seed=2), Dense(6, 3, dtype=dtype, seed=3)], dtype=dtype)
+        W = s.layers[0].params["W"]
+        W[...] = np.abs(W) + 0.1                    # all positive
+        W[4] = 0                                    # inf * 0 = NaN
+        return s
+
+    a, b = net(), net()
+    x, t = _data(n, f, 3, dtype)
+    a.loss_and_gradient(x, t)
+    b.loss_and_gradient(x, t)
+    for r, j, v in ((0, 0, -np.inf), (n - 1, 8, np.inf), (n // 2 + 7, 4, np.inf),
+                    (151, 4, -np.inf), (3, 2, np.nan)):
+        bad = x.copy()
+        bad[r, j] = v
+        with pytest.raises(ValueError, match="x contains NaN or infinity"):
+            a.loss_and_gradient(bad, t)
+    assert a.layers[1].counter == b.layers[1].counter
+    _compare(a, b, x[::-1].copy(), t[::-1].copy(), records=False)
+    big = np.full_like(x, np.finfo(dtype).max / 4)  # z overflows: a result, not an x error
+    with np.errstate(all="ignore"):
+        a.loss_and_gradient(big, t)                 # runs (relu: an inf loss; sigmoid: finite)
+    c = net()
+    c.layers[0].params["W"][1, 1] = np.nan          # a NaN weight: z NaN, x finite
+    with np.errstate(all="ignore"):
+        loss, _ = c.loss_and_gradient(x, t)
+    assert np.isnan(loss)

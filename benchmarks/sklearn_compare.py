@@ -9,8 +9,12 @@
    Data: ``make_classification(40000, 100, n_informative=50, n_classes=10)`` and
    ``make_regression(40000, 100, n_informative=50, noise=10)`` (targets standardised on the
    training rows), 30,000 rows to train, 10,000 to test. Fit times: medians of interleaved
-   repeats (sklearn, dlfast, sklearn, ...); the ratio is the median of the per-round ratios.
-   Test accuracy / R^2 of each fit (both deterministic with random_state=0).
+   repeats (sklearn, dlfast, sklearn, ...), each after a ``--settle`` pause (0.5 s): the
+   worker threads of the BLAS the other library just used keep spinning for ~0.1-0.2 s after
+   its last call, and a two-thread fit started in that window shares the two cores with them
+   (sklearn's fit then dlfast's, 4 pairs: dlfast 1.17-1.84 s right after, 1.03-1.52 s after
+   0.5 s); ``--settle 0`` times them back to back. The ratio is the median of the per-round
+   ratios. Test accuracy / R^2 of each fit (both deterministic with random_state=0).
 
 2. ``time to accuracy``: on an MNIST-shaped problem (``make_classification(70000, 784,
    n_informative=80, n_redundant=120, n_classes=10, n_clusters_per_class=3, flip_y=0.02)``,
@@ -21,7 +25,8 @@
    trains until its validation accuracy reaches the target. Both train one epoch per
    ``fit`` call (``warm_start=True, max_iter=1``); only the fits are timed.
 
-    python benchmarks/sklearn_compare.py [--repeats 3] [--epochs 20] [--quick] [--json PATH]
+    python benchmarks/sklearn_compare.py [--repeats 3] [--epochs 20] [--settle 0.5] [--quick]
+                                         [--json PATH]
 
 The machine may be shared: the load average is printed before and after each part.
 """
@@ -74,8 +79,9 @@ def _same_fit(kind, epochs):
                 n_threads=THREADS, **common))
 
 
-def _fit_timed(est, x, y):
+def _fit_timed(est, x, y, settle=0.0):
     from threadpoolctl import threadpool_limits
+    time.sleep(settle)
     with warnings.catch_warnings(), threadpool_limits(THREADS):
         warnings.simplefilter("ignore")
         t0 = time.perf_counter()
@@ -83,7 +89,7 @@ def _fit_timed(est, x, y):
         return time.perf_counter() - t0
 
 
-def part1(repeats, epochs, n):
+def part1(repeats, epochs, n, settle=0.5):
     from sklearn.base import clone
     out = {}
     for kind in ("classify", "regress"):
@@ -95,7 +101,7 @@ def part1(repeats, epochs, n):
         for _ in range(repeats):
             for name, proto in (("sklearn", sk0), ("dlfast", dl0)):
                 est = clone(proto)
-                times[name].append(_fit_timed(est, xtr, ytr))
+                times[name].append(_fit_timed(est, xtr, ytr, settle))
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     scores[name] = float(est.score(xte, yte))
@@ -103,10 +109,10 @@ def part1(repeats, epochs, n):
         out[kind] = {"times": times, "median": {k: statistics.median(v) for k, v in
                                                 times.items()},
                      "ratio": statistics.median(ratios), "score": scores,
-                     "load": [load0, _load()]}
+                     "load": [load0, _load()], "settle_s": settle}
         metric = "accuracy" if kind == "classify" else "R^2"
         r = out[kind]
-        print(f"{kind:9s} fit {epochs} epochs of {len(xtr)} x 100: sklearn "
+        print(f"{kind:9s} fit {epochs} epochs of {len(xtr)} x 100 ({settle:g} s apart): sklearn "
               f"{r['median']['sklearn']:.2f} s, dlfast {r['median']['dlfast']:.2f} s "
               f"(median of {repeats}; sklearn/dlfast {r['ratio']:.2f}x; all: sklearn "
               f"{', '.join(f'{t:.2f}' for t in times['sklearn'])}, dlfast "
@@ -192,6 +198,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=20, help="part 2: most epochs per run")
     ap.add_argument("--quick", action="store_true", help="smaller data, 1 repeat (a smoke run)")
+    ap.add_argument("--settle", type=float, default=0.5,
+                    help="part 1: seconds of pause before each timed fit (default 0.5)")
     ap.add_argument("--part", choices=("1", "2", "both"), default="both")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
@@ -203,8 +211,10 @@ def main():
           f"average {_load()}", flush=True)
     res = {"machine": _machine.info(), "threads": THREADS}
     if args.part in ("1", "both"):
+        if args.settle < 0:
+            ap.error("--settle must be >= 0")
         res["fit"] = part1(1 if args.quick else args.repeats, 2 if args.quick else 10,
-                           4000 if args.quick else 40000)
+                           4000 if args.quick else 40000, args.settle)
     if args.part in ("2", "both"):
         res["time_to_accuracy"] = part2(3 if args.quick else args.epochs,
                                         6000 if args.quick else 60000)

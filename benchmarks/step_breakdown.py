@@ -9,7 +9,10 @@ optimiser update, over many steps of the ``compare.py`` model.
     python benchmarks/step_breakdown.py --config sgd --optimizer adam --inputs 100 \
         --hidden 256,128 --batch 200 --by-step      # sklearn_compare.py's fit, one step
 
-``--inputs`` keeps the first columns of the MNIST-shaped data (copied, contiguous).
+``--inputs`` keeps the first columns of the MNIST-shaped data (copied, contiguous); with a value
+loss (``--loss mse|mae|huber|sigmoid_bce``) the targets are ``--outputs`` columns drawn once
+(normal; uniform in [0, 1] for sigmoid_bce), e.g. sklearn_compare.py's regression:
+``--loss mse --outputs 1``.
 
 The last line is the plain step (``loss_and_gradient`` + ``update``, no clocks); the clocks add
 ~0.05 us per program step.
@@ -42,7 +45,12 @@ def main(argv=None):
                    help="default: adam for bn_adam, sgd for sgd")
     p.add_argument("--by-step", action="store_true",
                    help="one line per program step instead of per layer type")
+    p.add_argument("--loss", default="softmax_xent",
+                   choices=("softmax_xent", "mse", "mae", "huber", "sigmoid_bce"))
+    p.add_argument("--outputs", type=int, default=N_OUT, help="output units")
     a = p.parse_args(argv)
+    if a.outputs < 1 or (a.loss == "softmax_xent" and a.outputs != N_OUT):
+        p.error(f"--outputs must be >= 1 (and {N_OUT} with softmax_xent: the data's classes)")
     try:
         hidden = [int(h) for h in a.hidden.split(",")]
     except ValueError:
@@ -55,13 +63,18 @@ def main(argv=None):
     if bn and a.batch < 2:
         p.error("bn_adam needs --batch >= 2 (batch norm)")
     dlfast.set_num_threads(a.threads)
-    net = MLP(a.inputs, hidden, N_OUT, activation="relu", weight_init="he", batchnorm=bn,
-              dropout=0.5 if bn else 0.0, seed=0)
+    net = MLP(a.inputs, hidden, a.outputs, activation="relu", weight_init="he", batchnorm=bn,
+              dropout=0.5 if bn else 0.0, seed=0, loss=a.loss)
     adam = a.optimizer == "adam" if a.optimizer else bn
     opt = optim.Adam(lr=1e-3) if adam else optim.SGD(lr=0.01)
     data = Batches(a.batch)
     if a.inputs < N_IN:
         data.x = np.ascontiguousarray(data.x[:, :a.inputs])
+    if a.loss != "softmax_xent":
+        rng = np.random.default_rng(1)
+        shape = (len(data.t), a.outputs)
+        data.t = (rng.random(shape) if a.loss == "sigmoid_bce"
+                  else rng.standard_normal(shape)).astype(np.float32)
     clock = time.perf_counter
     with dlfast.use_backend(a.backend):
         for _ in range(20):

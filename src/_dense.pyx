@@ -106,8 +106,9 @@ cdef extern from "dlfast_sgemm.h" nogil:
     int dlf_sgemm(char ta, char tb, int m, int n, int k, const float* a, int lda,
                   const float* b, int ldb, float* c, int ldc)
 
-# The float32 GEMM calls of >= 2 rows and inner size >= 2 run on dlf_sgemm where the bit of their
-# shape class is set in _sgemm_mask (chosen at import per machine: dlfast/_backends/_tuning.py):
+# The float32 GEMM calls of >= 2 rows, >= 2 columns and inner size >= 2 run on dlf_sgemm where the
+# bit of their shape class is set in _sgemm_mask (chosen at import per machine: see
+# dlfast/_backends/_tuning.py):
 #   class(m, n, k) = 0 "small"   if m n k < 2^18
 #                  = 1 "skinny"  else if min(n, k) <= 128
 #                  = 2 "large"   otherwise
@@ -244,10 +245,12 @@ cdef Py_ssize_t _INT_MAX = 2147483647
 cdef void _gemm(char ta, char tb, int m, int n, int k, const floating* a, int lda,
                 const floating* b, int ldb, floating* c, int ldc) noexcept nogil:
     """Row-major C(m, n) = op(A)(m, k) @ op(B)(k, n); lda/ldb/ldc are the stored row lengths.
-    Column-major BLAS sees the transposes: C^T = op(B)^T op(A)^T. One row (m == 1) goes to GEMV
-    and an outer product (k == 1) to dlf_outer: BLAS GEMM costs microseconds of set-up there."""
+    Column-major BLAS sees the transposes: C^T = op(B)^T op(A)^T. One row (m == 1) or one column
+    (n == 1) goes to GEMV and an outer product (k == 1) to dlf_outer: a GEMM costs microseconds
+    of set-up there (and the own kernel pads one column to a 16-column panel)."""
     cdef floating one = 1, zero = 0
     cdef int inc = 1 if ta == c'N' else lda, one_i = 1
+    cdef int incb = ldb if tb == c'N' else 1
     cdef char tflip
     if m == 0 or n == 0:
         return
@@ -274,6 +277,22 @@ cdef void _gemm(char ta, char tb, int m, int n, int k, const floating* a, int ld
                 sgemv(&tflip, &k, &n, &one, <float*>b, &ldb, <float*>a, &inc, &zero, c, &one_i)
             else:
                 dgemv(&tflip, &k, &n, &one, <double*>b, &ldb, <double*>a, &inc, &zero, c, &one_i)
+        return
+    if n == 1:
+        # c(m) (stride ldc) = op(A) @ b(k) (stride incb): column-major GEMV on A's storage, which
+        # is A^T (k, m) when ta is N, A (m, k) when ta is T
+        if ta == c'N':
+            tflip = c'T'
+            if floating is float:
+                sgemv(&tflip, &k, &m, &one, <float*>a, &lda, <float*>b, &incb, &zero, c, &ldc)
+            else:
+                dgemv(&tflip, &k, &m, &one, <double*>a, &lda, <double*>b, &incb, &zero, c, &ldc)
+        else:
+            tflip = c'N'
+            if floating is float:
+                sgemv(&tflip, &m, &k, &one, <float*>a, &lda, <float*>b, &incb, &zero, c, &ldc)
+            else:
+                dgemv(&tflip, &m, &k, &one, <double*>a, &lda, <double*>b, &incb, &zero, c, &ldc)
         return
     if floating is float:
         if _sgemm_mask and (_sgemm_mask >> _sgemm_class(m, n, k)) & 1 and \

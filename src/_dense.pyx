@@ -242,6 +242,17 @@ cdef inline Py_ssize_t _gemm_rows(Py_ssize_t m) noexcept nogil:
 cdef Py_ssize_t _INT_MAX = 2147483647
 
 
+cdef inline void _gemv(char t, int rows, int cols, const floating* A, int lda,
+                       const floating* x, int incx, floating* y, int incy) noexcept nogil:
+    """y = op(A) x (BLAS GEMV): A column-major (rows, cols) with leading dimension lda, op
+    the transpose when t is T."""
+    cdef floating one = 1, zero = 0
+    if floating is float:
+        sgemv(&t, &rows, &cols, &one, <float*>A, &lda, <float*>x, &incx, &zero, y, &incy)
+    else:
+        dgemv(&t, &rows, &cols, &one, <double*>A, &lda, <double*>x, &incx, &zero, y, &incy)
+
+
 cdef void _gemm(char ta, char tb, int m, int n, int k, const floating* a, int lda,
                 const floating* b, int ldb, floating* c, int ldc) noexcept nogil:
     """Row-major C(m, n) = op(A)(m, k) @ op(B)(k, n); lda/ldb/ldc are the stored row lengths.
@@ -249,9 +260,8 @@ cdef void _gemm(char ta, char tb, int m, int n, int k, const floating* a, int ld
     (n == 1) goes to GEMV and an outer product (k == 1) to dlf_outer: a GEMM costs microseconds
     of set-up there (and the own kernel pads one column to a 16-column panel)."""
     cdef floating one = 1, zero = 0
-    cdef int inc = 1 if ta == c'N' else lda, one_i = 1
+    cdef int inc = 1 if ta == c'N' else lda
     cdef int incb = ldb if tb == c'N' else 1
-    cdef char tflip
     if m == 0 or n == 0:
         return
     if k == 0:
@@ -264,35 +274,19 @@ cdef void _gemm(char ta, char tb, int m, int n, int k, const floating* a, int ld
             dlf_outerd(c, ldc, a, lda if ta == c'N' else 1, b, 1 if tb == c'N' else ldb, m, n)
         return
     if m == 1:
-        # c(n) = a(k) @ op(B): column-major GEMV on B's storage; a has stride inc
+        # c(n) = a(k) @ op(B): GEMV on B's storage, column-major (n, k) when tb is N, else (k, n)
         if tb == c'N':
-            tflip = c'N'
-            if floating is float:
-                sgemv(&tflip, &n, &k, &one, <float*>b, &ldb, <float*>a, &inc, &zero, c, &one_i)
-            else:
-                dgemv(&tflip, &n, &k, &one, <double*>b, &ldb, <double*>a, &inc, &zero, c, &one_i)
+            _gemv(c'N', n, k, b, ldb, a, inc, c, 1)
         else:
-            tflip = c'T'
-            if floating is float:
-                sgemv(&tflip, &k, &n, &one, <float*>b, &ldb, <float*>a, &inc, &zero, c, &one_i)
-            else:
-                dgemv(&tflip, &k, &n, &one, <double*>b, &ldb, <double*>a, &inc, &zero, c, &one_i)
+            _gemv(c'T', k, n, b, ldb, a, inc, c, 1)
         return
     if n == 1:
-        # c(m) (stride ldc) = op(A) @ b(k) (stride incb): column-major GEMV on A's storage, which
-        # is A^T (k, m) when ta is N, A (m, k) when ta is T
+        # c(m) (stride ldc) = op(A) @ b(k) (stride incb): GEMV on A's storage, column-major
+        # (k, m) when ta is N, else (m, k)
         if ta == c'N':
-            tflip = c'T'
-            if floating is float:
-                sgemv(&tflip, &k, &m, &one, <float*>a, &lda, <float*>b, &incb, &zero, c, &ldc)
-            else:
-                dgemv(&tflip, &k, &m, &one, <double*>a, &lda, <double*>b, &incb, &zero, c, &ldc)
+            _gemv(c'T', k, m, a, lda, b, incb, c, ldc)
         else:
-            tflip = c'N'
-            if floating is float:
-                sgemv(&tflip, &m, &k, &one, <float*>a, &lda, <float*>b, &incb, &zero, c, &ldc)
-            else:
-                dgemv(&tflip, &m, &k, &one, <double*>a, &lda, <double*>b, &incb, &zero, c, &ldc)
+            _gemv(c'N', m, k, a, lda, b, incb, c, ldc)
         return
     if floating is float:
         if _sgemm_mask and (_sgemm_mask >> _sgemm_class(m, n, k)) & 1 and \

@@ -21,6 +21,9 @@ step, and schedules the program (``dlfast.kernels.PROGRAM_DOC``)::
     below it), unless the trunk needs the heads' input gradients.
     a ``flatten`` after another op is no step: the next op reads the previous output through a
     reshaped view, and the previous op's backward the next op's dx likewise.
+    a ReLU or leaky ReLU right after a batch norm is no step: the batch norm's op applies it
+    (``kernels.OPS`` "batchnorm", ``activation``), and its backward recomputes the derivative
+    from xhat, gamma and beta; the same bits as the two ops.
 
 A run checks what may change between steps and costs little to check: the input (shape,
 dtype, C-contiguous and finite: the net's ``_check_x``; no memory shared with an array the step
@@ -152,7 +155,10 @@ class Plan:
         through a reshaped view (entry (None, src, runs backward, input shape))."""
         first = next((i for i, l in enumerate(layers) if l.trainable and l.params), None)
         ops = []
+        skip = None
         for i, layer in enumerate(layers):
+            if i == skip:                       # an activation the previous op runs
+                continue
             runs_bwd = need_input_grad or (first is not None and i >= first)
             need_dx = need_input_grad or (first is not None and i > first)
             name = f"{where}layer {i} ({type(layer).__name__})"
@@ -171,8 +177,13 @@ class Plan:
             if pair is None:
                 op, out, dx = self._layer_op(layer, name, src, shape, need_dx)
             else:
+                act = self._fused_activation(pair, layers, i, shape)
+                if act is not None:
+                    skip = i + 1
+                    self._recs.append((act[0].__dict__, act[1]))
+                    name += f" + layer {i + 1} ({type(act[0]).__name__})"
                 op = self._make(pair, shape, name)
-                out, dx = pair.args["out"], pair.args["dx"]
+                out, dx = pair.args["out" if act is None else "y"], pair.args["dx"]
                 rec = pair.rec
                 if "x" in rec:
                     rec["x"] = src
@@ -187,6 +198,24 @@ class Plan:
             ops.append((op, src, runs_bwd, dx))
             src, shape = out, out.shape
         return src, shape, ops
+
+    @staticmethod
+    def _fused_activation(pair, layers, i, shape):
+        """A batch norm's op takes the activation of the next layer when that layer is an
+        activation op of ``kernels.BATCHNORM_FUSED`` (ReLU, leaky ReLU): the op writes the
+        activation's output (``y``) too, and its backward takes dL/dy. Returns (that layer, its
+        record), or None."""
+        if (pair.kind != "batchnorm" or pair.args["activation"] != "identity"
+                or i + 1 >= len(layers)):
+            return None
+        nxt = layers[i + 1]
+        ap = nxt.kernel_pair(shape, False) if _uses_pair(nxt) else None
+        if (ap is None or ap.kind != "activation" or ap.args["activation"] == "identity"
+                or ap.args["activation"] not in kernels.BATCHNORM_FUSED or "x" in ap.rec):
+            return None
+        pair.args.update(y=ap.args["out"], activation=ap.args["activation"],
+                         alpha=ap.args["alpha"])
+        return nxt, ap.rec
 
     def _make(self, pair, shape, name):
         try:

@@ -951,6 +951,9 @@ def bind_update(rule, ws, gs, states, wds, *, mu=0.9, rho=0.99, eps=None, eps_in
 # batchnorm     batchnorm_forward_train(x, gamma, beta, out, batchnorm_backward(dout, xhat, gamma,
 #               xhat, mean, invstd, running_mean,             invstd, dx, dgamma, dbeta, True)
 #               running_var, momentum, eps, unbiased)        (x (N, F) or (N, C, H, W))
+#               then y = act(out) (activation of            dout (dL/dy) first times act'(.) from
+#               BATCHNORM_FUSED; y None without: the same    z = gamma * xhat + beta (the same
+#               bits as an activation op after it)           bits as the activation op's backward)
 # conv2d        conv2d_forward(x, W, b, out, col, stride,    conv2d_backward(dout, x, W, col, dcol,
 #               pad)                                          dx, dW, db, stride, pad)
 # maxpool2d     maxpool2d_forward(x, out, argmax, kernel,    maxpool2d_backward(dout, argmax, dx,
@@ -984,7 +987,8 @@ OPS = {
     "maxout": (("W", "b", "z", "out", "argmax", "dz", "dz2", "dx", "dW", "db"), ()),
     "softmax": (("out", "dx"), ()),
     "batchnorm": (("gamma", "beta", "out", "xhat", "mean", "invstd", "running_mean",
-                   "running_var", "dx", "dgamma", "dbeta"), ("momentum", "eps", "unbiased")),
+                   "running_var", "dx", "dgamma", "dbeta", "y"),
+                  ("momentum", "eps", "unbiased", "activation", "alpha")),
     "dropout": (("out", "mask", "dx"), ("p", "seed", "scale")),
     "softmax_xent": (("probs", "labels", "sw", "dlogits"), ("weight",)),
     "mse": (("targets", "sw", "dlogits"), ("weight", "half", "reduction")),
@@ -996,6 +1000,7 @@ OPS = {
     "avgpool2d": (("out", "dx"), ("x_shape", "kernel", "stride", "pad", "count_include_pad")),
     "flatten": (("out", "dx"), ()),
 }
+BATCHNORM_FUSED = ("identity", "relu", "leaky_relu")   # activations a batchnorm op fuses
 OP_INPUTS = frozenset({"W", "b", "gamma", "beta", "slope"})     # arrays an op only reads
 OP_GRADS = frozenset({"dW", "db", "dgamma", "dbeta", "dslope"})  # its parameter gradients
 LOSS_OPS = ("softmax_xent", "mse", "mae", "huber", "sigmoid_bce")  # value losses: all but the first
@@ -1117,9 +1122,18 @@ def _op_arrays(kind, xs, dt, a, s):
             arrays[k] = h(k, a[k], xs, dt, True, k == "dx")
         for k in ("mean", "invstd", "running_mean", "running_var", "dgamma", "dbeta"):
             arrays[k] = h(k, a[k], (f,), dt, True, k not in ("mean", "invstd"))
+        if s["activation"] not in BATCHNORM_FUSED:
+            raise ValueError(f"a batchnorm op fuses an activation of {BATCHNORM_FUSED}, got "
+                             f"{s['activation']!r}")
+        fuses = s["activation"] != "identity"
+        if (a["y"] is not None) != fuses:
+            raise ValueError("y (the fused activation's output) is required exactly when "
+                             "activation is not 'identity'")
+        arrays["y"] = h("y", a["y"], xs, dt, True, not fuses)
         s = dict(s, momentum=_real("momentum", s["momentum"], 0.0, 1.0),
                  eps=_real("eps", s["eps"], 0.0, math.inf, lo_open=True, hi_open=True),
-                 unbiased=bool(s["unbiased"]))
+                 unbiased=bool(s["unbiased"]),
+                 alpha=_activation(s["activation"], s["alpha"]))
     elif kind in LOSS_OPS:
         if len(xs) != 2 or xs[0] < 1 or xs[1] < 1:
             raise ValueError(f"a {kind} loss needs non-empty 2-D inputs (N >= 1, M >= 1), got "

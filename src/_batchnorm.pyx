@@ -41,6 +41,30 @@ cdef extern from *:
     #pragma GCC push_options
     #pragma GCC optimize("fp-contract=off")
     #endif
+    /* The op's fused activation (dlfast.kernels OPS "batchnorm"): act 0 none, 1 ReLU, 2 leaky
+       ReLU (alpha >= 0): y = act(z), z = gamma * xhat + beta (T), as the activation op's forward
+       (src/_act.pxd); its backward dz = dout * (y > 0 ? 1 : lo), lo = 0 (ReLU) or alpha, where
+       y > 0 exactly when z > 0 (alpha >= 0; NaN: neither): the same bits as the two ops. */
+    #define DLF_BN_LO(T, act, alpha) ((act) == 1 ? (T)0 : (T)(alpha))
+    #define DLF_BN_D(T, d, xh, g, b, lo) ((d) * (((T)((g) * (xh) + (b))) > 0 ? (T)1 : (lo)))
+    /* The rows of dlf_bn_bsums (two at a time, the same order) over d = D(T, dout, xhat, j) */
+    #define DLF_BN_BSUMS_ROWS(T, D)                                                            \\
+        for (i = i0; i + 2 <= i1; i += 2) {                                                    \\
+            const T *d0 = dout + i * f, *d1 = d0 + f, *h0 = xhat + i * f, *h1 = h0 + f;        \\
+            for (j = j0; j < j1; j++) {                                                        \\
+                double a = D(T, d0[j], h0[j], j), b = D(T, d1[j], h1[j], j);                   \\
+                sb[j] = (sb[j] + a) + b;                                                       \\
+                sg[j] = (sg[j] + a * h0[j]) + b * h1[j];                                       \\
+            }                                                                                  \\
+        }                                                                                      \\
+        for (; i < i1; i++)                                                                    \\
+            for (j = j0; j < j1; j++) {                                                        \\
+                double d = D(T, dout[i * f + j], xhat[i * f + j], j);                          \\
+                sb[j] = sb[j] + d;                                                             \\
+                sg[j] = sg[j] + d * xhat[i * f + j];                                           \\
+            }
+    #define DLF_BN_DOUT(T, d, h, j) (d)
+    #define DLF_BN_DACT(T, d, h, j) DLF_BN_D(T, d, h, gamma[j], beta[j], lo)
     /* Rows [i0, i1), features [j0, j1) of row-major (., f) arrays; sums in double, row order
        (rows unrolled: one load and store of a sum per 4 or 2 rows, the same additions). */
     #define DLF_BN(S, T)                                                                       \\
@@ -71,46 +95,73 @@ cdef extern from *:
         for (; i < i1; i++)                                                                    \\
             for (j = j0; j < j1; j++) { double d = x[i * f + j] - mu[j]; acc[j] = acc[j] + d * d; } \\
     }                                                                                          \\
-    /* xhat = T((x - mu) * inv) (double); out = gamma * xhat + beta (T) */                     \\
+    /* xhat = T((x - mu) * inv) (double); out = gamma * xhat + beta (T); y = act(out) (act) */ \\
     DLF_CLONES static void dlf_bn_norm##S(const T* x, T* __restrict xhat, T* __restrict out,  \\
                                            const T* gamma, const T* beta, const double* mu,    \\
                                            const double* inv, long i0, long i1, long f, long j0, \\
-                                           long j1) {                                          \\
+                                           long j1, int act, T alpha, T* __restrict y) {       \\
         long i, j;                                                                             \\
         for (i = i0; i < i1; i++)                                                              \\
-            for (j = j0; j < j1; j++) {                                                        \\
-                T xh = (T)((x[i * f + j] - mu[j]) * inv[j]);                                   \\
-                xhat[i * f + j] = xh;                                                          \\
-                out[i * f + j] = gamma[j] * xh + beta[j];                                      \\
-            }                                                                                  \\
+            if (act == 0)                                                                      \\
+                for (j = j0; j < j1; j++) {                                                    \\
+                    T xh = (T)((x[i * f + j] - mu[j]) * inv[j]);                               \\
+                    xhat[i * f + j] = xh;                                                      \\
+                    out[i * f + j] = gamma[j] * xh + beta[j];                                  \\
+                }                                                                              \\
+            else if (act == 1)                                                                 \\
+                for (j = j0; j < j1; j++) {                                                    \\
+                    T xh = (T)((x[i * f + j] - mu[j]) * inv[j]);                               \\
+                    T z = gamma[j] * xh + beta[j];                                             \\
+                    xhat[i * f + j] = xh;                                                      \\
+                    out[i * f + j] = z;                                                        \\
+                    y[i * f + j] = z <= 0 ? (T)0 : z;                                          \\
+                }                                                                              \\
+            else                                                                               \\
+                for (j = j0; j < j1; j++) {                                                    \\
+                    T xh = (T)((x[i * f + j] - mu[j]) * inv[j]);                               \\
+                    T z = gamma[j] * xh + beta[j];                                             \\
+                    xhat[i * f + j] = xh;                                                      \\
+                    out[i * f + j] = z;                                                        \\
+                    y[i * f + j] = z > 0 ? z : alpha * z;                                      \\
+                }                                                                              \\
     }                                                                                          \\
-    /* sb[j] = sum_i dout[i, j]; sg[j] = sum_i dout[i, j] * xhat[i, j] */                      \\
-    DLF_CLONES static void dlf_bn_bsums##S(const T* dout, const T* xhat, long i0, long i1,    \\
-                                            long f, long j0, long j1, double* __restrict sb,   \\
-                                            double* __restrict sg) {                           \\
+    /* sb[j] = sum_i d[i, j]; sg[j] = sum_i d[i, j] * xhat[i, j]; d = dout (act 0), else      \\
+       dout * act'(y) (DLF_BN_D) */                                                            \\
+    DLF_CLONES static void dlf_bn_bsums##S(const T* dout, const T* xhat, const T* gamma,      \\
+                                            const T* beta, long i0, long i1, long f, long j0,  \\
+                                            long j1, double* __restrict sb,                    \\
+                                            double* __restrict sg, int act, T alpha) {         \\
         long i, j;                                                                             \\
         for (j = j0; j < j1; j++) { sb[j] = 0.0; sg[j] = 0.0; }                                \\
-        for (i = i0; i + 2 <= i1; i += 2) {                                                    \\
-            const T *d0 = dout + i * f, *d1 = d0 + f, *h0 = xhat + i * f, *h1 = h0 + f;        \\
-            for (j = j0; j < j1; j++) {                                                        \\
-                double a = d0[j], b = d1[j];                                                   \\
-                sb[j] = (sb[j] + a) + b;                                                       \\
-                sg[j] = (sg[j] + a * h0[j]) + b * h1[j];                                       \\
-            }                                                                                  \\
+        if (act != 0) {                                                                        \\
+            const T lo = DLF_BN_LO(T, act, alpha);                                             \\
+            DLF_BN_BSUMS_ROWS(T, DLF_BN_DACT)                                                  \\
+        } else {                                                                               \\
+            DLF_BN_BSUMS_ROWS(T, DLF_BN_DOUT)                                                  \\
         }                                                                                      \\
-        for (; i < i1; i++)                                                                    \\
-            for (j = j0; j < j1; j++) {                                                        \\
-                double d = dout[i * f + j];                                                    \\
-                sb[j] = sb[j] + d;                                                             \\
-                sg[j] = sg[j] + d * xhat[i * f + j];                                           \\
-            }                                                                                  \\
     }                                                                                          \\
-    /* dx = T(c * ((dn * dout - sb) - xhat * sg)) (batch), T(c * dout) (not) */                \\
+    /* dx = T(c * ((dn * d - sb) - xhat * sg)) (batch), T(c * d) (not); d as dlf_bn_bsums */   \\
     DLF_CLONES static void dlf_bn_dx##S(T* __restrict dx, const T* dout, const T* xhat,       \\
-                                         const double* c, const double* sb, const double* sg,  \\
-                                         long i0, long i1, long f, long j0, long j1, double dn, \\
-                                         int batch) {                                          \\
+                                         const T* gamma, const T* beta, const double* c,       \\
+                                         const double* sb, const double* sg, long i0, long i1, \\
+                                         long f, long j0, long j1, double dn, int batch,       \\
+                                         int act, T alpha) {                                   \\
         long i, j;                                                                             \\
+        if (act != 0) {                                                                        \\
+            const T lo = DLF_BN_LO(T, act, alpha);                                             \\
+            for (i = i0; i < i1; i++)                                                          \\
+                if (batch)                                                                     \\
+                    for (j = j0; j < j1; j++) {                                                \\
+                        T d = DLF_BN_D(T, dout[i * f + j], xhat[i * f + j], gamma[j], beta[j], \\
+                                       lo);                                                    \\
+                        dx[i * f + j] = (T)(c[j] * ((dn * d - sb[j]) - xhat[i * f + j] * sg[j])); \\
+                    }                                                                          \\
+                else                                                                           \\
+                    for (j = j0; j < j1; j++)                                                  \\
+                        dx[i * f + j] = (T)(c[j] * DLF_BN_D(T, dout[i * f + j], xhat[i * f + j], \\
+                                                             gamma[j], beta[j], lo));          \\
+            return;                                                                            \\
+        }                                                                                      \\
         for (i = i0; i < i1; i++)                                                              \\
             if (batch)                                                                         \\
                 for (j = j0; j < j1; j++)                                                      \\
@@ -138,36 +189,81 @@ cdef extern from *:
         for (; i < len; i++) { double d = x[i] - mu; a[0] += d * d; }                          \\
         return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));              \\
     }                                                                                          \\
-    /* *sb = sum_i dout[i], *sg = sum_i dout[i] * xhat[i], the same order */                   \\
+    /* *sb = sum_i d[i], *sg = sum_i d[i] * xhat[i], the same order; d as dlf_bn_bsums */      \\
     DLF_CLONES static void dlf_bnp_bsums##S(const T* dout, const T* xhat, long len,            \\
-                                             double* sb, double* sg) {                         \\
+                                             double* sb, double* sg, T ga, T be, int act,      \\
+                                             T alpha) {                                        \\
         double b[8] = {0, 0, 0, 0, 0, 0, 0, 0}, g[8] = {0, 0, 0, 0, 0, 0, 0, 0};               \\
         long i, l;                                                                             \\
-        for (i = 0; i + 8 <= len; i += 8)                                                      \\
-            for (l = 0; l < 8; l++) {                                                          \\
-                double d = dout[i + l];                                                        \\
-                b[l] += d;                                                                     \\
-                g[l] += d * xhat[i + l];                                                       \\
+        if (act != 0) {                                                                        \\
+            const T lo = DLF_BN_LO(T, act, alpha);                                             \\
+            for (i = 0; i + 8 <= len; i += 8)                                                  \\
+                for (l = 0; l < 8; l++) {                                                      \\
+                    double d = DLF_BN_D(T, dout[i + l], xhat[i + l], ga, be, lo);              \\
+                    b[l] += d;                                                                 \\
+                    g[l] += d * xhat[i + l];                                                   \\
+                }                                                                              \\
+            for (; i < len; i++) {                                                             \\
+                double d = DLF_BN_D(T, dout[i], xhat[i], ga, be, lo);                          \\
+                b[0] += d; g[0] += d * xhat[i];                                                \\
             }                                                                                  \\
-        for (; i < len; i++) { double d = dout[i]; b[0] += d; g[0] += d * xhat[i]; }           \\
+        } else {                                                                               \\
+            for (i = 0; i + 8 <= len; i += 8)                                                  \\
+                for (l = 0; l < 8; l++) {                                                      \\
+                    double d = dout[i + l];                                                    \\
+                    b[l] += d;                                                                 \\
+                    g[l] += d * xhat[i + l];                                                   \\
+                }                                                                              \\
+            for (; i < len; i++) { double d = dout[i]; b[0] += d; g[0] += d * xhat[i]; }       \\
+        }                                                                                      \\
         *sb = ((b[0] + b[1]) + (b[2] + b[3])) + ((b[4] + b[5]) + (b[6] + b[7]));               \\
         *sg = ((g[0] + g[1]) + (g[2] + g[3])) + ((g[4] + g[5]) + (g[6] + g[7]));               \\
     }                                                                                          \\
     /* xhat = T((x - mu) * inv) (double); out = gamma * xhat + beta (T) */                     \\
     DLF_CLONES static void dlf_bnp_norm##S(const T* x, T* __restrict xhat, T* __restrict out, \\
-                                            T gamma, T beta, double mu, double inv, long len) { \\
+                                            T gamma, T beta, double mu, double inv, long len,  \\
+                                            int act, T alpha, T* __restrict y) {               \\
         long i;                                                                                \\
-        for (i = 0; i < len; i++) {                                                            \\
-            T xh = (T)((x[i] - mu) * inv);                                                     \\
-            xhat[i] = xh;                                                                      \\
-            out[i] = gamma * xh + beta;                                                        \\
-        }                                                                                      \\
+        if (act == 0)                                                                          \\
+            for (i = 0; i < len; i++) {                                                        \\
+                T xh = (T)((x[i] - mu) * inv);                                                 \\
+                xhat[i] = xh;                                                                  \\
+                out[i] = gamma * xh + beta;                                                    \\
+            }                                                                                  \\
+        else if (act == 1)                                                                     \\
+            for (i = 0; i < len; i++) {                                                        \\
+                T xh = (T)((x[i] - mu) * inv);                                                 \\
+                T z = gamma * xh + beta;                                                       \\
+                xhat[i] = xh;                                                                  \\
+                out[i] = z;                                                                    \\
+                y[i] = z <= 0 ? (T)0 : z;                                                      \\
+            }                                                                                  \\
+        else                                                                                   \\
+            for (i = 0; i < len; i++) {                                                        \\
+                T xh = (T)((x[i] - mu) * inv);                                                 \\
+                T z = gamma * xh + beta;                                                       \\
+                xhat[i] = xh;                                                                  \\
+                out[i] = z;                                                                    \\
+                y[i] = z > 0 ? z : alpha * z;                                                  \\
+            }                                                                                  \\
     }                                                                                          \\
     /* dx = T(c * ((dm * dout - sb) - xhat * sg)) (batch), T(c * dout) (not) */                \\
     DLF_CLONES static void dlf_bnp_dx##S(T* __restrict dx, const T* dout, const T* xhat,      \\
                                           double c, double sb, double sg, long len, double dm, \\
-                                          int batch) {                                         \\
+                                          int batch, T ga, T be, int act, T alpha) {           \\
         long i;                                                                                \\
+        if (act != 0) {                                                                        \\
+            const T lo = DLF_BN_LO(T, act, alpha);                                             \\
+            if (batch)                                                                         \\
+                for (i = 0; i < len; i++) {                                                    \\
+                    T d = DLF_BN_D(T, dout[i], xhat[i], ga, be, lo);                           \\
+                    dx[i] = (T)(c * ((dm * d - sb) - xhat[i] * sg));                           \\
+                }                                                                              \\
+            else                                                                               \\
+                for (i = 0; i < len; i++)                                                      \\
+                    dx[i] = (T)(c * DLF_BN_D(T, dout[i], xhat[i], ga, be, lo));                \\
+            return;                                                                            \\
+        }                                                                                      \\
         if (batch)                                                                             \\
             for (i = 0; i < len; i++)                                                          \\
                 dx[i] = (T)(c * ((dm * dout[i] - sb) - xhat[i] * sg));                         \\
@@ -187,34 +283,52 @@ cdef extern from *:
     void dlf_bn_sqdevd(const double*, long, long, long, long, long, const double*,
                        double*) noexcept nogil
     void dlf_bn_normf(const float*, float*, float*, const float*, const float*, const double*,
-                      const double*, long, long, long, long, long) noexcept nogil
+                      const double*, long, long, long, long, long, int, float,
+                      float*) noexcept nogil
     void dlf_bn_normd(const double*, double*, double*, const double*, const double*,
-                      const double*, const double*, long, long, long, long, long) noexcept nogil
-    void dlf_bn_bsumsf(const float*, const float*, long, long, long, long, long, double*,
-                       double*) noexcept nogil
-    void dlf_bn_bsumsd(const double*, const double*, long, long, long, long, long, double*,
-                       double*) noexcept nogil
-    void dlf_bn_dxf(float*, const float*, const float*, const double*, const double*,
-                    const double*, long, long, long, long, long, double, int) noexcept nogil
+                      const double*, const double*, long, long, long, long, long, int, double,
+                      double*) noexcept nogil
+    void dlf_bn_bsumsf(const float*, const float*, const float*, const float*, long, long, long,
+                       long, long, double*, double*, int, float) noexcept nogil
+    void dlf_bn_bsumsd(const double*, const double*, const double*, const double*, long, long,
+                       long, long, long, double*, double*, int, double) noexcept nogil
+    void dlf_bn_dxf(float*, const float*, const float*, const float*, const float*,
+                    const double*, const double*, const double*, long, long, long, long, long,
+                    double, int, int, float) noexcept nogil
     void dlf_bn_dxd(double*, const double*, const double*, const double*, const double*,
-                    const double*, long, long, long, long, long, double, int) noexcept nogil
+                    const double*, const double*, const double*, long, long, long, long, long,
+                    double, int, int, double) noexcept nogil
     double dlf_bnp_sumf(const float*, long) noexcept nogil
     double dlf_bnp_sumd(const double*, long) noexcept nogil
     double dlf_bnp_sqdevf(const float*, long, double) noexcept nogil
     double dlf_bnp_sqdevd(const double*, long, double) noexcept nogil
-    void dlf_bnp_bsumsf(const float*, const float*, long, double*, double*) noexcept nogil
-    void dlf_bnp_bsumsd(const double*, const double*, long, double*, double*) noexcept nogil
-    void dlf_bnp_normf(const float*, float*, float*, float, float, double, double,
-                       long) noexcept nogil
-    void dlf_bnp_normd(const double*, double*, double*, double, double, double, double,
-                       long) noexcept nogil
+    void dlf_bnp_bsumsf(const float*, const float*, long, double*, double*, float, float, int,
+                        float) noexcept nogil
+    void dlf_bnp_bsumsd(const double*, const double*, long, double*, double*, double, double,
+                        int, double) noexcept nogil
+    void dlf_bnp_normf(const float*, float*, float*, float, float, double, double, long, int,
+                       float, float*) noexcept nogil
+    void dlf_bnp_normd(const double*, double*, double*, double, double, double, double, long,
+                       int, double, double*) noexcept nogil
     void dlf_bnp_dxf(float*, const float*, const float*, double, double, double, long, double,
-                     int) noexcept nogil
+                     int, float, float, int, float) noexcept nogil
     void dlf_bnp_dxd(double*, const double*, const double*, double, double, double, long, double,
-                     int) noexcept nogil
+                     int, double, double, int, double) noexcept nogil
 
 
 # ---------------------------------------------------------------------------- element loops
+ctypedef struct _Act:
+    # The op's fused activation (code 0 none, 1 ReLU, 2 leaky ReLU) and, for the backward's
+    # derivative, gamma and beta of the forward (float or double, as the data).
+    int code
+    double alpha
+    const void* gamma
+    const void* beta
+    void* y             # the forward's activation output (same layout as out)
+
+cdef _Act _NO_ACT                   # code 0 (zero-initialised): the kernels' own calls
+
+
 cdef inline void _sum(const floating* x, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t f,
                       Py_ssize_t j0, Py_ssize_t j1, double* acc) noexcept nogil:
     if floating is float:
@@ -234,30 +348,37 @@ cdef inline void _sqdev(const floating* x, Py_ssize_t i0, Py_ssize_t i1, Py_ssiz
 
 cdef inline void _norm(const floating* x, floating* xhat, floating* out, const floating* gamma,
                        const floating* beta, const double* mu, const double* inv, Py_ssize_t i0,
-                       Py_ssize_t i1, Py_ssize_t f, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+                       Py_ssize_t i1, Py_ssize_t f, Py_ssize_t j0, Py_ssize_t j1,
+                       const _Act* a) noexcept nogil:
     if floating is float:
-        dlf_bn_normf(x, xhat, out, gamma, beta, mu, inv, i0, i1, f, j0, j1)
+        dlf_bn_normf(x, xhat, out, gamma, beta, mu, inv, i0, i1, f, j0, j1, a.code,
+                     <float>a.alpha, <float*>a.y)
     else:
-        dlf_bn_normd(x, xhat, out, gamma, beta, mu, inv, i0, i1, f, j0, j1)
+        dlf_bn_normd(x, xhat, out, gamma, beta, mu, inv, i0, i1, f, j0, j1, a.code, a.alpha,
+                     <double*>a.y)
 
 
 cdef inline void _bsums(const floating* dout, const floating* xhat, Py_ssize_t i0, Py_ssize_t i1,
-                        Py_ssize_t f, Py_ssize_t j0, Py_ssize_t j1, double* sb,
-                        double* sg) noexcept nogil:
+                        Py_ssize_t f, Py_ssize_t j0, Py_ssize_t j1, double* sb, double* sg,
+                        const _Act* a) noexcept nogil:
     if floating is float:
-        dlf_bn_bsumsf(dout, xhat, i0, i1, f, j0, j1, sb, sg)
+        dlf_bn_bsumsf(dout, xhat, <const float*>a.gamma, <const float*>a.beta, i0, i1, f, j0,
+                      j1, sb, sg, a.code, <float>a.alpha)
     else:
-        dlf_bn_bsumsd(dout, xhat, i0, i1, f, j0, j1, sb, sg)
+        dlf_bn_bsumsd(dout, xhat, <const double*>a.gamma, <const double*>a.beta, i0, i1, f, j0,
+                      j1, sb, sg, a.code, a.alpha)
 
 
 cdef inline void _bdx(floating* dx, const floating* dout, const floating* xhat, const double* c,
                       const double* sb, const double* sg, Py_ssize_t i0, Py_ssize_t i1,
-                      Py_ssize_t f, Py_ssize_t j0, Py_ssize_t j1, double dn,
-                      bint batch) noexcept nogil:
+                      Py_ssize_t f, Py_ssize_t j0, Py_ssize_t j1, double dn, bint batch,
+                      const _Act* a) noexcept nogil:
     if floating is float:
-        dlf_bn_dxf(dx, dout, xhat, c, sb, sg, i0, i1, f, j0, j1, dn, batch)
+        dlf_bn_dxf(dx, dout, xhat, <const float*>a.gamma, <const float*>a.beta, c, sb, sg, i0,
+                   i1, f, j0, j1, dn, batch, a.code, <float>a.alpha)
     else:
-        dlf_bn_dxd(dx, dout, xhat, c, sb, sg, i0, i1, f, j0, j1, dn, batch)
+        dlf_bn_dxd(dx, dout, xhat, <const double*>a.gamma, <const double*>a.beta, c, sb, sg, i0,
+                   i1, f, j0, j1, dn, batch, a.code, a.alpha)
 
 
 # ---------------------------------------------------------------------------- work decomposition
@@ -323,7 +444,7 @@ cdef inline double _psum(const floating* x, Py_ssize_t s, const double* mu,
 
 cdef void _pitem(const floating* x, const floating* xhat, Py_ssize_t n, Py_ssize_t f,
                  Py_ssize_t s, Py_ssize_t it, Py_ssize_t nk, const double* mu, double* part,
-                 double* part2) noexcept nogil:
+                 double* part2, const _Act* ac) noexcept nogil:
     """Work item it (channel it // nk, images of chunk it % nk), planes in image order:
     part[it] = the sum of _psum over its planes; with xhat (backward): part[it] = sum dout,
     part2[it] = sum dout * xhat (x is dout)."""
@@ -336,9 +457,15 @@ cdef void _pitem(const floating* x, const floating* xhat, Py_ssize_t n, Py_ssize
             a = a + _psum(x + p, s, mu, c)
         else:
             if floating is float:
-                dlf_bnp_bsumsf(x + p, xhat + p, s, &pa, &pg)
+                dlf_bnp_bsumsf(x + p, xhat + p, s, &pa, &pg,
+                               (<const float*>ac.gamma)[c] if ac.code else 0,
+                               (<const float*>ac.beta)[c] if ac.code else 0, ac.code,
+                               <float>ac.alpha)
             else:
-                dlf_bnp_bsumsd(x + p, xhat + p, s, &pa, &pg)
+                dlf_bnp_bsumsd(x + p, xhat + p, s, &pa, &pg,
+                               (<const double*>ac.gamma)[c] if ac.code else 0,
+                               (<const double*>ac.beta)[c] if ac.code else 0, ac.code,
+                               ac.alpha)
             a = a + pa
             g = g + pg
     part[it] = a
@@ -359,84 +486,92 @@ cdef void _pcombine(const double* part, Py_ssize_t f, Py_ssize_t nk, double* out
 
 
 cdef void _psums(const floating* x, const floating* xhat, Py_ssize_t n, Py_ssize_t f,
-                 Py_ssize_t s, const double* mu, double* part, double* part2,
-                 int nt) noexcept nogil:
+                 Py_ssize_t s, const double* mu, double* part, double* part2, int nt,
+                 const _Act* ac) noexcept nogil:
     """Every work item of the planar sums (_pitem) into part (and part2)."""
     cdef Py_ssize_t nk = _pnk(n, s), it
     if nt == 1:
         for it in range(f * nk):
-            _pitem(x, xhat, n, f, s, it, nk, mu, part, part2)
+            _pitem(x, xhat, n, f, s, it, nk, mu, part, part2, ac)
     else:
         for it in prange(f * nk, schedule="static", num_threads=nt):
-            _pitem(x, xhat, n, f, s, it, nk, mu, part, part2)
+            _pitem(x, xhat, n, f, s, it, nk, mu, part, part2, ac)
 
 
 cdef void _pstats(const floating* x, Py_ssize_t n, Py_ssize_t f, Py_ssize_t s, double* mu,
                   double* var, double* part, int nt) noexcept nogil:
     """mu, var (length f) of planar x over its M = n*s values per channel (part: f * nk)."""
     cdef Py_ssize_t nk = _pnk(n, s)
-    _psums(x, <const floating*>NULL, n, f, s, <const double*>NULL, part, NULL, nt)
+    _psums(x, <const floating*>NULL, n, f, s, <const double*>NULL, part, NULL, nt, &_NO_ACT)
     _pcombine(part, f, nk, mu, <double>(n * s))
-    _psums(x, <const floating*>NULL, n, f, s, mu, part, NULL, nt)
+    _psums(x, <const floating*>NULL, n, f, s, mu, part, NULL, nt, &_NO_ACT)
     _pcombine(part, f, nk, var, <double>(n * s))
 
 
 cdef inline void _pnorm_plane(const floating* x, floating* xhat, floating* out,
                               const floating* gamma, const floating* beta, const double* mu,
-                              const double* inv, Py_ssize_t f, Py_ssize_t s,
-                              Py_ssize_t p) noexcept nogil:
-    """Plane p = n*f + c: xhat = (x - mu[c]) * inv[c], out = gamma[c] * xhat + beta[c]."""
+                              const double* inv, Py_ssize_t f, Py_ssize_t s, Py_ssize_t p,
+                              const _Act* a) noexcept nogil:
+    """Plane p = n*f + c: xhat = (x - mu[c]) * inv[c], out = gamma[c] * xhat + beta[c]
+    (y = act(out) with a fused activation)."""
     cdef Py_ssize_t c = p % f
     if floating is float:
-        dlf_bnp_normf(x + p * s, xhat + p * s, out + p * s, gamma[c], beta[c], mu[c], inv[c], s)
+        dlf_bnp_normf(x + p * s, xhat + p * s, out + p * s, gamma[c], beta[c], mu[c], inv[c], s,
+                      a.code, <float>a.alpha, (<float*>a.y) + p * s if a.code else NULL)
     else:
-        dlf_bnp_normd(x + p * s, xhat + p * s, out + p * s, gamma[c], beta[c], mu[c], inv[c], s)
+        dlf_bnp_normd(x + p * s, xhat + p * s, out + p * s, gamma[c], beta[c], mu[c], inv[c], s,
+                      a.code, a.alpha, (<double*>a.y) + p * s if a.code else NULL)
 
 
 cdef void _pnorm(const floating* x, floating* xhat, floating* out, const floating* gamma,
                  const floating* beta, const double* mu, const double* inv, Py_ssize_t n,
-                 Py_ssize_t f, Py_ssize_t s, int nt) noexcept nogil:
+                 Py_ssize_t f, Py_ssize_t s, int nt, const _Act* a) noexcept nogil:
     cdef Py_ssize_t p
     if nt == 1:
         for p in range(n * f):
-            _pnorm_plane(x, xhat, out, gamma, beta, mu, inv, f, s, p)
+            _pnorm_plane(x, xhat, out, gamma, beta, mu, inv, f, s, p, a)
     else:
         for p in prange(n * f, schedule="static", num_threads=nt):
-            _pnorm_plane(x, xhat, out, gamma, beta, mu, inv, f, s, p)
+            _pnorm_plane(x, xhat, out, gamma, beta, mu, inv, f, s, p, a)
 
 
 cdef inline void _pdx_plane(floating* dx, const floating* dout, const floating* xhat,
                             const floating* gamma, const floating* invstd, const double* sb,
                             const double* sg, Py_ssize_t f, Py_ssize_t s, Py_ssize_t p,
-                            double dm, bint batch) noexcept nogil:
+                            double dm, bint batch, const _Act* ac) noexcept nogil:
     """Plane p = n*f + c of dx, coefficient k / M (batch) or k, k = gamma[c] * invstd[c]."""
     cdef Py_ssize_t c = p % f
     cdef double k = <double>gamma[c] * <double>invstd[c]
     if batch:
         k = k / dm
     if floating is float:
-        dlf_bnp_dxf(dx + p * s, dout + p * s, xhat + p * s, k, sb[c], sg[c], s, dm, batch)
+        dlf_bnp_dxf(dx + p * s, dout + p * s, xhat + p * s, k, sb[c], sg[c], s, dm, batch,
+                    gamma[c], (<const float*>ac.beta)[c] if ac.code else 0, ac.code,
+                    <float>ac.alpha)
     else:
-        dlf_bnp_dxd(dx + p * s, dout + p * s, xhat + p * s, k, sb[c], sg[c], s, dm, batch)
+        dlf_bnp_dxd(dx + p * s, dout + p * s, xhat + p * s, k, sb[c], sg[c], s, dm, batch,
+                    gamma[c], (<const double*>ac.beta)[c] if ac.code else 0, ac.code,
+                    ac.alpha)
 
 
 cdef void _pfwd_train(const floating* x, const floating* gamma, const floating* beta,
                       floating* out, floating* xhat, floating* mean, floating* invstd,
                       floating* rm, floating* rv, Py_ssize_t n, Py_ssize_t f, Py_ssize_t s,
-                      double momentum, double eps, bint unbiased, double* buf) noexcept nogil:
+                      double momentum, double eps, bint unbiased, double* buf,
+                      const _Act* ac) noexcept nogil:
     """The training forward of planar x; buf: mu, var -> invstd (line_doubles(f) each), part."""
     cdef int nt = _threads(n * f * s)
     cdef Py_ssize_t fp = line_doubles(f), m = n * s
     cdef double vfac = (<double>m / <double>(m - 1)) if (unbiased and m > 1) else 1.0
     _pstats(x, n, f, s, buf, buf + fp, buf + 2 * fp, nt)
     _fwd_feat(mean, invstd, rm, rv, buf, f, 0, f, momentum, eps, unbiased, vfac)
-    _pnorm(x, xhat, out, gamma, beta, buf, buf + fp, n, f, s, nt)
+    _pnorm(x, xhat, out, gamma, beta, buf, buf + fp, n, f, s, nt, ac)
 
 
 cdef void _pbwd(const floating* dout, const floating* xhat, const floating* gamma,
                 const floating* invstd, floating* dx, floating* dgamma, floating* dbeta,
-                Py_ssize_t n, Py_ssize_t f, Py_ssize_t s, bint batch,
-                double* buf) noexcept nogil:
+                Py_ssize_t n, Py_ssize_t f, Py_ssize_t s, bint batch, double* buf,
+                const _Act* ac) noexcept nogil:
     """The backward of planar data; buf: sb, sg (line_doubles(f) each), 2 * f * nk partials."""
     cdef int nt = _threads(n * f * s)
     cdef Py_ssize_t fp = line_doubles(f), nk = _pnk(n, s), j, p
@@ -446,7 +581,7 @@ cdef void _pbwd(const floating* dout, const floating* xhat, const floating* gamm
     cdef double dm = <double>(n * s)
     if sums:
         _psums(dout, xhat, n, f, s, <const double*>NULL, buf + 2 * fp, buf + 2 * fp + f * nk,
-               nt)
+               nt, ac)
         _pcombine(buf + 2 * fp, f, nk, sb, 1.0)
         _pcombine(buf + 2 * fp + f * nk, f, nk, sg, 1.0)
     else:
@@ -456,10 +591,10 @@ cdef void _pbwd(const floating* dout, const floating* xhat, const floating* gamm
     if dx != NULL:
         if nt == 1:
             for p in range(n * f):
-                _pdx_plane(dx, dout, xhat, gamma, invstd, sb, sg, f, s, p, dm, batch)
+                _pdx_plane(dx, dout, xhat, gamma, invstd, sb, sg, f, s, p, dm, batch, ac)
         else:
             for p in prange(n * f, schedule="static", num_threads=nt):
-                _pdx_plane(dx, dout, xhat, gamma, invstd, sb, sg, f, s, p, dm, batch)
+                _pdx_plane(dx, dout, xhat, gamma, invstd, sb, sg, f, s, p, dm, batch, ac)
     for j in range(f):
         if dbeta != NULL:
             dbeta[j] = <floating>sb[j]
@@ -471,23 +606,23 @@ cdef inline void _fwd_train_nd(const floating* x, const floating* gamma, const f
                                floating* out, floating* xhat, floating* mean, floating* invstd,
                                floating* rm, floating* rv, Py_ssize_t n, Py_ssize_t f,
                                Py_ssize_t s, double momentum, double eps, bint unbiased,
-                               double* buf) noexcept nogil:
+                               double* buf, const _Act* ac) noexcept nogil:
     if s == 1:
         _fwd_train(x, gamma, beta, out, xhat, mean, invstd, rm, rv, n, f, momentum, eps,
-                   unbiased, buf)
+                   unbiased, buf, ac)
     else:
         _pfwd_train(x, gamma, beta, out, xhat, mean, invstd, rm, rv, n, f, s, momentum, eps,
-                    unbiased, buf)
+                    unbiased, buf, ac)
 
 
 cdef inline void _bwd_nd(const floating* dout, const floating* xhat, const floating* gamma,
                          const floating* invstd, floating* dx, floating* dgamma, floating* dbeta,
-                         Py_ssize_t n, Py_ssize_t f, Py_ssize_t s, bint batch,
-                         double* buf) noexcept nogil:
+                         Py_ssize_t n, Py_ssize_t f, Py_ssize_t s, bint batch, double* buf,
+                         const _Act* ac) noexcept nogil:
     if s == 1:
-        _bwd(dout, xhat, gamma, invstd, dx, dgamma, dbeta, n, f, batch, buf)
+        _bwd(dout, xhat, gamma, invstd, dx, dgamma, dbeta, n, f, batch, buf, ac)
     else:
-        _pbwd(dout, xhat, gamma, invstd, dx, dgamma, dbeta, n, f, s, batch, buf)
+        _pbwd(dout, xhat, gamma, invstd, dx, dgamma, dbeta, n, f, s, batch, buf, ac)
 
 
 cdef void _colstats(const floating* x, Py_ssize_t n, Py_ssize_t f, Py_ssize_t j0, Py_ssize_t j1,
@@ -648,12 +783,13 @@ def batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd, running_mea
                 _fwd_train_nd(<const float*>v[0].buf, <const float*>v[1].buf,
                               <const float*>v[2].buf, <float*>v[3].buf, <float*>v[4].buf,
                               <float*>v[5].buf, <float*>v[6].buf, <float*>v[7].buf,
-                              <float*>v[8].buf, n, f, s, momentum, eps, unbiased, buf)
+                              <float*>v[8].buf, n, f, s, momentum, eps, unbiased, buf, &_NO_ACT)
             else:
                 _fwd_train_nd(<const double*>v[0].buf, <const double*>v[1].buf,
                               <const double*>v[2].buf, <double*>v[3].buf, <double*>v[4].buf,
                               <double*>v[5].buf, <double*>v[6].buf, <double*>v[7].buf,
-                              <double*>v[8].buf, n, f, s, momentum, eps, unbiased, buf)
+                              <double*>v[8].buf, n, f, s, momentum, eps, unbiased, buf,
+                              &_NO_ACT)
     finally:
         free(buf)
         buf_release(v, 9)
@@ -662,7 +798,7 @@ def batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd, running_mea
 cdef void _fwd_train(const floating* x, const floating* gamma, const floating* beta,
                      floating* out, floating* xhat, floating* mean, floating* invstd,
                      floating* rm, floating* rv, Py_ssize_t n, Py_ssize_t f, double momentum,
-                     double eps, bint unbiased, double* buf) noexcept nogil:
+                     double eps, bint unbiased, double* buf, const _Act* ac) noexcept nogil:
     """buf (regions of line_doubles(f) doubles): mu, var -> invstd, narrow: chunk partial sums
     (nrc)."""
     cdef int nt = _threads(n * f)
@@ -672,25 +808,25 @@ cdef void _fwd_train(const floating* x, const floating* gamma, const floating* b
         _rowstats(x, n, f, buf, buf + fp, buf + 2 * fp, nt)
         _fwd_feat(mean, invstd, rm, rv, buf, f, 0, f, momentum, eps, unbiased, vfac)
         if nt == 1:
-            _norm(x, xhat, out, gamma, beta, buf, buf + fp, 0, n, f, 0, f)
+            _norm(x, xhat, out, gamma, beta, buf, buf + fp, 0, n, f, 0, f, ac)
         else:
             for c in prange(_nrc(n), schedule="static", num_threads=nt):
                 _norm(x, xhat, out, gamma, beta, buf, buf + fp, c * RCHUNK,
-                      min((c + 1) * RCHUNK, n), f, 0, f)
+                      min((c + 1) * RCHUNK, n), f, 0, f, ac)
     elif nt == 1:
         for b in range(_nfb(f)):
             j0 = b * FBLOCK
             j1 = min(j0 + FBLOCK, f)
             _colstats(x, n, f, j0, j1, buf, buf + fp)
             _fwd_feat(mean, invstd, rm, rv, buf, f, j0, j1, momentum, eps, unbiased, vfac)
-            _norm(x, xhat, out, gamma, beta, buf, buf + fp, 0, n, f, j0, j1)
+            _norm(x, xhat, out, gamma, beta, buf, buf + fp, 0, n, f, j0, j1, ac)
     else:
         for b in prange(_nfb(f), schedule="static", num_threads=nt):
             j0 = b * FBLOCK
             j1 = min(j0 + FBLOCK, f)
             _colstats(x, n, f, j0, j1, buf, buf + fp)
             _fwd_feat(mean, invstd, rm, rv, buf, f, j0, j1, momentum, eps, unbiased, vfac)
-            _norm(x, xhat, out, gamma, beta, buf, buf + fp, 0, n, f, j0, j1)
+            _norm(x, xhat, out, gamma, beta, buf, buf + fp, 0, n, f, j0, j1, ac)
 
 
 cdef inline void _fwd_feat(floating* mean, floating* invstd, floating* rm, floating* rv,
@@ -759,12 +895,12 @@ cdef void _fwd_eval(const floating* x, const floating* gamma, const floating* be
     if n * s == 0:                              # no values (N = 0, or an empty plane H*W = 0)
         return
     if s > 1:
-        _pnorm(x, xhat, out, gamma, beta, buf, buf + fp, n, f, s, nt)
+        _pnorm(x, xhat, out, gamma, beta, buf, buf + fp, n, f, s, nt, &_NO_ACT)
     elif nt == 1:
-        _norm(x, xhat, out, gamma, beta, buf, buf + fp, 0, n, f, 0, f)
+        _norm(x, xhat, out, gamma, beta, buf, buf + fp, 0, n, f, 0, f, &_NO_ACT)
     else:
         for i in prange(n, schedule="static", num_threads=nt):
-            _norm(x, xhat, out, gamma, beta, buf, buf + fp, i, i + 1, f, 0, f)
+            _norm(x, xhat, out, gamma, beta, buf, buf + fp, i, i + 1, f, 0, f, &_NO_ACT)
 
 
 # ---------------------------------------------------------------------------- backward
@@ -805,11 +941,12 @@ def batchnorm_backward(dout, xhat, gamma, invstd, dx, dgamma, dbeta, bint batch_
             if dt == DT_F32:
                 _bwd_nd(<const float*>v[0].buf, <const float*>v[1].buf, <const float*>v[2].buf,
                         <const float*>v[3].buf, <float*>v[4].buf, <float*>v[5].buf,
-                        <float*>v[6].buf, n, f, s, batch_stats, buf)
+                        <float*>v[6].buf, n, f, s, batch_stats, buf, &_NO_ACT)
             else:
                 _bwd_nd(<const double*>v[0].buf, <const double*>v[1].buf,
                         <const double*>v[2].buf, <const double*>v[3].buf, <double*>v[4].buf,
-                        <double*>v[5].buf, <double*>v[6].buf, n, f, s, batch_stats, buf)
+                        <double*>v[5].buf, <double*>v[6].buf, n, f, s, batch_stats, buf,
+                        &_NO_ACT)
     finally:
         free(buf)
         buf_release(v, 7)
@@ -827,7 +964,8 @@ cdef inline void _bwd_coef(const floating* gamma, const floating* invstd, double
 
 cdef void _bwd(const floating* dout, const floating* xhat, const floating* gamma,
                const floating* invstd, floating* dx, floating* dgamma, floating* dbeta,
-               Py_ssize_t n, Py_ssize_t f, bint batch, double* buf) noexcept nogil:
+               Py_ssize_t n, Py_ssize_t f, bint batch, double* buf,
+               const _Act* ac) noexcept nogil:
     """buf (regions of line_doubles(f) doubles): sb, sg, c, narrow: chunk partial sums (2 * nrc)."""
     cdef int nt = _threads(n * f)
     cdef bint sums = dgamma != NULL or dbeta != NULL or (dx != NULL and batch)
@@ -840,10 +978,10 @@ cdef void _bwd(const floating* dout, const floating* xhat, const floating* gamma
         if sums:
             if nt == 1:
                 for k in range(nrc):
-                    _bwd_chunk_sums(dout, xhat, n, f, k, nrc, buf + 3 * fp)
+                    _bwd_chunk_sums(dout, xhat, n, f, k, nrc, buf + 3 * fp, ac)
             else:
                 for k in prange(nrc, schedule="static", num_threads=nt):
-                    _bwd_chunk_sums(dout, xhat, n, f, k, nrc, buf + 3 * fp)
+                    _bwd_chunk_sums(dout, xhat, n, f, k, nrc, buf + 3 * fp, ac)
             _combine(buf + 3 * fp, nrc, f, sb, 1.0, fp)
             _combine(buf + (3 + nrc) * fp, nrc, f, sg, 1.0, fp)
         else:
@@ -853,17 +991,17 @@ cdef void _bwd(const floating* dout, const floating* xhat, const floating* gamma
         if dx != NULL:
             _bwd_coef(gamma, invstd, c, 0, f, dn, batch)
             if nt == 1:
-                _bdx(dx, dout, xhat, c, sb, sg, 0, n, f, 0, f, dn, batch)
+                _bdx(dx, dout, xhat, c, sb, sg, 0, n, f, 0, f, dn, batch, ac)
             else:
                 for k in prange(nrc, schedule="static", num_threads=nt):
                     _bdx(dx, dout, xhat, c, sb, sg, k * RCHUNK, min((k + 1) * RCHUNK, n), f,
-                         0, f, dn, batch)
+                         0, f, dn, batch, ac)
     elif nt == 1:
         for b in range(_nfb(f)):
-            _bwd_block(dout, xhat, gamma, invstd, dx, n, f, b, sums, batch, sb, sg, c)
+            _bwd_block(dout, xhat, gamma, invstd, dx, n, f, b, sums, batch, sb, sg, c, ac)
     else:
         for b in prange(_nfb(f), schedule="static", num_threads=nt):
-            _bwd_block(dout, xhat, gamma, invstd, dx, n, f, b, sums, batch, sb, sg, c)
+            _bwd_block(dout, xhat, gamma, invstd, dx, n, f, b, sums, batch, sb, sg, c, ac)
     for j in range(f):
         if dbeta != NULL:
             dbeta[j] = <floating>sb[j]
@@ -872,26 +1010,29 @@ cdef void _bwd(const floating* dout, const floating* xhat, const floating* gamma
 
 
 cdef inline void _bwd_chunk_sums(const floating* dout, const floating* xhat, Py_ssize_t n,
-                                 Py_ssize_t f, Py_ssize_t k, Py_ssize_t nrc,
-                                 double* part) noexcept nogil:
+                                 Py_ssize_t f, Py_ssize_t k, Py_ssize_t nrc, double* part,
+                                 const _Act* ac) noexcept nogil:
     cdef Py_ssize_t fp = line_doubles(f)
     _bsums(dout, xhat, k * RCHUNK, min((k + 1) * RCHUNK, n), f, 0, f, part + k * fp,
-           part + (nrc + k) * fp)
+           part + (nrc + k) * fp, ac)
 
 
 cdef inline void _bwd_block(const floating* dout, const floating* xhat, const floating* gamma,
                             const floating* invstd, floating* dx, Py_ssize_t n, Py_ssize_t f,
                             Py_ssize_t b, bint sums, bint batch, double* sb, double* sg,
-                            double* c) noexcept nogil:
+                            double* c, const _Act* ac) noexcept nogil:
     cdef Py_ssize_t j0 = b * FBLOCK, j1 = min(j0 + FBLOCK, f)
     if sums:
-        _bsums(dout, xhat, 0, n, f, j0, j1, sb, sg)
+        _bsums(dout, xhat, 0, n, f, j0, j1, sb, sg, ac)
     if dx != NULL:
         _bwd_coef(gamma, invstd, c, j0, j1, <double>n, batch)
-        _bdx(dx, dout, xhat, c, sb, sg, 0, n, f, j0, j1, <double>n, batch)
+        _bdx(dx, dout, xhat, c, sb, sg, 0, n, f, j0, j1, <double>n, batch, ac)
 
 
 # ---------------------------------------------------------------------------- op (dlfast.kernels.OPS)
+_FUSED = {"identity": 0, "relu": 1, "leaky_relu": 2}    # the activations a batchnorm op fuses
+
+
 ctypedef struct _BatchNormC:
     dlf_op op           # first: the program sees a dlf_op*
     const void* gamma
@@ -908,6 +1049,7 @@ ctypedef struct _BatchNormC:
     int dt
     bint unbiased
     double momentum, eps
+    _Act act            # the fused activation (code 0: none)
 
 
 cdef int _bn_op_fwd(dlf_op* p, const void* x) noexcept nogil:
@@ -916,12 +1058,12 @@ cdef int _bn_op_fwd(dlf_op* p, const void* x) noexcept nogil:
         _fwd_train_nd(<const float*>x, <const float*>s.gamma, <const float*>s.beta,
                       <float*>s.op.out, <float*>s.xhat, <float*>s.mean, <float*>s.invstd,
                       <float*>s.rm, <float*>s.rv, s.n, s.f, s.s, s.momentum, s.eps, s.unbiased,
-                      s.buf)
+                      s.buf, &s.act)
     else:
         _fwd_train_nd(<const double*>x, <const double*>s.gamma, <const double*>s.beta,
                       <double*>s.op.out, <double*>s.xhat, <double*>s.mean, <double*>s.invstd,
                       <double*>s.rm, <double*>s.rv, s.n, s.f, s.s, s.momentum, s.eps,
-                      s.unbiased, s.buf)
+                      s.unbiased, s.buf, &s.act)
     return 0
 
 
@@ -930,11 +1072,11 @@ cdef int _bn_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept nogil:
     if s.dt == DT_F32:
         _bwd_nd(<const float*>dout, <const float*>s.xhat, <const float*>s.gamma,
                 <const float*>s.invstd, <float*>s.op.dx, <float*>s.dgamma, <float*>s.dbeta, s.n,
-                s.f, s.s, True, s.buf)
+                s.f, s.s, True, s.buf, &s.act)
     else:
         _bwd_nd(<const double*>dout, <const double*>s.xhat, <const double*>s.gamma,
                 <const double*>s.invstd, <double*>s.op.dx, <double*>s.dgamma,
-                <double*>s.dbeta, s.n, s.f, s.s, True, s.buf)
+                <double*>s.dbeta, s.n, s.f, s.s, True, s.buf, &s.act)
     return 0
 
 
@@ -943,12 +1085,19 @@ cdef class BatchNormOp:
     running_var, momentum, eps, unbiased)`` and ``batchnorm_backward(dout, xhat, gamma, invstd,
     dx, dgamma, dbeta, True)`` of fixed arrays (out: (N, F), or (N, C, *S) per channel; M >= 2
     values per feature): an op of a training step (dlfast_op.h). The same checks as the two
-    kernels, once; ``address()`` is the ``dlf_op*``."""
+    kernels, once; ``address()`` is the ``dlf_op*``. ``activation`` "relu" or "leaky_relu"
+    (slope ``alpha``) fuses that activation: y = act(out), and the backward takes dL/dy, its
+    derivative recomputed from z = gamma * xhat + beta (the same bits as the activation op
+    after this one)."""
     cdef _BatchNormC c
-    cdef Py_buffer v[11]
+    cdef Py_buffer v[12]
 
     def __cinit__(self, gamma, beta, out, xhat, mean, invstd, running_mean, running_var, dx,
-                  dgamma, dbeta, double momentum, double eps, bint unbiased):
+                  dgamma, dbeta, y, double momentum, double eps, bint unbiased, activation,
+                  double alpha):
+        cdef int code = _FUSED.get(activation, -1)
+        if code < 0:
+            raise ValueError(f"activation must be one of {tuple(_FUSED)}, got {activation!r}")
         cdef Py_ssize_t n, f, s
         cdef int dt
         memset(self.v, 0, sizeof(self.v))
@@ -960,8 +1109,12 @@ cdef class BatchNormOp:
         for k, a, ln, w in ((1, gamma, f, False), (2, beta, f, False),
                             (3, xhat, n * f * s, True), (4, mean, f, True), (5, invstd, f, True),
                             (6, running_mean, f, True), (7, running_var, f, True),
-                            (8, dx, n * f * s, True), (9, dgamma, f, True), (10, dbeta, f, True)):
+                            (8, dx, n * f * s, True), (9, dgamma, f, True), (10, dbeta, f, True),
+                            (11, y, n * f * s, True)):
             buf_get(a, &self.v[k], dt, ln, w)
+        if (code != 0) != (self.v[11].buf != NULL):
+            raise ValueError("y (the activation's output) is required exactly when an "
+                             "activation is fused")
         self.c.buf = aligned_doubles(_bwd_doubles(n, f, s))
         self.c.n, self.c.f, self.c.s, self.c.dt = n, f, s, dt
         self.c.momentum, self.c.eps, self.c.unbiased = momentum, eps, unbiased
@@ -970,12 +1123,14 @@ cdef class BatchNormOp:
         self.c.mean, self.c.invstd = self.v[4].buf, self.v[5].buf
         self.c.rm, self.c.rv, self.c.op.dx = self.v[6].buf, self.v[7].buf, self.v[8].buf
         self.c.dgamma, self.c.dbeta = self.v[9].buf, self.v[10].buf
+        self.c.act.code, self.c.act.alpha = code, alpha
+        self.c.act.gamma, self.c.act.beta, self.c.act.y = self.c.gamma, self.c.beta, self.v[11].buf
         self.c.op.fwd = _bn_op_fwd
         self.c.op.bwd = _bn_op_bwd
 
     def __dealloc__(self):
         free(self.c.buf)
-        buf_release(self.v, 11)
+        buf_release(self.v, 12)
 
     def slot(self, name):
         """Address of the pointer field of the gradient output ``name`` (a program points it at

@@ -13,8 +13,8 @@ import pytest
 import dlfast
 from dlfast import _engine, kernels, optim
 from dlfast.layers import (ELU, Activation, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Flatten,
-                           Layer, LeakyReLU, MaxPool2D, Maxout, PReLU, ReLU, RReLU, Sigmoid, Softmax,
-                           SoftmaxCrossEntropy, Tanh)
+                           Layer, LeakyReLU, MaxPool2D, Maxout, MSELoss, PReLU, ReLU, RReLU, Sigmoid,
+                           Softmax, SoftmaxCrossEntropy, Tanh)
 from dlfast.net import MLP, MultiTaskNet, Sequential
 
 CONFIGS = [dict(batchnorm=True, dropout=0.3), dict(), dict(activation="elu", dropout=0.2),
@@ -209,6 +209,97 @@ def test_conv_engine_step_equals_checked_step(backend, dtype, name, threads, pla
     assert plans[0] == 1
     assert [l.counter for l in a.layers if l.stochastic] == \
            [l.counter for l in b.layers if l.stochastic]
+
+
+# A batch norm followed by a ReLU or leaky ReLU runs as one op (kernels.OPS "batchnorm" with
+# ``activation``): (N, F) in row chunks (N > 256) or feature blocks (F > 256), and (N, C, H, W).
+FUSED_SHAPES = [(300, 7), (5, 300), (3, 4, 5, 6), (2, 3)]
+FUSED_ACTS = {"relu": lambda: ReLU(), "leaky": lambda: LeakyReLU(0.1),
+              "leaky0": lambda: LeakyReLU(0.0), "activation-relu": lambda: Activation("relu")}
+
+
+def _fused_net(shape, act, dtype):
+    c = shape[1]
+    layers = [BatchNorm(c, dtype=dtype), FUSED_ACTS[act](), BatchNorm(c, dtype=dtype),
+              FUSED_ACTS[act]()]
+    return Sequential(layers + ([Flatten()] if len(shape) > 2 else []),
+                      loss=MSELoss(dtype=dtype), seed=1)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("act", sorted(FUSED_ACTS))
+@pytest.mark.parametrize("shape", FUSED_SHAPES, ids=str)
+def test_batchnorm_activation_runs_fused(backend, dtype, shape, act, threads):
+    """A batch norm then a ReLU / leaky ReLU is one step of the plan, with the same bits as the
+    checked layer calls (loss, gradients, records, running statistics), including where gamma
+    and beta make the batch norm's output 0, -0, inf or NaN (the derivative is taken from
+    z = gamma * xhat + beta as the activation takes it from its output)."""
+    rng = np.random.default_rng(3)
+    a = _fused_net(shape, act, dtype)
+    for layer in a.layers[:4:2]:
+        layer.params["gamma"][...] = rng.uniform(-2, 2, shape[1])
+        layer.params["beta"][...] = rng.uniform(-1, 1, shape[1])
+    b = copy.deepcopy(a)
+    x = rng.standard_normal(shape).astype(dtype)
+    t = rng.standard_normal((shape[0], int(np.prod(shape[1:])))).astype(dtype)
+    dlfast.set_num_threads(threads)
+    _compare(a, b, x, t)
+    names = a._plans._plans[0].step_names()
+    assert "layer 0 (BatchNorm) + layer 1 (" in names[0] and len(names) == 2 * 2 + 2, names
+    for gamma, beta in ((0.0, 0.0), (0.0, -0.0), (np.inf, 0.0), (-np.inf, 1.0), (1.0, np.nan),
+                        (0.0, np.inf)):
+        for net in (a, b):
+            net.layers[2].params["gamma"][0] = gamma
+            net.layers[2].params["beta"][0] = beta
+        with np.errstate(all="ignore"):
+            la, ga = a.loss_and_gradient(x, t)
+            lb, gb = checked_step(b, x, t)
+        np.testing.assert_array_equal(la, lb)
+        for k in ga:
+            np.testing.assert_array_equal(ga[k], gb[k], err_msg=k)
+        ra, rb = _records(a), _records(b)
+        for k in ra:
+            np.testing.assert_array_equal(ra[k], rb[k], err_msg=k)
+
+
+@pytest.mark.parametrize("layers,fused", [
+    (lambda: [BatchNorm(7), Activation("tanh")], False),       # not a fused activation
+    (lambda: [BatchNorm(7), Activation("identity")], False),
+    (lambda: [BatchNorm(7), Dropout(0.2, seed=1), ReLU()], False),
+    (lambda: [Dense(7, 7, seed=1), ReLU(), BatchNorm(7)], False),
+    (lambda: [BatchNorm(7), ELU()], False),
+    (lambda: [BatchNorm(7), LeakyReLU(0.3), BatchNorm(7), ReLU()], True),
+])
+def test_batchnorm_fuses_only_a_following_relu(backend, layers, fused):
+    net = Sequential(layers(), loss=MSELoss(), seed=1)
+    x, _ = _data(n=6, f=7)
+    net.loss_and_gradient(x, np.zeros((6, 7), np.float32))
+    names = net._plans._plans[0].step_names()
+    assert any("+" in n for n in names) == fused, names
+
+
+def test_batchnorm_op_rejects_bad_fusion(backend):
+    f = np.float32
+    arrays = dict(gamma=np.ones(3, f), beta=np.zeros(3, f), out=np.empty((4, 3), f),
+                  xhat=np.empty((4, 3), f), mean=np.empty(3, f), invstd=np.empty(3, f),
+                  running_mean=None, running_var=None, dx=None, dgamma=None, dbeta=None,
+                  momentum=0.1, eps=1e-5, unbiased=True)
+    kernels.make_op("batchnorm", (4, 3), f, **arrays, y=np.empty((4, 3), f), activation="relu",
+                    alpha=0.0)
+    with pytest.raises(ValueError, match="activation"):
+        kernels.make_op("batchnorm", (4, 3), f, **arrays, y=np.empty((4, 3), f),
+                        activation="tanh", alpha=0.0)
+    with pytest.raises(ValueError, match="y "):
+        kernels.make_op("batchnorm", (4, 3), f, **arrays, y=None, activation="relu", alpha=0.0)
+    with pytest.raises(ValueError, match="y "):
+        kernels.make_op("batchnorm", (4, 3), f, **arrays, y=np.empty((4, 3), f),
+                        activation="identity", alpha=0.0)
+    with pytest.raises(ValueError, match="alpha"):
+        kernels.make_op("batchnorm", (4, 3), f, **arrays, y=np.empty((4, 3), f),
+                        activation="leaky_relu", alpha=-0.1)
+    with pytest.raises(ValueError, match="shape"):
+        kernels.make_op("batchnorm", (4, 3), f, **arrays, y=np.empty((4, 2), f),
+                        activation="relu", alpha=0.0)
 
 
 def test_compiled_conv_plans_run_compiled_ops_only():

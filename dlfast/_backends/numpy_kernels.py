@@ -718,14 +718,25 @@ class SoftmaxOp(_Op):
 
 
 class BatchNormOp(_Op):
+    """With ``activation`` (``kernels.BATCHNORM_FUSED``) not "identity": the batch norm, then
+    that activation op's forward into y; its backward into a scratch dz, then the batch norm's
+    backward of dz."""
     kind = "batchnorm"
 
     def forward(self, x):
         batchnorm_forward_train(x, self.gamma, self.beta, self.out, self.xhat, self.mean,
                                 self.invstd, self.running_mean, self.running_var, self.momentum,
                                 self.eps, self.unbiased)
+        if self.activation != "identity":
+            activation_forward(self.out, self.y, self.activation, self.alpha)
 
     def backward(self, x, dout):
+        if self.activation != "identity":
+            dz = self.__dict__.get("_dz")
+            if dz is None:
+                dz = self._dz = np.empty_like(self.out)
+            activation_backward(dout, self.y, dz, self.activation, self.alpha)
+            dout = dz
         batchnorm_backward(dout, self.xhat, self.gamma, self.invstd, self.dx, self.dgamma,
                            self.dbeta, True)
 

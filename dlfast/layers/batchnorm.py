@@ -115,7 +115,7 @@ class BatchNorm(Layer):
             running_mean=self.running_mean, running_var=self.running_var,
             dx=self._buf("dx", x_shape) if need_dx else None, dgamma=self._grad("gamma"),
             dbeta=self._grad("beta"), momentum=self.kernel_momentum, eps=self.eps,
-            unbiased=self.unbiased), rec)
+            unbiased=self.unbiased, y=None, activation="identity", alpha=0.0), rec)
 
     def _buffers(self):
         return {"running_mean": self.running_mean, "running_var": self.running_var}

@@ -437,6 +437,20 @@ cdef int _any_nonfinite(const floating* p, Py_ssize_t n) noexcept nogil:
     return bad != 0
 
 
+cdef int _any_nonfinite_f(const float* p, Py_ssize_t n) noexcept nogil:
+    return _any_nonfinite(p, n)
+
+
+cdef int _any_nonfinite_d(const double* p, Py_ssize_t n) noexcept nogil:
+    return _any_nonfinite(p, n)
+
+
+def _finite_entries():
+    """Addresses of the float and double scans of all_finite (1: a NaN or inf; this module's
+    thread setting), for the training-step program's check of x (_program.pyx)."""
+    return <size_t>&_any_nonfinite_f, <size_t>&_any_nonfinite_d
+
+
 def all_finite(x):
     """True when no element of x (C-contiguous float32 or float64, through the buffer protocol)
     is NaN or infinite."""

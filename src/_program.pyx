@@ -13,6 +13,8 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
+import importlib
+
 import numpy as np
 
 from _op cimport dlf_op, dlf_loss_op, DLF_OP_ERR_LABELS, DLF_OP_ERR_MEMORY, DLF_OP_ERR_PYTHON
@@ -100,23 +102,21 @@ cdef int _run(_Step* steps, Py_ssize_t nsteps, const void* x, double* values, do
     return 0
 
 
-cdef extern from *:
-    """
-    #include <float.h>
-    #include <math.h>
-    static int dlf_finite_f(const float* p, Py_ssize_t n) {
-        int bad = 0;
-        for (Py_ssize_t i = 0; i < n; i++) bad |= !(fabsf(p[i]) <= FLT_MAX);
-        return !bad;
-    }
-    static int dlf_finite_d(const double* p, Py_ssize_t n) {
-        int bad = 0;
-        for (Py_ssize_t i = 0; i < n; i++) bad |= !(fabs(p[i]) <= DBL_MAX);
-        return !bad;
-    }
-    """
-    bint dlf_finite_f(const float* p, Py_ssize_t n) noexcept nogil
-    bint dlf_finite_d(const double* p, Py_ssize_t n) noexcept nogil
+# x's finiteness scan: _optim's all_finite scan (blocks over the threads of dlfast's setting)
+ctypedef int (*_scan_f_t)(const float*, Py_ssize_t) noexcept nogil
+ctypedef int (*_scan_d_t)(const double*, Py_ssize_t) noexcept nogil
+cdef _scan_f_t _nonfinite_f = NULL
+cdef _scan_d_t _nonfinite_d = NULL
+
+
+cdef _bind_scans():
+    global _nonfinite_f, _nonfinite_d
+    cdef size_t a, b
+    a, b = importlib.import_module("dlfast._backends._optim")._finite_entries()
+    _nonfinite_f, _nonfinite_d = <_scan_f_t>a, <_scan_d_t>b
+
+
+_bind_scans()
 
 
 cdef size_t _address(a) except? 0:
@@ -422,8 +422,9 @@ cdef class Program:
             if cnp.PyArray_DIMS(xa)[k] != self.shape[k]:
                 return 1
         with nogil:
-            ok = (dlf_finite_f(<const float*>cnp.PyArray_DATA(xa), self.count) if self.dt == 0
-                  else dlf_finite_d(<const double*>cnp.PyArray_DATA(xa), self.count))
+            ok = not (_nonfinite_f(<const float*>cnp.PyArray_DATA(xa), self.count)
+                      if self.dt == 0
+                      else _nonfinite_d(<const double*>cnp.PyArray_DATA(xa), self.count))
         return 0 if ok else 1
 
     def step(self, x, targets, weights=None, fresh=None):

@@ -348,6 +348,31 @@ cdef extern from "dlfast_dconv.h" nogil:
     void dlf_dconv_one_d(const double*, const double*, const double*, double*, double*,
                          double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                          Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
+    void dlf_dcv_pack_f(const float*, float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                        int) noexcept
+    void dlf_dcv_pack_d(const double*, double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                        int) noexcept
+    Py_ssize_t dlf_dcv_scratch_f(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                 Py_ssize_t) noexcept
+    Py_ssize_t dlf_dcv_scratch_d(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                 Py_ssize_t) noexcept
+    void dlf_dcv_dT_f(const float*, float*, Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
+    void dlf_dcv_dT_d(const double*, double*, Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
+    void dlf_dcv_dw_f(const float*, Py_ssize_t, const float*, Py_ssize_t, Py_ssize_t, float*,
+                      Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                      Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
+    void dlf_dcv_dw_d(const double*, Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t,
+                      double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                      Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                      Py_ssize_t) noexcept
+    enum: DLF_CV_PB
+    enum: DLF_CV_TC
+    void dlf_dcv_one_f(const float*, const float*, const float*, float*, float*, Py_ssize_t,
+                       Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                       Py_ssize_t) noexcept
+    void dlf_dcv_one_d(const double*, const double*, const double*, double*, double*,
+                       Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                       Py_ssize_t, Py_ssize_t) noexcept
 
 # ---------------------------------------------------------------------------- GEMM entry
 cdef gemm_f32_t _sgemm = NULL
@@ -558,6 +583,7 @@ cdef inline void _col2im(const floating* col, floating* dx, const _Geo* g, Py_ss
 cdef enum:
     DIRECT_TAPS = 32
     DIRECT_FWD_TAPS = 9
+    DCV_TAIL = 16
 
 
 cdef inline bint _fwd_direct(const _Geo* g) noexcept nogil:
@@ -577,41 +603,101 @@ cdef inline bint _dx_direct(const _Geo* g) noexcept nogil:
             and g.F * g.KH * g.KW >= DIRECT_TAPS and g.C >= DLF_DC_FB)
 
 
+# Which direct kernel (dlf_dconv_one: vectors over positions; dlf_dcv_one: over output
+# channels); both give the same bits. 0: by _dcv_better; 1, 2: always the first, the second (tests).
+cdef int _DCV_MODE = 0
+
+
+def _set_direct_kernel(int mode):
+    """Tests: 0 chooses the direct kernel by its work, 1 forces vectors over positions, 2 over
+    output channels. Returns the previous mode."""
+    global _DCV_MODE
+    if mode not in (0, 1, 2):
+        raise ValueError(f"mode must be 0, 1 or 2, got {mode}")
+    prev, _DCV_MODE = _DCV_MODE, mode
+    return prev
+
+
+cdef inline bint _dcv_better(Py_ssize_t co, Py_ssize_t ci, Py_ssize_t OH, Py_ssize_t OW,
+                             Py_ssize_t Wp, Py_ssize_t taps, Py_ssize_t vl) noexcept nogil:
+    """Vectors over output channels when they cost less, counting multiply-adds per output
+    position: co * ceil(OH*Wp / 2vl) * 2vl * k for vectors over positions (rows extended to Wp,
+    tiles of 2 vectors; k = ci*taps) against ceil(co / 2vl) * 2vl * OH*OW * (k + DCV_TAIL), where
+    a tile's partial sums and its outputs' transposition to (F, OH, OW) cost about DCV_TAIL taps."""
+    if _DCV_MODE:
+        return _DCV_MODE == 2
+    cdef Py_ssize_t k = ci * taps
+    cdef double pos = <double>co * ((OH * Wp + 2 * vl - 1) // (2 * vl)) * 2 * vl * k
+    cdef double chan = <double>((co + 2 * vl - 1) // (2 * vl) * 2 * vl) * OH * OW * (k + DCV_TAIL)
+    return chan < pos
+
+
+cdef inline bint _dcv_dw_better(const _Geo* g, Py_ssize_t Wp, Py_ssize_t vl) noexcept nogil:
+    """dW with vectors over output channels (dlf_dcv_dw) when it computes no more multiply-adds
+    than dlf_dconv_dw: ceil(F / 2vl) * 2vl * ceil(K / DLF_CV_PB) * DLF_CV_PB * OH*OW against
+    ceil(F / DLF_DW_FB) * DLF_DW_FB * K * ceil(OH*Wp / vl) * vl per image."""
+    if _DCV_MODE:
+        return _DCV_MODE == 2
+    cdef double chan = (<double>((g.F + 2 * vl - 1) // (2 * vl) * 2 * vl)
+                        * ((g.K + DLF_CV_PB - 1) // DLF_CV_PB * DLF_CV_PB) * g.OHW)
+    cdef double pos = (<double>((g.F + DLF_DW_FB - 1) // DLF_DW_FB * DLF_DW_FB) * g.K
+                       * ((g.OH * Wp + vl - 1) // vl * vl))
+    return chan <= pos
+
+
 cdef int _dconv(const floating* src, const floating* Wt, const floating* b, floating* dst,
                 const _Geo* g, bint dx) noexcept nogil:
     """dx False: out = conv(x, W) + b; dx True: dx = the transposed convolution of dout
     (F, OH, OW) with W (a convolution of dout padded by KH-1-ph, KW-1-pw, the kernel flipped, F
     and C swapped). One image per work item. Returns -1 when its scratch cannot be allocated
     (nothing written)."""
-    cdef Py_ssize_t ci, H, W, co, ph, pw, Hp, Wp, xps, per, ws, n
+    cdef Py_ssize_t ci, H, W, co, ph, pw, Hp, Wp, xps, per, ws, n, vl
     cdef floating* buf
     cdef int nt = _threads(g.N * g.F * g.OHW * g.K // 16)
+    cdef bint cv
     if dx:
         ci, H, W, co, ph, pw = g.F, g.OH, g.OW, g.C, g.KH - 1 - g.ph, g.KW - 1 - g.pw
     else:
         ci, H, W, co, ph, pw = g.C, g.H, g.W, g.F, g.ph, g.pw
     Hp = H + 2 * ph
     Wp = dlf_dconv_stride(W, pw, g.KW)          # the padded rows' stride
+    vl = 8 if floating is float else 4
+    cv = _dcv_better(co, ci, Hp - g.KH + 1, W + 2 * pw - g.KW + 1, Wp, g.KH * g.KW, vl)
     if floating is float:
         xps = dlf_dconv_xp_size_f(ci, Hp, Wp, g.KW)
     else:
         xps = dlf_dconv_xp_size_d(ci, Hp, Wp, g.KW)
-    ws = (co + DLF_DC_FB - 1) // DLF_DC_FB * DLF_DC_FB * ci * g.KH * g.KW
-    per = xps + co * (Hp - g.KH + 1) * Wp + 16  # padded input, extended output; 64 bytes apart
+    if cv:
+        ws = (co + 2 * vl - 1) // (2 * vl) * 2 * vl * ci * g.KH * g.KW
+        if floating is float:                   # padded input, partial sums; 64 bytes apart
+            per = dlf_dcv_scratch_f(ci, Hp, Wp, g.KW, (Hp - g.KH + 1) * (W + 2 * pw - g.KW + 1))
+        else:
+            per = dlf_dcv_scratch_d(ci, Hp, Wp, g.KW, (Hp - g.KH + 1) * (W + 2 * pw - g.KW + 1))
+        per = (per + 15) // 16 * 16
+        ws = (ws + 15) // 16 * 16
+    else:
+        ws = (co + DLF_DC_FB - 1) // DLF_DC_FB * DLF_DC_FB * ci * g.KH * g.KW
+        per = xps + co * (Hp - g.KH + 1) * Wp + 16  # padded input, extended output
     buf = <floating*>malloc((ws + nt * per) * sizeof(floating))
     if buf == NULL:
         return -1
-    if floating is float:
+    if cv:
+        if floating is float:
+            dlf_dcv_pack_f(Wt, buf, g.F, g.C, g.KH, g.KW, dx)
+        else:
+            dlf_dcv_pack_d(Wt, buf, g.F, g.C, g.KH, g.KW, dx)
+    elif floating is float:
         dlf_dconv_pack_f(Wt, buf, g.F, g.C, g.KH, g.KW, dx)
     else:
         dlf_dconv_pack_d(Wt, buf, g.F, g.C, g.KH, g.KW, dx)
     if nt == 1:
         for n in range(g.N):
-            _dconv_image(src, buf, b, dst, buf + ws, xps, ci, H, W, co, ph, pw, g.KH, g.KW, n)
+            _dconv_image(src, buf, b, dst, buf + ws, xps, ci, H, W, co, ph, pw, g.KH, g.KW, n,
+                         cv)
     else:
         for n in prange(g.N, num_threads=nt, schedule="static"):
             _dconv_image(src, buf, b, dst, buf + ws + threadid() * per, xps, ci, H, W, co, ph,
-                         pw, g.KH, g.KW, n)
+                         pw, g.KH, g.KW, n, cv)
     free(buf)
     return 0
 
@@ -620,10 +706,17 @@ cdef inline void _dconv_image(const floating* src, const floating* wp, const flo
                               floating* dst, floating* t, Py_ssize_t xps, Py_ssize_t ci,
                               Py_ssize_t H, Py_ssize_t W, Py_ssize_t co, Py_ssize_t ph,
                               Py_ssize_t pw, Py_ssize_t KH, Py_ssize_t KW,
-                              Py_ssize_t n) noexcept nogil:
+                              Py_ssize_t n, bint cv) noexcept nogil:
     """Image n: src (ci, H, W) -> dst (co, H + 2ph - KH + 1, W + 2pw - KW + 1)."""
     cdef Py_ssize_t outs = co * (H + 2 * ph - KH + 1) * (W + 2 * pw - KW + 1)
-    if floating is float:
+    if cv:
+        if floating is float:
+            dlf_dcv_one_f(src + n * ci * H * W, wp, b, dst + n * outs, t, ci, H, W, co, KH, KW,
+                          ph, pw)
+        else:
+            dlf_dcv_one_d(src + n * ci * H * W, wp, b, dst + n * outs, t, ci, H, W, co, KH, KW,
+                          ph, pw)
+    elif floating is float:
         dlf_dconv_one_f(src + n * ci * H * W, wp, b, dst + n * outs, t, t + xps, ci, H, W, co,
                         KH, KW, ph, pw)
     else:
@@ -633,15 +726,17 @@ cdef inline void _dconv_image(const floating* src, const floating* wp, const flo
 
 cdef int _dw_direct(const floating* dout, const floating* x, floating* dW,
                     const _Geo* g) noexcept nogil:
-    """dW by direct convolution (dlf_dconv_dw): every image padded and every dout extended
-    first (one image per work item), then one item per block of DLF_DW_FB output channels and
-    input channel. Returns -1 (the caller computes dW through im2col) when the scratch cannot
-    be allocated or a dW is NaN (a non-finite x may add 0 * inf from the extended grid)."""
+    """dW by direct convolution: every image padded and every dout extended (dlf_dconv_dw) or
+    transposed (dlf_dcv_dw, where _dcv_better says so) first, one image per work item; then one
+    item per block of output channels and input channel (or block of taps). Returns -1 (the
+    caller computes dW through im2col) when the scratch cannot be allocated or a dW is NaN (a
+    non-finite x may add 0 * inf from the extended grid)."""
     cdef Py_ssize_t Hp = g.H + 2 * g.ph, Wp = dlf_dconv_stride(g.W, g.pw, g.KW)
-    cdef Py_ssize_t P = g.OH * Wp, Pr
-    cdef Py_ssize_t xs, es, n, it, nfb = (g.F + DLF_DW_FB - 1) // DLF_DW_FB, i
+    cdef Py_ssize_t P = g.OH * Wp, Pr, vl = 8 if floating is float else 4
+    cdef Py_ssize_t xs, es, n, it, nfb, nit, i, FP = (g.F + 2 * vl - 1) // (2 * vl) * 2 * vl
     cdef floating* buf
     cdef int nt = _threads(g.N * g.F * g.OHW * g.K // 16), bad = 0
+    cdef bint cv = _dcv_dw_better(g, Wp, vl)
     if floating is float:
         xs = dlf_dconv_xp_size_f(g.C, Hp, Wp, g.KW)
         Pr = dlf_dconv_rows_f(P)
@@ -649,20 +744,27 @@ cdef int _dw_direct(const floating* dout, const floating* x, floating* dW,
         xs = dlf_dconv_xp_size_d(g.C, Hp, Wp, g.KW)
         Pr = dlf_dconv_rows_d(P)
     xs = (xs + 15) // 16 * 16
-    es = g.F * Pr
+    if cv:
+        es = g.OHW * FP
+        nfb = FP // (2 * vl)
+        nit = nfb * (((g.K + DLF_CV_PB - 1) // DLF_CV_PB + DLF_CV_TC - 1) // DLF_CV_TC)
+    else:
+        es = g.F * Pr
+        nfb = (g.F + DLF_DW_FB - 1) // DLF_DW_FB
+        nit = nfb * g.C
     buf = <floating*>malloc(g.N * (xs + es) * sizeof(floating))
     if buf == NULL:
         return -1
     if nt == 1:
         for n in range(g.N):
-            _dw_prep(dout, x, buf, g, xs, es, Wp, Pr, n)
-        for it in range(nfb * g.C):
-            _dw_item(buf, dW, g, xs, es, Wp, Pr, it, nfb)
+            _dw_prep(dout, x, buf, g, xs, es, Wp, Pr, FP, n, cv)
+        for it in range(nit):
+            _dw_item(buf, dW, g, xs, es, Wp, Pr, FP, it, nfb, cv)
     else:
         for n in prange(g.N, num_threads=nt, schedule="static"):
-            _dw_prep(dout, x, buf, g, xs, es, Wp, Pr, n)
-        for it in prange(nfb * g.C, num_threads=nt, schedule="static"):
-            _dw_item(buf, dW, g, xs, es, Wp, Pr, it, nfb)
+            _dw_prep(dout, x, buf, g, xs, es, Wp, Pr, FP, n, cv)
+        for it in prange(nit, num_threads=nt, schedule="static"):
+            _dw_item(buf, dW, g, xs, es, Wp, Pr, FP, it, nfb, cv)
     free(buf)
     for i in range(g.F * g.K):
         if dW[i] != dW[i]:
@@ -672,20 +774,36 @@ cdef int _dw_direct(const floating* dout, const floating* x, floating* dW,
 
 cdef inline void _dw_prep(const floating* dout, const floating* x, floating* buf, const _Geo* g,
                           Py_ssize_t xs, Py_ssize_t es, Py_ssize_t Wp, Py_ssize_t Pr,
-                          Py_ssize_t n) noexcept nogil:
+                          Py_ssize_t FP, Py_ssize_t n, bint cv) noexcept nogil:
+    cdef floating* e = buf + g.N * xs + n * es
+    cdef const floating* d = dout + n * g.F * g.OHW
     if floating is float:
         dlf_dconv_pad_f(x + n * g.C * g.HW, buf + n * xs, g.C, g.H, g.W, g.ph, g.pw, g.KW)
-        dlf_dconv_ext_f(dout + n * g.F * g.OHW, buf + g.N * xs + n * es, g.F, g.OH, g.OW, Wp, Pr)
+        if cv:
+            dlf_dcv_dT_f(d, e, g.F, g.OHW, FP)
+        else:
+            dlf_dconv_ext_f(d, e, g.F, g.OH, g.OW, Wp, Pr)
     else:
         dlf_dconv_pad_d(x + n * g.C * g.HW, buf + n * xs, g.C, g.H, g.W, g.ph, g.pw, g.KW)
-        dlf_dconv_ext_d(dout + n * g.F * g.OHW, buf + g.N * xs + n * es, g.F, g.OH, g.OW, Wp, Pr)
+        if cv:
+            dlf_dcv_dT_d(d, e, g.F, g.OHW, FP)
+        else:
+            dlf_dconv_ext_d(d, e, g.F, g.OH, g.OW, Wp, Pr)
 
 
 cdef inline void _dw_item(floating* buf, floating* dW, const _Geo* g, Py_ssize_t xs,
-                          Py_ssize_t es, Py_ssize_t Wp, Py_ssize_t Pr, Py_ssize_t it,
-                          Py_ssize_t nfb) noexcept nogil:
-    cdef Py_ssize_t Hp = g.H + 2 * g.ph
-    if floating is float:
+                          Py_ssize_t es, Py_ssize_t Wp, Py_ssize_t Pr, Py_ssize_t FP,
+                          Py_ssize_t it, Py_ssize_t nfb, bint cv) noexcept nogil:
+    cdef Py_ssize_t Hp = g.H + 2 * g.ph, vl = 8 if floating is float else 4
+    cdef Py_ssize_t nt = ((g.K + DLF_CV_PB - 1) // DLF_CV_PB + DLF_CV_TC - 1) // DLF_CV_TC
+    if cv:                  # item: (block of channels, DLF_CV_TC tiles of taps)
+        if floating is float:
+            dlf_dcv_dw_f(buf, xs, buf + g.N * xs, es, FP, dW, g.N, g.F, g.K, g.KH, g.KW, g.OH,
+                         g.OW, Hp * Wp, Wp, (it // nt) * 2 * vl, (it % nt) * DLF_CV_TC)
+        else:
+            dlf_dcv_dw_d(buf, xs, buf + g.N * xs, es, FP, dW, g.N, g.F, g.K, g.KH, g.KW, g.OH,
+                         g.OW, Hp * Wp, Wp, (it // nt) * 2 * vl, (it % nt) * DLF_CV_TC)
+    elif floating is float:
         dlf_dconv_dw_f(buf, xs, buf + g.N * xs, es, dW, g.N, g.C, it % g.C, Hp * Wp, Wp, g.F,
                        (it // g.C) * DLF_DW_FB, g.KH, g.KW, Pr)
     else:

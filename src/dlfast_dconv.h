@@ -22,6 +22,7 @@
 #define DLFAST_DCONV_H
 #include <string.h>
 #include "dlfast_clones.h"
+#include "dlfast_cache.h"
 
 #define DLF_DC_FB 6
 
@@ -179,6 +180,142 @@ DLF_CLONES static void dlf_dconv_one_##SFX(const T* x, const T* wp, const T* b, 
 DLF_DCONV(f, float, 8)
 DLF_DCONV(d, double, 4)
 
+/* The same convolution with the vectors over output channels instead of positions, for maps
+   whose rows fill the position vectors badly (a 7x7 map: 64 extended positions computed for 49
+   kept). Register tile: 2 vectors of output channels (2*VL of them) x DLF_CV_PB kept positions.
+   The input channels run in chunks whose packed weights fit a quarter of the L1 data cache
+   (dlf_dcv_chunk); a tile's sums wait in `part` (OHW x 2VL) between chunks, so every output's
+   taps still run in the order c, kh, kw, one multiply-add after the other, as in
+   dlf_dconv_block: the same bits. W is packed as wq[ob][c][kh][kw][j] = W[ob*2VL + j, c, kh, kw]
+   (0 past F), or flipped and transposed for dx as above. */
+#define DLF_CV_PB 6
+
+/* Input channels per chunk: packed weights of `per` bytes each in a quarter of L1, at least 1 */
+static inline Py_ssize_t dlf_dcv_chunk(Py_ssize_t per) {
+    Py_ssize_t c = (Py_ssize_t)(dlf_cache_bytes(1, 32 * 1024) / 2) / (per > 0 ? per : 1);
+    return c < 1 ? 1 : c;
+}
+
+#define DLF_DCONV_CV(SFX, T, VL)                                                              \
+static void dlf_dcv_pack_##SFX(const T* W, T* wq, Py_ssize_t F, Py_ssize_t C, Py_ssize_t KH,  \
+                               Py_ssize_t KW, int transposed) {                               \
+    Py_ssize_t O = transposed ? C : F, I = transposed ? F : C;                                \
+    Py_ssize_t nb = (O + 2 * (VL) - 1) / (2 * (VL)), ob, i, kh, kw, j;                        \
+    for (ob = 0; ob < nb; ob++)                                                               \
+        for (i = 0; i < I; i++)                                                               \
+            for (kh = 0; kh < KH; kh++)                                                       \
+                for (kw = 0; kw < KW; kw++)                                                   \
+                    for (j = 0; j < 2 * (VL); j++) {                                          \
+                        Py_ssize_t o = ob * 2 * (VL) + j;                                     \
+                        *wq++ = o >= O ? (T)0 : transposed                                    \
+                            ? W[((i * C + o) * KH + (KH - 1 - kh)) * KW + (KW - 1 - kw)]      \
+                            : W[((o * C + i) * KH + kh) * KW + kw];                           \
+                    }                                                                         \
+}                                                                                             \
+                                                                                              \
+/* PN (<= DLF_CV_PB, a compile-time constant at every call) positions at xp + off[i] over the  \
+   input channels [0, C) of xp and the packed block wb: part[i][j] (2*VL per position) = the   \
+   sum of output j at position i, continued from part[i][j] unless `first` */                 \
+static inline __attribute__((always_inline)) void dlf_dcv_tile_##SFX(                         \
+        const int PN, const T* xp, const Py_ssize_t* off, const T* wb, T* part, int first,    \
+        Py_ssize_t C, Py_ssize_t HWp, Py_ssize_t Wp, Py_ssize_t KH, Py_ssize_t KW) {          \
+    dlf_dcv_##SFX a0[DLF_CV_PB], a1[DLF_CV_PB];                                               \
+    const T* xr[DLF_CV_PB];                                                                   \
+    const T* wk = wb;                                                                         \
+    Py_ssize_t c, kh, kw;                                                                     \
+    int i;                                                                                    \
+    for (i = 0; i < PN; i++) {                                                                \
+        a0[i] = first ? (dlf_dcv_##SFX){0} : *(const dlf_dcvu_##SFX*)(part + i * 2 * (VL));  \
+        a1[i] = first ? (dlf_dcv_##SFX){0}                                                    \
+                      : *(const dlf_dcvu_##SFX*)(part + i * 2 * (VL) + (VL));                 \
+        xr[i] = xp + off[i];                                                                  \
+    }                                                                                         \
+    for (c = 0; c < C; c++)                                                                   \
+        for (kh = 0; kh < KH; kh++) {                                                         \
+            Py_ssize_t o = c * HWp + kh * Wp;                                                 \
+            _Pragma("GCC unroll 4")                                                           \
+            for (kw = 0; kw < KW; kw++, wk += 2 * (VL)) {                                     \
+                dlf_dcv_##SFX w0 = *(const dlf_dcvu_##SFX*)wk;                                \
+                dlf_dcv_##SFX w1 = *(const dlf_dcvu_##SFX*)(wk + (VL));                       \
+                for (i = 0; i < PN; i++) {     /* xr[i][o + kw]: broadcast */                \
+                    T xv = xr[i][o + kw];                                                     \
+                    a0[i] += w0 * xv;                                                         \
+                    a1[i] += w1 * xv;                                                         \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+    for (i = 0; i < PN; i++) {                                                                \
+        *(dlf_dcvu_##SFX*)(part + i * 2 * (VL)) = a0[i];                                      \
+        *(dlf_dcvu_##SFX*)(part + i * 2 * (VL) + (VL)) = a1[i];                               \
+    }                                                                                         \
+}                                                                                             \
+                                                                                              \
+static inline __attribute__((always_inline)) void dlf_dcv_tiles_##SFX(                        \
+        const T* xp, const T* wq, const T* b, T* out, T* part, Py_ssize_t C, Py_ssize_t HWp,  \
+        Py_ssize_t Wp, Py_ssize_t F, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH,             \
+        Py_ssize_t OW) {                                                                      \
+    Py_ssize_t ob, p0, c0, nc, f, p, OHW = OH * OW, off[DLF_CV_PB];                           \
+    Py_ssize_t cb = dlf_dcv_chunk(KH * KW * 2 * (VL) * (Py_ssize_t)sizeof(T));                \
+    cb = (C + (C + cb - 1) / cb - 1) / ((C + cb - 1) / cb);   /* chunks of equal size */      \
+    for (ob = 0; ob * 2 * (VL) < F; ob++) {                                                   \
+        Py_ssize_t f0 = ob * 2 * (VL), nf = F - f0 < 2 * (VL) ? F - f0 : 2 * (VL);           \
+        for (c0 = 0; c0 < C; c0 += cb) {                                                      \
+            const T* wb = wq + (ob * C + c0) * KH * KW * 2 * (VL);                            \
+            const T* xc = xp + c0 * HWp;                                                      \
+            Py_ssize_t r = 0, q = 0;        /* row and column of position p0 */               \
+            nc = C - c0 < cb ? C - c0 : cb;                                                   \
+            for (p0 = 0; p0 < OHW; p0 += DLF_CV_PB) {                                         \
+                int pn = OHW - p0 < DLF_CV_PB ? (int)(OHW - p0) : DLF_CV_PB, i;               \
+                T* pt = part + p0 * 2 * (VL);                                                 \
+                for (i = 0; i < pn; i++) {                                                    \
+                    off[i] = r * Wp + q;                                                      \
+                    if (++q == OW) { q = 0; r++; }                                            \
+                }                                                                             \
+                switch (pn) {                                                                 \
+                    case 1: dlf_dcv_tile_##SFX(1, xc, off, wb, pt, c0 == 0, nc, HWp, Wp, KH, KW); break; \
+                    case 2: dlf_dcv_tile_##SFX(2, xc, off, wb, pt, c0 == 0, nc, HWp, Wp, KH, KW); break; \
+                    case 3: dlf_dcv_tile_##SFX(3, xc, off, wb, pt, c0 == 0, nc, HWp, Wp, KH, KW); break; \
+                    case 4: dlf_dcv_tile_##SFX(4, xc, off, wb, pt, c0 == 0, nc, HWp, Wp, KH, KW); break; \
+                    case 5: dlf_dcv_tile_##SFX(5, xc, off, wb, pt, c0 == 0, nc, HWp, Wp, KH, KW); break; \
+                    default: dlf_dcv_tile_##SFX(DLF_CV_PB, xc, off, wb, pt, c0 == 0, nc, HWp, Wp, KH, KW); \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+        for (f = 0; f < nf; f++) {          /* part (OHW, 2VL) -> out (F, OHW) */            \
+            T* o = out + (f0 + f) * OHW;                                                      \
+            if (b)                                                                            \
+                for (p = 0; p < OHW; p++) o[p] = part[p * 2 * (VL) + f] + b[f0 + f];          \
+            else                                                                              \
+                for (p = 0; p < OHW; p++) o[p] = part[p * 2 * (VL) + f];                      \
+        }                                                                                     \
+    }                                                                                         \
+}                                                                                             \
+                                                                                              \
+/* T elements of dlf_dcv_one's scratch: the padded image (dlf_dconv_xp_size) and `part` */    \
+static inline Py_ssize_t dlf_dcv_scratch_##SFX(Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t Wp,    \
+                                               Py_ssize_t KW, Py_ssize_t OHW) {               \
+    return (dlf_dconv_xp_size_##SFX(C, Hp, Wp, KW) + 15) / 16 * 16 + OHW * 2 * (VL);         \
+}                                                                                             \
+                                                                                              \
+/* out (F, OH, OW) of one image x (C, H, W), stride 1, as dlf_dconv_one; t: scratch of         \
+   dlf_dcv_scratch elements; b (F,) or NULL */                                                \
+DLF_CLONES static void dlf_dcv_one_##SFX(const T* x, const T* wq, const T* b, T* out, T* t,   \
+                                         Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,            \
+                                         Py_ssize_t F, Py_ssize_t KH, Py_ssize_t KW,          \
+                                         Py_ssize_t ph, Py_ssize_t pw) {                      \
+    Py_ssize_t Hp = H + 2 * ph, Wp = dlf_dconv_stride(W, pw, KW), OH = Hp - KH + 1;           \
+    Py_ssize_t OW = W + 2 * pw - KW + 1;                                                      \
+    T* part = t + (dlf_dconv_xp_size_##SFX(C, Hp, Wp, KW) + 15) / 16 * 16;                    \
+    dlf_dconv_pad_##SFX(x, t, C, H, W, ph, pw, KW);                                           \
+    if (KW == 3)        /* the common 3x3: the tap loop unrolled */                           \
+        dlf_dcv_tiles_##SFX(t, wq, b, out, part, C, Hp * Wp, Wp, F, KH, 3, OH, OW);           \
+    else                                                                                      \
+        dlf_dcv_tiles_##SFX(t, wq, b, out, part, C, Hp * Wp, Wp, F, KH, KW, OH, OW);          \
+}
+
+DLF_DCONV_CV(f, float, 8)
+DLF_DCONV_CV(d, double, 4)
+
 /* dW of a stride-1 convolution, directly. Per image n: xp_n, the padded image (as above, at
    xp + n*xs), and e_n, dout_n on the extended grid with zero columns j >= OW, rows of Pr (P
    rounded up to the vector width, zero-filled) at e + n*es. One call: the channels
@@ -208,7 +345,6 @@ static inline __attribute__((always_inline)) void dlf_tile43_##SFX(             
 DLF_TILE43(f, float, 8)
 DLF_TILE43(d, double, 4)
 
-#include "dlfast_cache.h"
 /* Images per group of dlf_dconv_dw: as many as fit half the L1 data cache (32 KB if
    unknown) at `bytes` each (an input plane and the dout rows of one item), at least 1. It
    orders the loops only: every sum keeps its order (images, then positions). */
@@ -279,6 +415,106 @@ DLF_CLONES static void dlf_dconv_dw_##SFX(const T* xp, Py_ssize_t xs, const T* e
 
 DLF_DCONV_DW(f, float, 8)
 DLF_DCONV_DW(d, double, 4)
+
+/* dW with the vectors over output channels (for the maps where dlf_dconv_dw's extended rows
+   waste lanes), over the kept positions only. Per image n: xp_n as above (at xp + n*xs) and
+   dT_n = dout_n transposed, (OHW, FP) with FP = F rounded up to 2*VL, zeros past F (at
+   dT + n*ds; dlf_dcv_dT). One call: output channels [f0, f0 + 2VL) x the taps [t0, t0 + TN)
+   (TN <= DLF_CV_PB) of K = C*KH*KW, tap t = (c, kh, kw) at offset toff = c*HWp + kh*Wp + kw:
+       dW[f, t] = sum_n sum_{p < OHW} dT_n[p, f] xp_n[toff + (p / OW)*Wp + p % OW]
+   one multiply-add after the other (n, then p, in order): no result depends on the threads. */
+#define DLF_CV_TC 16       /* tiles of taps per dlf_dcv_dw item */
+#define DLF_DCV_DW(SFX, T, VL)                                                                \
+static void dlf_dcv_dT_##SFX(const T* d, T* dT, Py_ssize_t F, Py_ssize_t OHW, Py_ssize_t FP) {  \
+    Py_ssize_t f, p;                                                                          \
+    for (p = 0; p < OHW; p++) {                                                               \
+        for (f = 0; f < F; f++) dT[p * FP + f] = d[f * OHW + p];                              \
+        for (; f < FP; f++) dT[p * FP + f] = 0;                                               \
+    }                                                                                         \
+}                                                                                             \
+                                                                                              \
+static inline __attribute__((always_inline)) void dlf_dcv_dw_tile_##SFX(                      \
+        const int TN, const T* xp, Py_ssize_t xs, const T* dT, Py_ssize_t ds, Py_ssize_t FP,  \
+        const Py_ssize_t* toff, T* acc, int first, Py_ssize_t n0, Py_ssize_t n1,              \
+        Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Wp) {                                        \
+    dlf_dcv_##SFX a0[DLF_CV_PB], a1[DLF_CV_PB];                                               \
+    Py_ssize_t n, r, q;                                                                       \
+    int j;                                                                                    \
+    for (j = 0; j < TN; j++) {                                                                \
+        a0[j] = first ? (dlf_dcv_##SFX){0} : *(const dlf_dcvu_##SFX*)(acc + j * 2 * (VL));   \
+        a1[j] = first ? (dlf_dcv_##SFX){0}                                                    \
+                      : *(const dlf_dcvu_##SFX*)(acc + j * 2 * (VL) + (VL));                  \
+    }                                                                                         \
+    for (n = n0; n < n1; n++) {                                                               \
+        const T* d = dT + n * ds;                                                             \
+        for (r = 0; r < OH; r++) {                                                            \
+            const T* xr[DLF_CV_PB];                                                           \
+            for (j = 0; j < TN; j++) xr[j] = xp + n * xs + toff[j] + r * Wp;                  \
+            for (q = 0; q < OW; q++, d += FP) {                                               \
+                dlf_dcv_##SFX w0 = *(const dlf_dcvu_##SFX*)d;                                 \
+                dlf_dcv_##SFX w1 = *(const dlf_dcvu_##SFX*)(d + (VL));                        \
+                for (j = 0; j < TN; j++) {     /* xr[j][q]: broadcast */                     \
+                    T xv = xr[j][q];                                                          \
+                    a0[j] += w0 * xv;                                                         \
+                    a1[j] += w1 * xv;                                                         \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+    }                                                                                         \
+    for (j = 0; j < TN; j++) {                                                                \
+        *(dlf_dcvu_##SFX*)(acc + j * 2 * (VL)) = a0[j];                                       \
+        *(dlf_dcvu_##SFX*)(acc + j * 2 * (VL) + (VL)) = a1[j];                                \
+    }                                                                                         \
+}                                                                                             \
+                                                                                              \
+/* One work item: channels [f0, f0 + 2VL) x the tiles [tb, tb + DLF_CV_TC) of DLF_CV_PB taps;  \
+   the images in groups whose rows fit L1 (dlf_dw_group), each tile's sums waiting in acc      \
+   between groups (the order of every sum unchanged) */                                       \
+DLF_CLONES static void dlf_dcv_dw_##SFX(const T* xp, Py_ssize_t xs, const T* dT, Py_ssize_t ds, \
+                                        Py_ssize_t FP, T* dW, Py_ssize_t N, Py_ssize_t F,     \
+                                        Py_ssize_t K, Py_ssize_t KH, Py_ssize_t KW,           \
+                                        Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t HWp,         \
+                                        Py_ssize_t Wp, Py_ssize_t f0, Py_ssize_t tb) {        \
+    Py_ssize_t toff[DLF_CV_PB], nf = F - f0 < 2 * (VL) ? F - f0 : 2 * (VL), f, t, n0, n1;     \
+    Py_ssize_t nt = (K + DLF_CV_PB - 1) / DLF_CV_PB - tb, G;                                  \
+    T acc[DLF_CV_TC * DLF_CV_PB * 2 * (VL)];                                                  \
+    int j;                                                                                    \
+    if (nt > DLF_CV_TC) nt = DLF_CV_TC;                                                       \
+    /* per image: its dT rows and the input planes the taps reach */                          \
+    G = dlf_dw_group((OH * OW * 2 * (VL) + ((nt * DLF_CV_PB + KH * KW - 1) / (KH * KW) + 1) * HWp) \
+                     * (Py_ssize_t)sizeof(T));                                                \
+    dT += f0;                                                                                 \
+    for (n0 = 0; n0 < N; n0 += G) {                                                           \
+        n1 = n0 + G < N ? n0 + G : N;                                                         \
+        for (t = 0; t < nt; t++) {                                                            \
+            Py_ssize_t t0 = (tb + t) * DLF_CV_PB;                                             \
+            int tn = K - t0 < DLF_CV_PB ? (int)(K - t0) : DLF_CV_PB;                          \
+            T* a = acc + t * DLF_CV_PB * 2 * (VL);                                            \
+            for (j = 0; j < tn; j++) {                                                        \
+                Py_ssize_t u = t0 + j;                                                        \
+                toff[j] = u / (KH * KW) * HWp + u / KW % KH * Wp + u % KW;                    \
+            }                                                                                 \
+            switch (tn) {                                                                     \
+                case 1: dlf_dcv_dw_tile_##SFX(1, xp, xs, dT, ds, FP, toff, a, n0 == 0, n0, n1, OH, OW, Wp); break; \
+                case 2: dlf_dcv_dw_tile_##SFX(2, xp, xs, dT, ds, FP, toff, a, n0 == 0, n0, n1, OH, OW, Wp); break; \
+                case 3: dlf_dcv_dw_tile_##SFX(3, xp, xs, dT, ds, FP, toff, a, n0 == 0, n0, n1, OH, OW, Wp); break; \
+                case 4: dlf_dcv_dw_tile_##SFX(4, xp, xs, dT, ds, FP, toff, a, n0 == 0, n0, n1, OH, OW, Wp); break; \
+                case 5: dlf_dcv_dw_tile_##SFX(5, xp, xs, dT, ds, FP, toff, a, n0 == 0, n0, n1, OH, OW, Wp); break; \
+                default: dlf_dcv_dw_tile_##SFX(DLF_CV_PB, xp, xs, dT, ds, FP, toff, a, n0 == 0, n0, n1, OH, OW, Wp); \
+            }                                                                                 \
+        }                                                                                     \
+    }                                                                                         \
+    for (t = 0; t < nt; t++) {                                                                \
+        Py_ssize_t t0 = (tb + t) * DLF_CV_PB;                                                 \
+        int tn = K - t0 < DLF_CV_PB ? (int)(K - t0) : DLF_CV_PB;                              \
+        for (f = 0; f < nf; f++)                                                              \
+            for (j = 0; j < tn; j++)                                                          \
+                dW[(f0 + f) * K + t0 + j] = acc[(t * DLF_CV_PB + j) * 2 * (VL) + f];          \
+    }                                                                                         \
+}
+
+DLF_DCV_DW(f, float, 8)
+DLF_DCV_DW(d, double, 4)
 
 /* dW columns [t0, t1) of few taps (a first layer's K = C*KH*KW), from im2col: per image n,
        dW[f, t] += sum_p dout_n[f, p] col_n[t, p]      (p < L = OH*OW, contiguous in both)

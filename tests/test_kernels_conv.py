@@ -441,6 +441,59 @@ def test_conv_direct_matches_the_oracle(xs, ws, stride, pad, dtype, kind):
         check_close(a, r, bound, k)
 
 
+# The two families of direct kernels (vectors over positions, over output channels) on the
+# shapes where each one is chosen and on shapes that fill neither's tiles: 7x7 and 14x14 maps,
+# channel counts around the 2-vector blocks (16 floats, 8 doubles), the partial position tiles.
+CHANNEL_VECTORS = DIRECT + [
+    ((2, 32, 7, 7), (64, 32, 3, 3), 1, 1),        # DeepConvNet's 7x7 layers
+    ((3, 16, 14, 14), (32, 16, 3, 3), 1, 1),
+    ((2, 17, 5, 6), (33, 17, 3, 3), 1, 1),        # one channel past a block, both ways
+    ((2, 9, 3, 4), (15, 9, 3, 3), 1, 2),          # F below a block; dx's C = 9
+    ((2, 70, 2, 3), (16, 70, 1, 2), 1, (0, 1)),   # 70 input channels: chunks of them
+]
+
+
+@pytest.fixture(params=[1, 2], ids=["positions", "channels"])
+def direct_kernel(request):
+    """Every direct convolution on one family: vectors over positions (1) or output channels
+    (2); the choice by work restored afterwards."""
+    from dlfast._backends import _conv
+    prev = _conv._set_direct_kernel(request.param)
+    yield request.param
+    _conv._set_direct_kernel(prev)
+
+
+@pytest.mark.parametrize("xs,ws,stride,pad", CHANNEL_VECTORS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_direct_kernel_families(direct_kernel, xs, ws, stride, pad, dtype):
+    """Each family against the oracle (within the dot-product bound) with the same bits on 1 and
+    2 threads; out and dx also the same bits as the other family's (every output's taps run in
+    the same order)."""
+    from dlfast._backends import _conv
+    rng, x, W, b = conv_data(xs, ws, dtype, 11)
+    with dlfast.use_backend("numpy"):
+        out, _ = conv_fwd(x, W, b, stride, pad)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    x, dout = layout(x, "step"), layout(dout, "ro")
+    bounds = [fwd_bound(x, W, b, stride, pad)] + bwd_bounds(dout, x, W, stride, pad)
+    run = lambda: conv_fwd(x, W, b, stride, pad)[:1] + conv_bwd(dout, x, W, stride, pad)  # noqa
+    ref, one, two = on_all(run)
+    for r, a, c, (bound, k) in zip(ref, one, two, bounds):
+        assert same_bits(a, c), "1 and 2 threads differ"
+        check_close(a, r, bound, k)
+    _conv._set_direct_kernel(3 - direct_kernel)
+    with dlfast.use_backend("cython"):
+        other = run()
+    for a, c in zip(one[:2], other[:2]):
+        assert same_bits(a, c), "the two families' out or dx differ"
+
+
+def test_direct_kernel_setting_is_checked():
+    from dlfast._backends import _conv
+    with pytest.raises(ValueError, match="mode must be 0, 1 or 2"):
+        _conv._set_direct_kernel(3)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_conv_direct_non_finite_x(dtype):
     """A non-finite x on the direct path: out, dx, dW with the oracle's inf/NaN pattern (the

@@ -5,8 +5,9 @@ added, measured, removed), the compiled conv forward as im2col + GEMM vs that di
 figures that chose im2col + GEMM are in benchmarks/README.md).
 
 Shapes (NCHW, float32 by default): the book's SimpleConvNet conv (C=1, 28x28, 30 filters 5x5,
-stride 1, pad 0) and DeepConvNet's 3x3 pad-1 convs (1->16 and 16->16 on 28x28, 16->32 and 32->32
-on 14x14, 32->64 and 64->64 on 7x7), each at batch 1 and 100; 2x2 stride-2 max and average pooling
+stride 1, pad 0) and DeepConvNet's 3x3 convs (pad 1: 1->16 and 16->16 on 28x28, 16->32 on 14x14;
+pad 2: 32->32 on 14x14; pad 1: 32->64 and 64->64 on 8x8), then three layers that are not the book's
+(pad 1: 32->32 on 14x14, 32->64 and 64->64 on 7x7), each at batch 1 and 100; 2x2 stride-2 max and average pooling
 on SimpleConvNet's (30, 24, 24) and DeepConvNet's (16, 28, 28) maps. ``bwd`` = dx, dW and db.
 With PyTorch installed, the convolutions also run through ``torch.nn.functional.conv2d`` (forward,
 no autograd) and ``torch.ops.aten.convolution_backward`` (dx, dW, db: the kernel autograd calls)
@@ -46,9 +47,13 @@ CONVS = [  # name, (C, H, W), F, kernel, stride, pad
     ("deep 1->16 3x3 28", (1, 28, 28), 16, 3, 1, 1),
     ("deep 16->16 3x3 28", (16, 28, 28), 16, 3, 1, 1),
     ("deep 16->32 3x3 14", (16, 14, 14), 32, 3, 1, 1),
-    ("deep 32->32 3x3 14", (32, 14, 14), 32, 3, 1, 1),
-    ("deep 32->64 3x3 7", (32, 7, 7), 64, 3, 1, 1),
-    ("deep 64->64 3x3 7", (64, 7, 7), 64, 3, 1, 1),
+    ("deep 32->32 3x3 14 pad 2", (32, 14, 14), 32, 3, 1, 2),   # -> 16x16
+    ("deep 32->64 3x3 8", (32, 8, 8), 64, 3, 1, 1),
+    ("deep 64->64 3x3 8", (64, 8, 8), 64, 3, 1, 1),
+    # not the book's: its layers on 14x14 and 7x7 maps (pad 1)
+    ("other 32->32 3x3 14", (32, 14, 14), 32, 3, 1, 1),
+    ("other 32->64 3x3 7", (32, 7, 7), 64, 3, 1, 1),
+    ("other 64->64 3x3 7", (64, 7, 7), 64, 3, 1, 1),
 ]
 POOLS = [  # name, (C, H, W), kernel, stride
     ("simple pool 30x24x24 2x2", (30, 24, 24), 2, 2),

@@ -579,11 +579,14 @@ cdef inline void _col2im(const floating* col, floating* dx, const _Geo* g, Py_ss
 # one thread: 47-64 GFLOP/s against 35-44 (OpenBLAS packs the im2col matrix again, and uses each
 # element only F times); the first layers' forward (9-25 taps, C = 1): 1.17-1.26x the GEMM path.
 # dW likewise where the forward is direct and there are DIRECT_TAPS taps (else im2col into col,
-# then GEMMs, or dlf_dw_nt below 32 taps).
+# then GEMMs, or dlf_dw_nt below 32 taps). Each direct pass has two kernel families, vectors over
+# positions and vectors over output channels, chosen by _dcv_better / _dcv_dw_better from the
+# shape (never by timing): small maps (8x8, 7x7: 1.2x) and 14x14 with 32+ channels run on the
+# second.
 cdef enum:
     DIRECT_TAPS = 32
     DIRECT_FWD_TAPS = 9
-    DCV_TAIL = 16
+    DCV_TAIL = 24
 
 
 cdef inline bint _fwd_direct(const _Geo* g) noexcept nogil:

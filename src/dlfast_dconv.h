@@ -426,10 +426,18 @@ DLF_DCONV_DW(d, double, 4)
 #define DLF_CV_TC 16       /* tiles of taps per dlf_dcv_dw item */
 #define DLF_DCV_DW(SFX, T, VL)                                                                \
 static void dlf_dcv_dT_##SFX(const T* d, T* dT, Py_ssize_t F, Py_ssize_t OHW, Py_ssize_t FP) {  \
-    Py_ssize_t f, p;                                                                          \
-    for (p = 0; p < OHW; p++) {                                                               \
-        for (f = 0; f < F; f++) dT[p * FP + f] = d[f * OHW + p];                              \
-        for (; f < FP; f++) dT[p * FP + f] = 0;                                               \
+    Py_ssize_t f, p0, i;                                                                      \
+    for (p0 = 0; p0 < OHW; p0 += 8) {       /* 8 rows of dT at a time: reads along d's rows */ \
+        Py_ssize_t pn = OHW - p0 < 8 ? OHW - p0 : 8;                                          \
+        T* o = dT + p0 * FP;                                                                  \
+        if (pn == 8)                                                                          \
+            for (f = 0; f < F; f++)                                                           \
+                for (i = 0; i < 8; i++) o[i * FP + f] = d[f * OHW + p0 + i];                  \
+        else                                                                                  \
+            for (f = 0; f < F; f++)                                                           \
+                for (i = 0; i < pn; i++) o[i * FP + f] = d[f * OHW + p0 + i];                 \
+        for (i = 0; i < pn; i++)                                                              \
+            for (f = F; f < FP; f++) o[i * FP + f] = 0;                                       \
     }                                                                                         \
 }                                                                                             \
                                                                                               \

@@ -483,7 +483,7 @@ DLF_CLONES static void dlf_dcv_dw_##SFX(const T* xp, Py_ssize_t xs, const T* dT,
                                         Py_ssize_t K, Py_ssize_t KH, Py_ssize_t KW,           \
                                         Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t HWp,         \
                                         Py_ssize_t Wp, Py_ssize_t f0, Py_ssize_t tb) {        \
-    Py_ssize_t toff[DLF_CV_PB], nf = F - f0 < 2 * (VL) ? F - f0 : 2 * (VL), f, t, n0, n1;     \
+    Py_ssize_t toffs[DLF_CV_TC * DLF_CV_PB], nf = F - f0 < 2 * (VL) ? F - f0 : 2 * (VL), f, t, n0, n1; \
     Py_ssize_t nt = (K + DLF_CV_PB - 1) / DLF_CV_PB - tb, G;                                  \
     T acc[DLF_CV_TC * DLF_CV_PB * 2 * (VL)];                                                  \
     int j;                                                                                    \
@@ -492,16 +492,17 @@ DLF_CLONES static void dlf_dcv_dw_##SFX(const T* xp, Py_ssize_t xs, const T* dT,
     G = dlf_dw_group((OH * OW * 2 * (VL) + ((nt * DLF_CV_PB + KH * KW - 1) / (KH * KW) + 1) * HWp) \
                      * (Py_ssize_t)sizeof(T));                                                \
     dT += f0;                                                                                 \
+    for (t = 0; t < nt * DLF_CV_PB && tb * DLF_CV_PB + t < K; t++) {                          \
+        Py_ssize_t u = tb * DLF_CV_PB + t;                                                    \
+        toffs[t] = u / (KH * KW) * HWp + u / KW % KH * Wp + u % KW;                           \
+    }                                                                                         \
     for (n0 = 0; n0 < N; n0 += G) {                                                           \
         n1 = n0 + G < N ? n0 + G : N;                                                         \
         for (t = 0; t < nt; t++) {                                                            \
             Py_ssize_t t0 = (tb + t) * DLF_CV_PB;                                             \
             int tn = K - t0 < DLF_CV_PB ? (int)(K - t0) : DLF_CV_PB;                          \
             T* a = acc + t * DLF_CV_PB * 2 * (VL);                                            \
-            for (j = 0; j < tn; j++) {                                                        \
-                Py_ssize_t u = t0 + j;                                                        \
-                toff[j] = u / (KH * KW) * HWp + u / KW % KH * Wp + u % KW;                    \
-            }                                                                                 \
+            const Py_ssize_t* toff = toffs + t * DLF_CV_PB;                                   \
             switch (tn) {                                                                     \
                 case 1: dlf_dcv_dw_tile_##SFX(1, xp, xs, dT, ds, FP, toff, a, n0 == 0, n0, n1, OH, OW, Wp); break; \
                 case 2: dlf_dcv_dw_tile_##SFX(2, xp, xs, dT, ds, FP, toff, a, n0 == 0, n0, n1, OH, OW, Wp); break; \

@@ -26,6 +26,8 @@ import os
 cdef enum:
     ROWBLOCK = 64      # rows per block of the db reduction (fixed: thread-count independent)
     GEMMBLOCK = 16     # least output rows per BLAS call
+    COLSPLIT = 64      # below this many rows per block, a GEMM is cut by columns instead
+    PANEL = 16         # column blocks are multiples of this (the own kernel's panel width)
 
 # Determinism: every GEMM of m output rows is cut into blocks of gemm_rows(m) rows, each one
 # single-threaded BLAS call (dlfast pins the GEMM BLAS, see _set_gemm_blas, to one thread),
@@ -38,6 +40,10 @@ cdef enum:
 # so each core packs the shared operand once (blocks of 64 rows repacked it m/64 times: +20% at
 # 1024x784x100) and the cores get near-equal shares (100 rows on 2: 52 + 48, where rounding to 16
 # with 64 at least gave 64 + 36); the blocks, hence the bits, are the same for 1 and N threads.
+# A forward or dx GEMM whose row blocks would have fewer than COLSPLIT rows (a small batch) is
+# cut into P column blocks instead, when n's 16-column panels split into P equal shares: each block
+# then packs 1/P of W once, where row blocks of a batch of 32 each packed all of W (1024x1024: 15%
+# of the product).
 cdef Py_ssize_t _GEMM_PARTS = 1
 if DLFAST_HAVE_OPENMP:
     _GEMM_PARTS = max(1, min(256, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -239,6 +245,17 @@ cdef inline Py_ssize_t _gemm_rows_of(Py_ssize_t m, Py_ssize_t parts) noexcept no
 cdef inline Py_ssize_t _gemm_rows(Py_ssize_t m) noexcept nogil:
     return _gemm_rows_of(m, _GEMM_PARTS)
 
+
+cdef inline Py_ssize_t _gemm_cols_of(Py_ssize_t m, Py_ssize_t n, Py_ssize_t parts) noexcept nogil:
+    """Columns per block when a GEMM of m rows and n columns is cut by columns (0: by rows):
+    its row blocks would be several, of fewer than COLSPLIT rows, and n's panels of PANEL
+    columns split into `parts` equal shares (else one core would get a panel more: 4 + 3 of 100
+    columns does 57% of the work where rows split 52% / 48%)."""
+    cdef Py_ssize_t r = _gemm_rows_of(m, parts), panels = (n + PANEL - 1) // PANEL
+    if r >= m or r >= COLSPLIT or parts < 2 or panels < parts or panels % parts:
+        return 0
+    return panels // parts * PANEL
+
 cdef Py_ssize_t _INT_MAX = 2147483647
 
 
@@ -306,29 +323,38 @@ cdef inline int _gemm_threads(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept
 # starts a team of one (about 1 us per region, the cost of a whole small-batch GEMV).
 cdef void _fwd(const floating* x, const floating* W, const floating* bp, floating* out, int n,
                int i, int o, int code, floating a) noexcept nogil:
-    cdef Py_ssize_t rows = _gemm_rows(n), nblk = (n + rows - 1) // rows, blk
+    cdef Py_ssize_t rows = _gemm_rows(n), cols = _gemm_cols_of(n, o, _GEMM_PARTS), nblk, blk
     cdef int nt = _gemm_threads(n, o, max(i, 1))
     if n == 0 or o == 0:
         return
+    nblk = (o + cols - 1) // cols if cols else (n + rows - 1) // rows
     _pin_blas()
     if nt == 1:
         for blk in range(nblk):
-            _fwd_block(x, W, bp, out, n, i, o, code, a, blk * rows, rows)
+            _fwd_block(x, W, bp, out, n, i, o, code, a, blk, rows, cols)
     else:
         for blk in prange(nblk, num_threads=nt, schedule="static"):
-            _fwd_block(x, W, bp, out, n, i, o, code, a, blk * rows, rows)
+            _fwd_block(x, W, bp, out, n, i, o, code, a, blk, rows, cols)
 
 
 cdef inline void _fwd_block(const floating* x, const floating* W, const floating* bp,
                             floating* out, int n, int i, int o, int code, floating a,
-                            Py_ssize_t r0, Py_ssize_t rows) noexcept nogil:
-    """Rows [r0, r0 + rows) of out = act(x @ W + b)."""
-    cdef Py_ssize_t r, r1 = min(r0 + rows, n)
-    _gemm(c'N', c'N', <int>(r1 - r0), o, i, x + r0 * i if i else NULL, max(i, 1),
-          W if i else NULL, o, out + r0 * o, o)
+                            Py_ssize_t blk, Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
+    """Block blk of out = act(x @ W + b): rows [blk*rows, +rows), or with cols > 0 columns
+    [blk*cols, +cols)."""
+    cdef Py_ssize_t r, r0 = 0, r1 = n, c0 = 0, c1 = o
+    if cols:
+        c0 = blk * cols
+        c1 = min(c0 + cols, o)
+    else:
+        r0 = blk * rows
+        r1 = min(r0 + rows, n)
+    _gemm(c'N', c'N', <int>(r1 - r0), <int>(c1 - c0), i, x + r0 * i if i else NULL, max(i, 1),
+          W + c0 if i else NULL, o, out + r0 * o + c0, o)
     if bp != NULL or code != ACT_IDENTITY:
         for r in range(r0, r1):
-            act_row(out + r * o, out + r * o, bp, o, code, a)
+            act_row(out + r * o + c0, out + r * o + c0, bp + c0 if bp != NULL else NULL,
+                    c1 - c0, code, a)
 
 
 cdef int _mat(object a, Py_buffer* v, int dt, str name, Py_ssize_t rows, Py_ssize_t cols,
@@ -388,7 +414,7 @@ cdef void _bwd(const floating* dout, const floating* x, const floating* W, const
                int o, int code, floating a) noexcept nogil:
     """part: nblk * o doubles when db != NULL (the db partial sums of the row blocks)."""
     cdef Py_ssize_t nblk = (n + ROWBLOCK - 1) // ROWBLOCK, blk, c, rows, xrows
-    cdef Py_ssize_t nbw, nbx, pw, phase, lo, hi
+    cdef Py_ssize_t nbw, nbx, pw, phase, lo, hi, xcols
     cdef bint shared
     cdef int nt = _threads(<Py_ssize_t>n * o)
     cdef double s
@@ -427,8 +453,14 @@ cdef void _bwd(const floating* dout, const floating* x, const floating* W, const
     pw = _GEMM_PARTS // 2 if shared else _GEMM_PARTS
     rows = _gemm_rows_of(i, pw)
     xrows = _gemm_rows_of(n, pw)
+    xcols = _gemm_cols_of(n, i, pw)
     nbw = (i + rows - 1) // rows if dW != NULL else 0
-    nbx = (n + xrows - 1) // xrows if dx != NULL else 0
+    if dx == NULL:
+        nbx = 0
+    elif xcols:
+        nbx = (i + xcols - 1) // xcols
+    else:
+        nbx = (n + xrows - 1) // xrows
     nt = _gemm_threads(n, i, o * (2 if shared else 1))
     # blocks 0..nbw-1 are dW's, nbw..nbw+nbx-1 dx's: one region over both (shared), else two
     for phase in range(1 if shared else 2):
@@ -436,10 +468,10 @@ cdef void _bwd(const floating* dout, const floating* x, const floating* W, const
         hi = nbw if not shared and phase == 0 else nbw + nbx
         if nt == 1:
             for blk in range(lo, hi):
-                _bwd_gemm(x, W, g, dx, dW, n, i, o, blk, nbw, rows, xrows)
+                _bwd_gemm(x, W, g, dx, dW, n, i, o, blk, nbw, rows, xrows, xcols)
         else:
             for blk in prange(lo, hi, num_threads=nt, schedule="static"):
-                _bwd_gemm(x, W, g, dx, dW, n, i, o, blk, nbw, rows, xrows)
+                _bwd_gemm(x, W, g, dx, dW, n, i, o, blk, nbw, rows, xrows, xcols)
 
 
 cdef inline void _bwd_rows(const floating* dout, const floating* out, floating* dz,
@@ -462,13 +494,19 @@ cdef inline void _bwd_rows(const floating* dout, const floating* out, floating* 
 
 cdef inline void _bwd_gemm(const floating* x, const floating* W, const floating* g,
                            floating* dx, floating* dW, int n, int i, int o, Py_ssize_t blk,
-                           Py_ssize_t nbw, Py_ssize_t rows, Py_ssize_t xrows) noexcept nogil:
-    """Block blk: blk < nbw, rows of dW = x.T @ g; else rows of dx = g @ W.T."""
+                           Py_ssize_t nbw, Py_ssize_t rows, Py_ssize_t xrows,
+                           Py_ssize_t xcols) noexcept nogil:
+    """Block blk: blk < nbw, rows of dW = x.T @ g; else rows of dx = g @ W.T, or its columns
+    [c0, c0 + xcols) = g @ W[c0:c0 + xcols].T when xcols > 0."""
     cdef Py_ssize_t r0, r1
     if blk < nbw:
         r0 = blk * rows
         r1 = min(r0 + rows, i)
         _gemm(c'T', c'N', <int>(r1 - r0), o, n, x + r0, i, g, o, dW + r0 * o, o)
+    elif xcols:
+        r0 = (blk - nbw) * xcols
+        r1 = min(r0 + xcols, i)
+        _gemm(c'N', c'T', n, <int>(r1 - r0), o, g, o, W + r0 * o, o, dx + r0, i)
     else:
         r0 = (blk - nbw) * xrows
         r1 = min(r0 + xrows, n)

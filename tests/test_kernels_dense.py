@@ -244,23 +244,26 @@ def test_dense_bad_input_names_argument():
             K.dense_forward(x, W, None, np.empty((2, 4), np.float32), "swish")
 
 
-@pytest.mark.parametrize("n", [100, 1000, 1037])
+@pytest.mark.parametrize("n,o", [(32, 130), (32, 128), (50, 128), (100, 130), (1000, 130),
+                                 (1037, 130)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_gemm_row_blocks_thread_independent(n, dtype):
+def test_gemm_row_blocks_thread_independent(n, o, dtype):
     """Shapes big enough that 2 threads really share the GEMM row blocks (several blocks of
-    max(16, roundup4(ceil(n / P))) rows; at n=100 the backward's dW and dx, inner sizes 100 and
-    130, share one region, cut for P // 2 cores each): forward and backward equal NumPy and are
-    bit-identical with 1 and 2 threads."""
+    max(16, roundup4(ceil(n / P))) rows; at n=50 and 100 the backward's dW and dx, inner sizes n
+    and o, share one region, cut for P // 2 cores each) or, below 64 rows per block, column
+    blocks where the 16-column panels split evenly (n=32, o=130: dx's 320 columns, the forward's
+    9 panels by rows; n=32 and 50, o=128: the forward's): forward and backward equal NumPy and
+    are bit-identical with 1 and 2 threads."""
     from dlfast._backends import _dense
     assert _dense.gemm_parts() >= 1
-    _, x, W, b = dense_data(n, 300, 130, dtype, 5)
-    dout = np.random.default_rng(6).standard_normal((n, 130)).astype(dtype)
+    _, x, W, b = dense_data(n, 320, o, dtype, 5)
+    dout = np.random.default_rng(6).standard_normal((n, o)).astype(dtype)
     out = _dense_out(x, W, b, "relu", 0.0)
 
     def fn():
-        y = np.full((n, 130), np.nan, dtype)
+        y = np.full((n, o), np.nan, dtype)
         K.dense_forward(x, W, b, y, "relu", 0.0)
-        dx, dW, db = (np.full(s, np.nan, dtype) for s in (x.shape, W.shape, (130,)))
+        dx, dW, db = (np.full(s, np.nan, dtype) for s in (x.shape, W.shape, (o,)))
         dz = np.empty_like(dout)
         K.dense_backward(dout, x, W, out, dz, dx, dW, db, "relu", 0.0)
         return [y, dx, dW, db]

@@ -495,9 +495,10 @@ def test_direct_kernel_setting_is_checked():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_conv_direct_non_finite_x(dtype):
-    """A non-finite x on the direct path: out, dx, dW with the oracle's inf/NaN pattern (the
-    direct dW sees 0 * inf on its extended grid and hands over to the GEMM)."""
+def test_conv_direct_non_finite_x(direct_kernel, dtype):
+    """A non-finite x on the direct path, on both kernel families: out, dx, dW with the oracle's
+    inf/NaN pattern (the position family's dW sees 0 * inf on its extended grid and hands over to
+    the GEMM)."""
     rng, x, W, b = conv_data((2, 6, 6, 7), (7, 6, 3, 3), dtype, 9)
     x[0, 1, 2, 3], x[1, 3, 0, 6] = np.inf, np.nan
     dout = rng.standard_normal(K.conv2d_output_shape(x.shape, W.shape, 1, 1)).astype(dtype)

@@ -40,8 +40,9 @@ cdef enum:
 # so each core packs the shared operand once (blocks of 64 rows repacked it m/64 times: +20% at
 # 1024x784x100) and the cores get near-equal shares (100 rows on 2: 52 + 48, where rounding to 16
 # with 64 at least gave 64 + 36); the blocks, hence the bits, are the same for 1 and N threads.
-# A forward or dx GEMM whose row blocks would have fewer than COLSPLIT rows (a small batch) is
-# cut into P column blocks instead, when n's 16-column panels split into P equal shares: each block
+# A forward or dx GEMM whose row blocks would have fewer than COLSPLIT rows (a small batch), with
+# fewer rows than columns, is cut into P column blocks instead, when n's 16-column panels split
+# into P equal shares: each block
 # then packs 1/P of W once, where row blocks of a batch of 32 each packed all of W (1024x1024: 15%
 # of the product).
 cdef Py_ssize_t _GEMM_PARTS = 1
@@ -248,11 +249,12 @@ cdef inline Py_ssize_t _gemm_rows(Py_ssize_t m) noexcept nogil:
 
 cdef inline Py_ssize_t _gemm_cols_of(Py_ssize_t m, Py_ssize_t n, Py_ssize_t parts) noexcept nogil:
     """Columns per block when a GEMM of m rows and n columns is cut by columns (0: by rows):
-    its row blocks would be several, of fewer than COLSPLIT rows, and n's panels of PANEL
-    columns split into `parts` equal shares (else one core would get a panel more: 4 + 3 of 100
-    columns does 57% of the work where rows split 52% / 48%)."""
+    its row blocks would be several, of fewer than COLSPLIT rows; m < n (each column block packs
+    the left operand, m x k, where each row block packs the right one, k x n); and n's panels of
+    PANEL columns split into `parts` equal shares (else one core would get a panel more: 4 + 3
+    of 100 columns does 57% of the work where rows split 52% / 48%)."""
     cdef Py_ssize_t r = _gemm_rows_of(m, parts), panels = (n + PANEL - 1) // PANEL
-    if r >= m or r >= COLSPLIT or parts < 2 or panels < parts or panels % parts:
+    if r >= m or r >= COLSPLIT or m >= n or parts < 2 or panels < parts or panels % parts:
         return 0
     return panels // parts * PANEL
 

@@ -183,14 +183,14 @@ DLF_DCONV(d, double, 4)
 /* The same convolution with the vectors over output channels instead of positions, for maps
    whose rows fill the position vectors badly (a 7x7 map: 64 extended positions computed for 49
    kept). Register tile: 2 vectors of output channels (2*VL of them) x DLF_CV_PB kept positions.
-   The input channels run in chunks whose packed weights fit a quarter of the L1 data cache
+   The input channels run in chunks whose packed weights fit half of the L1 data cache
    (dlf_dcv_chunk); a tile's sums wait in `part` (OHW x 2VL) between chunks, so every output's
    taps still run in the order c, kh, kw, one multiply-add after the other, as in
    dlf_dconv_block: the same bits. W is packed as wq[ob][c][kh][kw][j] = W[ob*2VL + j, c, kh, kw]
    (0 past F), or flipped and transposed for dx as above. */
 #define DLF_CV_PB 6
 
-/* Input channels per chunk: packed weights of `per` bytes each in a quarter of L1, at least 1 */
+/* Input channels per chunk: packed weights of `per` bytes each in half of L1, at least 1 */
 static inline Py_ssize_t dlf_dcv_chunk(Py_ssize_t per) {
     Py_ssize_t c = (Py_ssize_t)(dlf_cache_bytes(1, 32 * 1024) / 2) / (per > 0 ? per : 1);
     return c < 1 ? 1 : c;

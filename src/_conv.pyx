@@ -320,9 +320,9 @@ cdef extern from "dlfast_dconv.h" nogil:
     Py_ssize_t dlf_dconv_rows_f(Py_ssize_t) noexcept
     Py_ssize_t dlf_dconv_rows_d(Py_ssize_t) noexcept
     void dlf_dconv_pack_f(const float*, float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                          int) noexcept
+                          int, Py_ssize_t) noexcept
     void dlf_dconv_pack_d(const double*, double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                          Py_ssize_t, int) noexcept
+                          Py_ssize_t, int, Py_ssize_t) noexcept
     enum: DLF_DW_FB
     void dlf_dconv_pad_f(const float*, float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                          Py_ssize_t, Py_ssize_t) noexcept
@@ -348,10 +348,6 @@ cdef extern from "dlfast_dconv.h" nogil:
     void dlf_dconv_one_d(const double*, const double*, const double*, double*, double*,
                          double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                          Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
-    void dlf_dcv_pack_f(const float*, float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                        int) noexcept
-    void dlf_dcv_pack_d(const double*, double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                        int) noexcept
     Py_ssize_t dlf_dcv_scratch_f(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                  Py_ssize_t) noexcept
     Py_ssize_t dlf_dcv_scratch_d(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
@@ -684,15 +680,10 @@ cdef int _dconv(const floating* src, const floating* Wt, const floating* b, floa
     buf = <floating*>malloc((ws + nt * per) * sizeof(floating))
     if buf == NULL:
         return -1
-    if cv:
-        if floating is float:
-            dlf_dcv_pack_f(Wt, buf, g.F, g.C, g.KH, g.KW, dx)
-        else:
-            dlf_dcv_pack_d(Wt, buf, g.F, g.C, g.KH, g.KW, dx)
-    elif floating is float:
-        dlf_dconv_pack_f(Wt, buf, g.F, g.C, g.KH, g.KW, dx)
+    if floating is float:                       # output channels in blocks of the tile
+        dlf_dconv_pack_f(Wt, buf, g.F, g.C, g.KH, g.KW, dx, 2 * vl if cv else DLF_DC_FB)
     else:
-        dlf_dconv_pack_d(Wt, buf, g.F, g.C, g.KH, g.KW, dx)
+        dlf_dconv_pack_d(Wt, buf, g.F, g.C, g.KH, g.KW, dx, 2 * vl if cv else DLF_DC_FB)
     if nt == 1:
         for n in range(g.N):
             _dconv_image(src, buf, b, dst, buf + ws, xps, ci, H, W, co, ph, pw, g.KH, g.KW, n,

@@ -12,9 +12,10 @@
    order c, kh, kw for every output (fixed: results do not depend on the thread count, which only
    assigns whole images to threads).
 
-   W is packed first (dlf_dconv_pack*): wp[fb][c][kh][kw][j] = W[fb*FB + j, c, kh, kw] (0 past F),
-   or, for dx (the transposed convolution), from W (F, C, KH, KW) with the roles of F and C swapped
-   and the kernel flipped: wp'[cb][f][kh][kw][j] = W[f, cb*FB + j, KH-1-kh, KW-1-kw].
+   W is packed first (dlf_dconv_pack*, blocks of FB = DLF_DC_FB): wp[fb][c][kh][kw][j] =
+   W[fb*FB + j, c, kh, kw] (0 past F), or, for dx (the transposed convolution), from W
+   (F, C, KH, KW) with the roles of F and C swapped and the kernel flipped:
+   wp'[cb][f][kh][kw][j] = W[f, cb*FB + j, KH-1-kh, KW-1-kw].
 
    Multiply-adds may be fused (FMA) in the clones that have it: bits can differ between CPUs,
    never between runs or thread counts on one CPU. */
@@ -25,6 +26,19 @@
 #include "dlfast_cache.h"
 
 #define DLF_DC_FB 6
+
+/* CALL(k, ...) with k = n as a compile-time constant, for n = 1..5, else k = MAX (a tile of MAX
+   = 6 rows): each tile size gets its own unrolled loops. */
+#define DLF_BY_COUNT6(n, MAX, CALL, ...) do {                                                 \
+    switch (n) {                                                                              \
+        case 1: CALL(1, __VA_ARGS__); break;                                                  \
+        case 2: CALL(2, __VA_ARGS__); break;                                                  \
+        case 3: CALL(3, __VA_ARGS__); break;                                                  \
+        case 4: CALL(4, __VA_ARGS__); break;                                                  \
+        case 5: CALL(5, __VA_ARGS__); break;                                                  \
+        default: CALL(MAX, __VA_ARGS__);                                                      \
+    }                                                                                         \
+} while (0)
 
 /* Row stride of a padded image: W + pw when pw <= KW - 1 (then OW = W + 2pw - KW + 1 <= W + pw,
    and the taps past a row's end read the next row's left padding: zeros), else W + 2pw. */
@@ -52,16 +66,18 @@ static inline Py_ssize_t dlf_dconv_rows_##SFX(Py_ssize_t P) {                   
     return (P + (VL) - 1) / (VL) * (VL);                                                      \
 }                                                                                             \
                                                                                               \
+/* wp[ob][i][kh][kw][j], j < B: W[ob*B + j, i, kh, kw] (0 past F); transposed (dx): F and C   \
+   swapped and the kernel flipped. B = DLF_DC_FB for dlf_dconv_one, 2*VL for dlf_dcv_one. */  \
 static void dlf_dconv_pack_##SFX(const T* W, T* wp, Py_ssize_t F, Py_ssize_t C, Py_ssize_t KH, \
-                                 Py_ssize_t KW, int transposed) {                             \
-    Py_ssize_t O = transposed ? C : F, I = transposed ? F : C, nb = (O + DLF_DC_FB - 1) / DLF_DC_FB; \
+                                 Py_ssize_t KW, int transposed, Py_ssize_t B) {               \
+    Py_ssize_t O = transposed ? C : F, I = transposed ? F : C, nb = (O + B - 1) / B;          \
     Py_ssize_t ob, i, kh, kw, j;                                                              \
     for (ob = 0; ob < nb; ob++)                                                               \
         for (i = 0; i < I; i++)                                                               \
             for (kh = 0; kh < KH; kh++)                                                       \
                 for (kw = 0; kw < KW; kw++)                                                   \
-                    for (j = 0; j < DLF_DC_FB; j++) {                                         \
-                        Py_ssize_t o = ob * DLF_DC_FB + j;                                    \
+                    for (j = 0; j < B; j++) {                                                 \
+                        Py_ssize_t o = ob * B + j;                                            \
                         *wp++ = o >= O ? (T)0 : transposed                                    \
                             ? W[((i * C + o) * KH + (KH - 1 - kh)) * KW + (KW - 1 - kw)]      \
                             : W[((o * C + i) * KH + kh) * KW + kw];                           \
@@ -115,14 +131,8 @@ static inline __attribute__((always_inline)) void dlf_dconv_tiles_##SFX(        
     for (fb = 0; fb * DLF_DC_FB < F; fb++) {                                                  \
         const T* wb = wp + fb * C * KH * KW * DLF_DC_FB;                                      \
         f0 = fb * DLF_DC_FB;                                                                  \
-        switch (F - f0 < DLF_DC_FB ? (int)(F - f0) : DLF_DC_FB) {                             \
-            case 1: dlf_dconv_block_##SFX(1, xp, wb, e, C, HWp, Wp, KH, KW, P, f0); break;    \
-            case 2: dlf_dconv_block_##SFX(2, xp, wb, e, C, HWp, Wp, KH, KW, P, f0); break;    \
-            case 3: dlf_dconv_block_##SFX(3, xp, wb, e, C, HWp, Wp, KH, KW, P, f0); break;    \
-            case 4: dlf_dconv_block_##SFX(4, xp, wb, e, C, HWp, Wp, KH, KW, P, f0); break;    \
-            case 5: dlf_dconv_block_##SFX(5, xp, wb, e, C, HWp, Wp, KH, KW, P, f0); break;    \
-            default: dlf_dconv_block_##SFX(DLF_DC_FB, xp, wb, e, C, HWp, Wp, KH, KW, P, f0);  \
-        }                                                                                     \
+        DLF_BY_COUNT6(F - f0 < DLF_DC_FB ? (int)(F - f0) : DLF_DC_FB, DLF_DC_FB,                \
+                      dlf_dconv_block_##SFX, xp, wb, e, C, HWp, Wp, KH, KW, P, f0);           \
     }                                                                                         \
 }                                                                                             \
                                                                                               \
@@ -186,9 +196,10 @@ DLF_DCONV(d, double, 4)
    The input channels run in chunks whose packed weights fit half of the L1 data cache
    (dlf_dcv_chunk); a tile's sums wait in `part` (OHW x 2VL) between chunks, so every output's
    taps still run in the order c, kh, kw, one multiply-add after the other, as in
-   dlf_dconv_block: the same bits. W is packed as wq[ob][c][kh][kw][j] = W[ob*2VL + j, c, kh, kw]
-   (0 past F), or flipped and transposed for dx as above. */
+   dlf_dconv_block: the same bits. W is packed by dlf_dconv_pack in blocks of 2*VL:
+   wq[ob][c][kh][kw][j] = W[ob*2VL + j, c, kh, kw] (0 past F), or flipped and transposed for dx. */
 #define DLF_CV_PB 6
+_Static_assert(DLF_DC_FB == 6 && DLF_CV_PB == 6, "DLF_BY_COUNT6 covers tiles of 1 to 6");
 
 /* Input channels per chunk: packed weights of `per` bytes each in half of L1, at least 1 */
 static inline Py_ssize_t dlf_dcv_chunk(Py_ssize_t per) {
@@ -197,22 +208,6 @@ static inline Py_ssize_t dlf_dcv_chunk(Py_ssize_t per) {
 }
 
 #define DLF_DCONV_CV(SFX, T, VL)                                                              \
-static void dlf_dcv_pack_##SFX(const T* W, T* wq, Py_ssize_t F, Py_ssize_t C, Py_ssize_t KH,  \
-                               Py_ssize_t KW, int transposed) {                               \
-    Py_ssize_t O = transposed ? C : F, I = transposed ? F : C;                                \
-    Py_ssize_t nb = (O + 2 * (VL) - 1) / (2 * (VL)), ob, i, kh, kw, j;                        \
-    for (ob = 0; ob < nb; ob++)                                                               \
-        for (i = 0; i < I; i++)                                                               \
-            for (kh = 0; kh < KH; kh++)                                                       \
-                for (kw = 0; kw < KW; kw++)                                                   \
-                    for (j = 0; j < 2 * (VL); j++) {                                          \
-                        Py_ssize_t o = ob * 2 * (VL) + j;                                     \
-                        *wq++ = o >= O ? (T)0 : transposed                                    \
-                            ? W[((i * C + o) * KH + (KH - 1 - kh)) * KW + (KW - 1 - kw)]      \
-                            : W[((o * C + i) * KH + kh) * KW + kw];                           \
-                    }                                                                         \
-}                                                                                             \
-                                                                                              \
 /* PN (<= DLF_CV_PB, a compile-time constant at every call) positions at xp + off[i] over the  \
    input channels [0, C) of xp and the packed block wb: part[i][j] (2*VL per position) = the   \
    sum of output j at position i, continued from part[i][j] unless `first` */                 \
@@ -271,14 +266,8 @@ static inline __attribute__((always_inline)) void dlf_dcv_tiles_##SFX(          
                     off[i] = r * Wp + q;                                                      \
                     if (++q == OW) { q = 0; r++; }                                            \
                 }                                                                             \
-                switch (pn) {                                                                 \
-                    case 1: dlf_dcv_tile_##SFX(1, xc, off, wb, pt, c0 == 0, nc, HWp, Wp, KH, KW); break; \
-                    case 2: dlf_dcv_tile_##SFX(2, xc, off, wb, pt, c0 == 0, nc, HWp, Wp, KH, KW); break; \
-                    case 3: dlf_dcv_tile_##SFX(3, xc, off, wb, pt, c0 == 0, nc, HWp, Wp, KH, KW); break; \
-                    case 4: dlf_dcv_tile_##SFX(4, xc, off, wb, pt, c0 == 0, nc, HWp, Wp, KH, KW); break; \
-                    case 5: dlf_dcv_tile_##SFX(5, xc, off, wb, pt, c0 == 0, nc, HWp, Wp, KH, KW); break; \
-                    default: dlf_dcv_tile_##SFX(DLF_CV_PB, xc, off, wb, pt, c0 == 0, nc, HWp, Wp, KH, KW); \
-                }                                                                             \
+                DLF_BY_COUNT6(pn, DLF_CV_PB, dlf_dcv_tile_##SFX, xc, off, wb, pt, c0 == 0, nc, \
+                              HWp, Wp, KH, KW);                                               \
             }                                                                                 \
         }                                                                                     \
         for (f = 0; f < nf; f++) {          /* part (OHW, 2VL) -> out (F, OHW) */            \
@@ -503,14 +492,8 @@ DLF_CLONES static void dlf_dcv_dw_##SFX(const T* xp, Py_ssize_t xs, const T* dT,
             int tn = K - t0 < DLF_CV_PB ? (int)(K - t0) : DLF_CV_PB;                          \
             T* a = acc + t * DLF_CV_PB * 2 * (VL);                                            \
             const Py_ssize_t* toff = toffs + t * DLF_CV_PB;                                   \
-            switch (tn) {                                                                     \
-                case 1: dlf_dcv_dw_tile_##SFX(1, xp, xs, dT, ds, FP, toff, a, n0 == 0, n0, n1, OH, OW, Wp); break; \
-                case 2: dlf_dcv_dw_tile_##SFX(2, xp, xs, dT, ds, FP, toff, a, n0 == 0, n0, n1, OH, OW, Wp); break; \
-                case 3: dlf_dcv_dw_tile_##SFX(3, xp, xs, dT, ds, FP, toff, a, n0 == 0, n0, n1, OH, OW, Wp); break; \
-                case 4: dlf_dcv_dw_tile_##SFX(4, xp, xs, dT, ds, FP, toff, a, n0 == 0, n0, n1, OH, OW, Wp); break; \
-                case 5: dlf_dcv_dw_tile_##SFX(5, xp, xs, dT, ds, FP, toff, a, n0 == 0, n0, n1, OH, OW, Wp); break; \
-                default: dlf_dcv_dw_tile_##SFX(DLF_CV_PB, xp, xs, dT, ds, FP, toff, a, n0 == 0, n0, n1, OH, OW, Wp); \
-            }                                                                                 \
+            DLF_BY_COUNT6(tn, DLF_CV_PB, dlf_dcv_dw_tile_##SFX, xp, xs, dT, ds, FP, toff, a,   \
+                          n0 == 0, n0, n1, OH, OW, Wp);                                       \
         }                                                                                     \
     }                                                                                         \
     for (t = 0; t < nt; t++) {                                                                \

@@ -20,3 +20,13 @@ def max_threads():
 def threads_for(Py_ssize_t work):
     """How many threads a kernel would use for `work` elements under the current policy."""
     return _threads(work)
+
+
+cdef extern from "dlfast_cache.h" nogil:
+    long dlf_cache_bytes(int level, long fallback)
+
+
+def cache_bytes(int level):
+    """Bytes of this machine's level-1 data (1) or level-2 (2) cache as the kernels see it
+    (sysconf); 0 where the system does not say."""
+    return dlf_cache_bytes(level, 0)

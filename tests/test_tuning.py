@@ -26,11 +26,14 @@ BLAS = {"library": "scipy-openblas32 0.3.34 (dlfast's own)", "version": "0.3.34"
         "core": "Haswell"}
 # own kernel speed relative to the BLAS per class (t_blas / t_own): a near-tie, a win, a loss
 RATIO = {"small": 1.03, "skinny": 1.3, "large": 0.9}
+# one core's L2 of the fake machine: probe sizes 4096 .. 2^20 (w and g, 8 bytes an element)
+FAKE_L2 = 2 ** 23
+SIZES = T.probe_sizes(FAKE_L2)
 # 2 threads' speedup per probe size: wins from 32768 on, after a lone win at 8192
-SPEEDUP = dict(zip(T.PROBE_SIZES, (0.6, 1.3, 0.9, 1.25, 1.4, 1.5, 1.5, 1.6, 1.6)))
+SPEEDUP = dict(zip(SIZES, (0.6, 1.3, 0.9, 1.25, 1.4, 1.5, 1.5, 1.6, 1.6)))
 
 
-def fake_probe(own="avx512f", blas=BLAS, threads_why=None, calls=None):
+def fake_probe(own="avx512f", blas=BLAS, threads_why=None, calls=None, l2=FAKE_L2):
     """A probe with deterministic timers (appending each call to `calls`)."""
     calls = [] if calls is None else calls
     shape_class = {s: c for c, s in zip(T.CLASSES, T.SHAPES)}
@@ -43,7 +46,8 @@ def fake_probe(own="avx512f", blas=BLAS, threads_why=None, calls=None):
         calls.append("threads")
         return n_calls * size * 1e-9 / (SPEEDUP[size] if threads == 2 else 1.0)
 
-    return SimpleNamespace(own_isa=own, cpus=2, threads_why=threads_why, blas=dict(blas),
+    return SimpleNamespace(own_isa=own, cpus=2, l2_bytes=l2, threads_why=threads_why,
+                           blas=dict(blas),
                            time_gemm=time_gemm, time_threads=time_threads)
 
 
@@ -93,8 +97,36 @@ def test_decisions_from_measurements(tmp_path):
     ((0.5, 1.3, 0.9, 1.3, 1.19, 1.3, 1.3, 1.3, 1.3), 2 ** 17),
 ])
 def test_threshold_rule(speedups, expected):
-    meas = {"date": "2026-01-01", "speedup": {str(s): r for s, r in zip(T.PROBE_SIZES, speedups)}}
+    meas = {"date": "2026-01-01", "speedup": {str(s): r for s, r in zip(SIZES, speedups)}}
     assert T.min_work_decision(meas)[0] == expected
+
+
+def test_probe_sizes_stay_in_one_cores_l2():
+    assert SIZES == tuple(4096 << i for i in range(9))
+    assert T.probe_sizes(512 * 1024) == (4096, 8192, 16384, 32768, 65536)
+    assert T.probe_sizes(512 * 1024 + 8) == T.probe_sizes(1024 * 1024 - 8)[:5]
+    assert T.probe_sizes(0) == T.probe_sizes(64 * 1024) == (4096, 8192, 16384)   # at least 3
+
+
+def test_threshold_never_beyond_l2(tmp_path):
+    """A machine whose 2 threads never win twice gets the largest L2-resident size, not a
+    bandwidth-bound one; the L2 is part of the key, so another L2 is measured again."""
+    calls = []
+    t = T.decide(fake_probe(l2=128 * 1024, calls=calls), env_for(tmp_path))
+    assert calls.count("threads") == 2 * 3 * (T.THREAD_SAMPLES + 1)     # 4096 .. 16384
+    assert t.min_work == 16384 and t.key["l2"] == 128 * 1024           # 0.6x, 1.3x, 0.9x
+    assert "never" in t.min_work_why
+    t2 = T.decide(fake_probe(l2=256 * 1024), env_for(tmp_path))
+    assert t2.cache.startswith("measured now") and t2.min_work == 32768  # the last size, 1.25x
+    assert T.decide(fake_probe(l2=128 * 1024), env_for(tmp_path)).cache.startswith("read")
+
+
+@pytest.mark.parametrize("sizes", [(8192, 16384, 32768), (4096, 8192), (4096, 8192, 32768)])
+def test_stored_probe_sizes_must_double_from_4096(sizes):
+    meas = {"date": "2026-01-01", "speedup": {str(s): 1.5 for s in sizes}}
+    assert not T._valid("min_work", meas)
+    meas["speedup"] = {str(s): 1.5 for s in (4096, 8192, 16384)}
+    assert T._valid("min_work", meas)
 
 
 def test_nothing_measured_without_avx512_or_threads(tmp_path):
@@ -287,7 +319,7 @@ def test_calibration_with_the_own_kernel_forced_available(tmp_path):
         assert meas["shape"] == list(T.SHAPES[c])
         assert (t.sgemm_mask >> c & 1) == (meas["blas_s"] / meas["own_s"] >= T.GEMM_MARGIN)
     if probe.threads_why is None:
-        assert t.min_work in T.PROBE_SIZES
+        assert t.min_work in T.probe_sizes(probe.l2_bytes)
     # the GEMM it times is right either way
     from dlfast._backends import _dense
     rng = np.random.default_rng(1)

@@ -28,7 +28,9 @@ GEMM_SAMPLES = 7
 GEMM_WORK = 1 << 21                # multiply-adds per sample (small products repeat)
 
 DEFAULT_MIN_WORK = 32768
-PROBE_SIZES = tuple(4096 << i for i in range(9))              # 4096 .. 2^20
+PROBE_FIRST = 4096                 # the least probe size (one parallel work item of _optim)
+PROBE_BYTES = 8                    # bytes per probe element: w and g, float32
+L2_FALLBACK = 256 * 1024           # one core's L2 where the system does not say
 THREAD_MARGIN = 1.2
 THREAD_SAMPLES = 7
 THREAD_WORK = 1 << 20              # elements updated per sample
@@ -132,7 +134,7 @@ def machine_key(probe):
     model, flags = cpu_facts()
     from .. import __version__
     return {"cpu": model, "isa": flags, "own": probe.own_isa,
-            "cpus": probe.cpus, "dlfast": __version__, "blas": dict(probe.blas)}
+            "cpus": probe.cpus, "l2": probe.l2_bytes, "dlfast": __version__, "blas": dict(probe.blas)}
 
 
 def key_id(key):
@@ -161,12 +163,22 @@ def measure_sgemm(time_gemm):
     return {"date": _today(), "classes": out}
 
 
-def measure_threads(time_threads):
+def probe_sizes(l2_bytes):
+    """The threshold's probe sizes: 4096 * 2^i up to the largest whose w and g fit one core's L2
+    (`l2_bytes`; at least 4096, 8192, 16384). Beyond it 1 and 2 threads stream from L3 or memory,
+    and r(s) measures bandwidth, not the cost of starting the second thread: on a 2-vCPU AMD EPYC
+    (L2 512 KB) r stayed 1.1-1.3 from 2^17 to 2^20 elements, which put the threshold at 2^20 three
+    runs in four and kept 200x100x256 GEMMs (1.87x faster on 2 threads) on one."""
+    top = max(l2_bytes // PROBE_BYTES, PROBE_FIRST * 4)
+    return tuple(PROBE_FIRST << i for i in range(32) if PROBE_FIRST << i <= top)
+
+
+def measure_threads(time_threads, sizes):
     """{"speedup": {size: t1 / t2}}: the least of ``THREAD_SAMPLES`` interleaved samples of
-    ``time_threads(threads, size, calls)`` (seconds for `calls` updates) per size and thread
-    count (the least disturbed: another process on a core slows the 2-thread runs most)."""
+    ``time_threads(threads, size, calls)`` (seconds for `calls` updates) per size of `sizes` and
+    thread count (the least disturbed: another process on a core slows the 2-thread runs most)."""
     speedup = {}
-    for s in PROBE_SIZES:
+    for s in sizes:
         calls = max(1, THREAD_WORK // s)
         time_threads(1, s, 1)
         time_threads(2, s, 1)
@@ -204,7 +216,7 @@ def min_work_decision(meas):
             return s, (f"measured {meas['date']}: the least size where 2 threads ran "
                        f">= {THREAD_MARGIN}x faster than 1, twice in a row")
     return sizes[-1], (f"measured {meas['date']}: 2 threads never ran >= {THREAD_MARGIN}x "
-                       "faster than 1: the largest size tried")
+                       "faster than 1 twice in a row: the largest size tried")
 
 
 def _valid(part, meas):
@@ -215,7 +227,8 @@ def _valid(part, meas):
             return all(meas["classes"][c]["own_s"] > 0 and list(meas["classes"][c]["shape"])
                        == list(s) for c, s in zip(CLASSES, SHAPES))
         min_work_decision(meas)
-        return sorted(int(s) for s in meas["speedup"]) == list(PROBE_SIZES)
+        sizes = sorted(int(s) for s in meas["speedup"])
+        return sizes == list(PROBE_FIRST << i for i in range(len(sizes))) and len(sizes) >= 3
     except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError, IndexError):
         return False
 
@@ -272,7 +285,8 @@ def save(path, kid, key, parts):
 # ------------------------------------------------------------------------------------ deciding
 def decide(probe, env=None):
     """The Tuning for this machine. `probe` (built by cython_kernels): ``own_isa`` (the own
-    kernel the CPU runs, a key of ``OWN``, or ""), ``cpus``, ``threads_why`` (None, or why 2
+    kernel the CPU runs, a key of ``OWN``, or ""), ``cpus``, ``l2_bytes`` (one core's L2, or
+    ``L2_FALLBACK``), ``threads_why`` (None, or why 2
     threads cannot be timed), ``blas`` (the GEMM BLAS's library, version, core), ``time_gemm`` and
     ``time_threads``."""
     env = os.environ if env is None else env
@@ -291,7 +305,8 @@ def decide(probe, env=None):
         if "sgemm" in need:
             parts["sgemm"] = measure_sgemm(probe.time_gemm)
         if "min_work" in need:
-            parts["min_work"] = measure_threads(probe.time_threads)
+            parts["min_work"] = measure_threads(probe.time_threads,
+                                                probe_sizes(probe.l2_bytes))
         took = time.perf_counter() - t0
         parts, err = save(path, kid, t.key, parts)
         t.cache = (f"measured now ({took:.2f} s), saved to {path}" if err is None else

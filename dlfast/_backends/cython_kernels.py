@@ -158,7 +158,7 @@ def _probe(own_isa=None):
 
     return SimpleNamespace(
         own_isa=_mods[0].sgemm_isa() if own_isa is None else own_isa,
-        cpus=cpus, threads_why=why, blas=_gemm_blas_facts(), time_gemm=time_gemm,
+        cpus=cpus, l2_bytes=_info.cache_bytes(2) or _tuning.L2_FALLBACK, threads_why=why, blas=_gemm_blas_facts(), time_gemm=time_gemm,
         time_threads=time_threads)
 
 

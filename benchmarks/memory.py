@@ -95,7 +95,7 @@ def passes(n):
     bn = kernels.make_op("batchnorm", x.shape, x.dtype, gamma=gamma, beta=beta, out=out,
                          xhat=xhat, mean=mean, invstd=invstd, running_mean=None,
                          running_var=None, dx=dx, dgamma=dgamma, dbeta=dbeta, momentum=0.1,
-                         eps=1e-5, unbiased=True)
+                         eps=1e-5, unbiased=True, y=None, activation="identity", alpha=0.0)
     bn_fwd = Program([(kernels.FWD, bn, None, None, 0)], [], x.shape, x.dtype, [out, xhat])
     bn_bwd = Program([(kernels.BWD, bn, None, dout, 0)], [], x.shape, x.dtype, [dx])
     op = kernels.make_op("dropout", x.shape, x.dtype, out=out, mask=mask, dx=None, p=0.5, seed=7,

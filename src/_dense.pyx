@@ -321,8 +321,29 @@ cdef inline int _gemm_threads(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept
     return _threads(m * n * k // 16)
 
 
+cdef inline bint _own_span(Py_ssize_t total, Py_ssize_t bsize, Py_ssize_t other, Py_ssize_t k,
+                           bint by_rows) noexcept nogil:
+    """True when every block of a float32 GEMM cut into blocks of bsize of its `total` rows
+    (by_rows) or columns, `other` columns or rows and inner size k, runs on dlf_sgemm: each block
+    at least 2 x 2 with k >= 2 (no GEMV or outer product) and each block shape's class in
+    _sgemm_mask. Then one dlf_sgemm call may run several blocks: it computes every C[i][j] by
+    the same chain of fused multiply-adds whatever rows and columns the call covers, so the bits
+    are the blocks' (tests/test_sgemm.py: a row is the same alone or in a batch)."""
+    cdef Py_ssize_t full = bsize if total > bsize else total
+    cdef Py_ssize_t last = total - (total - 1) // full * full if full > 0 else 0
+    if not _sgemm_mask or k < 2 or other < 2 or last < 2:
+        return False
+    if by_rows:
+        return ((_sgemm_mask >> _sgemm_class(full, other, k)) & 1 and
+                (_sgemm_mask >> _sgemm_class(last, other, k)) & 1)
+    return ((_sgemm_mask >> _sgemm_class(other, full, k)) & 1 and
+            (_sgemm_mask >> _sgemm_class(other, last, k)) & 1)
+
+
 # One thread runs the blocks in a plain loop: an OpenMP region with a false if() clause still
-# starts a team of one (about 1 us per region, the cost of a whole small-batch GEMV).
+# starts a team of one (about 1 us per region, the cost of a whole small-batch GEMV); and where
+# every block runs on the own kernel, as one call (_own_span): the blocks' bits, with op(B)
+# packed once instead of once per block (784 -> 100 at batch 32: W packed once, not twice).
 cdef void _fwd(const floating* x, const floating* W, const floating* bp, floating* out, int n,
                int i, int o, int code, floating a) noexcept nogil:
     cdef Py_ssize_t rows = _gemm_rows(n), cols = _gemm_cols_of(n, o, _GEMM_PARTS), nblk, blk
@@ -332,18 +353,26 @@ cdef void _fwd(const floating* x, const floating* W, const floating* bp, floatin
     nblk = (o + cols - 1) // cols if cols else (n + rows - 1) // rows
     _pin_blas()
     if nt == 1:
+        if floating is float:
+            if nblk > 1 and (_own_span(o, cols, n, i, False) if cols else
+                             _own_span(n, rows, o, i, True)):
+                if dlf_sgemm(c'N', c'N', n, o, i, x, i, W, o, out, o) == 0:
+                    for blk in range(nblk):         # the epilogue as the blocks run it
+                        _fwd_block(x, W, bp, out, n, i, o, code, a, blk, rows, cols, False)
+                    return
         for blk in range(nblk):
-            _fwd_block(x, W, bp, out, n, i, o, code, a, blk, rows, cols)
+            _fwd_block(x, W, bp, out, n, i, o, code, a, blk, rows, cols, True)
     else:
         for blk in prange(nblk, num_threads=nt, schedule="static"):
-            _fwd_block(x, W, bp, out, n, i, o, code, a, blk, rows, cols)
+            _fwd_block(x, W, bp, out, n, i, o, code, a, blk, rows, cols, True)
 
 
 cdef inline void _fwd_block(const floating* x, const floating* W, const floating* bp,
                             floating* out, int n, int i, int o, int code, floating a,
-                            Py_ssize_t blk, Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
+                            Py_ssize_t blk, Py_ssize_t rows, Py_ssize_t cols,
+                            bint gemm) noexcept nogil:
     """Block blk of out = act(x @ W + b): rows [blk*rows, +rows), or with cols > 0 columns
-    [blk*cols, +cols)."""
+    [blk*cols, +cols); gemm False: the bias and activation only (x @ W is in out)."""
     cdef Py_ssize_t r, r0 = 0, r1 = n, c0 = 0, c1 = o
     if cols:
         c0 = blk * cols
@@ -351,8 +380,9 @@ cdef inline void _fwd_block(const floating* x, const floating* W, const floating
     else:
         r0 = blk * rows
         r1 = min(r0 + rows, n)
-    _gemm(c'N', c'N', <int>(r1 - r0), <int>(c1 - c0), i, x + r0 * i if i else NULL, max(i, 1),
-          W + c0 if i else NULL, o, out + r0 * o + c0, o)
+    if gemm:
+        _gemm(c'N', c'N', <int>(r1 - r0), <int>(c1 - c0), i, x + r0 * i if i else NULL,
+              max(i, 1), W + c0 if i else NULL, o, out + r0 * o + c0, o)
     if bp != NULL or code != ACT_IDENTITY:
         for r in range(r0, r1):
             act_row(out + r * o + c0, out + r * o + c0, bp + c0 if bp != NULL else NULL,
@@ -469,8 +499,8 @@ cdef void _bwd(const floating* dout, const floating* x, const floating* W, const
         lo = 0 if shared or phase == 0 else nbw
         hi = nbw if not shared and phase == 0 else nbw + nbx
         if nt == 1:
-            for blk in range(lo, hi):
-                _bwd_gemm(x, W, g, dx, dW, n, i, o, blk, nbw, rows, xrows, xcols)
+            _bwd_span(x, W, g, dx, dW, n, i, o, lo, min(hi, nbw), nbw, rows, xrows, xcols)
+            _bwd_span(x, W, g, dx, dW, n, i, o, max(lo, nbw), hi, nbw, rows, xrows, xcols)
         else:
             for blk in prange(lo, hi, num_threads=nt, schedule="static"):
                 _bwd_gemm(x, W, g, dx, dW, n, i, o, blk, nbw, rows, xrows, xcols)
@@ -492,6 +522,38 @@ cdef inline void _bwd_rows(const floating* dout, const floating* out, floating* 
         for r in range(r0, r1):
             for c in range(o):
                 p[c] = p[c] + g[r * o + c]
+
+
+cdef void _bwd_span(const floating* x, const floating* W, const floating* g, floating* dx,
+                    floating* dW, int n, int i, int o, Py_ssize_t lo, Py_ssize_t hi,
+                    Py_ssize_t nbw, Py_ssize_t rows, Py_ssize_t xrows,
+                    Py_ssize_t xcols) noexcept nogil:
+    """Blocks [lo, hi) of one GEMM (all dW's, or all dx's) on this thread: as one dlf_sgemm call
+    where every block runs on the own kernel (_own_span: the same bits), else block by block."""
+    cdef Py_ssize_t blk, r0, r1
+    cdef int done = 1
+    if hi - lo < 1:
+        return
+    if floating is float:
+        if hi - lo > 1:
+            if lo < nbw:                                # dW rows [r0, r1) = x[:, r0:r1].T @ g
+                r0, r1 = lo * rows, min(hi * rows, i)
+                if _own_span(i, rows, o, n, True):
+                    done = dlf_sgemm(c'T', c'N', <int>(r1 - r0), o, n, x + r0, i, g, o,
+                                     dW + r0 * o, o)
+            elif xcols:                                 # dx columns [r0, r1)
+                r0, r1 = (lo - nbw) * xcols, min((hi - nbw) * xcols, i)
+                if _own_span(i, xcols, n, o, False):
+                    done = dlf_sgemm(c'N', c'T', n, <int>(r1 - r0), o, g, o, W + r0 * o, o,
+                                     dx + r0, i)
+            else:                                       # dx rows [r0, r1) = g[r0:r1] @ W.T
+                r0, r1 = (lo - nbw) * xrows, min((hi - nbw) * xrows, n)
+                if _own_span(n, xrows, i, o, True):
+                    done = dlf_sgemm(c'N', c'T', <int>(r1 - r0), i, o, g + r0 * o, o, W, o,
+                                     dx + r0 * i, i)
+    if done != 0:
+        for blk in range(lo, hi):
+            _bwd_gemm(x, W, g, dx, dW, n, i, o, blk, nbw, rows, xrows, xcols)
 
 
 cdef inline void _bwd_gemm(const floating* x, const floating* W, const floating* g,

@@ -95,6 +95,38 @@ def test_a_row_does_not_depend_on_the_rows_beside_it(threads):
     assert pdW.tobytes() == dW[100:229].tobytes()
 
 
+# (n, i, o, mask): row blocks merged on one thread (32 and 100 rows; 17 and 18 rows end in a
+# 1-row GEMV block and, under the skinny-only mask, a 2-row small-class block: not merged);
+# column blocks (32 x 128); dx column blocks (32 rows, 320 columns); a skinny-only mask.
+ONE_CALL = [(32, 784, 100, 7), (100, 784, 100, 7), (17, 784, 100, 7), (18, 784, 100, 2),
+            (32, 320, 128, 7), (32, 320, 130, 7), (64, 200, 30, 2), (1037, 300, 130, 7)]
+
+
+@pytest.mark.parametrize("n,i,o,mask", ONE_CALL)
+@pytest.mark.parametrize("act", ["identity", "tanh"])
+def test_one_thread_runs_own_kernel_blocks_as_one_call(n, i, o, mask, act):
+    """On one thread the blocks of a GEMM that all run on the own kernel are one call (op(B)
+    packed once): the same bits as the blocks on two threads, forward (bias and activation as the
+    blocks apply them) and backward."""
+    from dlfast._backends import _dense
+    _dense._set_own_sgemm(mask)
+    x, W, dz = data(n, i, o, n + i + o)
+    b = np.random.default_rng(1).standard_normal(o).astype(np.float32)
+    got = []
+    for threads in (1, 2, 1):
+        dlfast.set_num_threads(threads)
+        out = np.full((n, o), np.nan, np.float32)
+        K.dense_forward(x, W, b, out, act)
+        dx, dW, db = np.empty_like(x), np.empty_like(W), np.empty(o, np.float32)
+        K.dense_backward(dz, x, W, out, np.empty_like(dz), dx, dW, db, act)
+        got.append([a.tobytes() for a in (out, dx, dW, db)])
+    assert got[0] == got[1] == got[2]
+    ref = x.astype(np.float64) @ W + b
+    ref = np.tanh(ref) if act == "tanh" else ref
+    np.testing.assert_allclose(np.frombuffer(got[0][0], np.float32).reshape(n, o), ref,
+                               rtol=1e-4, atol=1e-4 * np.sqrt(i))
+
+
 def test_the_two_kernels_give_the_same_bits(own):
     """The AVX2 kernel's sums are the AVX-512F kernel's (the same chains over the same k blocks):
     forward, dW and dx bit for bit, where the CPU runs both."""

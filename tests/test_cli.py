@@ -79,8 +79,9 @@ def test_info_in_process_reports_selected_backend(capsys):
 
 def test_ctrl_c_saves_the_model(tmp_path):
     out = tmp_path / "int"
-    p = subprocess.Popen([sys.executable, "-m", "dlfast", "train", "--epochs", "100000",
-                          "--no-progress", "--out", str(out), "--hidden", "16"],
+    p = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "dlfast", "train",
+                          "--epochs", "100000", "--no-progress", "--out", str(out), "--hidden",
+                          "16"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     try:
         line = ""
@@ -89,7 +90,13 @@ def test_ctrl_c_saves_the_model(tmp_path):
             line = p.stdout.readline()
         time.sleep(1.0)
         p.send_signal(signal.SIGINT)
-        stdout, stderr = p.communicate(timeout=60)
+        try:
+            stdout, stderr = p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:          # (seen once in a full run): say where it is
+            p.send_signal(signal.SIGABRT)          # faulthandler prints every thread's stack
+            stdout, stderr = p.communicate(timeout=30)
+            pytest.fail(f"dlfast train did not stop within 60 s of SIGINT; its threads:\n"
+                        f"{stderr[-8000:]}")
     finally:
         if p.poll() is None:
             p.kill()

@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -92,11 +93,14 @@ def test_ctrl_c_saves_the_model(tmp_path):
         p.send_signal(signal.SIGINT)
         try:
             stdout, stderr = p.communicate(timeout=60)
-        except subprocess.TimeoutExpired:          # (seen once in a full run): say where it is
+        except subprocess.TimeoutExpired:          # (seen in two full runs): say where it is
             p.send_signal(signal.SIGABRT)          # faulthandler prints every thread's stack
             stdout, stderr = p.communicate(timeout=30)
-            pytest.fail(f"dlfast train did not stop within 60 s of SIGINT; its threads:\n"
-                        f"{stderr[-8000:]}")
+            where = os.path.join(tempfile.gettempdir(), "dlfast-test-ctrl-c-timeout.txt")
+            with open(where, "w") as f:            # kept for a look after the run
+                f.write(f"stdout:\n{stdout[-4000:]}\nstderr:\n{stderr}")
+            pytest.fail(f"dlfast train did not stop within 60 s of SIGINT (its stacks: {where}); "
+                        f"its threads:\n{stderr[-8000:]}")
     finally:
         if p.poll() is None:
             p.kill()

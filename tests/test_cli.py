@@ -94,13 +94,15 @@ def test_ctrl_c_saves_the_model(tmp_path):
         try:
             stdout, stderr = p.communicate(timeout=60)
         except subprocess.TimeoutExpired:          # (seen in two full runs): say where it is
-            p.send_signal(signal.SIGABRT)          # faulthandler prints every thread's stack
-            stdout, stderr = p.communicate(timeout=30)
+            code = p.poll()                        # None: still running; else its pipes are
+            p.send_signal(signal.SIGABRT)          # held by another process. faulthandler
+            stdout, stderr = p.communicate(timeout=30)      # prints every thread's stack
             where = os.path.join(tempfile.gettempdir(), "dlfast-test-ctrl-c-timeout.txt")
             with open(where, "w") as f:            # kept for a look after the run
-                f.write(f"stdout:\n{stdout[-4000:]}\nstderr:\n{stderr}")
-            pytest.fail(f"dlfast train did not stop within 60 s of SIGINT (its stacks: {where}); "
-                        f"its threads:\n{stderr[-8000:]}")
+                f.write(f"exit code at the timeout: {code}\nstdout:\n{stdout[-4000:]}\n"
+                        f"stderr:\n{stderr}")
+            pytest.fail(f"dlfast train: no exit and EOF within 60 s of SIGINT (exit code then: "
+                        f"{code}; details: {where}):\n{stderr[-8000:]}")
     finally:
         if p.poll() is None:
             p.kill()

@@ -96,7 +96,10 @@ def test_ctrl_c_saves_the_model(tmp_path):
         except subprocess.TimeoutExpired:          # (seen in two full runs): say where it is
             code = p.poll()                        # None: still running; else its pipes are
             p.send_signal(signal.SIGABRT)          # held by another process. faulthandler
-            stdout, stderr = p.communicate(timeout=30)      # prints every thread's stack
+            try:                                   # prints every thread's stack
+                stdout, stderr = p.communicate(timeout=30)
+            except subprocess.TimeoutExpired as e:
+                stdout, stderr = str(e.stdout), str(e.stderr)
             where = os.path.join(tempfile.gettempdir(), "dlfast-test-ctrl-c-timeout.txt")
             with open(where, "w") as f:            # kept for a look after the run
                 f.write(f"exit code at the timeout: {code}\nstdout:\n{stdout[-4000:]}\n"

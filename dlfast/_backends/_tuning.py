@@ -133,8 +133,8 @@ def cpu_facts():
 def machine_key(probe):
     model, flags = cpu_facts()
     from .. import __version__
-    return {"cpu": model, "isa": flags, "own": probe.own_isa,
-            "cpus": probe.cpus, "l2": probe.l2_bytes, "dlfast": __version__, "blas": dict(probe.blas)}
+    return {"cpu": model, "isa": flags, "own": probe.own_isa, "cpus": probe.cpus,
+            "l2": probe.l2_bytes, "dlfast": __version__, "blas": dict(probe.blas)}
 
 
 def key_id(key):
@@ -286,9 +286,8 @@ def save(path, kid, key, parts):
 def decide(probe, env=None):
     """The Tuning for this machine. `probe` (built by cython_kernels): ``own_isa`` (the own
     kernel the CPU runs, a key of ``OWN``, or ""), ``cpus``, ``l2_bytes`` (one core's L2, or
-    ``L2_FALLBACK``), ``threads_why`` (None, or why 2
-    threads cannot be timed), ``blas`` (the GEMM BLAS's library, version, core), ``time_gemm`` and
-    ``time_threads``."""
+    ``L2_FALLBACK``), ``threads_why`` (None, or why 2 threads cannot be timed), ``blas`` (the GEMM
+    BLAS's library, version, core), ``time_gemm`` and ``time_threads``."""
     env = os.environ if env is None else env
     want_sgemm, env_work = _env_sgemm(env), _env_min_work(env)
     t = Tuning()

@@ -158,8 +158,8 @@ def _probe(own_isa=None):
 
     return SimpleNamespace(
         own_isa=_mods[0].sgemm_isa() if own_isa is None else own_isa,
-        cpus=cpus, l2_bytes=_info.cache_bytes(2) or _tuning.L2_FALLBACK, threads_why=why, blas=_gemm_blas_facts(), time_gemm=time_gemm,
-        time_threads=time_threads)
+        cpus=cpus, l2_bytes=_info.cache_bytes(2) or _tuning.L2_FALLBACK, threads_why=why,
+        blas=_gemm_blas_facts(), time_gemm=time_gemm, time_threads=time_threads)
 
 
 def _apply(tuning):

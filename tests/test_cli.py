@@ -79,7 +79,7 @@ def test_info_in_process_reports_selected_backend(capsys):
 
 
 def test_ctrl_c_saves_the_model(tmp_path):
-    """Ctrl-C: the model is saved, exit code 130. In 3 of 8 full-suite runs of session 19 the
+    """Ctrl-C: the model is saved, exit code 130. In 3 of 6 full-suite runs of session 19 the
     first SIGINT was not acted on: 60 s later the child was still training (faulthandler: in the
     epoch's metrics), cause not found (issue notes). A user presses Ctrl-C again, and so does
     the test after 20 s (the second one raises at once); each lost first SIGINT is logged to

@@ -6,7 +6,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -78,18 +77,20 @@ def test_info_in_process_reports_selected_backend(capsys):
     assert dlfast.get_backend() == before and dlfast._config._threads[0] == 0
 
 
+# `python -m dlfast ARGS...` with Python's own SIGINT handler: a process started with SIGINT
+# ignored (a shell's background job, `cmd &`, and so this test under one) passes that on to its
+# children, and then Python and `dlfast train` rightly leave Ctrl-C alone.
+RUN_WITH_SIGINT = ("import runpy, signal, sys; signal.signal(signal.SIGINT, "
+                   "signal.default_int_handler); sys.argv = ['dlfast'] + sys.argv[1:]; "
+                   "runpy.run_module('dlfast', run_name='__main__', alter_sys=True)")
+
+
 def test_ctrl_c_saves_the_model(tmp_path):
-    """Ctrl-C: the model is saved, exit code 130. In 3 of 6 full-suite runs of session 19 the
-    first SIGINT was not acted on: 60 s later the child was still training (faulthandler: in the
-    epoch's metrics), cause not found (issue notes). A user presses Ctrl-C again, and so does
-    the test after 20 s (the second one raises at once); each lost first SIGINT is logged to
-    $TMPDIR/dlfast-test-ctrl-c-timeout.txt with the child's stacks."""
     out = tmp_path / "int"
-    p = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "dlfast", "train",
+    p = subprocess.Popen([sys.executable, "-X", "faulthandler", "-c", RUN_WITH_SIGINT, "train",
                           "--epochs", "100000", "--no-progress", "--out", str(out), "--hidden",
                           "16"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    where = os.path.join(tempfile.gettempdir(), "dlfast-test-ctrl-c-timeout.txt")
     try:
         line = ""
         deadline = time.time() + 60
@@ -98,25 +99,16 @@ def test_ctrl_c_saves_the_model(tmp_path):
         time.sleep(1.0)
         p.send_signal(signal.SIGINT)
         try:
-            stdout, stderr = p.communicate(timeout=20)
+            stdout, stderr = p.communicate(timeout=60)
         except subprocess.TimeoutExpired:
-            with open(where, "a") as f:
-                f.write(f"{time.ctime()}: first SIGINT not acted on within 20 s (exit code "
-                        f"{p.poll()}); a second one sent\n")
-            p.send_signal(signal.SIGINT)
+            code = p.poll()
+            p.send_signal(signal.SIGABRT)          # faulthandler prints every thread's stack
             try:
-                stdout, stderr = p.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                code = p.poll()
-                p.send_signal(signal.SIGABRT)      # faulthandler prints every thread's stack
-                try:
-                    stdout, stderr = p.communicate(timeout=30)
-                except subprocess.TimeoutExpired as e:
-                    stdout, stderr = str(e.stdout), str(e.stderr)
-                with open(where, "a") as f:
-                    f.write(f"exit code after the second SIGINT: {code}\nstderr:\n{stderr}\n")
-                pytest.fail(f"dlfast train: no exit within 60 s of a second SIGINT (exit code "
-                            f"then: {code}; details: {where}):\n{stderr[-8000:]}")
+                stdout, stderr = p.communicate(timeout=30)
+            except subprocess.TimeoutExpired as e:
+                stdout, stderr = str(e.stdout), str(e.stderr)
+            pytest.fail(f"dlfast train: no exit within 60 s of SIGINT (exit code then: {code}):"
+                        f"\n{stderr[-8000:]}")
     finally:
         if p.poll() is None:
             p.kill()

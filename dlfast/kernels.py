@@ -63,6 +63,8 @@ __all__ = [
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "elu", "sigmoid", "tanh")
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_F32, _F64 = FLOAT_DTYPES
+_ndarray = np.ndarray
 _U64 = 1 << 64
 
 # Every primitive a backend must provide (checked when a backend loads).
@@ -76,6 +78,11 @@ def _dtype_name(a):
 
 def _float_in(name, a, ndim=None, dtype=None):
     """A float input: float32/float64 ndarray, given ndim, matching dtype; returned C-contiguous."""
+    if type(a) is _ndarray:                        # the common case, in a few attribute reads
+        d = a.dtype
+        if ((d is dtype) if dtype is not None else (d is _F32 or d is _F64)) and \
+                (ndim is None or a.ndim == ndim) and a.flags.c_contiguous:
+            return a
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
     if a.dtype not in FLOAT_DTYPES:
@@ -97,6 +104,10 @@ def _shape_is(name, a, shape):
 
 def _out(name, a, shape, dtype, optional=False):
     """An output: exact shape and dtype, C-contiguous, writeable."""
+    if type(a) is _ndarray and a.dtype is dtype and a.shape == shape:
+        f = a.flags
+        if f.c_contiguous and f.writeable:
+            return a
     if a is None:
         if optional:
             return None
@@ -117,14 +128,14 @@ def _out(name, a, shape, dtype, optional=False):
 def _disjoint(outs, ins):
     """No output overlaps another output or any input. Two distinct arrays that both own their
     memory (``base is None``) cannot overlap; other pairs go to ``np.may_share_memory``."""
+    every = outs + ins
     for i, (on, oa) in enumerate(outs):
         if oa is None:
             continue
         own = oa.base is None
-        for n, a in (*outs[i + 1:], *ins):
-            if a is None:
-                continue
-            if a is oa or not (own and a.base is None) and _may_share(oa, a):
+        for j in range(i + 1, len(every)):
+            n, a = every[j]
+            if a is not None and (a is oa or not (own and a.base is None) and _may_share(oa, a)):
                 raise ValueError(f"output {on} overlaps {n}; outputs must not alias other arguments")
 
 

@@ -438,8 +438,12 @@ static int dlf_sgemm(char ta, char tb, int m, int n, int k, const float* a, int 
                 nc = n - jp * NR < NR ? n - jp * NR : NR;
                 bp = direct ? b + (size_t)p0 * ldb + jp * NR : buf + (size_t)jp * kc * NR;
                 brs = direct ? ldb : NR;
-                for (i0 = ib; i0 < iend; i0 += MR) {
-                    mr = iend - i0 < MR ? iend - i0 : MR;
+                for (i0 = ib; i0 < iend; i0 += mr) {
+                    /* the last two tiles share their rows evenly (32 rows, MR 6: 6 6 6 6 4 4,
+                       not 6 6 6 6 6 2): a tile of few rows has too few independent sums to keep
+                       the FMA units busy */
+                    mr = iend - i0 > 2 * MR ? MR : iend - i0 > MR ? (iend - i0 + 1) / 2
+                                                                    : iend - i0;
                     tile(mr, nc, kc, a + i0 * ars + p0 * acs, ars, acs, bp, brs,
                          c + (size_t)i0 * ldc + jp * NR, ldc, p0 > 0);
                 }

@@ -12,7 +12,10 @@ import operator
 
 import numpy as np
 
+from . import kernels
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_ndarray = np.ndarray
 _U64 = 1 << 64
 
 __all__ = ["FLOAT_DTYPES", "resolve_dtype", "float_array", "finite_array", "labels_to_indices",
@@ -37,6 +40,10 @@ def float_array(name, x, dtype, ndim=None, features=None, min_rows=0):
     ``ndim`` dimensions (``ndim`` may be a tuple of allowed values) and, for ``features``, that many
     columns (last axis). int, bool, object and complex arrays are rejected.
     """
+    if type(x) is _ndarray and x.dtype is dtype and x.ndim and (ndim is None or x.ndim == ndim) \
+            and (features is None or x.shape[-1] == features) and x.shape[0] >= min_rows \
+            and x.flags.c_contiguous:
+        return x                                   # the common case, in a few attribute reads
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray of {np.dtype(dtype).name}, "
                         f"got {type(x).__name__}")
@@ -61,7 +68,6 @@ def float_array(name, x, dtype, ndim=None, features=None, min_rows=0):
 
 def finite_array(name, x):
     """Raise ``ValueError`` if x holds NaN or infinity (checked through ``kernels.all_finite``)."""
-    from . import kernels
     if x.size and not kernels.all_finite(x):
         raise ValueError(f"{name} contains NaN or infinity")
     return x

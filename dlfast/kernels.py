@@ -129,9 +129,15 @@ def _disjoint(outs, ins):
     """No output overlaps another output or any input. Two distinct arrays that both own their
     memory (``base is None``) cannot overlap; other pairs go to ``np.may_share_memory``."""
     every = outs + ins
-    if len(outs) > 1:       # many pairs: first, in one pass, the common case of owners all distinct
-        ids = {id(a) for _, a in every if a is not None and a.base is None}
-        if len(ids) == len(every) - sum(a is None for _, a in every):
+    if len(outs) > 1:       # many pairs: first, in one pass, the common case where every array
+        seen = set()        # owns its memory and no output is another argument
+        for _, a in every:
+            if a is not None:
+                if a.base is not None or id(a) in seen:
+                    break
+                if len(seen) < len(outs):
+                    seen.add(id(a))
+        else:
             return
     for i, (on, oa) in enumerate(outs):
         if oa is None:

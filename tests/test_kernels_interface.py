@@ -97,6 +97,18 @@ def test_outputs_may_not_alias_inputs(backend):
     m = np.zeros(6, np.float32)
     with pytest.raises(ValueError, match="output m overlaps v"):
         K.adam_update(w, np.ones(6, np.float32), m, m, lr=0.1, step=1)
+    # several outputs (each owning its memory): an output given as an input is caught, one input
+    # given twice is allowed
+    dout, y = np.ones((4, 4), np.float32), np.ones((4, 4), np.float32)
+    dz, dx, dW, db = (np.empty_like(y), np.empty_like(x), np.empty_like(W),
+                      np.empty(4, np.float32))
+    with pytest.raises(ValueError, match="output dz overlaps dout"):
+        K.dense_backward(dout, x, W, y, dout, dx, dW, db)
+    with pytest.raises(ValueError, match="output dW overlaps W"):
+        K.dense_backward(dout, x, W, y, dz, dx, W, db)
+    with pytest.raises(ValueError, match="output dz overlaps dx"):
+        K.dense_backward(dout, x, W, y, dz, dz, dW, db)
+    K.dense_backward(y, x, W, y, dz, None, dW, db)
 
 
 def test_inputs_may_be_noncontiguous_and_readonly(backend):

@@ -37,6 +37,8 @@ import numpy as np  # noqa: E402
 import dlfast  # noqa: E402
 from dlfast import kernels as K  # noqa: E402
 
+from compare import on_backend  # noqa: E402
+
 try:
     import torch  # noqa: E402
 except ImportError:         # the torch column is left out
@@ -83,14 +85,6 @@ def cpu_model():
         return _machine.cpu_model()
 
 
-def on(backend, fn):
-    """fn run under the given backend."""
-    def call():
-        with dlfast.use_backend(backend):
-            fn()
-    return call
-
-
 def conv_cases(batch, dt):
     from dlfast._backends import _conv
     rng = np.random.default_rng(0)
@@ -110,8 +104,8 @@ def conv_cases(batch, dt):
         def bwd(dout=dout, x=x, W=W, col=col, dcol=dcol, dx=dx, dW=dW, db=db, s=s, p=p):
             K.conv2d_backward(dout, x, W, col, dcol, dx, dW, db, s, p)
 
-        impls = {"numpy": on("numpy", fwd), "cython": on("cython", fwd)}
-        bimpls = {"numpy": on("numpy", bwd), "cython": on("cython", bwd)}
+        impls = {"numpy": on_backend("numpy", fwd), "cython": on_backend("cython", fwd)}
+        bimpls = {"numpy": on_backend("numpy", bwd), "cython": on_backend("cython", bwd)}
         if hasattr(_conv, "_conv2d_forward_direct"):
             def direct(x=x, W=W, b=b, out=out, s=s, p=p):
                 _conv._conv2d_forward_direct(x, W, b, out, (s, s), (p, p))
@@ -155,7 +149,7 @@ def pool_cases(batch, dt):
             "avgpool bwd": lambda dout=dout, dx=dx, k=k, s=s: K.avgpool2d_backward(dout, dx, k, s),
         }
         for op, fn in ops.items():
-            yield f"{name} b{batch}", op, {"numpy": on("numpy", fn), "cython": on("cython", fn)}
+            yield f"{name} b{batch}", op, {"numpy": on_backend("numpy", fn), "cython": on_backend("cython", fn)}
 
 
 def per_call(fn, reps):

@@ -12,6 +12,7 @@ compiled backend's machine-dependent settings (``DLFAST_SGEMM``, ``DLFAST_PARALL
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import importlib
 import os
@@ -99,11 +100,11 @@ def available_backends() -> list:
     return out
 
 
-class use_backend:
+class use_backend(contextlib.ContextDecorator):
     """``with use_backend("numpy"): ...`` runs the block (in this thread/context) on `name`;
-    ``as`` gives the backend module. A class, not a generator: entering and leaving cost a
-    context-variable set and reset (~0.3 us), so a block around every kernel call is cheap."""
-    __slots__ = ("_name", "_tokens")
+    ``as`` gives the backend module; ``@use_backend("numpy")`` runs every call of a function so.
+    A class, not a generator: entering and leaving cost a context-variable set and reset
+    (~0.3 us), so a block around every kernel call is cheap."""
 
     def __init__(self, name: str):
         _load(name)
@@ -116,6 +117,9 @@ class use_backend:
 
     def __exit__(self, *exc):
         _local.reset(self._tokens.pop())
+
+    def _recreate_cm(self):             # a decorated function's call: its own instance
+        return type(self)(self._name)
 
 
 def set_num_threads(n: int) -> None:

@@ -35,6 +35,46 @@ def test_use_backend_restores():
     with dlfast.use_backend("numpy"):
         assert dlfast.get_backend() == "numpy"
     assert dlfast.get_backend() == before
+    with pytest.raises(KeyError):                       # restored on an exception too
+        with dlfast.use_backend("numpy"):
+            raise KeyError("x")
+    assert dlfast.get_backend() == before
+    ctx = dlfast.use_backend("numpy")                   # one instance entered twice, nested
+    with ctx:
+        with ctx:
+            assert dlfast.get_backend() == "numpy"
+        assert dlfast.get_backend() == "numpy"
+    assert dlfast.get_backend() == before
+
+
+def test_use_backend_decorates_a_function_in_every_thread():
+    """Two threads inside the decorated function at once (a barrier): each call has its own
+    context manager, so neither resets the other's backend."""
+    import threading
+    inside = threading.Barrier(2, timeout=10)
+
+    @dlfast.use_backend("numpy")
+    def which():
+        inside.wait()
+        name = dlfast.get_backend()
+        inside.wait()
+        return name
+
+    before = dlfast.get_backend()
+    seen, errors = [], []
+
+    def worker():
+        try:
+            seen.extend(which() for _ in range(20))
+        except Exception as exc:                        # pragma: no cover (reported below)
+            errors.append(exc)
+            inside.abort()
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and seen == ["numpy"] * 40 and dlfast.get_backend() == before
 
 
 def test_set_num_threads_validates():

@@ -156,6 +156,7 @@ class Plan:
         first = next((i for i, l in enumerate(layers) if l.trainable and l.params), None)
         ops = []
         skip = None
+        pool_act = None         # (activation, alpha, its dx) for the max-pool that follows it
         for i, layer in enumerate(layers):
             if i == skip:                       # an activation the previous op runs
                 continue
@@ -182,6 +183,13 @@ class Plan:
                     skip = i + 1
                     self._recs.append((act[0].__dict__, act[1]))
                     name += f" + layer {i + 1} ({type(act[0]).__name__})"
+                if pool_act is not None:        # this max-pool applies that derivative too
+                    pair.args.update(dx=pool_act[2], activation=pool_act[0], alpha=pool_act[1])
+                    name += f" + layer {i - 1} ({type(layers[i - 1]).__name__})'s derivative"
+                    pool_act = None
+                elif self._pool_follows(pair, layers, i, shape):
+                    pool_act = (pair.args["activation"], pair.args["alpha"], pair.args["dx"])
+                    pair.args["dx"] = None
                 op = self._make(pair, shape, name)
                 out, dx = pair.args["out" if act is None else "y"], pair.args["dx"]
                 rec = pair.rec
@@ -195,9 +203,24 @@ class Plan:
                     self._drops.append((layer, op, size))
             fwd.append((kernels.FWD, op, src, None, 0))
             self._names[id(op)] = name
-            ops.append((op, src, runs_bwd, dx))
+            # an activation whose derivative the next max-pool applies: no backward step, dL/dx
+            # passes through (as a flatten view's does)
+            ops.append((op, src, runs_bwd, dx) if pool_act is None else (None, src, runs_bwd, shape))
             src, shape = out, out.shape
         return src, shape, ops
+
+    @staticmethod
+    def _pool_follows(pair, layers, i, shape):
+        """True when ``pair`` is an activation op of ``kernels.MAXPOOL_FUSED`` with a backward
+        (dx) and the next layer is a max-pool op: that op's backward then applies this
+        activation's derivative (x, its input, is this op's output) and writes this dx."""
+        if (pair.kind != "activation" or pair.args["activation"] == "identity"
+                or pair.args["activation"] not in kernels.MAXPOOL_FUSED or "x" in pair.rec
+                or pair.args["dx"] is None or i + 1 >= len(layers)):
+            return False
+        nxt = layers[i + 1]
+        np_ = nxt.kernel_pair(shape, False) if _uses_pair(nxt) else None
+        return np_ is not None and np_.kind == "maxpool2d"
 
     @staticmethod
     def _fused_activation(pair, layers, i, shape):

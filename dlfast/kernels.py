@@ -978,7 +978,12 @@ def bind_update(rule, ws, gs, states, wds, *, mu=0.9, rho=0.99, eps=None, eps_in
 # conv2d        conv2d_forward(x, W, b, out, col, stride,    conv2d_backward(dout, x, W, col, dcol,
 #               pad)                                          dx, dW, db, stride, pad)
 # maxpool2d     maxpool2d_forward(x, out, argmax, kernel,    maxpool2d_backward(dout, argmax, dx,
-#               stride, pad)                                  kernel, stride, pad)
+#               stride, pad)                                  kernel, stride, pad), then with an
+#                                                             activation of MAXPOOL_FUSED (the
+#                                                             one before the pool; x its output)
+#                                                             dx times act'(.) from x: the same
+#                                                             bits as that activation op's
+#                                                             backward after the pool's
 # avgpool2d     avgpool2d_forward(x, out, kernel, stride,    avgpool2d_backward(dout, dx, kernel,
 #               pad, count_include_pad)                       stride, pad, count_include_pad)
 # flatten       out[...] = x.reshape(N, -1) (a copy)         dx[...] = dout.reshape(x.shape)
@@ -1017,11 +1022,13 @@ OPS = {
     "huber": (("targets", "sw", "dlogits"), ("weight", "delta", "reduction")),
     "sigmoid_bce": (("targets", "sw", "dlogits"), ("weight", "reduction")),
     "conv2d": (("W", "b", "out", "col", "dcol", "dx", "dW", "db"), ("x_shape", "stride", "pad")),
-    "maxpool2d": (("out", "argmax", "dx"), ("x_shape", "kernel", "stride", "pad")),
+    "maxpool2d": (("out", "argmax", "dx"), ("x_shape", "kernel", "stride", "pad", "activation",
+                                            "alpha")),
     "avgpool2d": (("out", "dx"), ("x_shape", "kernel", "stride", "pad", "count_include_pad")),
     "flatten": (("out", "dx"), ()),
 }
 BATCHNORM_FUSED = ("identity", "relu", "leaky_relu")   # activations a batchnorm op fuses
+MAXPOOL_FUSED = BATCHNORM_FUSED        # activations (before it) whose derivative a maxpool2d applies
 OP_INPUTS = frozenset({"W", "b", "gamma", "beta", "slope"})     # arrays an op only reads
 OP_GRADS = frozenset({"dW", "db", "dgamma", "dbeta", "dslope"})  # its parameter gradients
 LOSS_OPS = ("softmax_xent", "mse", "mae", "huber", "sigmoid_bce")  # value losses: all but the first
@@ -1456,6 +1463,10 @@ def _conv_op_arrays(kind, xs, dt, a, s):
     out = dict(x_shape=xs, kernel=kernel, stride=stride, pad=pad)
     if kind == "maxpool2d":
         arrays["argmax"] = h("argmax", a["argmax"], oshape, dt, True, dtype=np.dtype(np.int64))
+        if s["activation"] not in MAXPOOL_FUSED:
+            raise ValueError(f"a maxpool2d op applies the derivative of an activation of "
+                             f"{MAXPOOL_FUSED}, got {s['activation']!r}")
+        out.update(activation=s["activation"], alpha=_activation(s["activation"], s["alpha"]))
     else:
         out["count_include_pad"] = bool(s["count_include_pad"])
     return arrays, [], out

@@ -27,7 +27,8 @@ from libc.stdlib cimport malloc, free
 from libc.stdint cimport int64_t
 from libc.string cimport memset, memcpy
 
-from _act cimport CHEAP, buf_get, buf_release, DT_F32, DT_FLOAT, DT_I64
+from _act cimport (CHEAP, buf_get, buf_release, DT_F32, DT_FLOAT, DT_I64, ACT_IDENTITY,
+                  ACT_LEAKY, act_code)
 from _gemm cimport gemm_f32_t, gemm_f64_t, pin_t
 from _op cimport dlf_op
 
@@ -268,10 +269,25 @@ cdef extern from *:
     }
     DLF_IM2COL(dlf_im2colf, float)
     DLF_IM2COL(dlf_im2cold, double)
+
+    /* d[i] *= act'(y[i]) in place, act 1 ReLU, 2 leaky ReLU (lo = alpha): the expression of the
+       activation op's derivative row (src/_act.pxd DLF_GRAD_ROW), so the same bits; d and y
+       restrict: vectorised without an overlap check */
+    #define DLF_DACT(NAME, T)                                                                 \
+    DLF_CLONES static void NAME(T* __restrict d, const T* __restrict y, dlf_ix n, int act,    \
+                                T alpha) {                                                    \
+        dlf_ix i;                                                                             \
+        T lo = act == 1 ? (T)0 : alpha;                                                       \
+        for (i = 0; i < n; i++) d[i] = d[i] * (y[i] > 0 ? (T)1 : lo);                         \
+    }
+    DLF_DACT(dlf_dactf, float)
+    DLF_DACT(dlf_dactd, double)
     #if defined(__GNUC__) && !defined(__clang__)
     #pragma GCC pop_options
     #endif
     """
+    void dlf_dactf(float*, const float*, Py_ssize_t, int, float) noexcept nogil
+    void dlf_dactd(double*, const double*, Py_ssize_t, int, double) noexcept nogil
     void dlf_ow_range(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t*,
                       Py_ssize_t*) noexcept nogil
     double dlf_sum8f(const float*, Py_ssize_t) noexcept nogil
@@ -1117,15 +1133,32 @@ cdef Py_ssize_t _maxpool_bwd_plane(const floating* dout, const int64_t* arg, flo
 
 
 cdef Py_ssize_t _maxpool_bwd(const floating* dout, const int64_t* arg, floating* dx,
-                             const _Geo* g) noexcept nogil:
+                             const _Geo* g, const floating* y=NULL, int code=ACT_IDENTITY,
+                             floating alpha=0) noexcept nogil:
+    """Every plane of dx; with y (the pool's input, an activation's output) and that
+    activation's code, each plane then times act'(y) in place while in cache (dlf_dact*: the
+    same bits as the activation op's backward after this one)."""
     cdef Py_ssize_t it, bad = 0
     cdef int nt = _threads(g.N * g.C * (g.HW + g.OHW) // CHEAP)
     if nt == 1:
         for it in range(g.N * g.C):
-            bad += _maxpool_bwd_plane(dout + it * g.OHW, arg + it * g.OHW, dx + it * g.HW, g)
+            bad += _maxpool_bwd_act(dout, arg, dx, y, code, alpha, g, it)
     else:
         for it in prange(g.N * g.C, num_threads=nt, schedule="static"):
-            bad += _maxpool_bwd_plane(dout + it * g.OHW, arg + it * g.OHW, dx + it * g.HW, g)
+            bad += _maxpool_bwd_act(dout, arg, dx, y, code, alpha, g, it)
+    return bad
+
+
+cdef inline Py_ssize_t _maxpool_bwd_act(const floating* dout, const int64_t* arg, floating* dx,
+                                        const floating* y, int code, floating alpha,
+                                        const _Geo* g, Py_ssize_t it) noexcept nogil:
+    cdef Py_ssize_t bad = _maxpool_bwd_plane(dout + it * g.OHW, arg + it * g.OHW, dx + it * g.HW,
+                                             g)
+    if code != ACT_IDENTITY:
+        if floating is float:
+            dlf_dactf(dx + it * g.HW, y + it * g.HW, g.HW, code, alpha)
+        else:
+            dlf_dactd(dx + it * g.HW, y + it * g.HW, g.HW, code, alpha)
     return bad
 
 
@@ -1336,6 +1369,8 @@ ctypedef struct _PoolC:
     dlf_op op           # first: the program sees a dlf_op*
     _Geo g
     int64_t* argmax     # max pooling
+    int act             # max pooling: the code of the activation before it (its derivative
+    double alpha        #   is applied in the backward), ACT_IDENTITY for none
     int dt
     bint include_pad    # average pooling
 
@@ -1355,9 +1390,11 @@ cdef int _maxpool_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept no
     if s.op.dx == NULL:
         return 0
     if s.dt == DT_F32:
-        _maxpool_bwd(<const float*>dout, s.argmax, <float*>s.op.dx, &s.g)
+        _maxpool_bwd(<const float*>dout, s.argmax, <float*>s.op.dx, &s.g, <const float*>x,
+                     s.act, <float>s.alpha)
     else:
-        _maxpool_bwd(<const double*>dout, s.argmax, <double*>s.op.dx, &s.g)
+        _maxpool_bwd(<const double*>dout, s.argmax, <double*>s.op.dx, &s.g, <const double*>x,
+                     s.act, s.alpha)
     return 0
 
 
@@ -1395,13 +1432,19 @@ cdef int _pool_fill(_PoolC* c, Py_buffer* v, out, dx, x_shape, kernel, stride, p
 cdef class MaxPool2DOp:
     """The ``maxpool2d`` op: ``maxpool2d_forward(x, out, argmax, kernel, stride, pad)`` and
     ``maxpool2d_backward(dout, argmax, dx, kernel, stride, pad)`` of fixed arrays, x of
-    ``x_shape`` (dx None: no backward)."""
+    ``x_shape`` (dx None: no backward); ``activation`` "relu" or "leaky_relu" (slope ``alpha``):
+    the activation before the pool, x its output, whose derivative the backward applies."""
     cdef _PoolC c
     cdef Py_buffer v[3]
 
-    def __cinit__(self, out, argmax, dx, x_shape, kernel, stride, pad):
+    def __cinit__(self, out, argmax, dx, x_shape, kernel, stride, pad, activation, double alpha):
+        cdef int code = act_code(activation)
+        if code > ACT_LEAKY:
+            raise ValueError(f"a maxpool2d op applies the derivative of identity, relu or "
+                             f"leaky_relu, got {activation!r}")
         memset(self.v, 0, sizeof(self.v))
         memset(&self.c, 0, sizeof(self.c))
+        self.c.act, self.c.alpha = code, alpha
         _pool_fill(&self.c, self.v, out, dx, x_shape, kernel, stride, pad)
         _arr(argmax, &self.v[2], DT_I64, "argmax", tuple(out.shape), True)
         self.c.argmax = <int64_t*>self.v[2].buf

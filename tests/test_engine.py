@@ -262,6 +262,66 @@ def test_batchnorm_activation_runs_fused(backend, dtype, shape, act, threads):
             np.testing.assert_array_equal(ra[k], rb[k], err_msg=k)
 
 
+POOLS = [dict(kernel_size=2), dict(kernel_size=3, stride=1), dict(kernel_size=3, stride=2, padding=1)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("act", sorted(FUSED_ACTS))
+@pytest.mark.parametrize("pool", POOLS, ids=str)
+def test_activation_before_a_maxpool_has_its_derivative_in_the_pool(backend, dtype, pool, act,
+                                                                    threads):
+    """A ReLU / leaky ReLU then a max-pool: the activation's forward is its own step and the
+    pool's backward applies its derivative (no activation backward step), with the same bits as
+    the checked layer calls, also where the activation's output is 0, -0, inf or NaN and where
+    windows overlap (a cell that wins several windows sums their gradients first)."""
+    rng = np.random.default_rng(4)
+    xs = (3, 2, 7, 7)
+    ps = kernels.pool2d_output_shape((3, 4, 7, 7), pool["kernel_size"], pool.get("stride"),
+                                     pool.get("padding", 0))
+    a = Sequential([Conv2D(2, 4, 3, padding=1, seed=1, dtype=dtype), FUSED_ACTS[act](),
+                    MaxPool2D(**pool), Flatten(), Dense(int(np.prod(ps[1:])), 5, seed=2,
+                                                        dtype=dtype)], seed=1)
+    b = copy.deepcopy(a)
+    x = rng.standard_normal(xs).astype(dtype)
+    t = rng.integers(0, 5, xs[0])
+    dlfast.set_num_threads(threads)
+    _compare(a, b, x, t)
+    names = a._plans._plans[0].step_names()
+    assert "layer 1 (" in names[1] and names[1].endswith(" forward"), names
+    assert not any(n.startswith("layer 1 (") and n.endswith(" backward") for n in names), names
+    assert any(n.startswith("layer 2 (MaxPool2D) + layer 1 (") for n in names), names
+    for bias in (0.0, -0.0, np.inf, -np.inf, np.nan):
+        for net in (a, b):          # channel 0 constant: ties in every window, or non-finite
+            net.layers[0].params["W"][0] = 0.0
+            net.layers[0].params["b"][0] = bias
+        with np.errstate(all="ignore"):
+            la, ga = a.loss_and_gradient(x, t)
+            lb, gb = checked_step(b, x, t)
+        np.testing.assert_array_equal(la, lb)
+        for k in ga:
+            np.testing.assert_array_equal(ga[k], gb[k], err_msg=k)
+        ra, rb = _records(a), _records(b)
+        for k in ra:
+            np.testing.assert_array_equal(ra[k], rb[k], err_msg=k)
+
+
+@pytest.mark.parametrize("layers,fused", [
+    (lambda: [Conv2D(2, 3, 3, seed=1), Activation("tanh"), MaxPool2D(2)], False),
+    (lambda: [Conv2D(2, 3, 3, seed=1), ReLU(), AvgPool2D(2)], False),
+    (lambda: [Conv2D(2, 3, 3, seed=1), ELU(), MaxPool2D(2)], False),
+    (lambda: [ReLU(), MaxPool2D(2), Conv2D(2, 3, 2, seed=1)], False),      # no backward there
+    (lambda: [Conv2D(2, 2, 3, seed=1), BatchNorm(2), ReLU(), MaxPool2D(2)], False),  # BN's
+    (lambda: [Conv2D(2, 3, 3, seed=1), LeakyReLU(0.2), MaxPool2D(2)], True),
+])
+def test_only_a_relu_before_a_maxpool_fuses_into_it(backend, layers, fused):
+    net = Sequential(layers() + [Flatten()], loss=MSELoss(), seed=1)
+    x = np.random.default_rng(0).standard_normal((2, 2, 7, 7)).astype(np.float32)
+    out = net.forward(x, False)
+    net.loss_and_gradient(x, np.zeros(out.shape, np.float32))
+    names = net._plans._plans[0].step_names()
+    assert any("derivative" in n for n in names) == fused, names
+
+
 @pytest.mark.parametrize("layers,fused", [
     (lambda: [BatchNorm(7), Activation("tanh")], False),       # not a fused activation
     (lambda: [BatchNorm(7), Activation("identity")], False),

@@ -333,8 +333,12 @@ def test_make_op_validates_the_image_ops(backend):
         K.make_op("conv2d", (3, 84), F64, **_conv_arrays())
     ps = K.pool2d_output_shape(XS, 2)
     pool = dict(out=np.empty(ps), argmax=np.empty(ps, np.int64), dx=np.empty(XS), kernel=2,
-                stride=None, pad=0)
+                stride=None, pad=0, activation="identity", alpha=0.0)
     K.make_op("maxpool2d", XS, F64, **pool)
+    with pytest.raises(ValueError, match="applies the derivative of an activation of"):
+        K.make_op("maxpool2d", XS, F64, **dict(pool, activation="tanh"))
+    with pytest.raises(ValueError, match="alpha must be >= 0 for leaky_relu"):
+        K.make_op("maxpool2d", XS, F64, **dict(pool, activation="leaky_relu", alpha=-1.0))
     with pytest.raises(TypeError, match="argmax must have dtype int64"):
         K.make_op("maxpool2d", XS, F64, **dict(pool, argmax=np.empty(ps)))
     with pytest.raises(ValueError, match=r"the window \(8, 8\) is larger"):

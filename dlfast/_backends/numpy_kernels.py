@@ -827,14 +827,25 @@ class Conv2DOp(_Op):
 
 
 class MaxPool2DOp(_Op):
+    """With ``activation`` (``kernels.MAXPOOL_FUSED``, the activation before the pool; x its
+    output) not "identity": the pool's backward into a scratch dy, then that activation op's
+    backward of dy into dx."""
     kind = "maxpool2d"
 
     def forward(self, x):
         maxpool2d_forward(x, self.out, self.argmax, self.kernel, self.stride, self.pad)
 
     def backward(self, x, dout):
-        if self.dx is not None:
+        if self.dx is None:
+            return
+        if self.activation == "identity":
             maxpool2d_backward(dout, self.argmax, self.dx, self.kernel, self.stride, self.pad)
+            return
+        dy = self.__dict__.get("_dy")
+        if dy is None:
+            dy = self._dy = np.empty_like(self.dx)
+        maxpool2d_backward(dout, self.argmax, dy, self.kernel, self.stride, self.pad)
+        activation_backward(dy, x, self.dx, self.activation, self.alpha)
 
 
 class AvgPool2DOp(_Op):

@@ -186,7 +186,8 @@ class MaxPool2D(_Pool2D):
                "argmax": self._buf("argmax", oshape, np.int64)}
         return Pair("maxpool2d", dict(out=rec["out"], argmax=rec["argmax"],
                                       dx=self._buf("dx", tuple(x_shape)) if need_dx else None,
-                                      **self._settings()), rec)
+                                      activation="identity", alpha=0.0, **self._settings()),
+                    rec)
 
 
 class AvgPool2D(_Pool2D):

@@ -163,7 +163,9 @@ class Plan:
             runs_bwd = need_input_grad or (first is not None and i >= first)
             need_dx = need_input_grad or (first is not None and i > first)
             name = f"{where}layer {i} ({type(layer).__name__})"
-            pair = layer.kernel_pair(shape, need_dx) if _uses_pair(layer) else None
+            # a max-pool that writes the activation's dx before it needs no dx buffer of its own
+            pair = (layer.kernel_pair(shape, need_dx and pool_act is None) if _uses_pair(layer)
+                    else None)
             if pair is not None and pair.kind == "flatten" and src is not None:
                 # a view of the previous op's output, and in the backward of the next op's dx
                 # (both C-contiguous): no step, no copy

@@ -290,6 +290,7 @@ def test_activation_before_a_maxpool_has_its_derivative_in_the_pool(backend, dty
     assert "layer 1 (" in names[1] and names[1].endswith(" forward"), names
     assert not any(n.startswith("layer 1 (") and n.endswith(" backward") for n in names), names
     assert any(n.startswith("layer 2 (MaxPool2D) + layer 1 (") for n in names), names
+    assert "dx" not in a.layers[2]._ws          # the pool writes the activation's dx only
     for bias in (0.0, -0.0, np.inf, -np.inf, np.nan):
         for net in (a, b):          # channel 0 constant: ties in every window, or non-finite
             net.layers[0].params["W"][0] = 0.0

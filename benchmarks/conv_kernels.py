@@ -149,7 +149,8 @@ def pool_cases(batch, dt):
             "avgpool bwd": lambda dout=dout, dx=dx, k=k, s=s: K.avgpool2d_backward(dout, dx, k, s),
         }
         for op, fn in ops.items():
-            yield f"{name} b{batch}", op, {"numpy": on_backend("numpy", fn), "cython": on_backend("cython", fn)}
+            yield f"{name} b{batch}", op, {"numpy": on_backend("numpy", fn),
+                                           "cython": on_backend("cython", fn)}
 
 
 def per_call(fn, reps):

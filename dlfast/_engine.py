@@ -207,7 +207,8 @@ class Plan:
             self._names[id(op)] = name
             # an activation whose derivative the next max-pool applies: no backward step, dL/dx
             # passes through (as a flatten view's does)
-            ops.append((op, src, runs_bwd, dx) if pool_act is None else (None, src, runs_bwd, shape))
+            ops.append((op, src, runs_bwd, dx) if pool_act is None
+                       else (None, src, runs_bwd, shape))
             src, shape = out, out.shape
         return src, shape, ops
 

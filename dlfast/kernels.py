@@ -1028,7 +1028,7 @@ OPS = {
     "flatten": (("out", "dx"), ()),
 }
 BATCHNORM_FUSED = ("identity", "relu", "leaky_relu")   # activations a batchnorm op fuses
-MAXPOOL_FUSED = BATCHNORM_FUSED        # activations (before it) whose derivative a maxpool2d applies
+MAXPOOL_FUSED = BATCHNORM_FUSED   # activations before it whose derivative a maxpool2d applies
 OP_INPUTS = frozenset({"W", "b", "gamma", "beta", "slope"})     # arrays an op only reads
 OP_GRADS = frozenset({"dW", "db", "dgamma", "dbeta", "dslope"})  # its parameter gradients
 LOSS_OPS = ("softmax_xent", "mse", "mae", "huber", "sigmoid_bce")  # value losses: all but the first

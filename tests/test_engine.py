@@ -305,6 +305,33 @@ def test_activation_before_a_maxpool_has_its_derivative_in_the_pool(backend, dty
         _same_bits_non_finite(a, b, x, t)
 
 
+@pytest.mark.parametrize("act", ["relu", "leaky"])
+def test_maxpool_with_the_derivative_agrees_across_backends_and_threads(dtype, act):
+    """The fused pool op of the compiled backend against the NumPy backend's (float32 and
+    float64, overlapping windows), and its bits at 1 and at 2 threads."""
+    if "cython" not in dlfast.available_backends():
+        pytest.skip("compiled backend not built")
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((4, 2, 9, 9)).astype(dtype)
+    t = rng.integers(0, 5, 4)
+
+    def grads(backend, threads):
+        net = Sequential([Conv2D(2, 5, 3, seed=1, dtype=dtype), FUSED_ACTS[act](),
+                          MaxPool2D(3, stride=1), Flatten(), Dense(5 * 5 * 5, 5, seed=2,
+                                                                    dtype=dtype)], seed=1)
+        dlfast.set_num_threads(threads)
+        with dlfast.use_backend(backend):
+            _, g = net.loss_and_gradient(x, t)
+            assert any("derivative" in n for n in net._plans._plans[0].step_names())
+        return g
+
+    ref, one, two = grads("numpy", 1), grads("cython", 1), grads("cython", 2)
+    tol = dict(rtol=1e-4, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-13)
+    for k in ref:
+        np.testing.assert_allclose(one[k], ref[k], err_msg=k, **tol)
+        np.testing.assert_array_equal(one[k], two[k], err_msg=k)
+
+
 @pytest.mark.parametrize("layers,fused", [
     (lambda: [Conv2D(2, 3, 3, seed=1), Activation("tanh"), MaxPool2D(2)], False),
     (lambda: [Conv2D(2, 3, 3, seed=1), ReLU(), AvgPool2D(2)], False),

@@ -975,8 +975,13 @@ def bind_update(rule, ws, gs, states, wds, *, mu=0.9, rho=0.99, eps=None, eps_in
 #               then y = act(out) (activation of            dout (dL/dy) first times act'(.) from
 #               BATCHNORM_FUSED; y None without: the same    z = gamma * xhat + beta (the same
 #               bits as an activation op after it)           bits as the activation op's backward)
-# conv2d        conv2d_forward(x, W, b, out, col, stride,    conv2d_backward(dout, x, W, col, dcol,
-#               pad)                                          dx, dW, db, stride, pad)
+# conv2d        conv2d_forward(x, W, b, out, col, stride,    with an activation of CONV_FUSED and dz:
+#               pad), then with an activation of              dz = dout * act'(.) from out (the
+#               CONV_FUSED: out = act(out) (the same bits     activation op's backward) and dout = dz;
+#               as an activation op after it)                 dz None: dout is dL/dz already (a
+#                                                             max-pool after it applied act');
+#                                                             conv2d_backward(dout, x, W, col, dcol,
+#                                                             dx, dW, db, stride, pad)
 # maxpool2d     maxpool2d_forward(x, out, argmax, kernel,    maxpool2d_backward(dout, argmax, dx,
 #               stride, pad)                                  kernel, stride, pad), then with an
 #                                                             activation of MAXPOOL_FUSED (the
@@ -1021,7 +1026,8 @@ OPS = {
     "mae": (("targets", "sw", "dlogits"), ("weight", "reduction")),
     "huber": (("targets", "sw", "dlogits"), ("weight", "delta", "reduction")),
     "sigmoid_bce": (("targets", "sw", "dlogits"), ("weight", "reduction")),
-    "conv2d": (("W", "b", "out", "col", "dcol", "dx", "dW", "db"), ("x_shape", "stride", "pad")),
+    "conv2d": (("W", "b", "out", "col", "dcol", "dx", "dW", "db", "dz"),
+               ("x_shape", "stride", "pad", "activation", "alpha")),
     "maxpool2d": (("out", "argmax", "dx"), ("x_shape", "kernel", "stride", "pad", "activation",
                                             "alpha")),
     "avgpool2d": (("out", "dx"), ("x_shape", "kernel", "stride", "pad", "count_include_pad")),
@@ -1029,6 +1035,7 @@ OPS = {
 }
 BATCHNORM_FUSED = ("identity", "relu", "leaky_relu")   # activations a batchnorm op fuses
 MAXPOOL_FUSED = BATCHNORM_FUSED   # activations before it whose derivative a maxpool2d applies
+CONV_FUSED = BATCHNORM_FUSED      # activations a conv2d op applies to its output
 OP_INPUTS = frozenset({"W", "b", "gamma", "beta", "slope"})     # arrays an op only reads
 OP_GRADS = frozenset({"dW", "db", "dgamma", "dbeta", "dslope"})  # its parameter gradients
 LOSS_OPS = ("softmax_xent", "mse", "mae", "huber", "sigmoid_bce")  # value losses: all but the first
@@ -1455,8 +1462,17 @@ def _conv_op_arrays(kind, xs, dt, a, s):
                   "dcol": h("dcol", a["dcol"], wshape, dt, True, a["dx"] is None),
                   "dx": h("dx", a["dx"], xs, dt, True, True),
                   "dW": h("dW", a["dW"], W.shape, dt, True, True),
-                  "db": h("db", a["db"], (f,), dt, True, True)}
-        return arrays, [("W", W), ("b", arrays["b"])], dict(x_shape=xs, stride=stride, pad=pad)
+                  "db": h("db", a["db"], (f,), dt, True, True),
+                  "dz": h("dz", a["dz"], (xs[0], f, oh, ow), dt, True, True)}
+        if s["activation"] not in CONV_FUSED:
+            raise ValueError(f"a conv2d op applies an activation of {CONV_FUSED}, got "
+                             f"{s['activation']!r}")
+        if s["activation"] == "identity" and arrays["dz"] is not None:
+            raise ValueError("dz is the workspace of an activation's derivative: give it only "
+                             "with activation 'relu' or 'leaky_relu'")
+        return arrays, [("W", W), ("b", arrays["b"])], dict(
+            x_shape=xs, stride=stride, pad=pad, activation=s["activation"],
+            alpha=_activation(s["activation"], s["alpha"]))
     kernel, stride, pad = _pool_settings(s["kernel"], s["stride"], s["pad"])
     oshape = xs[:2] + _pool_hw(xs[2], xs[3], kernel, stride, pad)
     arrays = {"out": h("out", a["out"], oshape, dt, True), "dx": h("dx", a["dx"], xs, dt, True, True)}

@@ -28,7 +28,7 @@ from libc.stdint cimport int64_t
 from libc.string cimport memset, memcpy
 
 from _act cimport (CHEAP, buf_get, buf_release, DT_F32, DT_FLOAT, DT_I64, ACT_IDENTITY,
-                  ACT_LEAKY, act_code)
+                  ACT_LEAKY, act_code, act_row, act_grad_row)
 from _gemm cimport gemm_f32_t, gemm_f64_t, pin_t
 from _op cimport dlf_op
 
@@ -661,8 +661,9 @@ cdef inline bint _dcv_dw_better(const _Geo* g, Py_ssize_t Wp, Py_ssize_t vl) noe
 
 
 cdef int _dconv(const floating* src, const floating* Wt, const floating* b, floating* dst,
-                const _Geo* g, bint dx) noexcept nogil:
-    """dx False: out = conv(x, W) + b; dx True: dx = the transposed convolution of dout
+                const _Geo* g, bint dx, int act, floating alpha) noexcept nogil:
+    """dx False: out = act(conv(x, W) + b) (act: an activation code, ACT_IDENTITY for none,
+    applied to each image's output while in cache); dx True (act ACT_IDENTITY): dx = the transposed convolution of dout
     (F, OH, OW) with W (a convolution of dout padded by KH-1-ph, KW-1-pw, the kernel flipped, F
     and C swapped). One image per work item. Returns -1 when its scratch cannot be allocated
     (nothing written)."""
@@ -703,11 +704,11 @@ cdef int _dconv(const floating* src, const floating* Wt, const floating* b, floa
     if nt == 1:
         for n in range(g.N):
             _dconv_image(src, buf, b, dst, buf + ws, xps, ci, H, W, co, ph, pw, g.KH, g.KW, n,
-                         cv)
+                         cv, act, alpha)
     else:
         for n in prange(g.N, num_threads=nt, schedule="static"):
             _dconv_image(src, buf, b, dst, buf + ws + threadid() * per, xps, ci, H, W, co, ph,
-                         pw, g.KH, g.KW, n, cv)
+                         pw, g.KH, g.KW, n, cv, act, alpha)
     free(buf)
     return 0
 
@@ -716,8 +717,8 @@ cdef inline void _dconv_image(const floating* src, const floating* wp, const flo
                               floating* dst, floating* t, Py_ssize_t xps, Py_ssize_t ci,
                               Py_ssize_t H, Py_ssize_t W, Py_ssize_t co, Py_ssize_t ph,
                               Py_ssize_t pw, Py_ssize_t KH, Py_ssize_t KW,
-                              Py_ssize_t n, bint cv) noexcept nogil:
-    """Image n: src (ci, H, W) -> dst (co, H + 2ph - KH + 1, W + 2pw - KW + 1)."""
+                              Py_ssize_t n, bint cv, int act, floating alpha) noexcept nogil:
+    """Image n: src (ci, H, W) -> dst (co, H + 2ph - KH + 1, W + 2pw - KW + 1), then act."""
     cdef Py_ssize_t outs = co * (H + 2 * ph - KH + 1) * (W + 2 * pw - KW + 1)
     if cv:
         if floating is float:
@@ -732,6 +733,8 @@ cdef inline void _dconv_image(const floating* src, const floating* wp, const flo
     else:
         dlf_dconv_one_d(src + n * ci * H * W, wp, b, dst + n * outs, t, t + xps, ci, H, W, co,
                         KH, KW, ph, pw)
+    if act != ACT_IDENTITY:
+        act_row(dst + n * outs, dst + n * outs, NULL, outs, act, alpha)
 
 
 cdef int _dw_direct(const floating* dout, const floating* x, floating* dW,
@@ -823,28 +826,30 @@ cdef inline void _dw_item(floating* buf, floating* dW, const _Geo* g, Py_ssize_t
 
 # ---------------------------------------------------------------------------- conv2d forward
 cdef bint _conv_fwd(const floating* x, const floating* Wt, const floating* b, floating* out,
-                    floating* col, const _Geo* g) noexcept nogil:
-    """Returns whether col now holds im2col(x) (the GEMM path) for a backward of the same x."""
+                    floating* col, const _Geo* g, int act, floating alpha) noexcept nogil:
+    """out = act(conv(x, W) + b) (act ACT_IDENTITY: none; else applied per work item while its
+    output is in cache: the same bits as the activation op after it). Returns whether col now
+    holds im2col(x) (the GEMM path) for a backward of the same x."""
     cdef Py_ssize_t cols = _img_cols(g), nb = (g.OHW + cols - 1) // cols, it
     cdef int nt = _threads(g.N * g.F * g.OHW * g.K // 16 + g.N * g.K * g.OHW // CHEAP)
     if g.N == 0:
         return True
-    if _fwd_direct(g) and _dconv(x, Wt, b, out, g, False) == 0:
+    if _fwd_direct(g) and _dconv(x, Wt, b, out, g, False, act, alpha) == 0:
         return False                            # col untouched
     _pin()
     if nt == 1:
         for it in range(g.N * nb):
-            _fwd_item(x, Wt, b, out, col, g, it // nb, (it % nb) * cols, cols)
+            _fwd_item(x, Wt, b, out, col, g, it // nb, (it % nb) * cols, cols, act, alpha)
     else:
         for it in prange(g.N * nb, num_threads=nt, schedule="static"):
-            _fwd_item(x, Wt, b, out, col, g, it // nb, (it % nb) * cols, cols)
+            _fwd_item(x, Wt, b, out, col, g, it // nb, (it % nb) * cols, cols, act, alpha)
     return True
 
 
 cdef void _fwd_item(const floating* x, const floating* Wt, const floating* b, floating* out,
                     floating* col, const _Geo* g, Py_ssize_t n, Py_ssize_t p0,
-                    Py_ssize_t cols) noexcept nogil:
-    """Columns [p0, p0 + cols) of image n: im2col, GEMM, bias."""
+                    Py_ssize_t cols, int act, floating alpha) noexcept nogil:
+    """Columns [p0, p0 + cols) of image n: im2col, GEMM, bias, act."""
     cdef Py_ssize_t p1 = min(p0 + cols, g.OHW), f, p
     cdef floating* o = out + n * g.F * g.OHW
     cdef floating* cn = col + n * g.K * g.OHW
@@ -861,6 +866,9 @@ cdef void _fwd_item(const floating* x, const floating* Wt, const floating* b, fl
             bf = b[f]
             for p in range(p0, p1):
                 o[f * g.OHW + p] = o[f * g.OHW + p] + bf
+    if act != ACT_IDENTITY:
+        for f in range(g.F):
+            act_row(o + f * g.OHW + p0, o + f * g.OHW + p0, NULL, p1 - p0, act, alpha)
 
 
 def conv2d_forward(x, W, b, out, col, stride, pad):
@@ -882,10 +890,12 @@ def conv2d_forward(x, W, b, out, col, stride, pad):
         with nogil:
             if dt == DT_F32:
                 _conv_fwd(<const float*>v[0].buf, <const float*>v[1].buf,
-                          <const float*>v[2].buf, <float*>v[3].buf, <float*>v[4].buf, &g)
+                          <const float*>v[2].buf, <float*>v[3].buf, <float*>v[4].buf, &g,
+                          ACT_IDENTITY, 0)
             else:
                 _conv_fwd(<const double*>v[0].buf, <const double*>v[1].buf,
-                          <const double*>v[2].buf, <double*>v[3].buf, <double*>v[4].buf, &g)
+                          <const double*>v[2].buf, <double*>v[3].buf, <double*>v[4].buf, &g,
+                          ACT_IDENTITY, 0)
     finally:
         buf_release(v, 5)
 
@@ -901,7 +911,7 @@ cdef void _conv_bwd(const floating* dout, const floating* x, const floating* Wt,
     if dx != NULL and g.N and g.C and g.HW:
         if g.F == 0:
             memset(dx, 0, g.N * g.C * g.HW * sizeof(floating))
-        elif _dx_direct(g) and _dconv(dout, Wt, NULL, dx, g, True) == 0:
+        elif _dx_direct(g) and _dconv(dout, Wt, NULL, dx, g, True, ACT_IDENTITY, 0) == 0:
             pass
         else:
             cols = _img_cols(g)
@@ -1288,21 +1298,49 @@ ctypedef struct _ConvC:
     int dt
     bint col_ready      # the last forward left im2col(x) in col (a program runs an op's
                         # backward right after its forward of the same x, in one call)
+    int act             # the activation the forward applies to out (ACT_IDENTITY: none)
+    double alpha
+    void* dz            # NULL, or the backward's dz = dout * act'(out), taken as its dout
 
 
 cdef int _conv_op_fwd(dlf_op* p, const void* x) noexcept nogil:
     cdef _ConvC* s = <_ConvC*>p
     if s.dt == DT_F32:
         s.col_ready = _conv_fwd(<const float*>x, <const float*>s.W, <const float*>s.b,
-                                <float*>s.op.out, <float*>s.col, &s.g)
+                                <float*>s.op.out, <float*>s.col, &s.g, s.act, <float>s.alpha)
     else:
         s.col_ready = _conv_fwd(<const double*>x, <const double*>s.W, <const double*>s.b,
-                                <double*>s.op.out, <double*>s.col, &s.g)
+                                <double*>s.op.out, <double*>s.col, &s.g, s.act, s.alpha)
     return 0
+
+
+cdef void _act_grad_all(floating* dz, const floating* dout, const floating* y, Py_ssize_t n,
+                        int code, floating alpha) noexcept nogil:
+    """dz = dout * act'(y) over n elements in 4096-element blocks (the activation op's
+    backward: the same bits)."""
+    cdef Py_ssize_t nb = (n + 4095) // 4096, blk, lo
+    cdef int nt = _threads(n // CHEAP)
+    if nt == 1:
+        for blk in range(nb):
+            lo = blk * 4096
+            act_grad_row(dz + lo, dout + lo, y + lo, min(4096, n - lo), code, alpha)
+    else:
+        for blk in prange(nb, num_threads=nt, schedule="static"):
+            lo = blk * 4096
+            act_grad_row(dz + lo, dout + lo, y + lo, min(4096, n - lo), code, alpha)
 
 
 cdef int _conv_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept nogil:
     cdef _ConvC* s = <_ConvC*>p
+    cdef Py_ssize_t n = s.g.N * s.g.F * s.g.OHW
+    if s.dz != NULL:
+        if s.dt == DT_F32:
+            _act_grad_all(<float*>s.dz, <const float*>dout, <const float*>s.op.out, n, s.act,
+                          <float>s.alpha)
+        else:
+            _act_grad_all(<double*>s.dz, <const double*>dout, <const double*>s.op.out, n, s.act,
+                          s.alpha)
+        dout = s.dz
     if s.dt == DT_F32:
         _conv_bwd(<const float*>dout, <const float*>x, <const float*>s.W, <float*>s.col,
                   <float*>s.dcol, <float*>s.op.dx, <float*>s.dW, <float*>s.db, &s.g,
@@ -1315,13 +1353,15 @@ cdef int _conv_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept nogil
 
 
 cdef class Conv2DOp:
-    """The ``conv2d`` op: ``conv2d_forward(x, W, b, out, col, stride, pad)`` and
-    ``conv2d_backward(dout, x, W, col, dcol, dx, dW, db, stride, pad)`` of fixed arrays, x of
-    ``x_shape`` (b, dx, dW, db: None to skip; dcol None only when dx is)."""
+    """The ``conv2d`` op: ``conv2d_forward(x, W, b, out, col, stride, pad)``, then out =
+    act(out) with ``activation`` ("identity": none); ``conv2d_backward(dout, x, W, col, dcol, dx,
+    dW, db, stride, pad)`` of fixed arrays, x of ``x_shape`` (b, dx, dW, db: None to skip; dcol
+    None only when dx is), after dz = dout * act'(out) taken as dout when dz is given."""
     cdef _ConvC c
-    cdef Py_buffer v[8]
+    cdef Py_buffer v[9]
 
-    def __cinit__(self, W, b, out, col, dcol, dx, dW, db, x_shape, stride, pad):
+    def __cinit__(self, W, b, out, col, dcol, dx, dW, db, dz, x_shape, stride, pad,
+                  activation, double alpha):
         cdef int dt
         cdef Py_ssize_t n, ch, h, w
         memset(self.v, 0, sizeof(self.v))
@@ -1341,6 +1381,15 @@ cdef class Conv2DOp:
         _arr(dx, &self.v[5], dt, "dx", (n, ch, h, w), True, False)
         _arr(dW, &self.v[6], dt, "dW", tuple(W.shape), True, False)
         _arr(db, &self.v[7], dt, "db", (g[1],), True, False)
+        _arr(dz, &self.v[8], dt, "dz", g[:4], True, False)
+        self.c.act = act_code(activation)
+        if self.c.act > ACT_LEAKY:
+            raise ValueError(f"a conv2d op applies identity, relu or leaky_relu, got "
+                             f"{activation!r}")
+        if dz is not None and self.c.act == ACT_IDENTITY:
+            raise ValueError("dz is given only with an activation")
+        self.c.alpha = alpha
+        self.c.dz = self.v[8].buf
         self.c.dt = dt
         self.c.W, self.c.b, self.c.op.out, self.c.col = (self.v[0].buf, self.v[1].buf,
                                                          self.v[2].buf, self.v[3].buf)
@@ -1350,7 +1399,7 @@ cdef class Conv2DOp:
         self.c.op.bwd = _conv_op_bwd
 
     def __dealloc__(self):
-        buf_release(self.v, 8)
+        buf_release(self.v, 9)
 
     def slot(self, name):
         """Address of the pointer field of the gradient output ``name`` (a program points it at

@@ -309,13 +309,20 @@ def _conv_arrays(xs=XS, f=4, k=3, pad=1, need_dx=True, dtype=F64):
                                                         dtype),
                 col=np.empty(ws, dtype), dcol=np.empty(ws, dtype) if need_dx else None,
                 dx=np.empty(xs, dtype) if need_dx else None, dW=np.empty_like(W),
-                db=np.zeros(f, dtype), stride=1, pad=pad)
+                db=np.zeros(f, dtype), dz=None, stride=1, pad=pad, activation="identity",
+                alpha=0.0)
 
 
 def test_make_op_validates_the_image_ops(backend):
     from dlfast import kernels as K
     K.make_op("conv2d", XS, F64, **_conv_arrays())
     K.make_op("conv2d", XS, F64, **_conv_arrays(need_dx=False))
+    os_ = _conv_arrays()["out"].shape
+    K.make_op("conv2d", XS, F64, **dict(_conv_arrays(), activation="relu", dz=np.empty(os_)))
+    conv = _conv_arrays()
+    with pytest.raises(ValueError, match="output out overlaps dz"):
+        K.make_op("conv2d", XS, F64, **dict(conv, activation="leaky_relu", alpha=0.1,
+                                            dz=conv["out"]))
     bad = [
         (dict(_conv_arrays(), dcol=None), TypeError, r"dcol is required \(an output array"),
         (dict(_conv_arrays(), W=_x((4, 3, 3, 3))), ValueError,
@@ -324,7 +331,18 @@ def test_make_op_validates_the_image_ops(backend):
         (dict(_conv_arrays(), out=np.empty((3, 4, 7, 5))), ValueError, r"out must have shape"),
         (dict(_conv_arrays(), col=_conv_arrays()["W"]), ValueError, "col must have shape"),
         ({k: v for k, v in _conv_arrays().items() if k != "pad"}, TypeError,
-         r"op 'conv2d' takes \('W', 'b', 'out', 'col', 'dcol', 'dx', 'dW', 'db', 'stride', 'pad'\)"),
+         r"op 'conv2d' takes \('W', 'b', 'out', 'col', 'dcol', 'dx', 'dW', 'db', 'dz', 'stride', "
+         r"'pad', 'activation', 'alpha'\)"),
+        (dict(_conv_arrays(), activation="tanh"), ValueError,
+         r"a conv2d op applies an activation of \('identity', 'relu', 'leaky_relu'\), got 'tanh'"),
+        (dict(_conv_arrays(), activation="leaky_relu", alpha=-0.5), ValueError,
+         "alpha must be >= 0 for leaky_relu"),
+        (dict(_conv_arrays(), dz=np.empty((3, 4, 7, 6))), ValueError,
+         "dz is the workspace of an activation's derivative: give it only with activation"),
+        (dict(_conv_arrays(), activation="relu", dz=np.empty((3, 4, 7, 7))), ValueError,
+         r"dz must have shape \(3, 4, 7, 6\)"),
+        (dict(_conv_arrays(), activation="relu", dz=np.empty((3, 4, 7, 6), np.float32)),
+         TypeError, "dz must have dtype float64"),
     ]
     for kw, exc, msg in bad:
         with pytest.raises(exc, match=msg):

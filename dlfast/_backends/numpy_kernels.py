@@ -816,12 +816,21 @@ class SigmoidBCEOp(_LossOp):
 
 
 class Conv2DOp(_Op):
+    """With ``activation`` (``kernels.CONV_FUSED``) not "identity": the convolution, then that
+    activation op's forward in place on out; the backward first writes dz = that activation
+    op's backward of dout (from out) and takes it as dout, unless dz is None (dout is then dL/dz
+    already: a max-pool after the activation applied its derivative)."""
     kind = "conv2d"
 
     def forward(self, x):
         conv2d_forward(x, self.W, self.b, self.out, self.col, self.stride, self.pad)
+        if self.activation != "identity":
+            activation_forward(self.out, self.out, self.activation, self.alpha)
 
     def backward(self, x, dout):
+        if self.dz is not None:
+            activation_backward(dout, self.out, self.dz, self.activation, self.alpha)
+            dout = self.dz
         conv2d_backward(dout, x, self.W, self.col, self.dcol, self.dx, self.dW, self.db,
                         self.stride, self.pad)
 

@@ -117,8 +117,8 @@ class Conv2D(Layer):
             col=self._buf("col", cshape),
             dcol=self._buf("dcol", cshape) if need_dx else None,
             dx=self._buf("dx", tuple(x_shape)) if need_dx else None, dW=self._grad("W"),
-            db=self._grad("b") if "b" in self.params else None, stride=self.stride,
-            pad=self.padding), rec)
+            db=self._grad("b") if "b" in self.params else None, dz=None, stride=self.stride,
+            pad=self.padding, activation="identity", alpha=0.0), rec)
 
     def _config(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,

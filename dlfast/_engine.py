@@ -24,6 +24,12 @@ step, and schedules the program (``dlfast.kernels.PROGRAM_DOC``)::
     a ReLU or leaky ReLU right after a batch norm is no step: the batch norm's op applies it
     (``kernels.OPS`` "batchnorm", ``activation``), and its backward recomputes the derivative
     from xhat, gamma and beta; the same bits as the two ops.
+    a ReLU or leaky ReLU right after a convolution is no step either: the convolution's op
+    writes act(conv) as the activation's output, per image while in cache, and its backward
+    first applies the derivative (into the activation's dx, as ``dz``) -- unless a max-pool
+    follows, which then applies it (below); the same bits as the separate ops.
+    a ReLU or leaky ReLU right before a max-pool has no backward step: the pool's op applies
+    its derivative to the dx it writes (``kernels.OPS`` "maxpool2d", ``activation``).
 
 A run checks what may change between steps and costs little to check: the input (shape,
 dtype, C-contiguous and finite: the net's ``_check_x``; no memory shared with an array the step
@@ -156,7 +162,7 @@ class Plan:
         first = next((i for i, l in enumerate(layers) if l.trainable and l.params), None)
         ops = []
         skip = None
-        pool_act = None         # (activation, alpha, its dx) for the max-pool that follows it
+        pool_act = None         # (activation, alpha, its dx or None) for the max-pool after it
         for i, layer in enumerate(layers):
             if i == skip:                       # an activation the previous op runs
                 continue
@@ -164,7 +170,8 @@ class Plan:
             need_dx = need_input_grad or (first is not None and i > first)
             name = f"{where}layer {i} ({type(layer).__name__})"
             # a max-pool that writes the activation's dx before it needs no dx buffer of its own
-            pair = (layer.kernel_pair(shape, need_dx and pool_act is None) if _uses_pair(layer)
+            own_dx = pool_act is None or pool_act[2] is None
+            pair = (layer.kernel_pair(shape, need_dx and own_dx) if _uses_pair(layer)
                     else None)
             if pair is not None and pair.kind == "flatten" and src is not None:
                 # a view of the previous op's output, and in the backward of the next op's dx
@@ -177,23 +184,30 @@ class Plan:
                 ops.append((None, src, runs_bwd, shape))
                 src, shape = out, out.shape
                 continue
+            passthrough = False
             if pair is None:
                 op, out, dx = self._layer_op(layer, name, src, shape, need_dx)
             else:
-                act = self._fused_activation(pair, layers, i, shape)
+                act = self._fused_activation(pair, layers, i, runs_bwd)
                 if act is not None:
                     skip = i + 1
                     self._recs.append((act[0].__dict__, act[1]))
                     name += f" + layer {i + 1} ({type(act[0]).__name__})"
                 if pool_act is not None:        # this max-pool applies that derivative too
-                    pair.args.update(dx=pool_act[2], activation=pool_act[0], alpha=pool_act[1])
+                    pair.args.update(activation=pool_act[0], alpha=pool_act[1])
+                    if pool_act[2] is not None:
+                        pair.args["dx"] = pool_act[2]
                     name += f" + layer {i - 1} ({type(layers[i - 1]).__name__})'s derivative"
                     pool_act = None
+                elif act is not None and act[2]:    # conv + activation, then a max-pool
+                    pool_act = (pair.args["activation"], pair.args["alpha"], None)
                 elif self._pool_follows(pair, layers, i, shape):
                     pool_act = (pair.args["activation"], pair.args["alpha"], pair.args["dx"])
                     pair.args["dx"] = None
+                    passthrough = True
                 op = self._make(pair, shape, name)
-                out, dx = pair.args["out" if act is None else "y"], pair.args["dx"]
+                out = pair.args["y" if act is not None and pair.kind == "batchnorm" else "out"]
+                dx = pair.args["dx"]
                 rec = pair.rec
                 if "x" in rec:
                     rec["x"] = src
@@ -207,8 +221,7 @@ class Plan:
             self._names[id(op)] = name
             # an activation whose derivative the next max-pool applies: no backward step, dL/dx
             # passes through (as a flatten view's does)
-            ops.append((op, src, runs_bwd, dx) if pool_act is None
-                       else (None, src, runs_bwd, shape))
+            ops.append((None, src, runs_bwd, shape) if passthrough else (op, src, runs_bwd, dx))
             src, shape = out, out.shape
         return src, shape, ops
 
@@ -219,29 +232,46 @@ class Plan:
         activation's derivative (x, its input, is this op's output) and writes this dx."""
         if (pair.kind != "activation" or pair.args["activation"] == "identity"
                 or pair.args["activation"] not in kernels.MAXPOOL_FUSED or "x" in pair.rec
-                or pair.args["dx"] is None or i + 1 >= len(layers)):
+                or pair.args["dx"] is None):
             return False
-        nxt = layers[i + 1]
-        np_ = nxt.kernel_pair(shape, False) if _uses_pair(nxt) else None
-        return np_ is not None and np_.kind == "maxpool2d"
+        return Plan._maxpool_at(layers, i + 1, shape)
 
     @staticmethod
-    def _fused_activation(pair, layers, i, shape):
-        """A batch norm's op takes the activation of the next layer when that layer is an
-        activation op of ``kernels.BATCHNORM_FUSED`` (ReLU, leaky ReLU): the op writes the
-        activation's output (``y``) too, and its backward takes dL/dy. Returns (that layer, its
-        record), or None."""
-        if (pair.kind != "batchnorm" or pair.args["activation"] != "identity"
+    def _fused_activation(pair, layers, i, runs_bwd):
+        """A batch norm's or a convolution's op takes the activation of the next layer when
+        that layer is an activation op of ``kernels.BATCHNORM_FUSED`` / ``CONV_FUSED`` (ReLU,
+        leaky ReLU). The batch norm's op writes the activation's output (``y``) too; the
+        convolution's op writes it as its ``out`` (and its record's) instead of its own. Either
+        backward takes dL/dy, but a convolution's when a max-pool follows the activation: that
+        pool then applies the derivative and the convolution gets no ``dz``. Returns (that
+        layer, its record, whether a max-pool applies the derivative), or None."""
+        if (pair.kind not in ("batchnorm", "conv2d") or pair.args["activation"] != "identity"
                 or i + 1 >= len(layers)):
             return None
         nxt = layers[i + 1]
+        shape = pair.args["out"].shape
         ap = nxt.kernel_pair(shape, False) if _uses_pair(nxt) else None
+        fused = kernels.BATCHNORM_FUSED if pair.kind == "batchnorm" else kernels.CONV_FUSED
         if (ap is None or ap.kind != "activation" or ap.args["activation"] == "identity"
-                or ap.args["activation"] not in kernels.BATCHNORM_FUSED or "x" in ap.rec):
+                or ap.args["activation"] not in fused or "x" in ap.rec):
             return None
-        pair.args.update(y=ap.args["out"], activation=ap.args["activation"],
-                         alpha=ap.args["alpha"])
-        return nxt, ap.rec
+        a = dict(activation=ap.args["activation"], alpha=ap.args["alpha"])
+        if pair.kind == "batchnorm":
+            pair.args.update(y=ap.args["out"], **a)
+            return nxt, ap.rec, False
+        pool = (runs_bwd and a["activation"] in kernels.MAXPOOL_FUSED
+                and Plan._maxpool_at(layers, i + 2, shape))
+        dz = nxt.kernel_pair(shape, True).args["dx"] if runs_bwd and not pool else None
+        pair.args.update(out=ap.args["out"], dz=dz, **a)
+        pair.rec["out"] = ap.args["out"]
+        return nxt, ap.rec, pool
+
+    @staticmethod
+    def _maxpool_at(layers, i, shape):
+        """True when layer i exists and is a max-pool op (for inputs of ``shape``)."""
+        if i >= len(layers) or not _uses_pair(layers[i]):
+            return False
+        return layers[i].kernel_pair(shape, False).kind == "maxpool2d"
 
     def _make(self, pair, shape, name):
         try:

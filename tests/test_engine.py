@@ -89,7 +89,10 @@ def checked_step(net, x, t, sw=None):
     return loss, {k: v.copy() for k, v in net.grads.items()}
 
 
-def _records(net):
+def _records(net, checked=False):
+    """Copies of the layers' forward records; ``checked``: of a checked step, as the engine
+    records them (a convolution whose ReLU or leaky ReLU its op applies records the
+    activation's output as its ``out``)."""
     layers = net.layers if not isinstance(net, MultiTaskNet) else net.layers
     losses = [net.loss_layer] if not isinstance(net, MultiTaskNet) else list(net.loss_layers.values())
     out = {}
@@ -97,7 +100,18 @@ def _records(net):
         for k, v in (layer._fwd or {}).items():
             if isinstance(v, np.ndarray):
                 out[f"r{i}.{k}"] = v.copy()
+    if checked:
+        for i in _conv_act_pairs(layers):
+            out[f"r{i}.out"] = out[f"r{i + 1}.out"]
     return out
+
+
+def _conv_act_pairs(layers):
+    """Indices i where the engine fuses layers[i] (a convolution) with layers[i + 1] (a ReLU or
+    leaky ReLU)."""
+    return [i for i in range(len(layers) - 1)
+            if type(layers[i]) is Conv2D and type(layers[i + 1]) in (Activation, ReLU, LeakyReLU)
+            and layers[i + 1].activation in ("relu", "leaky_relu")]
 
 
 def _compare(a, b, x, t, oa=None, ob=None, records=True, sw=None):
@@ -112,7 +126,7 @@ def _compare(a, b, x, t, oa=None, ob=None, records=True, sw=None):
     for k in ga:
         np.testing.assert_array_equal(ga[k], gb[k], err_msg=k)
     if records:
-        ra, rb = _records(a), _records(b)
+        ra, rb = _records(a), _records(b, checked=True)
         assert ra.keys() == rb.keys()
         for k in ra:
             np.testing.assert_array_equal(ra[k], rb[k], err_msg=k)
@@ -133,7 +147,7 @@ def _same_bits_non_finite(a, b, x, t):
     np.testing.assert_array_equal(la, lb)
     for k in ga:
         np.testing.assert_array_equal(ga[k], gb[k], err_msg=k)
-    ra, rb = _records(a), _records(b)
+    ra, rb = _records(a), _records(b, checked=True)
     for k in ra:
         np.testing.assert_array_equal(ra[k], rb[k], err_msg=k)
 
@@ -275,34 +289,129 @@ POOLS = [dict(kernel_size=2), dict(kernel_size=3, stride=1),
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("act", sorted(FUSED_ACTS))
 @pytest.mark.parametrize("pool", POOLS, ids=str)
+@pytest.mark.parametrize("front", ["conv", "avgpool"])
 def test_activation_before_a_maxpool_has_its_derivative_in_the_pool(backend, dtype, pool, act,
-                                                                    threads):
-    """A ReLU / leaky ReLU then a max-pool: the activation's forward is its own step and the
-    pool's backward applies its derivative (no activation backward step), with the same bits as
-    the checked layer calls, also where the activation's output is 0, -0, inf or NaN and where
-    windows overlap (a cell that wins several windows sums their gradients first)."""
+                                                                    threads, front):
+    """A ReLU / leaky ReLU then a max-pool: the pool's backward applies the activation's
+    derivative (no activation backward step), with the same bits as the checked layer calls,
+    also where the activation's output is 0, -0, inf or NaN and where windows overlap (a cell
+    that wins several windows sums their gradients first). After a convolution the
+    convolution's op applies the activation (no step of its own) and the pool writes its own dx;
+    after an average pool the activation's forward is its own step and the pool writes the
+    activation's dx."""
     rng = np.random.default_rng(4)
     xs = (3, 2, 7, 7)
     ps = kernels.pool2d_output_shape((3, 4, 7, 7), pool["kernel_size"], pool.get("stride"),
                                      pool.get("padding", 0))
-    a = Sequential([Conv2D(2, 4, 3, padding=1, seed=1, dtype=dtype), FUSED_ACTS[act](),
-                    MaxPool2D(**pool), Flatten(), Dense(int(np.prod(ps[1:])), 5, seed=2,
-                                                        dtype=dtype)], seed=1)
+    front_layers = [Conv2D(2, 4, 3, padding=1, seed=1, dtype=dtype)] + (
+        [AvgPool2D(1)] if front == "avgpool" else [])
+    j = len(front_layers)                       # the activation's index
+    a = Sequential(front_layers + [FUSED_ACTS[act](), MaxPool2D(**pool), Flatten(),
+                                   Dense(int(np.prod(ps[1:])), 5, seed=2, dtype=dtype)], seed=1)
     b = copy.deepcopy(a)
     x = rng.standard_normal(xs).astype(dtype)
     t = rng.integers(0, 5, xs[0])
     dlfast.set_num_threads(threads)
     _compare(a, b, x, t)
     names = a._plans._plans[0].step_names()
-    assert "layer 1 (" in names[1] and names[1].endswith(" forward"), names
-    assert not any(n.startswith("layer 1 (") and n.endswith(" backward") for n in names), names
-    assert any(n.startswith("layer 2 (MaxPool2D) + layer 1 (") for n in names), names
-    assert "dx" not in a.layers[2]._ws          # the pool writes the activation's dx only
+    assert not any(n.startswith(f"layer {j} (") and n.endswith(" backward") for n in names), names
+    assert any(n.startswith(f"layer {j + 1} (MaxPool2D) + layer {j} (") for n in names), names
+    if front == "conv":
+        assert names[0].startswith("layer 0 (Conv2D) + layer 1 (") and len(names) == 2 * 3 + 2
+        assert "dx" in a.layers[2]._ws and "dx" not in a.layers[1]._ws     # no dz for the conv
+    else:
+        assert f"layer {j} (" in names[j] and names[j].endswith(" forward"), names
+        assert "dx" not in a.layers[j + 1]._ws  # the pool writes the activation's dx only
     for bias in (0.0, -0.0, np.inf, -np.inf, np.nan):
         for net in (a, b):          # channel 0 constant: ties in every window, or non-finite
             net.layers[0].params["W"][0] = 0.0
             net.layers[0].params["b"][0] = bias
         _same_bits_non_finite(a, b, x, t)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("act", sorted(FUSED_ACTS))
+@pytest.mark.parametrize("stride", [1, 2], ids=["direct", "im2col"])
+def test_conv_applies_the_following_activation(backend, dtype, act, stride, threads):
+    """Conv -> ReLU / leaky ReLU, twice (the second with dx): each pair is one op whose forward
+    writes the activation's output and whose backward applies its derivative first (into dz),
+    with the same bits as the checked layer calls, on the direct path (stride 1, 3x3, 8 output
+    channels) and through im2col + GEMM (stride 2), also for 0, -0, inf and NaN outputs."""
+    rng = np.random.default_rng(5)
+    xs = (4, 2, 9, 9)
+    a = Sequential([Conv2D(2, 8, 3, padding=1, seed=1, dtype=dtype), FUSED_ACTS[act](),
+                    Conv2D(8, 7, 3, stride=stride, seed=2, dtype=dtype), FUSED_ACTS[act](),
+                    Flatten(), Dense(7 * (6 // stride + 1) ** 2, 5, seed=3, dtype=dtype)],
+                   seed=1)
+    b = copy.deepcopy(a)
+    x = rng.standard_normal(xs).astype(dtype)
+    t = rng.integers(0, 5, xs[0])
+    dlfast.set_num_threads(threads)
+    _compare(a, b, x, t)
+    names = a._plans._plans[0].step_names()
+    assert names[:2] == [f"layer 0 (Conv2D) + layer 1 ({type(a.layers[1]).__name__}) forward",
+                         f"layer 2 (Conv2D) + layer 3 ({type(a.layers[3]).__name__}) forward"]
+    assert len(names) == 2 * 3 + 2, names
+    assert a.layers[0]._fwd["out"] is a.layers[1]._fwd["out"]
+    for bias in (0.0, -0.0, np.inf, -np.inf, np.nan):
+        for net in (a, b):
+            for k in (0, 2):
+                net.layers[k].params["W"][0] = 0.0
+                net.layers[k].params["b"][0] = bias
+        _same_bits_non_finite(a, b, x, t)
+
+
+@pytest.mark.parametrize("act", ["relu", "leaky"])
+@pytest.mark.parametrize("stride", [1, 2], ids=["direct", "im2col"])
+def test_conv_with_an_activation_agrees_across_backends_and_threads(dtype, act, stride):
+    """The compiled conv op with an activation against the NumPy backend's, and its bits at 1
+    and at 2 threads (with dz, and before a max-pool without)."""
+    if "cython" not in dlfast.available_backends():
+        pytest.skip("compiled backend not built")
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((6, 3, 12, 12)).astype(dtype)
+    t = rng.integers(0, 5, 6)
+
+    def grads(backend, threads):
+        c2 = 10 // stride
+        net = Sequential([Conv2D(3, 8, 3, padding=1, seed=1, dtype=dtype), FUSED_ACTS[act](),
+                          Conv2D(8, 6, 3, stride=stride, seed=2, dtype=dtype), FUSED_ACTS[act](),
+                          MaxPool2D(2), Flatten(), Dense(6 * (c2 // 2) ** 2, 5, seed=3,
+                                                         dtype=dtype)], seed=1)
+        dlfast.set_num_threads(threads)
+        with dlfast.use_backend(backend):
+            _, g = net.loss_and_gradient(x, t)
+            assert sum("Conv2D) + layer" in n for n in net._plans._plans[0].step_names()) == 4
+        return g
+
+    ref, one, two = grads("numpy", 1), grads("cython", 1), grads("cython", 2)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
+    for k in ref:
+        np.testing.assert_allclose(one[k], ref[k], err_msg=k, **tol)
+        np.testing.assert_array_equal(one[k], two[k], err_msg=k)
+
+
+@pytest.mark.parametrize("layers,fused", [
+    (lambda: [Conv2D(2, 3, 3, seed=1), Activation("tanh")], 0),
+    (lambda: [Conv2D(2, 3, 3, seed=1), Activation("identity")], 0),
+    (lambda: [Conv2D(2, 3, 3, seed=1), ELU()], 0),
+    (lambda: [Conv2D(2, 3, 3, seed=1), Dropout(0.2, seed=1), ReLU()], 0),
+    (lambda: [Conv2D(2, 3, 3, seed=1), BatchNorm(3), ReLU()], 0),       # the batch norm's
+    (lambda: [Conv2D(2, 3, 3, seed=1, trainable=False), ReLU(), Conv2D(3, 2, 2, seed=2)], 1),
+    (lambda: [Conv2D(2, 3, 3, seed=1), LeakyReLU(0.2), Conv2D(3, 2, 2, seed=2), ReLU()], 2),
+])
+def test_conv_fuses_only_a_following_relu(backend, layers, fused):
+    net = Sequential(layers() + [Flatten()], loss=MSELoss(), seed=1)
+    x = np.random.default_rng(0).standard_normal((2, 2, 7, 7)).astype(np.float32)
+    out = net.forward(x, False)
+    loss, g = net.loss_and_gradient(x, np.zeros(out.shape, np.float32))
+    names = net._plans._plans[0].step_names()
+    assert sum("(Conv2D) + layer" in n and n.endswith("forward") for n in names) == fused, names
+    ref = Sequential(copy.deepcopy(net.layers), loss=MSELoss(), seed=1)
+    lr, gr = checked_step(ref, x, np.zeros(out.shape, np.float32))
+    assert loss == lr
+    for k in g:
+        np.testing.assert_array_equal(g[k], gr[k], err_msg=k)
 
 
 @pytest.mark.parametrize("act", ["relu", "leaky"])
@@ -424,7 +533,7 @@ def test_flatten_is_a_view_after_an_op_and_an_op_first(backend, plans):
         plan = a._plans._plans[0]
         assert any("Flatten" in n for n in plan.step_names()) == first
         if not first:
-            dense_src = [s[2] for s in plan.steps if s[0] == kernels.FWD][2]
+            dense_src = [s[2] for s in plan.steps if s[0] == kernels.FWD][1]   # conv + ReLU
             assert dense_src.shape == (5, 144)
             assert np.shares_memory(dense_src, a.layers[1]._fwd["out"])     # ReLU's output
 

@@ -526,6 +526,15 @@ cdef inline Py_ssize_t _w_cols(const _Geo* g) noexcept nogil:
     return c if c > 16 else 16
 
 
+cdef inline Py_ssize_t _nt_cols(const _Geo* g) noexcept nogil:
+    """Columns of dW per block of dlf_dw_nt (K < DIRECT_TAPS): whole tiles of 3 taps, spread
+    as evenly as they go over P blocks (K = 25 on 2: 15 + 10 taps, 5 + 4 tiles; K = 9: 6 + 3).
+    A block's columns are computed the same way wherever it starts: the split orders the work
+    only."""
+    cdef Py_ssize_t tiles = (g.K + 2) // 3
+    return 3 * ((tiles + _PARTS - 1) // _PARTS)
+
+
 # ---------------------------------------------------------------------------- im2col / col2im
 cdef void _im2col(const floating* x, floating* col, const _Geo* g, Py_ssize_t p0,
                   Py_ssize_t p1) noexcept nogil:
@@ -965,7 +974,7 @@ cdef void _dw_gemm(const floating* dout, const floating* x, floating* col, float
         else:
             for it in prange(g.N, num_threads=nt, schedule="static"):
                 _im2col(x + it * g.C * g.HW, col + it * g.K * g.OHW, g, 0, g.OHW)
-    wc = _w_cols(g)
+    wc = _nt_cols(g) if g.K < DIRECT_TAPS else _w_cols(g)
     nbw = (g.K + wc - 1) // wc
     nt = _threads(g.N * g.F * g.OHW * g.K // 16)
     if nt == 1:

@@ -28,7 +28,7 @@ from libc.stdint cimport int64_t
 from libc.string cimport memset, memcpy
 
 from _act cimport (CHEAP, buf_get, buf_release, DT_F32, DT_FLOAT, DT_I64, ACT_IDENTITY,
-                  ACT_LEAKY, act_code, act_row, act_grad_row)
+                  ACT_LEAKY, ACT_RELU, act_code, act_row, act_grad_row)
 from _gemm cimport gemm_f32_t, gemm_f64_t, pin_t
 from _op cimport dlf_op
 
@@ -1151,28 +1151,53 @@ cdef Py_ssize_t _maxpool_bwd_plane(const floating* dout, const int64_t* arg, flo
     return bad
 
 
+cdef Py_ssize_t _maxpool_bwd_wins(const floating* dout, const int64_t* arg,
+                                  const floating* out, floating* dx, floating lo,
+                                  const _Geo* g) noexcept nogil:
+    """_maxpool_bwd_plane, then times act'(y) = (y > 0 ? 1 : lo) from the pool's output: where
+    windows do not overlap, a cell is the argmax of at most one window o and y there is out[o]
+    (value and sign of the test y > 0; a NaN wins its window), so dx[a] = (0 + dout[o]) * act'
+    (out[o]) and every other cell 0 * act'(y) = 0: the bits of the plane pass without reading
+    y."""
+    cdef Py_ssize_t o, bad = 0
+    cdef int64_t a
+    memset(dx, 0, g.HW * sizeof(floating))
+    for o in range(g.OHW):
+        a = arg[o]
+        if a < 0 or a >= g.HW:
+            bad += 1
+        else:
+            dx[a] = (dx[a] + dout[o]) * (<floating>1 if out[o] > 0 else lo)
+    return bad
+
+
 cdef Py_ssize_t _maxpool_bwd(const floating* dout, const int64_t* arg, floating* dx,
                              const _Geo* g, const floating* y=NULL, int code=ACT_IDENTITY,
-                             floating alpha=0) noexcept nogil:
+                             floating alpha=0, const floating* out=NULL) noexcept nogil:
     """Every plane of dx; with y (the pool's input, an activation's output) and that
     activation's code, each plane then times act'(y) in place while in cache (dlf_dact*: the
-    same bits as the activation op's backward after this one)."""
+    same bits as the activation op's backward after this one), or, where windows do not overlap
+    and the pool's output ``out`` is given, as it is scattered (_maxpool_bwd_wins)."""
     cdef Py_ssize_t it, bad = 0
     cdef int nt = _threads(g.N * g.C * (g.HW + g.OHW) // CHEAP)
     if nt == 1:
         for it in range(g.N * g.C):
-            bad += _maxpool_bwd_act(dout, arg, dx, y, code, alpha, g, it)
+            bad += _maxpool_bwd_act(dout, arg, dx, y, code, alpha, out, g, it)
     else:
         for it in prange(g.N * g.C, num_threads=nt, schedule="static"):
-            bad += _maxpool_bwd_act(dout, arg, dx, y, code, alpha, g, it)
+            bad += _maxpool_bwd_act(dout, arg, dx, y, code, alpha, out, g, it)
     return bad
 
 
 cdef inline Py_ssize_t _maxpool_bwd_act(const floating* dout, const int64_t* arg, floating* dx,
                                         const floating* y, int code, floating alpha,
-                                        const _Geo* g, Py_ssize_t it) noexcept nogil:
-    cdef Py_ssize_t bad = _maxpool_bwd_plane(dout + it * g.OHW, arg + it * g.OHW, dx + it * g.HW,
-                                             g)
+                                        const floating* out, const _Geo* g,
+                                        Py_ssize_t it) noexcept nogil:
+    cdef Py_ssize_t bad
+    if code != ACT_IDENTITY and out != NULL and g.sh >= g.KH and g.sw >= g.KW:
+        return _maxpool_bwd_wins(dout + it * g.OHW, arg + it * g.OHW, out + it * g.OHW,
+                                 dx + it * g.HW, 0 if code == ACT_RELU else alpha, g)
+    bad = _maxpool_bwd_plane(dout + it * g.OHW, arg + it * g.OHW, dx + it * g.HW, g)
     if code != ACT_IDENTITY:
         if floating is float:
             dlf_dactf(dx + it * g.HW, y + it * g.HW, g.HW, code, alpha)
@@ -1449,10 +1474,10 @@ cdef int _maxpool_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept no
         return 0
     if s.dt == DT_F32:
         _maxpool_bwd(<const float*>dout, s.argmax, <float*>s.op.dx, &s.g, <const float*>x,
-                     s.act, <float>s.alpha)
+                     s.act, <float>s.alpha, <const float*>s.op.out)
     else:
         _maxpool_bwd(<const double*>dout, s.argmax, <double*>s.op.dx, &s.g, <const double*>x,
-                     s.act, s.alpha)
+                     s.act, s.alpha, <const double*>s.op.out)
     return 0
 
 

@@ -282,8 +282,8 @@ def test_batchnorm_activation_runs_fused(backend, dtype, shape, act, threads):
         _same_bits_non_finite(a, b, x, t)
 
 
-POOLS = [dict(kernel_size=2), dict(kernel_size=3, stride=1),
-         dict(kernel_size=3, stride=2, padding=1)]
+POOLS = [dict(kernel_size=2), dict(kernel_size=3, stride=1),    # apart, overlapping
+         dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=3, stride=3, padding=1)]
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -240,32 +240,34 @@ cdef extern from *:
     DLF_COL2IM(dlf_col2imf, float)
     DLF_COL2IM(dlf_col2imd, double)
 
-    /* im2col of one whole image: col (C*KH*KW, OH*OW) from x (C, H, W); per row (c, kh, kw) and
-       output row oh: zeros, the cells inside x, zeros (copies only: no arithmetic). */
+    /* im2col of one image, rows [r0, r1) (all: 0, C*KH*KW): col (r1 - r0, OH*OW) from x
+       (C, H, W); per row r = (c*KH + kh)*KW + kw and output row oh: zeros, the cells inside x,
+       zeros (copies only: no arithmetic). */
     #define DLF_IM2COL(NAME, T)                                                               \\
     DLF_CLONES static void NAME(const T* restrict x, T* restrict col, dlf_ix C, dlf_ix H,     \\
                                 dlf_ix W, dlf_ix OH, dlf_ix OW, dlf_ix KH, dlf_ix KW,         \\
-                                dlf_ix sh, dlf_ix sw, dlf_ix ph, dlf_ix pw) {                 \\
-        dlf_ix c, kh, kw, oh, ow, lo, hi;                                                     \\
-        for (c = 0; c < C; c++)                                                               \\
-            for (kh = 0; kh < KH; kh++)                                                       \\
-                for (kw = 0; kw < KW; kw++) {                                                 \\
-                    T* restrict row = col + ((c * KH + kh) * KW + kw) * OH * OW;              \\
-                    const T* xc = x + c * H * W + kw - pw;                                    \\
-                    dlf_ow_range(W, OW, sw, pw, kw, &lo, &hi);                                \\
-                    for (oh = 0; oh < OH; oh++) {                                             \\
-                        T* restrict r = row + oh * OW;                                        \\
-                        dlf_ix ih = oh * sh - ph + kh;                                        \\
-                        const T* xr = xc + ih * W;                                            \\
-                        if (ih < 0 || ih >= H || lo >= hi) {                                  \\
-                            for (ow = 0; ow < OW; ow++) r[ow] = 0;                            \\
-                            continue;                                                         \\
-                        }                                                                     \\
-                        for (ow = 0; ow < lo; ow++) r[ow] = 0;                                \\
-                        DLF_BY_STRIDE(S, sw, for (ow = lo; ow < hi; ow++) r[ow] = xr[ow * S];); \\
-                        for (ow = hi; ow < OW; ow++) r[ow] = 0;                               \\
-                    }                                                                         \\
+                                dlf_ix sh, dlf_ix sw, dlf_ix ph, dlf_ix pw, dlf_ix r0,        \\
+                                dlf_ix r1) {                                                  \\
+        dlf_ix c, kh, kw, oh, ow, lo, hi, rr;                                                 \\
+        (void)C;                                                                              \\
+        for (rr = r0; rr < r1; rr++) {                                                        \\
+            c = rr / (KH * KW); kh = rr / KW % KH; kw = rr % KW;                              \\
+            T* restrict row = col + (rr - r0) * OH * OW;                                      \\
+            const T* xc = x + c * H * W + kw - pw;                                            \\
+            dlf_ow_range(W, OW, sw, pw, kw, &lo, &hi);                                        \\
+            for (oh = 0; oh < OH; oh++) {                                                     \\
+                T* restrict r = row + oh * OW;                                                \\
+                dlf_ix ih = oh * sh - ph + kh;                                                \\
+                const T* xr = xc + ih * W;                                                    \\
+                if (ih < 0 || ih >= H || lo >= hi) {                                          \\
+                    for (ow = 0; ow < OW; ow++) r[ow] = 0;                                    \\
+                    continue;                                                                 \\
                 }                                                                             \\
+                for (ow = 0; ow < lo; ow++) r[ow] = 0;                                        \\
+                DLF_BY_STRIDE(S, sw, for (ow = lo; ow < hi; ow++) r[ow] = xr[ow * S];);       \\
+                for (ow = hi; ow < OW; ow++) r[ow] = 0;                                       \\
+            }                                                                                 \\
+        }                                                                                     \\
     }
     DLF_IM2COL(dlf_im2colf, float)
     DLF_IM2COL(dlf_im2cold, double)
@@ -316,10 +318,10 @@ cdef extern from *:
                           Py_ssize_t, Py_ssize_t, int) noexcept nogil
     void dlf_im2colf(const float*, float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                      Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                     Py_ssize_t) noexcept nogil
+                     Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept nogil
     void dlf_im2cold(const double*, double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                      Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                     Py_ssize_t) noexcept nogil
+                     Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept nogil
     void dlf_col2imf(const float*, float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                      Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                      Py_ssize_t, Py_ssize_t) noexcept nogil
@@ -356,6 +358,19 @@ cdef extern from "dlfast_dconv.h" nogil:
                         Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
     int dlf_dw_nt_run_f(const float*, const float*, float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                         Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
+    size_t dlf_dw_nt_bytes_f(Py_ssize_t) noexcept
+    size_t dlf_dw_nt_bytes_d(Py_ssize_t) noexcept
+    void* dlf_dw_nt_align(void*) noexcept
+    void dlf_dw_nt_zero_f(void*, Py_ssize_t) noexcept
+    void dlf_dw_nt_zero_d(void*, Py_ssize_t) noexcept
+    void dlf_dw_nt_add_f(const float*, const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                         void*) noexcept
+    void dlf_dw_nt_add_d(const double*, const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                         void*) noexcept
+    void dlf_dw_nt_put_f(const void*, float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                         Py_ssize_t) noexcept
+    void dlf_dw_nt_put_d(const void*, double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                         Py_ssize_t) noexcept
     int dlf_dw_nt_run_d(const double*, const double*, double*, Py_ssize_t, Py_ssize_t,
                         Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
     void dlf_dconv_one_f(const float*, const float*, const float*, float*, float*, float*,
@@ -545,9 +560,11 @@ cdef void _im2col(const floating* x, floating* col, const _Geo* g, Py_ssize_t p0
     cdef const floating* xr
     if p0 == 0 and p1 == g.OHW:
         if floating is float:
-            dlf_im2colf(x, col, g.C, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw)
+            dlf_im2colf(x, col, g.C, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, 0,
+                        g.K)
         else:
-            dlf_im2cold(x, col, g.C, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw)
+            dlf_im2cold(x, col, g.C, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, 0,
+                        g.K)
         return
     for c in range(g.C):
         for kh in range(g.KH):
@@ -964,10 +981,12 @@ cdef void _conv_bwd(const floating* dout, const floating* x, const floating* Wt,
 cdef void _dw_gemm(const floating* dout, const floating* x, floating* col, floating* dW,
                    const _Geo* g, bint col_ready) noexcept nogil:
     """dW through col = im2col(x) (written here unless col_ready) and fixed column blocks of
-    GEMMs (images added in order)."""
+    GEMMs (images added in order). Below DIRECT_TAPS taps each block writes its own rows of
+    each image's im2col while it goes (_dw_block)."""
     cdef Py_ssize_t it, wc, nbw
     cdef int nt = _threads(g.N * g.K * g.OHW // CHEAP)
-    if not col_ready:
+    cdef bint lazy = g.K < DIRECT_TAPS and not col_ready
+    if not col_ready and not lazy:
         if nt == 1:
             for it in range(g.N):
                 _im2col(x + it * g.C * g.HW, col + it * g.K * g.OHW, g, 0, g.OHW)
@@ -979,10 +998,10 @@ cdef void _dw_gemm(const floating* dout, const floating* x, floating* col, float
     nt = _threads(g.N * g.F * g.OHW * g.K // 16)
     if nt == 1:
         for it in range(nbw):
-            _dw_block(dout, col, dW, g, it * wc, wc)
+            _dw_block(dout, x, col, dW, g, it * wc, wc, not lazy)
     else:
         for it in prange(nbw, num_threads=nt, schedule="static"):
-            _dw_block(dout, col, dW, g, it * wc, wc)
+            _dw_block(dout, x, col, dW, g, it * wc, wc, not lazy)
 
 
 cdef void _dx_image(const floating* dout, const floating* Wt, floating* dcol, floating* dx,
@@ -1000,12 +1019,19 @@ cdef void _dcol_block(const floating* dout, const floating* Wt, floating* dcol, 
           dout + n * g.F * g.OHW + p0, <int>g.OHW, dcol + n * g.K * g.OHW + p0, <int>g.OHW)
 
 
-cdef void _dw_block(const floating* dout, const floating* col, floating* dW, const _Geo* g,
-                    Py_ssize_t c0, Py_ssize_t wc) noexcept nogil:
+cdef void _dw_block(const floating* dout, const floating* x, floating* col, floating* dW,
+                    const _Geo* g, Py_ssize_t c0, Py_ssize_t wc, bint filled) noexcept nogil:
     """Columns [c0, c0 + wc) of dW (F, K) = sum_n dout_n (F, OHW) @ col_n[c0:c1].T, n in order:
-    below DIRECT_TAPS taps by dlf_dw_nt (register tiles, accumulators in L1 across the images),
-    else (or when its scratch cannot be allocated) one GEMM per image."""
+    below DIRECT_TAPS taps by dlf_dw_nt (register tiles, accumulators in L1 across the images;
+    unless ``filled`` (col holds im2col(x)), each image's rows [c0, c1) of im2col written into
+    a scratch just before they are used: _dw_nt_images), else (or when its scratch cannot be
+    allocated) one GEMM per image (col's rows [c0, c1) written first unless filled)."""
     cdef Py_ssize_t c1 = min(c0 + wc, g.K), f, n
+    if g.K < DIRECT_TAPS and not filled:
+        if _dw_nt_images(dout, x, dW, g, c0, c1) == 0:
+            return
+        for n in range(g.N):                    # no scratch: the rows into col
+            _im2col_rows(x + n * g.C * g.HW, col + (n * g.K + c0) * g.OHW, g, c0, c1)
     if g.K < DIRECT_TAPS:
         if floating is float:
             if dlf_dw_nt_run_f(dout, col, dW, g.N, g.F, g.K, g.OHW, c0, c1) == 0:
@@ -1018,6 +1044,48 @@ cdef void _dw_block(const floating* dout, const floating* col, floating* dW, con
     for n in range(g.N):
         _gemm_acc(c'N', c'T', <int>g.F, <int>(c1 - c0), <int>g.OHW, dout + n * g.F * g.OHW,
                   <int>g.OHW, col + (n * g.K + c0) * g.OHW, <int>g.OHW, dW + c0, <int>g.K)
+
+
+cdef inline void _im2col_rows(const floating* x, floating* out, const _Geo* g, Py_ssize_t r0,
+                              Py_ssize_t r1) noexcept nogil:
+    """Rows [r0, r1) of im2col of the image x (C, H, W) into out ((r1 - r0), OH*OW)."""
+    if floating is float:
+        dlf_im2colf(x, out, g.C, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, r0, r1)
+    else:
+        dlf_im2cold(x, out, g.C, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, r0, r1)
+
+
+cdef int _dw_nt_images(const floating* dout, const floating* x, floating* dW, const _Geo* g,
+                       Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    """dW columns [c0, c1) as dlf_dw_nt (the same terms in the same order: the same bits), each
+    image's im2col rows [c0, c1) written into a scratch of (c1 - c0) * OH*OW elements that
+    stays in cache (the batch's im2col is never stored). -1 when the scratch cannot be
+    allocated (nothing written)."""
+    cdef Py_ssize_t nt = c1 - c0, m = g.F * (c1 - c0), n
+    cdef size_t accb = dlf_dw_nt_bytes_f(m) if floating is float else dlf_dw_nt_bytes_d(m)
+    cdef char* raw = <char*>malloc(accb + (nt * g.OHW + 8) * sizeof(floating))
+    cdef void* acc
+    cdef floating* rows
+    if raw == NULL:
+        return -1
+    acc = dlf_dw_nt_align(raw)
+    rows = <floating*>(raw + accb)
+    if floating is float:
+        dlf_dw_nt_zero_f(acc, m)
+    else:
+        dlf_dw_nt_zero_d(acc, m)
+    for n in range(g.N):
+        _im2col_rows(x + n * g.C * g.HW, rows, g, c0, c1)
+        if floating is float:
+            dlf_dw_nt_add_f(dout + n * g.F * g.OHW, rows, g.F, nt, g.OHW, acc)
+        else:
+            dlf_dw_nt_add_d(dout + n * g.F * g.OHW, rows, g.F, nt, g.OHW, acc)
+    if floating is float:
+        dlf_dw_nt_put_f(acc, dW, g.F, g.K, c0, nt)
+    else:
+        dlf_dw_nt_put_d(acc, dW, g.F, g.K, c0, nt)
+    free(raw)
+    return 0
 
 
 cdef void _db_one(const floating* dout, floating* db, const _Geo* g,

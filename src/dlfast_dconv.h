@@ -516,41 +516,58 @@ DLF_DCV_DW(d, double, 4)
    read from cache for every tile. OpenBLAS runs these as one small GEMM per image (F x (t1-t0)
    x L) at 20-45 GFLOP/s. */
 #define DLF_DW_NT(SFX, T, VL)                                                                 \
-DLF_CLONES static void dlf_dw_nt_##SFX(const T* dout, const T* col, T* dW, Py_ssize_t N,      \
-                                       Py_ssize_t F, Py_ssize_t K, Py_ssize_t L,             \
-                                       Py_ssize_t t0, Py_ssize_t t1, dlf_dcv_##SFX* acc) {   \
-    Py_ssize_t nt = t1 - t0, Lv = L - L % (VL), n, f0, ta, p, q;                              \
+/* one image's terms: A = dout_n (F, L), B = its col rows t0..t1 (nt rows of L); acc: F*nt    \
+   vectors, then F*nt tail scalars */                                                         \
+DLF_CLONES static void dlf_dw_nt_add_##SFX(const T* A, const T* B, Py_ssize_t F,              \
+                                           Py_ssize_t nt, Py_ssize_t L,                       \
+                                           dlf_dcv_##SFX* acc) {                              \
+    Py_ssize_t Lv = L - L % (VL), f0, ta, p;                                                  \
     T* tail = (T*)(acc + F * nt);                                                             \
     int i, j;                                                                                 \
-    for (q = 0; q < F * nt; q++) { acc[q] = (dlf_dcv_##SFX){0}; tail[q] = 0; }                \
-    for (n = 0; n < N; n++) {                                                                 \
-        const T* A = dout + n * F * L;                                                        \
-        const T* B = col + (n * K + t0) * L;                                                  \
-        for (f0 = 0; f0 < F; f0 += 4)                                                         \
-            for (ta = 0; ta < nt; ta += 3) {                                                  \
-                int nf = F - f0 < 4 ? (int)(F - f0) : 4, nb = nt - ta < 3 ? (int)(nt - ta) : 3; \
-                dlf_dcv_##SFX a[4][3];                                                        \
-                const T* ar[4];                                                               \
-                const T* br[3];                                                               \
-                for (i = 0; i < 4; i++) ar[i] = A + (f0 + (i < nf ? i : 0)) * L;              \
-                for (j = 0; j < 3; j++) br[j] = B + (ta + (j < nb ? j : 0)) * L;              \
-                for (i = 0; i < 4; i++)                                                       \
-                    for (j = 0; j < 3; j++)                                                   \
-                        a[i][j] = (i < nf && j < nb) ? acc[(f0 + i) * nt + ta + j]            \
-                                                     : (dlf_dcv_##SFX){0};                    \
-                dlf_tile43_##SFX(a, ar, br, Lv);                                              \
-                for (i = 0; i < nf; i++)                                                      \
-                    for (j = 0; j < nb; j++) {                                                \
-                        T s = tail[(f0 + i) * nt + ta + j];                                   \
-                        for (p = Lv; p < L; p++) s += ar[i][p] * br[j][p];                    \
-                        tail[(f0 + i) * nt + ta + j] = s;                                     \
-                        acc[(f0 + i) * nt + ta + j] = a[i][j];                                \
-                    }                                                                         \
-            }                                                                                 \
-    }                                                                                         \
-    for (f0 = 0; f0 < F; f0++)                                                                \
-        for (ta = 0; ta < nt; ta++)                                                           \
-            dW[f0 * K + t0 + ta] = dlf_dw_hsum_##SFX(acc[f0 * nt + ta]) + tail[f0 * nt + ta]; \
+    for (f0 = 0; f0 < F; f0 += 4)                                                             \
+        for (ta = 0; ta < nt; ta += 3) {                                                      \
+            int nf = F - f0 < 4 ? (int)(F - f0) : 4, nb = nt - ta < 3 ? (int)(nt - ta) : 3;   \
+            dlf_dcv_##SFX a[4][3];                                                            \
+            const T* ar[4];                                                                   \
+            const T* br[3];                                                                   \
+            for (i = 0; i < 4; i++) ar[i] = A + (f0 + (i < nf ? i : 0)) * L;                  \
+            for (j = 0; j < 3; j++) br[j] = B + (ta + (j < nb ? j : 0)) * L;                  \
+            for (i = 0; i < 4; i++)                                                           \
+                for (j = 0; j < 3; j++)                                                       \
+                    a[i][j] = (i < nf && j < nb) ? acc[(f0 + i) * nt + ta + j]                \
+                                                 : (dlf_dcv_##SFX){0};                        \
+            dlf_tile43_##SFX(a, ar, br, Lv);                                                  \
+            for (i = 0; i < nf; i++)                                                          \
+                for (j = 0; j < nb; j++) {                                                    \
+                    T s = tail[(f0 + i) * nt + ta + j];                                       \
+                    for (p = Lv; p < L; p++) s += ar[i][p] * br[j][p];                        \
+                    tail[(f0 + i) * nt + ta + j] = s;                                         \
+                    acc[(f0 + i) * nt + ta + j] = a[i][j];                                    \
+                }                                                                             \
+        }                                                                                     \
+}                                                                                             \
+static void dlf_dw_nt_zero_##SFX(dlf_dcv_##SFX* acc, Py_ssize_t m) {                          \
+    T* tail = (T*)(acc + m);                                                                  \
+    Py_ssize_t q;                                                                             \
+    for (q = 0; q < m; q++) { acc[q] = (dlf_dcv_##SFX){0}; tail[q] = 0; }                     \
+}                                                                                             \
+/* dW[f, t0 + t] = the lanes' sum (pairs, then pairs of pairs) + the tail */                  \
+static void dlf_dw_nt_put_##SFX(const dlf_dcv_##SFX* acc, T* dW, Py_ssize_t F, Py_ssize_t K,  \
+                                Py_ssize_t t0, Py_ssize_t nt) {                               \
+    const T* tail = (const T*)(acc + F * nt);                                                 \
+    Py_ssize_t f, t;                                                                          \
+    for (f = 0; f < F; f++)                                                                   \
+        for (t = 0; t < nt; t++)                                                              \
+            dW[f * K + t0 + t] = dlf_dw_hsum_##SFX(acc[f * nt + t]) + tail[f * nt + t];       \
+}                                                                                             \
+static void dlf_dw_nt_##SFX(const T* dout, const T* col, T* dW, Py_ssize_t N, Py_ssize_t F,   \
+                            Py_ssize_t K, Py_ssize_t L, Py_ssize_t t0, Py_ssize_t t1,         \
+                            dlf_dcv_##SFX* acc) {                                             \
+    Py_ssize_t n;                                                                             \
+    dlf_dw_nt_zero_##SFX(acc, F * (t1 - t0));                                                 \
+    for (n = 0; n < N; n++)                                                                   \
+        dlf_dw_nt_add_##SFX(dout + n * F * L, col + (n * K + t0) * L, F, t1 - t0, L, acc);    \
+    dlf_dw_nt_put_##SFX(acc, dW, F, K, t0, t1 - t0);                                          \
 }
 
 DLF_DW_NT(f, float, 8)
@@ -573,6 +590,16 @@ static int dlf_dw_nt_run_##SFX(const T* dout, const T* col, T* dW, Py_ssize_t N,
 }
 DLF_DW_NT_RUN(f, float, 8)
 DLF_DW_NT_RUN(d, double, 4)
+
+/* Bytes of dlf_dw_nt's accumulators for m = F*(t1 - t0) (vectors, then scalars) and 64 bytes
+   of slack for dlf_dw_nt_align, which gives the first 64-byte boundary in raw. */
+static size_t dlf_dw_nt_bytes_f(Py_ssize_t m) {
+    return (size_t)m * (sizeof(dlf_dcv_f) + sizeof(float)) + 64;
+}
+static size_t dlf_dw_nt_bytes_d(Py_ssize_t m) {
+    return (size_t)m * (sizeof(dlf_dcv_d) + sizeof(double)) + 64;
+}
+static void* dlf_dw_nt_align(void* raw) { return (void*)(((size_t)raw + 63) & ~(size_t)63); }
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options

@@ -933,6 +933,9 @@ cdef void _conv_bwd(const floating* dout, const floating* x, const floating* Wt,
     """col_ready: col already holds im2col(x) (the forward of this x took the GEMM path)."""
     cdef Py_ssize_t cols, nb, it
     cdef int nt
+    # few taps, im2col per image: db's sums ride along with dW's first column block
+    cdef bint db_in_dw = (db != NULL and dW != NULL and g.F > 0 and g.K > 0
+                          and g.K < DIRECT_TAPS and not col_ready)
     _pin()
     if dx != NULL and g.N and g.C and g.HW:
         if g.F == 0:
@@ -967,8 +970,8 @@ cdef void _conv_bwd(const floating* dout, const floating* x, const floating* Wt,
                                 g, it % g.C, it % g.C + 1)
     if dW != NULL and g.F and g.K:
         if not (_dw_direct_ok(g) and _dw_direct(dout, x, dW, g) == 0):
-            _dw_gemm(dout, x, col, dW, g, col_ready)
-    if db != NULL and g.F:
+            _dw_gemm(dout, x, col, dW, db if db_in_dw else NULL, g, col_ready)
+    if db != NULL and g.F and not db_in_dw:
         nt = _threads(g.N * g.F * g.OHW // CHEAP)
         if nt == 1:
             for it in range(g.F):
@@ -979,10 +982,11 @@ cdef void _conv_bwd(const floating* dout, const floating* x, const floating* Wt,
 
 
 cdef void _dw_gemm(const floating* dout, const floating* x, floating* col, floating* dW,
-                   const _Geo* g, bint col_ready) noexcept nogil:
+                   floating* db, const _Geo* g, bint col_ready) noexcept nogil:
     """dW through col = im2col(x) (written here unless col_ready) and fixed column blocks of
     GEMMs (images added in order). Below DIRECT_TAPS taps each block writes its own rows of
-    each image's im2col while it goes (_dw_block)."""
+    each image's im2col while it goes (_dw_block), and db (non-NULL only then) is summed by the
+    first block."""
     cdef Py_ssize_t it, wc, nbw
     cdef int nt = _threads(g.N * g.K * g.OHW // CHEAP)
     cdef bint lazy = g.K < DIRECT_TAPS and not col_ready
@@ -998,10 +1002,10 @@ cdef void _dw_gemm(const floating* dout, const floating* x, floating* col, float
     nt = _threads(g.N * g.F * g.OHW * g.K // 16)
     if nt == 1:
         for it in range(nbw):
-            _dw_block(dout, x, col, dW, g, it * wc, wc, not lazy)
+            _dw_block(dout, x, col, dW, db if it == 0 else NULL, g, it * wc, wc, not lazy)
     else:
         for it in prange(nbw, num_threads=nt, schedule="static"):
-            _dw_block(dout, x, col, dW, g, it * wc, wc, not lazy)
+            _dw_block(dout, x, col, dW, db if it == 0 else NULL, g, it * wc, wc, not lazy)
 
 
 cdef void _dx_image(const floating* dout, const floating* Wt, floating* dcol, floating* dx,
@@ -1020,16 +1024,21 @@ cdef void _dcol_block(const floating* dout, const floating* Wt, floating* dcol, 
 
 
 cdef void _dw_block(const floating* dout, const floating* x, floating* col, floating* dW,
-                    const _Geo* g, Py_ssize_t c0, Py_ssize_t wc, bint filled) noexcept nogil:
+                    floating* db, const _Geo* g, Py_ssize_t c0, Py_ssize_t wc,
+                    bint filled) noexcept nogil:
     """Columns [c0, c0 + wc) of dW (F, K) = sum_n dout_n (F, OHW) @ col_n[c0:c1].T, n in order:
     below DIRECT_TAPS taps by dlf_dw_nt (register tiles, accumulators in L1 across the images;
     unless ``filled`` (col holds im2col(x)), each image's rows [c0, c1) of im2col written into
     a scratch just before they are used: _dw_nt_images), else (or when its scratch cannot be
-    allocated) one GEMM per image (col's rows [c0, c1) written first unless filled)."""
+    allocated) one GEMM per image (col's rows [c0, c1) written first unless filled). db: NULL,
+    or db = sum over n, p of dout (as _db_one) to write too (only when not filled)."""
     cdef Py_ssize_t c1 = min(c0 + wc, g.K), f, n
     if g.K < DIRECT_TAPS and not filled:
-        if _dw_nt_images(dout, x, dW, g, c0, c1) == 0:
+        if _dw_nt_images(dout, x, dW, db, g, c0, c1) == 0:
             return
+        if db != NULL:
+            for f in range(g.F):
+                _db_one(dout, db, g, f)
         for n in range(g.N):                    # no scratch: the rows into col
             _im2col_rows(x + n * g.C * g.HW, col + (n * g.K + c0) * g.OHW, g, c0, c1)
     if g.K < DIRECT_TAPS:
@@ -1055,21 +1064,28 @@ cdef inline void _im2col_rows(const floating* x, floating* out, const _Geo* g, P
         dlf_im2cold(x, out, g.C, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, r0, r1)
 
 
-cdef int _dw_nt_images(const floating* dout, const floating* x, floating* dW, const _Geo* g,
-                       Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+cdef int _dw_nt_images(const floating* dout, const floating* x, floating* dW, floating* db,
+                       const _Geo* g, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
     """dW columns [c0, c1) as dlf_dw_nt (the same terms in the same order: the same bits), each
     image's im2col rows [c0, c1) written into a scratch of (c1 - c0) * OH*OW elements that
-    stays in cache (the batch's im2col is never stored). -1 when the scratch cannot be
-    allocated (nothing written)."""
-    cdef Py_ssize_t nt = c1 - c0, m = g.F * (c1 - c0), n
+    stays in cache (the batch's im2col is never stored); with db, also db[f] = sum_n
+    _sum(dout_n[f]) in double, n in order (_db_one's sums), each image's rows while in cache.
+    -1 when the scratch cannot be allocated (nothing written)."""
+    cdef Py_ssize_t nt = c1 - c0, m = g.F * (c1 - c0), n, f
     cdef size_t accb = dlf_dw_nt_bytes_f(m) if floating is float else dlf_dw_nt_bytes_d(m)
-    cdef char* raw = <char*>malloc(accb + (nt * g.OHW + 8) * sizeof(floating))
+    cdef char* raw
     cdef void* acc
+    cdef double* sums
     cdef floating* rows
+    accb = (accb + 63) // 64 * 64
+    raw = <char*>malloc(accb + g.F * sizeof(double) + (nt * g.OHW + 8) * sizeof(floating))
     if raw == NULL:
         return -1
     acc = dlf_dw_nt_align(raw)
-    rows = <floating*>(raw + accb)
+    sums = <double*>(raw + accb)                # accb: a multiple of 64 bytes
+    rows = <floating*>(raw + accb + g.F * sizeof(double))
+    for f in range(g.F):
+        sums[f] = 0
     if floating is float:
         dlf_dw_nt_zero_f(acc, m)
     else:
@@ -1080,10 +1096,16 @@ cdef int _dw_nt_images(const floating* dout, const floating* x, floating* dW, co
             dlf_dw_nt_add_f(dout + n * g.F * g.OHW, rows, g.F, nt, g.OHW, acc)
         else:
             dlf_dw_nt_add_d(dout + n * g.F * g.OHW, rows, g.F, nt, g.OHW, acc)
+        if db != NULL:
+            for f in range(g.F):
+                sums[f] = sums[f] + _sum(dout + (n * g.F + f) * g.OHW, g.OHW)
     if floating is float:
         dlf_dw_nt_put_f(acc, dW, g.F, g.K, c0, nt)
     else:
         dlf_dw_nt_put_d(acc, dW, g.F, g.K, c0, nt)
+    if db != NULL:
+        for f in range(g.F):
+            db[f] = <floating>sums[f]
     free(raw)
     return 0
 

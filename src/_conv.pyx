@@ -7,8 +7,11 @@ conv2d backward  dx_n = col2im(dcol_n), dcol_n = W2.T @ dout_n  (GEMM; overlappi
                  of dout_n directly (dlfast_dconv.h; dcol unused)
                  dW = sum_n dout_n @ col_n.T, col_n = im2col(x_n) written first (fixed column
                  blocks of dW; images added in order), or where the forward is direct and there
-                 are >= 32 taps, directly (dlf_dconv_dw: lanes over n, p in order)
-                 db[f] = sum_{n, p} dout[n, f, p]   (double, fixed order)
+                 are >= 32 taps, directly (dlf_dconv_dw: lanes over n, p in order); below 32
+                 taps by dlf_dw_nt, each block writing its rows of col_n just before that
+                 image's terms (no batch im2col) unless the forward left col filled
+                 db[f] = sum_{n, p} dout[n, f, p]   (double, fixed order; below 32 taps in dW's
+                 first block)
 pools            one (n, c) plane per work item; each output row takes the window taps (kh, kw) in
                  row-major order over all its columns (branch-free max, double sums), vectorised;
                  the 2x2 stride-2 unpadded max window has its own branch-free loop

@@ -102,10 +102,13 @@ def labels_to_indices(t, n, num_classes, name="t"):
             raise ValueError(f"{name} one-hot labels must have shape ({n}, {num_classes}), "
                              f"got {t.shape}")
         if n:
-            ones = t == 1
-            if not (np.all(ones | (t == 0)) and np.all(ones.sum(axis=1) == 1)):
+            # the nonzero entries in row-major order: exactly one per row (the k-th in row k),
+            # each a 1 (a NaN is nonzero and not 1)
+            nz = np.flatnonzero(t)
+            if not (nz.size == n and (t.flat[nz] == 1).all()
+                    and (nz // num_classes == np.arange(n)).all()):
                 raise ValueError(f"{name} 2-D labels must be exact one-hot rows (one 1, the rest 0)")
-            return np.argmax(ones, axis=1).astype(np.int64)
+            return nz % num_classes
         return np.zeros(0, np.int64)
     raise ValueError(f"{name} must be 1-D class indices or 2-D one-hot rows, got shape {t.shape}")
 

@@ -269,14 +269,18 @@ class EngineNet:
     def _x(self, x, stacklevel=4, check=False):
         """x (as (N, -1) for a net of Affine layers) in the net's dtype; a first non-finite x
         warns (at the caller of the caller). ``check``: return (x, whether x is finite)."""
-        x = np.asarray(x)
+        x = src = np.asarray(x)
         if x.ndim > 2 and self._flat_input:
             x = x.reshape(x.shape[0], -1)
         if x.dtype != self.net.dtype:
             x = x.astype(self.net.dtype)
         finite = True
         if check or "input" not in self.__dict__.get("_nonfinite_seen", ()):
-            finite = not x.size or kernels.all_finite(x)
+            if src.dtype.kind in "iub":         # integers and bools convert to finite floats
+                finite = True
+            else:                               # float32 -> float64 keeps finiteness: check
+                c = src if src.dtype == np.float32 and x.dtype == np.float64 else x   # fewer bytes
+                finite = not c.size or kernels.all_finite(c)
             if not finite:
                 warn_once(self, "input", stacklevel=stacklevel)
         return (x, finite) if check else x

@@ -975,9 +975,9 @@ def bind_update(rule, ws, gs, states, wds, *, mu=0.9, rho=0.99, eps=None, eps_in
 #               then y = act(out) (activation of            dout (dL/dy) first times act'(.) from
 #               BATCHNORM_FUSED; y None without: the same    z = gamma * xhat + beta (the same
 #               bits as an activation op after it)           bits as the activation op's backward)
-# conv2d        conv2d_forward(x, W, b, out, col, stride,    with an activation of CONV_FUSED and dz:
-#               pad), then with an activation of              dz = dout * act'(.) from out (the
-#               CONV_FUSED: out = act(out) (the same bits     activation op's backward) and dout = dz;
+# conv2d        conv2d_forward(x, W, b, out, col, stride,    with an activation of CONV_FUSED and
+#               pad), then with an activation of              dz: dz = dout * act'(.) from out (the
+#               CONV_FUSED: out = act(out) (the same bits     activation op's backward), dout = dz;
 #               as an activation op after it)                 dz None: dout is dL/dz already (a
 #                                                             max-pool after it applied act');
 #                                                             conv2d_backward(dout, x, W, col, dcol,

@@ -692,9 +692,9 @@ cdef inline bint _dcv_dw_better(const _Geo* g, Py_ssize_t Wp, Py_ssize_t vl) noe
 cdef int _dconv(const floating* src, const floating* Wt, const floating* b, floating* dst,
                 const _Geo* g, bint dx, int act, floating alpha) noexcept nogil:
     """dx False: out = act(conv(x, W) + b) (act: an activation code, ACT_IDENTITY for none,
-    applied to each image's output while in cache); dx True (act ACT_IDENTITY): dx = the transposed convolution of dout
-    (F, OH, OW) with W (a convolution of dout padded by KH-1-ph, KW-1-pw, the kernel flipped, F
-    and C swapped). One image per work item. Returns -1 when its scratch cannot be allocated
+    applied to each image's output while in cache); dx True (act ACT_IDENTITY): dx = the
+    transposed convolution of dout (F, OH, OW) with W (a convolution of dout padded by KH-1-ph,
+    KW-1-pw, the kernel flipped, F and C swapped). One image per work item. Returns -1 when its scratch cannot be allocated
     (nothing written)."""
     cdef Py_ssize_t ci, H, W, co, ph, pw, Hp, Wp, xps, per, ws, n, vl
     cdef floating* buf
@@ -1229,9 +1229,14 @@ def maxpool2d_forward(x, out, argmax, kernel, stride, pad):
 
 
 cdef Py_ssize_t _maxpool_bwd_plane(const floating* dout, const int64_t* arg, floating* dx,
-                                   const _Geo* g) noexcept nogil:
+                                   const _Geo* g, const floating* out=NULL,
+                                   floating lo=0) noexcept nogil:
     """dx plane = 0, then dx[argmax[o]] += dout[o] in output order; returns the count of
-    indices outside [0, H*W) (skipped)."""
+    indices outside [0, H*W) (skipped). With the pool's output ``out`` (windows apart only),
+    each sum then times act'(y) = (y > 0 ? 1 : lo) from out: a cell is the argmax of at most
+    one window o and y there is out[o] (value and sign of the test y > 0; a NaN wins its
+    window), and every other cell is 0 * act'(y) = 0: the bits of the plane pass (dlf_dact*)
+    without reading y."""
     cdef Py_ssize_t o, bad = 0
     cdef int64_t a
     memset(dx, 0, g.HW * sizeof(floating))
@@ -1239,26 +1244,8 @@ cdef Py_ssize_t _maxpool_bwd_plane(const floating* dout, const int64_t* arg, flo
         a = arg[o]
         if a < 0 or a >= g.HW:
             bad += 1
-        else:
+        elif out == NULL:
             dx[a] = dx[a] + dout[o]
-    return bad
-
-
-cdef Py_ssize_t _maxpool_bwd_wins(const floating* dout, const int64_t* arg,
-                                  const floating* out, floating* dx, floating lo,
-                                  const _Geo* g) noexcept nogil:
-    """_maxpool_bwd_plane, then times act'(y) = (y > 0 ? 1 : lo) from the pool's output: where
-    windows do not overlap, a cell is the argmax of at most one window o and y there is out[o]
-    (value and sign of the test y > 0; a NaN wins its window), so dx[a] = (0 + dout[o]) * act'
-    (out[o]) and every other cell 0 * act'(y) = 0: the bits of the plane pass without reading
-    y."""
-    cdef Py_ssize_t o, bad = 0
-    cdef int64_t a
-    memset(dx, 0, g.HW * sizeof(floating))
-    for o in range(g.OHW):
-        a = arg[o]
-        if a < 0 or a >= g.HW:
-            bad += 1
         else:
             dx[a] = (dx[a] + dout[o]) * (<floating>1 if out[o] > 0 else lo)
     return bad
@@ -1270,7 +1257,7 @@ cdef Py_ssize_t _maxpool_bwd(const floating* dout, const int64_t* arg, floating*
     """Every plane of dx; with y (the pool's input, an activation's output) and that
     activation's code, each plane then times act'(y) in place while in cache (dlf_dact*: the
     same bits as the activation op's backward after this one), or, where windows do not overlap
-    and the pool's output ``out`` is given, as it is scattered (_maxpool_bwd_wins)."""
+    and the pool's output ``out`` is given, as it is scattered (_maxpool_bwd_plane)."""
     cdef Py_ssize_t it, bad = 0
     cdef int nt = _threads(g.N * g.C * (g.HW + g.OHW) // CHEAP)
     if nt == 1:
@@ -1288,8 +1275,8 @@ cdef inline Py_ssize_t _maxpool_bwd_act(const floating* dout, const int64_t* arg
                                         Py_ssize_t it) noexcept nogil:
     cdef Py_ssize_t bad
     if code != ACT_IDENTITY and out != NULL and g.sh >= g.KH and g.sw >= g.KW:
-        return _maxpool_bwd_wins(dout + it * g.OHW, arg + it * g.OHW, out + it * g.OHW,
-                                 dx + it * g.HW, 0 if code == ACT_RELU else alpha, g)
+        return _maxpool_bwd_plane(dout + it * g.OHW, arg + it * g.OHW, dx + it * g.HW, g,
+                                  out + it * g.OHW, 0 if code == ACT_RELU else alpha)
     bad = _maxpool_bwd_plane(dout + it * g.OHW, arg + it * g.OHW, dx + it * g.HW, g)
     if code != ACT_IDENTITY:
         if floating is float:

@@ -138,6 +138,15 @@ def _compare(a, b, x, t, oa=None, ob=None, records=True, sw=None):
         np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
 
 
+def _compare_once(a, x, t, threads):
+    """At ``threads``: one engine step of a against the checked step of b, a deep copy of a
+    (``_compare``). Returns (b, a's plan's step names)."""
+    b = copy.deepcopy(a)
+    dlfast.set_num_threads(threads)
+    _compare(a, b, x, t)
+    return b, a._plans._plans[0].step_names()
+
+
 def _same_bits_non_finite(a, b, x, t):
     """One engine step of a and one checked step of b, floating-point warnings off (the values
     may be non-finite): the same loss, gradients and layer records, bit for bit."""
@@ -308,12 +317,9 @@ def test_activation_before_a_maxpool_has_its_derivative_in_the_pool(backend, dty
     j = len(front_layers)                       # the activation's index
     a = Sequential(front_layers + [FUSED_ACTS[act](), MaxPool2D(**pool), Flatten(),
                                    Dense(int(np.prod(ps[1:])), 5, seed=2, dtype=dtype)], seed=1)
-    b = copy.deepcopy(a)
     x = rng.standard_normal(xs).astype(dtype)
     t = rng.integers(0, 5, xs[0])
-    dlfast.set_num_threads(threads)
-    _compare(a, b, x, t)
-    names = a._plans._plans[0].step_names()
+    b, names = _compare_once(a, x, t, threads)
     assert not any(n.startswith(f"layer {j} (") and n.endswith(" backward") for n in names), names
     assert any(n.startswith(f"layer {j + 1} (MaxPool2D) + layer {j} (") for n in names), names
     if front == "conv":
@@ -327,6 +333,28 @@ def test_activation_before_a_maxpool_has_its_derivative_in_the_pool(backend, dty
             net.layers[0].params["W"][0] = 0.0
             net.layers[0].params["b"][0] = bias
         _same_bits_non_finite(a, b, x, t)
+
+
+def _backends_and_threads_agree(make, x, t, dtype, check):
+    """One step of ``make()`` (a net) on each backend: the compiled backend's gradients at 1
+    thread close to the NumPy backend's, and the same bits at 2 threads; ``check(step_names)``
+    holds for every plan."""
+    if "cython" not in dlfast.available_backends():
+        pytest.skip("compiled backend not built")
+
+    def grads(backend, threads):
+        net = make()
+        dlfast.set_num_threads(threads)
+        with dlfast.use_backend(backend):
+            _, g = net.loss_and_gradient(x, t)
+            assert check(net._plans._plans[0].step_names())
+        return g
+
+    ref, one, two = grads("numpy", 1), grads("cython", 1), grads("cython", 2)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
+    for k in ref:
+        np.testing.assert_allclose(one[k], ref[k], err_msg=k, **tol)
+        np.testing.assert_array_equal(one[k], two[k], err_msg=k)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -343,12 +371,9 @@ def test_conv_applies_the_following_activation(backend, dtype, act, stride, thre
                     Conv2D(8, 7, 3, stride=stride, seed=2, dtype=dtype), FUSED_ACTS[act](),
                     Flatten(), Dense(7 * (6 // stride + 1) ** 2, 5, seed=3, dtype=dtype)],
                    seed=1)
-    b = copy.deepcopy(a)
     x = rng.standard_normal(xs).astype(dtype)
     t = rng.integers(0, 5, xs[0])
-    dlfast.set_num_threads(threads)
-    _compare(a, b, x, t)
-    names = a._plans._plans[0].step_names()
+    b, names = _compare_once(a, x, t, threads)
     assert names[:2] == [f"layer 0 (Conv2D) + layer 1 ({type(a.layers[1]).__name__}) forward",
                          f"layer 2 (Conv2D) + layer 3 ({type(a.layers[3]).__name__}) forward"]
     assert len(names) == 2 * 3 + 2, names
@@ -366,29 +391,15 @@ def test_conv_applies_the_following_activation(backend, dtype, act, stride, thre
 def test_conv_with_an_activation_agrees_across_backends_and_threads(dtype, act, stride):
     """The compiled conv op with an activation against the NumPy backend's, and its bits at 1
     and at 2 threads (with dz, and before a max-pool without)."""
-    if "cython" not in dlfast.available_backends():
-        pytest.skip("compiled backend not built")
     rng = np.random.default_rng(7)
-    x = rng.standard_normal((6, 3, 12, 12)).astype(dtype)
-    t = rng.integers(0, 5, 6)
-
-    def grads(backend, threads):
-        c2 = 10 // stride
-        net = Sequential([Conv2D(3, 8, 3, padding=1, seed=1, dtype=dtype), FUSED_ACTS[act](),
-                          Conv2D(8, 6, 3, stride=stride, seed=2, dtype=dtype), FUSED_ACTS[act](),
-                          MaxPool2D(2), Flatten(), Dense(6 * (c2 // 2) ** 2, 5, seed=3,
-                                                         dtype=dtype)], seed=1)
-        dlfast.set_num_threads(threads)
-        with dlfast.use_backend(backend):
-            _, g = net.loss_and_gradient(x, t)
-            assert sum("Conv2D) + layer" in n for n in net._plans._plans[0].step_names()) == 4
-        return g
-
-    ref, one, two = grads("numpy", 1), grads("cython", 1), grads("cython", 2)
-    tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
-    for k in ref:
-        np.testing.assert_allclose(one[k], ref[k], err_msg=k, **tol)
-        np.testing.assert_array_equal(one[k], two[k], err_msg=k)
+    c2 = 10 // stride
+    _backends_and_threads_agree(
+        lambda: Sequential([Conv2D(3, 8, 3, padding=1, seed=1, dtype=dtype), FUSED_ACTS[act](),
+                            Conv2D(8, 6, 3, stride=stride, seed=2, dtype=dtype),
+                            FUSED_ACTS[act](), MaxPool2D(2), Flatten(),
+                            Dense(6 * (c2 // 2) ** 2, 5, seed=3, dtype=dtype)], seed=1),
+        rng.standard_normal((6, 3, 12, 12)).astype(dtype), rng.integers(0, 5, 6), dtype,
+        lambda names: sum("Conv2D) + layer" in n for n in names) == 4)
 
 
 @pytest.mark.parametrize("layers,fused", [
@@ -418,27 +429,13 @@ def test_conv_fuses_only_a_following_relu(backend, layers, fused):
 def test_maxpool_with_the_derivative_agrees_across_backends_and_threads(dtype, act):
     """The fused pool op of the compiled backend against the NumPy backend's (float32 and
     float64, overlapping windows), and its bits at 1 and at 2 threads."""
-    if "cython" not in dlfast.available_backends():
-        pytest.skip("compiled backend not built")
     rng = np.random.default_rng(6)
-    x = rng.standard_normal((4, 2, 9, 9)).astype(dtype)
-    t = rng.integers(0, 5, 4)
-
-    def grads(backend, threads):
-        net = Sequential([Conv2D(2, 5, 3, seed=1, dtype=dtype), FUSED_ACTS[act](),
-                          MaxPool2D(3, stride=1), Flatten(), Dense(5 * 5 * 5, 5, seed=2,
-                                                                    dtype=dtype)], seed=1)
-        dlfast.set_num_threads(threads)
-        with dlfast.use_backend(backend):
-            _, g = net.loss_and_gradient(x, t)
-            assert any("derivative" in n for n in net._plans._plans[0].step_names())
-        return g
-
-    ref, one, two = grads("numpy", 1), grads("cython", 1), grads("cython", 2)
-    tol = dict(rtol=1e-4, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-13)
-    for k in ref:
-        np.testing.assert_allclose(one[k], ref[k], err_msg=k, **tol)
-        np.testing.assert_array_equal(one[k], two[k], err_msg=k)
+    _backends_and_threads_agree(
+        lambda: Sequential([Conv2D(2, 5, 3, seed=1, dtype=dtype), FUSED_ACTS[act](),
+                            MaxPool2D(3, stride=1), Flatten(),
+                            Dense(5 * 5 * 5, 5, seed=2, dtype=dtype)], seed=1),
+        rng.standard_normal((4, 2, 9, 9)).astype(dtype), rng.integers(0, 5, 4), dtype,
+        lambda names: any("derivative" in n for n in names))
 
 
 @pytest.mark.parametrize("layers,fused", [

@@ -262,6 +262,7 @@ class Plan:
         pool = (runs_bwd and a["activation"] in kernels.MAXPOOL_FUSED
                 and Plan._maxpool_at(layers, i + 2, shape))
         dz = nxt.kernel_pair(shape, True).args["dx"] if runs_bwd and not pool else None
+        layers[i]._drop_buf("out", pair.args["out"])        # never written: not kept
         pair.args.update(out=ap.args["out"], dz=dz, **a)
         pair.rec["out"] = ap.args["out"]
         return nxt, ap.rec, pool

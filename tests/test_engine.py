@@ -378,6 +378,7 @@ def test_conv_applies_the_following_activation(backend, dtype, act, stride, thre
                          f"layer 2 (Conv2D) + layer 3 ({type(a.layers[3]).__name__}) forward"]
     assert len(names) == 2 * 3 + 2, names
     assert a.layers[0]._fwd["out"] is a.layers[1]._fwd["out"]
+    assert not a.layers[0]._ws.get("out") and not a.layers[2]._ws.get("out")   # none kept
     for bias in (0.0, -0.0, np.inf, -np.inf, np.nan):
         for net in (a, b):
             for k in (0, 2):

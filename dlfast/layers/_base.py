@@ -142,6 +142,12 @@ class Layer:
         del slots[2:]
         return a
 
+    def _drop_buf(self, key, a):
+        """Forget the workspace ``a`` of ``key`` (the training engine writes elsewhere)."""
+        slots = self._ws.get(key)
+        if slots:
+            slots[:] = [b for b in slots if b is not a]
+
     def _set_dtype(self, dtype):
         """Switch a parameter-free layer to dtype (used by nets for layers built without dtype=)."""
         dtype = resolve_dtype(dtype)

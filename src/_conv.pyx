@@ -275,24 +275,10 @@ cdef extern from *:
     DLF_IM2COL(dlf_im2colf, float)
     DLF_IM2COL(dlf_im2cold, double)
 
-    /* d[i] *= act'(y[i]) in place, act 1 ReLU, 2 leaky ReLU (lo = alpha): the expression of the
-       activation op's derivative row (src/_act.pxd DLF_GRAD_ROW), so the same bits; d and y
-       restrict: vectorised without an overlap check */
-    #define DLF_DACT(NAME, T)                                                                 \
-    DLF_CLONES static void NAME(T* __restrict d, const T* __restrict y, dlf_ix n, int act,    \
-                                T alpha) {                                                    \
-        dlf_ix i;                                                                             \
-        T lo = act == 1 ? (T)0 : alpha;                                                       \
-        for (i = 0; i < n; i++) d[i] = d[i] * (y[i] > 0 ? (T)1 : lo);                         \
-    }
-    DLF_DACT(dlf_dactf, float)
-    DLF_DACT(dlf_dactd, double)
     #if defined(__GNUC__) && !defined(__clang__)
     #pragma GCC pop_options
     #endif
     """
-    void dlf_dactf(float*, const float*, Py_ssize_t, int, float) noexcept nogil
-    void dlf_dactd(double*, const double*, Py_ssize_t, int, double) noexcept nogil
     void dlf_ow_range(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t*,
                       Py_ssize_t*) noexcept nogil
     double dlf_sum8f(const float*, Py_ssize_t) noexcept nogil
@@ -562,12 +548,7 @@ cdef void _im2col(const floating* x, floating* col, const _Geo* g, Py_ssize_t p0
     cdef floating* row
     cdef const floating* xr
     if p0 == 0 and p1 == g.OHW:
-        if floating is float:
-            dlf_im2colf(x, col, g.C, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, 0,
-                        g.K)
-        else:
-            dlf_im2cold(x, col, g.C, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, 0,
-                        g.K)
+        _im2col_rows(x, col, g, 0, g.K)
         return
     for c in range(g.C):
         for kh in range(g.KH):
@@ -694,8 +675,8 @@ cdef int _dconv(const floating* src, const floating* Wt, const floating* b, floa
     """dx False: out = act(conv(x, W) + b) (act: an activation code, ACT_IDENTITY for none,
     applied to each image's output while in cache); dx True (act ACT_IDENTITY): dx = the
     transposed convolution of dout (F, OH, OW) with W (a convolution of dout padded by KH-1-ph,
-    KW-1-pw, the kernel flipped, F and C swapped). One image per work item. Returns -1 when its scratch cannot be allocated
-    (nothing written)."""
+    KW-1-pw, the kernel flipped, F and C swapped). One image per work item. Returns -1 when its
+    scratch cannot be allocated (nothing written)."""
     cdef Py_ssize_t ci, H, W, co, ph, pw, Hp, Wp, xps, per, ws, n, vl
     cdef floating* buf
     cdef int nt = _threads(g.N * g.F * g.OHW * g.K // 16)
@@ -938,7 +919,7 @@ cdef void _conv_bwd(const floating* dout, const floating* x, const floating* Wt,
     cdef int nt
     # few taps, im2col per image: db's sums ride along with dW's first column block
     cdef bint db_in_dw = (db != NULL and dW != NULL and g.F > 0 and g.K > 0
-                          and g.K < DIRECT_TAPS and not col_ready)
+                          and _dw_per_image(g, col_ready))
     _pin()
     if dx != NULL and g.N and g.C and g.HW:
         if g.F == 0:
@@ -984,6 +965,12 @@ cdef void _conv_bwd(const floating* dout, const floating* x, const floating* Wt,
                 _db_one(dout, db, g, it)
 
 
+cdef inline bint _dw_per_image(const _Geo* g, bint col_ready) noexcept nogil:
+    """dW writes each image's im2col rows as it goes (dlf_dw_nt below DIRECT_TAPS taps, col not
+    filled by the forward); its first block then sums db too."""
+    return g.K < DIRECT_TAPS and not col_ready
+
+
 cdef void _dw_gemm(const floating* dout, const floating* x, floating* col, floating* dW,
                    floating* db, const _Geo* g, bint col_ready) noexcept nogil:
     """dW through col = im2col(x) (written here unless col_ready) and fixed column blocks of
@@ -992,7 +979,7 @@ cdef void _dw_gemm(const floating* dout, const floating* x, floating* col, float
     first block."""
     cdef Py_ssize_t it, wc, nbw
     cdef int nt = _threads(g.N * g.K * g.OHW // CHEAP)
-    cdef bint lazy = g.K < DIRECT_TAPS and not col_ready
+    cdef bint lazy = _dw_per_image(g, col_ready)
     if not col_ready and not lazy:
         if nt == 1:
             for it in range(g.N):
@@ -1235,7 +1222,7 @@ cdef Py_ssize_t _maxpool_bwd_plane(const floating* dout, const int64_t* arg, flo
     indices outside [0, H*W) (skipped). With the pool's output ``out`` (windows apart only),
     each sum then times act'(y) = (y > 0 ? 1 : lo) from out: a cell is the argmax of at most
     one window o and y there is out[o] (value and sign of the test y > 0; a NaN wins its
-    window), and every other cell is 0 * act'(y) = 0: the bits of the plane pass (dlf_dact*)
+    window), and every other cell is 0 * act'(y) = 0: the bits of the plane pass (act_grad_row)
     without reading y."""
     cdef Py_ssize_t o, bad = 0
     cdef int64_t a
@@ -1255,7 +1242,7 @@ cdef Py_ssize_t _maxpool_bwd(const floating* dout, const int64_t* arg, floating*
                              const _Geo* g, const floating* y=NULL, int code=ACT_IDENTITY,
                              floating alpha=0, const floating* out=NULL) noexcept nogil:
     """Every plane of dx; with y (the pool's input, an activation's output) and that
-    activation's code, each plane then times act'(y) in place while in cache (dlf_dact*: the
+    activation's code, each plane then times act'(y) in place while in cache (act_grad_row: the
     same bits as the activation op's backward after this one), or, where windows do not overlap
     and the pool's output ``out`` is given, as it is scattered (_maxpool_bwd_plane)."""
     cdef Py_ssize_t it, bad = 0
@@ -1278,11 +1265,8 @@ cdef inline Py_ssize_t _maxpool_bwd_act(const floating* dout, const int64_t* arg
         return _maxpool_bwd_plane(dout + it * g.OHW, arg + it * g.OHW, dx + it * g.HW, g,
                                   out + it * g.OHW, 0 if code == ACT_RELU else alpha)
     bad = _maxpool_bwd_plane(dout + it * g.OHW, arg + it * g.OHW, dx + it * g.HW, g)
-    if code != ACT_IDENTITY:
-        if floating is float:
-            dlf_dactf(dx + it * g.HW, y + it * g.HW, g.HW, code, alpha)
-        else:
-            dlf_dactd(dx + it * g.HW, y + it * g.HW, g.HW, code, alpha)
+    if code != ACT_IDENTITY:             # in place: the activation op's derivative row
+        act_grad_row(dx + it * g.HW, dx + it * g.HW, y + it * g.HW, g.HW, code, alpha)
     return bad
 
 

@@ -11,8 +11,8 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
 from _op cimport dlf_op
-from _act cimport (act_code, act_row, act_grad_row, act_work, CHEAP, buf_get, buf_release,
-                  DT_F32, DT_FLOAT)
+from _act cimport (act_code, act_row, act_grad_all, act_work, ACT_BLOCK, CHEAP, buf_get,
+                  buf_release, DT_F32, DT_FLOAT)
 
 include "_parallel.pxi"
 
@@ -57,7 +57,6 @@ cdef extern from *:
     void dlf_prelu_contrib_rowd(double*, const double*, const double*, long) noexcept nogil
 
 cdef enum:
-    BLOCK = 4096       # elements per work item of the elementwise loops
     ROWBLOCK = 64      # rows per block of the dslope reduction
 
 
@@ -84,16 +83,16 @@ def activation_forward(x, out, activation, alpha):
 
 cdef void _act_fwd(floating* y, const floating* x, Py_ssize_t n, int code,
                    floating a) noexcept nogil:
-    cdef Py_ssize_t nb = (n + BLOCK - 1) // BLOCK, blk, lo
+    cdef Py_ssize_t nb = (n + ACT_BLOCK - 1) // ACT_BLOCK, blk, lo
     cdef int nt = _threads(act_work(n, code))
     if nt == 1:                 # the same blocks, no parallel region (~0.5 us even on one thread)
         for blk in range(nb):
-            lo = blk * BLOCK
-            act_row(y + lo, x + lo, NULL, min(BLOCK, n - lo), code, a)
+            lo = blk * ACT_BLOCK
+            act_row(y + lo, x + lo, NULL, min(ACT_BLOCK, n - lo), code, a)
         return
     for blk in prange(nb, num_threads=nt, schedule="static"):
-        lo = blk * BLOCK
-        act_row(y + lo, x + lo, NULL, min(BLOCK, n - lo), code, a)
+        lo = blk * ACT_BLOCK
+        act_row(y + lo, x + lo, NULL, min(ACT_BLOCK, n - lo), code, a)
 
 
 def activation_backward(dout, out, dx, activation, alpha):
@@ -120,18 +119,9 @@ def activation_backward(dout, out, dx, activation, alpha):
         buf_release(v, 3)
 
 
-cdef void _act_bwd(floating* dx, const floating* dout, const floating* y, Py_ssize_t n, int code,
-                   floating a) noexcept nogil:
-    cdef Py_ssize_t nb = (n + BLOCK - 1) // BLOCK, blk, lo
-    cdef int nt = _threads(n // CHEAP)
-    if nt == 1:
-        for blk in range(nb):
-            lo = blk * BLOCK
-            act_grad_row(dx + lo, dout + lo, y + lo, min(BLOCK, n - lo), code, a)
-        return
-    for blk in prange(nb, num_threads=nt, schedule="static"):
-        lo = blk * BLOCK
-        act_grad_row(dx + lo, dout + lo, y + lo, min(BLOCK, n - lo), code, a)
+cdef inline void _act_bwd(floating* dx, const floating* dout, const floating* y, Py_ssize_t n,
+                          int code, floating a) noexcept nogil:
+    act_grad_all(dx, dout, y, n, code, a, _threads(n // CHEAP))
 
 
 cdef int _mode(slope, x):

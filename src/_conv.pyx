@@ -31,7 +31,7 @@ from libc.stdint cimport int64_t
 from libc.string cimport memset, memcpy
 
 from _act cimport (CHEAP, buf_get, buf_release, DT_F32, DT_FLOAT, DT_I64, ACT_IDENTITY,
-                  ACT_LEAKY, ACT_RELU, act_code, act_row, act_grad_row)
+                  ACT_LEAKY, ACT_RELU, act_code, act_row, act_grad_row, act_grad_all)
 from _gemm cimport gemm_f32_t, gemm_f64_t, pin_t
 from _op cimport dlf_op
 
@@ -1412,32 +1412,16 @@ cdef int _conv_op_fwd(dlf_op* p, const void* x) noexcept nogil:
     return 0
 
 
-cdef void _act_grad_all(floating* dz, const floating* dout, const floating* y, Py_ssize_t n,
-                        int code, floating alpha) noexcept nogil:
-    """dz = dout * act'(y) over n elements in 4096-element blocks (the activation op's
-    backward: the same bits)."""
-    cdef Py_ssize_t nb = (n + 4095) // 4096, blk, lo
-    cdef int nt = _threads(n // CHEAP)
-    if nt == 1:
-        for blk in range(nb):
-            lo = blk * 4096
-            act_grad_row(dz + lo, dout + lo, y + lo, min(4096, n - lo), code, alpha)
-    else:
-        for blk in prange(nb, num_threads=nt, schedule="static"):
-            lo = blk * 4096
-            act_grad_row(dz + lo, dout + lo, y + lo, min(4096, n - lo), code, alpha)
-
-
 cdef int _conv_op_bwd(dlf_op* p, const void* x, const void* dout) noexcept nogil:
     cdef _ConvC* s = <_ConvC*>p
     cdef Py_ssize_t n = s.g.N * s.g.F * s.g.OHW
     if s.dz != NULL:
         if s.dt == DT_F32:
-            _act_grad_all(<float*>s.dz, <const float*>dout, <const float*>s.op.out, n, s.act,
-                          <float>s.alpha)
+            act_grad_all(<float*>s.dz, <const float*>dout, <const float*>s.op.out, n, s.act,
+                         <float>s.alpha, _threads(n // CHEAP))
         else:
-            _act_grad_all(<double*>s.dz, <const double*>dout, <const double*>s.op.out, n, s.act,
-                          s.alpha)
+            act_grad_all(<double*>s.dz, <const double*>dout, <const double*>s.op.out, n, s.act,
+                         s.alpha, _threads(n // CHEAP))
         dout = s.dz
     if s.dt == DT_F32:
         _conv_bwd(<const float*>dout, <const float*>x, <const float*>s.W, <float*>s.col,

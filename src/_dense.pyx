@@ -12,8 +12,7 @@ from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
-from scipy.linalg.cython_blas cimport (sgemm as _scipy_sgemm, dgemm as _scipy_dgemm,
-                                       sgemv as _scipy_sgemv, dgemv as _scipy_dgemv)
+from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
 
 from _op cimport dlf_op
 from _act cimport (act_code, act_row, act_grad_row, ACT_IDENTITY, CHEAP, buf_get, buf_release,
@@ -51,9 +50,10 @@ if DLFAST_HAVE_OPENMP:
                              else (os.cpu_count() or 1)))
 
 
-# The GEMM BLAS: Fortran sgemm/dgemm/sgemv/dgemv (pointer arguments, no hidden lengths), SciPy's
-# cython_blas by default; _set_gemm_blas installs another library's (dlfast's own OpenBLAS from
-# scipy-openblas32, see cython_kernels._private_blas).
+# The GEMM BLAS: Fortran sgemm/dgemm/sgemv/dgemv (pointer arguments, no hidden lengths), installed
+# by _set_gemm_blas: dlfast's own OpenBLAS from scipy-openblas32 (cython_kernels._private_blas),
+# or SciPy's cython_blas. None at import: importing scipy.linalg costs ~0.4 s, so SciPy's is
+# loaded only when chosen, or by the first GEMM of a process that chose none (_blas_ready).
 ctypedef void (*_sgemm_t)(char*, char*, int*, int*, int*, float*, float*, int*, float*, int*,
                           float*, float*, int*) noexcept nogil
 ctypedef void (*_dgemm_t)(char*, char*, int*, int*, int*, double*, double*, int*, double*, int*,
@@ -62,21 +62,41 @@ ctypedef void (*_sgemv_t)(char*, int*, int*, float*, float*, int*, float*, int*,
                           int*) noexcept nogil
 ctypedef void (*_dgemv_t)(char*, int*, int*, double*, double*, int*, double*, int*, double*,
                           double*, int*) noexcept nogil
-cdef _sgemm_t sgemm = _scipy_sgemm
-cdef _dgemm_t dgemm = _scipy_dgemm
-cdef _sgemv_t sgemv = _scipy_sgemv
-cdef _dgemv_t dgemv = _scipy_dgemv
+cdef _sgemm_t sgemm = NULL
+cdef _dgemm_t dgemm = NULL
+cdef _sgemv_t sgemv = NULL
+cdef _dgemv_t dgemv = NULL
+
+
+cdef size_t _capi(dict capi, str name) except 0:
+    """The address behind SciPy's cython_blas export `name` (a capsule of __pyx_capi__)."""
+    cap = capi[name]
+    return <size_t>PyCapsule_GetPointer(cap, PyCapsule_GetName(cap))
 
 
 def _set_gemm_blas(size_t s_gemm, size_t d_gemm, size_t s_gemv, size_t d_gemv):
-    """Addresses of another BLAS's sgemm_, dgemm_, sgemv_, dgemv_ (all 0: SciPy's cython_blas).
-    Called once at import, before any kernel runs."""
+    """Install the addresses of a BLAS's sgemm_, dgemm_, sgemv_, dgemv_ (all 0: SciPy's
+    cython_blas, imported here). Called once by the backend at import, before any kernel runs."""
     global sgemm, dgemm, sgemv, dgemv
-    if s_gemm and d_gemm and s_gemv and d_gemv:
-        sgemm, dgemm = <_sgemm_t>s_gemm, <_dgemm_t>d_gemm
-        sgemv, dgemv = <_sgemv_t>s_gemv, <_dgemv_t>d_gemv
-    else:
-        sgemm, dgemm, sgemv, dgemv = _scipy_sgemm, _scipy_dgemm, _scipy_sgemv, _scipy_dgemv
+    if not (s_gemm and d_gemm and s_gemv and d_gemv):
+        from scipy.linalg import cython_blas
+        capi = cython_blas.__pyx_capi__
+        s_gemm, d_gemm = _capi(capi, "sgemm"), _capi(capi, "dgemm")
+        s_gemv, d_gemv = _capi(capi, "sgemv"), _capi(capi, "dgemv")
+    sgemm, dgemm = <_sgemm_t>s_gemm, <_dgemm_t>d_gemm
+    sgemv, dgemv = <_sgemv_t>s_gemv, <_dgemv_t>d_gemv
+
+
+cdef void _scipy_blas() noexcept with gil:
+    if sgemm == NULL:
+        _set_gemm_blas(0, 0, 0, 0)
+
+
+cdef inline void _blas_ready() noexcept nogil:
+    """SciPy's BLAS where none was installed (this module used without the backend, e.g. by a
+    test): every BLAS call site checks first."""
+    if sgemm == NULL or sgemv == NULL:
+        _scipy_blas()
 
 
 # The outer product C(m, n) = a (m) b (n)^T of a one-deep GEMM (a batch-1 dW): one rounded product
@@ -196,6 +216,7 @@ def _sgemm_run(bint own, const float[:, ::1] a, const float[:, ::1] b, float[:, 
         raise ValueError("_sgemm_run: shapes (m, k) @ (k, n) -> (m, n), all >= 1")
     with nogil:
         _pin_blas()
+        _blas_ready()
         for r in range(calls):
             if own and dlf_sgemm(tr, tr, m, n, k, &a[0, 0], k, &b[0, 0], n, &c[0, 0], n) == 0:
                 continue
@@ -267,8 +288,10 @@ cdef inline void _gemv(char t, int rows, int cols, const floating* A, int lda,
     the transpose when t is T."""
     cdef floating one = 1, zero = 0
     if floating is float:
+        _blas_ready()
         sgemv(&t, &rows, &cols, &one, <float*>A, &lda, <float*>x, &incx, &zero, y, &incy)
     else:
+        _blas_ready()
         dgemv(&t, &rows, &cols, &one, <double*>A, &lda, <double*>x, &incx, &zero, y, &incy)
 
 
@@ -311,8 +334,10 @@ cdef void _gemm(char ta, char tb, int m, int n, int k, const floating* a, int ld
         if _sgemm_mask and (_sgemm_mask >> _sgemm_class(m, n, k)) & 1 and \
                 dlf_sgemm(ta, tb, m, n, k, a, lda, b, ldb, c, ldc) == 0:
             return
+        _blas_ready()
         sgemm(&tb, &ta, &n, &m, &k, &one, <float*>b, &ldb, <float*>a, &lda, &zero, c, &ldc)
     else:
+        _blas_ready()
         dgemm(&tb, &ta, &n, &m, &k, &one, <double*>b, &ldb, <double*>a, &lda, &zero, c, &ldc)
 
 
@@ -890,6 +915,7 @@ cdef void _gemm_acc_f32(char ta, char tb, int m, int n, int k, const float* a, i
     cdef float one = 1
     if m == 0 or n == 0 or k == 0:
         return
+    _blas_ready()
     sgemm(&tb, &ta, &n, &m, &k, &one, <float*>b, &ldb, <float*>a, &lda, &one, c, &ldc)
 
 
@@ -899,6 +925,7 @@ cdef void _gemm_acc_f64(char ta, char tb, int m, int n, int k, const double* a, 
     cdef double one = 1
     if m == 0 or n == 0 or k == 0:
         return
+    _blas_ready()
     dgemm(&tb, &ta, &n, &m, &k, &one, <double*>b, &ldb, <double*>a, &lda, &one, c, &ldc)
 
 

@@ -7,6 +7,7 @@ GEMM BLAS (fixture ``sgemm``).
 GEMM results are compared with an absolute floor proportional to |x| @ |W| (the magnitude the dot
 products are summed from), since NumPy and SciPy may link different BLAS builds."""
 import inspect
+import os
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import dlfast
 from dlfast import kernels as K
 from dlfast._backends import numpy_kernels
 from kernel_helpers import GEMM_KINDS, float32_gemm, layout, on_all
+from process_helpers import fresh_json
 
 pytestmark = pytest.mark.skipif("cython" not in dlfast.available_backends(),
                                 reason="compiled backend not built")
@@ -388,6 +390,50 @@ def test_gemm_blas_choice():
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert "SciPy" in r.stdout
+
+
+def test_own_blas_spares_the_scipy_linalg_import():
+    """With dlfast's own OpenBLAS the compiled kernels never import scipy.linalg (~0.4 s): a
+    fresh process trains a step of a dense net, float32 and float64, without it."""
+    import importlib.util
+    if "cython" not in dlfast.available_backends():
+        pytest.skip("compiled backend not built")
+    if importlib.util.find_spec("scipy_openblas32") is None or \
+            os.environ.get("DLFAST_GEMM_BLAS", "").lower() == "scipy":
+        pytest.skip("SciPy's BLAS is the GEMM BLAS here")
+    got = fresh_json("""if 1:
+        import json, sys, numpy as np, dlfast
+        dlfast.set_backend("cython")
+        from dlfast._backends import cython_kernels as c
+        ok = []
+        for dt in (np.float32, np.float64):
+            net = dlfast.net.MLP(20, [16], 3, dtype=dt, seed=0)
+            x = np.ones((8, 20), dt)
+            loss, _ = net.loss_and_gradient(x, np.arange(8) % 3)
+            ok.append(bool(np.isfinite(loss)))
+        print(json.dumps([ok, "scipy.linalg" in sys.modules, c.GEMM_BLAS]))
+    """)
+    assert got[0] == [True, True] and got[1] is False, got
+
+
+def test_dense_module_alone_loads_scipy_blas_on_first_gemm():
+    """_dense imported without the backend has no BLAS installed; its first BLAS call installs
+    SciPy's (in C, under the GIL) and computes the product."""
+    if "cython" not in dlfast.available_backends():
+        pytest.skip("compiled backend not built")
+    got = fresh_json("""if 1:
+        import json, sys, numpy as np
+        from dlfast._backends import _dense
+        before = "scipy.linalg" in sys.modules
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((7, 5)).astype(np.float32)
+        b = rng.standard_normal((5, 3)).astype(np.float32)
+        c = np.empty((7, 3), np.float32)
+        _dense._sgemm_run(False, a, b, c, 1)
+        err = float(np.abs(c - a.astype(np.float64) @ b).max())
+        print(json.dumps([before, "scipy.linalg" in sys.modules, err]))
+    """)
+    assert got[0] is False and got[1] is True and got[2] < 1e-5, got
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -82,7 +82,7 @@ def _pin_gemm_blas():
             lib.set_num_threads(1)
         paths = tuple(lib.filepath for lib in controllers) or (private[1],)
         return private[0], paths, f"scipy-openblas32 {private[2]} (dlfast's own)"
-    import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
+    _mods[0]._set_gemm_blas(0, 0, 0, 0)                # SciPy's (loads scipy.linalg)
     pinned = []
     for lib in ThreadpoolController().lib_controllers:
         path = lib.filepath.replace("\\", "/")

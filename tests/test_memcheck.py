@@ -1,6 +1,6 @@
-"""The compiled kernels pass the kernel tests and the kernel fuzz suite under AddressSanitizer
-(``tools/memcheck.py``: an isolated ``-fsanitize=address`` build, CPython run with libasan
-preloaded). One build (about 1.5 minutes on 2 cores) plus the tests (under a minute).
+"""The compiled kernels pass the kernel tests, the kernel fuzz suite and the engine tests under
+AddressSanitizer with Cython bounds checking on (``tools/memcheck.py``: an isolated
+``-fsanitize=address``, ``DLFAST_BOUNDSCHECK=ON`` wheel, CPython run with libasan preloaded). One build (about 1.5 minutes on 2 cores) plus the tests (under a minute).
 Skipped with ``DLFAST_SKIP_WHEEL_TEST=1`` or ``DLFAST_SKIP_MEMCHECK=1`` (quick local runs; CI sets
 neither), and where GCC's libasan is missing."""
 import os

@@ -3,7 +3,8 @@
     python tools/memcheck.py [--src DIR] [--keep DIR] [pytest args...]
 
 Builds the extension modules of the source tree ``--src`` (default: this repository) with
-``-fsanitize=address -fno-omit-frame-pointer`` (CMake flags, in an isolated build folder; the
+``-fsanitize=address -fno-omit-frame-pointer`` and Cython bounds checking on (CMake flags and
+DLFAST_BOUNDSCHECK=ON: an out-of-bounds index raises IndexError; in an isolated build folder, the
 development install is not touched), installs the wheel into a private folder, and runs the kernel
 tests (default ``tests/test_kernels_*.py``, ``tests/test_fuzz_kernels.py`` and
 ``tests/test_engine.py``, the compiled training-step programs, of this repository)
@@ -45,7 +46,8 @@ def libasan():
 
 def build(src, work):
     """Build and install the ASan wheel of ``src`` under ``work``; returns the site folder."""
-    return build_and_install(src, work, [f"cmake.define.CMAKE_C_FLAGS={FLAGS}",
+    return build_and_install(src, work, ["cmake.define.DLFAST_BOUNDSCHECK=ON",
+                                         f"cmake.define.CMAKE_C_FLAGS={FLAGS}",
                                          "cmake.define.CMAKE_MODULE_LINKER_FLAGS=-fsanitize=address",
                                          "cmake.define.CMAKE_SHARED_LINKER_FLAGS=-fsanitize=address"])
 

@@ -239,10 +239,10 @@ def _prelu_bwd_mv(const floating[:, ::1] dout, const floating[:, ::1] x,
     cdef floating* dsp = NULL
     if dslope is not None and dslope.shape[0]:
         dsp = &dslope[0]
-    if n == 0 or f == 0:
-        with nogil:
-            _prelu_bwd(dxp, dsp, <const floating*>NULL, <const floating*>NULL, &slope[0], n, f,
-                       mode, NULL)
+    if n == 0 or f == 0:                # only dslope's zeros: no array is read (slope may
+        with nogil:                     # be empty: no &slope[0])
+            _prelu_bwd(dxp, dsp, <const floating*>NULL, <const floating*>NULL,
+                       <const floating*>NULL, n, f, mode, NULL)
         return
     if dx is not None:
         dxp = &dx[0, 0]

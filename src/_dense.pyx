@@ -53,7 +53,7 @@ if DLFAST_HAVE_OPENMP:
 # The GEMM BLAS: Fortran sgemm/dgemm/sgemv/dgemv (pointer arguments, no hidden lengths), installed
 # by _set_gemm_blas: dlfast's own OpenBLAS from scipy-openblas32 (cython_kernels._private_blas),
 # or SciPy's cython_blas. None at import: importing scipy.linalg costs ~0.4 s, so SciPy's is
-# loaded only when chosen, or by the first GEMM of a process that chose none (_blas_ready).
+# loaded only when chosen, or by the first kernel call of a process that chose none (_pin_blas).
 ctypedef void (*_sgemm_t)(char*, char*, int*, int*, int*, float*, float*, int*, float*, int*,
                           float*, float*, int*) noexcept nogil
 ctypedef void (*_dgemm_t)(char*, char*, int*, int*, int*, double*, double*, int*, double*, int*,
@@ -90,13 +90,6 @@ def _set_gemm_blas(size_t s_gemm, size_t d_gemm, size_t s_gemv, size_t d_gemv):
 cdef void _scipy_blas() noexcept with gil:
     if sgemm == NULL:
         _set_gemm_blas(0, 0, 0, 0)
-
-
-cdef inline void _blas_ready() noexcept nogil:
-    """SciPy's BLAS where none was installed (this module used without the backend, e.g. by a
-    test): every BLAS call site checks first."""
-    if sgemm == NULL or sgemv == NULL:
-        _scipy_blas()
 
 
 # The outer product C(m, n) = a (m) b (n)^T of a one-deep GEMM (a batch-1 dW): one rounded product
@@ -216,7 +209,6 @@ def _sgemm_run(bint own, const float[:, ::1] a, const float[:, ::1] b, float[:, 
         raise ValueError("_sgemm_run: shapes (m, k) @ (k, n) -> (m, n), all >= 1")
     with nogil:
         _pin_blas()
-        _blas_ready()
         for r in range(calls):
             if own and dlf_sgemm(tr, tr, m, n, k, &a[0, 0], k, &b[0, 0], n, &c[0, 0], n) == 0:
                 continue
@@ -245,6 +237,10 @@ def _blas_pin_installed():
 
 
 cdef inline void _pin_blas() noexcept nogil:
+    """Before a kernel call's GEMMs: SciPy's BLAS if none was installed (this module used
+    without the backend, e.g. by a test), then the BLAS re-pinned to one thread."""
+    if sgemm == NULL:
+        _scipy_blas()
     if _blas_get != NULL and _blas_get() != 1:
         _blas_set(1)
 
@@ -288,10 +284,8 @@ cdef inline void _gemv(char t, int rows, int cols, const floating* A, int lda,
     the transpose when t is T."""
     cdef floating one = 1, zero = 0
     if floating is float:
-        _blas_ready()
         sgemv(&t, &rows, &cols, &one, <float*>A, &lda, <float*>x, &incx, &zero, y, &incy)
     else:
-        _blas_ready()
         dgemv(&t, &rows, &cols, &one, <double*>A, &lda, <double*>x, &incx, &zero, y, &incy)
 
 
@@ -334,10 +328,8 @@ cdef void _gemm(char ta, char tb, int m, int n, int k, const floating* a, int ld
         if _sgemm_mask and (_sgemm_mask >> _sgemm_class(m, n, k)) & 1 and \
                 dlf_sgemm(ta, tb, m, n, k, a, lda, b, ldb, c, ldc) == 0:
             return
-        _blas_ready()
         sgemm(&tb, &ta, &n, &m, &k, &one, <float*>b, &ldb, <float*>a, &lda, &zero, c, &ldc)
     else:
-        _blas_ready()
         dgemm(&tb, &ta, &n, &m, &k, &one, <double*>b, &ldb, <double*>a, &lda, &zero, c, &ldc)
 
 
@@ -915,7 +907,6 @@ cdef void _gemm_acc_f32(char ta, char tb, int m, int n, int k, const float* a, i
     cdef float one = 1
     if m == 0 or n == 0 or k == 0:
         return
-    _blas_ready()
     sgemm(&tb, &ta, &n, &m, &k, &one, <float*>b, &ldb, <float*>a, &lda, &one, c, &ldc)
 
 
@@ -925,7 +916,6 @@ cdef void _gemm_acc_f64(char ta, char tb, int m, int n, int k, const double* a, 
     cdef double one = 1
     if m == 0 or n == 0 or k == 0:
         return
-    _blas_ready()
     dgemm(&tb, &ta, &n, &m, &k, &one, <double*>b, &ldb, <double*>a, &lda, &one, c, &ldc)
 
 

@@ -417,8 +417,8 @@ def test_own_blas_spares_the_scipy_linalg_import():
 
 
 def test_dense_module_alone_loads_scipy_blas_on_first_gemm():
-    """_dense imported without the backend has no BLAS installed; its first BLAS call installs
-    SciPy's (in C, under the GIL) and computes the product."""
+    """_dense imported without the backend has no BLAS installed; its first kernel call installs
+    SciPy's (in C, under the GIL, before its GEMMs) and computes the product."""
     if "cython" not in dlfast.available_backends():
         pytest.skip("compiled backend not built")
     got = fresh_json("""if 1:

@@ -13,8 +13,10 @@ Statistics are two-pass (mean, then sum (x - mean)^2 / N); no E[x^2] - E[x]^2.
   and a channel's chunks are combined in chunk order. Elementwise passes: one item per plane.
   (N, C, *S) with S = 1 is (N, C) in memory and takes the paths above.
 On one thread the same work items run in a plain loop (no OpenMP region). The loops over elements
-are C (below): vectorised, cloned per instruction set, never contracted to FMA (each product and
-sum rounded as in the NumPy backend).
+are C (below): vectorised, cloned per instruction set, never contracted to FMA. Sums are in double;
+float64 data is normalised and differentiated in double, each product and sum rounded as in the
+NumPy backend; float32 data in float32, from per-feature coefficients rounded once (the C block's
+dlf_bn_normf: within a few float32 ulps of the double form, at twice the lanes).
 """
 from cython.parallel cimport prange
 from cython cimport floating
@@ -37,6 +39,7 @@ cdef enum:
 
 cdef extern from *:
     """
+    #include <math.h>
     #include "dlfast_clones.h"   /* DLF_CLONES */
     #if defined(__GNUC__) && !defined(__clang__)
     #pragma GCC push_options
@@ -151,7 +154,7 @@ cdef extern from *:
             for (j = j0; j < j1; j++) { double d = x[i * f + j] - mu[j]; acc[j] = acc[j] + d * d; } \\
     }                                                                                          \\
     /* xhat = T((x - mu) * inv) (double); out = gamma * xhat + beta (T); y = act(out) (act) */ \\
-    DLF_CLONES static void dlf_bn_norm##S(const T* x, T* __restrict xhat, T* __restrict out,  \\
+    DLF_CLONES static void dlf_bn_norm_ex##S(const T* x, T* __restrict xhat, T* __restrict out,  \\
                                            const T* gamma, const T* beta, const double* mu,    \\
                                            const double* inv, long i0, long i1, long f, long j0, \\
                                            long j1, int act, T alpha, T* __restrict y) {       \\
@@ -180,7 +183,7 @@ cdef extern from *:
         }                                                                                      \\
     }                                                                                          \\
     /* dx = T(c * ((dn * d - sb) - xhat * sg)) (batch), T(c * d) (not); d as dlf_bn_bsums */   \\
-    DLF_CLONES static void dlf_bn_dx##S(T* __restrict dx, const T* dout, const T* xhat,       \\
+    DLF_CLONES static void dlf_bn_dx_ex##S(T* __restrict dx, const T* dout, const T* xhat,       \\
                                          const T* gamma, const T* beta, const double* c,       \\
                                          const double* sb, const double* sg, long i0, long i1, \\
                                          long f, long j0, long j1, double dn, int batch,       \\
@@ -228,7 +231,7 @@ cdef extern from *:
         *sg = ((g[0] + g[1]) + (g[2] + g[3])) + ((g[4] + g[5]) + (g[6] + g[7]));               \\
     }                                                                                          \\
     /* xhat = T((x - mu) * inv) (double); out = gamma * xhat + beta (T) */                     \\
-    DLF_CLONES static void dlf_bnp_norm##S(const T* x, T* __restrict xhat, T* __restrict out, \\
+    DLF_CLONES static void dlf_bnp_norm_ex##S(const T* x, T* __restrict xhat, T* __restrict out, \\
                                             T gamma, T beta, double mu, double inv, long len,  \\
                                             int act, T alpha, T* __restrict y) {               \\
         long i;                                                                                \\
@@ -240,7 +243,7 @@ cdef extern from *:
             DLF_BNP_NORM_LOOP(T, DLF_BN_YLEAKY)                                                \\
     }                                                                                          \\
     /* dx = T(c * ((dm * dout - sb) - xhat * sg)) (batch), T(c * dout) (not) */                \\
-    DLF_CLONES static void dlf_bnp_dx##S(T* __restrict dx, const T* dout, const T* xhat,      \\
+    DLF_CLONES static void dlf_bnp_dx_ex##S(T* __restrict dx, const T* dout, const T* xhat,      \\
                                           double c, double sb, double sg, long len, double dm, \\
                                           int batch, T ga, T be, int act, T alpha) {           \\
         long i;                                                                                \\
@@ -253,6 +256,161 @@ cdef extern from *:
     }
     DLF_BN(f, float)
     DLF_BN(d, double)
+    /* float64 data: the loops above. */
+    #define dlf_bn_normd dlf_bn_norm_exd
+    #define dlf_bn_dxd dlf_bn_dx_exd
+    #define dlf_bnp_normd dlf_bnp_norm_exd
+    #define dlf_bnp_dxd dlf_bnp_dx_exd
+    /* float32 data: the two elementwise passes in float32 arithmetic (eight lanes per AVX2
+       instruction, where the double forms take four and two conversions), with per-feature
+       coefficients rounded once from the double statistics:
+         xhat = ((x - mh) - ml) * iv        mh = fl(mu), ml = fl(mu - mh), iv = fl(inv)
+         dx   = (a * d + b * xhat) + e      a = fl(c N), b = fl(-c sg), e = fl(-c sb)  (batch)
+         dx   = a * d                       a = fl(c)                                  (not)
+       x - mh is exact where x is within 2x of mh (Sterbenz), the cancelling case, so xhat keeps
+       mu's 48 bits there; each result is within a few float32 ulps of the double form. A
+       coefficient that float32 does not hold to 2^-23 of its value (overflow, underflow, NaN)
+       sends its tile of features to the double loop. Sums stay in double (dlf_bn_sum...). */
+    #define DLF_BN_TILE 128
+    static inline int dlf_bn_fl(double v, float* out) {
+        float h = (float)v;
+        *out = h;
+        return fabs((double)h - v) <= 1.1920928955078125e-07 * fabs(v);
+    }
+    #define DLF_BNF_NORM_ROW(Y)                                                                \\
+        for (k = 0; k < w; k++) {                                                              \\
+            float xh = ((xr[k] - mh[k]) - ml[k]) * iv[k];                                      \\
+            float z = g[k] * xh + be[k];                                                       \\
+            hr[k] = xh;                                                                        \\
+            orow[k] = z;                                                                       \\
+            Y(float, k, z)                                                                     \\
+        }
+    DLF_CLONES static void dlf_bn_normf(const float* x, float* __restrict xhat,
+                                        float* __restrict out, const float* gamma,
+                                        const float* beta, const double* mu, const double* inv,
+                                        long i0, long i1, long f, long j0, long j1, int act,
+                                        float alpha, float* __restrict yall) {
+        float mh[DLF_BN_TILE], ml[DLF_BN_TILE], iv[DLF_BN_TILE];
+        long t0, i, k, w;
+        for (t0 = j0; t0 < j1; t0 += DLF_BN_TILE) {
+            int ok = 1;
+            const float *g = gamma + t0, *be = beta + t0;
+            w = j1 - t0 < DLF_BN_TILE ? j1 - t0 : DLF_BN_TILE;
+            for (k = 0; k < w; k++) {
+                ok &= dlf_bn_fl(mu[t0 + k], &mh[k]) & dlf_bn_fl(inv[t0 + k], &iv[k]);
+                ml[k] = (float)(mu[t0 + k] - (double)mh[k]);
+            }
+            if (!ok) {
+                dlf_bn_norm_exf(x, xhat, out, gamma, beta, mu, inv, i0, i1, f, t0, t0 + w, act,
+                                alpha, yall);
+                continue;
+            }
+            for (i = i0; i < i1; i++) {
+                const float* xr = x + i * f + t0;
+                float* __restrict hr = xhat + i * f + t0;
+                float* __restrict orow = out + i * f + t0;
+                float* __restrict y = act ? yall + i * f + t0 : NULL;
+                if (act == 0)
+                    DLF_BNF_NORM_ROW(DLF_BN_Y0)
+                else if (act == 1)
+                    DLF_BNF_NORM_ROW(DLF_BN_YRELU)
+                else
+                    DLF_BNF_NORM_ROW(DLF_BN_YLEAKY)
+            }
+        }
+    }
+    #define DLF_BNF_DOUT(k) dr[k]
+    #define DLF_BNF_DACT(k) DLF_BN_D(float, dr[k], hr[k], g[k], be[k], lo)
+    #define DLF_BNF_DX_ROW(D)                                                                  \\
+        if (batch)                                                                             \\
+            for (k = 0; k < w; k++) xr[k] = (a[k] * D(k) + b[k] * hr[k]) + e[k];               \\
+        else                                                                                   \\
+            for (k = 0; k < w; k++) xr[k] = a[k] * D(k);
+    DLF_CLONES static void dlf_bn_dxf(float* __restrict dx, const float* dout, const float* xhat,
+                                      const float* gamma, const float* beta, const double* c,
+                                      const double* sb, const double* sg, long i0, long i1,
+                                      long f, long j0, long j1, double dn, int batch, int act,
+                                      float alpha) {
+        float a[DLF_BN_TILE], b[DLF_BN_TILE], e[DLF_BN_TILE];
+        const float lo = DLF_BN_LO(float, act, alpha);
+        long t0, i, k, w;
+        for (t0 = j0; t0 < j1; t0 += DLF_BN_TILE) {
+            int ok = 1;
+            const float *g = gamma + t0, *be = act ? beta + t0 : NULL;
+            w = j1 - t0 < DLF_BN_TILE ? j1 - t0 : DLF_BN_TILE;
+            for (k = 0; k < w; k++) {
+                double ck = c[t0 + k];
+                if (batch)
+                    ok &= dlf_bn_fl(ck * dn, &a[k]) & dlf_bn_fl(-ck * sg[t0 + k], &b[k])
+                          & dlf_bn_fl(-ck * sb[t0 + k], &e[k]);
+                else
+                    ok &= dlf_bn_fl(ck, &a[k]);
+            }
+            if (!ok) {
+                dlf_bn_dx_exf(dx, dout, xhat, gamma, beta, c, sb, sg, i0, i1, f, t0, t0 + w, dn,
+                              batch, act, alpha);
+                continue;
+            }
+            for (i = i0; i < i1; i++) {
+                const float *dr = dout + i * f + t0, *hr = xhat + i * f + t0;
+                float* __restrict xr = dx + i * f + t0;
+                if (act != 0)
+                    DLF_BNF_DX_ROW(DLF_BNF_DACT)
+                else
+                    DLF_BNF_DX_ROW(DLF_BNF_DOUT)
+            }
+        }
+    }
+    /* The planar forms: one plane, scalar coefficients */
+    #define DLF_BNPF_NORM_LOOP(Y)                                                              \\
+        for (i = 0; i < len; i++) {                                                            \\
+            float xh = ((x[i] - mh) - ml) * iv;                                                \\
+            float z = gamma * xh + beta;                                                       \\
+            xhat[i] = xh;                                                                      \\
+            out[i] = z;                                                                        \\
+            Y(float, i, z)                                                                     \\
+        }
+    DLF_CLONES static void dlf_bnp_normf(const float* x, float* __restrict xhat,
+                                         float* __restrict out, float gamma, float beta,
+                                         double mu, double inv, long len, int act, float alpha,
+                                         float* __restrict y) {
+        float mh, ml, iv;
+        long i;
+        if (!(dlf_bn_fl(mu, &mh) & dlf_bn_fl(inv, &iv))) {
+            dlf_bnp_norm_exf(x, xhat, out, gamma, beta, mu, inv, len, act, alpha, y);
+            return;
+        }
+        ml = (float)(mu - (double)mh);
+        if (act == 0)
+            DLF_BNPF_NORM_LOOP(DLF_BN_Y0)
+        else if (act == 1)
+            DLF_BNPF_NORM_LOOP(DLF_BN_YRELU)
+        else
+            DLF_BNPF_NORM_LOOP(DLF_BN_YLEAKY)
+    }
+    #define DLF_BNPF_DOUT(i) dout[i]
+    #define DLF_BNPF_DACT(i) DLF_BN_D(float, dout[i], xhat[i], ga, be, lo)
+    #define DLF_BNPF_DX_LOOP(D)                                                                \\
+        if (batch)                                                                             \\
+            for (i = 0; i < len; i++) dx[i] = (a * D(i) + b * xhat[i]) + e;                    \\
+        else                                                                                   \\
+            for (i = 0; i < len; i++) dx[i] = a * D(i);
+    DLF_CLONES static void dlf_bnp_dxf(float* __restrict dx, const float* dout, const float* xhat,
+                                       double c, double sb, double sg, long len, double dm,
+                                       int batch, float ga, float be, int act, float alpha) {
+        const float lo = DLF_BN_LO(float, act, alpha);
+        float a, b = 0, e = 0;
+        long i;
+        if (!(batch ? dlf_bn_fl(c * dm, &a) & dlf_bn_fl(-c * sg, &b) & dlf_bn_fl(-c * sb, &e)
+                    : dlf_bn_fl(c, &a))) {
+            dlf_bnp_dx_exf(dx, dout, xhat, c, sb, sg, len, dm, batch, ga, be, act, alpha);
+            return;
+        }
+        if (act != 0)
+            DLF_BNPF_DX_LOOP(DLF_BNPF_DACT)
+        else
+            DLF_BNPF_DX_LOOP(DLF_BNPF_DOUT)
+    }
     #if defined(__GNUC__) && !defined(__clang__)
     #pragma GCC pop_options
     #endif

@@ -287,3 +287,69 @@ def test_batchnorm_eval_of_empty_inputs_touches_no_value(backend, shape):
     out, xhat, invstd = np.empty_like(x), np.empty_like(x), np.empty(3)
     K.batchnorm_forward_eval(x, np.ones(3), np.zeros(3), np.zeros(3), rv, 1e-5, out, xhat, invstd)
     np.testing.assert_allclose(invstd, 1 / np.sqrt(rv + 1e-5), rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(300, 5), (40, 3), (6, 3, 7, 5)])
+def test_batchnorm_float32_passes_against_float64(shape):
+    """float32 normalises and differentiates in float32 from coefficients rounded once: on data
+    offset by 1e4, xhat and dx are within a few float32 ulps of the float64 computation (mu is
+    held to 48 bits, so x - mu does not cancel); narrow, wide and planar decompositions, both
+    backends, 1 and 2 threads bit for bit."""
+    rng = np.random.default_rng(7)
+    c = shape[1]
+    x = (rng.standard_normal(shape) + 1e4).astype(np.float32)
+    gamma, beta = np.full(c, 1.5, np.float32), np.full(c, 0.25, np.float32)
+    dout = rng.standard_normal(shape).astype(np.float32)
+
+    def fn():
+        out, xhat = np.empty_like(x), np.empty_like(x)
+        mean, invstd = np.empty(c, np.float32), np.empty(c, np.float32)
+        K.batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd)
+        dx, dg, db = np.empty_like(x), np.empty(c, np.float32), np.empty(c, np.float32)
+        K.batchnorm_backward(dout, xhat, gamma, invstd, dx, dg, db)
+        return [out, xhat, dx]
+
+    ref, one, two = on_all(fn)
+    axes = (0,) + tuple(range(2, x.ndim))
+    v = (slice(None),) + (None,) * (x.ndim - 2)
+    xd, dd = x.astype(np.float64), dout.astype(np.float64)
+    mu = xd.mean(axes)
+    inv = 1 / np.sqrt(((xd - mu[v]) ** 2).mean(axes) + 1e-5)
+    xhat = (xd - mu[v]) * inv[v]
+    m = x.size // c
+    k = 1.5 * inv.astype(np.float32).astype(np.float64)
+    dx = k[v] / m * (m * dd - dd.sum(axes)[v] - xhat * (dd * xhat).sum(axes)[v])
+    for got in (ref, one, two):
+        np.testing.assert_allclose(got[1], xhat, rtol=1e-6, atol=4e-7 * np.abs(xhat).max())
+        np.testing.assert_allclose(got[2], dx, rtol=1e-5, atol=4e-7 * np.abs(dx).max())
+    for a, b in zip(one, two):
+        assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("shape", [(300, 5), (40, 3), (6, 3, 7, 5)])
+def test_batchnorm_float32_coefficient_out_of_range_takes_the_double_loop(shape):
+    """A constant feature with eps = 1e-80: invstd = 1e40 overflows float32 (so invstd is inf),
+    and the float32 pass would give xhat = 0 * inf = NaN; its tile takes the double loop, where
+    xhat = 0 * 1e40 = 0 and out = beta, as on the NumPy backend; the other features agree."""
+    rng = np.random.default_rng(8)
+    c = shape[1]
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[:, 1] = 3.0
+    gamma, beta = np.full(c, 1.5, np.float32), np.full(c, 0.25, np.float32)
+
+    def fn():
+        out, xhat = np.empty_like(x), np.empty_like(x)
+        mean, invstd = np.empty(c, np.float32), np.empty(c, np.float32)
+        with np.errstate(over="ignore"):
+            K.batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd, eps=1e-80)
+        return [out, xhat, invstd]
+
+    ref, one, two = on_all(fn)
+    for got in (one, two):
+        assert got[2][1] == np.inf
+        np.testing.assert_array_equal(got[1][:, 1], 0.0)
+        np.testing.assert_array_equal(got[0][:, 1], 0.25)
+        for a, r in zip(got, ref):
+            np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5)
+    for a, b in zip(one, two):
+        assert a.tobytes() == b.tobytes()

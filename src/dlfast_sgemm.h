@@ -10,8 +10,9 @@
    Layout (GotoBLAS/BLIS, kept small): k is cut into blocks of DLF_KC; per block, op(B)'s rows
    are packed into NR-column panels (zero-padded) unless B can be read in place (see
    dlf_sgemm); A's rows are taken in blocks that fit half the L2 (dlf_row_block), and per block
-   and panel every MR x NR tile of C is one register-blocked micro-kernel call that reads A in
-   place (broadcasts) and B's NR columns (two vectors, masked at the edge).
+   and panel every MR x NR tile of C is one register-blocked micro-kernel call that reads A
+   (broadcasts: in place, or from tile panels packed per row block when op(A) = A^T) and B's NR
+   columns (two vectors, masked at the edge).
 
    Sums: C[i][j] = fl(... fl(fl(S_0) + S_1) ... + S_last), S_b = the fused multiply-add chain
    over block b's k in order, from 0. No term depends on the tile, the row block or the thread
@@ -21,6 +22,7 @@
 
 #include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && \
     ((!defined(__clang__) && __GNUC__ >= 9) || (defined(__clang__) && __clang_major__ >= 10))
@@ -400,6 +402,36 @@ static int dlf_row_block(int mr, int kc) {
     return r < mr ? mr : r > (1 << 20) ? (1 << 20) : (int)r;
 }
 
+/* Rows of the tile at row i0 of a block ending at iend: MR, but the last two tiles share their
+   rows evenly (32 rows, MR 6: 6 6 6 6 4 4, not 6 6 6 6 6 2): a tile of few rows has too few
+   independent sums to keep the FMA units busy. */
+static inline int dlf_tile_rows(int i0, int iend, int MR) {
+    return iend - i0 > 2 * MR ? MR : iend - i0 > MR ? (iend - i0 + 1) / 2 : iend - i0;
+}
+
+/* op(A) = A^T: rows [ib, iend) and k [p0, p0 + kc) of op(A) packed as the tile loop takes them,
+   tile (i0, mr) at pa + (i0 - ib) * kc with element (r, p) at p * mr + r: a tile then reads
+   mr * kc contiguous floats, where in place it read one cache line per k (256 per tile, again
+   for each panel). op(A)'s column p is A's row p0 + p: each k moves 8 floats (mr <= 8; the
+   floats past mr land where the next k, or the next tile, writes: pa needs 8 floats of slack),
+   or mr floats one by one where 8 would pass the end of A's row. */
+static void dlf_pack_at(int ib, int iend, int MR, int kc, int p0, const float* a, int lda,
+                        float* pa) {
+    int p, i0, mr, r;
+    for (i0 = ib; i0 < iend; i0 += mr) {
+        float* t = pa + (size_t)(i0 - ib) * kc;
+        const float* src = a + (size_t)p0 * lda + i0;
+        mr = dlf_tile_rows(i0, iend, MR);
+        if (i0 + 8 <= lda)
+            for (p = 0; p < kc; p++)
+                memcpy(t + (size_t)p * mr, src + (size_t)p * lda, 8 * sizeof(float));
+        else
+            for (p = 0; p < kc; p++)
+                for (r = 0; r < mr; r++)
+                    t[(size_t)p * mr + r] = src[(size_t)p * lda + r];
+    }
+}
+
 typedef void (*dlf_pack_fn)(char, int, int, int, const float*, int, float*);
 typedef void (*dlf_tile_fn)(int, int, int, const float*, ptrdiff_t, ptrdiff_t, const float*,
                             ptrdiff_t, float*, ptrdiff_t, int);
@@ -420,13 +452,25 @@ static int dlf_sgemm(char ta, char tb, int m, int n, int k, const float* a, int 
     /* B read in place (row stride ldb) unless transposed, or its rows are a multiple of 128 bytes
        apart (they would crowd a few L1 sets): then packed, once per k block */
     int direct = isa == 2 && tb == 'N' && ldb % 32 != 0;
-    float* buf;
-    const float* bp;
+    /* op(A) = A^T is packed per row block (dlf_pack_at) */
+    int pack_a = ta != 'N';
+    size_t bfloats = direct ? 0 : (size_t)npan * kb * NR, afloats = 0;
+    float* buf = NULL;
+    const float *bp, *ap;
     if (!isa)
         return -1;
-    buf = direct ? NULL : dlf_pack_space((size_t)npan * kb * NR);
-    if (buf == NULL && !direct)
-        return -1;
+    if (pack_a) {                   /* the largest row block of any k block, times its kc */
+        int last = k - (k - 1) / DLF_KC * DLF_KC, r0 = dlf_row_block(MR, kb);
+        int r1 = dlf_row_block(MR, last);
+        afloats = (size_t)(r0 < m ? r0 : m) * kb;
+        if ((size_t)(r1 < m ? r1 : m) * last > afloats)
+            afloats = (size_t)(r1 < m ? r1 : m) * last;
+    }
+    if (bfloats + afloats > 0) {
+        buf = dlf_pack_space(bfloats + afloats + (pack_a ? 8 : 0));
+        if (buf == NULL)
+            return -1;
+    }
     for (p0 = 0; p0 < k; p0 += DLF_KC) {
         kc = k - p0 < DLF_KC ? k - p0 : DLF_KC;
         mc = dlf_row_block(MR, kc);
@@ -434,17 +478,17 @@ static int dlf_sgemm(char ta, char tb, int m, int n, int k, const float* a, int 
             pack(tb, n, kc, p0, b, ldb, buf);
         for (ib = 0; ib < m; ib += mc) {        /* A's rows [ib, ib + mc) stay in L2 */
             iend = m - ib < mc ? m : ib + mc;
+            if (pack_a)
+                dlf_pack_at(ib, iend, MR, kc, p0, a, lda, buf + bfloats);
             for (jp = 0; jp < npan; jp++) {      /* a panel stays in L1 over those rows */
                 nc = n - jp * NR < NR ? n - jp * NR : NR;
                 bp = direct ? b + (size_t)p0 * ldb + jp * NR : buf + (size_t)jp * kc * NR;
                 brs = direct ? ldb : NR;
                 for (i0 = ib; i0 < iend; i0 += mr) {
-                    /* the last two tiles share their rows evenly (32 rows, MR 6: 6 6 6 6 4 4,
-                       not 6 6 6 6 6 2): a tile of few rows has too few independent sums to keep
-                       the FMA units busy */
-                    mr = iend - i0 > 2 * MR ? MR : iend - i0 > MR ? (iend - i0 + 1) / 2
-                                                                    : iend - i0;
-                    tile(mr, nc, kc, a + i0 * ars + p0 * acs, ars, acs, bp, brs,
+                    mr = dlf_tile_rows(i0, iend, MR);
+                    ap = pack_a ? buf + bfloats + (size_t)(i0 - ib) * kc
+                                : a + i0 * ars + p0 * acs;
+                    tile(mr, nc, kc, ap, pack_a ? 1 : ars, pack_a ? mr : acs, bp, brs,
                          c + (size_t)i0 * ldc + jp * NR, ldc, p0 > 0);
                 }
             }

@@ -452,8 +452,8 @@ static int dlf_sgemm(char ta, char tb, int m, int n, int k, const float* a, int 
     /* B read in place (row stride ldb) unless transposed, or its rows are a multiple of 128 bytes
        apart (they would crowd a few L1 sets): then packed, once per k block */
     int direct = isa == 2 && tb == 'N' && ldb % 32 != 0;
-    /* op(A) = A^T is packed per row block (dlf_pack_at) */
-    int pack_a = ta != 'N';
+    /* op(A) = A^T is packed per row block (dlf_pack_at) when several panels read it */
+    int pack_a = ta != 'N' && npan > 1;
     size_t bfloats = direct ? 0 : (size_t)npan * kb * NR, afloats = 0;
     float* buf = NULL;
     const float *bp, *ap;

@@ -68,6 +68,19 @@ def test_products_at_every_tile_edge(m, n, k):
     within_bound(dx, dz, W.T)
 
 
+@pytest.mark.parametrize("m, k, n", [(600, 300, 70), (1000, 784, 100), (513, 700, 16),
+                                     (257, 1030, 33)])
+def test_dW_over_several_k_blocks_and_row_blocks(m, k, n):
+    """dW = x.T @ dz with a batch (the GEMM's inner size) over several 256-blocks and x's columns
+    over several row blocks: op(A) = A^T packed per row block and k block (one panel, n = 16:
+    read in place)."""
+    x, _, dz = data(m, k, n, m + k + n)
+    dW = np.full((k, n), np.nan, np.float32)
+    K.dense_backward(dz, x, np.zeros((k, n), np.float32), np.zeros_like(dz),
+                     np.empty_like(dz), None, dW, None, "identity")
+    within_bound(dW, x.T, dz)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_row_does_not_depend_on_the_rows_beside_it(threads):
     """Every row of x @ W, x.T @ dz and dz @ W.T is the same bits computed alone or in a batch

@@ -13,10 +13,10 @@ Statistics are two-pass (mean, then sum (x - mean)^2 / N); no E[x^2] - E[x]^2.
   and a channel's chunks are combined in chunk order. Elementwise passes: one item per plane.
   (N, C, *S) with S = 1 is (N, C) in memory and takes the paths above.
 On one thread the same work items run in a plain loop (no OpenMP region). The loops over elements
-are C (below): vectorised, cloned per instruction set, never contracted to FMA. Sums are in double;
-float64 data is normalised and differentiated in double, each product and sum rounded as in the
-NumPy backend; float32 data in float32, from per-feature coefficients rounded once (the C block's
-dlf_bn_normf: within a few float32 ulps of the double form, at twice the lanes).
+are C (below): vectorised, cloned per instruction set, never contracted to FMA. Sums and the
+normalisation are in double, each product and sum rounded as in the NumPy backend; float32 data's
+dx in float32, from per-feature coefficients rounded once (the C block's dlf_bn_dxf: within a few
+float32 ulps of the double form, at twice the lanes).
 """
 from cython.parallel cimport prange
 from cython cimport floating
@@ -154,7 +154,7 @@ cdef extern from *:
             for (j = j0; j < j1; j++) { double d = x[i * f + j] - mu[j]; acc[j] = acc[j] + d * d; } \\
     }                                                                                          \\
     /* xhat = T((x - mu) * inv) (double); out = gamma * xhat + beta (T); y = act(out) (act) */ \\
-    DLF_CLONES static void dlf_bn_norm_ex##S(const T* x, T* __restrict xhat, T* __restrict out,  \\
+    DLF_CLONES static void dlf_bn_norm##S(const T* x, T* __restrict xhat, T* __restrict out,  \\
                                            const T* gamma, const T* beta, const double* mu,    \\
                                            const double* inv, long i0, long i1, long f, long j0, \\
                                            long j1, int act, T alpha, T* __restrict y) {       \\
@@ -231,7 +231,7 @@ cdef extern from *:
         *sg = ((g[0] + g[1]) + (g[2] + g[3])) + ((g[4] + g[5]) + (g[6] + g[7]));               \\
     }                                                                                          \\
     /* xhat = T((x - mu) * inv) (double); out = gamma * xhat + beta (T) */                     \\
-    DLF_CLONES static void dlf_bnp_norm_ex##S(const T* x, T* __restrict xhat, T* __restrict out, \\
+    DLF_CLONES static void dlf_bnp_norm##S(const T* x, T* __restrict xhat, T* __restrict out, \\
                                             T gamma, T beta, double mu, double inv, long len,  \\
                                             int act, T alpha, T* __restrict y) {               \\
         long i;                                                                                \\
@@ -256,68 +256,24 @@ cdef extern from *:
     }
     DLF_BN(f, float)
     DLF_BN(d, double)
-    /* float64 data: the loops above. */
-    #define dlf_bn_normd dlf_bn_norm_exd
+    /* float64 data's dx: the loops above. */
     #define dlf_bn_dxd dlf_bn_dx_exd
-    #define dlf_bnp_normd dlf_bnp_norm_exd
     #define dlf_bnp_dxd dlf_bnp_dx_exd
-    /* float32 data: the two elementwise passes in float32 arithmetic (eight lanes per AVX2
-       instruction, where the double forms take four and two conversions), with per-feature
-       coefficients rounded once from the double statistics:
-         xhat = ((x - mh) - ml) * iv        mh = fl(mu), ml = fl(mu - mh), iv = fl(inv)
-         dx   = (a * d + b * xhat) + e      a = fl(c N), b = fl(-c sg), e = fl(-c sb)  (batch)
-         dx   = a * d                       a = fl(c)                                  (not)
-       x - mh is exact where x is within 2x of mh (Sterbenz), the cancelling case, so xhat keeps
-       mu's 48 bits there; each result is within a few float32 ulps of the double form. A
-       coefficient that float32 does not hold to 2^-23 of its value (overflow, underflow, NaN)
-       sends its tile of features to the double loop. Sums stay in double (dlf_bn_sum...). */
+    /* float32 data's dx in float32 arithmetic (eight lanes per AVX2 instruction, where the
+       double form takes four and three conversions), from per-feature coefficients rounded once
+       from the double sums:
+         dx = (a * d + b * xhat) + e        a = fl(c N), b = fl(-c sg), e = fl(-c sb)  (batch)
+         dx = a * d                         a = fl(c)                                  (not)
+       each within a few float32 ulps of the double form. A coefficient that float32 does not
+       hold to 2^-23 of its value (overflow, underflow, NaN) sends its tile of features to the
+       double loop. (The normalisation in float32, xhat = ((x - fl(mu)) - fl(mu - fl(mu))) *
+       fl(inv), ran 1.6x faster in cache but 1.3x slower than the double loop on arrays of 10^7
+       values: not kept.) */
     #define DLF_BN_TILE 128
     static inline int dlf_bn_fl(double v, float* out) {
         float h = (float)v;
         *out = h;
         return fabs((double)h - v) <= 1.1920928955078125e-07 * fabs(v);
-    }
-    #define DLF_BNF_NORM_ROW(Y)                                                                \\
-        for (k = 0; k < w; k++) {                                                              \\
-            float xh = ((xr[k] - mh[k]) - ml[k]) * iv[k];                                      \\
-            float z = g[k] * xh + be[k];                                                       \\
-            hr[k] = xh;                                                                        \\
-            orow[k] = z;                                                                       \\
-            Y(float, k, z)                                                                     \\
-        }
-    DLF_CLONES static void dlf_bn_normf(const float* x, float* __restrict xhat,
-                                        float* __restrict out, const float* gamma,
-                                        const float* beta, const double* mu, const double* inv,
-                                        long i0, long i1, long f, long j0, long j1, int act,
-                                        float alpha, float* __restrict yall) {
-        float mh[DLF_BN_TILE], ml[DLF_BN_TILE], iv[DLF_BN_TILE];
-        long t0, i, k, w;
-        for (t0 = j0; t0 < j1; t0 += DLF_BN_TILE) {
-            int ok = 1;
-            const float *g = gamma + t0, *be = beta + t0;
-            w = j1 - t0 < DLF_BN_TILE ? j1 - t0 : DLF_BN_TILE;
-            for (k = 0; k < w; k++) {
-                ok &= dlf_bn_fl(mu[t0 + k], &mh[k]) & dlf_bn_fl(inv[t0 + k], &iv[k]);
-                ml[k] = (float)(mu[t0 + k] - (double)mh[k]);
-            }
-            if (!ok) {
-                dlf_bn_norm_exf(x, xhat, out, gamma, beta, mu, inv, i0, i1, f, t0, t0 + w, act,
-                                alpha, yall);
-                continue;
-            }
-            for (i = i0; i < i1; i++) {
-                const float* xr = x + i * f + t0;
-                float* __restrict hr = xhat + i * f + t0;
-                float* __restrict orow = out + i * f + t0;
-                float* __restrict y = act ? yall + i * f + t0 : NULL;
-                if (act == 0)
-                    DLF_BNF_NORM_ROW(DLF_BN_Y0)
-                else if (act == 1)
-                    DLF_BNF_NORM_ROW(DLF_BN_YRELU)
-                else
-                    DLF_BNF_NORM_ROW(DLF_BN_YLEAKY)
-            }
-        }
     }
     #define DLF_BNF_DOUT(k) dr[k]
     #define DLF_BNF_DACT(k) DLF_BN_D(float, dr[k], hr[k], g[k], be[k], lo)
@@ -361,33 +317,7 @@ cdef extern from *:
             }
         }
     }
-    /* The planar forms: one plane, scalar coefficients */
-    #define DLF_BNPF_NORM_LOOP(Y)                                                              \\
-        for (i = 0; i < len; i++) {                                                            \\
-            float xh = ((x[i] - mh) - ml) * iv;                                                \\
-            float z = gamma * xh + beta;                                                       \\
-            xhat[i] = xh;                                                                      \\
-            out[i] = z;                                                                        \\
-            Y(float, i, z)                                                                     \\
-        }
-    DLF_CLONES static void dlf_bnp_normf(const float* x, float* __restrict xhat,
-                                         float* __restrict out, float gamma, float beta,
-                                         double mu, double inv, long len, int act, float alpha,
-                                         float* __restrict y) {
-        float mh, ml, iv;
-        long i;
-        if (!(dlf_bn_fl(mu, &mh) & dlf_bn_fl(inv, &iv))) {
-            dlf_bnp_norm_exf(x, xhat, out, gamma, beta, mu, inv, len, act, alpha, y);
-            return;
-        }
-        ml = (float)(mu - (double)mh);
-        if (act == 0)
-            DLF_BNPF_NORM_LOOP(DLF_BN_Y0)
-        else if (act == 1)
-            DLF_BNPF_NORM_LOOP(DLF_BN_YRELU)
-        else
-            DLF_BNPF_NORM_LOOP(DLF_BN_YLEAKY)
-    }
+    /* The planar form: one plane, scalar coefficients */
     #define DLF_BNPF_DOUT(i) dout[i]
     #define DLF_BNPF_DACT(i) DLF_BN_D(float, dout[i], xhat[i], ga, be, lo)
     #define DLF_BNPF_DX_LOOP(D)                                                                \\

@@ -291,10 +291,9 @@ def test_batchnorm_eval_of_empty_inputs_touches_no_value(backend, shape):
 
 @pytest.mark.parametrize("shape", [(300, 5), (40, 3), (6, 3, 7, 5)])
 def test_batchnorm_float32_passes_against_float64(shape):
-    """float32 normalises and differentiates in float32 from coefficients rounded once: on data
-    offset by 1e4, xhat and dx are within a few float32 ulps of the float64 computation (mu is
-    held to 48 bits, so x - mu does not cancel); narrow, wide and planar decompositions, both
-    backends, 1 and 2 threads bit for bit."""
+    """float32's dx is computed in float32 from coefficients rounded once: on data offset by 1e4,
+    xhat and dx are within a few float32 ulps of the float64 computation; narrow, wide and
+    planar decompositions, both backends, 1 and 2 threads bit for bit."""
     rng = np.random.default_rng(7)
     c = shape[1]
     x = (rng.standard_normal(shape) + 1e4).astype(np.float32)
@@ -328,28 +327,36 @@ def test_batchnorm_float32_passes_against_float64(shape):
 
 @pytest.mark.parametrize("shape", [(300, 5), (40, 3), (6, 3, 7, 5)])
 def test_batchnorm_float32_coefficient_out_of_range_takes_the_double_loop(shape):
-    """A constant feature with eps = 1e-80: invstd = 1e40 overflows float32 (so invstd is inf),
-    and the float32 pass would give xhat = 0 * inf = NaN; its tile takes the double loop, where
-    xhat = 0 * 1e40 = 0 and out = beta, as on the NumPy backend; the other features agree."""
+    """A constant feature with eps = 1e-80: invstd = 1e40 is inf in float32, so dx's coefficient
+    a = gamma * invstd is inf and b * xhat = -inf * 0 would be NaN in float32; its tile takes the
+    double loop, where dx = inf * (N dout - sum dout) is +-inf as on the NumPy backend (the other
+    features agree too)."""
     rng = np.random.default_rng(8)
     c = shape[1]
     x = rng.standard_normal(shape).astype(np.float32)
     x[:, 1] = 3.0
     gamma, beta = np.full(c, 1.5, np.float32), np.full(c, 0.25, np.float32)
+    dout = rng.standard_normal(shape).astype(np.float32)
 
     def fn():
         out, xhat = np.empty_like(x), np.empty_like(x)
         mean, invstd = np.empty(c, np.float32), np.empty(c, np.float32)
-        with np.errstate(over="ignore"):
+        dx, dg, db = np.empty_like(x), np.empty(c, np.float32), np.empty(c, np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
             K.batchnorm_forward_train(x, gamma, beta, out, xhat, mean, invstd, eps=1e-80)
-        return [out, xhat, invstd]
+            K.batchnorm_backward(dout, xhat, gamma, invstd, dx, dg, db)
+        return [out, xhat, invstd, dx]
 
     ref, one, two = on_all(fn)
     for got in (one, two):
         assert got[2][1] == np.inf
         np.testing.assert_array_equal(got[1][:, 1], 0.0)
-        np.testing.assert_array_equal(got[0][:, 1], 0.25)
+        assert np.isinf(got[3][:, 1]).all()
+        np.testing.assert_array_equal(got[3][:, 1], ref[3][:, 1])
+        keep = [j for j in range(c) if j != 1]
         for a, r in zip(got, ref):
-            np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(a[:, keep] if a.ndim > 1 else a[keep],
+                                       r[:, keep] if r.ndim > 1 else r[keep], rtol=1e-5,
+                                       atol=1e-5)
     for a, b in zip(one, two):
         assert a.tobytes() == b.tobytes()

@@ -409,26 +409,29 @@ static inline int dlf_tile_rows(int i0, int iend, int MR) {
     return iend - i0 > 2 * MR ? MR : iend - i0 > MR ? (iend - i0 + 1) / 2 : iend - i0;
 }
 
-/* op(A) = A^T: rows [ib, iend) and k [p0, p0 + kc) of op(A) packed as the tile loop takes them,
-   tile (i0, mr) at pa + (i0 - ib) * kc with element (r, p) at p * mr + r: a tile then reads
-   mr * kc contiguous floats, where in place it read one cache line per k (256 per tile, again
-   for each panel). op(A)'s column p is A's row p0 + p: each k moves 8 floats (mr <= 8; the
-   floats past mr land where the next k, or the next tile, writes: pa needs 8 floats of slack),
-   or mr floats one by one where 8 would pass the end of A's row. */
-static void dlf_pack_at(int ib, int iend, int MR, int kc, int p0, const float* a, int lda,
-                        float* pa) {
+/* op(A) = A^T: rows [ib, iend) and k [p0, p0 + kc) of op(A) (m x k, stored k x m with row
+   stride lda) packed as the tile loop takes them, tile (i0, mr) at pa + (i0 - ib) * kc with
+   element (r, p) at p * mr + r: a tile then reads mr * kc contiguous floats, where in place it
+   read one cache line per k (256 per tile, again for each panel). op(A)'s column p is A's row
+   p0 + p: each k moves 8 floats (mr <= 8; the floats past mr land where the next k, or the next
+   tile, writes: pa needs 8 floats of slack) while the 8 read end inside A's storage, at or
+   before its last element ((k - 1) * lda + m - 1); else mr floats one by one. */
+static void dlf_pack_at(int ib, int iend, int MR, int kc, int p0, int m, int k, const float* a,
+                        int lda, float* pa) {
     int p, i0, mr, r;
     for (i0 = ib; i0 < iend; i0 += mr) {
         float* t = pa + (size_t)(i0 - ib) * kc;
         const float* src = a + (size_t)p0 * lda + i0;
+        /* rows p0 + p with (p0 + p) * lda + i0 + 8 <= (k - 1) * lda + m move 8 floats */
+        long lim = (long)(k - 1) * lda + m - 8 - i0;
+        long q = lim < 0 ? -1 : lim / lda - p0;
+        int pv = q < 0 ? 0 : q + 1 < kc ? (int)(q + 1) : kc;
         mr = dlf_tile_rows(i0, iend, MR);
-        if (i0 + 8 <= lda)
-            for (p = 0; p < kc; p++)
-                memcpy(t + (size_t)p * mr, src + (size_t)p * lda, 8 * sizeof(float));
-        else
-            for (p = 0; p < kc; p++)
-                for (r = 0; r < mr; r++)
-                    t[(size_t)p * mr + r] = src[(size_t)p * lda + r];
+        for (p = 0; p < pv; p++)
+            memcpy(t + (size_t)p * mr, src + (size_t)p * lda, 8 * sizeof(float));
+        for (; p < kc; p++)
+            for (r = 0; r < mr; r++)
+                t[(size_t)p * mr + r] = src[(size_t)p * lda + r];
     }
 }
 
@@ -479,7 +482,7 @@ static int dlf_sgemm(char ta, char tb, int m, int n, int k, const float* a, int 
         for (ib = 0; ib < m; ib += mc) {        /* A's rows [ib, ib + mc) stay in L2 */
             iend = m - ib < mc ? m : ib + mc;
             if (pack_a)
-                dlf_pack_at(ib, iend, MR, kc, p0, a, lda, buf + bfloats);
+                dlf_pack_at(ib, iend, MR, kc, p0, m, k, a, lda, buf + bfloats);
             for (jp = 0; jp < npan; jp++) {      /* a panel stays in L1 over those rows */
                 nc = n - jp * NR < NR ? n - jp * NR : NR;
                 bp = direct ? b + (size_t)p0 * ldb + jp * NR : buf + (size_t)jp * kc * NR;

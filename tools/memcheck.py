@@ -6,8 +6,9 @@ Builds the extension modules of the source tree ``--src`` (default: this reposit
 ``-fsanitize=address -fno-omit-frame-pointer`` and Cython bounds checking on (CMake flags and
 DLFAST_BOUNDSCHECK=ON: an out-of-bounds index raises IndexError; in an isolated build folder, the
 development install is not touched), installs the wheel into a private folder, and runs the kernel
-tests (default ``tests/test_kernels_*.py``, ``tests/test_fuzz_kernels.py`` and
-``tests/test_engine.py``, the compiled training-step programs, of this repository)
+tests (default ``tests/test_kernels_*.py``, ``tests/test_sgemm.py`` (the own float32 GEMM),
+``tests/test_fuzz_kernels.py`` and ``tests/test_engine.py``, the compiled training-step
+programs, of this repository)
 in a child interpreter with::
 
     LD_PRELOAD=$(gcc -print-file-name=libasan.so)   ASan runtime loaded before CPython
@@ -67,7 +68,8 @@ def main(argv=None):
     pytest_args = [a if a.startswith("-") or not os.path.exists(a.split("::")[0]) else os.path.abspath(a)
                    for a in pytest_args]            # the child runs in the work folder
     tests = pytest_args or sorted(glob.glob(os.path.join(ROOT, "tests", "test_kernels_*.py"))) \
-        + [os.path.join(ROOT, "tests", n) for n in ("test_fuzz_kernels.py", "test_engine.py")]
+        + [os.path.join(ROOT, "tests", n) for n in ("test_sgemm.py", "test_fuzz_kernels.py",
+                                                    "test_engine.py")]
     log = os.path.join(work, "asan-log")
     for old in glob.glob(log + ".*"):
         os.remove(old)

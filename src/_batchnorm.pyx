@@ -39,6 +39,7 @@ cdef enum:
 
 cdef extern from *:
     """
+    #include <float.h>
     #include <math.h>
     #include "dlfast_clones.h"   /* DLF_CLONES */
     #if defined(__GNUC__) && !defined(__clang__)
@@ -183,7 +184,7 @@ cdef extern from *:
         }                                                                                      \\
     }                                                                                          \\
     /* dx = T(c * ((dn * d - sb) - xhat * sg)) (batch), T(c * d) (not); d as dlf_bn_bsums */   \\
-    DLF_CLONES static void dlf_bn_dx_ex##S(T* __restrict dx, const T* dout, const T* xhat,       \\
+    DLF_CLONES static void dlf_bn_dx_ex##S(T* __restrict dx, const T* dout, const T* xhat,     \\
                                          const T* gamma, const T* beta, const double* c,       \\
                                          const double* sb, const double* sg, long i0, long i1, \\
                                          long f, long j0, long j1, double dn, int batch,       \\
@@ -243,7 +244,7 @@ cdef extern from *:
             DLF_BNP_NORM_LOOP(T, DLF_BN_YLEAKY)                                                \\
     }                                                                                          \\
     /* dx = T(c * ((dm * dout - sb) - xhat * sg)) (batch), T(c * dout) (not) */                \\
-    DLF_CLONES static void dlf_bnp_dx_ex##S(T* __restrict dx, const T* dout, const T* xhat,      \\
+    DLF_CLONES static void dlf_bnp_dx_ex##S(T* __restrict dx, const T* dout, const T* xhat,    \\
                                           double c, double sb, double sg, long len, double dm, \\
                                           int batch, T ga, T be, int act, T alpha) {           \\
         long i;                                                                                \\
@@ -273,7 +274,14 @@ cdef extern from *:
     static inline int dlf_bn_fl(double v, float* out) {
         float h = (float)v;
         *out = h;
-        return fabs((double)h - v) <= 1.1920928955078125e-07 * fabs(v);
+        return fabs((double)h - v) <= FLT_EPSILON * fabs(v);
+    }
+    /* One feature's dx coefficients (e, b unset when not batch); 0 when one does not fit */
+    static inline int dlf_bn_dx_coefs(double c, double n, double sb, double sg, int batch,
+                                      float* a, float* b, float* e) {
+        if (!batch)
+            return dlf_bn_fl(c, a);
+        return dlf_bn_fl(c * n, a) & dlf_bn_fl(-c * sg, b) & dlf_bn_fl(-c * sb, e);
     }
     #define DLF_BNF_DOUT(k) dr[k]
     #define DLF_BNF_DACT(k) DLF_BN_D(float, dr[k], hr[k], g[k], be[k], lo)
@@ -294,14 +302,9 @@ cdef extern from *:
             int ok = 1;
             const float *g = gamma + t0, *be = act ? beta + t0 : NULL;
             w = j1 - t0 < DLF_BN_TILE ? j1 - t0 : DLF_BN_TILE;
-            for (k = 0; k < w; k++) {
-                double ck = c[t0 + k];
-                if (batch)
-                    ok &= dlf_bn_fl(ck * dn, &a[k]) & dlf_bn_fl(-ck * sg[t0 + k], &b[k])
-                          & dlf_bn_fl(-ck * sb[t0 + k], &e[k]);
-                else
-                    ok &= dlf_bn_fl(ck, &a[k]);
-            }
+            for (k = 0; k < w; k++)
+                ok &= dlf_bn_dx_coefs(c[t0 + k], dn, sb[t0 + k], sg[t0 + k], batch, &a[k], &b[k],
+                                      &e[k]);
             if (!ok) {
                 dlf_bn_dx_exf(dx, dout, xhat, gamma, beta, c, sb, sg, i0, i1, f, t0, t0 + w, dn,
                               batch, act, alpha);
@@ -331,8 +334,7 @@ cdef extern from *:
         const float lo = DLF_BN_LO(float, act, alpha);
         float a, b = 0, e = 0;
         long i;
-        if (!(batch ? dlf_bn_fl(c * dm, &a) & dlf_bn_fl(-c * sg, &b) & dlf_bn_fl(-c * sb, &e)
-                    : dlf_bn_fl(c, &a))) {
+        if (!dlf_bn_dx_coefs(c, dm, sb, sg, batch, &a, &b, &e)) {
             dlf_bnp_dx_exf(dx, dout, xhat, c, sb, sg, len, dm, batch, ga, be, act, alpha);
             return;
         }

@@ -50,6 +50,25 @@ def test_package_star_import_has_everything():
     assert ns["Relu"] is compat.layers.Relu and ns["MultiLayerNet"] is compat.MultiLayerNet
 
 
+def test_dataset_mnist_star_import_gives_the_books_names(tmp_path, monkeypatch):
+    """The book's dataset/mnist.py has no __all__: its star import is every public global."""
+    monkeypatch.setenv("DLFAST_DATA", str(tmp_path))
+    ns = {}
+    exec("from dlfast.compat.dataset.mnist import *", ns)
+    assert set(ns) - {"__builtins__"} == {
+        "urllib", "os", "gzip", "pickle", "np", "url_base", "key_file", "dataset_dir",
+        "save_file", "train_num", "test_num", "img_dim", "img_size", "download_mnist",
+        "init_mnist", "load_mnist"}
+    assert ns["np"] is np and ns["dataset_dir"] == str(tmp_path / "mnist")
+    assert ns["save_file"] == str(tmp_path / "mnist" / "mnist.pkl")
+    assert (ns["train_num"], ns["test_num"], ns["img_dim"], ns["img_size"]) == (
+        60000, 10000, (1, 28, 28), 784)
+    assert ns["url_base"].startswith("https://") and ns["url_base"].endswith("/")
+    from dlfast.compat.dataset import mnist
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        mnist.nope
+
+
 # ============================================================================ functions
 def test_activations(backend):
     x = np.array([-800.0, -1.0, 0.0, 2.0, 800.0])

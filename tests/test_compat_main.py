@@ -187,3 +187,19 @@ def test_keep_dataset_and_errors(tmp_path, monkeypatch, capsys):
     with pytest.raises(KeyError, match="boom"):
         main(["raise.py"])
     assert "common" not in sys.modules
+
+
+def test_python_m_dataset_mnist_runs_init_mnist(tmp_path):
+    """As the book's ``python mnist.py``: the pickle of the (present) files, nothing downloaded."""
+    import pickle
+    folder = tmp_path / "data" / "mnist"
+    write_mnist(folder)
+    env = dict(os.environ, DLFAST_DATA=str(tmp_path / "data"),
+               DLFAST_MNIST_MIRRORS="http://127.0.0.1:9/")      # nothing listens there
+    r = subprocess.run([sys.executable, "-m", "dlfast.compat.dataset.mnist"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    with open(folder / "mnist.pkl", "rb") as f:
+        data = pickle.load(f)
+    assert data["train_img"].shape == (300, 784) and data["test_label"].shape == (60,)
+    assert data["train_img"].dtype == np.uint8 and data["train_label"].max() <= 9

@@ -448,3 +448,49 @@ def test_experiment_dataset_errors(tmp_path, capsys):
     assert cli.main(["experiment", "optimizers-path", "--dataset", "mnist",
                      "--out", str(tmp_path)]) == 1
     assert "--dataset does not apply to experiment 'optimizers-path'" in capsys.readouterr().err
+
+
+def test_compat_mnist_download_and_init_write_the_books_pickle(server, tmp_path, monkeypatch):
+    """The book's ``dataset.mnist``: download_mnist() into dataset_dir (which follows
+    $DLFAST_DATA), init_mnist() writes the book's dict of uint8 arrays to save_file."""
+    import pickle
+
+    from dlfast.compat.dataset import mnist as M
+    monkeypatch.setenv("DLFAST_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("DLFAST_MNIST_MIRRORS", server.url)
+    title, var, mirrors, _ = D._SOURCES["mnist"]
+    monkeypatch.setitem(D._SOURCES, "mnist", (title, var, mirrors, md5s(server.files)))
+    folder = tmp_path / "data" / "mnist"
+    assert M.dataset_dir == str(folder) and M.save_file == str(folder / "mnist.pkl")
+    assert sorted(M.key_file.values()) == sorted(FILES)
+    M.download_mnist()
+    assert _listing(folder) == sorted(FILES) and sorted(server.hits) == sorted(
+        "/data/" + f for f in FILES)
+    for name in FILES:
+        assert (folder / name).read_bytes() == server.files[name]
+    M.init_mnist()                                   # files present: nothing downloaded again
+    assert len(server.hits) == 4
+    assert _listing(folder) == sorted(FILES + ("mnist.pkl",))
+    with open(M.save_file, "rb") as f:
+        data = pickle.load(f)
+    assert sorted(data) == ["test_img", "test_label", "train_img", "train_label"]
+    for key, kind in (("train", "train"), ("test", "t10k")):
+        img, lab = server.arrays[kind]
+        assert data[key + "_img"].dtype == np.uint8 and data[key + "_label"].dtype == np.uint8
+        np.testing.assert_array_equal(data[key + "_img"], img.reshape(len(img), -1))
+        np.testing.assert_array_equal(data[key + "_label"], lab)
+    (xtr, ttr), _ = M.load_mnist(normalize=False)    # the same arrays through load_mnist
+    np.testing.assert_array_equal(xtr, data["train_img"])
+    np.testing.assert_array_equal(ttr, data["train_label"])
+
+
+def test_compat_mnist_download_offline_names_the_url(tmp_path, monkeypatch):
+    from dlfast.compat.dataset import mnist as M
+    monkeypatch.setenv("DLFAST_DATA", str(tmp_path / "data"))
+    url = _closed_port_url()
+    monkeypatch.setenv("DLFAST_MNIST_MIRRORS", url)
+    monkeypatch.setattr(D, "fetch", lambda name, folder, _f=D.fetch: _f(
+        name, folder, retries=0, progress=False))
+    with pytest.raises(D.DownloadError, match=url + "train-images-idx3-ubyte.gz"):
+        M.init_mnist()
+    assert not os.path.exists(M.save_file)

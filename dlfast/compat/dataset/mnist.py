@@ -1,18 +1,83 @@
-"""The book's ``dataset/mnist.py``: ``load_mnist`` on ``dlfast.datasets`` (MNIST downloaded once
-into ``dlfast.datasets.dataset_folder("mnist")``, ``$DLFAST_DATA`` honoured)."""
+"""The book's ``dataset/mnist.py`` on ``dlfast.datasets``: MNIST downloaded once (checked against
+its published MD5 sums, from the first mirror that answers) into ``dataset_dir`` =
+``dlfast.datasets.dataset_folder("mnist")`` (``$DLFAST_DATA`` honoured, read when used).
+
+    download_mnist()   the four IDX files into dataset_dir (files already there are kept)
+    init_mnist()       download_mnist(), then save_file = dataset_dir/mnist.pkl: the book's dict
+                       {'train_img': uint8 (60000, 784), 'train_label': uint8 (60000,),
+                        'test_img': uint8 (10000, 784), 'test_label': uint8 (10000,)}
+    load_mnist(...)    the arrays, read from the IDX files (it neither needs nor writes the pickle)
+
+``python -m dlfast.compat.dataset.mnist`` runs ``init_mnist()``, as the book's script does."""
 from __future__ import annotations
+
+import gzip  # noqa: F401  (the book's module provides these names to a star import)
+import os
+import pickle
+import urllib.request  # noqa: F401
 
 import numpy as np
 
 from ... import datasets
 
-__all__ = ["load_mnist"]
+__all__ = ["download_mnist", "gzip", "img_dim", "img_size", "init_mnist", "key_file",
+           "load_mnist", "np", "os", "pickle", "test_num", "train_num", "url_base", "urllib",
+           "dataset_dir", "save_file"]
+
+url_base = datasets._SOURCES["mnist"][2][0]     # the first default mirror (the book's own)
+key_file = {"train_img": "train-images-idx3-ubyte.gz",
+            "train_label": "train-labels-idx1-ubyte.gz",
+            "test_img": "t10k-images-idx3-ubyte.gz",
+            "test_label": "t10k-labels-idx1-ubyte.gz"}
+train_num = 60000
+test_num = 10000
+img_dim = (1, 28, 28)
+img_size = 784
+
+
+def __getattr__(name):
+    """``dataset_dir`` and ``save_file``, from ``$DLFAST_DATA`` as it is when read."""
+    if name == "dataset_dir":
+        return datasets.dataset_folder("mnist")
+    if name == "save_file":
+        return os.path.join(datasets.dataset_folder("mnist"), "mnist.pkl")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _flag(name, v):
     if not isinstance(v, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {type(v).__name__}")
     return bool(v)
+
+
+def download_mnist():
+    """The four files of ``key_file`` into ``dataset_dir`` (``dlfast.datasets.fetch``: mirrors,
+    retries, checksums; ``DownloadError`` naming every URL tried when none answers)."""
+    datasets.fetch("mnist", datasets.dataset_folder("mnist"))
+
+
+def _raw(kind):
+    """(images uint8 (N, 784), labels uint8 (N,)) of ``kind`` ("train" or "t10k")."""
+    x, t = datasets.load_mnist(datasets.dataset_folder("mnist"), kind, normalize=False,
+                               flatten=True, dtype=np.float32)
+    return x.astype(np.uint8), t.astype(np.uint8)
+
+
+def init_mnist():
+    """``download_mnist()``, then the book's pickle at ``save_file`` (written to a temporary file
+    first, then renamed: never a partial file)."""
+    download_mnist()
+    (xtr, ttr), (xte, tte) = _raw("train"), _raw("t10k")
+    data = {"train_img": xtr, "train_label": ttr, "test_img": xte, "test_label": tte}
+    path = os.path.join(datasets.dataset_folder("mnist"), "mnist.pkl")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            pickle.dump(data, f, -1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def load_mnist(normalize=True, flatten=True, one_hot_label=False):
@@ -34,3 +99,7 @@ def load_mnist(normalize=True, flatten=True, one_hot_label=False):
         t = datasets.to_one_hot(t, 10, dtype=np.float64) if one_hot_label else t.astype(np.uint8)
         out.append((x, t))
     return tuple(out)
+
+
+if __name__ == "__main__":
+    init_mnist()

@@ -72,8 +72,16 @@ def test_affine_book_attributes_and_tensor_input(backend):
 def test_layer_errors():
     with pytest.raises(TypeError, match="Affine.W must be a float32 or float64 array"):
         Affine(np.ones((2, 2), int), np.zeros(2)).forward(np.ones((1, 2)))
-    with pytest.raises(TypeError, match="b"):
-        Affine(np.ones((2, 2)), np.zeros(2, np.float32)).forward(np.ones((1, 2)))
+    with pytest.raises(ValueError, match=r"Affine.b must broadcast to \(2,\).*shape \(3,\)"):
+        Affine(np.ones((2, 2)), np.zeros(3)).forward(np.ones((1, 2)))
+    with pytest.raises(ValueError, match=r"Convolution.b must broadcast to \(2,\)"):
+        Convolution(np.ones((2, 1, 2, 2)), np.zeros((2, 1))).forward(np.ones((1, 1, 3, 3)))
+    with pytest.raises(TypeError, match="Affine.b must be a number or an array of numbers"):
+        Affine(np.ones((2, 2)), "0").forward(np.ones((1, 2)))
+    with pytest.raises(TypeError, match="Convolution.b must be a number.*got NoneType"):
+        Convolution(np.ones((2, 1, 2, 2)), None).forward(np.ones((1, 1, 3, 3)))
+    with pytest.raises(TypeError, match="Affine.b must hold real numbers, got dtype complex128"):
+        Affine(np.ones((2, 2)), np.zeros(2, complex)).forward(np.ones((1, 2)))
     with pytest.raises(RuntimeError, match="before forward"):
         Relu().backward(np.ones(2))
     with pytest.raises(RuntimeError, match="before forward"):
@@ -213,6 +221,28 @@ def test_convolution(backend, stride, pad):
         return np.sum(conv_loops(x, W, b, stride, pad) * R)
     check_grad(f, x, dx)
     check_grad(f, W, dW)
+
+
+@pytest.mark.parametrize("b", [0, 0.5, np.float32(-1.5), np.array(2.0), np.array([0.25]),
+                               [[1.0, -1.0, 2.0, 0.0]], np.arange(4, dtype=np.float32)])
+def test_bias_broadcasts_as_the_books_plus_b(backend, b):
+    """The book's chapter-7 apply_filter.py builds Convolution(w, 0): any bias that NumPy
+    broadcasts in ``+ b`` (a number, 0-d, (1,), (1, F), another float dtype) works, db is (F,)."""
+    x, R = rng().normal(size=(2, 3, 5, 5)), rng(3).normal(size=(2, 4, 3, 3))
+    W = rng(1).normal(size=(4, 3, 3, 3))
+    full = np.broadcast_to(np.asarray(b, np.float64), (1, 4)).ravel()
+    conv = Convolution(W, b)
+    np.testing.assert_allclose(conv.forward(x), conv_loops(x, W, full, 1, 0), rtol=1e-10,
+                               atol=1e-12)
+    conv.backward(R)
+    assert conv.b is b and conv.db.shape == (np.shape(b) if np.size(b) == 4 else (4,))
+    np.testing.assert_allclose(conv.db.reshape(4), R.sum(axis=(0, 2, 3)), rtol=1e-10)
+    xa, Wa, Ra = rng(4).normal(size=(3, 6)), rng(5).normal(size=(6, 4)), rng(6).normal(size=(3, 4))
+    a = Affine(Wa, b)
+    np.testing.assert_allclose(a.forward(xa), xa @ Wa + full, rtol=1e-12, atol=1e-12)
+    a.backward(Ra)
+    assert a.db.shape == (4,) and a.db.dtype == np.float64
+    np.testing.assert_allclose(a.db, Ra.sum(axis=0), rtol=1e-12)
 
 
 def test_pooling_and_books_arg_max(backend):

@@ -81,6 +81,30 @@ def _param(layer, name):
     return a
 
 
+def _vector(layer, name, n, dtype):
+    """The layer's ``name`` (a bias, gamma or beta) as a float (n,) vector of ``dtype``, as the
+    book's ``+ b`` broadcasts it: the array itself when it is one, else a number or an array that
+    broadcasts to (n,) (0-d, (1,), (1, n)...), converted."""
+    a = getattr(layer, name)
+    if isinstance(a, np.ndarray) and a.dtype == dtype and a.shape == (n,):
+        return a
+    if isinstance(a, (str, bytes)) or a is None or (
+            not isinstance(a, (np.ndarray, numbers.Real, np.generic, list, tuple))):
+        raise TypeError(f"{type(layer).__name__}.{name} must be a number or an array of "
+                        f"numbers, got {type(a).__name__}")
+    v = np.asarray(a)
+    if v.dtype.kind not in "biuf":
+        raise TypeError(f"{type(layer).__name__}.{name} must hold real numbers, got dtype "
+                        f"{v.dtype.name}")
+    if v.ndim <= 2:
+        try:
+            return np.ascontiguousarray(np.broadcast_to(v, (1, n)).reshape(n), dtype=dtype)
+        except ValueError:
+            pass
+    raise ValueError(f"{type(layer).__name__}.{name} must broadcast to ({n},) (one value per "
+                     f"output), got shape {v.shape}")
+
+
 def _called_forward(layer, what):
     if getattr(layer, what) is None:
         raise RuntimeError(f"{type(layer).__name__}.backward called before forward")
@@ -148,7 +172,7 @@ class Affine(_Buffers):
         self.original_x_shape = x.shape
         x = x.reshape(x.shape[0], -1)
         out = self._buf("out", (x.shape[0], W.shape[-1] if W.ndim else 0), W.dtype)
-        kernels.dense_forward(x, W, _param(self, "b"), out)
+        kernels.dense_forward(x, W, _vector(self, "b", out.shape[1], W.dtype), out)
         self.x, self.out = x, out
         return out
 
@@ -157,11 +181,11 @@ class Affine(_Buffers):
 
     def _backward(self, dout, need_dx):
         _called_forward(self, "out")
-        W, b, x, out = self.W, self.b, self.x, self.out
+        W, x, out = self.W, self.x, self.out
         dt = out.dtype
         dout = _float_input("dout", dout, dt)
         dx = self._buf("dx", x.shape, dt) if need_dx else None
-        dW, db = np.empty(W.shape, dt), np.empty(b.shape, dt)
+        dW, db = np.empty(W.shape, dt), np.empty(out.shape[1], dt)
         kernels.dense_backward(dout, x, W, out, self._buf("dz", out.shape, dt), dx, dW, db)
         self.dW, self.db = dW, db
         return None if dx is None else dx.reshape(self.original_x_shape)
@@ -394,7 +418,8 @@ class Convolution(_Buffers):
         out = self._buf("out", shape, W.dtype)
         col = self._buf("col", kernels.conv2d_workspace_shape(x.shape, W.shape, self.stride,
                                                               self.pad), W.dtype)
-        kernels.conv2d_forward(x, W, _param(self, "b"), out, col, self.stride, self.pad)
+        kernels.conv2d_forward(x, W, _vector(self, "b", shape[1], W.dtype), out, col, self.stride,
+                               self.pad)
         self.x, self.col = x, col
         return out
 
@@ -410,7 +435,7 @@ class Convolution(_Buffers):
         dcol = self._buf("dcol", col.shape, dt) if need_dx else None
         dW, db = np.empty(W.shape, dt), np.empty(W.shape[0], dt)
         kernels.conv2d_backward(dout, x, W, col, dcol, dx, dW, db, self.stride, self.pad)
-        self.dW, self.db = dW, db.reshape(np.shape(self.b))
+        self.dW, self.db = dW, db.reshape(np.shape(self.b)) if np.size(self.b) == db.size else db
         return dx
 
 

@@ -24,13 +24,24 @@ def unpin_openblas():
 
 
 def cpu_model():
+    """/proc/cpuinfo's model name with its family, model and stepping (a VM may name only the
+    vendor line, e.g. "AMD EPYC"), else the platform's processor string."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, sep, value = line.partition(":")
+                if not sep:
+                    if fields:
+                        break                   # the first processor's block only
+                    continue
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    if "model name" in fields:
+        names = (("family", "cpu family"), ("model", "model"), ("stepping", "stepping"))
+        ids = ", ".join(f"{k} {fields[n]}" for k, n in names if n in fields)
+        return f"{fields['model name']} ({ids})" if ids else fields["model name"]
     import platform
     return platform.processor() or platform.machine()
 

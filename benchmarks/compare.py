@@ -542,8 +542,8 @@ def plot(cases, path, load=None):
         ax.legend(fontsize=8)
     extra = f", load average {load:.1f} at start" if load is not None else ""
     nt = cases[0].threads
-    fig.suptitle(f"float32, {nt} thread{'s' * (nt != 1)}, median of interleaved rounds{extra}",
-                 fontsize=10)
+    fig.suptitle(f"{_machine.cpu_model()} ({_machine.isa()}): float32, {nt} "
+                 f"thread{'s' * (nt != 1)}, median of interleaved rounds{extra}", fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)

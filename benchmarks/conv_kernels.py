@@ -63,28 +63,6 @@ POOLS = [  # name, (C, H, W), kernel, stride
 ]
 
 
-def cpu_model():
-    """The model name with family/model/stepping (a VM may report a bare "AMD EPYC"), from
-    /proc/cpuinfo, else lscpu's "Model name"."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            first = f.read().split("\n\n")[0]
-        info = {k.strip(): v.strip() for k, v in
-                (ln.split(":", 1) for ln in first.splitlines() if ":" in ln)}
-        if "model name" in info:
-            return (f"{info['model name']} (family {info.get('cpu family', '?')}, model "
-                    f"{info.get('model', '?')}, stepping {info.get('stepping', '?')})")
-    except OSError:
-        pass
-    import subprocess
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(ln.split(":", 1)[1].strip() for ln in out.splitlines()
-                    if ln.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return _machine.cpu_model()
-
-
 def conv_cases(batch, dt):
     from dlfast._backends import _conv
     rng = np.random.default_rng(0)
@@ -194,7 +172,8 @@ def main():
     with dlfast.use_backend("cython"):       # registers the backend: set_num_threads reaches it
         from dlfast._backends import _conv, cython_kernels
     dt = np.dtype(args.dtype)
-    print(f"cpu: {cpu_model()}; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"cpu: {_machine.cpu_model()}; load average {load}")
     with dlfast.use_backend("cython"):
         print(f"# {_machine.describe()}")
     print(f"numpy {np.__version__}; dlfast GEMM BLAS: {cython_kernels.GEMM_BLAS}; GEMM block "

@@ -284,18 +284,19 @@ class _Net:
             return loss, grads
         return loss + self.penalty(), self._finish_grads(grads)
 
-    def _step(self, graph, x, targets, weights=None, fresh=False):
+    def _step(self, graph, x, targets, weights=None, fresh=False, x_finite=False):
         """The training engine's step of ``graph``: (data loss, gradient dict). The last plan runs
-        x as it is when it fits (``Program.step`` checks it); otherwise x is checked
-        (``_check_x``) and the plan for its shape is found or made. ``fresh``: the gradients are
-        new arrays (written there by the step when the plan can, else copies)."""
+        x as it is when it fits (``Program.step`` checks it; ``x_finite``: the caller has just
+        checked x for NaN and inf, not scanned again); otherwise x is checked (``_check_x``) and
+        the plan for its shape is found or made. ``fresh``: the gradients are new arrays (written
+        there by the step when the plan can, else copies)."""
         d = self.__dict__
         plan = d.get("_plan")
         out = loss = None
         if plan is not None and plan.fits(graph, x):
             if fresh and plan.fresh:
                 out = [np.empty_like(a) for _, a in plan.grads]
-            loss = plan.program.step(x, targets, weights, out)
+            loss = plan.program.step(x, targets, weights, out, x_finite)
         if loss is None:
             x = self._check_x(x, graph)
             plans = d.get("_plans")

@@ -407,8 +407,9 @@ cdef class Program:
             raise RuntimeError(f"training step error {err}")
         return total
 
-    cdef int _check_x(self, x) except -1:
-        """0 when x is an ndarray of x_shape and dtype, C-contiguous and finite, else 1."""
+    cdef int _check_x(self, x, bint finite) except -1:
+        """0 when x is an ndarray of x_shape and dtype, C-contiguous and finite (``finite``: the
+        caller has checked that, no scan), else 1."""
         cdef cnp.ndarray xa
         cdef Py_ssize_t k
         cdef bint ok
@@ -421,19 +422,21 @@ cdef class Program:
         for k in range(self.ndim):
             if cnp.PyArray_DIMS(xa)[k] != self.shape[k]:
                 return 1
+        if finite:
+            return 0
         with nogil:
             ok = not (_nonfinite_f(<const float*>cnp.PyArray_DATA(xa), self.count)
                       if self.dt == 0
                       else _nonfinite_d(<const double*>cnp.PyArray_DATA(xa), self.count))
         return 0 if ok else 1
 
-    def step(self, x, targets, weights=None, fresh=None):
+    def step(self, x, targets, weights=None, fresh=None, bint finite=False):
         """The whole training step (dlfast.kernels.PROGRAM_DOC's ``step``); None when x is not an
-        ndarray of x_shape and dtype, C-contiguous and finite."""
+        ndarray of x_shape and dtype, C-contiguous and finite (``finite``: known, not scanned)."""
         cdef Py_ssize_t k, j
         cdef size_t lo
         cdef double total
-        if self._check_x(x):
+        if self._check_x(x, finite):
             return None
         lo = <size_t>cnp.PyArray_DATA(<cnp.ndarray>x)
         if not self._accepts(lo, lo + <size_t>cnp.PyArray_NBYTES(<cnp.ndarray>x)):

@@ -749,6 +749,23 @@ def test_changes_make_a_new_plan(backend, plans):
         assert plans[0] == before + 2
 
 
+def test_program_step_scans_x_unless_the_caller_vouches(backend):
+    """``Program.step(..., finite=True)`` skips its scan of x (the caller, e.g. dlfast.compat,
+    has just checked x): a NaN then reaches the step; without it the step refuses x (None)."""
+    net = MLP(4, [4], 3, seed=0)
+    x, t = _data(f=4, c=3)
+    x, t = x[:6], t[:6]
+    net.loss_and_gradient(x, t)
+    program = net._plan.program
+    bad = x.copy()
+    bad[2, 1] = np.nan
+    assert program.step(bad, (t,)) is None
+    assert program.step(bad, (t,), None, None, False) is None
+    assert np.isnan(program.step(bad, (t,), None, None, True))
+    assert np.isfinite(program.step(x, (t,), None, None, True))
+    assert program.step(x[:5], (t[:5],), None, None, True) is None     # the shape still checked
+
+
 def test_bad_input_is_rejected_before_anything_changes(backend):
     net = MLP(4, [4], 3, batchnorm=True, dropout=0.5, seed=0)
     x, t = _data(f=4, c=3)

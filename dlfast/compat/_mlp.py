@@ -305,7 +305,7 @@ class EngineNet:
             if fresh:
                 grads = {k: g.copy() for k, g in grads.items()}
         else:
-            loss, grads = net._step(net._graph(), x, net._targets_of(t), None, fresh)
+            loss, grads = net._step(net._graph(), x, net._targets_of(t), None, fresh, True)
         loss, grads = loss + net.penalty(), net._finish_grads(grads)
         self._note_fresh(grads if fresh and finite else None)
         if not math.isfinite(loss):             # one warning per net: its last layer's

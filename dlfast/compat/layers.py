@@ -82,9 +82,9 @@ def _param(layer, name):
 
 
 def _vector(layer, name, n, dtype):
-    """The layer's ``name`` (a bias, gamma or beta) as a float (n,) vector of ``dtype``, as the
-    book's ``+ b`` broadcasts it: the array itself when it is one, else a number or an array that
-    broadcasts to (n,) (0-d, (1,), (1, n)...), converted."""
+    """The layer's bias ``name`` as a float (n,) vector of ``dtype``, as the book's ``+ b``
+    broadcasts it: the array itself when it is one, else a number or an array that broadcasts to
+    (n,) (0-d, (1,), (1, n)...), converted."""
     a = getattr(layer, name)
     if isinstance(a, np.ndarray) and a.dtype == dtype and a.shape == (n,):
         return a

@@ -1063,9 +1063,9 @@ accepts(x) -> x shares no memory with any written array;
 step(x, targets, weights=None, fresh=None, finite=False) -> total: the whole training step (the
     engine's per-step protocol), or None when x is not an ndarray of x_shape and dtype,
     C-contiguous and finite (the caller then checks x, naming what is wrong); ``finite=True``:
-    the caller has just checked that x is finite, and x is not scanned again. With hooks = (names, drops, recs,
-    xrecs, loss_recs, convert, convert_w, gslots): x shares no memory with a written array
-    (ValueError); targets[j] is used as is when of a form load_targets takes, else
+    the caller has just checked that x is finite, and x is not scanned again. With hooks =
+    (names, drops, recs, xrecs, loss_recs, convert, convert_w, gslots): x shares no memory with
+    a written array (ValueError); targets[j] is used as is when of a form load_targets takes, else
     ``convert(j, t)`` (its errors name t); weights (None, or one entry per loss: None or sample
     weights) likewise, else ``convert_w(j, w)``; then, one thread at a time: every written array
     writeable (ValueError naming names[k]); load_targets (a bad target or weight: ``convert`` or

@@ -88,8 +88,7 @@ def _vector(layer, name, n, dtype):
     a = getattr(layer, name)
     if isinstance(a, np.ndarray) and a.dtype == dtype and a.shape == (n,):
         return a
-    if isinstance(a, (str, bytes)) or a is None or (
-            not isinstance(a, (np.ndarray, numbers.Real, np.generic, list, tuple))):
+    if not isinstance(a, (np.ndarray, numbers.Real, np.generic, list, tuple)):
         raise TypeError(f"{type(layer).__name__}.{name} must be a number or an array of "
                         f"numbers, got {type(a).__name__}")
     v = np.asarray(a)

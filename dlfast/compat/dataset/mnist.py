@@ -35,12 +35,16 @@ img_dim = (1, 28, 28)
 img_size = 784
 
 
+def _save_file():
+    return os.path.join(datasets.dataset_folder("mnist"), "mnist.pkl")
+
+
 def __getattr__(name):
     """``dataset_dir`` and ``save_file``, from ``$DLFAST_DATA`` as it is when read."""
     if name == "dataset_dir":
         return datasets.dataset_folder("mnist")
     if name == "save_file":
-        return os.path.join(datasets.dataset_folder("mnist"), "mnist.pkl")
+        return _save_file()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -56,20 +60,13 @@ def download_mnist():
     datasets.fetch("mnist", datasets.dataset_folder("mnist"))
 
 
-def _raw(kind):
-    """(images uint8 (N, 784), labels uint8 (N,)) of ``kind`` ("train" or "t10k")."""
-    x, t = datasets.load_mnist(datasets.dataset_folder("mnist"), kind, normalize=False,
-                               flatten=True, dtype=np.float32)
-    return x.astype(np.uint8), t.astype(np.uint8)
-
-
 def init_mnist():
     """``download_mnist()``, then the book's pickle at ``save_file`` (written to a temporary file
     first, then renamed: never a partial file)."""
     download_mnist()
-    (xtr, ttr), (xte, tte) = _raw("train"), _raw("t10k")
+    (xtr, ttr), (xte, tte) = load_mnist(normalize=False)       # uint8 (N, 784) and (N,)
     data = {"train_img": xtr, "train_label": ttr, "test_img": xte, "test_label": tte}
-    path = os.path.join(datasets.dataset_folder("mnist"), "mnist.pkl")
+    path = _save_file()
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as f:

@@ -25,7 +25,7 @@ the thread count; work items write disjoint outputs; sums run in a fixed order. 
 threads give the same bits.
 """
 from cython cimport floating
-from cython.parallel cimport prange, threadid
+from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport malloc, free
 from libc.stdint cimport int64_t
 from libc.string cimport memset, memcpy
@@ -341,10 +341,13 @@ cdef extern from "dlfast_dconv.h" nogil:
                          Py_ssize_t, Py_ssize_t) noexcept
     void dlf_dconv_dw_f(const float*, Py_ssize_t, const float*, Py_ssize_t, float*, Py_ssize_t,
                         Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                        Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
+                        Py_ssize_t, Py_ssize_t, Py_ssize_t, void*, int, int) noexcept
     void dlf_dconv_dw_d(const double*, Py_ssize_t, const double*, Py_ssize_t, double*,
                         Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                        Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
+                        Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, void*, int, int) noexcept
+    Py_ssize_t dlf_dconv_dw_acc_f(Py_ssize_t, Py_ssize_t) noexcept
+    long dlf_cache_bytes(int, long) noexcept
+    Py_ssize_t dlf_dconv_dw_acc_d(Py_ssize_t, Py_ssize_t) noexcept
     int dlf_dw_nt_run_f(const float*, const float*, float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                         Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
     size_t dlf_dw_nt_bytes_f(Py_ssize_t) noexcept
@@ -376,11 +379,14 @@ cdef extern from "dlfast_dconv.h" nogil:
     void dlf_dcv_dT_d(const double*, double*, Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
     void dlf_dcv_dw_f(const float*, Py_ssize_t, const float*, Py_ssize_t, Py_ssize_t, float*,
                       Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                      Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
+                      Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                      float*, int, int) noexcept
     void dlf_dcv_dw_d(const double*, Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t,
                       double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                       Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                      Py_ssize_t) noexcept
+                      Py_ssize_t, Py_ssize_t, double*, int, int) noexcept
+    Py_ssize_t dlf_dcv_dw_acc_f() noexcept
+    Py_ssize_t dlf_dcv_dw_acc_d() noexcept
     enum: DLF_CV_PB
     enum: DLF_CV_TC
     void dlf_dcv_one_f(const float*, const float*, const float*, float*, float*, Py_ssize_t,
@@ -606,6 +612,7 @@ cdef inline void _col2im(const floating* col, floating* dx, const _Geo* g, Py_ss
 # shape (never by timing): small maps (8x8, 7x7: 1.2x) and 14x14 with 32+ channels run on the
 # second.
 cdef enum:
+    DW_CHUNK_POS = 512          # a dW chunk's fewest positions: each item's tile set-up amortised
     DIRECT_TAPS = 32
     DIRECT_FWD_TAPS = 9
     DCV_TAIL = 24
@@ -640,6 +647,20 @@ def _set_direct_kernel(int mode):
     if mode not in (0, 1, 2):
         raise ValueError(f"mode must be 0, 1 or 2, got {mode}")
     prev, _DCV_MODE = _DCV_MODE, mode
+    return prev
+
+
+# Images per chunk of the direct dW (_dw_direct): 0 by the L2's size, n >= 1 n images (tests).
+cdef Py_ssize_t _DW_CHUNK = 0
+
+
+def _set_dw_chunk(Py_ssize_t n):
+    """Tests: images per chunk of the direct dW (0: by the L2, _dw_direct). Returns the previous
+    setting."""
+    global _DW_CHUNK
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    prev, _DW_CHUNK = _DW_CHUNK, n
     return prev
 
 
@@ -749,45 +770,53 @@ cdef inline void _dconv_image(const floating* src, const floating* wp, const flo
 
 cdef int _dw_direct(const floating* dout, const floating* x, floating* dW,
                     const _Geo* g) noexcept nogil:
-    """dW by direct convolution: every image padded and every dout extended (dlf_dconv_dw) or
-    transposed (dlf_dcv_dw, where _dcv_better says so) first, one image per work item; then one
-    item per block of output channels and input channel (or block of taps). Returns -1 (the
-    caller computes dW through im2col) when the scratch cannot be allocated or a dW is NaN (a
-    non-finite x may add 0 * inf from the extended grid)."""
+    """dW by direct convolution, a chunk of images at a time (as many as fit half the L2, but
+    at least one per thread and DW_CHUNK_POS output positions): the chunk's images padded and their dout extended (dlf_dconv_dw) or
+    transposed (dlf_dcv_dw, where _dcv_dw_better says so), one image per work item; then every
+    item (a block of output channels and an input channel, or a block of taps) on the chunk,
+    its sums waiting in its own accumulators between chunks. Returns -1 (the caller computes dW
+    through im2col) when the scratch cannot be allocated or a dW is NaN (a non-finite x may add
+    0 * inf from the extended grid)."""
     cdef Py_ssize_t Hp = g.H + 2 * g.ph, Wp = dlf_dconv_stride(g.W, g.pw, g.KW)
     cdef Py_ssize_t P = g.OH * Wp, Pr, vl = 8 if floating is float else 4
     cdef Py_ssize_t xs, es, n, it, nfb, nit, i, FP = (g.F + 2 * vl - 1) // (2 * vl) * 2 * vl
+    cdef Py_ssize_t accs, gc, n0, n1
     cdef floating* buf
+    cdef floating* acc
     cdef int nt = _threads(g.N * g.F * g.OHW * g.K // 16), bad = 0
     cdef bint cv = _dcv_dw_better(g, Wp, vl)
     if floating is float:
         xs = dlf_dconv_xp_size_f(g.C, Hp, Wp, g.KW)
         Pr = dlf_dconv_rows_f(P)
+        accs = dlf_dcv_dw_acc_f() if cv else dlf_dconv_dw_acc_f(g.KH, g.KW) // sizeof(float)
     else:
         xs = dlf_dconv_xp_size_d(g.C, Hp, Wp, g.KW)
         Pr = dlf_dconv_rows_d(P)
+        accs = dlf_dcv_dw_acc_d() if cv else dlf_dconv_dw_acc_d(g.KH, g.KW) // sizeof(double)
     xs = (xs + 15) // 16 * 16
+    accs = (accs + 15) // 16 * 16              # 64-byte multiples (16 floats or doubles)
     if cv:
         es = g.OHW * FP
         nfb = FP // (2 * vl)
-        nit = nfb * (((g.K + DLF_CV_PB - 1) // DLF_CV_PB + DLF_CV_TC - 1) // DLF_CV_TC)
+        nit = nfb * _dw_groups(g.K)[0]
     else:
         es = g.F * Pr
         nfb = (g.F + DLF_DW_FB - 1) // DLF_DW_FB
         nit = nfb * g.C
-    buf = <floating*>malloc(g.N * (xs + es) * sizeof(floating))
+    es = (es + 15) // 16 * 16
+    gc = dlf_cache_bytes(2, 256 * 1024) // 2 // ((xs + es) * sizeof(floating))
+    gc = min(_DW_CHUNK if _DW_CHUNK > 0 else max(gc, (DW_CHUNK_POS + g.OHW - 1) // g.OHW, nt),
+             g.N)
+    buf = <floating*>malloc((gc * (xs + es) + nit * accs + 16) * sizeof(floating))
     if buf == NULL:
         return -1
+    acc = <floating*>(((<size_t>(buf + gc * (xs + es))) + 63) & ~(<size_t>63))
     if nt == 1:
-        for n in range(g.N):
-            _dw_prep(dout, x, buf, g, xs, es, Wp, Pr, FP, n, cv)
-        for it in range(nit):
-            _dw_item(buf, dW, g, xs, es, Wp, Pr, FP, it, nfb, cv)
+        _dw_chunks(dout, x, dW, buf, acc, g, xs, es, gc, accs, Wp, Pr, FP, nit, nfb, cv, 0, 1)
     else:
-        for n in prange(g.N, num_threads=nt, schedule="static"):
-            _dw_prep(dout, x, buf, g, xs, es, Wp, Pr, FP, n, cv)
-        for it in prange(nit, num_threads=nt, schedule="static"):
-            _dw_item(buf, dW, g, xs, es, Wp, Pr, FP, it, nfb, cv)
+        with parallel(num_threads=nt):
+            _dw_chunks(dout, x, dW, buf, acc, g, xs, es, gc, accs, Wp, Pr, FP, nit, nfb, cv,
+                       dlfast_omp_id(), dlfast_omp_team())
     free(buf)
     for i in range(g.F * g.K):
         if dW[i] != dW[i]:
@@ -795,43 +824,83 @@ cdef int _dw_direct(const floating* dout, const floating* x, floating* dW,
     return -1 if bad else 0
 
 
+cdef inline (Py_ssize_t, Py_ssize_t) _dw_groups(Py_ssize_t K) noexcept nogil:
+    """dlf_dcv_dw's tiles of DLF_CV_PB taps in groups of at most DLF_CV_TC, as even as can be
+    (24 tiles: 12 + 12, not 16 + 8): (groups, tiles per group; the last may have fewer)."""
+    cdef Py_ssize_t tiles = (K + DLF_CV_PB - 1) // DLF_CV_PB
+    cdef Py_ssize_t ng = (tiles + DLF_CV_TC - 1) // DLF_CV_TC
+    return ng, (tiles + ng - 1) // ng
+
+
+cdef void _dw_chunks(const floating* dout, const floating* x, floating* dW, floating* buf,
+                     floating* acc, const _Geo* g, Py_ssize_t xs, Py_ssize_t es, Py_ssize_t gc,
+                     Py_ssize_t accs, Py_ssize_t Wp, Py_ssize_t Pr, Py_ssize_t FP,
+                     Py_ssize_t nit, Py_ssize_t nfb, bint cv, int tid, int team) noexcept nogil:
+    """Thread tid of a team of `team` (inside one parallel region): per chunk, the images
+    n0 + tid, n0 + tid + team, ... prepared, a barrier, the items tid, tid + team, ..., a
+    barrier (the next chunk overwrites the buffer)."""
+    cdef Py_ssize_t n0 = 0, n1, n, it
+    while n0 < g.N:
+        n1 = min(n0 + gc, g.N)
+        n = n0 + tid
+        while n < n1:
+            _dw_prep(dout, x, buf, g, xs, es, gc, Wp, Pr, FP, n, n0, cv)
+            n += team
+        dlfast_omp_barrier()
+        it = tid
+        while it < nit:
+            _dw_item(buf, dW, acc + it * accs, g, xs, es, gc, n1 - n0, n0 == 0, n1 == g.N, Wp,
+                     Pr, FP, it, nfb, cv)
+            it += team
+        dlfast_omp_barrier()
+        n0 = n1
+
+
 cdef inline void _dw_prep(const floating* dout, const floating* x, floating* buf, const _Geo* g,
-                          Py_ssize_t xs, Py_ssize_t es, Py_ssize_t Wp, Py_ssize_t Pr,
-                          Py_ssize_t FP, Py_ssize_t n, bint cv) noexcept nogil:
-    cdef floating* e = buf + g.N * xs + n * es
+                          Py_ssize_t xs, Py_ssize_t es, Py_ssize_t gc, Py_ssize_t Wp,
+                          Py_ssize_t Pr, Py_ssize_t FP, Py_ssize_t n, Py_ssize_t n0,
+                          bint cv) noexcept nogil:
+    """Image n into its slot n - n0 of the chunk: xp at buf + slot*xs, e at buf + gc*xs +
+    slot*es."""
+    cdef floating* e = buf + gc * xs + (n - n0) * es
     cdef const floating* d = dout + n * g.F * g.OHW
     if floating is float:
-        dlf_dconv_pad_f(x + n * g.C * g.HW, buf + n * xs, g.C, g.H, g.W, g.ph, g.pw, g.KW)
+        dlf_dconv_pad_f(x + n * g.C * g.HW, buf + (n - n0) * xs, g.C, g.H, g.W, g.ph, g.pw, g.KW)
         if cv:
             dlf_dcv_dT_f(d, e, g.F, g.OHW, FP)
         else:
             dlf_dconv_ext_f(d, e, g.F, g.OH, g.OW, Wp, Pr)
     else:
-        dlf_dconv_pad_d(x + n * g.C * g.HW, buf + n * xs, g.C, g.H, g.W, g.ph, g.pw, g.KW)
+        dlf_dconv_pad_d(x + n * g.C * g.HW, buf + (n - n0) * xs, g.C, g.H, g.W, g.ph, g.pw, g.KW)
         if cv:
             dlf_dcv_dT_d(d, e, g.F, g.OHW, FP)
         else:
             dlf_dconv_ext_d(d, e, g.F, g.OH, g.OW, Wp, Pr)
 
 
-cdef inline void _dw_item(floating* buf, floating* dW, const _Geo* g, Py_ssize_t xs,
-                          Py_ssize_t es, Py_ssize_t Wp, Py_ssize_t Pr, Py_ssize_t FP,
+cdef inline void _dw_item(floating* buf, floating* dW, floating* acc, const _Geo* g,
+                          Py_ssize_t xs, Py_ssize_t es, Py_ssize_t gc, Py_ssize_t nc,
+                          bint first, bint last, Py_ssize_t Wp, Py_ssize_t Pr, Py_ssize_t FP,
                           Py_ssize_t it, Py_ssize_t nfb, bint cv) noexcept nogil:
+    """Item it on the chunk's nc images (acc: its accumulators)."""
     cdef Py_ssize_t Hp = g.H + 2 * g.ph, vl = 8 if floating is float else 4
-    cdef Py_ssize_t nt = ((g.K + DLF_CV_PB - 1) // DLF_CV_PB + DLF_CV_TC - 1) // DLF_CV_TC
-    if cv:                  # item: (block of channels, DLF_CV_TC tiles of taps)
+    cdef Py_ssize_t ng, per
+    ng, per = _dw_groups(g.K)
+    if cv:                  # item: (block of channels, group of `per` tiles of taps)
         if floating is float:
-            dlf_dcv_dw_f(buf, xs, buf + g.N * xs, es, FP, dW, g.N, g.F, g.K, g.KH, g.KW, g.OH,
-                         g.OW, Hp * Wp, Wp, (it // nt) * 2 * vl, (it % nt) * DLF_CV_TC)
+            dlf_dcv_dw_f(buf, xs, buf + gc * xs, es, FP, dW, nc, g.F, g.K, g.KH, g.KW, g.OH,
+                         g.OW, Hp * Wp, Wp, (it // ng) * 2 * vl, (it % ng) * per, per, acc,
+                         first, last)
         else:
-            dlf_dcv_dw_d(buf, xs, buf + g.N * xs, es, FP, dW, g.N, g.F, g.K, g.KH, g.KW, g.OH,
-                         g.OW, Hp * Wp, Wp, (it // nt) * 2 * vl, (it % nt) * DLF_CV_TC)
+            dlf_dcv_dw_d(buf, xs, buf + gc * xs, es, FP, dW, nc, g.F, g.K, g.KH, g.KW, g.OH,
+                         g.OW, Hp * Wp, Wp, (it // ng) * 2 * vl, (it % ng) * per, per, acc,
+                         first, last)
     elif floating is float:
-        dlf_dconv_dw_f(buf, xs, buf + g.N * xs, es, dW, g.N, g.C, it % g.C, Hp * Wp, Wp, g.F,
-                       (it // g.C) * DLF_DW_FB, g.KH, g.KW, Pr)
+        dlf_dconv_dw_f(buf, xs, buf + gc * xs, es, dW, nc, g.C, it % g.C, Hp * Wp, Wp, g.F,
+                       (it // g.C) * DLF_DW_FB, g.KH, g.KW, Pr, acc, first, last)
     else:
-        dlf_dconv_dw_d(buf, xs, buf + g.N * xs, es, dW, g.N, g.C, it % g.C, Hp * Wp, Wp, g.F,
-                       (it // g.C) * DLF_DW_FB, g.KH, g.KW, Pr)
+        dlf_dconv_dw_d(buf, xs, buf + gc * xs, es, dW, nc, g.C, it % g.C, Hp * Wp, Wp, g.F,
+                       (it // g.C) * DLF_DW_FB, g.KH, g.KW, Pr, acc, first, last)
 
 
 # ---------------------------------------------------------------------------- conv2d forward

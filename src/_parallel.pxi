@@ -8,6 +8,9 @@
 cdef extern from "dlfast_omp.h":
     int dlfast_omp_max_threads() noexcept nogil
     int dlfast_omp_version() noexcept nogil
+    int dlfast_omp_id() noexcept nogil
+    int dlfast_omp_team() noexcept nogil
+    void dlfast_omp_barrier() noexcept nogil
     int DLFAST_HAVE_OPENMP
 
 # min_work: elements of work below which a kernel stays on the calling thread. Measured once per

@@ -305,12 +305,16 @@ DLF_CLONES static void dlf_dcv_one_##SFX(const T* x, const T* wq, const T* b, T*
 DLF_DCONV_CV(f, float, 8)
 DLF_DCONV_CV(d, double, 4)
 
-/* dW of a stride-1 convolution, directly. Per image n: xp_n, the padded image (as above, at
-   xp + n*xs), and e_n, dout_n on the extended grid with zero columns j >= OW, rows of Pr (P
-   rounded up to the vector width, zero-filled) at e + n*es. One call: the channels
+/* dW of a stride-1 convolution, directly, over a chunk of the batch's images at a time (the
+   caller pads and transposes one chunk, runs every item on it, then the next chunk: the chunk
+   stays in L2). Per image n of the chunk: xp_n, the padded image (as above, at xp + n*xs), and
+   e_n, dout_n on the extended grid with zero columns j >= OW, rows of Pr (P rounded up to the
+   vector width, zero-filled) at e + n*es. One call: the chunk's N images, for the channels
    [f0, f0 + DLF_DW_FB) of F at input channel c:
        dW[f, c, kh, kw] = sum_n sum_p e_n[f, p] xp_n[c, p + kh*Wp + kw]
    in vector lanes (n, then p, in order), each lane sum added pairwise ((0+1)+(2+3))+((4+5)+(6+7)).
+   The lanes wait in acc (dlf_dconv_dw_acc vectors, 32-byte aligned) between chunks: `first`
+   starts them at 0, `last` writes dW. A chunk's size changes no sum.
    A non-finite x can make a junk term 0 * inf: the caller checks dW and redoes it otherwise. */
 /* The multiply-add tile of both dW loops: a[i][j] += A_i[p] * B_j[p] for i < 4, j < 3, over
    p in [0, n) by vectors (n a multiple of VL); rows may repeat (a partial tile). */
@@ -343,7 +347,7 @@ static Py_ssize_t dlf_dw_group(Py_ssize_t bytes) {
 }
 
 #define DLF_DW_FB 4        /* the 4 rows of dlf_tile43 */
-#define DLF_DW_PAIRS 8     /* (kernel row, 3 columns) accumulator sets kept across the images */
+#define DLF_DW_PAIRS 8     /* (kernel row, 3 columns) pairs per pass over a group of images */
 #define DLF_DCONV_DW(SFX, T, VL)                                                              \
 static inline T dlf_dw_hsum_##SFX(dlf_dcv_##SFX v) {                                          \
     T l[VL]; int h;                                                                           \
@@ -358,22 +362,23 @@ DLF_CLONES static void dlf_dconv_dw_##SFX(const T* xp, Py_ssize_t xs, const T* e
                                           Py_ssize_t es, T* dW, Py_ssize_t N, Py_ssize_t C,   \
                                           Py_ssize_t c, Py_ssize_t HWp, Py_ssize_t Wp,        \
                                           Py_ssize_t F, Py_ssize_t f0, Py_ssize_t KH,         \
-                                          Py_ssize_t KW, Py_ssize_t Pr) {                     \
-    /* the accumulators of up to DLF_DW_PAIRS (kernel row, block of 3 columns) pairs live in   \
-       acc (L1) across the images; per group of images that fits L1 (dlf_dw_group), each pair's \
-       accumulators stay in registers over the group's images */                              \
-    dlf_dcv_##SFX acc[DLF_DW_PAIRS * DLF_DW_FB * 3];                                          \
+                                          Py_ssize_t KW, Py_ssize_t Pr, void* accv, int first, \
+                                          int last) {                                         \
+    /* per group of images that fits L1 (dlf_dw_group) and up to DLF_DW_PAIRS (kernel row,     \
+       block of 3 columns) pairs, each pair's accumulators stay in registers over the group */ \
+    dlf_dcv_##SFX* acc = (dlf_dcv_##SFX*)accv;                                                \
     Py_ssize_t nkb = (KW + 2) / 3, t0, t1, t, n, q;                                           \
     Py_ssize_t nf = F - f0 < DLF_DW_FB ? F - f0 : DLF_DW_FB;                                  \
     int j, k;                                                                                 \
     Py_ssize_t G = dlf_dw_group((HWp + DLF_DW_FB * Pr) * (Py_ssize_t)sizeof(T)), n0, n1;     \
+    if (first)                                                                                \
+        for (q = 0; q < KH * nkb * DLF_DW_FB * 3; q++) acc[q] = (dlf_dcv_##SFX){0};           \
     for (t0 = 0; t0 < KH * nkb; t0 += DLF_DW_PAIRS) {                                         \
         t1 = t0 + DLF_DW_PAIRS < KH * nkb ? t0 + DLF_DW_PAIRS : KH * nkb;                     \
-        for (q = 0; q < (t1 - t0) * DLF_DW_FB * 3; q++) acc[q] = (dlf_dcv_##SFX){0};          \
         for (n0 = 0; n0 < N; n0 += G) {     /* G images' rows stay in L1 over the pairs */    \
             n1 = n0 + G < N ? n0 + G : N;                                                     \
             for (t = t0; t < t1; t++) {                                                       \
-                dlf_dcv_##SFX* A = acc + (t - t0) * DLF_DW_FB * 3;                            \
+                dlf_dcv_##SFX* A = acc + t * DLF_DW_FB * 3;                                   \
                 const T* xt = xp + c * HWp + (t / nkb) * Wp + (t % nkb) * 3;  /* image 0 */   \
                 dlf_dcv_##SFX a[DLF_DW_FB][3];                                                \
                 for (j = 0; j < DLF_DW_FB; j++)                                               \
@@ -390,16 +395,23 @@ DLF_CLONES static void dlf_dconv_dw_##SFX(const T* xp, Py_ssize_t xs, const T* e
                     for (k = 0; k < 3; k++) A[j * 3 + k] = a[j][k];                           \
             }                                                                                 \
         }                                                                                     \
-        for (t = t0; t < t1; t++) {                                                           \
-            Py_ssize_t kh = t / nkb, kw0 = (t % nkb) * 3;                                     \
-            int nk = KW - kw0 < 3 ? (int)(KW - kw0) : 3;                                      \
-            dlf_dcv_##SFX* A = acc + (t - t0) * DLF_DW_FB * 3;                                \
-            for (j = 0; j < nf; j++)                                                          \
-                for (k = 0; k < nk; k++)                                                      \
-                    dW[(((f0 + j) * C + c) * KH + kh) * KW + kw0 + k] =                       \
-                        dlf_dw_hsum_##SFX(A[j * 3 + k]);                                      \
-        }                                                                                     \
     }                                                                                         \
+    if (!last)                                                                                \
+        return;                                                                               \
+    for (t = 0; t < KH * nkb; t++) {                                                          \
+        Py_ssize_t kh = t / nkb, kw0 = (t % nkb) * 3;                                         \
+        int nk = KW - kw0 < 3 ? (int)(KW - kw0) : 3;                                          \
+        dlf_dcv_##SFX* A = acc + t * DLF_DW_FB * 3;                                           \
+        for (j = 0; j < nf; j++)                                                              \
+            for (k = 0; k < nk; k++)                                                          \
+                dW[(((f0 + j) * C + c) * KH + kh) * KW + kw0 + k] =                           \
+                    dlf_dw_hsum_##SFX(A[j * 3 + k]);                                          \
+    }                                                                                         \
+}                                                                                             \
+                                                                                              \
+/* Bytes of one dlf_dconv_dw item's accumulators */                                          \
+static inline Py_ssize_t dlf_dconv_dw_acc_##SFX(Py_ssize_t KH, Py_ssize_t KW) {               \
+    return KH * ((KW + 2) / 3) * DLF_DW_FB * 3 * (Py_ssize_t)sizeof(dlf_dcv_##SFX);           \
 }
 
 DLF_DCONV_DW(f, float, 8)
@@ -408,10 +420,13 @@ DLF_DCONV_DW(d, double, 4)
 /* dW with the vectors over output channels (for the maps where dlf_dconv_dw's extended rows
    waste lanes), over the kept positions only. Per image n: xp_n as above (at xp + n*xs) and
    dT_n = dout_n transposed, (OHW, FP) with FP = F rounded up to 2*VL, zeros past F (at
-   dT + n*ds; dlf_dcv_dT). One call: output channels [f0, f0 + 2VL) x the taps [t0, t0 + TN)
-   (TN <= DLF_CV_PB) of K = C*KH*KW, tap t = (c, kh, kw) at offset toff = c*HWp + kh*Wp + kw:
+   dT + n*ds; dlf_dcv_dT). One call: a chunk's N images (as dlf_dconv_dw), output channels
+   [f0, f0 + 2VL) x the taps [t0, t0 + TN) (TN <= DLF_CV_PB) of K = C*KH*KW, tap t = (c, kh, kw)
+   at offset toff = c*HWp + kh*Wp + kw:
        dW[f, t] = sum_n sum_{p < OHW} dT_n[p, f] xp_n[toff + (p / OW)*Wp + p % OW]
-   one multiply-add after the other (n, then p, in order): no result depends on the threads. */
+   one multiply-add after the other (n, then p, in order): no result depends on the threads or
+   the chunks. The sums wait in acc (dlf_dcv_dw_acc elements) between chunks: `first` starts
+   them at 0, `last` writes dW. */
 #define DLF_CV_TC 16       /* tiles of taps per dlf_dcv_dw item */
 #define DLF_DCV_DW(SFX, T, VL)                                                                \
 static void dlf_dcv_dT_##SFX(const T* d, T* dT, Py_ssize_t F, Py_ssize_t OHW, Py_ssize_t FP) {  \
@@ -464,18 +479,20 @@ static inline __attribute__((always_inline)) void dlf_dcv_dw_tile_##SFX(        
     }                                                                                         \
 }                                                                                             \
                                                                                               \
-/* One work item: channels [f0, f0 + 2VL) x the tiles [tb, tb + DLF_CV_TC) of DLF_CV_PB taps;  \
-   the images in groups whose rows fit L1 (dlf_dw_group), each tile's sums waiting in acc      \
-   between groups (the order of every sum unchanged) */                                       \
+/* One work item: channels [f0, f0 + 2VL) x the tiles [tb, tb + ntl) (ntl <= DLF_CV_TC) of     \
+   DLF_CV_PB taps;                                                                            \
+   the chunk's images in groups whose rows fit L1 (dlf_dw_group), each tile's sums waiting in  \
+   acc between groups and chunks (the order of every sum unchanged) */                        \
 DLF_CLONES static void dlf_dcv_dw_##SFX(const T* xp, Py_ssize_t xs, const T* dT, Py_ssize_t ds, \
                                         Py_ssize_t FP, T* dW, Py_ssize_t N, Py_ssize_t F,     \
                                         Py_ssize_t K, Py_ssize_t KH, Py_ssize_t KW,           \
                                         Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t HWp,         \
-                                        Py_ssize_t Wp, Py_ssize_t f0, Py_ssize_t tb) {        \
+                                        Py_ssize_t Wp, Py_ssize_t f0, Py_ssize_t tb,          \
+                                        Py_ssize_t ntl, T* acc, int first, int last) {        \
     Py_ssize_t toffs[DLF_CV_TC * DLF_CV_PB], nf = F - f0 < 2 * (VL) ? F - f0 : 2 * (VL), f, t, n0, n1; \
     Py_ssize_t nt = (K + DLF_CV_PB - 1) / DLF_CV_PB - tb, G;                                  \
-    T acc[DLF_CV_TC * DLF_CV_PB * 2 * (VL)];                                                  \
     int j;                                                                                    \
+    if (nt > ntl) nt = ntl;                                                                   \
     if (nt > DLF_CV_TC) nt = DLF_CV_TC;                                                       \
     /* per image: its dT rows and the input planes the taps reach */                          \
     G = dlf_dw_group((OH * OW * 2 * (VL) + ((nt * DLF_CV_PB + KH * KW - 1) / (KH * KW) + 1) * HWp) \
@@ -493,9 +510,11 @@ DLF_CLONES static void dlf_dcv_dw_##SFX(const T* xp, Py_ssize_t xs, const T* dT,
             T* a = acc + t * DLF_CV_PB * 2 * (VL);                                            \
             const Py_ssize_t* toff = toffs + t * DLF_CV_PB;                                   \
             DLF_BY_COUNT6(tn, DLF_CV_PB, dlf_dcv_dw_tile_##SFX, xp, xs, dT, ds, FP, toff, a,   \
-                          n0 == 0, n0, n1, OH, OW, Wp);                                       \
+                          first && n0 == 0, n0, n1, OH, OW, Wp);                              \
         }                                                                                     \
     }                                                                                         \
+    if (!last)                                                                                \
+        return;                                                                               \
     for (t = 0; t < nt; t++) {                                                                \
         Py_ssize_t t0 = (tb + t) * DLF_CV_PB;                                                 \
         int tn = K - t0 < DLF_CV_PB ? (int)(K - t0) : DLF_CV_PB;                              \
@@ -503,6 +522,11 @@ DLF_CLONES static void dlf_dcv_dw_##SFX(const T* xp, Py_ssize_t xs, const T* dT,
             for (j = 0; j < tn; j++)                                                          \
                 dW[(f0 + f) * K + t0 + j] = acc[(t * DLF_CV_PB + j) * 2 * (VL) + f];          \
     }                                                                                         \
+}                                                                                             \
+                                                                                              \
+/* Elements of one dlf_dcv_dw item's accumulators */                                         \
+static inline Py_ssize_t dlf_dcv_dw_acc_##SFX(void) {                                         \
+    return DLF_CV_TC * DLF_CV_PB * 2 * (VL);                                                  \
 }
 
 DLF_DCV_DW(f, float, 8)

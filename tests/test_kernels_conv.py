@@ -492,6 +492,35 @@ def test_direct_kernel_setting_is_checked():
     from dlfast._backends import _conv
     with pytest.raises(ValueError, match="mode must be 0, 1 or 2"):
         _conv._set_direct_kernel(3)
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        _conv._set_dw_chunk(-1)
+
+
+@pytest.mark.parametrize("xs,ws,stride,pad", [
+    ((7, 16, 14, 14), (16, 16, 3, 3), 1, 1),      # both families' shapes, 7 images
+    ((5, 17, 5, 6), (33, 17, 3, 3), 1, 1),
+    ((5, 3, 12, 12), (8, 3, 5, 5), 1, 2),         # 5x5: accumulator sets in 2 groups
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_direct_dw_chunks(direct_kernel, xs, ws, stride, pad, dtype):
+    """The direct dW runs over chunks of images, each item's sums waiting between chunks: any
+    chunk size (1, 2, 3 images, or all) gives the same bits, on 1 and 2 threads, within the
+    oracle's bound."""
+    from dlfast._backends import _conv
+    rng, x, W, b = conv_data(xs, ws, dtype, 13)
+    dout = rng.standard_normal(K.conv2d_output_shape(x.shape, W.shape, stride, pad)).astype(dtype)
+    bound, k = bwd_bounds(dout, x, W, stride, pad)[1]
+    run = lambda: conv_bwd(dout, x, W, stride, pad)[1:2]           # noqa: E731  dW only
+    prev = _conv._set_dw_chunk(xs[0])
+    try:
+        ref, whole, _ = on_all(run)
+        check_close(whole[0], ref[0], bound, k)
+        for n in (1, 2, 3):
+            _conv._set_dw_chunk(n)
+            _, one, two = on_all(run)
+            assert same_bits(one[0], whole[0]) and same_bits(two[0], whole[0]), n
+    finally:
+        _conv._set_dw_chunk(prev)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -62,9 +62,18 @@ class Table:
 
 
 def read_csv(path):
-    """The ``Table`` of a CSV file with a header line (ValueError naming the line when a row has
-    another number of fields)."""
-    with open(path, newline="") as f:
+    """The ``Table`` of a UTF-8 CSV file (a leading byte-order mark, as spreadsheets write it,
+    is dropped) with a header line (ValueError naming the line when a row has another number of
+    fields, or the file when it is not UTF-8)."""
+    try:
+        return _read_csv(path)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as "
+                         f"UTF-8 CSV") from None
+
+
+def _read_csv(path):
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         try:
             header = next(reader)
@@ -125,6 +134,9 @@ class Preprocess:
             numeric = table.numeric(target)
             keys = sorted({float(v) if numeric else v for v in col})
             self.classes = [int(k) if numeric and float(k).is_integer() else k for k in keys]
+            if len(keys) < 2:
+                raise ValueError(f"--task classify needs at least 2 classes in the target "
+                                 f"column {target!r}; it holds only {self.classes[0]!r}")
             index = {k: i for i, k in enumerate(keys)}
             self.labels = np.array([index[float(v) if numeric else v] for v in col], np.int64)
         else:

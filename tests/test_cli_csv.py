@@ -129,6 +129,10 @@ def test_argument_errors(tmp_path, capsys, cls_csv):
     bad.write_text("a,b,y\n1,2,0\n3,4\n")
     empty = tmp_path / "empty.csv"
     empty.write_text("")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"a,b,y\n1,\xe9,0\n")
+    one = tmp_path / "one.csv"
+    one.write_text("a,y\n1,yes\n2,yes\n3,yes\n")
     cases = [
         (["--csv", cls_csv], "--csv needs --target COLUMN"),
         (["--csv", cls_csv, "--target", "zzz"], "--target 'zzz' is not a column"),
@@ -140,6 +144,9 @@ def test_argument_errors(tmp_path, capsys, cls_csv):
          "--loss softmax_xent is a classification loss"),
         (["--csv", str(bad), "--target", "y"], "line 3: 2 fields, but the header names 3"),
         (["--csv", str(empty), "--target", "y"], "is empty"),
+        (["--csv", str(latin), "--target", "y"], "latin.csv is not UTF-8 text"),
+        (["--csv", str(one), "--target", "y"], "needs at least 2 classes in the target column "
+                                               "'y'; it holds only 'yes'"),
         (["--target", "y"], "--target, --task and --impute apply to --csv data"),
         (["--loss", "sigmoid_bce"], "needs a binary target"),
         (["--loss", "mae"], "--loss mae is a regression loss"),
@@ -148,3 +155,12 @@ def test_argument_errors(tmp_path, capsys, cls_csv):
     for args, msg in cases:
         rc, _, err = _train(capsys, "--epochs", "1", "--out", str(tmp_path / "o"), *args)
         assert rc == 1 and msg in err, (args, err)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_name(tmp_path):
+    """Spreadsheets save "CSV UTF-8" with a leading byte-order mark: the first column is still
+    named as written."""
+    path = tmp_path / "bom.csv"
+    path.write_bytes("x1,label\n0.5,a\n1.5,b\n".encode("utf-8-sig"))
+    table = _tabular.read_csv(str(path))
+    assert table.names == ["x1", "label"] and table.columns["x1"] == ["0.5", "1.5"]

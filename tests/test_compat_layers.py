@@ -46,6 +46,17 @@ def test_relu_and_sigmoid(backend, dtype):
     assert Relu().forward(np.array([[1, -2]])).dtype == np.float64          # ints -> float64
 
 
+def test_relu_passes_dout_at_a_nan_input_as_the_books(backend):
+    """The book's Relu zeroes dout where x <= 0 only: at a NaN input (not <= 0) dout passes."""
+    layer = Relu()
+    with np.errstate(invalid="ignore"):
+        out = layer.forward(np.array([[np.nan, 1.0, -1.0, 0.0]]))
+    assert np.isnan(out[0, 0]) and (out[0, 1:] == [1, 0, 0]).all()
+    np.testing.assert_array_equal(layer.mask, [[False, False, True, True]])
+    np.testing.assert_array_equal(layer.backward(np.array([[2.0, 3.0, 4.0, 5.0]])),
+                                  [[2.0, 3.0, 0.0, 0.0]])
+
+
 def test_affine_book_attributes_and_tensor_input(backend):
     W, b = rng().normal(size=(12, 5)), rng(1).normal(size=5)
     a = Affine(W, b)
@@ -113,6 +124,20 @@ def test_softmax_with_loss(backend, labels):
     np.testing.assert_allclose(layer.backward(5.0), (y - target) / 4, rtol=1e-12, atol=1e-15)
     with pytest.raises(ValueError, match="labels"):
         SoftmaxWithLoss().forward(x, np.array([0, 1, 2]))
+
+
+def test_softmax_with_loss_one_sample_is_the_books(backend):
+    """One 1-D sample, as the book's chapter-4 code passes it: y and dx of shape (C,), and for a
+    one-hot t the book's dx = (y - t) / t.shape[0] (here C); a label gives y - onehot."""
+    x, t = np.array([0.1, 2.0, -1.0]), np.array([0.0, 1.0, 0.0])
+    e = np.exp(x - x.max())
+    y = e / e.sum()
+    layer = SoftmaxWithLoss()
+    assert layer.forward(x, t) == pytest.approx(-np.log(y[1] + 1e-7), rel=1e-12)
+    assert layer.y.shape == (3,)
+    np.testing.assert_allclose(layer.backward(), (y - t) / 3, rtol=1e-12)
+    layer.forward(x, np.array([1]))
+    np.testing.assert_allclose(layer.backward(), y - t, rtol=1e-12)
 
 
 # ============================================================================ dropout

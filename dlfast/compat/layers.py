@@ -133,9 +133,21 @@ class _Elementwise(_Buffers):
 
 
 class Relu(_Elementwise):
-    """``out = max(x, 0)``; ``mask`` = ``x <= 0`` of the last forward."""
+    """``out = max(x, 0)``; ``mask`` = ``x <= 0`` of the last forward; backward ``dout`` where
+    not ``mask`` (a NaN input passes dout through, as the book's), else 0."""
 
     _act = "relu"
+
+    def forward(self, x):
+        out = super().forward(x)
+        self._nan = not kernels.all_finite(out)
+        return out
+
+    def backward(self, dout):
+        dx = super().backward(dout)
+        if self._nan:
+            np.copyto(dx, dout, where=np.isnan(self.out))
+        return dx
 
     @property
     def mask(self):
@@ -206,7 +218,8 @@ class SoftmaxWithLoss(_Buffers):
 
     def forward(self, x, t):
         x = _float_input("x", x)
-        if x.ndim == 1:
+        flat = x.ndim == 1                         # one sample: y, dx of shape (C,), as the book
+        if flat:
             x = x.reshape(1, -1)
         if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
             raise ValueError(f"x must be 2-D scores (N, C) with N, C >= 1, got shape {x.shape}")
@@ -225,7 +238,7 @@ class SoftmaxWithLoss(_Buffers):
                 raise ValueError(f"t must have {n} labels (or one-hot rows) to match x {x.shape}, "
                                  f"got shape {t.shape}")
             kernels.softmax_xent_forward(x, labels, y)
-        self.y, self.t, self._labels = y, t, labels
+        self.y, self.t, self._labels = (y.reshape(c) if flat else y), t, labels
         p = y[np.arange(n), labels]
         self.loss = -np.sum(np.log(p + 1e-7)) / n
         if not math.isfinite(self.loss):
@@ -234,15 +247,15 @@ class SoftmaxWithLoss(_Buffers):
 
     def backward(self, dout=1):
         _called_forward(self, "y")
-        y, t = self.y, self.t
-        n = y.shape[0]
+        t, flat = self.t, self.y.ndim == 1
+        y = self.y.reshape(1, -1) if flat else self.y
         dx = self._buf("dx", y.shape, y.dtype)
-        if t.size == y.size:
+        if t.size == y.size:                        # the book's (y - t) / t.shape[0]
             np.subtract(y, t.reshape(y.shape), out=dx, casting="unsafe")
-            dx /= n
+            dx /= t.shape[0] if t.ndim else 1
         else:
             kernels.softmax_xent_backward(y, self._labels, dx)
-        return dx
+        return dx.reshape(-1) if flat else dx
 
 
 # ============================================================================ dropout

@@ -584,6 +584,12 @@ def _resume(trainer, args):
         restore_checkpoint(trainer, args.resume, allow_nonfinite=args.allow_nonfinite)
     except NonFiniteCheckpointError as exc:
         raise _CLIError(f"{exc} (command line: --allow-nonfinite)") from None
+    target = trainer._resume_last_epoch
+    if target is not None and target != args.epochs:
+        raise _CLIError(f"--epochs {args.epochs} does not match the run in {args.resume}, which "
+                        f"trains {target} epochs ({trainer.epoch} done); a resumed run continues "
+                        f"to its own end: resume with --epochs {target}, the options it began "
+                        f"with")
 
 
 def _run_train(args):

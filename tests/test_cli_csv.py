@@ -164,3 +164,16 @@ def test_a_byte_order_mark_is_not_part_of_the_first_name(tmp_path):
     path.write_bytes("x1,label\n0.5,a\n1.5,b\n".encode("utf-8-sig"))
     table = _tabular.read_csv(str(path))
     assert table.names == ["x1", "label"] and table.columns["x1"] == ["0.5", "1.5"]
+
+
+def test_resume_with_other_epochs_is_refused(tmp_path, capsys, cls_csv):
+    """A resumed run continues to its own end: --epochs that differs is an error, not a run that
+    silently trains nothing more."""
+    ck = str(tmp_path / "ck.npz")
+    common = ["--csv", cls_csv, "--target", "label", "--out", str(tmp_path / "o")]
+    rc, _, _ = _train(capsys, *common, "--epochs", "2", "--checkpoint", ck)
+    assert rc == 0
+    rc, _, err = _train(capsys, *common, "--epochs", "5", "--resume", ck)
+    assert rc == 1 and "--epochs 5 does not match the run" in err and "--epochs 2" in err, err
+    rc, _, _ = _train(capsys, *common, "--epochs", "2", "--resume", ck)
+    assert rc == 0

@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _config, _engine
+from .layers._base import STATE as _STATE
 from . import init as _init
 from . import layers as L
 from . import regularizers as R
@@ -247,6 +248,39 @@ def _max_norm(c):
     return R.MaxNorm(c)
 
 
+class NetParams(dict):
+    """``net.params``: parameter name -> the layer's own array, current as of the last change
+    of any layer. Setting an entry replaces the layer's array (``layer.params[key] = value``: a
+    new plan at the next step); names cannot be added or removed."""
+
+    def __init__(self, entries):
+        super().__init__((n, layer.params[k]) for n, layer, k in entries)
+        self._owner = {n: (layer, k) for n, layer, k in entries}
+        self._state = _STATE[0]
+
+    def __setitem__(self, name, value):
+        if name not in self._owner:
+            raise KeyError(f"{name!r} is not a parameter of the net (its parameters: "
+                           f"{', '.join(self._owner)})")
+        layer, k = self._owner[name]
+        layer.params[k] = value
+        super().__setitem__(name, layer.params[k])
+        self._state = _STATE[0]
+
+    def _fixed(self, *_, **__):
+        raise TypeError("net.params has one entry per parameter of the net: entries can be "
+                        "replaced (net.params[name] = array), not added or removed")
+
+    __delitem__ = pop = popitem = clear = setdefault = _fixed
+
+    def update(self, *args, **kw):
+        for name, value in dict(*args, **kw).items():
+            self[name] = value
+
+    def __reduce__(self):
+        return dict, (dict(self),)
+
+
 class _Net:
     """Shared machinery: params/grads naming, state, freezing, constraints, seeds, and the
     training step (``loss_and_gradient``: a plan of the training engine, ``dlfast._engine``)."""
@@ -258,7 +292,18 @@ class _Net:
         state = self.__dict__.copy()
         state.pop("_plans", None)
         state.pop("_plan", None)
+        state.pop("_params", None)
         return state
+
+    @property
+    def params(self):
+        """name -> the layer's own array (a ``NetParams``: setting an entry replaces the
+        layer's array)."""
+        p = self.__dict__.get("_params")
+        if p is None or p._state != _STATE[0]:
+            p = self.__dict__["_params"] = NetParams(
+                [(n, l, k) for n, l, k in self._entries if k in l.params])
+        return p
 
     def _graph(self):
         """``(trunk layers, ((head layers, loss layer, weight), ...))`` of the training step."""
@@ -325,7 +370,6 @@ class _Net:
         names = [n for n, _, _ in entries]
         if len(set(names)) != len(names):
             raise ValueError("duplicate parameter names in the net")
-        self.params = {n: layer.params[k] for n, layer, k in entries if k in layer.params}
         self._param_entries = [(n, layer, k) for n, layer, k in entries if k in layer.params]
         for layer in all_layers:
             layer.check_finite = False          # the net checks its input once

@@ -757,7 +757,7 @@ cdef class BoundUpdate:
     def step(self, tuple names, params, grads, state, tuple sts, double lr, bint norm,
              double clip_norm, double clip_eps, double clip_value, counter):
         """One optimiser step with this binding, its checks in C: -1.0 when it does not apply
-        (params, grads or state not exact dicts, grads' keys not ``names``, params[names[k]]
+        (params not a dict, grads or state not exact dicts, grads' keys not ``names``, params[names[k]]
         not ws[k], state[names[k]] not the dict sts[k], sts[k] not holding the bound state
         arrays under ``snames``, per-tensor counters sts[k][counter] not one int, a gradient
         that ``take`` refuses); NaN when ``norm`` and the sum of squares is not finite (nothing
@@ -768,7 +768,7 @@ cdef class BoundUpdate:
         cdef Py_ssize_t k, j, nst = len(self.snames)
         cdef double total, n = 0.0, gs = 1.0, stepv = 1.0
         cdef PyObject* c
-        if type(params) is not dict or type(grads) is not dict or type(state) is not dict:
+        if not isinstance(params, dict) or type(grads) is not dict or type(state) is not dict:
             return -1.0
         if len(<dict>grads) != self.nk or len(names) != self.nk or len(sts) != self.nk:
             return -1.0

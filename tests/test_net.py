@@ -40,6 +40,35 @@ def test_mlp_param_names_and_layout():
     assert MLP(6, 4, 3, seed=0).params["W1"].shape == (6, 4)
 
 
+def test_net_params_replace_the_layers_arrays(backend):
+    """net.params stays the layers' own arrays: an entry set there replaces the layer's array
+    (which then trains), an array replaced in a layer shows there; names are fixed."""
+    import pickle
+    from dlfast.optim import SGD
+    x, t = _data()
+    net = MLP(6, [5], 3, seed=0, dtype=F64)
+    new = np.random.default_rng(1).standard_normal((6, 5))
+    net.params["W1"] = new
+    assert net.layers[0].params["W"] is new and net.params["W1"] is new
+    before, opt = new.copy(), SGD(lr=0.5)
+    for _ in range(3):
+        opt.update(net.params, net.gradient(x, t))
+    assert not np.array_equal(new, before)                     # the new array trained
+    other = np.zeros((5, 3))
+    net.layers[1].params["W"] = other
+    assert net.params["W2"] is other
+    net.params.update(b2=np.ones(3))
+    assert (net.layers[1].params["b"] == 1).all()
+    with pytest.raises(KeyError, match="'W9' is not a parameter of the net"):
+        net.params["W9"] = new
+    for bad in (lambda p: p.pop("W1"), lambda p: p.clear(), lambda p: p.__delitem__("W1")):
+        with pytest.raises(TypeError, match="not added or removed"):
+            bad(net.params)
+    copy = pickle.loads(pickle.dumps(net))
+    assert copy.params["W1"] is copy.layers[0].params["W"]
+    np.testing.assert_array_equal(copy.params["W1"], new)
+
+
 def test_mlp_weight_init_from_seed():
     a, b = MLP(6, [50], 3, seed=7), MLP(6, [50], 3, seed=7)
     for k in a.params:

@@ -538,7 +538,7 @@ class BoundUpdate:
 
     def step(self, names, params, grads, state, sts, lr, norm, clip_norm, clip_eps, clip_value,
              counter):
-        if not (type(params) is dict and type(grads) is dict and type(state) is dict):
+        if not (isinstance(params, dict) and type(grads) is dict and type(state) is dict):
             return -1.0
         ws, _, states = self.arrays
         if len(grads) != len(ws) or len(names) != len(ws) or len(sts) != len(ws):

@@ -315,8 +315,12 @@ def _load_data(args, dtype):
     if name != "digits":
         title = datasets._SOURCES[name][0]
         kw = dict(dtype=dtype, download=args.data_dir is None, progress=not args.no_progress)
-        x, t = datasets.load_idx_dataset(name, args.data_dir, "train", **kw)
-        x_test, t_test = datasets.load_idx_dataset(name, args.data_dir, "t10k", **kw)
+        try:
+            x, t = datasets.load_idx_dataset(name, args.data_dir, "train", **kw)
+            x_test, t_test = datasets.load_idx_dataset(name, args.data_dir, "t10k", **kw)
+        except datasets.IDXFileNotFoundError as exc:
+            raise _CLIError(f"--data-dir: {str(exc).replace(datasets._DOWNLOAD_HINT, '')}; without "
+                            f"--data-dir, dlfast downloads {name} itself") from None
         return (f"{title} ({args.data_dir})" if args.data_dir else title), x, t, x_test, t_test
     if args.data_dir:
         raise _CLIError("--data-dir does not apply to --dataset digits (the digits are embedded)")
@@ -569,6 +573,10 @@ def _prepare_reuse(args, model, x):
         print("RBM pre-training, reconstruction error per layer (first -> last epoch): "
               + ", ".join(f"{h[0]:.4f} -> {h[-1]:.4f}" for h in hist), flush=True)
     if args.freeze:
+        n = len(model._parametrised())
+        if args.freeze > n:
+            raise _CLIError(f"--freeze {args.freeze} exceeds the number of layers with "
+                            f"parameters ({n})")
         model.freeze(upto=args.freeze)
     transform = None
     if args.augment:

@@ -432,7 +432,7 @@ def load_idx_dataset(name, folder=None, kind="train", normalize=True, flatten=Tr
         folder = fetch(name, folder, (kind,), mirrors=mirrors, checksums=checksums,
                        timeout=timeout, retries=retries, retry_delay=retry_delay, progress=progress)
     folder = dataset_folder(name) if folder is None else os.fspath(folder)
-    hint = "" if download else "; download=True downloads the files"
+    hint = "" if download else _DOWNLOAD_HINT
     if not os.path.isdir(folder):
         raise IDXFileNotFoundError(f"{title} folder {folder!r} does not exist{hint}")
     ipath = _find(folder, _STEMS[kind][0], title, hint)
@@ -531,13 +531,19 @@ def shuffle(x, t, seed=None):
     return x[p], t[p]
 
 
+_DOWNLOAD_HINT = "; download=True downloads the files"
+
+
 def _class_ids(t):
     return from_one_hot(t) if t.ndim == 2 else t
 
 
 def split_indices(n, fraction, seed=None, labels=None, name="val_fraction"):
     """``(keep, held)`` index arrays (sorted) holding out ``round(fraction * n)`` samples, chosen at
-    random; with ``labels`` (stratified) each class c holds out ``round(fraction * n_c)``."""
+    random; with ``labels`` (stratified) each class c holds out ``round(fraction * n_c)``, or, when
+    that leaves a side empty (every class too small), ``floor(fraction * n_c)`` plus one for the
+    classes of largest remainder (ties at random) up to ``round(fraction * n)`` in all (at least
+    1, at most n - 1)."""
     fraction = real(name, fraction, 0.0, 1.0, lo_open=True, hi_open=True)
     rng = make_rng(seed)
     if labels is None:
@@ -551,12 +557,29 @@ def split_indices(n, fraction, seed=None, labels=None, name="val_fraction"):
             k = int(round(fraction * idx.size))
             held.append(rng.permutation(idx)[:k])
         held = np.concatenate(held) if held else np.zeros(0, np.int64)
+        if (held.size == 0 or held.size == n) and n >= 2:
+            held = _largest_remainder(labels, fraction, rng)
     if held.size == 0 or held.size == n:
         raise ValueError(f"{name}={fraction} of {n} samples leaves an empty split; use a fraction "
                          f"that keeps at least one sample on each side")
     mask = np.zeros(n, bool)
     mask[held] = True
     return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def _largest_remainder(labels, fraction, rng):
+    """Stratified held-out indices, round(fraction * n) of them in [1, n - 1]: floor(fraction *
+    n_c) per class, one more for the classes of largest remainder."""
+    classes, counts = np.unique(labels, return_counts=True)
+    n = labels.size
+    k = min(max(int(round(fraction * n)), 1), n - 1)
+    exact = fraction * counts
+    take = np.floor(exact).astype(np.int64)
+    order = rng.permutation(classes.size)
+    order = order[np.argsort(take[order] - exact[order], kind="stable")]   # largest remainder
+    take[order[:max(k - int(take.sum()), 0)]] += 1
+    return np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:m]
+                           for c, m in zip(classes, take)])
 
 
 def train_val_split(x, t, val_fraction, seed=None, stratify=False):

@@ -593,7 +593,7 @@ class MLP(Sequential):
         self.hidden_sizes = [positive_int(f"hidden_sizes[{i}]", h) for i, h in enumerate(hidden_sizes)]
         act = activation.lower().replace("-", "_") if isinstance(activation, str) else activation
         if act not in _LAYER_ACTS:
-            L.activation_code(act, alpha)       # validates the name and alpha
+            L.activation_code(act, alpha, also=_LAYER_ACTS)     # validates the name and alpha
         self.activation = act
         init_fn = _init.get(weight_init)
         self.dropout = real("dropout", dropout, 0.0, 1.0, hi_open=True)

@@ -81,6 +81,19 @@ EXPECTED_FAILED_CHECKS = {
 }
 
 
+def _in_range(name, a, dt):
+    """``a`` as a C-contiguous array of dtype ``dt``; ValueError when a finite value overflows
+    it (float64 data beyond float32's range)."""
+    out = np.ascontiguousarray(a, dtype=dt)
+    if out.dtype != np.asarray(a).dtype and out.size:
+        from . import kernels
+        if not kernels.all_finite(out.reshape(-1)):
+            raise ValueError(f"{name} has values beyond {np.dtype(dt).name}'s range (largest "
+                             f"magnitude {float(np.max(np.abs(a))):.3g}, limit "
+                             f"{float(np.finfo(dt).max):.3g}); scale it, or use dtype='float64'")
+    return out
+
+
 def _validate(est, X, y="no_validation", reset=True, **kw):
     """scikit-learn's ``validate_data`` (``_validate_data`` before 1.6)."""
     if _sk_validate is not None:
@@ -189,6 +202,13 @@ class _BaseMLP(BaseEstimator):
 
     def _activation(self):
         a = self.activation
+        if isinstance(a, str) and a not in _ACTIVATIONS:
+            from .net import MLP
+            try:
+                MLP(1, [1], 1, activation=a)
+            except ValueError as exc:
+                raise ValueError(f"activation: {exc} (or {', '.join(map(repr, _ACTIVATIONS))}, "
+                                 f"scikit-learn's name)") from None
         return _ACTIVATIONS.get(a, a) if isinstance(a, str) else a
 
     # ---------------------------------------------------------------- the parts of a fit
@@ -245,7 +265,11 @@ class _BaseMLP(BaseEstimator):
         self._dtype = dt
         X, y = _validate(self, X, y, reset=first, dtype=(np.float64, np.float32),
                          multi_output=True, y_numeric=self._TASK == "regress")
-        X = np.ascontiguousarray(X, dtype=dt)
+        if not first and self.model_.dtype != dt:
+            raise ValueError(f"dtype={np.dtype(dt).name!r} differs from the fitted model's "
+                             f"{self.model_.dtype.name}; warm_start and partial_fit continue that "
+                             f"model: set dtype back, or fit anew (warm_start=False)")
+        X = _in_range("X", X, dt)
         n = X.shape[0]
         sw = None
         if sample_weight is not None:
@@ -511,7 +535,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             self._y_ndim = y.ndim
         elif m != self.n_outputs_:
             raise ValueError(f"y has {m} outputs but the fitted model has {self.n_outputs_}")
-        return y.astype(self._dtype).reshape(len(y), m), m, loss
+        return _in_range("y", y, self._dtype).reshape(len(y), m), m, loss
 
     def fit(self, X, y, sample_weight=None):
         """Train on X (N, F) and targets y (N,) or (N, M); ``sample_weight`` (N,): per-row

@@ -150,6 +150,17 @@ def test_corrupt_mnist_file_is_a_clean_error(tmp_path, capsys):
     assert rc == 1 and "truncated" in err and "train-images-idx3-ubyte" in err
 
 
+def test_missing_data_dir_and_too_deep_freeze_name_their_options(tmp_path, capsys):
+    common = ["train", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "o")]
+    assert cli.main(common + ["--data-dir", str(tmp_path / "none")]) == 1
+    err = capsys.readouterr().err
+    assert "--data-dir: MNIST folder" in err and "download=True" not in err
+    assert "without --data-dir, dlfast downloads mnist itself" in err
+    assert cli.main(common + ["--freeze", "5"]) == 1
+    assert "--freeze 5 exceeds the number of layers with parameters (3)" in \
+        capsys.readouterr().err
+
+
 # ============================================================================ arguments
 @pytest.mark.parametrize("args", [["--dropout", "1.5"], ["--epochs", "0"], ["--val-split", "1"],
                                   ["--activation", "swish"], ["--hidden"], ["--lr", "-1"],

@@ -231,6 +231,20 @@ def test_stratified_split_keeps_class_proportions():
     np.testing.assert_array_equal(np.bincount(D.from_one_hot(tv2)), [10, 5, 5, 5])
 
 
+def test_stratified_split_of_classes_too_small_to_round_up():
+    """Every class rounds to 0 held out: the split still holds round(fraction * n) (at least 1),
+    one from each of as many classes, not an error."""
+    t = np.repeat(np.arange(30), 2)                      # 30 classes of 2 rows, 0.2 * 2 = 0.4
+    x = np.arange(60, dtype=np.float64)[:, None]
+    xt, tt, xv, tv = D.train_test_split(x, t, 0.2, seed=0, stratify=True)
+    assert tv.size == 12 and np.unique(tv).size == 12 and tt.size == 48
+    _, _, _, tv = D.train_val_split(x[:4], np.array([0, 1, 0, 1]), 0.25, seed=0, stratify=True)
+    assert tv.size == 1
+    again = D.train_test_split(x, t, 0.2, seed=0, stratify=True)
+    np.testing.assert_array_equal(again[3], D.train_test_split(x, t, 0.2, seed=0,
+                                                               stratify=True)[3])
+
+
 def test_split_errors():
     x, t = np.zeros((10, 2)), np.zeros(10, int)
     for bad in (0.0, 1.0, -0.1, 1.5):

@@ -219,6 +219,22 @@ def test_bad_input_and_settings():
             MLPClassifier(**kw).fit(X, y)
     with pytest.raises(ValueError, match="loss must be"):
         MLPRegressor(loss="poisson").fit(X, y)
+    with pytest.raises(ValueError, match=r"activation: unknown activation 'foo'.*'maxout'.*"
+                                         r"'logistic'"):
+        MLPClassifier(activation="foo").fit(X, y)
+    # finite float64 beyond float32's range: named, not reported as NaN
+    with pytest.raises(ValueError, match="X has values beyond float32's range.*dtype='float64'"):
+        MLPClassifier(max_iter=2).fit(X * 1e39, y)
+    with pytest.raises(ValueError, match="y has values beyond float32's range"):
+        MLPRegressor(max_iter=2).fit(X, X[:, 0] * 1e39)
+    MLPRegressor(max_iter=2, dtype="float64").fit(X, X[:, 0] * 1e39)
+    # warm_start and partial_fit continue the fitted model: its dtype cannot change
+    for est in (MLPClassifier(max_iter=2, warm_start=True).fit(X, y),
+                MLPClassifier().partial_fit(X, y, classes=np.unique(y))):
+        est.set_params(dtype="float64")
+        with pytest.raises(ValueError, match="dtype='float64' differs from the fitted model's "
+                                             "float32"):
+            est.partial_fit(X, y) if est.warm_start is False else est.fit(X, y)
 
 
 def test_import_dlfast_does_not_import_sklearn_and_its_absence_is_named():

@@ -18,12 +18,13 @@ _ACT_ALIASES = {None: "identity", "none": "identity", "linear": "identity",
 _DEFAULT_ALPHA = {"leaky_relu": 0.01, "elu": 1.0}
 
 
-def activation_code(activation, alpha=None):
+def activation_code(activation, alpha=None, also=()):
     """``(code, alpha)`` for a fused activation name: None/"linear"/"identity", "relu",
-    "sigmoid", "tanh", "leaky_relu"/"leakyrelu" (alpha default 0.01), "elu" (alpha default 1.0)."""
+    "sigmoid", "tanh", "leaky_relu"/"leakyrelu" (alpha default 0.01), "elu" (alpha default 1.0).
+    ``also``: the caller's other names, listed in the error for an unknown one."""
     key = activation.lower().replace("-", "_") if isinstance(activation, str) else activation
     if not (key is None or isinstance(key, str)) or key not in _ACT_ALIASES:
-        names = sorted(k for k in _ACT_ALIASES if k)
+        names = sorted(k for k in _ACT_ALIASES if k) + list(also)
         raise ValueError(f"unknown activation {activation!r}; choose one of {names} or None")
     code = _ACT_ALIASES[key]
     if code in _DEFAULT_ALPHA:

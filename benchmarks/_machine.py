@@ -100,10 +100,18 @@ def parser(doc, block_ms):
     return p
 
 
+# The pause before each timed block with 2+ threads. OpenBLAS's idle workers spin (yielding)
+# for 2^28 TSC cycles after a call (0.11 s at 2.45 GHz) and steal a core from whatever runs
+# next: a 100x784x50 dlfast forward at 2 threads took 649, 282 and 220 us when timed 0.05, 0.10
+# and 0.15 s after 20 NumPy matmuls, 216-226 us after its own calls (AMD EPYC, 2 vCPUs).
+# OpenMP's workers (dlfast's, PyTorch's) spin for a few ms only.
+SETTLE_S = 0.25
+
+
 def start(title, args):
     """Exit unless the compiled backend loads; set ``args.threads``; print the header (title,
     threads, rounds, load average, ``describe()``). Returns the settle pause before each block
-    (0.1 s with several threads: see compare.py)."""
+    (SETTLE_S with several threads)."""
     import sys
     import dlfast
     if "cython" not in dlfast.available_backends():
@@ -111,7 +119,7 @@ def start(title, args):
     dlfast.set_num_threads(args.threads)
     print(f"# {title}: float32, {args.threads} threads, {args.rounds} rounds, load avg "
           f"{os.getloadavg()[0]:.2f}\n# {describe()}", flush=True)
-    return 0.1 if args.threads > 1 else 0.0
+    return SETTLE_S if args.threads > 1 else 0.0
 
 
 def write_json(path, args, cases):

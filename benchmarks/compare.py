@@ -16,8 +16,8 @@ Probes give each figure a machine limit: ``gemm`` = the bare ``np.matmul`` calls
 
 Timing: every implementation runs blocks of calls (sized at calibration to ``--block-ms``); each
 round times one block of every implementation, in a rotating order (interleaved, so the load of the
-shared machine hits all alike), after a ``--settle-ms`` pause (with 2+ threads; worker threads of
-OpenBLAS and OpenMP spin for up to ~0.1 s after use and would steal a core from the next one) and
+shared machine hits all alike), after a ``--settle-ms`` pause (with 2+ threads; OpenBLAS's worker
+threads spin for ~0.11 s after use and would steal a core from the next one: _machine.SETTLE_S) and
 5 ms of untimed calls (in a VM the first parallel region after idling waits for the sleeping vCPU,
 up to 12 ms, and the next calls still stall now and then, which a training loop never pays;
 calibration keeps the fastest of 3 timings likewise); the
@@ -577,8 +577,8 @@ def parse(argv):
                    help="calls per timed block (default 0: calibrated to --block-ms)")
     p.add_argument("--block-ms", type=float, default=20.0, help="target length of one block (20)")
     p.add_argument("--settle-ms", type=float, default=None,
-                   help="pause before each block (default 100 with --threads > 1, else 0): "
-                        "OpenBLAS and OpenMP worker threads spin for up to ~0.1 s after use and "
+                   help="pause before each block (default 250 with --threads > 1, else 0): "
+                        "OpenBLAS's worker threads spin for ~0.11 s after use and "
                         "would slow the next implementation; one thread has no workers, and "
                         "the pause only adds cold-cache noise (1-thread spreads 14-29%% with it, "
                         "2-14%% without)")
@@ -590,7 +590,7 @@ def parse(argv):
     p.add_argument("--plot", metavar="PATH", help="write a PNG of step time vs batch size")
     a = p.parse_args(argv)
     if a.settle_ms is None:
-        a.settle_ms = 100.0 if a.threads > 1 else 0.0
+        a.settle_ms = _machine.SETTLE_S * 1e3 if a.threads > 1 else 0.0
     if a.threads < 1 or a.rounds < 1 or a.repeats < 0 or not a.block_ms > 0 or a.settle_ms < 0:
         p.error("--threads and --rounds must be >= 1, --repeats >= 0, --block-ms > 0, "
                 "--settle-ms >= 0")

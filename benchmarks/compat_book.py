@@ -211,7 +211,7 @@ def main(argv=None):
         if "cython" not in dlfast.available_backends():
             sys.exit("the compiled backend does not load: build it first (pip install -e .)")
         dlfast.set_num_threads(a.threads)       # dlfast's kernels and NumPy's BLAS alike
-        settle = 0.1 if a.threads > 1 else 0.0
+        settle = _machine.SETTLE_S if a.threads > 1 else 0.0
         print(f"# the book's code vs dlfast.compat: batch {BATCH}, {a.threads} threads, "
               f"{a.rounds} rounds, load avg {os.getloadavg()[0]:.2f}\n# {_machine.describe()}",
               flush=True)

@@ -15,8 +15,8 @@ on the same arrays, on as many threads (``torch/cy`` > 1: dlfast faster).
 
 Timing: each implementation runs blocks of calls (sized at calibration to ``--block-ms``); each
 round times one block of every implementation in a rotating order (interleaved, so the load of a
-shared machine falls on all alike), after a ``--settle-ms`` pause (150 ms: spinning worker threads
-of the previous one go to sleep) and one untimed call; figures are
+shared machine falls on all alike), after a ``--settle-ms`` pause (250 ms, _machine.SETTLE_S:
+spinning worker threads of the previous one go to sleep) and one untimed call; figures are
 medians over ``--rounds`` rounds of the time per call, ratios medians of the per-round ratios.
 
     python benchmarks/conv_kernels.py                      # threads 1 and 2, batches 1 and 100
@@ -161,7 +161,7 @@ def main():
     ap.add_argument("--batches", default="1,100")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--block-ms", type=float, default=20.0)
-    ap.add_argument("--settle-ms", type=float, default=150.0,
+    ap.add_argument("--settle-ms", type=float, default=_machine.SETTLE_S * 1e3,
                     help="pause before each block (150): the previous implementation's OpenMP "
                          "and OpenBLAS workers spin after use (PyTorch's too), and a shorter "
                          "pause made dlfast's 2-thread conv bwd up to 19x slower here")

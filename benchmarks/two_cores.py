@@ -155,7 +155,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--batches", default="256,1000")
     p.add_argument("--block-ms", type=float, default=30.0)
-    p.add_argument("--settle-ms", type=float, default=150.0)
+    p.add_argument("--settle-ms", type=float, default=_machine.SETTLE_S * 1e3)
     p.add_argument("--json")
     a = p.parse_args(argv)
     batches = [int(v) for v in a.batches.split(",")]

@@ -840,9 +840,10 @@ cdef void _dw_chunks(const floating* dout, const floating* x, floating* dW, floa
                      Py_ssize_t accs, Py_ssize_t Wp, Py_ssize_t Pr, Py_ssize_t FP,
                      Py_ssize_t nit, Py_ssize_t nfb, bint cv, int tid, int team) noexcept nogil:
     """Thread tid of a team of `team` (inside one parallel region): per chunk, the images
-    n0 + tid, n0 + tid + team, ... prepared, a barrier, the items tid, tid + team, ..., a
-    barrier (the next chunk overwrites the buffer)."""
-    cdef Py_ssize_t n0 = 0, n1, n, it
+    n0 + tid, n0 + tid + team, ... prepared, a barrier, the items [tid*nit/team,
+    (tid+1)*nit/team) (consecutive items share a block of channels), a barrier (the next chunk
+    overwrites the buffer)."""
+    cdef Py_ssize_t n0 = 0, n1, n, it, i0 = tid * nit // team, i1 = (tid + 1) * nit // team
     while n0 < g.N:
         n1 = min(n0 + gc, g.N)
         n = n0 + tid
@@ -850,11 +851,9 @@ cdef void _dw_chunks(const floating* dout, const floating* x, floating* dW, floa
             _dw_prep(dout, x, buf, g, xs, es, gc, Wp, Pr, FP, n, n0, cv)
             n += team
         dlfast_omp_barrier()
-        it = tid
-        while it < nit:
+        for it in range(i0, i1):
             _dw_item(buf, dW, acc + it * accs, g, xs, es, gc, n1 - n0, n0 == 0, n1 == g.N, Wp,
                      Pr, FP, it, nfb, cv)
-            it += team
         dlfast_omp_barrier()
         n0 = n1
 

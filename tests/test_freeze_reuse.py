@@ -192,7 +192,7 @@ def test_cli_freeze_cache_frozen(tmp_path, capsys):
     assert "--cache-frozen needs --freeze K" in capsys.readouterr().err
     assert cli.main(["train", "--epochs", "1", "--freeze", "9", "--no-progress",
                      "--out", str(out)]) != 0
-    assert "upto=9 exceeds" in capsys.readouterr().err
+    assert "--freeze 9 exceeds the number of layers with parameters (3)" in capsys.readouterr().err
 
 
 def test_cli_clip_flags_reach_the_optimizer(tmp_path, capsys):

@@ -757,10 +757,10 @@ cdef class BoundUpdate:
     def step(self, tuple names, params, grads, state, tuple sts, double lr, bint norm,
              double clip_norm, double clip_eps, double clip_value, counter):
         """One optimiser step with this binding, its checks in C: -1.0 when it does not apply
-        (params not a dict, grads or state not exact dicts, grads' keys not ``names``, params[names[k]]
-        not ws[k], state[names[k]] not the dict sts[k], sts[k] not holding the bound state
-        arrays under ``snames``, per-tensor counters sts[k][counter] not one int, a gradient
-        that ``take`` refuses); NaN when ``norm`` and the sum of squares is not finite (nothing
+        (params not a dict, grads or state not exact dicts, grads' keys not ``names``,
+        params[names[k]] not ws[k], state[names[k]] not the dict sts[k], sts[k] not holding the
+        bound state arrays under ``snames``, per-tensor counters sts[k][counter] not one int, a
+        gradient that ``take`` refuses); NaN when ``norm`` and the sum of squares is not finite (nothing
         updated); else update(lr, grad_scale, clip_value, step) with grad_scale = clip_norm /
         (n + clip_eps) when 0 < clip_norm < n, n = sqrt(sumsq()) (when ``norm``), step = t + 1
         and every sts[k][counter] = t + 1 (``counter`` None: step = 1), and return n (0.0

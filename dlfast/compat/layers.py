@@ -138,14 +138,9 @@ class Relu(_Elementwise):
 
     _act = "relu"
 
-    def forward(self, x):
-        out = super().forward(x)
-        self._nan = not kernels.all_finite(out)
-        return out
-
     def backward(self, dout):
         dx = super().backward(dout)
-        if self._nan:
+        if not kernels.all_finite(self.out):
             np.copyto(dx, dout, where=np.isnan(self.out))
         return dx
 

@@ -782,8 +782,8 @@ cdef int _dw_direct(const floating* dout, const floating* x, floating* dW,
     0 * inf from the extended grid)."""
     cdef Py_ssize_t Hp = g.H + 2 * g.ph, Wp = dlf_dconv_stride(g.W, g.pw, g.KW)
     cdef Py_ssize_t P = g.OH * Wp, Pr, vl = 8 if floating is float else 4
-    cdef Py_ssize_t xs, es, n, it, nfb, nit, i, FP = (g.F + 2 * vl - 1) // (2 * vl) * 2 * vl
-    cdef Py_ssize_t accs, gc, n0, n1
+    cdef Py_ssize_t xs, es, nfb, nit, i, FP = (g.F + 2 * vl - 1) // (2 * vl) * 2 * vl
+    cdef Py_ssize_t accs, gc
     cdef floating* buf
     cdef floating* acc
     cdef int nt = _threads(g.N * g.F * g.OHW * g.K // 16), bad = 0

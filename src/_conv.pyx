@@ -396,6 +396,28 @@ cdef extern from "dlfast_dconv.h" nogil:
                        Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                        Py_ssize_t, Py_ssize_t) noexcept
 
+cdef extern from "dlfast_wino.h" nogil:
+    enum: DLF_WN_R
+    Py_ssize_t dlf_wino_coP_f(Py_ssize_t) noexcept
+    Py_ssize_t dlf_wino_coP_d(Py_ssize_t) noexcept
+    Py_ssize_t dlf_wino_u_size_f(Py_ssize_t, Py_ssize_t) noexcept
+    Py_ssize_t dlf_wino_u_size_d(Py_ssize_t, Py_ssize_t) noexcept
+    void dlf_wino_pack_f(const float*, float*, Py_ssize_t, Py_ssize_t, int) noexcept
+    void dlf_wino_pack_d(const double*, double*, Py_ssize_t, Py_ssize_t, int) noexcept
+    Py_ssize_t dlf_wino_scratch_f(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                  Py_ssize_t) noexcept
+    Py_ssize_t dlf_wino_scratch_d(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                  Py_ssize_t) noexcept
+    Py_ssize_t dlf_wino_xq_size_f(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                  Py_ssize_t) noexcept
+    Py_ssize_t dlf_wino_xq_size_d(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                  Py_ssize_t) noexcept
+    int dlf_wino_one_f(const float*, const float*, const float*, float*, float*, Py_ssize_t,
+                       Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept
+    int dlf_wino_one_d(const double*, const double*, const double*, double*, double*,
+                       Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                       Py_ssize_t) noexcept
+
 # ---------------------------------------------------------------------------- GEMM entry
 cdef gemm_f32_t _sgemm = NULL
 cdef gemm_f64_t _dgemm = NULL
@@ -616,6 +638,8 @@ cdef enum:
     DIRECT_TAPS = 32
     DIRECT_FWD_TAPS = 9
     DCV_TAIL = 24
+    WINO_IN = 64
+    WINO_OUT = 20
 
 
 cdef inline bint _fwd_direct(const _Geo* g) noexcept nogil:
@@ -650,6 +674,30 @@ def _set_direct_kernel(int mode):
     return prev
 
 
+# Winograd F(2x2, 3x3) for out and dx (dlfast_wino.h): 0 by _wino_better, 1 never, 2 wherever
+# it applies (3x3, stride 1; tests). Never while _DCV_MODE forces a direct family.
+cdef int _WINO_MODE = 0
+
+
+def _set_winograd(int mode):
+    """Tests: 0 chooses Winograd F(2x2, 3x3) by its work, 1 never, 2 on every 3x3 stride-1
+    forward and dx. Returns the previous mode."""
+    global _WINO_MODE
+    if mode not in (0, 1, 2):
+        raise ValueError(f"mode must be 0, 1 or 2, got {mode}")
+    prev, _WINO_MODE = _WINO_MODE, mode
+    return prev
+
+
+def _wino_chosen(Py_ssize_t co, Py_ssize_t ci, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,
+                 Py_ssize_t KW, Py_ssize_t pad=1, bint double=True):
+    """Tests: whether a stride-1 convolution of an image (ci, H, W) padded by pad into co
+    channels runs on Winograd (_wino_better) in float64 (double) or float32."""
+    cdef Py_ssize_t vl = 4 if double else 8
+    return _wino_better(co, ci, H + 2 * pad - KH + 1, W + 2 * pad - KW + 1,
+                        dlf_dconv_stride(W, pad, KW), KH, KW, vl)
+
+
 # Images per chunk of the direct dW (_dw_direct): 0 by the L2's size, n >= 1 n images (tests).
 cdef Py_ssize_t _DW_CHUNK = 0
 
@@ -678,6 +726,33 @@ cdef inline bint _dcv_better(Py_ssize_t co, Py_ssize_t ci, Py_ssize_t OH, Py_ssi
     return chan < pos
 
 
+cdef inline double _direct_work(Py_ssize_t co, Py_ssize_t ci, Py_ssize_t OH, Py_ssize_t OW,
+                               Py_ssize_t Wp, Py_ssize_t taps, Py_ssize_t vl) noexcept nogil:
+    """The cheaper direct family's multiply-adds per image, as counted by _dcv_better."""
+    cdef Py_ssize_t k = ci * taps
+    cdef double pos = <double>co * ((OH * Wp + 2 * vl - 1) // (2 * vl)) * 2 * vl * k
+    cdef double chan = <double>((co + 2 * vl - 1) // (2 * vl) * 2 * vl) * OH * OW * (k + DCV_TAIL)
+    return min(pos, chan)
+
+
+cdef inline bint _wino_better(Py_ssize_t co, Py_ssize_t ci, Py_ssize_t OH, Py_ssize_t OW,
+                              Py_ssize_t Wp, Py_ssize_t KH, Py_ssize_t KW,
+                              Py_ssize_t vl) noexcept nogil:
+    """Winograd F(2x2, 3x3) (3x3 kernels only) when it costs less than the direct families,
+    counting per image: 16 * Tp * ci * coP multiply-adds (Tp tiles rounded up to DLF_WN_R, coP
+    = co rounded up to 2vl), WINO_IN per tile and input channel (the input transform's vector
+    loads, adds and stores, for vl tiles at a time, in multiply-adds of one lane each) and
+    WINO_OUT * vl per tile and output channel (the output transform and its scattered stores)."""
+    if KH != 3 or KW != 3 or _DCV_MODE or _WINO_MODE == 1:
+        return False
+    if _WINO_MODE == 2:
+        return True
+    cdef Py_ssize_t tp = ((OH + 1) // 2 * ((OW + 1) // 2) + DLF_WN_R - 1) // DLF_WN_R * DLF_WN_R
+    cdef Py_ssize_t cop = (co + 2 * vl - 1) // (2 * vl) * 2 * vl
+    cdef double wino = <double>tp * (16.0 * ci * cop + WINO_IN * ci + WINO_OUT * vl * cop)
+    return wino < _direct_work(co, ci, OH, OW, Wp, KH * KW, vl)
+
+
 cdef inline bint _dcv_dw_better(const _Geo* g, Py_ssize_t Wp, Py_ssize_t vl) noexcept nogil:
     """dW with vectors over output channels (dlf_dcv_dw) when it computes no more multiply-adds
     than dlf_dconv_dw: ceil(F / 2vl) * 2vl * ceil(K / DLF_CV_PB) * DLF_CV_PB * OH*OW against
@@ -696,20 +771,26 @@ cdef int _dconv(const floating* src, const floating* Wt, const floating* b, floa
     """dx False: out = act(conv(x, W) + b) (act: an activation code, ACT_IDENTITY for none,
     applied to each image's output while in cache); dx True (act ACT_IDENTITY): dx = the
     transposed convolution of dout (F, OH, OW) with W (a convolution of dout padded by KH-1-ph,
-    KW-1-pw, the kernel flipped, F and C swapped). One image per work item. Returns -1 when its
-    scratch cannot be allocated (nothing written)."""
-    cdef Py_ssize_t ci, H, W, co, ph, pw, Hp, Wp, xps, per, ws, n, vl
+    KW-1-pw, the kernel flipped, F and C swapped). One image per work item, by Winograd F(2x2,
+    3x3) where _wino_better (an image whose output is not finite is redone directly), else by
+    the direct family _dcv_better chooses. Returns -1 when its scratch cannot be allocated
+    (nothing written)."""
+    cdef Py_ssize_t ci, H, W, co, ph, pw, Hp, Wp, xps, per, ws, wu = 0, xqs = 0, n, vl, OH, OW
     cdef floating* buf
+    cdef floating* U = NULL
+    cdef void* raw
     cdef int nt = _threads(g.N * g.F * g.OHW * g.K // 16)
-    cdef bint cv
+    cdef bint cv, wino
     if dx:
         ci, H, W, co, ph, pw = g.F, g.OH, g.OW, g.C, g.KH - 1 - g.ph, g.KW - 1 - g.pw
     else:
         ci, H, W, co, ph, pw = g.C, g.H, g.W, g.F, g.ph, g.pw
     Hp = H + 2 * ph
+    OH, OW = Hp - g.KH + 1, W + 2 * pw - g.KW + 1
     Wp = dlf_dconv_stride(W, pw, g.KW)          # the padded rows' stride
     vl = 8 if floating is float else 4
-    cv = _dcv_better(co, ci, Hp - g.KH + 1, W + 2 * pw - g.KW + 1, Wp, g.KH * g.KW, vl)
+    cv = _dcv_better(co, ci, OH, OW, Wp, g.KH * g.KW, vl)
+    wino = _wino_better(co, ci, OH, OW, Wp, g.KH, g.KW, vl)
     if floating is float:
         xps = dlf_dconv_xp_size_f(ci, Hp, Wp, g.KW)
     else:
@@ -717,55 +798,83 @@ cdef int _dconv(const floating* src, const floating* Wt, const floating* b, floa
     if cv:
         ws = (co + 2 * vl - 1) // (2 * vl) * 2 * vl * ci * g.KH * g.KW
         if floating is float:                   # padded input, partial sums; 64 bytes apart
-            per = dlf_dcv_scratch_f(ci, Hp, Wp, g.KW, (Hp - g.KH + 1) * (W + 2 * pw - g.KW + 1))
+            per = dlf_dcv_scratch_f(ci, Hp, Wp, g.KW, OH * OW)
         else:
-            per = dlf_dcv_scratch_d(ci, Hp, Wp, g.KW, (Hp - g.KH + 1) * (W + 2 * pw - g.KW + 1))
+            per = dlf_dcv_scratch_d(ci, Hp, Wp, g.KW, OH * OW)
         per = (per + 15) // 16 * 16
         ws = (ws + 15) // 16 * 16
     else:
         ws = (co + DLF_DC_FB - 1) // DLF_DC_FB * DLF_DC_FB * ci * g.KH * g.KW
-        per = xps + co * (Hp - g.KH + 1) * Wp + 16  # padded input, extended output
-    buf = <floating*>malloc((ws + nt * per) * sizeof(floating))
-    if buf == NULL:
+        per = xps + co * OH * Wp + 16           # padded input, extended output
+    if wino:                                    # its kernels after the direct ones, its scratch
+        if floating is float:
+            wu = (dlf_wino_u_size_f(ci, co) + 15) // 16 * 16
+            xqs = dlf_wino_xq_size_f(ci, H, W, co, ph, pw)
+            per = max(per, (dlf_wino_scratch_f(ci, H, W, co, ph, pw) + 15) // 16 * 16)
+        else:
+            wu = (dlf_wino_u_size_d(ci, co) + 15) // 16 * 16
+            xqs = dlf_wino_xq_size_d(ci, H, W, co, ph, pw)
+            per = max(per, (dlf_wino_scratch_d(ci, H, W, co, ph, pw) + 15) // 16 * 16)
+    raw = malloc((ws + wu + nt * per) * sizeof(floating) + 64)
+    if raw == NULL:
         return -1
+    buf = <floating*>dlf_dw_nt_align(raw)       # 64-byte lines: every part starts on one
     if floating is float:                       # output channels in blocks of the tile
         dlf_dconv_pack_f(Wt, buf, g.F, g.C, g.KH, g.KW, dx, 2 * vl if cv else DLF_DC_FB)
     else:
         dlf_dconv_pack_d(Wt, buf, g.F, g.C, g.KH, g.KW, dx, 2 * vl if cv else DLF_DC_FB)
+    if wino:
+        U = buf + ws
+        if floating is float:
+            dlf_wino_pack_f(Wt, U, g.F, g.C, dx)
+        else:
+            dlf_wino_pack_d(Wt, U, g.F, g.C, dx)
+        for n in range(nt):                     # the padded images' borders: zeros from here on
+            memset(buf + ws + wu + n * per, 0, xqs * sizeof(floating))
     if nt == 1:
         for n in range(g.N):
-            _dconv_image(src, buf, b, dst, buf + ws, xps, ci, H, W, co, ph, pw, g.KH, g.KW, n,
-                         cv, act, alpha)
+            _dconv_image(src, buf, U, b, dst, buf + ws + wu, xps, xqs, ci, H, W, co, ph, pw,
+                         g.KH, g.KW, n, cv, act, alpha)
     else:
         for n in prange(g.N, num_threads=nt, schedule="static"):
-            _dconv_image(src, buf, b, dst, buf + ws + threadid() * per, xps, ci, H, W, co, ph,
-                         pw, g.KH, g.KW, n, cv, act, alpha)
-    free(buf)
+            _dconv_image(src, buf, U, b, dst, buf + ws + wu + threadid() * per, xps, xqs, ci, H,
+                         W, co, ph, pw, g.KH, g.KW, n, cv, act, alpha)
+    free(raw)
     return 0
 
 
-cdef inline void _dconv_image(const floating* src, const floating* wp, const floating* b,
-                              floating* dst, floating* t, Py_ssize_t xps, Py_ssize_t ci,
-                              Py_ssize_t H, Py_ssize_t W, Py_ssize_t co, Py_ssize_t ph,
-                              Py_ssize_t pw, Py_ssize_t KH, Py_ssize_t KW,
+cdef inline void _dconv_image(const floating* src, const floating* wp, const floating* U,
+                              const floating* b, floating* dst, floating* t, Py_ssize_t xps,
+                              Py_ssize_t xqs, Py_ssize_t ci, Py_ssize_t H, Py_ssize_t W, Py_ssize_t co,
+                              Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t KH, Py_ssize_t KW,
                               Py_ssize_t n, bint cv, int act, floating alpha) noexcept nogil:
-    """Image n: src (ci, H, W) -> dst (co, H + 2ph - KH + 1, W + 2pw - KW + 1), then act."""
+    """Image n: src (ci, H, W) -> dst (co, H + 2ph - KH + 1, W + 2pw - KW + 1), then act; by
+    Winograd when U (its transformed kernels) is given and the result is finite (t's first xqs
+    elements: Winograd's padded image, whose borders stay zero; zeroed again after a redo)."""
     cdef Py_ssize_t outs = co * (H + 2 * ph - KH + 1) * (W + 2 * pw - KW + 1)
-    if cv:
+    cdef const floating* x = src + n * ci * H * W
+    cdef floating* o = dst + n * outs
+    cdef int redo = 1
+    if U != NULL:
         if floating is float:
-            dlf_dcv_one_f(src + n * ci * H * W, wp, b, dst + n * outs, t, ci, H, W, co, KH, KW,
-                          ph, pw)
+            redo = dlf_wino_one_f(x, U, b, o, t, ci, H, W, co, ph, pw)
         else:
-            dlf_dcv_one_d(src + n * ci * H * W, wp, b, dst + n * outs, t, ci, H, W, co, KH, KW,
-                          ph, pw)
+            redo = dlf_wino_one_d(x, U, b, o, t, ci, H, W, co, ph, pw)
+    if not redo:
+        pass
+    elif cv:
+        if floating is float:
+            dlf_dcv_one_f(x, wp, b, o, t, ci, H, W, co, KH, KW, ph, pw)
+        else:
+            dlf_dcv_one_d(x, wp, b, o, t, ci, H, W, co, KH, KW, ph, pw)
     elif floating is float:
-        dlf_dconv_one_f(src + n * ci * H * W, wp, b, dst + n * outs, t, t + xps, ci, H, W, co,
-                        KH, KW, ph, pw)
+        dlf_dconv_one_f(x, wp, b, o, t, t + xps, ci, H, W, co, KH, KW, ph, pw)
     else:
-        dlf_dconv_one_d(src + n * ci * H * W, wp, b, dst + n * outs, t, t + xps, ci, H, W, co,
-                        KH, KW, ph, pw)
+        dlf_dconv_one_d(x, wp, b, o, t, t + xps, ci, H, W, co, KH, KW, ph, pw)
+    if U != NULL and redo:
+        memset(t, 0, xqs * sizeof(floating))
     if act != ACT_IDENTITY:
-        act_row(dst + n * outs, dst + n * outs, NULL, outs, act, alpha)
+        act_row(o, o, NULL, outs, act, alpha)
 
 
 cdef int _dw_direct(const floating* dout, const floating* x, floating* dW,

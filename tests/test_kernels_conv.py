@@ -539,6 +539,114 @@ def test_conv_direct_non_finite_x(direct_kernel, dtype):
         np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4)      # inf where the oracle's
 
 
+# Winograd F(2x2, 3x3) (dlfast_wino.h): out and dx of 3x3 stride-1 convolutions.
+WINO_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], float)
+WINO_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])
+WINO_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], float)
+
+
+def wino_bound(x, W, b, pad):
+    """The bound S of Winograd's rounding error, out = conv(x, W) + b at stride 1 (float64):
+    S = |A^T| (sum_c |G| |g| |G^T| (.) |B^T| |d| |B|) |A| + |b| per 2x2 tile of outputs, d the
+    tile's 4x4 inputs; and its term count (C sums, 2 + 2 transform additions each side)."""
+    n, c, h, w = x.shape
+    ph, pw = (pad, pad) if np.isscalar(pad) else pad
+    oh, ow = h + 2 * ph - 2, w + 2 * pw - 2
+    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    xp = np.zeros((n, c, 2 * th + 2, 2 * tw + 2))
+    xp[:, :, ph:ph + h, pw:pw + w] = np.abs(x)
+    d = np.lib.stride_tricks.sliding_window_view(xp, (4, 4), axis=(2, 3))[:, :, ::2, ::2]
+    bt, g, at = np.abs(WINO_BT), np.abs(WINO_G), np.abs(WINO_AT)
+    v = np.einsum("ia,nctwab,jb->nctwij", bt, d, bt)
+    u = np.einsum("ia,fcab,jb->fcij", g, np.abs(W.astype(np.float64)), g)
+    y = np.einsum("ia,nftwab,jb->nftwij", at, np.einsum("nctwab,fcab->nftwab", v, u), at)
+    y = y.transpose(0, 1, 2, 4, 3, 5).reshape(n, W.shape[0], 2 * th, 2 * tw)[:, :, :oh, :ow]
+    if b is not None:
+        y = y + np.abs(b.astype(np.float64))[:, None, None]
+    return y, c + 8
+
+
+WINO = [  # (N, C, H, W), F, pad
+    ((2, 16, 8, 8), 16, 1),           # one vector block of output channels (float32: 2 of float64)
+    ((3, 32, 8, 8), 64, 1),           # DeepConvNet's 8x8 layers: 16 tiles, 6 + 6 + 4
+    ((2, 9, 7, 7), 15, 1),            # odd map: a half tile at each edge; channels past a block
+    ((2, 17, 5, 6), 33, 0),           # no padding, odd rows, 3 columns of tiles
+    ((2, 8, 14, 14), 8, 2),           # padding 2 (dx's own padding 0), 49 tiles
+    ((2, 6, 3, 4), 7, 3),             # padding 3: out only (dx's would be -1)
+    ((2, 6, 29, 1), 6, 1),            # one column: tiles of one output column
+]
+
+
+@pytest.fixture
+def winograd():
+    """Every 3x3 stride-1 out and dx by Winograd; the choice by work restored afterwards."""
+    from dlfast._backends import _conv
+    prev = _conv._set_winograd(2)
+    yield
+    _conv._set_winograd(prev)
+
+
+@pytest.mark.parametrize("xs,f,pad", WINO)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["c", "step", "ro"])
+def test_conv_winograd(winograd, xs, f, pad, dtype, kind):
+    """Winograd's out and dx against the oracle within its own bound (wino_bound), the same bits
+    on 1 and 2 threads, from C-ordered, strided and read-only inputs; dW (direct or GEMM) within
+    the dot-product bound."""
+    rng, x, W, b = conv_data(xs, (f, xs[1], 3, 3), dtype, 17)
+    with dlfast.use_backend("numpy"):
+        out, _ = conv_fwd(x, W, b, 1, pad)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    flipped = W.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
+    bounds = [wino_bound(x, W, b, pad)]
+    bounds += ([wino_bound(dout, flipped, None, 2 - pad)] if pad <= 2
+               else [bwd_bounds(dout, x, W, 1, pad)[0]])
+    bounds += bwd_bounds(dout, x, W, 1, pad)[1:]
+    xi, di, wi = layout(x, kind), layout(dout, kind), layout(W, kind)
+    run = lambda: conv_fwd(xi, wi, b, 1, pad)[:1] + conv_bwd(di, xi, wi, 1, pad)  # noqa: E731
+    ref, one, two = on_all(run)
+    for r, a, c, (bound, k) in zip(ref, one, two, bounds):
+        assert same_bits(a, c), "1 and 2 threads differ"
+        check_close(a, r, bound, k)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_winograd_non_finite(winograd, dtype):
+    """inf and NaN in x, in dout, or a finite x whose transform overflows: the images whose
+    Winograd output is not finite are redone directly, so out and dx have the oracle's inf/NaN
+    pattern; the other images are unchanged."""
+    rng, x, W, b = conv_data((3, 8, 6, 7), (9, 8, 3, 3), dtype, 5)
+    x[0, 1, 2, 3], x[1, 3, 0, 6] = np.inf, np.nan
+    big = np.finfo(dtype).max * dtype(0.6)                # x[2]: the sums fit, but d0 - d2
+    x[2, 0, 1, 1], x[2, 0, 1, 3] = big, -big              # of a tile's row overflows
+    W /= 4
+    dout = rng.standard_normal(K.conv2d_output_shape(x.shape, W.shape, 1, 1)).astype(dtype)
+    dout[1, 2, 3, 3] = -np.inf
+    ref, one, two = on_all(lambda: conv_fwd(x, W, None, 1, 1)[:1]
+                           + conv_bwd(dout, x, W, 1, 1, want=(True, False, False))[:1],
+                           quiet=True)
+    for r, a, c in zip(ref, one, two):
+        assert same_bits(a, c)
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(r))
+        np.testing.assert_array_equal(np.isinf(a), np.isinf(r))
+        np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_winograd_choice():
+    """By work: Winograd on DeepConvNet's 64-channel 8x8 layer, never for 1 input channel or a
+    kernel other than 3x3; never while a direct family is forced; the setting is checked."""
+    from dlfast._backends import _conv
+    assert _conv._wino_chosen(64, 64, 8, 8, 3, 3) and not _conv._wino_chosen(16, 1, 28, 28, 3, 3)
+    assert not _conv._wino_chosen(64, 64, 8, 8, 5, 5)
+    prev = _conv._set_direct_kernel(1)
+    try:
+        assert not _conv._wino_chosen(64, 64, 8, 8, 3, 3)
+    finally:
+        _conv._set_direct_kernel(prev)
+    with pytest.raises(ValueError, match="mode must be 0, 1 or 2"):
+        _conv._set_winograd(3)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_pools_threads_bit_identical(dtype):
     rng = np.random.default_rng(4)

@@ -263,7 +263,8 @@ def _run_info(args):
 
 
 def _tuning_rows(t):
-    """The float32 GEMM's kernel per shape class, the parallel threshold, the tuning cache."""
+    """The float32 GEMM's kernel per shape class, the parallel threshold, where convolutions run
+    on Winograd, the tuning cache."""
     from dlfast._backends._tuning import CLASS_RULES
     why = t["sgemm"]
     if len(set(why.values())) == 1:
@@ -271,8 +272,11 @@ def _tuning_rows(t):
     else:
         rows = [("float32 GEMM" if i == 0 else "", f"{c} ({CLASS_RULES[c]}): {w}")
                 for i, (c, w) in enumerate(why.items())]
+    w = t["winograd"]
+    wino = w["why"] if w["mode"] != "by work" else "by work, " + w["why"]
     return rows + [("parallel threshold", f"{t['parallel_min_work']} elements of work "
                                           f"({t['parallel_min_work_why']})"),
+                   ("Winograd 3x3 conv", wino),
                    ("tuning cache", t["cache"])]
 
 

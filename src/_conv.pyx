@@ -675,18 +675,44 @@ def _set_direct_kernel(int mode):
 
 
 # Winograd F(2x2, 3x3) for out and dx (dlfast_wino.h): 0 by _wino_better, 1 never, 2 wherever
-# it applies (3x3, stride 1; tests). Never while _DCV_MODE forces a direct family.
+# it applies (3x3, stride 1). Never while _DCV_MODE forces a direct family. Set by the tuning
+# (DLFAST_WINOGRAD) and by tests.
 cdef int _WINO_MODE = 0
+# Winograd's time per counted multiply-add over the direct kernels', float32 and float64: measured
+# once per machine (dlfast/_backends/_tuning.py, "winograd"); until then 2 (Winograd only where it
+# counts half the direct work).
+cdef double _WINO_EFF[2]
+_WINO_EFF[0] = 2.0
+_WINO_EFF[1] = 2.0
 
 
 def _set_winograd(int mode):
-    """Tests: 0 chooses Winograd F(2x2, 3x3) by its work, 1 never, 2 on every 3x3 stride-1
-    forward and dx. Returns the previous mode."""
+    """0 chooses Winograd F(2x2, 3x3) by its work (_wino_better), 1 never, 2 on every 3x3
+    stride-1 forward and dx. Returns the previous mode."""
     global _WINO_MODE
     if mode not in (0, 1, 2):
         raise ValueError(f"mode must be 0, 1 or 2, got {mode}")
     prev, _WINO_MODE = _WINO_MODE, mode
     return prev
+
+
+def _set_winograd_efficiency(double f32, double f64):
+    """Winograd's time per counted multiply-add over the direct kernels' (the tuning's
+    measurement), float32 and float64: _wino_better picks it where wino * eff < direct."""
+    if not (0 < f32 < 1e6 and 0 < f64 < 1e6):
+        raise ValueError(f"the efficiencies must be positive and finite, got {f32}, {f64}")
+    _WINO_EFF[0], _WINO_EFF[1] = f32, f64
+
+
+def _wino_counted(Py_ssize_t co, Py_ssize_t ci, Py_ssize_t H, Py_ssize_t W, Py_ssize_t pad=1,
+                  bint double=True):
+    """The direct kernels' counted work over Winograd's (_direct_work / _wino_work) for a 3x3
+    stride-1 convolution of an image (ci, H, W) padded by pad into co channels."""
+    cdef Py_ssize_t vl = 4 if double else 8, OH = H + 2 * pad - 2, OW = W + 2 * pad - 2
+    if co < 1 or ci < 1 or OH < 1 or OW < 1:
+        raise ValueError(f"no convolution: co={co}, ci={ci}, H={H}, W={W}, pad={pad}")
+    return (_direct_work(co, ci, OH, OW, dlf_dconv_stride(W, pad, 3), 9, vl)
+            / _wino_work(co, ci, OH, OW, vl))
 
 
 def _wino_chosen(Py_ssize_t co, Py_ssize_t ci, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,
@@ -735,22 +761,30 @@ cdef inline double _direct_work(Py_ssize_t co, Py_ssize_t ci, Py_ssize_t OH, Py_
     return min(pos, chan)
 
 
+cdef inline double _wino_work(Py_ssize_t co, Py_ssize_t ci, Py_ssize_t OH, Py_ssize_t OW,
+                             Py_ssize_t vl) noexcept nogil:
+    """Winograd F(2x2, 3x3)'s counted work per image: 16 * Tp * ci * coP multiply-adds (Tp tiles
+    rounded up to register blocks of DLF_WN_R or 4, coP = co rounded up to 2vl), WINO_IN per
+    tile and input channel (the input transform's vector loads, adds and stores for vl tiles at a
+    time, in multiply-adds of one lane each) and WINO_OUT * vl per tile and output channel (the
+    output transform and its stores)."""
+    cdef Py_ssize_t t = (OH + 1) // 2 * ((OW + 1) // 2), r = t % DLF_WN_R
+    cdef Py_ssize_t tp = t if r == 0 else (t - r + DLF_WN_R if r > 4 else t - r + 4)
+    cdef Py_ssize_t cop = (co + 2 * vl - 1) // (2 * vl) * 2 * vl
+    return <double>tp * (16.0 * ci * cop + WINO_IN * ci + WINO_OUT * vl * cop)
+
+
 cdef inline bint _wino_better(Py_ssize_t co, Py_ssize_t ci, Py_ssize_t OH, Py_ssize_t OW,
                               Py_ssize_t Wp, Py_ssize_t KH, Py_ssize_t KW,
                               Py_ssize_t vl) noexcept nogil:
-    """Winograd F(2x2, 3x3) (3x3 kernels only) when it costs less than the direct families,
-    counting per image: 16 * Tp * ci * coP multiply-adds (Tp tiles rounded up to DLF_WN_R, coP
-    = co rounded up to 2vl), WINO_IN per tile and input channel (the input transform's vector
-    loads, adds and stores, for vl tiles at a time, in multiply-adds of one lane each) and
-    WINO_OUT * vl per tile and output channel (the output transform and its scattered stores)."""
+    """Winograd (3x3 kernels only) where its counted work (_wino_work) times the measured
+    efficiency _WINO_EFF is below the cheaper direct family's (_direct_work)."""
     if KH != 3 or KW != 3 or _DCV_MODE or _WINO_MODE == 1:
         return False
     if _WINO_MODE == 2:
         return True
-    cdef Py_ssize_t tp = ((OH + 1) // 2 * ((OW + 1) // 2) + DLF_WN_R - 1) // DLF_WN_R * DLF_WN_R
-    cdef Py_ssize_t cop = (co + 2 * vl - 1) // (2 * vl) * 2 * vl
-    cdef double wino = <double>tp * (16.0 * ci * cop + WINO_IN * ci + WINO_OUT * vl * cop)
-    return wino < _direct_work(co, ci, OH, OW, Wp, KH * KW, vl)
+    return (_wino_work(co, ci, OH, OW, vl) * _WINO_EFF[vl == 4]
+            < _direct_work(co, ci, OH, OW, Wp, KH * KW, vl))
 
 
 cdef inline bint _dcv_dw_better(const _Geo* g, Py_ssize_t Wp, Py_ssize_t vl) noexcept nogil:

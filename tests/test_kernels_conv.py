@@ -633,16 +633,24 @@ def test_conv_winograd_non_finite(winograd, dtype):
 
 
 def test_conv_winograd_choice():
-    """By work: Winograd on DeepConvNet's 64-channel 8x8 layer, never for 1 input channel or a
-    kernel other than 3x3; never while a direct family is forced; the setting is checked."""
-    from dlfast._backends import _conv
-    assert _conv._wino_chosen(64, 64, 8, 8, 3, 3) and not _conv._wino_chosen(16, 1, 28, 28, 3, 3)
-    assert not _conv._wino_chosen(64, 64, 8, 8, 5, 5)
+    """By work (at efficiency 1.2: the tuning measures it per machine): Winograd on DeepConvNet's
+    64-channel 8x8 layer, never for 1 input channel or a kernel other than 3x3; never while a
+    direct family is forced; the settings are checked."""
+    from dlfast._backends import _conv, cython_kernels
+    _conv._set_winograd_efficiency(1.2, 1.2)
     prev = _conv._set_direct_kernel(1)
     try:
         assert not _conv._wino_chosen(64, 64, 8, 8, 3, 3)
+        _conv._set_direct_kernel(0)
+        for double in (True, False):
+            assert _conv._wino_chosen(64, 64, 8, 8, 3, 3, 1, double)
+            assert not _conv._wino_chosen(16, 1, 28, 28, 3, 3, 1, double)
+            assert not _conv._wino_chosen(64, 64, 8, 8, 5, 5, 2, double)
     finally:
         _conv._set_direct_kernel(prev)
+        cython_kernels._apply(cython_kernels.TUNING)
+    with pytest.raises(ValueError, match="no convolution"):
+        _conv._wino_counted(8, 8, 1, 1, 0)
     with pytest.raises(ValueError, match="mode must be 0, 1 or 2"):
         _conv._set_winograd(3)
 

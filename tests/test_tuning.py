@@ -31,6 +31,9 @@ FAKE_L2 = 2 ** 23
 SIZES = T.probe_sizes(FAKE_L2)
 # 2 threads' speedup per probe size: wins from 32768 on, after a lone win at 8192
 SPEEDUP = dict(zip(SIZES, (0.6, 1.3, 0.9, 1.25, 1.4, 1.5, 1.5, 1.6, 1.6)))
+# Winograd's speed over the direct kernels on the timed convolution (counted work 1.8x less)
+WINO_SPEED = {"float32": 0.9, "float64": 1.2}
+NO_WINO = {"DLFAST_WINOGRAD": "off"}
 
 
 def fake_probe(own="avx512f", blas=BLAS, threads_why=None, calls=None, l2=FAKE_L2):
@@ -46,9 +49,13 @@ def fake_probe(own="avx512f", blas=BLAS, threads_why=None, calls=None, l2=FAKE_L
         calls.append("threads")
         return n_calls * size * 1e-9 / (SPEEDUP[size] if threads == 2 else 1.0)
 
+    def time_conv(dtype, wino, n_calls):
+        calls.append("conv")
+        return n_calls * 1e-3 / (WINO_SPEED[dtype] if wino else 1.0)
+
     return SimpleNamespace(own_isa=own, cpus=2, l2_bytes=l2, threads_why=threads_why,
-                           blas=dict(blas),
-                           time_gemm=time_gemm, time_threads=time_threads)
+                           blas=dict(blas), time_gemm=time_gemm, time_threads=time_threads,
+                           time_conv=time_conv, conv_counted=lambda dtype: 1.8)
 
 
 def env_for(folder, **extra):
@@ -85,9 +92,36 @@ def test_decisions_from_measurements(tmp_path):
     assert t.min_work == 32768                         # 8192 wins alone: not twice in a row
     assert "measured" in t.min_work_why
     assert t.sgemm_summary() == "own AVX-512F kernel for skinny; BLAS for small, large"
+    assert t.wino_mode == 0 and t.wino_eff == pytest.approx({"float32": 2.0, "float64": 1.5})
+    assert "float64 1.50 (1.20x the direct speed, 1.80x less counted work)" in t.wino_why
     t = T.decide(fake_probe(own="avx2"), env_for(tmp_path))       # another key: measured again
     assert t.cache.startswith("measured now") and t.sgemm_mask == 0b010
     assert t.sgemm_summary() == "own AVX2 kernel for skinny; BLAS for small, large"
+
+
+def test_winograd_efficiency_steers_the_choice():
+    """efficiency = counted / measured speed; _conv picks Winograd where counted work x the
+    efficiency is below the direct kernels' (DeepConvNet's 64-channel 8x8 layer: 2x less)."""
+    meas = {"date": "2026-01-01", "shape": list(T.WINO_SHAPE), "dtypes": {
+        "float32": {"direct_s": 2.0, "wino_s": 1.0, "counted": 1.6},
+        "float64": {"direct_s": 1.0, "wino_s": 2.0, "counted": 1.6}}}
+    eff, why = T.winograd_decision(meas)
+    assert eff == pytest.approx({"float32": 0.8, "float64": 3.2}) and "2026-01-01" in why
+    if "cython" not in dlfast.available_backends():
+        return
+    from dlfast._backends import _conv
+    q = _conv._wino_counted(64, 64, 8, 8)
+    assert 1.5 < q < 3
+    try:
+        for e, chosen in ((q * 0.9, True), (q * 1.1, False)):
+            _conv._set_winograd_efficiency(e, e)
+            assert _conv._wino_chosen(64, 64, 8, 8, 3, 3) is chosen
+            assert _conv._wino_chosen(64, 64, 8, 8, 3, 3, double=False) is chosen
+    finally:
+        from dlfast._backends import cython_kernels
+        cython_kernels._apply(cython_kernels.TUNING)
+    with pytest.raises(ValueError, match="efficiencies must be positive"):
+        _conv._set_winograd_efficiency(0.0, 1.0)
 
 
 @pytest.mark.parametrize("speedups,expected", [
@@ -132,7 +166,7 @@ def test_stored_probe_sizes_must_double_from_4096(sizes):
 def test_nothing_measured_without_avx512_or_threads(tmp_path):
     calls = []
     t = T.decide(fake_probe(own="", threads_why="1 CPU available to this process",
-                            calls=calls), env_for(tmp_path))
+                            calls=calls), env_for(tmp_path, **NO_WINO))
     assert calls == [] and t.sgemm_mask == 0 and t.min_work == T.DEFAULT_MIN_WORK
     assert set(t.sgemm_why.values()) == {"BLAS: the CPU has neither AVX-512F nor AVX2 + FMA"}
     assert t.min_work_why == "default: 1 CPU available to this process"
@@ -163,11 +197,14 @@ def test_corrupt_cache_is_ignored_and_replaced(tmp_path, content):
         kid = T.key_id(T.machine_key(fake_probe()))
         content = json.dumps({"format": 1, "entries": {kid: {
             "sgemm": {"date": "x", "classes": {"small": "?"}},
-            "min_work": {"date": "x", "speedup": {"4096": "fast"}}}}}).encode()
+            "min_work": {"date": "x", "speedup": {"4096": "fast"}},
+            "winograd": {"date": "x", "shape": list(T.WINO_SHAPE),
+                         "dtypes": {"float32": {"direct_s": 0, "wino_s": 1, "counted": 2}}}}}
+        }).encode()
     (tmp_path / T.FILE).write_bytes(content)
     calls = []
     t = T.decide(fake_probe(calls=calls), env_for(tmp_path))
-    assert "gemm" in calls and "threads" in calls       # measured again
+    assert {"gemm", "threads", "conv"} <= set(calls)    # measured again
     assert t.sgemm_mask == 0b010 and t.min_work == 32768
     assert T.decide(fake_probe(), env_for(tmp_path)).cache.startswith("read from")
 
@@ -205,8 +242,10 @@ def test_cache_folder_fallbacks():
 def test_environment_overrides(tmp_path):
     calls = []
     t = T.decide(fake_probe(calls=calls), env_for(tmp_path, DLFAST_SGEMM="own",
-                                                  DLFAST_PARALLEL_MIN_WORK="5000"))
-    assert calls == [] and t.sgemm_mask == 0b111 and t.min_work == 5000
+                                                  DLFAST_PARALLEL_MIN_WORK="5000",
+                                                  DLFAST_WINOGRAD="on"))
+    assert calls == [] and t.sgemm_mask == 0b111 and t.min_work == 5000 and t.wino_mode == 2
+    assert t.wino_why == "always: set by DLFAST_WINOGRAD"
     assert t.cache == "nothing to measure"
     assert set(t.sgemm_why.values()) == {"own AVX-512F kernel: set by DLFAST_SGEMM=own"}
     assert t.min_work_why == "set by DLFAST_PARALLEL_MIN_WORK"
@@ -217,13 +256,16 @@ def test_environment_overrides(tmp_path):
     t = T.decide(fake_probe(own="avx2"), env_for(tmp_path, DLFAST_SGEMM="own"))
     assert set(t.sgemm_why.values()) == {"own AVX2 kernel: set by DLFAST_SGEMM=own"}
     assert T.decide(fake_probe(), env_for(tmp_path, DLFAST_SGEMM="auto")).sgemm_mask == 0b010
+    t = T.decide(fake_probe(), env_for(tmp_path, DLFAST_WINOGRAD=" OFF "))
+    assert t.wino_mode == 1 and t.wino_why == "never: set by DLFAST_WINOGRAD"
 
 
 @pytest.mark.parametrize("name,value", [("DLFAST_SGEMM", "fast"), ("DLFAST_SGEMM", "1"),
                                         ("DLFAST_PARALLEL_MIN_WORK", "abc"),
                                         ("DLFAST_PARALLEL_MIN_WORK", "0"),
                                         ("DLFAST_PARALLEL_MIN_WORK", "-5"),
-                                        ("DLFAST_PARALLEL_MIN_WORK", "1e5")])
+                                        ("DLFAST_PARALLEL_MIN_WORK", "1e5"),
+                                        ("DLFAST_WINOGRAD", "yes")])
 def test_bad_environment_values_raise_naming_the_variable(tmp_path, name, value):
     with pytest.raises(ValueError, match=f"{name} must be .*{value!r}"):
         T.decide(fake_probe(), env_for(tmp_path, **{name: value}))
@@ -268,6 +310,7 @@ def test_dlfast_info_reports_the_choices(tmp_path):
         assert rows["float32 GEMM"] == "BLAS: the CPU has neither AVX-512F nor AVX2 + FMA"
     assert rows["parallel threshold"].split()[1:4] == ["elements", "of", "work"]
     assert rows["tuning cache"].startswith(("measured now", "read from", "nothing to measure"))
+    assert rows["Winograd 3x3 conv"].startswith("by work, where its counted work x the efficiency")
     r = run(["-m", "dlfast", "info", "--json"], tmp_path)
     t = json.loads(r.stdout)["tuning"]
     assert t["cache"] == f"read from {tmp_path / T.FILE}" or t["cache"] == "nothing to measure"

@@ -1,4 +1,4 @@
-"""The compiled backend's two machine-dependent choices, measured once per machine, cached and
+"""The compiled backend's three machine-dependent choices, measured once per machine, cached and
 overridable; the rules, the cache key and the variables are in docs/internals.md ("Tuned per
 machine").
 
@@ -7,10 +7,14 @@ machine").
   the GEMM BLAS (``measure_sgemm``, ``sgemm_decision``).
 * ``min_work``: the parallel threshold, elements of work below which a kernel stays on one
   thread (``measure_threads``, ``min_work_decision``). It changes thread counts, never results.
+* ``wino_eff``: per dtype, Winograd F(2x2, 3x3)'s time per counted multiply-add over the direct
+  convolution kernels' (``measure_winograd``, ``winograd_decision``): a 3x3 stride-1 forward or
+  dx runs on Winograd where its counted work times this is below the direct kernels'.
 
 ``decide(probe)`` reads the cache (``tuning.json`` in ``cache_dir()``), measures what is missing
 with the probe's timers, saves, and returns a ``Tuning``: the decisions and why. This module and
-nothing else reads ``DLFAST_SGEMM``, ``DLFAST_PARALLEL_MIN_WORK`` and ``DLFAST_CACHE_DIR``.
+nothing else reads ``DLFAST_SGEMM``, ``DLFAST_PARALLEL_MIN_WORK``, ``DLFAST_WINOGRAD`` and
+``DLFAST_CACHE_DIR``.
 """
 import datetime
 import hashlib
@@ -35,10 +39,16 @@ THREAD_MARGIN = 1.2
 THREAD_SAMPLES = 7
 THREAD_WORK = 1 << 20              # elements updated per sample
 
+WINO_SHAPE = (8, 32, 14, 14, 32)   # N, C, H, W, F of the timed convolution (3x3, padding 1)
+WINO_SAMPLES = 7
+WINO_CALLS = 3                     # forwards per sample
+DTYPES = ("float32", "float64")
+
 OWN = {"avx512f": "own AVX-512F kernel", "avx2": "own AVX2 kernel"}  # _dense.sgemm_isa()
 NO_OWN = "the CPU has neither AVX-512F nor AVX2 + FMA"
 
 FILE = "tuning.json"
+PARTS = ("sgemm", "min_work", "winograd")
 FORMAT = 1
 MAX_ENTRIES = 32
 
@@ -54,6 +64,9 @@ class Tuning:
         self.own = ""
         self.min_work = DEFAULT_MIN_WORK
         self.min_work_why = ""
+        self.wino_mode = 0                 # _conv._set_winograd: 0 by work, 1 never, 2 always
+        self.wino_eff = {d: 2.0 for d in DTYPES}
+        self.wino_why = ""
         self.cache = ""
         self.key = {}
 
@@ -70,6 +83,8 @@ class Tuning:
     def as_dict(self):
         return {"sgemm_mask": self.sgemm_mask, "sgemm": dict(self.sgemm_why), "own": self.own,
                 "parallel_min_work": self.min_work, "parallel_min_work_why": self.min_work_why,
+                "winograd": {"mode": ("by work", "never", "always")[self.wino_mode],
+                             "efficiency": dict(self.wino_eff), "why": self.wino_why},
                 "cache": self.cache, "key": dict(self.key)}
 
 
@@ -78,6 +93,13 @@ def _env_sgemm(env):
     v = env.get("DLFAST_SGEMM", "").strip().lower() or "auto"
     if v not in ("auto", "own", "blas"):
         raise ValueError(f"DLFAST_SGEMM must be auto, own or blas, got {env['DLFAST_SGEMM']!r}")
+    return v
+
+
+def _env_winograd(env):
+    v = env.get("DLFAST_WINOGRAD", "").strip().lower() or "auto"
+    if v not in ("auto", "on", "off"):
+        raise ValueError(f"DLFAST_WINOGRAD must be auto, on or off, got {env['DLFAST_WINOGRAD']!r}")
     return v
 
 
@@ -190,7 +212,43 @@ def measure_threads(time_threads, sizes):
     return {"date": _today(), "speedup": speedup}
 
 
+def measure_winograd(time_conv, counted):
+    """{"shape": WINO_SHAPE, "dtypes": {dtype: {"direct_s": t, "wino_s": t, "counted": q}}}:
+    medians of ``WINO_SAMPLES`` interleaved samples of ``time_conv(dtype, wino, calls)`` (seconds
+    for `calls` forwards of the WINO_SHAPE convolution on one thread, direct or Winograd) and
+    ``counted(dtype)``, the direct kernels' counted work over Winograd's for that shape."""
+    out = {}
+    for dt in DTYPES:
+        time_conv(dt, False, 1)
+        time_conv(dt, True, 1)
+        direct, wino = [], []
+        for _ in range(WINO_SAMPLES):
+            direct.append(time_conv(dt, False, WINO_CALLS) / WINO_CALLS)
+            wino.append(time_conv(dt, True, WINO_CALLS) / WINO_CALLS)
+        out[dt] = {"direct_s": statistics.median(direct), "wino_s": statistics.median(wino),
+                   "counted": counted(dt)}
+    return {"date": _today(), "shape": list(WINO_SHAPE), "dtypes": out}
+
+
 # ------------------------------------------------------------------------------------ deciding
+def winograd_decision(meas):
+    """({dtype: efficiency}, reason) from ``measure_winograd``'s result: efficiency = counted /
+    (direct_s / wino_s), Winograd's time per counted multiply-add over the direct kernels'."""
+    eff, parts = {}, []
+    n, c, h, w, f = meas["shape"]
+    for dt in DTYPES:
+        m = meas["dtypes"][dt]
+        speed = m["direct_s"] / m["wino_s"]
+        eff[dt] = m["counted"] / speed
+        if not (0 < eff[dt] < 1e6):
+            raise ValueError(f"efficiency {eff[dt]} out of range")
+        parts.append(f"{dt} {eff[dt]:.2f} ({speed:.2f}x the direct speed, "
+                     f"{m['counted']:.2f}x less counted work)")
+    return eff, (f"where its counted work x the efficiency is below the direct kernels'; "
+                 f"on {c}->{f} channels {h}x{w}: " + "; ".join(parts) +
+                 f" (measured {meas['date']})")
+
+
 def sgemm_decision(meas, isa):
     """(mask, {class: reason}) from ``measure_sgemm``'s result for the own kernel `isa`."""
     mask, why = 0, {}
@@ -226,6 +284,9 @@ def _valid(part, meas):
             sgemm_decision(meas, next(iter(OWN)))         # any kernel's name: the checks
             return all(meas["classes"][c]["own_s"] > 0 and list(meas["classes"][c]["shape"])
                        == list(s) for c, s in zip(CLASSES, SHAPES))
+        if part == "winograd":
+            winograd_decision(meas)
+            return list(meas["shape"]) == list(WINO_SHAPE)
         min_work_decision(meas)
         sizes = sorted(int(s) for s in meas["speedup"])
         return sizes == list(PROBE_FIRST << i for i in range(len(sizes))) and len(sizes) >= 3
@@ -248,12 +309,12 @@ def _read(path):
 
 
 def load(path, kid):
-    """The valid parts of the entry `kid` ({"sgemm": ..., "min_work": ...}, either may be
-    missing)."""
+    """The valid parts of the entry `kid` ({"sgemm": ..., "min_work": ..., "winograd": ...}, any
+    may be missing)."""
     entry = _read(path).get(kid)
     if not isinstance(entry, dict):
         return {}
-    return {p: entry[p] for p in ("sgemm", "min_work") if p in entry and _valid(p, entry[p])}
+    return {p: entry[p] for p in PARTS if p in entry and _valid(p, entry[p])}
 
 
 def save(path, kid, key, parts):
@@ -265,7 +326,7 @@ def save(path, kid, key, parts):
         old = entries.pop(kid, None)
         old = old if isinstance(old, dict) else {}
         merged = {p: old[p] if p in old and _valid(p, old[p]) else parts[p]
-                  for p in ("sgemm", "min_work") if p in parts or (p in old and _valid(p, old[p]))}
+                  for p in PARTS if p in parts or (p in old and _valid(p, old[p]))}
         entries[kid] = dict(merged, key=key)
         while len(entries) > MAX_ENTRIES:
             entries.pop(next(iter(entries)))
@@ -287,9 +348,10 @@ def decide(probe, env=None):
     """The Tuning for this machine. `probe` (built by cython_kernels): ``own_isa`` (the own
     kernel the CPU runs, a key of ``OWN``, or ""), ``cpus``, ``l2_bytes`` (one core's L2, or
     ``L2_FALLBACK``), ``threads_why`` (None, or why 2 threads cannot be timed), ``blas`` (the GEMM
-    BLAS's library, version, core), ``time_gemm`` and ``time_threads``."""
+    BLAS's library, version, core), ``time_gemm``, ``time_threads``, ``time_conv`` and
+    ``conv_counted``."""
     env = os.environ if env is None else env
-    want_sgemm, env_work = _env_sgemm(env), _env_min_work(env)
+    want_sgemm, env_work, want_wino = _env_sgemm(env), _env_min_work(env), _env_winograd(env)
     t = Tuning()
     t.key = machine_key(probe)
     kid = key_id(t.key)
@@ -297,7 +359,8 @@ def decide(probe, env=None):
     parts = load(path, kid)
     t.own = probe.own_isa
     wanted = [p for p, w in (("sgemm", want_sgemm == "auto" and bool(t.own)),
-                             ("min_work", env_work is None and probe.threads_why is None)) if w]
+                             ("min_work", env_work is None and probe.threads_why is None),
+                             ("winograd", want_wino == "auto")) if w]
     need = [p for p in wanted if p not in parts]
     if need:
         t0 = time.perf_counter()
@@ -306,6 +369,8 @@ def decide(probe, env=None):
         if "min_work" in need:
             parts["min_work"] = measure_threads(probe.time_threads,
                                                 probe_sizes(probe.l2_bytes))
+        if "winograd" in need:
+            parts["winograd"] = measure_winograd(probe.time_conv, probe.conv_counted)
         took = time.perf_counter() - t0
         parts, err = save(path, kid, t.key, parts)
         t.cache = (f"measured now ({took:.2f} s), saved to {path}" if err is None else
@@ -332,4 +397,10 @@ def decide(probe, env=None):
         t.min_work_why = f"default: {probe.threads_why}"
     else:
         t.min_work, t.min_work_why = min_work_decision(parts["min_work"])
+
+    if want_wino != "auto":
+        t.wino_mode = 2 if want_wino == "on" else 1
+        t.wino_why = f"{'always' if want_wino == 'on' else 'never'}: set by DLFAST_WINOGRAD"
+    else:
+        t.wino_eff, t.wino_why = winograd_decision(parts["winograd"])
     return t

@@ -125,10 +125,12 @@ def _gemm_blas_facts():
 
 
 def _probe(own_isa=None):
-    """What ``_tuning.decide`` measures with: the facts of this machine and two timers, each
-    running a compiled loop: ``time_gemm(own, m, n, k, calls)`` (``_dense._sgemm_run``: C(m, n)
-    = A(m, k) B(k, n), own kernel or BLAS, this thread) and ``time_threads(threads, size, calls)``
-    (``_optim._sgd_probe``). `own_isa` (tests): time "the own kernel" even where the CPU has none
+    """What ``_tuning.decide`` measures with: the facts of this machine and three timers, each
+    running compiled code: ``time_gemm(own, m, n, k, calls)`` (``_dense._sgemm_run``: C(m, n)
+    = A(m, k) B(k, n), own kernel or BLAS, this thread), ``time_threads(threads, size, calls)``
+    (``_optim._sgd_probe``) and ``time_conv(dtype, wino, calls)`` (``_conv.conv2d_forward`` of
+    ``_tuning.WINO_SHAPE`` on one thread, direct or Winograd; ``conv_counted(dtype)``: their
+    counted work's ratio). `own_isa` (tests): time "the own kernel" even where the CPU has none
     (dlf_sgemm then declines every call: the BLAS runs both sides)."""
     from .. import _config
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
@@ -156,23 +158,50 @@ def _probe(own_isa=None):
         _mods[5]._sgd_probe(w, g, threads, calls)
         return time.perf_counter() - t0
 
+    conv = _mods[7]
+    n, c, h, w, f = _tuning.WINO_SHAPE
+
+    def time_conv(dtype, wino, calls):
+        key = ("conv", dtype)
+        if key not in arrays:
+            arrays[key] = [get(*a).astype(dtype) for a in (("x", n, c, h, w), ("k", f, c, 3, 3),
+                                                          ("o", n, f, h, w),
+                                                          ("col", n, c * 9, h * w))]
+        x, k, out, col = arrays[key]
+        prev, threads = conv._set_winograd(2 if wino else 1), conv._get_num_threads()
+        conv._set_num_threads(1)
+        try:
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                conv.conv2d_forward(x, k, None, out, col, (1, 1), (1, 1))
+            return time.perf_counter() - t0
+        finally:
+            conv._set_num_threads(threads)
+            conv._set_winograd(prev)
+
+    def conv_counted(dtype):
+        return conv._wino_counted(f, c, h, w, 1, dtype == "float64")
+
     return SimpleNamespace(
         own_isa=_mods[0].sgemm_isa() if own_isa is None else own_isa,
         cpus=cpus, l2_bytes=_info.cache_bytes(2) or _tuning.L2_FALLBACK, threads_why=why,
-        blas=_gemm_blas_facts(), time_gemm=time_gemm, time_threads=time_threads)
+        blas=_gemm_blas_facts(), time_gemm=time_gemm, time_threads=time_threads,
+        time_conv=time_conv, conv_counted=conv_counted)
 
 
 def _apply(tuning):
-    """Put a Tuning in force: the float32 GEMM mask in _dense, the parallel threshold in every
-    compiled module."""
+    """Put a Tuning in force: the float32 GEMM mask in _dense, Winograd's mode and efficiency in
+    _conv, the parallel threshold in every compiled module."""
     _mods[0]._set_own_sgemm(tuning.sgemm_mask)
+    _mods[7]._set_winograd(tuning.wino_mode)
+    _mods[7]._set_winograd_efficiency(tuning.wino_eff["float32"], tuning.wino_eff["float64"])
     for m in (_info, *_mods):
         m._set_min_work(tuning.min_work)
 
 
-# The float32 GEMMs' kernel per shape class and the parallel threshold: measured once per machine
-# and cached (_tuning.py; DLFAST_SGEMM, DLFAST_PARALLEL_MIN_WORK override). float64 GEMMs and
-# GEMVs always run on the GEMM BLAS above.
+# The float32 GEMMs' kernel per shape class, Winograd's efficiency and the parallel threshold:
+# measured once per machine and cached (_tuning.py; DLFAST_SGEMM, DLFAST_WINOGRAD,
+# DLFAST_PARALLEL_MIN_WORK override). float64 GEMMs and GEMVs always run on the GEMM BLAS above.
 TUNING = _tuning.decide(_probe())
 _apply(TUNING)
 SGEMM = TUNING.sgemm_summary()

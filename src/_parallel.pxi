@@ -30,10 +30,6 @@ def _get_min_work():
     return _min_work
 
 
-def _get_num_threads():
-    return _requested_threads
-
-
 def _set_num_threads(int n):
     """Set the thread count used by this module's kernels (0 = OpenMP's current maximum)."""
     global _requested_threads

@@ -23,7 +23,7 @@
 #include "dlfast_dconv.h"
 
 #define DLF_WN_R 6          /* tiles per register block of the products */
-#define DLF_WN_SKEW 16      /* elements added to the strides between the 16 xi */
+#define DLF_WN_SKEW 16      /* elements added to strides of 2^k bytes (V's xi, M's tiles) */
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
@@ -86,7 +86,7 @@ static inline dlf_wgeo_##SFX dlf_wino_geo_##SFX(Py_ssize_t ci, Py_ssize_t H, Py_
     if (q.RB > q.TH) q.RB = q.TH;                                                             \
     q.Vs = (q.RB * q.TW + DLF_WN_R - 1) / DLF_WN_R * DLF_WN_R + (VL);                         \
     q.Vx = ci * q.Vs + DLF_WN_SKEW;     /* the 16 xi not 4 KB apart (L1 sets) */              \
-    q.Mx = 16 * q.coP;                  /* M[t][xi][f]: one tile's 16 xi together */          \
+    q.Mx = 16 * q.coP + DLF_WN_SKEW;    /* M[t][xi][f]: a tile's 16 xi together */            \
     return q;                                                                                 \
 }                                                                                             \
 /* T elements of one image's scratch: xq, V, M, each rounded to 16 elements */               \

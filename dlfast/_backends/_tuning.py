@@ -39,7 +39,7 @@ THREAD_MARGIN = 1.2
 THREAD_SAMPLES = 7
 THREAD_WORK = 1 << 20              # elements updated per sample
 
-WINO_SHAPE = (8, 32, 14, 14, 32)   # N, C, H, W, F of the timed convolution (3x3, padding 1)
+WINO_SHAPE = (16, 32, 14, 14, 32)  # N, C, H, W, F of the timed convolution (3x3, padding 1)
 WINO_SAMPLES = 7
 WINO_CALLS = 3                     # forwards per sample
 DTYPES = ("float32", "float64")
@@ -215,7 +215,8 @@ def measure_threads(time_threads, sizes):
 def measure_winograd(time_conv, counted):
     """{"shape": WINO_SHAPE, "dtypes": {dtype: {"direct_s": t, "wino_s": t, "counted": q}}}:
     medians of ``WINO_SAMPLES`` interleaved samples of ``time_conv(dtype, wino, calls)`` (seconds
-    for `calls` forwards of the WINO_SHAPE convolution on one thread, direct or Winograd) and
+    for `calls` forwards of the WINO_SHAPE convolution on the default threads, direct or
+    Winograd) and
     ``counted(dtype)``, the direct kernels' counted work over Winograd's for that shape."""
     out = {}
     for dt in DTYPES:

@@ -129,7 +129,7 @@ def _probe(own_isa=None):
     running compiled code: ``time_gemm(own, m, n, k, calls)`` (``_dense._sgemm_run``: C(m, n)
     = A(m, k) B(k, n), own kernel or BLAS, this thread), ``time_threads(threads, size, calls)``
     (``_optim._sgd_probe``) and ``time_conv(dtype, wino, calls)`` (``_conv.conv2d_forward`` of
-    ``_tuning.WINO_SHAPE`` on one thread, direct or Winograd; ``conv_counted(dtype)``: their
+    ``_tuning.WINO_SHAPE`` on the default threads, direct or Winograd; ``conv_counted(dtype)``: their
     counted work's ratio). `own_isa` (tests): time "the own kernel" even where the CPU has none
     (dlf_sgemm then declines every call: the BLAS runs both sides)."""
     from .. import _config
@@ -168,15 +168,13 @@ def _probe(own_isa=None):
                                                           ("o", n, f, h, w),
                                                           ("col", n, c * 9, h * w))]
         x, k, out, col = arrays[key]
-        prev, threads = conv._set_winograd(2 if wino else 1), conv._get_num_threads()
-        conv._set_num_threads(1)
+        prev = conv._set_winograd(2 if wino else 1)
         try:
             t0 = time.perf_counter()
             for _ in range(calls):
                 conv.conv2d_forward(x, k, None, out, col, (1, 1), (1, 1))
             return time.perf_counter() - t0
         finally:
-            conv._set_num_threads(threads)
             conv._set_winograd(prev)
 
     def conv_counted(dtype):

@@ -398,6 +398,7 @@ cdef extern from "dlfast_dconv.h" nogil:
 
 cdef extern from "dlfast_wino.h" nogil:
     enum: DLF_WN_R
+    Py_ssize_t dlf_wino_tiles(Py_ssize_t) noexcept
     Py_ssize_t dlf_wino_coP_f(Py_ssize_t) noexcept
     Py_ssize_t dlf_wino_coP_d(Py_ssize_t) noexcept
     Py_ssize_t dlf_wino_u_size_f(Py_ssize_t, Py_ssize_t) noexcept
@@ -764,12 +765,11 @@ cdef inline double _direct_work(Py_ssize_t co, Py_ssize_t ci, Py_ssize_t OH, Py_
 cdef inline double _wino_work(Py_ssize_t co, Py_ssize_t ci, Py_ssize_t OH, Py_ssize_t OW,
                              Py_ssize_t vl) noexcept nogil:
     """Winograd F(2x2, 3x3)'s counted work per image: 16 * Tp * ci * coP multiply-adds (Tp tiles
-    rounded up to register blocks of DLF_WN_R or 4, coP = co rounded up to 2vl), WINO_IN per
+    rounded up to register blocks, dlf_wino_tiles, coP = co rounded up to 2vl), WINO_IN per
     tile and input channel (the input transform's vector loads, adds and stores for vl tiles at a
     time, in multiply-adds of one lane each) and WINO_OUT * vl per tile and output channel (the
     output transform and its stores)."""
-    cdef Py_ssize_t t = (OH + 1) // 2 * ((OW + 1) // 2), r = t % DLF_WN_R
-    cdef Py_ssize_t tp = t if r == 0 else (t - r + DLF_WN_R if r > 4 else t - r + 4)
+    cdef Py_ssize_t tp = dlf_wino_tiles((OH + 1) // 2 * ((OW + 1) // 2))
     cdef Py_ssize_t cop = (co + 2 * vl - 1) // (2 * vl) * 2 * vl
     return <double>tp * (16.0 * ci * cop + WINO_IN * ci + WINO_OUT * vl * cop)
 

@@ -23,6 +23,12 @@
 #include "dlfast_dconv.h"
 
 #define DLF_WN_R 6          /* tiles per register block of the products */
+
+/* n tiles rounded up to register blocks: of 6, then one of 6, 4 or 2 */
+static inline Py_ssize_t dlf_wino_tiles(Py_ssize_t n) {
+    Py_ssize_t r = n % DLF_WN_R;
+    return r == 0 ? n : n - r + (r > 4 ? 6 : r > 2 ? 4 : 2);
+}
 #define DLF_WN_SKEW 16      /* elements added to strides of 2^k bytes (V's xi, M's tiles) */
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -78,12 +84,13 @@ static inline dlf_wgeo_##SFX dlf_wino_geo_##SFX(Py_ssize_t ci, Py_ssize_t H, Py_
     q.TH = (q.OH + 1) / 2; q.TW = (q.OW + 1) / 2;                                             \
     q.Hq = 2 * q.TH + 2; q.Wh = q.TW + 1 + (VL);                                              \
     q.coP = dlf_wino_coP_##SFX(co);                                                           \
-    /* V and M of one tile row in half the L2 (512 KB if unknown) */                          \
+    /* V and M of a block of tile rows in half the L2 (512 KB if unknown), blocks even */      \
     per = 16 * (ci + q.coP) * q.TW * (Py_ssize_t)sizeof(T);                                   \
     budget = (Py_ssize_t)(dlf_cache_bytes(2, 512 * 1024) / 2);                                \
     q.RB = budget / (per > 0 ? per : 1);                                                      \
     if (q.RB < 1) q.RB = 1;                                                                   \
     if (q.RB > q.TH) q.RB = q.TH;                                                             \
+    q.RB = (q.TH + (q.TH + q.RB - 1) / q.RB - 1) / ((q.TH + q.RB - 1) / q.RB);  /* even blocks */ \
     q.Vs = (q.RB * q.TW + DLF_WN_R - 1) / DLF_WN_R * DLF_WN_R + (VL);                         \
     q.Vx = ci * q.Vs + DLF_WN_SKEW;     /* the 16 xi not 4 KB apart (L1 sets) */              \
     q.Mx = 16 * q.coP + DLF_WN_SKEW;    /* M[t][xi][f]: a tile's 16 xi together */            \
@@ -260,8 +267,7 @@ DLF_CLONES static int dlf_wino_one_##SFX(const T* x, const T* U, const T* b, T* 
     for (ty0 = 0; ty0 < q.TH; ty0 += q.RB) {                                                  \
         ty1 = ty0 + q.RB < q.TH ? ty0 + q.RB : q.TH;                                          \
         nT = (ty1 - ty0) * q.TW;                                                              \
-        nTp = nT % DLF_WN_R == 0 || nT % DLF_WN_R > 4 ? (nT + DLF_WN_R - 1) / DLF_WN_R * DLF_WN_R \
-                                                      : nT + 4 - nT % DLF_WN_R;               \
+        nTp = dlf_wino_tiles(nT);                                                             \
         for (c = 0; c < ci; c++)                                                              \
             dlf_wino_in_##SFX(xq + c * plane, V, c, ci, &q, ty0, ty1);                        \
         for (xi = 0; xi < 16; xi++)         /* the last register block's tiles past nT: 0 */  \
@@ -274,8 +280,10 @@ DLF_CLONES static int dlf_wino_one_##SFX(const T* x, const T* U, const T* b, T* 
             for (f0 = 0; f0 < q.coP; f0 += 2 * (VL)) {                                        \
                 for (t = 0; t + DLF_WN_R <= nTp; t += DLF_WN_R)                               \
                     dlf_wino_mm_##SFX(Vx, Ux, Mx, ci, q.Vs, q.coP, q.Mx, t, f0, DLF_WN_R);   \
-                if (t < nTp)                /* a last block of 4 tiles */                     \
+                if (nTp - t == 4)           /* a last block of 4 or 2 tiles */                \
                     dlf_wino_mm_##SFX(Vx, Ux, Mx, ci, q.Vs, q.coP, q.Mx, t, f0, 4);           \
+                else if (nTp - t == 2)                                                        \
+                    dlf_wino_mm_##SFX(Vx, Ux, Mx, ci, q.Vs, q.coP, q.Mx, t, f0, 2);           \
             }                                                                                 \
         }                                                                                     \
         chk = dlf_wino_out_##SFX(M, b, out, co, &q, ty0, ty1, chk);                           \

@@ -574,6 +574,8 @@ WINO = [  # (N, C, H, W), F, pad
     ((2, 8, 14, 14), 8, 2),           # padding 2 (dx's own padding 0), 49 tiles
     ((2, 6, 3, 4), 7, 3),             # padding 3: out only (dx's would be -1)
     ((2, 6, 29, 1), 6, 1),            # one column: tiles of one output column
+    ((2, 8, 14, 14), 9, 1),           # 49 tiles: a last register block of 2 (one of them zero)
+    ((2, 64, 28, 28), 64, 1),         # blocks of tile rows (V and M beyond half an L2)
 ]
 
 

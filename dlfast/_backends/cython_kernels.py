@@ -129,7 +129,8 @@ def _probe(own_isa=None):
     running compiled code: ``time_gemm(own, m, n, k, calls)`` (``_dense._sgemm_run``: C(m, n)
     = A(m, k) B(k, n), own kernel or BLAS, this thread), ``time_threads(threads, size, calls)``
     (``_optim._sgd_probe``) and ``time_conv(dtype, wino, calls)`` (``_conv.conv2d_forward`` of
-    ``_tuning.WINO_SHAPE`` on the default threads, direct or Winograd; ``conv_counted(dtype)``: their
+    ``_tuning.WINO_SHAPE`` on the default threads, or one where threads cannot be
+    timed, direct or Winograd; ``conv_counted(dtype)``: their
     counted work's ratio). `own_isa` (tests): time "the own kernel" even where the CPU has none
     (dlf_sgemm then declines every call: the BLAS runs both sides)."""
     from .. import _config
@@ -160,6 +161,9 @@ def _probe(own_isa=None):
 
     conv = _mods[7]
     n, c, h, w, f = _tuning.WINO_SHAPE
+
+    if why is not None:             # no parallel region here (a forked child: libgomp may hang)
+        conv._set_num_threads(1)
 
     def time_conv(dtype, wino, calls):
         key = ("conv", dtype)

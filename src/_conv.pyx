@@ -879,9 +879,10 @@ cdef int _dconv(const floating* src, const floating* Wt, const floating* b, floa
 
 cdef inline void _dconv_image(const floating* src, const floating* wp, const floating* U,
                               const floating* b, floating* dst, floating* t, Py_ssize_t xps,
-                              Py_ssize_t xqs, Py_ssize_t ci, Py_ssize_t H, Py_ssize_t W, Py_ssize_t co,
-                              Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t KH, Py_ssize_t KW,
-                              Py_ssize_t n, bint cv, int act, floating alpha) noexcept nogil:
+                              Py_ssize_t xqs, Py_ssize_t ci, Py_ssize_t H, Py_ssize_t W,
+                              Py_ssize_t co, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t KH,
+                              Py_ssize_t KW, Py_ssize_t n, bint cv, int act,
+                              floating alpha) noexcept nogil:
     """Image n: src (ci, H, W) -> dst (co, H + 2ph - KH + 1, W + 2pw - KW + 1), then act; by
     Winograd when U (its transformed kernels) is given and the result is finite (t's first xqs
     elements: Winograd's padded image, whose borders stay zero; zeroed again after a redo)."""

@@ -36,7 +36,7 @@ static inline Py_ssize_t dlf_wino_tiles(Py_ssize_t n) {
 #pragma GCC optimize("fp-contract=fast")
 #endif
 
-#define DLF_WINO(SFX, T, VL, IT, LO, HI)                                                                \
+#define DLF_WINO(SFX, T, VL, IT, LO, HI)                                                      \
 static inline Py_ssize_t dlf_wino_coP_##SFX(Py_ssize_t co) {                                  \
     return (co + 2 * (VL) - 1) / (2 * (VL)) * 2 * (VL);                                       \
 }                                                                                             \

@@ -576,6 +576,7 @@ WINO = [  # (N, C, H, W), F, pad
     ((2, 6, 29, 1), 6, 1),            # one column: tiles of one output column
     ((2, 8, 14, 14), 9, 1),           # 49 tiles: a last register block of 2 (one of them zero)
     ((2, 64, 28, 28), 64, 1),         # blocks of tile rows (V and M beyond half an L2)
+    ((2, 7, 6, 9), 8, (0, 2)),        # padding (0, 2): dx's (2, 0)
 ]
 
 
@@ -601,7 +602,8 @@ def test_conv_winograd(winograd, xs, f, pad, dtype, kind):
     dout = rng.standard_normal(out.shape).astype(dtype)
     flipped = W.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
     bounds = [wino_bound(x, W, b, pad)]
-    bounds += ([wino_bound(dout, flipped, None, 2 - pad)] if pad <= 2
+    pads = (pad, pad) if np.isscalar(pad) else pad
+    bounds += ([wino_bound(dout, flipped, None, tuple(2 - p for p in pads))] if max(pads) <= 2
                else [bwd_bounds(dout, x, W, 1, pad)[0]])
     bounds += bwd_bounds(dout, x, W, 1, pad)[1:]
     xi, di, wi = layout(x, kind), layout(dout, kind), layout(W, kind)

@@ -8,17 +8,18 @@
        B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],    A^T = [1 1 1 0; 0 1 -1 -1]
    The sum over c runs in order c = 0..C-1 for every output (fixed: results do not depend on the
    thread count, which only assigns whole images to threads). Its rounding error is bounded by
-   gamma_(C+4) |A^T| (sum_c |U_c| (.) |B^T| |d| |B|) |A| (tests/test_kernels_conv.py), not by the
-   direct sum's bound: _conv chooses it by work (_wino_better) and redoes an image directly when
-   its output is not finite (a finite sum can overflow, 0 * inf can appear in a transform).
+   gamma_(C+8) |A^T| (sum_c |G||g||G^T| (.) |B^T||d||B|) |A| (tests/test_kernels_conv.py), not by
+   the direct sum's bound: _conv chooses it by work (_wino_better) and redoes an image directly
+   when its output is not finite (a transform can overflow where the sum does not, and 0 * inf
+   or inf - inf appear where the direct sum gives inf). Multiply-adds may be fused (FMA) in the
+   clones that have it: bits can differ between CPUs, never between runs or thread counts.
 
    Layout: xq[c][row][E | O], each padded row split into its even and odd columns (E[k] =
    xp[2k], O[k] = xp[2k + 1]) so that the tiles of a row are vectors over tiles; U[xi][c][f]
    (f < coP, co rounded up to 2 vectors, zeros past co); per block of tile rows,
-   V[xi][c][t] and M[xi][t][f] = sum_c V[xi][c][t] U[xi][c][f]. */
+   V[xi][c][t] and M[t][xi][f] = sum_c V[xi][c][t] U[xi][c][f]. */
 #ifndef DLFAST_WINO_H
 #define DLFAST_WINO_H
-#include <math.h>
 #include <string.h>
 #include "dlfast_dconv.h"
 
@@ -36,7 +37,7 @@ static inline Py_ssize_t dlf_wino_tiles(Py_ssize_t n) {
 #pragma GCC optimize("fp-contract=fast")
 #endif
 
-#define DLF_WINO(SFX, T, VL, IT, LO, HI)                                                      \
+#define DLF_WINO(SFX, T, VL, LO, HI)                                                          \
 static inline Py_ssize_t dlf_wino_coP_##SFX(Py_ssize_t co) {                                  \
     return (co + 2 * (VL) - 1) / (2 * (VL)) * 2 * (VL);                                       \
 }                                                                                             \
@@ -298,9 +299,9 @@ DLF_CLONES static int dlf_wino_one_##SFX(const T* x, const T* U, const T* b, T* 
 typedef int dlf_wn_if __attribute__((vector_size(32)));
 typedef long long dlf_wn_id __attribute__((vector_size(32)));
 /* LO, HI: interleave two vectors within each 128 bits (unpacklo, unpackhi) */
-DLF_WINO(f, float, 8, dlf_wn_if, ((dlf_wn_if){0, 8, 1, 9, 4, 12, 5, 13}),
+DLF_WINO(f, float, 8, ((dlf_wn_if){0, 8, 1, 9, 4, 12, 5, 13}),
          ((dlf_wn_if){2, 10, 3, 11, 6, 14, 7, 15}))
-DLF_WINO(d, double, 4, dlf_wn_id, ((dlf_wn_id){0, 4, 2, 6}), ((dlf_wn_id){1, 5, 3, 7}))
+DLF_WINO(d, double, 4, ((dlf_wn_id){0, 4, 2, 6}), ((dlf_wn_id){1, 5, 3, 7}))
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options

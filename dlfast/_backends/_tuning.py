@@ -40,7 +40,7 @@ THREAD_SAMPLES = 7
 THREAD_WORK = 1 << 20              # elements updated per sample
 
 WINO_SHAPE = (16, 32, 14, 14, 32)  # N, C, H, W, F of the timed convolution (3x3, padding 1)
-WINO_SAMPLES = 7
+WINO_SAMPLES = 9
 WINO_CALLS = 3                     # forwards per sample
 DTYPES = ("float32", "float64")
 
@@ -214,7 +214,8 @@ def measure_threads(time_threads, sizes):
 
 def measure_winograd(time_conv, counted):
     """{"shape": WINO_SHAPE, "dtypes": {dtype: {"direct_s": t, "wino_s": t, "counted": q}}}:
-    medians of ``WINO_SAMPLES`` interleaved samples of ``time_conv(dtype, wino, calls)`` (seconds
+    the least of ``WINO_SAMPLES`` interleaved samples (the least disturbed; a neighbour only adds
+    time) of ``time_conv(dtype, wino, calls)`` (seconds
     for `calls` forwards of the WINO_SHAPE convolution on the default threads, direct or
     Winograd) and
     ``counted(dtype)``, the direct kernels' counted work over Winograd's for that shape."""
@@ -226,8 +227,7 @@ def measure_winograd(time_conv, counted):
         for _ in range(WINO_SAMPLES):
             direct.append(time_conv(dt, False, WINO_CALLS) / WINO_CALLS)
             wino.append(time_conv(dt, True, WINO_CALLS) / WINO_CALLS)
-        out[dt] = {"direct_s": statistics.median(direct), "wino_s": statistics.median(wino),
-                   "counted": counted(dt)}
+        out[dt] = {"direct_s": min(direct), "wino_s": min(wino), "counted": counted(dt)}
     return {"date": _today(), "shape": list(WINO_SHAPE), "dtypes": out}
 
 

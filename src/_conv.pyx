@@ -399,8 +399,6 @@ cdef extern from "dlfast_dconv.h" nogil:
 cdef extern from "dlfast_wino.h" nogil:
     enum: DLF_WN_R
     Py_ssize_t dlf_wino_tiles(Py_ssize_t) noexcept
-    Py_ssize_t dlf_wino_coP_f(Py_ssize_t) noexcept
-    Py_ssize_t dlf_wino_coP_d(Py_ssize_t) noexcept
     Py_ssize_t dlf_wino_u_size_f(Py_ssize_t, Py_ssize_t) noexcept
     Py_ssize_t dlf_wino_u_size_d(Py_ssize_t, Py_ssize_t) noexcept
     void dlf_wino_pack_f(const float*, float*, Py_ssize_t, Py_ssize_t, int) noexcept
@@ -747,18 +745,25 @@ cdef inline bint _dcv_better(Py_ssize_t co, Py_ssize_t ci, Py_ssize_t OH, Py_ssi
     a tile's partial sums and its outputs' transposition to (F, OH, OW) cost about DCV_TAIL taps."""
     if _DCV_MODE:
         return _DCV_MODE == 2
-    cdef Py_ssize_t k = ci * taps
-    cdef double pos = <double>co * ((OH * Wp + 2 * vl - 1) // (2 * vl)) * 2 * vl * k
-    cdef double chan = <double>((co + 2 * vl - 1) // (2 * vl) * 2 * vl) * OH * OW * (k + DCV_TAIL)
+    cdef double pos, chan
+    pos, chan = _direct_counts(co, ci, OH, OW, Wp, taps, vl)
     return chan < pos
+
+
+cdef inline (double, double) _direct_counts(Py_ssize_t co, Py_ssize_t ci, Py_ssize_t OH,
+                                            Py_ssize_t OW, Py_ssize_t Wp, Py_ssize_t taps,
+                                            Py_ssize_t vl) noexcept nogil:
+    """(positions family, channels family): the two direct families' counts of _dcv_better."""
+    cdef Py_ssize_t k = ci * taps
+    return (<double>co * ((OH * Wp + 2 * vl - 1) // (2 * vl)) * 2 * vl * k,
+            <double>((co + 2 * vl - 1) // (2 * vl) * 2 * vl) * OH * OW * (k + DCV_TAIL))
 
 
 cdef inline double _direct_work(Py_ssize_t co, Py_ssize_t ci, Py_ssize_t OH, Py_ssize_t OW,
                                Py_ssize_t Wp, Py_ssize_t taps, Py_ssize_t vl) noexcept nogil:
     """The cheaper direct family's multiply-adds per image, as counted by _dcv_better."""
-    cdef Py_ssize_t k = ci * taps
-    cdef double pos = <double>co * ((OH * Wp + 2 * vl - 1) // (2 * vl)) * 2 * vl * k
-    cdef double chan = <double>((co + 2 * vl - 1) // (2 * vl) * 2 * vl) * OH * OW * (k + DCV_TAIL)
+    cdef double pos, chan
+    pos, chan = _direct_counts(co, ci, OH, OW, Wp, taps, vl)
     return min(pos, chan)
 
 

@@ -97,19 +97,28 @@ static inline dlf_wgeo_##SFX dlf_wino_geo_##SFX(Py_ssize_t ci, Py_ssize_t H, Py_
     q.Mx = 16 * q.coP + DLF_WN_SKEW;    /* M[t][xi][f]: a tile's 16 xi together */            \
     return q;                                                                                 \
 }                                                                                             \
-/* T elements of one image's scratch: xq, V, M, each rounded to 16 elements */               \
+/* T elements of xq, the scratch's first part (rounded to 16): zeroed once by the caller       \
+   (dlf_wino_one writes only the image into it, never its borders) */                         \
+static inline Py_ssize_t dlf_wino_xq_elems_##SFX(Py_ssize_t ci, const dlf_wgeo_##SFX* q) {    \
+    return (ci * q->Hq * 2 * q->Wh + 15) / 16 * 16;                                           \
+}                                                                                             \
+static inline Py_ssize_t dlf_wino_xq_size_##SFX(Py_ssize_t ci, Py_ssize_t H, Py_ssize_t W,    \
+                                                Py_ssize_t co, Py_ssize_t ph, Py_ssize_t pw) { \
+    dlf_wgeo_##SFX q = dlf_wino_geo_##SFX(ci, H, W, co, ph, pw);                              \
+    return dlf_wino_xq_elems_##SFX(ci, &q);                                                   \
+}                                                                                             \
+/* T elements of one image's scratch: xq, V, M */                                            \
 static inline Py_ssize_t dlf_wino_scratch_##SFX(Py_ssize_t ci, Py_ssize_t H, Py_ssize_t W,    \
                                                 Py_ssize_t co, Py_ssize_t ph, Py_ssize_t pw) { \
     dlf_wgeo_##SFX q = dlf_wino_geo_##SFX(ci, H, W, co, ph, pw);                              \
-    Py_ssize_t xq = (ci * q.Hq * 2 * q.Wh + 15) / 16 * 16;                                    \
-    return xq + 16 * q.Vx + q.Vs * q.Mx + 16;                                                 \
+    return dlf_wino_xq_elems_##SFX(ci, &q) + 16 * q.Vx + q.Vs * q.Mx + 16;                    \
 }                                                                                             \
                                                                                               \
 /* V of tile rows [ty0, ty1) of channel c: V[xi][c][(ty - ty0)*TW + tx] */                    \
 static inline __attribute__((always_inline)) void dlf_wino_in_##SFX(                         \
         const T* xc, T* V, Py_ssize_t c, Py_ssize_t ci, const dlf_wgeo_##SFX* q,              \
         Py_ssize_t ty0, Py_ssize_t ty1) {                                                     \
-    Py_ssize_t ty, tx, rs = 2 * q->Wh, xs = q->Vx;                                   \
+    Py_ssize_t ty, tx, rs = 2 * q->Wh, xs = q->Vx;                                            \
     int j;                                                                                    \
     for (ty = ty0; ty < ty1; ty++) {                                                          \
         const T* r0 = xc + 2 * ty * rs;                                                       \
@@ -232,14 +241,6 @@ static inline __attribute__((always_inline)) dlf_dcv_##SFX dlf_wino_out_##SFX(  
     return chk;                                                                               \
 }                                                                                             \
                                                                                               \
-/* T elements of xq, the scratch's first part: zeroed once by the caller (dlf_wino_one writes   \
-   only the image into it, never its borders) */                                              \
-static inline Py_ssize_t dlf_wino_xq_size_##SFX(Py_ssize_t ci, Py_ssize_t H, Py_ssize_t W,    \
-                                                Py_ssize_t co, Py_ssize_t ph, Py_ssize_t pw) { \
-    dlf_wgeo_##SFX q = dlf_wino_geo_##SFX(ci, H, W, co, ph, pw);                              \
-    return (ci * q.Hq * 2 * q.Wh + 15) / 16 * 16;                                             \
-}                                                                                             \
-                                                                                              \
 /* out (co, OH, OW) = conv(x (ci, H, W) padded by (ph, pw), the 3x3 kernels in U) + b (b may   \
    be NULL); s: dlf_wino_scratch elements. Returns 1 when out is not all finite (the caller     \
    redoes the image directly), else 0. */                                                     \
@@ -249,7 +250,7 @@ DLF_CLONES static int dlf_wino_one_##SFX(const T* x, const T* U, const T* b, T* 
     dlf_wgeo_##SFX q = dlf_wino_geo_##SFX(ci, H, W, co, ph, pw);                              \
     Py_ssize_t plane = q.Hq * 2 * q.Wh, c, h, ty0, ty1, xi, t, f0, nT, nTp;                   \
     T* xq = s;                                                                                \
-    T* V = xq + dlf_wino_xq_size_##SFX(ci, H, W, co, ph, pw);                                 \
+    T* V = xq + dlf_wino_xq_elems_##SFX(ci, &q);                                              \
     T* M = V + 16 * q.Vx;                                                                     \
     dlf_dcv_##SFX chk = {0};                                                                  \
     T ck[VL];                                                                                 \

@@ -215,10 +215,9 @@ def measure_threads(time_threads, sizes):
 def measure_winograd(time_conv, counted):
     """{"shape": WINO_SHAPE, "dtypes": {dtype: {"direct_s": t, "wino_s": t, "counted": q}}}:
     the least of ``WINO_SAMPLES`` interleaved samples (the least disturbed; a neighbour only adds
-    time) of ``time_conv(dtype, wino, calls)`` (seconds
-    for `calls` forwards of the WINO_SHAPE convolution on the default threads, direct or
-    Winograd) and
-    ``counted(dtype)``, the direct kernels' counted work over Winograd's for that shape."""
+    time) of ``time_conv(dtype, wino, calls)`` (seconds for `calls` forwards of the WINO_SHAPE
+    convolution on the default threads, direct or Winograd) and ``counted(dtype)``, the direct
+    kernels' counted work over Winograd's for that shape."""
     out = {}
     for dt in DTYPES:
         time_conv(dt, False, 1)

@@ -129,10 +129,10 @@ def _probe(own_isa=None):
     running compiled code: ``time_gemm(own, m, n, k, calls)`` (``_dense._sgemm_run``: C(m, n)
     = A(m, k) B(k, n), own kernel or BLAS, this thread), ``time_threads(threads, size, calls)``
     (``_optim._sgd_probe``) and ``time_conv(dtype, wino, calls)`` (``_conv.conv2d_forward`` of
-    ``_tuning.WINO_SHAPE`` on the default threads, or one where threads cannot be
-    timed, direct or Winograd; ``conv_counted(dtype)``: their
-    counted work's ratio). `own_isa` (tests): time "the own kernel" even where the CPU has none
-    (dlf_sgemm then declines every call: the BLAS runs both sides)."""
+    ``_tuning.WINO_SHAPE``, direct or Winograd, on the default threads, or on one where threads
+    cannot be timed; ``conv_counted(dtype)``: their counted work's ratio). `own_isa` (tests):
+    time "the own kernel" even where the CPU has none (dlf_sgemm then declines every call: the
+    BLAS runs both sides)."""
     from .. import _config
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
         (os.cpu_count() or 1)
